@@ -1,0 +1,9 @@
+//! tokenloom-core: the decoding kernels of tokenloom, in pure Rust (no Python).
+//!
+//! One module per kernel; every fallible function returns [`error::Result`].
+
+pub mod error;
+pub mod tree;
+pub mod verify;
+
+pub use error::{CoreError, Result};
