@@ -366,3 +366,34 @@ def test_build_with_a_draft_object():
     t = b.build(3, Fake(b))
     r = RefBuilder(10, 4, k=3)
     assert as_lists(t) == run(r, 3, row_fn, ref_path_of(r))
+
+
+def test_draft_probs_dense_matches_sampling_rows():
+    from tokenloom.dyspec import draft_probs_dense
+
+    row_fn = make_row_fn(9, 5)
+    b = DynamicTreeBuilder(12, 3, k=3, sampled=True, seed=3)
+    b.reset(3)
+    rows = []
+    while not b.done:
+        f = b.frontier()
+        rr = [row_fn(rust_path_of(b)(int(n))) for n in f.ids]
+        ids, probs = np.array([r[0] for r in rr]), np.array([r[1] for r in rr])
+        b.expand(f.ids, ids, probs)
+        rows.append((ids, probs))
+    t = b.tree()
+    q = draft_probs_dense(t, rows, 30).numpy()
+    flat = [(i, p) for ids, probs in rows for i, p in zip(ids, probs)]
+    for n in range(t.size):
+        r = int(t.draft_rows[n])
+        if r < 0:
+            assert not q[n].any()
+            continue
+        want = np.zeros(30)
+        want[flat[r][0]] = flat[r][1] / flat[r][1].sum()
+        np.testing.assert_allclose(q[n], want, rtol=1e-6, atol=1e-7)
+        # Every child of n was drawn from that row's support.
+        kids = t.tokens[1:][t.parents[1:] == n]
+        assert (q[n][kids] > 0).all()
+    with pytest.raises(ValueError, match="rows"):
+        draft_probs_dense(t, rows[:1], 30)

@@ -2,7 +2,7 @@
 ``mypy.stubtest``). Arrays are numpy arrays; shapes are given in the docstrings of the Rust
 functions and of the Python wrappers."""
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, final
 
 import numpy as np
 import numpy.typing as npt
@@ -19,9 +19,10 @@ def verify_greedy_batch(
 ) -> List[Tuple[_I64, _I64]]: ...
 
 # --- dyntree (DySpec) -----------------------------------------------------------------------
+@final
 class DynamicTreeBuilder:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         budget: int,
         max_depth: int,
         *,
@@ -30,7 +31,7 @@ class DynamicTreeBuilder:
         seed: Optional[int] = None,
         vocab_size: Optional[int] = None,
         max_frontier: Optional[int] = None,
-    ) -> None: ...
+    ) -> "DynamicTreeBuilder": ...
     def reset(self, root_token: int) -> None: ...
     def frontier(self) -> Tuple[_I64, _I64, _I64, _I64]: ...
     def expand(self, node_ids: _I64, topk_ids: _I64, topk_probs: _F64) -> None: ...

@@ -14,14 +14,17 @@ root (the last emitted token), ``parents[0] == -1``, ``parents[i] < i``, nodes i
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 from . import _core
 from ._arrays import as_array
 
-__all__ = ["DraftModel", "DynamicTree", "DynamicTreeBuilder", "Frontier"]
+__all__ = ["DraftModel", "DynamicTree", "DynamicTreeBuilder", "Frontier", "draft_probs_dense"]
 
 
 class Frontier(NamedTuple):
@@ -235,3 +238,36 @@ class DynamicTreeBuilder:
 
     def __repr__(self) -> str:
         return repr(self._b)
+
+
+def draft_probs_dense(tree: DynamicTree, rows: Sequence[Tuple[Any, Any]], vocab_size: int) -> "torch.Tensor":
+    """The per-node draft distributions ``q`` [T, V] that a lossless verifier of a *sampled*
+    tree needs (``verify_tree(..., draft_probs=q, replacement=False)``).
+
+    Args:
+        tree: the builder's tree.
+        rows: the ``(topk_ids [n, w], topk_probs [n, w])`` pairs given to ``expand`` since
+            ``reset``, in call order (torch tensors or arrays; one width w for all calls).
+        vocab_size: V.
+
+    Returns:
+        FloatTensor [T, V] on the device of the rows: for node i with ``draft_rows[i] = r >= 0``
+        the top-k row r renormalised over its entries (the distribution the builder drew
+        node i's children from), zeros for nodes never expanded.
+
+    Raises:
+        ValueError: ``rows`` hold fewer rows than ``tree.draft_rows`` refers to.
+    """
+    import torch
+
+    ids = torch.cat([torch.as_tensor(i, dtype=torch.long) for i, _ in rows]) if rows else torch.zeros(0, 1, dtype=torch.long)
+    probs = torch.cat([torch.as_tensor(p).float() for _, p in rows]) if rows else torch.zeros(0, 1)
+    r = torch.as_tensor(tree.draft_rows, dtype=torch.long, device=ids.device)
+    if int(r.max()) >= ids.shape[0]:
+        raise ValueError(f"rows: tree.draft_rows refers to row {int(r.max())}, got {ids.shape[0]} rows")
+    q = torch.zeros(tree.size, vocab_size, dtype=torch.float32, device=ids.device)
+    have = (r >= 0).nonzero().flatten()
+    if have.numel():
+        sel = probs[r[have]]
+        q[have.unsqueeze(1), ids[r[have]]] = sel / sel.sum(-1, keepdim=True).clamp_min(1e-30)
+    return q

@@ -14,7 +14,9 @@ type I64Array<'py> = Bound<'py, PyArray1<i64>>;
 
 fn positive(what: &str, v: i64) -> PyResult<usize> {
     if v < 1 {
-        return Err(PyValueError::new_err(format!("{what}: expected an int >= 1, got {v}")));
+        return Err(PyValueError::new_err(format!(
+            "{what}: expected an int >= 1, got {v}"
+        )));
     }
     usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{what}: {v} is too large")))
 }
@@ -62,8 +64,13 @@ impl PyDynamicTreeBuilder {
             k: positive("k", k)?,
             sampled,
             seed: seed.unwrap_or_else(|| RandomState::new().hash_one(0x5EED_u64)),
-            vocab_size: vocab_size.map(|v| positive("vocab_size", v)).transpose()?.unwrap_or(0),
-            max_frontier: max_frontier.map(|v| positive("max_frontier", v)).transpose()?,
+            vocab_size: vocab_size
+                .map(|v| positive("vocab_size", v))
+                .transpose()?
+                .unwrap_or(0),
+            max_frontier: max_frontier
+                .map(|v| positive("max_frontier", v))
+                .transpose()?,
         };
         let inner = DynamicTreeBuilder::new(cfg).map_err(to_py)?;
         Ok(PyDynamicTreeBuilder { inner })
@@ -89,7 +96,10 @@ impl PyDynamicTreeBuilder {
     ///
     /// Raises:
     ///     ValueError: no tree yet (call reset first).
-    fn frontier<'py>(&self, py: Python<'py>) -> PyResult<(I64Array<'py>, I64Array<'py>, I64Array<'py>, I64Array<'py>)> {
+    fn frontier<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(I64Array<'py>, I64Array<'py>, I64Array<'py>, I64Array<'py>)> {
         let f = self.inner.frontier().map_err(to_py)?;
         let (mut ids, mut tokens, mut parents, mut depths) = (vec![], vec![], vec![], vec![]);
         for &id in f {
@@ -99,7 +109,12 @@ impl PyDynamicTreeBuilder {
             parents.push(p);
             depths.push(d as i64);
         }
-        Ok((ids.into_pyarray(py), tokens.into_pyarray(py), parents.into_pyarray(py), depths.into_pyarray(py)))
+        Ok((
+            ids.into_pyarray(py),
+            tokens.into_pyarray(py),
+            parents.into_pyarray(py),
+            depths.into_pyarray(py),
+        ))
     }
 
     /// Expands the whole frontier with top-k draft rows.
@@ -138,7 +153,8 @@ impl PyDynamicTreeBuilder {
             )));
         }
         let inner = &mut self.inner;
-        py.detach(|| inner.expand_topk(n, ids, probs, width)).map_err(to_py)
+        py.detach(|| inner.expand_topk(n, ids, probs, width))
+            .map_err(to_py)
     }
 
     /// Expands the whole frontier with full draft rows (the column is the token id).
@@ -184,8 +200,14 @@ impl PyDynamicTreeBuilder {
     fn tree<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<(I64Array<'py>, I64Array<'py>, I64Array<'py>, Bound<'py, PyArray1<f64>>, I64Array<'py>, I64Array<'py>)>
-    {
+    ) -> PyResult<(
+        I64Array<'py>,
+        I64Array<'py>,
+        I64Array<'py>,
+        Bound<'py, PyArray1<f64>>,
+        I64Array<'py>,
+        I64Array<'py>,
+    )> {
         let t = self.inner.tree().map_err(to_py)?;
         Ok((
             t.tokens.into_pyarray(py),
@@ -261,7 +283,9 @@ impl PyDynamicTreeBuilder {
 
     fn __repr__(&self) -> String {
         let c = self.inner.config();
-        let cap = c.max_frontier.map_or_else(|| "None".to_string(), |v| v.to_string());
+        let cap = c
+            .max_frontier
+            .map_or_else(|| "None".to_string(), |v| v.to_string());
         let sampled = if c.sampled { "True" } else { "False" };
         format!(
             "DynamicTreeBuilder(budget={}, max_depth={}, k={}, sampled={sampled}, max_frontier={cap})",

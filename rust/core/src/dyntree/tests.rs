@@ -95,7 +95,7 @@ fn sequential_greedy(
                          paths: &mut Vec<Vec<i64>>,
                          values: &mut Vec<f64>,
                          heap: &mut BinaryHeap<Cand>| {
-        if paths[node].len() - 1 >= max_depth {
+        if paths[node].len() > max_depth {
             return;
         }
         let (ids, probs) = o.row(&paths[node]);
