@@ -152,6 +152,14 @@ def test_early_exit_adopts_target_cache(tiny4):
     assert cache.get_seq_length() == len(seq) - 1
     with pytest.raises(ValueError, match="commit"):
         draft.adopt_cache(cache)
+    # Prefill straight from the target's prefill cache: nothing computed, same rows.
+    fresh = EarlyExitDraft(tiny4, 2, k=K)
+    fresh.prefill(seq, target_cache=cache)
+    assert fresh.cache_len == len(seq) - 1 and fresh.pending == [4242]
+    check_step(fresh, ref, seq)
+    short = EarlyExitDraft(tiny4, 2, k=K)
+    with pytest.raises(ValueError, match="outside"):
+        short.prefill(seq[:5], target_cache=cache)
 
 
 def test_mask_and_cache_helpers():

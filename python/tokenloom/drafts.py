@@ -438,6 +438,24 @@ class EarlyExitDraft(TreeDraft):
                 h = h[0]
         return self.target.lm_head(base.norm(h))[0]
 
+    def prefill(self, input_ids: Any, target_cache: Any = None) -> None:
+        """As :meth:`TreeDraft.prefill`; with ``target_cache`` (the target's cache after its own
+        prefill on the first ``L <= n - 1`` tokens) nothing is computed: the prefix's keys and
+        values are adopted (see :meth:`adopt_cache`) and the other tokens stay pending."""
+        import torch
+
+        if target_cache is None:
+            super().prefill(input_ids)
+            return
+        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
+        if ids.numel() == 0:
+            raise ValueError("input_ids: expected at least one token")
+        self._cache = self._new_cache()
+        self._reset_tree()
+        self._seq_len = int(ids.numel())
+        self._pending = [int(t) for t in ids]
+        self.adopt_cache(target_cache)
+
     def adopt_cache(self, target_cache: Any) -> None:
         """Take the committed prefix's keys/values of the first ``n_layers`` layers from the
         target's cache instead of computing them.
