@@ -2,6 +2,7 @@
 //!
 //! One module per kernel; every fallible function returns [`error::Result`].
 
+pub mod dyntree;
 pub mod error;
 pub mod tree;
 pub mod verify;
