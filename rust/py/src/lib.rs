@@ -2,6 +2,8 @@
 //! area registers its functions and classes in `register`.
 
 mod error;
+mod floats;
+mod sampling;
 mod verify;
 
 use pyo3::prelude::*;
@@ -14,6 +16,7 @@ mod _core {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         verify::register(m)?;
+        sampling::register(m)?;
         Ok(())
     }
 }
