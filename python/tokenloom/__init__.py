@@ -6,16 +6,31 @@ need them, so ``import tokenloom`` stays cheap.
 
 from ._core import __version__
 from .generation import GenerateOutput, GenerateStats, generate, methods, register_method
-from .verify import VerifyResult, verify_greedy, verify_greedy_batch
+from .sampling import Sampler, probs_from_logits
+from .verify import (
+    VerifyResult,
+    verify_chain,
+    verify_chain_batch,
+    verify_greedy,
+    verify_greedy_batch,
+    verify_tree,
+    verify_tree_batch,
+)
 
 __all__ = [
     "GenerateOutput",
     "GenerateStats",
+    "Sampler",
     "VerifyResult",
     "__version__",
     "generate",
     "methods",
+    "probs_from_logits",
     "register_method",
     "verify_greedy",
+    "verify_chain",
+    "verify_chain_batch",
     "verify_greedy_batch",
+    "verify_tree",
+    "verify_tree_batch",
 ]
