@@ -101,6 +101,8 @@ def test_parity_with_reference_and_torch_path(case):
 
 Q = np.full((2, V), 1.0 / V)
 P = np.full((3, V), 1.0 / V)
+P_REJ = P.copy()  # step 0 always rejects draft token 0, so both step-0 rows are read in full
+P_REJ[0] = np.append(0.0, np.full(V - 1, 1.0 / (V - 1)))
 
 
 @pytest.mark.parametrize(
@@ -111,7 +113,9 @@ P = np.full((3, V), 1.0 / V)
         (([0], Q, P), ValueError, "draft_probs: expected"),
         (([0, 1], Q, P[:2]), ValueError, "target_probs: expected 3 rows"),
         (([0, 1], Q[:, :3], P), ValueError, "draft_probs: expected"),
-        (([0, 1], Q * 0.5, P), ValueError, r"draft_probs\[0\] sums to 0.5"),
+        (([0, 1], Q * 0.5, P_REJ), ValueError, r"draft_probs\[0\] sums to 0.5"),
+        (([0, 1], Q, P_REJ * 3), ValueError, r"target_probs\[0\] sums to 3"),
+        (([0, 1], Q, np.where(np.eye(3, V, 2) > 0, -0.1, P)), ValueError, r"target_probs\[2, 4\] = -0.1"),
         (([0, 1], Q, np.where(np.eye(3, V) > 0, np.nan, P)), ValueError, "finite"),
         (([0, 1], Q, -P), ValueError, r"target_probs\[0, 0\]"),
         (([0, 1], Q, P.astype(np.int32)), ValueError, "float"),

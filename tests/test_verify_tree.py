@@ -237,7 +237,7 @@ U = np.full((3, V), 1.0 / V)
         (([-1, 0, 0], [0, 1, 1], U * 2), {}, ValueError, r"target_probs\[0\] sums to 2"),
         (([-1, 0, 0], [0, 1, 1], np.where(np.eye(3, V) > 0, np.nan, U)), {}, ValueError, "finite and >= 0"),
         (([-1, 0, 0], [0, 1, 1], U - np.eye(3, V) * 0.5 + np.eye(3, V, 1) * 0.5), {}, ValueError, "finite and >= 0"),
-        (([-1, 0, 0], [0, 1, 1], U), {"draft_probs": -U}, ValueError, r"draft_probs\[0, 0\]"),
+        (([-1, 0, 0], [0, 1, 1], U), {"draft_probs": -U}, ValueError, r"draft_probs\[0, 1\] = -"),
         (([-1, 0, 0], [0, 1, 1], U.astype(np.int64)), {}, ValueError, "float"),
         (([-1, 0, 0], [0, 1, 1], U[None]), {}, ValueError, "2-D"),
         (([-1, 0, 0], [0.5, 1, 1], U), {}, ValueError, "integer ids"),

@@ -60,6 +60,8 @@ def verify_tree_torch(
         y = inverse_cdf(target, torch.from_numpy(u).to(dev)).cpu().numpy().astype(_I64)
         path, toks = _core.verify_greedy(par, tok, y)
         return VerifyResult(path, toks)
+    check_rows(target, "target_probs")
+    check_rows(draft, "draft_probs")
     return _walk_sampled(par, tok, target, draft, seed, stream, replacement)
 
 
@@ -71,12 +73,10 @@ def _walk_sampled(
         kids[int(par[i])].append(i)
     path, out, cur = [0], [], 0
     while True:
-        r = p[cur].double()
-        r = r / check_rows(r.unsqueeze(0), "target_probs")[0]
+        r = p[cur].double()  # rows are used as given (checked to sum to 1 within 1e-4)
         accepted = None
         if kids[cur]:
             qq = q[cur].double()
-            qq = qq / check_rows(qq.unsqueeze(0), "draft_probs")[0]
             for k, c in enumerate(kids[cur]):
                 x = int(tok[c])
                 rx, qx = float(r[x]), float(qq[x])
@@ -116,18 +116,19 @@ def verify_chain_torch(draft_tokens: Any, draft_probs: Any, target_probs: Any, s
     bad = (x < 0) | (x >= v)
     if bad.any():
         raise IndexError(f"draft_tokens: {int(x[bad][0])} is out of range [0, {v})")
-    mp = check_rows(p, "target_probs")
-    mq = check_rows(q, "draft_probs") if n else mp[:0]
+    check_rows(p, "target_probs")
+    if n:
+        check_rows(q, "draft_probs")
     xs = torch.from_numpy(x).to(dev)
     ar = torch.arange(n, device=dev)
-    px = (p[ar, xs].double() / mp[:n]).cpu().numpy()
-    qx = (q[ar, xs].double() / mq).cpu().numpy()
+    px = p[ar, xs].double().cpu().numpy()  # rows are used as given (checked to sum to 1)
+    qx = q[ar, xs].double().cpu().numpy()
     u = uniforms(seed, [stream] * n, [counter(i, 1) for i in range(n)])
     rejected = np.nonzero(~(u * qx < px))[0]
     k = int(rejected[0]) if len(rejected) else n
     if k < n:
-        r = p[k].double() / mp[k]
-        res = (r - q[k].double() / mq[k]).clamp_min(0.0)
+        r = p[k].double()
+        res = (r - q[k].double()).clamp_min(0.0)
         mass = float(res.sum())
         row = res / mass if mass > RESIDUAL_FLOOR else r
     else:

@@ -50,30 +50,34 @@ impl Real for f64 {
 
 /// Sums `row` in f64 and fills `chunks` with the sums of its [`CHUNK`]-element pieces.
 /// Returns `Err(index)` of the first entry that is negative, NaN or infinite.
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x >= 0.0)` is true for NaN on purpose
 pub fn scan_row<R: Real>(row: &[R], chunks: &mut Vec<f64>) -> std::result::Result<f64, usize> {
     chunks.clear();
     let mut total = 0.0;
-    let mut bad = false;
+    let mut low = 0.0f64;
     for piece in row.chunks(CHUNK) {
         let mut lanes = [0.0f64; 8];
+        let mut mins = [0.0f64; 8];
         let mut it = piece.chunks_exact(8);
         for eight in &mut it {
             for j in 0..8 {
                 let x = eight[j].get();
-                bad |= !(x >= 0.0) | (x == f64::INFINITY);
                 lanes[j] += x;
+                mins[j] = if x < mins[j] { x } else { mins[j] };
             }
         }
         for (j, x) in it.remainder().iter().enumerate() {
             let x = x.get();
-            bad |= !(x >= 0.0) | (x == f64::INFINITY);
             lanes[j] += x;
+            mins[j] = if x < mins[j] { x } else { mins[j] };
         }
         let s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        low = mins.iter().fold(low, |a, &b| if b < a { b } else { a });
         chunks.push(s);
         total += s;
     }
-    if bad {
+    // NaN and +inf make the sum non-finite; a negative entry (-inf included) lowers the minimum.
+    if low < 0.0 || !total.is_finite() {
         let i = row.iter().position(|x| !(x.get() >= 0.0) || x.get() == f64::INFINITY).unwrap_or(0);
         return Err(i);
     }
@@ -93,6 +97,16 @@ pub fn check_row<R: Real>(what: &str, row_index: usize, row: &[R], chunks: &mut 
             "{what}[{row_index}] sums to {s}: expected 1 within {PROB_TOL}"
         ))),
         Ok(s) => Ok(s),
+    }
+}
+
+/// Checks one probability entry `what[row, col] = v` (finite, `>= 0`).
+#[inline]
+pub fn check_entry(what: &str, row: usize, col: usize, v: f64) -> Result<()> {
+    if v >= 0.0 && v < f64::INFINITY {
+        Ok(())
+    } else {
+        Err(CoreError::value(format!("{what}[{row}, {col}] = {v}: probabilities must be finite and >= 0")))
     }
 }
 

@@ -60,7 +60,7 @@ pub fn blocks<'a, T: numpy::Element>(
     let (_, rows, cols) = view.dim();
     let mut out = Vec::with_capacity(view.len_of(Axis(0)));
     for b in 0..view.len_of(Axis(0)) {
-        let block = view.clone().index_axis_move(Axis(0), b);
+        let block = view.index_axis_move(Axis(0), b);
         let s = block.to_slice().ok_or_else(|| {
             PyValueError::new_err(format!("{what}: each [{rows}, {cols}] block must be C-contiguous"))
         })?;

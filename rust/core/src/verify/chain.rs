@@ -12,7 +12,7 @@
 use super::{batch_rows, reject_update, sample_dist, Dist, Rows, VerifyResult};
 use crate::error::{check_index, CoreError, Result};
 use crate::rng::{counter, Stream};
-use crate::sampling::{check_row, sample_scanned, Real};
+use crate::sampling::{check_entry, check_row, sample_scanned, Real};
 
 /// Reusable buffers of a chain walk.
 #[derive(Default)]
@@ -53,19 +53,22 @@ pub fn verify_chain_with<R: Real>(
     }
     let mut out = VerifyResult { path: vec![0], tokens: Vec::with_capacity(n + 1) };
     for (i, &x) in draft_tokens.iter().enumerate() {
-        let p = target.row(i);
-        let mp = check_row("target_probs", i, p, &mut s.p_chunks)?;
-        let qrow = draft.row(i);
-        let mq = check_row("draft_probs", i, qrow, &mut s.q_chunks)?;
+        // Rows are used as given (they sum to 1 within PROB_TOL): an accepted step reads two
+        // entries; a rejected step reads, and checks, both rows in full.
+        let (p, qrow) = (target.row(i), draft.row(i));
         let xi = x as usize;
-        let (px, qx) = (p[xi].get() / mp, qrow[xi].get() / mq);
+        let (px, qx) = (p[xi].get(), qrow[xi].get());
+        check_entry("target_probs", i, xi, px)?;
+        check_entry("draft_probs", i, xi, qx)?;
         if rng.uniform(counter(i, 1)) * qx < px {
             out.path.push(i as i64 + 1);
             out.tokens.push(x);
             continue;
         }
-        let mut r: Dist<R> = Dist::Row { row: p, inv: 1.0 / mp };
-        let q: Dist<R> = Dist::Row { row: qrow, inv: 1.0 / mq };
+        let mp = check_row("target_probs", i, p, &mut s.p_chunks)?;
+        check_row("draft_probs", i, qrow, &mut s.q_chunks)?;
+        let mut r: Dist<R> = Dist::Row { row: p, inv: 1.0 };
+        let q: Dist<R> = Dist::Row { row: qrow, inv: 1.0 };
         reject_update(&mut r, &mut s.r, &q, &[], &mut s.tmp);
         out.tokens.push(sample_dist(&r, &s.r, &s.p_chunks, mp, rng.uniform(counter(i, 0)), &mut s.chunks));
         return Ok(out);

@@ -16,7 +16,7 @@
 use super::{batch_rows, reject_update, sample_dist, Dist, Rows, VerifyResult};
 use crate::error::{check_index, CoreError, Result};
 use crate::rng::{counter, Stream};
-use crate::sampling::{check_row, sample_scanned, Real};
+use crate::sampling::{check_entry, check_row, sample_scanned, Real};
 use crate::tree::validate_parents;
 
 /// Reusable buffers of a walk (one per thread).
@@ -125,23 +125,32 @@ fn walk_sampled<R: Real>(
     let mut cur = 0usize;
     'walk: loop {
         let p = target.row(cur);
-        let mp = check_row("target_probs", cur, p, &mut s.p_chunks)?;
         s.kids.clear();
         s.kids.extend((cur + 1..parents.len()).filter(|&i| parents[i] == cur as i64));
-        let mut r: Dist<R> = Dist::Row { row: p, inv: 1.0 / mp };
+        // Rows are used as given (they sum to 1 within PROB_TOL); an acceptance test reads two
+        // entries, and a row is checked in full when the walk first needs all of it.
+        let mut r: Dist<R> = Dist::Row { row: p, inv: 1.0 };
+        let mut mass_p = None;
         if !s.kids.is_empty() {
             let qrow = draft.row(cur);
-            let mq = check_row("draft_probs", cur, qrow, &mut s.q_chunks)?;
-            let mut q: Dist<R> = Dist::Row { row: qrow, inv: 1.0 / mq };
+            let mut q: Dist<R> = Dist::Row { row: qrow, inv: 1.0 };
             for k in 0..s.kids.len() {
                 let c = s.kids[k];
                 let x = tokens[c] as usize;
                 let (rx, qx) = (r.at(&s.r, x), q.at(&s.q, x));
+                if mass_p.is_none() {
+                    check_entry("target_probs", cur, x, rx)?;
+                    check_entry("draft_probs", cur, x, qx)?;
+                }
                 if rng.uniform(counter(cur, k as u32 + 1)) * qx < rx {
                     out.path.push(c as i64);
                     out.tokens.push(x as i64);
                     cur = c;
                     continue 'walk;
+                }
+                if mass_p.is_none() {
+                    mass_p = Some(check_row("target_probs", cur, p, &mut s.p_chunks)?);
+                    check_row("draft_probs", cur, qrow, &mut s.q_chunks)?;
                 }
                 reject_update(&mut r, &mut s.r, &q, &s.q, &mut s.tmp);
                 if !replacement {
@@ -149,6 +158,10 @@ fn walk_sampled<R: Real>(
                 }
             }
         }
+        let mp = match mass_p {
+            Some(m) => m,
+            None => check_row("target_probs", cur, p, &mut s.p_chunks)?,
+        };
         let u = rng.uniform(counter(cur, 0));
         out.tokens.push(sample_dist(&r, &s.r, &s.p_chunks, mp, u, &mut s.chunks));
         return Ok(out);
