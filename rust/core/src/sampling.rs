@@ -103,7 +103,7 @@ pub fn check_row<R: Real>(what: &str, row_index: usize, row: &[R], chunks: &mut 
 /// Checks one probability entry `what[row, col] = v` (finite, `>= 0`).
 #[inline]
 pub fn check_entry(what: &str, row: usize, col: usize, v: f64) -> Result<()> {
-    if v >= 0.0 && v < f64::INFINITY {
+    if (0.0..f64::INFINITY).contains(&v) {
         Ok(())
     } else {
         Err(CoreError::value(format!("{what}[{row}, {col}] = {v}: probabilities must be finite and >= 0")))

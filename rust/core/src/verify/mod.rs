@@ -3,8 +3,10 @@
 //! Conventions shared by every verifier: node 0 is the root (its token is already in the
 //! sequence), `parents` is a valid parent array (see [`crate::tree`]), and the target's
 //! prediction at node `i` (`target_argmax[i]`, `target_probs[i]`) is about the token that
-//! FOLLOWS node `i`. Probability rows are checked with [`crate::sampling::check_row`] when a
-//! walk reads them (rows of nodes the walk never visits are not read).
+//! FOLLOWS node `i`. Probability rows are used as given (they must sum to 1 within
+//! [`crate::sampling::PROB_TOL`]); a row is checked with [`crate::sampling::check_row`] when a
+//! walk reads it in full (to sample or to form a residual), and an acceptance test checks the two
+//! entries it reads. Rows the walk never reads in full are not summed.
 //!
 //! Randomness comes from [`crate::rng`]: draw `slot` at node `i` uses the counter
 //! `i << 32 | slot` (slot 0: the sample from the target or residual; slot `k + 1`: the
