@@ -142,8 +142,9 @@ def verify_tree(
         VerifyResult.
 
     Raises:
-        ValueError: bad shapes or dtypes, an empty or unordered tree, a bad probability row
-            (only rows of nodes the walk visits are read and checked on the CPU path).
+        ValueError: bad shapes or dtypes, an empty or unordered tree, a bad probability row.
+            On the CPU path a row is checked in full when the walk reads it in full (to sample
+            or to form a residual); an acceptance test checks only the two entries it reads.
         IndexError: a token outside ``[0, V)``.
     """
     s = _seed(seed)
