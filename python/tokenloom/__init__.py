@@ -8,7 +8,16 @@ from ._core import __version__
 from .drafts import EarlyExitDraft, HFDraft
 from .dyspec import DynamicTree, DynamicTreeBuilder, Frontier
 from .generation import GenerateOutput, GenerateStats, generate, methods, register_method
-from .verify import VerifyResult, verify_greedy, verify_greedy_batch
+from .sampling import Sampler, probs_from_logits
+from .verify import (
+    VerifyResult,
+    verify_chain,
+    verify_chain_batch,
+    verify_greedy,
+    verify_greedy_batch,
+    verify_tree,
+    verify_tree_batch,
+)
 
 __all__ = [
     "DynamicTree",
@@ -18,11 +27,17 @@ __all__ = [
     "GenerateOutput",
     "GenerateStats",
     "HFDraft",
+    "Sampler",
     "VerifyResult",
     "__version__",
     "generate",
     "methods",
+    "probs_from_logits",
     "register_method",
     "verify_greedy",
+    "verify_chain",
+    "verify_chain_batch",
     "verify_greedy_batch",
+    "verify_tree",
+    "verify_tree_batch",
 ]

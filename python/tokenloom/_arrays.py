@@ -7,11 +7,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_array", "is_torch"]
+__all__ = ["as_array", "as_float_array", "is_torch"]
 
 
 def is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+_INT64 = np.dtype(np.int64)
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
 
 
 def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
@@ -24,6 +29,9 @@ def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
         ValueError: wrong number of dimensions, or a float array where ids are expected.
         TypeError: ``x`` is not array-like.
     """
+    # Fast path (the common case in serving loops): already the exact array the kernel takes.
+    if type(x) is np.ndarray and x.ndim == ndim and x.dtype == dtype and x.flags.c_contiguous:
+        return x
     if is_torch(x):
         x = x.detach()
         if x.device.type != "cpu":
@@ -46,3 +54,50 @@ def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
     if want.kind == "f" and arr.dtype.kind not in "fiub":
         raise ValueError(f"{name}: expected a float array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=want)
+
+
+def as_float_array(x: Any, name: str, ndim: int) -> np.ndarray:
+    """``x`` as a float32 or float64 numpy array of ``ndim`` dimensions, without a copy when it
+    already is one (CPU torch tensors cross through ``.numpy()``; other float dtypes such as
+    float16 / bfloat16 become float32). For ``ndim == 3`` the leading (batch) axis may keep any
+    stride, e.g. a broadcast view, as long as every trailing 2-D block is C-contiguous.
+
+    Raises:
+        ValueError: wrong number of dimensions, or not a floating-point array.
+        TypeError: ``x`` is not array-like.
+    """
+    if type(x) is np.ndarray and x.ndim == ndim and (x.dtype == _FLOAT32 or x.dtype == _FLOAT64) and x.flags.c_contiguous:
+        return x
+    if is_torch(x):
+        import torch
+
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        if x.dtype not in (torch.float32, torch.float64):
+            if not x.is_floating_point():
+                raise ValueError(f"{name}: expected a float tensor, got dtype {x.dtype}")
+            x = x.float()
+        arr = x.numpy()
+    elif isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as e:  # pragma: no cover
+            raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from e
+        if arr.dtype.kind in "iub" and arr.size:
+            raise ValueError(f"{name}: expected a float array, got dtype {arr.dtype}")
+        if arr.dtype.kind in "iub":
+            arr = arr.astype(np.float64)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {tuple(arr.shape)}")
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{name}: expected a float array, got dtype {arr.dtype}")
+    if arr.dtype not in (_FLOAT32, _FLOAT64):
+        arr = arr.astype(np.float32)
+    if ndim == 3 and arr.shape[0] > 0 and not arr.flags.c_contiguous:
+        block = arr[0]
+        if block.flags.c_contiguous:
+            return arr
+    return np.ascontiguousarray(arr)

@@ -4,6 +4,8 @@
 
 pub mod dyntree;
 pub mod error;
+pub mod rng;
+pub mod sampling;
 pub mod tree;
 pub mod verify;
 

@@ -3,6 +3,8 @@
 
 mod dyntree;
 mod error;
+mod floats;
+mod sampling;
 mod verify;
 
 use pyo3::prelude::*;
@@ -16,6 +18,7 @@ mod _core {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         verify::register(m)?;
         dyntree::register(m)?;
+        sampling::register(m)?;
         Ok(())
     }
 }

@@ -1,20 +1,8 @@
-//! Verification of draft trees against the target model.
-//!
-//! Conventions shared by every verifier: node 0 is the root (its token is already in the
-//! sequence), `parents` is a valid parent array (see [`crate::tree`]), and the target's
-//! prediction at node `i` is about the token that FOLLOWS node `i`.
+//! Greedy (temperature 0) tree verification: follow the target argmax.
 
+use super::VerifyResult;
 use crate::error::{check_index, CoreError, Result};
 use crate::tree::validate_parents;
-
-/// What a verifier accepts: the node path from the root and the emitted tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VerifyResult {
-    /// Accepted node indices, starting with the root (0).
-    pub path: Vec<i64>,
-    /// Emitted token ids: the accepted draft tokens, then one token from the target.
-    pub tokens: Vec<i64>,
-}
 
 /// Greedy (temperature 0) tree verification.
 ///
