@@ -6,11 +6,14 @@ need them, so ``import tokenloom`` stays cheap.
 
 from ._core import __version__
 from .generation import GenerateOutput, GenerateStats, generate, methods, register_method
+from .recycling import DraftTree, TokenRecycler
 from .verify import VerifyResult, verify_greedy, verify_greedy_batch
 
 __all__ = [
+    "DraftTree",
     "GenerateOutput",
     "GenerateStats",
+    "TokenRecycler",
     "VerifyResult",
     "__version__",
     "generate",

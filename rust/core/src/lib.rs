@@ -3,6 +3,8 @@
 //! One module per kernel; every fallible function returns [`error::Result`].
 
 pub mod error;
+pub mod recycling;
+pub mod template;
 pub mod tree;
 pub mod verify;
 

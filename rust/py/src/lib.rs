@@ -2,6 +2,7 @@
 //! area registers its functions and classes in `register`.
 
 mod error;
+mod recycling;
 mod verify;
 
 use pyo3::prelude::*;
@@ -14,6 +15,7 @@ mod _core {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         verify::register(m)?;
+        recycling::register(m)?;
         Ok(())
     }
 }
