@@ -46,7 +46,16 @@ NESTED_SIZES: Tuple[int, ...] = (1, 4, 8, 16, 24, 32, 48, 64, 80)
 def _template_arg(template: TemplateSpec) -> Any:
     if isinstance(template, str):
         return template
-    return [[int(r) for r in path] for path in template]
+    try:
+        out = [[int(r) for r in path] for path in template]
+        if all(isinstance(r, (int, np.integer)) for path in template for r in path):
+            return out
+        raise TypeError("non-integer rank")
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"template: expected a name (one of {template_names()}) or a list of rank paths "
+            f"(list[list[int]]), got {template!r}"
+        ) from e
 
 
 def template_names() -> List[str]:

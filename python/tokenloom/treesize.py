@@ -41,6 +41,7 @@ __all__ = [
     "calibrate_step_cost",
     "choose_template",
     "clear_step_cost_cache",
+    "monotone",
     "order_by_probability",
 ]
 
@@ -113,8 +114,9 @@ def calibrate_step_cost(
 ) -> StepCost:
     """Time one tree step (forward + argmax + top-k) for each tree size in ``tokens``.
 
-    Sizes are measured round-robin (``repeats`` rounds after one warm-up round) and the median
-    is kept, which resists the drift of a shared machine. The result is cached per
+    Sizes are measured round-robin (``repeats`` rounds after one warm-up round); the fastest
+    time per size is kept (the least disturbed by other processes on a shared machine) and the
+    curve is made non-decreasing in T (:func:`monotone`). The result is cached per
     :func:`calibration_key` in the process and, unless ``disk`` is False or
     ``TOKENLOOM_NO_DISK_CACHE=1``, as JSON in the user cache directory.
     """
@@ -164,7 +166,7 @@ def calibrate_step_cost(
                 cache.crop(past_len)
                 if rnd > 0:
                     times[t].append(elapsed)
-    cost = StepCost(tuple(sizes), tuple(float(np.median(times[t])) for t in sizes), key)
+    cost = StepCost(tuple(sizes), tuple(monotone([min(times[t]) for t in sizes])), key)
     with _COSTS_LOCK:
         _COSTS[key] = cost
     if disk:
@@ -176,6 +178,21 @@ def calibrate_step_cost(
         except OSError:
             pass  # a read-only home is not an error
     return cost
+
+
+def monotone(values: Sequence[float]) -> List[float]:
+    """Least-squares non-decreasing fit (pool-adjacent-violators) of ``values``."""
+    blocks: List[List[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    out: List[float] = []
+    for s, c in blocks:
+        out.extend([s / c] * int(c))
+    return out
 
 
 class AcceptanceStats:
