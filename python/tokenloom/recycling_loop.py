@@ -26,6 +26,10 @@ __all__ = ["decode_recycling", "RECIDE_EVERY", "SEED_FROM_PREFILL"]
 
 #: Steps between two template decisions in ``tree="auto"`` mode.
 RECIDE_EVERY = 8
+#: Draft-node counts ``tree="auto"`` chooses from (0 = no draft when trees do not pay).
+AUTO_SIZES = (0,) + tuple(NESTED_SIZES)
+_ROOT_ONLY = np.array([-1], dtype=np.int64)
+_ZERO = np.zeros(1, dtype=np.int64)
 #: Default of ``seed_prefill`` (seed recycler rows from the prompt's prefill top-k).
 SEED_FROM_PREFILL = False
 #: Most prompt positions used for seeding (the last ones), bounding the prefill logits memory.
@@ -141,16 +145,21 @@ def decode_recycling(
     root = first
     past = n_prompt
     step = 0
+    plain = False
     while True:
         if auto and step % max(1, recide_every) == 0:
             assert cost is not None
-            paths, _ = choose_template(candidates, stats, cost, NESTED_SIZES)
-            rec.set_template(paths)
+            paths, _ = choose_template(candidates, stats, cost, AUTO_SIZES)
+            plain = not paths
+            if paths:
+                rec.set_template(paths)
         step += 1
-        draft = rec.draft(root)
-        tokens = draft.tokens
-        parents = draft.parents
-        logits = tree_forward(model, cache, torch.from_numpy(tokens), parents, draft.depths, past_len=past)
+        if plain:  # auto chose no draft: a one-node tree (still learning the root's row)
+            tokens, parents, depths = np.array([root], dtype=np.int64), _ROOT_ONLY, _ZERO
+        else:
+            draft = rec.draft(root)
+            tokens, parents, depths = draft.tokens, draft.parents, draft.depths
+        logits = tree_forward(model, cache, torch.from_numpy(tokens), parents, depths, past_len=past)
         topk = logits.topk(k, dim=-1).indices.cpu()
         if sample is None:
             res = verify_greedy(parents, tokens, logits.argmax(-1).cpu())

@@ -269,7 +269,8 @@ def choose_template(
     sizes: Sequence[int],
 ) -> Tuple[List[List[int]], Dict[str, float]]:
     """Pick the first-N prefix (N in ``sizes``) of ``candidates`` ordered by estimated
-    acceptance probability that maximises expected tokens per second.
+    acceptance probability that maximises expected tokens per second. ``N = 0`` (no draft: a
+    plain step) is allowed when listed in ``sizes``.
 
     Returns:
         (paths, info): the chosen paths and ``{"n", "expected_tokens", "step_seconds",
@@ -282,7 +283,7 @@ def choose_template(
     best: Optional[Tuple[float, int]] = None
     for n in sizes:
         n = min(int(n), len(ordered))
-        if n < 1:
+        if n < 0:
             continue
         e = 1.0 + cum[n]
         rate = e / cost(n + 1)
