@@ -122,3 +122,27 @@ def test_calibration_is_cached(tiny_llama, tmp_path, monkeypatch):
     finally:
         clear_step_cost_cache()
         torch.set_num_threads(old)
+
+
+def test_no_draft_when_trees_never_pay(tiny_llama, monkeypatch):
+    """With a cost curve where any tree costs far more than a plain step, auto sizing chooses
+    no draft, and the output is still HF greedy's."""
+    import torch
+
+    import tokenloom
+    import tokenloom.recycling_loop as loop
+    from tokenloom.recycling import TokenRecycler
+
+    steep = StepCost((1, 2, 81), (0.01, 1.0, 2.0))
+    stats = _typical_stats()
+    paths, info = choose_template(PATHS, stats, steep, loop.AUTO_SIZES)
+    assert paths == [] and info["n"] == 0 and info["expected_tokens"] == 1.0
+    monkeypatch.setattr(loop, "calibrate_step_cost", lambda model, k=8: steep)
+    ids = torch.randint(3, 49152, (1, 10), generator=torch.Generator().manual_seed(3))
+    rec = TokenRecycler(49152)
+    out = tokenloom.generate(tiny_llama, ids, method="recycling", recycler=rec, max_new_tokens=20, eos_token_id=[])
+    hf = tiny_llama.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
+                             eos_token_id=None, pad_token_id=0)
+    assert out.sequences.tolist() == hf.tolist()
+    assert out.stats.extra["tree_sizes"] == {0: out.stats.steps - 1}
+    assert rec.adjacency()[out.sequences[0, -3:]].any(), "rows are still learned"
