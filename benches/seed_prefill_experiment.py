@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--tree", default="2.2.2-16")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--regimes", default="cold,hot")
+    ap.add_argument("--seeds", default="0,1", help="seed_prefill arms to run (0 = off, 1 = on)")
     a = ap.parse_args()
     import torch
 
@@ -43,8 +45,8 @@ def main() -> None:
                 picked.append(by_cat[c].pop(0))
     arms = {}
     hot = {True: TokenRecycler(model.config.vocab_size), False: TokenRecycler(model.config.vocab_size)}
-    for regime in ("cold", "hot"):
-        for seed in (False, True):
+    for regime in a.regimes.split(","):
+        for seed in [bool(int(x)) for x in a.seeds.split(",")]:
             tokens = steps = 0
             secs = 0.0
             for q in picked:

@@ -102,17 +102,17 @@ def _resolve(name: str, recycling_tree: str) -> BenchFn:
 
 
 def load_questions(n_per_category: int, categories: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
-    """The first ``n_per_category`` questions of each category (file order)."""
+    """The first ``n_per_category`` questions of each category, interleaved round-robin over
+    the categories (so that a partial run covers every category)."""
     qs = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    per: Dict[str, int] = defaultdict(int)
-    out = []
+    per: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     for q in qs:
         c = q["category"]
-        if categories and c not in categories:
-            continue
-        if per[c] < n_per_category:
-            per[c] += 1
-            out.append(q)
+        if (not categories or c in categories) and len(per[c]) < n_per_category:
+            per[c].append(q)
+    out = []
+    for i in range(n_per_category):
+        out.extend(per[c][i] for c in sorted(per) if i < len(per[c]))
     return out
 
 
@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     eos = stop_token_ids(model, tok)
     handle, counter = _count_forwards(model)
     results: List[RunResult] = []
+    meta = _meta(args, len(questions))
     try:
         warm = chat_input_ids(tok, "Say hello.")
         for m in tqdm(methods, desc="warm-up", disable=args.no_progress, file=sys.stderr):
@@ -250,23 +251,38 @@ def run(args: argparse.Namespace) -> int:
             if "hf" in outs:
                 for r in results[-len(methods):]:
                     r.same_as_hf = outs[r.method] == outs["hf"]
+            if args.json:  # after every question, so an interrupted run still leaves its data
+                _write_json(args.json, meta, summarise(results, methods), results)
         bar.close()
     finally:
         handle.remove()
     table = summarise(results, methods)
     print(format_table(table))
-    meta = {
+    if args.json:
+        _write_json(args.json, meta, table, results)
+    if args.plot:
+        plot(table, args.plot)
+    return 0
+
+
+def _write_json(path: str, meta: Dict[str, Any], table: Any, results: List[RunResult]) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "summary": table, "results": [asdict(r) for r in results]}, indent=1))
+    tmp.replace(path)
+
+
+def _meta(args: argparse.Namespace, n_questions: int) -> Dict[str, Any]:
+    import os
+
+    import torch
+
+    return {
         "command": "tokenloom " + " ".join(sys.argv[1:]) if sys.argv else "",
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}".strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "model": args.model or "embedded SmolLM2-135M-Instruct (fp32)",
         "max_new_tokens": args.max_new_tokens,
-        "questions": len(questions),
+        "questions": n_questions,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "summary": table, "results": [asdict(r) for r in results]}, indent=1))
-    if args.plot:
-        plot(table, args.plot)
-    return 0
