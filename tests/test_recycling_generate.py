@@ -118,7 +118,7 @@ def test_hot_start_and_stats(tiny_llama):
     emitted = sum((acc + 1) * c for acc, c in ex["accepted_hist"].items()) + 1
     assert emitted >= b.stats.new_tokens  # the last step may be cut by the budget
     assert b.stats.mean_accepted == b.stats.new_tokens / b.stats.steps
-    assert ex["seeded"] is False and len(ex["calibration"]) >= 2
+    assert ex["seeded"] is tokenloom.recycling_loop.SEED_FROM_PREFILL and len(ex["calibration"]) >= 2
 
 
 def test_default_recycler_is_shared(tiny_llama):
@@ -138,6 +138,10 @@ def test_seed_from_prefill(tiny_llama):
     out = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=1, recycler=rec,
                              seed_prefill=True, eos_token_id=[])
     assert out.stats.extra["seeded"] is True
+    off = TokenRecycler(49152)
+    tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=1, recycler=off,
+                       seed_prefill=False, eos_token_id=[])
+    assert not off.adjacency().any(), "no step ran and nothing was seeded"
     import torch
 
     with torch.inference_mode():

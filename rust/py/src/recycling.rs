@@ -230,7 +230,7 @@ impl PyTokenRecycler {
     ///     np.ndarray[uint32], shape [vocab_size, k].
     fn adjacency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u32>>> {
         let flat = self.rec.adjacency().to_vec().into_pyarray(py);
-        Ok(flat.reshape([self.rec.vocab(), self.rec.k()])?)
+        flat.reshape([self.rec.vocab(), self.rec.k()])
     }
 
     /// Save the matrix (not the template) to `path`: a versioned little-endian binary file
