@@ -8,6 +8,7 @@ from ._core import __version__
 from .drafts import EarlyExitDraft, HFDraft
 from .dyspec import DynamicTree, DynamicTreeBuilder, Frontier
 from .generation import GenerateOutput, GenerateStats, generate, methods, register_method
+from .recycling import DraftTree, TokenRecycler
 from .sampling import Sampler, probs_from_logits
 from .verify import (
     VerifyResult,
@@ -20,6 +21,8 @@ from .verify import (
 )
 
 __all__ = [
+    "DraftTree",
+    "TokenRecycler",
     "DynamicTree",
     "DynamicTreeBuilder",
     "EarlyExitDraft",

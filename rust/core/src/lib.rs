@@ -6,6 +6,8 @@ pub mod dyntree;
 pub mod error;
 pub mod rng;
 pub mod sampling;
+pub mod recycling;
+pub mod template;
 pub mod tree;
 pub mod verify;
 

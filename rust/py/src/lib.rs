@@ -5,6 +5,7 @@ mod dyntree;
 mod error;
 mod floats;
 mod sampling;
+mod recycling;
 mod verify;
 
 use pyo3::prelude::*;
@@ -19,6 +20,7 @@ mod _core {
         verify::register(m)?;
         dyntree::register(m)?;
         sampling::register(m)?;
+        recycling::register(m)?;
         Ok(())
     }
 }

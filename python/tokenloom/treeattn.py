@@ -1,0 +1,296 @@
+"""Generic tree-attention step machinery for Hugging Face causal LMs (method-agnostic: Token
+Recycling and DySpec both use it).
+
+A *tree step* feeds T tree nodes after a cached prefix of ``past_len`` tokens in ONE forward:
+
+* node 0 is the root (the last emitted token, not yet in the cache), ``parents[0] == -1`` and
+  ``0 <= parents[i] < i`` (a forward scan is a topological order);
+* node ``i`` attends to the whole prefix and to itself and its ancestors — the additive 4D mask
+  from :func:`tree_attention_mask` (0 = see, ``finfo(dtype).min`` = hide), shape
+  ``(1, 1, T, past_len + T)``;
+* node ``i`` sits at position ``past_len + depth(i)`` (:func:`tree_position_ids`);
+* after verification, :func:`compact_cache` keeps the prefix and the accepted nodes (in order)
+  and drops the rest, so the cache again holds one entry per emitted token.
+
+Typical step (``cache`` is a ``transformers.DynamicCache`` already holding the prefix)::
+
+    past = cache_length(cache)
+    logits = tree_forward(model, cache, tokens, parents, depths)   # [T, V], one forward
+    path = ...verify (node indices starting with 0)...
+    compact_cache(cache, past, path)                               # cache = past + len(path)
+
+Requirements: batch size 1; the model's attention implementation must accept a custom 4D float
+mask ("sdpa" or "eager"; flash-attention-2 does not); position ids are honoured (all
+rotary/absolute-position decoder models in transformers). Cache layers must be full
+(``DynamicLayer``); sliding-window layers are refused by :func:`compact_cache`.
+
+Everything here works on CPU and CUDA; masks are cached per tree shape, dtype and device.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ancestor_matrix",
+    "cache_length",
+    "compact_cache",
+    "cache_kv",
+    "tree_attention_mask",
+    "tree_bias",
+    "tree_forward",
+    "tree_position_ids",
+]
+
+
+def _parents_array(parents: Any) -> np.ndarray:
+    if hasattr(parents, "detach"):
+        parents = parents.detach().cpu().numpy()
+    p = np.asarray(parents, dtype=np.int64)
+    if p.ndim != 1 or p.size == 0:
+        raise ValueError(f"parents: expected a non-empty 1-D array, got shape {tuple(p.shape)}")
+    if p[0] != -1:
+        raise ValueError(f"parents[0] must be -1 (node 0 is the root), got {int(p[0])}")
+    idx = np.arange(1, p.size)
+    bad = np.nonzero((p[1:] < 0) | (p[1:] >= idx))[0]
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise ValueError(f"parents must be topologically ordered (0 <= parents[i] < i): parents[{i}] = {int(p[i])}")
+    return p
+
+
+def ancestor_matrix(parents: Any) -> np.ndarray:
+    """bool [T, T]: ``M[i, j]`` is True when node ``j`` is node ``i`` or one of its ancestors.
+
+    Raises:
+        ValueError: ``parents`` is not a valid parent array.
+    """
+    p = _parents_array(parents)
+    t = p.size
+    m = np.zeros((t, t), dtype=bool)
+    m[0, 0] = True
+    for i in range(1, t):
+        m[i] = m[p[i]]
+        m[i, i] = True
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def _bias_cached(key: bytes, dtype: Any, device: Any) -> "torch.Tensor":
+    import torch
+
+    parents = np.frombuffer(key, dtype=np.int64)
+    see = torch.from_numpy(ancestor_matrix(parents))
+    bias = torch.zeros(see.shape, dtype=dtype)
+    bias.masked_fill_(~see, torch.finfo(dtype).min)
+    return bias.to(device)
+
+
+def tree_bias(parents: Any, dtype: Any = None, device: Any = "cpu") -> "torch.Tensor":
+    """Additive [T, T] block of the tree mask: 0 where node ``j`` is ``i`` or an ancestor of
+    ``i``, ``finfo(dtype).min`` elsewhere. Cached per (parents, dtype, device); do not modify.
+    """
+    import torch
+
+    p = _parents_array(parents)
+    return _bias_cached(p.tobytes(), dtype or torch.float32, torch.device(device))
+
+
+def tree_attention_mask(parents: Any, past_len: int, dtype: Any = None, device: Any = "cpu") -> "torch.Tensor":
+    """The 4D additive mask (1, 1, T, past_len + T) of a tree step: every node sees the whole
+    prefix (zeros) and, among tree nodes, only itself and its ancestors.
+
+    Args:
+        parents: int [T] parent array (``parents[0] == -1``, ``parents[i] < i``).
+        past_len: tokens already in the cache (>= 0).
+        dtype: float dtype of the model's attention (default float32).
+        device: where the model runs.
+    """
+    import torch
+
+    if past_len < 0:
+        raise ValueError(f"past_len: expected >= 0, got {past_len}")
+    dtype = dtype or torch.float32
+    block = tree_bias(parents, dtype, device)
+    t = block.shape[0]
+    mask = torch.zeros((1, 1, t, past_len + t), dtype=dtype, device=block.device)
+    mask[0, 0, :, past_len:] = block
+    return mask
+
+
+def tree_position_ids(depths: Any, past_len: int, device: Any = "cpu") -> "torch.Tensor":
+    """LongTensor [1, T]: ``past_len + depths``."""
+    import torch
+
+    d = torch.as_tensor(np.asarray(depths, dtype=np.int64) if not hasattr(depths, "detach") else depths)
+    return (d.to(device=device, dtype=torch.long) + int(past_len)).view(1, -1)
+
+
+def _depths_of(parents: np.ndarray) -> np.ndarray:
+    d = np.zeros(parents.size, dtype=np.int64)
+    for i in range(1, parents.size):
+        d[i] = d[parents[i]] + 1
+    return d
+
+
+def _model_dtype_device(model: Any) -> Tuple[Any, Any]:
+    import torch
+
+    try:
+        param = next(model.parameters())
+        return (param.dtype if param.dtype.is_floating_point else torch.float32), param.device
+    except (StopIteration, AttributeError):
+        return torch.float32, torch.device("cpu")
+
+
+def tree_forward(
+    model: Any,
+    cache: Any,
+    tokens: Any,
+    parents: Any,
+    depths: Any = None,
+    *,
+    past_len: int = -1,
+) -> "torch.Tensor":
+    """One forward of a token tree after the cached prefix; appends T entries to ``cache``.
+
+    Args:
+        model: HF causal LM (called with ``input_ids``, a 4D ``attention_mask``,
+            ``position_ids`` and ``past_key_values``).
+        cache: the model's cache (``DynamicCache``), holding ``past_len`` tokens.
+        tokens: int [T] node tokens, root first (numpy, torch or a sequence).
+        parents: int [T] parent array.
+        depths: int [T] node depths (computed from ``parents`` when None).
+        past_len: tokens in the cache (read from ``cache`` when negative).
+
+    Returns:
+        torch.Tensor [T, V]: the logits after every node (float32 view of the model's output).
+
+    Raises:
+        ValueError: bad parents, or tokens / depths of another length.
+    """
+    import torch
+
+    p = _parents_array(parents)
+    dtype, device = _model_dtype_device(model)
+    if past_len < 0:
+        past_len = cache_length(cache)
+    tok = torch.as_tensor(tokens if hasattr(tokens, "detach") else np.asarray(tokens, dtype=np.int64))
+    if tok.dim() != 1 or tok.shape[0] != p.size:
+        raise ValueError(f"tokens: expected shape [{p.size}] (= len(parents)), got {list(tok.shape)}")
+    if depths is None:
+        depths = _depths_of(p)
+    pos = tree_position_ids(depths, past_len, device)
+    if pos.shape[1] != p.size:
+        raise ValueError(f"depths: expected shape [{p.size}] (= len(parents)), got {list(pos.shape)}")
+    mask = tree_attention_mask(p, past_len, dtype, device)
+    out = model(
+        input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits = out.logits[0]
+    return logits if logits.dtype == torch.float32 else logits.float()
+
+
+# --- KV cache access shim ---------------------------------------------------------------------
+
+
+class _KV:
+    """Uniform get/set of layer ``i``'s key/value tensors [B, H, S, D] across cache layouts:
+    transformers >= 4.56 ``cache.layers[i].keys/.values`` and the older
+    ``cache.key_cache[i] / cache.value_cache[i]`` lists."""
+
+    def __init__(self, cache: Any):
+        self.cache = cache
+        layers = getattr(cache, "layers", None)
+        if layers is not None:
+            self.kind = "layers"
+            self.n = len(layers)
+        elif hasattr(cache, "key_cache") and hasattr(cache, "value_cache"):
+            self.kind = "lists"
+            self.n = len(cache.key_cache)
+        else:
+            raise TypeError(
+                f"unsupported cache type {type(cache).__name__}: expected a transformers DynamicCache "
+                "(cache.layers[i].keys/.values or cache.key_cache/value_cache)"
+            )
+
+    def get(self, i: int) -> Tuple[Any, Any]:
+        if self.kind == "layers":
+            layer = self.cache.layers[i]
+            if getattr(layer, "is_sliding", False):
+                raise ValueError("compact_cache: sliding-window cache layers are not supported")
+            return getattr(layer, "keys", None), getattr(layer, "values", None)
+        return self.cache.key_cache[i], self.cache.value_cache[i]
+
+    def set(self, i: int, k: Any, v: Any) -> None:
+        if self.kind == "layers":
+            self.cache.layers[i].keys, self.cache.layers[i].values = k, v
+        else:
+            self.cache.key_cache[i], self.cache.value_cache[i] = k, v
+
+
+def cache_kv(cache: Any) -> List[Tuple[Any, Any]]:
+    """The (keys, values) tensors [B, H, S, D] of every layer (for tests and tools)."""
+    kv = _KV(cache)
+    return [kv.get(i) for i in range(kv.n)]
+
+
+def cache_length(cache: Any) -> int:
+    """Tokens held by the cache (the sequence length of its first initialised layer)."""
+    kv = _KV(cache)
+    for i in range(kv.n):
+        k, _ = kv.get(i)
+        if k is not None and getattr(k, "numel", lambda: 0)() > 0:
+            return int(k.shape[-2])
+    return 0
+
+
+def compact_cache(cache: Any, past_len: int, keep: Sequence[int]) -> None:
+    """Keep the prefix ``[0, past_len)`` and the tree entries ``past_len + keep`` (in the given
+    order), drop every other entry, in place on every layer.
+
+    Args:
+        cache: a ``DynamicCache`` (either layout, see :func:`cache_kv`) holding
+            ``past_len + T`` entries after a tree step.
+        past_len: tokens cached before the tree step.
+        keep: node indices to keep, e.g. the accepted path ``[0, 3, 7]``; each in ``[0, T)``,
+            strictly increasing (a root-to-node path always is).
+
+    Raises:
+        ValueError: ``keep`` not strictly increasing or out of range; sliding-window layers.
+        TypeError: an unsupported cache object.
+    """
+    import torch
+
+    kv = _KV(cache)
+    keep_list = [int(i) for i in keep]
+    n = len(keep_list)
+    total = cache_length(cache)
+    t = total - past_len
+    if past_len < 0 or t < 0:
+        raise ValueError(f"compact_cache: past_len {past_len} outside the cache length {total}")
+    if any(b <= a for a, b in zip(keep_list, keep_list[1:])) or (n and (keep_list[0] < 0 or keep_list[-1] >= t)):
+        raise ValueError(f"compact_cache: keep must be strictly increasing node indices in [0, {t}), got {keep_list}")
+    contiguous = keep_list == list(range(n))
+    idx = None
+    for i in range(kv.n):
+        k, v = kv.get(i)
+        if k is None or k.numel() == 0:
+            continue
+        if not contiguous:
+            if idx is None:
+                idx = torch.tensor(keep_list, dtype=torch.long, device=k.device) + past_len
+            # Gather first (a copy), then write into the front of the tree block.
+            k[:, :, past_len : past_len + n] = k.index_select(2, idx)
+            v[:, :, past_len : past_len + n] = v.index_select(2, idx)
+        kv.set(i, k.narrow(2, 0, past_len + n), v.narrow(2, 0, past_len + n))

@@ -1,0 +1,349 @@
+//! Token Recycling (arXiv 2408.08696): an adjacency matrix `A[vocab, k]` of candidate next
+//! tokens per token, filled from the target model's own top-k at every verified tree position,
+//! and drafted from by a BFS over a static [`Template`].
+//!
+//! * [`TokenRecycler::draft`]: node `i` of the tree (canonical template order, root = 0) gets
+//!   `A[token(parent(i)), rank(i)]`. Parents precede children, so one forward pass over the nodes
+//!   is the BFS; the nodes of one depth are contiguous (one gather per level).
+//! * [`TokenRecycler::update`]: for every position `i` in order, `A[tokens[i]] = topk[i]`.
+//!   **Duplicated tokens: the last position wins** (the highest index overwrites), the rule the
+//!   reference implementation effectively follows.
+//! * Rows start at zero (token 0 as every candidate), as in the reference; the matrix is never
+//!   reset between requests ("hot start").
+//! * [`TokenRecycler::save`] / [`TokenRecycler::load`]: a small little-endian binary format,
+//!   see [`MAGIC`].
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use crate::error::{check_index, CoreError, Result};
+use crate::template::Template;
+
+/// File magic of a saved recycler (8 bytes), followed by `version: u32`, `vocab: u64`, `k: u32`,
+/// `reserved: u32` (0), then `vocab * k` little-endian u32 (row-major adjacency).
+pub const MAGIC: &[u8; 8] = b"TLRECYCL";
+/// Current version of the file format.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 4 + 4;
+
+/// A drafted token tree (flat, root first, parents before children).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftTree {
+    /// Token of every node, `tokens[0]` is the root token.
+    pub tokens: Vec<i64>,
+    /// Parent of every node (`parents[0] == -1`, `parents[i] < i`).
+    pub parents: Vec<i64>,
+    /// Depth of every node (root 0): position id offset of the node.
+    pub depths: Vec<i64>,
+}
+
+/// The adjacency matrix and the operations on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecycler {
+    vocab: usize,
+    k: usize,
+    adj: Vec<u32>,
+}
+
+impl TokenRecycler {
+    /// A zero matrix of `vocab` rows and `k` candidates per row.
+    pub fn new(vocab: usize, k: usize) -> Result<Self> {
+        if vocab == 0 {
+            return Err(CoreError::value("vocab_size must be >= 1, got 0"));
+        }
+        if vocab > u32::MAX as usize {
+            return Err(CoreError::value(format!("vocab_size must fit in u32, got {vocab}")));
+        }
+        if k == 0 {
+            return Err(CoreError::value("k must be >= 1 (candidates per token), got 0"));
+        }
+        let len = vocab
+            .checked_mul(k)
+            .ok_or_else(|| CoreError::value(format!("vocab_size * k overflows: {vocab} * {k}")))?;
+        Ok(TokenRecycler { vocab, k, adj: vec![0; len] })
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The row-major [vocab, k] matrix.
+    pub fn adjacency(&self) -> &[u32] {
+        &self.adj
+    }
+
+    /// Checks that `template` only uses ranks below `k`.
+    pub fn check_template(&self, template: &Template) -> Result<()> {
+        if template.max_rank() as usize >= self.k {
+            return Err(CoreError::value(format!(
+                "template uses rank {} but the recycler keeps only k = {} candidates per token",
+                template.max_rank(),
+                self.k
+            )));
+        }
+        Ok(())
+    }
+
+    /// Drafts the tree of `template` below `root`.
+    pub fn draft(&self, root: i64, template: &Template) -> Result<DraftTree> {
+        let root = check_index("root token", root, self.vocab)?;
+        self.check_template(template)?;
+        let parents = template.parents();
+        let ranks = template.ranks();
+        let mut tokens = vec![0i64; parents.len()];
+        tokens[0] = root as i64;
+        for i in 1..parents.len() {
+            let pt = tokens[parents[i] as usize] as usize;
+            tokens[i] = self.adj[pt * self.k + ranks[i] as usize] as i64;
+        }
+        Ok(DraftTree { tokens, parents: parents.to_vec(), depths: template.depths().to_vec() })
+    }
+
+    /// Overwrites `A[tokens[i]] = topk[i]` for every position `i` in order (the last position
+    /// wins among duplicated tokens). `topk` is row-major [tokens.len(), width], width == k.
+    /// All input is validated before any row is written.
+    pub fn update(&mut self, tokens: &[i64], topk: &[i64], width: usize) -> Result<()> {
+        self.check_rows(tokens, topk, width)?;
+        for (i, &t) in tokens.iter().enumerate() {
+            let row = t as usize * self.k;
+            for (dst, &src) in self.adj[row..row + self.k].iter_mut().zip(&topk[i * width..i * width + self.k]) {
+                *dst = src as u32;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seeds rows from the prompt's prefill: `A[prompt[i]] = topk[i]`, the same rule as
+    /// [`update`](Self::update) (later prompt positions win).
+    pub fn seed_from_prefill(&mut self, prompt: &[i64], topk: &[i64], width: usize) -> Result<()> {
+        self.update(prompt, topk, width)
+    }
+
+    fn check_rows(&self, tokens: &[i64], topk: &[i64], width: usize) -> Result<()> {
+        if width != self.k {
+            return Err(CoreError::shape("topk_ids", format!("[{}, {}] (k = {})", tokens.len(), self.k, self.k), format!("[{}, {width}]", topk.len().checked_div(width).unwrap_or(0))));
+        }
+        if topk.len() != tokens.len() * width {
+            return Err(CoreError::shape(
+                "topk_ids",
+                format!("[{}, {}]", tokens.len(), self.k),
+                format!("{} rows", topk.len() / width.max(1)),
+            ));
+        }
+        for &t in tokens {
+            check_index("tokens", t, self.vocab)?;
+        }
+        for &t in topk {
+            check_index("topk_ids", t, self.vocab)?;
+        }
+        Ok(())
+    }
+
+    /// For every `i`, the first rank at which `next[i]` appears in row `tokens[i]`, or -1.
+    /// Used for acceptance statistics (call it before [`update`](Self::update)).
+    pub fn ranks_of(&self, tokens: &[i64], next: &[i64]) -> Result<Vec<i64>> {
+        if tokens.len() != next.len() {
+            return Err(CoreError::shape("next_tokens", format!("length {}", tokens.len()), next.len()));
+        }
+        let mut out = Vec::with_capacity(tokens.len());
+        for (&t, &n) in tokens.iter().zip(next) {
+            let row = check_index("tokens", t, self.vocab)? * self.k;
+            let n = check_index("next_tokens", n, self.vocab)? as u32;
+            out.push(self.adj[row..row + self.k].iter().position(|&c| c == n).map_or(-1, |r| r as i64));
+        }
+        Ok(out)
+    }
+
+    /// Serialises the matrix (header + data, little-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.adj.len() * 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.vocab as u64).to_le_bytes());
+        out.extend_from_slice(&(self.k as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        for &v in &self.adj {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses [`to_bytes`](Self::to_bytes) output; `expect_vocab` / `expect_k` (when given) must
+    /// match the header.
+    pub fn from_bytes(bytes: &[u8], expect_vocab: Option<usize>, expect_k: Option<usize>) -> Result<Self> {
+        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+            return Err(CoreError::value("not a tokenloom recycler file (bad magic)"));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(CoreError::value(format!(
+                "recycler file format version {version} is not supported (expected {FORMAT_VERSION})"
+            )));
+        }
+        let mut v8 = [0u8; 8];
+        v8.copy_from_slice(&bytes[12..20]);
+        let vocab = u64::from_le_bytes(v8);
+        let k = u32_at(20) as usize;
+        if let Some(want) = expect_vocab {
+            if want as u64 != vocab {
+                return Err(CoreError::value(format!("recycler file vocab mismatch: expected {want}, file has {vocab}")));
+            }
+        }
+        if let Some(want) = expect_k {
+            if want != k {
+                return Err(CoreError::value(format!("recycler file k mismatch: expected {want}, file has {k}")));
+            }
+        }
+        let mut rec = Self::new(usize::try_from(vocab).map_err(|_| CoreError::value("vocab too large"))?, k)?;
+        let want_len = HEADER_LEN as u64 + rec.adj.len() as u64 * 4;
+        if bytes.len() as u64 != want_len {
+            return Err(CoreError::value(format!(
+                "recycler file is truncated or padded: expected {want_len} bytes, got {}",
+                bytes.len()
+            )));
+        }
+        for (i, chunk) in bytes[HEADER_LEN..].chunks_exact(4).enumerate() {
+            let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            if v as u64 >= vocab {
+                return Err(CoreError::value(format!("recycler file is corrupt: entry {i} = {v} >= vocab {vocab}")));
+            }
+            rec.adj[i] = v;
+        }
+        Ok(rec)
+    }
+
+    /// Writes the matrix to `path` (through a temporary file and a rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let io = |e: std::io::Error| CoreError::Io(format!("cannot write {}: {e}", path.display()));
+        let tmp = path.with_extension("tmp-tokenloom");
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&self.to_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads a matrix written by [`save`](Self::save).
+    pub fn load(path: &Path, expect_vocab: Option<usize>, expect_k: Option<usize>) -> Result<Self> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| CoreError::Io(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_bytes(&bytes, expect_vocab, expect_k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec_with(vocab: usize, k: usize, seed: u64) -> TokenRecycler {
+        let mut r = TokenRecycler::new(vocab, k).unwrap();
+        let mut s = seed;
+        for v in r.adj.iter_mut() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *v = ((s >> 33) % vocab as u64) as u32;
+        }
+        r
+    }
+
+    #[test]
+    fn draft_follows_ranks() {
+        let mut r = TokenRecycler::new(10, 2).unwrap();
+        r.update(&[3, 5, 7], &[5, 7, 9, 1, 2, 4], 2).unwrap();
+        let t = Template::from_paths(&[vec![0], vec![1], vec![0, 0], vec![0, 1], vec![0, 0, 1]]).unwrap();
+        let d = r.draft(3, &t).unwrap();
+        // root 3 -> [5, 7]; 5 -> [9, 1]; 9 -> [0, 0]
+        assert_eq!(d.tokens, vec![3, 5, 7, 9, 1, 0]);
+        assert_eq!(d.parents, vec![-1, 0, 0, 1, 1, 3]);
+        assert_eq!(d.depths, vec![0, 1, 1, 2, 2, 3]);
+    }
+
+    #[test]
+    fn update_last_position_wins() {
+        let mut r = TokenRecycler::new(10, 2).unwrap();
+        r.update(&[4, 4], &[1, 2, 3, 5], 2).unwrap();
+        assert_eq!(&r.adjacency()[8..10], &[3, 5]);
+        assert_eq!(r.ranks_of(&[4, 4, 4], &[3, 5, 1]).unwrap(), vec![0, 1, -1]);
+    }
+
+    #[test]
+    fn bad_input() {
+        assert!(TokenRecycler::new(0, 8).is_err());
+        assert!(TokenRecycler::new(10, 0).is_err());
+        let mut r = TokenRecycler::new(10, 2).unwrap();
+        let t = Template::named("2.2.2").unwrap();
+        assert!(matches!(r.draft(0, &t), Err(CoreError::Value(_))), "rank 7 with k = 2");
+        let t = Template::from_paths(&[vec![0]]).unwrap();
+        assert!(matches!(r.draft(10, &t), Err(CoreError::Index { .. })));
+        assert!(matches!(r.draft(-1, &t), Err(CoreError::Index { .. })));
+        assert!(matches!(r.update(&[1], &[1, 2, 3], 3), Err(CoreError::Shape { .. })));
+        assert!(matches!(r.update(&[1, 2], &[1, 2], 2), Err(CoreError::Shape { .. })));
+        assert!(matches!(r.update(&[11], &[1, 2], 2), Err(CoreError::Index { .. })));
+        assert!(matches!(r.update(&[1], &[1, 12], 2), Err(CoreError::Index { .. })));
+        // Nothing was written by the failed calls.
+        assert!(r.adjacency().iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn bytes_roundtrip_and_errors() {
+        let r = rec_with(50, 3, 7);
+        let b = r.to_bytes();
+        assert_eq!(TokenRecycler::from_bytes(&b, Some(50), Some(3)).unwrap(), r);
+        assert!(TokenRecycler::from_bytes(&b, Some(51), None).is_err());
+        assert!(TokenRecycler::from_bytes(&b, None, Some(8)).is_err());
+        assert!(TokenRecycler::from_bytes(&b[..b.len() - 1], None, None).is_err());
+        assert!(TokenRecycler::from_bytes(b"nonsense", None, None).is_err());
+        let mut bad = b.clone();
+        bad[8] = 9;
+        assert!(TokenRecycler::from_bytes(&bad, None, None).is_err());
+        let mut bad = b;
+        let last = bad.len() - 4;
+        bad[last..].copy_from_slice(&999u32.to_le_bytes());
+        assert!(TokenRecycler::from_bytes(&bad, None, None).is_err());
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn bfs_visits_each_node_once(seed in any::<u64>(), root in 0i64..40, size_idx in 0usize..9) {
+            let r = rec_with(40, 8, seed);
+            let n = crate::template::NESTED_SIZES[size_idx];
+            let t = Template::named(&format!("2.2.2-{n}")).unwrap();
+            let d = r.draft(root, &t).unwrap();
+            prop_assert_eq!(d.tokens.len(), n + 1);
+            prop_assert!(crate::tree::validate_parents(&d.parents).is_ok());
+            let mut kids = vec![0usize; d.tokens.len()];
+            for i in 1..d.tokens.len() {
+                let p = d.parents[i] as usize;
+                prop_assert!(p < i);
+                kids[p] += 1;
+                let rank = t.ranks()[i] as usize;
+                prop_assert_eq!(d.tokens[i], r.adjacency()[d.tokens[p] as usize * 8 + rank] as i64);
+            }
+            prop_assert_eq!(kids.iter().sum::<usize>(), n);
+        }
+
+        #[test]
+        fn update_then_draft_sees_rows(tokens in prop::collection::vec(0i64..30, 1..20), seed in any::<u64>()) {
+            let mut r = TokenRecycler::new(30, 4).unwrap();
+            let src = rec_with(30, 4, seed);
+            let topk: Vec<i64> = tokens.iter().enumerate().flat_map(|(i, _)| src.adjacency()[i * 4..i * 4 + 4].iter().map(|&v| v as i64)).collect();
+            r.update(&tokens, &topk, 4).unwrap();
+            for (i, &t) in tokens.iter().enumerate() {
+                let last = tokens.iter().rposition(|&u| u == t).unwrap();
+                if last == i {
+                    let row: Vec<i64> = r.adjacency()[t as usize * 4..t as usize * 4 + 4].iter().map(|&v| v as i64).collect();
+                    prop_assert_eq!(row, topk[i * 4..i * 4 + 4].to_vec());
+                }
+            }
+        }
+    }
+}
