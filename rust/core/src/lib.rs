@@ -2,8 +2,11 @@
 //!
 //! One module per kernel; every fallible function returns [`error::Result`].
 
+pub mod canon;
+pub mod cover;
 pub mod error;
 pub mod tree;
+pub mod trie;
 pub mod verify;
 
 pub use error::{CoreError, Result};
