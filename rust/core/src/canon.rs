@@ -18,6 +18,15 @@ use crate::error::{check_index, CoreError, Result};
 const NONE: u32 = u32::MAX;
 const INF: u32 = u32::MAX;
 
+/// What may follow a token pair, for the pre-tokenizer's look-ahead: the end of the text or a
+/// non-space character. A pair is valid when it is valid for one of them (`\s+(?!\S)` splits a
+/// trailing whitespace run only when text follows it).
+const FOLLOWS: [Option<u8>; 2] = [None, Some(b'a')];
+
+/// What may precede a token pair: the start of the text or a punctuation character (which
+/// glues to a following apostrophe, so `'ll` is no longer a contraction).
+const PRECEDES: [Option<u8>; 2] = [None, Some(b'!')];
+
 /// Character classes of the GPT-2 pre-tokenizer regex.
 pub const CL_LETTER: u8 = 0;
 pub const CL_NUMBER: u8 = 1;
@@ -196,22 +205,26 @@ impl Canon {
         }
     }
 
-    /// How the pre-tokenizer cuts `bytes(a) ++ bytes(b)`.
-    pub fn pair_split(&self, a: u32, b: u32) -> PairSplit {
+    /// How the pre-tokenizer cuts `bytes(a) ++ bytes(b)` followed by `follow` (more text the
+    /// pre-tokenizer looks ahead at; `None` = end of text).
+    pub fn pair_split(&self, a: u32, b: u32, precede: Option<u8>, follow: Option<u8>) -> PairSplit {
         match &self.pretok {
             Pretok::None => PairSplit::Whole,
             Pretok::Gpt2 { classes } => {
                 let (sa, sb) = (&self.token_bytes[a as usize], &self.token_bytes[b as usize]);
-                let mut s = Vec::with_capacity(sa.len() + sb.len());
+                let mut s = Vec::with_capacity(sa.len() + sb.len() + 2);
+                s.extend(precede);
+                let begin = s.len();
                 s.extend_from_slice(sa);
+                let boundary = s.len();
                 s.extend_from_slice(sb);
-                let starts = gpt2_piece_starts(&s, classes);
-                let boundary = sa.len();
+                let end = s.len();
+                s.extend(follow);
                 let mut split = PairSplit::Whole;
-                for &p in &starts[1..] {
+                for p in gpt2_piece_starts(&s, classes) {
                     if p == boundary {
                         split = PairSplit::AtBoundary;
-                    } else {
+                    } else if p > begin && p < end {
                         return PairSplit::Inside;
                     }
                 }
@@ -223,7 +236,16 @@ impl Canon {
     fn pieces_ok_alone(&self, t: usize) -> bool {
         match &self.pretok {
             Pretok::None => true,
-            Pretok::Gpt2 { classes } => gpt2_piece_starts(&self.token_bytes[t], classes).len() <= 1,
+            Pretok::Gpt2 { classes } => PRECEDES.iter().any(|pre| {
+                FOLLOWS.iter().any(|f| {
+                    let mut s: Vec<u8> = pre.iter().copied().collect();
+                    let begin = s.len();
+                    s.extend_from_slice(&self.token_bytes[t]);
+                    let end = s.len();
+                    s.extend(*f);
+                    gpt2_piece_starts(&s, classes).iter().all(|&p| p <= begin || p >= end)
+                })
+            }),
         }
     }
 
@@ -233,11 +255,18 @@ impl Canon {
         if ai >= self.bpe_ok.len() || bi >= self.bpe_ok.len() || !self.bpe_ok[ai] || !self.bpe_ok[bi] {
             return false;
         }
-        match self.pair_split(a, b) {
-            PairSplit::AtBoundary => true,
-            PairSplit::Inside => false,
-            PairSplit::Whole => self.merge_ok(a, b),
-        }
+        let (precedes, follows): (&[Option<u8>], &[Option<u8>]) = match self.pretok {
+            Pretok::None => (&[None], &[None]),
+            Pretok::Gpt2 { .. } => (&PRECEDES, &FOLLOWS),
+        };
+        let mut merged = None;
+        precedes.iter().any(|&pre| {
+            follows.iter().any(|&f| match self.pair_split(a, b, pre, f) {
+                PairSplit::AtBoundary => true,
+                PairSplit::Inside => false,
+                PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
+            })
+        })
     }
 }
 
