@@ -367,8 +367,9 @@ impl CoverTree {
         self.inner.path(node).map_err(to_py)
     }
 
-    /// Next-byte masses: sum_i scales[i] * (mass of tokens whose bytes start with
-    /// prefix[end_i:] + [b]) under the distribution q_i, for every byte b.
+    /// Next-byte masses: out[b] = sum_i scales[i] * (mass of tokens whose bytes start with
+    /// prefix[end_i:] + [b]) under the distribution q_i, for every byte b; out[256] = the same
+    /// for tokens whose bytes are exactly prefix[end_i:].
     ///
     /// Args:
     ///     nodes (list[int]): live, expanded node ids.
@@ -376,7 +377,7 @@ impl CoverTree {
     ///     scales (list[float]): weight per node.
     ///
     /// Returns:
-    ///     np.ndarray[float64], shape [256].
+    ///     np.ndarray[float64], shape [257].
     ///
     /// Raises:
     ///     ValueError: lengths differ or a q has the wrong length. IndexError: unknown node.
@@ -414,14 +415,19 @@ impl CoverTree {
         let index = &self.index;
         let out = py.detach(|| {
             let mut out = [0.0f64; 256];
+            let mut exact = 0.0f64;
             for ((&st, q), &sc) in states.iter().zip(&views).zip(&scales) {
                 if st != DEAD {
                     index.trie.child_masses(st, q, sc, &mut out);
+                    let e: f64 = index.trie.ending_at(st).iter().map(|&t| q[t as usize] as f64).sum();
+                    exact += sc * e;
                 }
             }
-            out
+            let mut v = out.to_vec();
+            v.push(exact);
+            v
         });
-        Ok(out.to_vec().into_pyarray(py))
+        Ok(out.into_pyarray(py))
     }
 }
 
