@@ -202,24 +202,26 @@ class ByteLM:
         self.forward_rows = 0
 
     # ------------------------------------------------------------------ token-level pieces
-    def _mask(self, prev: int) -> np.ndarray:
+    def _mask(self, prev: int) -> Any:
+        """Additive float32 mask (0 allowed, -inf not) of the rows that may follow ``prev``."""
+        import torch
+
         m = self._masks.get(prev)
         if m is None:
-            m = self.vocab.index.next_mask(prev, self.canonical)
+            allowed = torch.from_numpy(self.vocab.index.next_mask(prev, self.canonical))
+            m = torch.zeros(allowed.shape[0], dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
             self._masks[prev] = m
-            if len(self._masks) > 4096:
+            if len(self._masks) > 2048:
                 self._masks.popitem(last=False)
         else:
             self._masks.move_to_end(prev)
         return m
 
     def _dist(self, logits_row: Any, prev: int) -> np.ndarray:
-        """Q(. | path) from a logits row: masked softmax, float32 [width]."""
+        """Q(. | path) from a logits row: masked softmax (fp32, max-shifted), float32 [width]."""
         import torch
 
-        m = torch.from_numpy(self._mask(prev))
-        lg = logits_row.masked_fill(~m, float("-inf"))
-        return torch.softmax(lg.double(), dim=-1).float().numpy()
+        return torch.softmax(logits_row + self._mask(prev), dim=-1).numpy()
 
     def _cache_put(self, key: int, q: np.ndarray) -> None:
         self._dists[key] = q
@@ -500,18 +502,23 @@ class ByteLM:
         return bytes(out)
 
     def _greedy_byte(self, st: _State) -> int:
+        """The argmax of P(. | x), exactly: paths whose distribution is unknown are expanded only
+        while their total mass could still change the argmax (heaviest first)."""
         while True:
             self._check_size(st, st.tree.active())
-            m, _, pending = self._masses(st)
+            m, ref, pending = self._masses(st)
             order = np.argsort(-m, kind="stable")
             top, second = m[order[0]], m[order[1]]
-            pend = self._pending(st)
+            pend = [n for n in self._pending(st) if st.logmass[n] > -math.inf]
             if not pend or top > second + pending:
                 if not m.sum() > 0:
                     raise ValueError("the prefix has probability 0 under the model")
                 return int(order[0])
-            # Expand the heaviest pending paths first (all of them in one forward).
-            self._expand(st, pend)
+            pend.sort(key=lambda n: -st.logmass[n])
+            masses = np.exp(np.array([st.logmass[n] - ref for n in pend]))
+            rest = masses.sum() - np.cumsum(masses)
+            k = int(np.searchsorted(-rest, -(top - second), side="right")) + 1 if top > second else 1
+            self._expand(st, pend[: max(1, min(k, len(pend)))])
 
     def _sample_byte(self, st: _State, temperature: float, top_p: float, rng: np.random.Generator) -> int:
         self._ensure_expanded(st)
