@@ -265,9 +265,35 @@ class ByteLM:
             st.logmass[n] = st.logmass[par] + (math.log(qp) if qp > 0 else -math.inf)
             st.key[n] = self._keys.setdefault((st.key[par], tok), len(self._keys) + 1)
 
+    def _prime(self, prefix: bytes) -> None:
+        """Fill the distribution cache along the tokenizer's own encoding of ``prefix`` with one
+        plain forward (the main path of a long prompt then costs no sequential forwards)."""
+        import torch
+
+        if self.tokenizer is None or len(prefix) < 16:
+            return
+        text = prefix.decode("utf-8", errors="ignore")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) < 2 or self.vocab.decode(ids) != prefix[: len(self.vocab.decode(ids))]:
+            return
+        keys, key = [], 0
+        for t in ids:
+            key = self._keys.setdefault((key, t), len(self._keys) + 1)
+            keys.append(key)
+        if keys[-2] in self._dists:
+            return
+        with torch.no_grad():
+            logits = self.model(torch.tensor([self.context_ids + ids])).logits[0].float()
+        self.forwards += 1
+        self.forward_rows += len(self.context_ids) + len(ids)
+        c = len(self.context_ids)
+        for k, t in enumerate(ids[:-1]):
+            self._cache_put(keys[k], self._dist(logits[c + k], t))
+
     def _sync(self, prefix: bytes) -> _State:
         st = self._state
         if st is None or not prefix.startswith(st.tree.prefix):
+            self._prime(prefix)
             st = self._state = self._new_state()
         for b in prefix[len(st.tree.prefix) :]:
             self._register(st, st.tree.push(b))
@@ -463,6 +489,7 @@ class ByteLM:
         top_p: float = 1.0,
         seed: Optional[int] = None,
         stop_at_eos: bool = True,
+        stop_bytes: bytes = b"",
     ) -> bytes:
         """Generate up to ``max_bytes`` bytes after ``prefix``, one byte at a time.
 
@@ -474,6 +501,7 @@ class ByteLM:
             top_p (float): nucleus truncation of the byte distribution (1 = off).
             seed (int | None): seed of the sampler.
             stop_at_eos (bool): stop when end-of-text is chosen.
+            stop_bytes (bytes): stop after generating any of these bytes (e.g. b"\\n").
 
         Returns:
             bytes: the generated continuation (without the prefix).
@@ -499,6 +527,8 @@ class ByteLM:
                 continue
             out.append(b)
             self._register(st, st.tree.push(b))
+            if b in stop_bytes:
+                break
         return bytes(out)
 
     def _greedy_byte(self, st: _State) -> int:
