@@ -18,12 +18,13 @@ def verify_greedy_batch(
 ) -> List[Tuple[_I64, _I64]]: ...
 
 # --- bytes --------------------------------------------------------------------------------
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, final
 
 _B = npt.NDArray[np.bool_]
 _F64 = npt.NDArray[np.float64]
 _F32 = npt.NDArray[np.float32]
 
+@final
 class ByteIndex:
     def __new__(
         cls,
@@ -55,6 +56,7 @@ class ByteIndex:
     @staticmethod
     def gpt2_piece_starts(data: bytes, char_classes: Optional[Dict[int, int]] = None) -> List[int]: ...
 
+@final
 class CoverTree:
     def __new__(cls, index: ByteIndex, canonical: bool = True) -> "CoverTree": ...
     @property
