@@ -110,8 +110,8 @@ impl Canon {
             token_bytes,
             pretok,
         };
-        for t in 0..v {
-            c.replay(t, &base[t]);
+        for (t, syms) in base.iter().enumerate() {
+            c.replay(t, syms);
             c.ev_off[t + 1] = c.events.len() as u32;
         }
         for t in 0..v {
@@ -136,7 +136,7 @@ impl Canon {
             let mut best: Option<(u32, usize, u32)> = None;
             for i in 0..syms.len().saturating_sub(1) {
                 if let Some((r, res)) = self.rank(syms[i], syms[i + 1]) {
-                    if best.map_or(true, |(br, _, _)| r < br) {
+                    if !matches!(best, Some((br, _, _)) if br <= r) {
                         best = Some((r, i, res));
                     }
                 }
