@@ -99,10 +99,12 @@ def _token_method(model: Any, tok: Any, cut: Cut, heal: bool) -> tuple:
             tok = copy.copy(tok)
             tok.pad_token = tok.eos_token
         out = model.generate(ids, attention_mask=enc.attention_mask, token_healing=True, tokenizer=tok, **kw)
-        # healing rewrites the prompt's tail: compare decoded text past the prompt text
+        # Healing rewrites the prompt's last token: compare the whole cut line.
         full = tok.decode(out[0], skip_special_tokens=True).encode()
-        gen = full[len(cut.prefix) :] if full.startswith(cut.prefix) else b"\x00"
-        return math.nan, _line(gen) == cut.target
+        k = cut.prefix.count(b"\n")
+        lines = full.split(b"\n")
+        want = (cut.prefix + cut.target).split(b"\n")[k]
+        return math.nan, len(lines) > k and lines[k] == want
     out = model.generate(ids, attention_mask=enc.attention_mask, **kw)
     gen = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).encode()
     cont = tok(cut.target.decode(), add_special_tokens=False, return_tensors="pt").input_ids
