@@ -7,6 +7,9 @@ need them, so ``import tokenloom`` stays cheap.
 from ._core import __version__
 from .drafts import EarlyExitDraft, HFDraft
 from .dyspec import DynamicTree, DynamicTreeBuilder, Frontier
+from .byteensemble import ByteEnsemble
+from .bytelm import ByteLM
+from .bytevocab import ByteVocab
 from .generation import GenerateOutput, GenerateStats, generate, methods, register_method
 from .recycling import DraftTree, TokenRecycler
 from .sampling import Sampler, probs_from_logits
@@ -21,8 +24,10 @@ from .verify import (
 )
 
 __all__ = [
+    "ByteEnsemble",
+    "ByteLM",
+    "ByteVocab",
     "DraftTree",
-    "TokenRecycler",
     "DynamicTree",
     "DynamicTreeBuilder",
     "EarlyExitDraft",
@@ -31,16 +36,17 @@ __all__ = [
     "GenerateStats",
     "HFDraft",
     "Sampler",
+    "TokenRecycler",
     "VerifyResult",
-    "__version__",
     "generate",
     "methods",
     "probs_from_logits",
     "register_method",
-    "verify_greedy",
     "verify_chain",
     "verify_chain_batch",
+    "verify_greedy",
     "verify_greedy_batch",
     "verify_tree",
     "verify_tree_batch",
+    "__version__",
 ]

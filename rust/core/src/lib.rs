@@ -3,12 +3,15 @@
 //! One module per kernel; every fallible function returns [`error::Result`].
 
 pub mod dyntree;
+pub mod canon;
+pub mod cover;
 pub mod error;
 pub mod rng;
 pub mod sampling;
 pub mod recycling;
 pub mod template;
 pub mod tree;
+pub mod trie;
 pub mod verify;
 
 pub use error::{CoreError, Result};

@@ -2,6 +2,7 @@
 //! area registers its functions and classes in `register`.
 
 mod dyntree;
+mod bytes;
 mod error;
 mod floats;
 mod sampling;
@@ -21,6 +22,7 @@ mod _core {
         dyntree::register(m)?;
         sampling::register(m)?;
         recycling::register(m)?;
+        bytes::register(m)?;
         Ok(())
     }
 }

@@ -1,0 +1,70 @@
+"""Byte-level benchmarks: the covering kernel vs its pure-Python reference, and ByteLM on the
+embedded model (greedy bytes/s, next_byte_probs). genlm-bytes is compared in a separate venv
+(see docs/bytes.md) since it is not a dependency of tokenloom."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bytes_oracle import ref_covers
+
+PREFIXES = [b"def fibonac", b"https:/", b"    return"]
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    from tokenloom import ByteVocab
+    from tokenloom.models import load_default_tokenizer
+
+    return ByteVocab.from_tokenizer(load_default_tokenizer())
+
+
+@pytest.mark.parametrize("canonical", [False, True], ids=["all", "canonical"])
+@pytest.mark.parametrize("impl", ["rust", "python"])
+def test_cover_kernel(benchmark, vocab, impl, canonical):
+    benchmark.group = f"enumerate covers ({'canonical' if canonical else 'all'}) of {len(PREFIXES)} prefixes"
+    ix = vocab.index
+    if impl == "rust":
+        benchmark(lambda: [ix.enumerate_covers(p, canonical=canonical, limit=10**7) for p in PREFIXES])
+    else:
+        allowed = (lambda a, t: ix.first_ok(t) if a < 0 else ix.valid_pair(a, t)) if canonical else None
+        benchmark.pedantic(lambda: [ref_covers(vocab.token_bytes, p, allowed) for p in PREFIXES], rounds=3, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from tokenloom.models import load_default
+
+    return load_default()
+
+
+@pytest.mark.model
+def test_bytelm_greedy(benchmark, smollm):
+    from tokenloom import ByteLM
+
+    model, tok = smollm
+    benchmark.group = "ByteLM greedy, 64 bytes after 'def fibonacci(n):'"
+
+    def run():
+        lm = ByteLM(model, tok, canonical=True)
+        out = lm.generate(b"def fibonacci(n):", 64)
+        benchmark.extra_info.update(bytes=len(out), forwards=lm.forwards)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+
+
+@pytest.mark.model
+def test_bytelm_next_byte_probs(benchmark, smollm):
+    from tokenloom import ByteLM
+
+    model, tok = smollm
+    benchmark.group = "ByteLM next_byte_probs after every byte of 'def fibonacci(n):'"
+    data = b"def fibonacci(n):"
+
+    def run():
+        lm = ByteLM(model, tok, canonical=True)
+        for i in range(len(data) + 1):
+            lm.next_byte_probs(data[:i])
+        benchmark.extra_info.update(bytes=len(data), forwards=lm.forwards)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)

@@ -1,0 +1,469 @@
+//! Pairwise canonicality of adjacent tokens, decided from the BPE merge ranks (no tokenizer
+//! call per candidate).
+//!
+//! A pair `(a, b)` is *valid* when the tokenizer encodes `bytes(a) ++ bytes(b)` as exactly
+//! `[a, b]`. That happens iff (1) the pre-tokenizer either keeps the pair string in one piece or
+//! splits it exactly at the boundary, and (2) in the one-piece case no merge across the boundary
+//! fires before the merges that build `a` and `b`. (2) is checked by replaying the merge events
+//! of `a` and `b` in rank order and watching the pair formed by the rightmost symbol of `a` and
+//! the leftmost symbol of `b` (ties fire left to right, as HF's BPE does).
+//!
+//! Base symbols are the tokens BPE starts from (single bytes for byte-level BPE, characters or
+//! `<0xNN>` byte-fallback tokens for SentencePiece-style BPE); they are given by the caller.
+
+use std::collections::HashMap;
+
+use crate::error::{check_index, CoreError, Result};
+
+const NONE: u32 = u32::MAX;
+const INF: u32 = u32::MAX;
+
+/// What may follow a token pair, for the pre-tokenizer's look-ahead: the end of the text or a
+/// non-space character. A pair is valid when it is valid for one of them (`\s+(?!\S)` splits a
+/// trailing whitespace run only when text follows it).
+const FOLLOWS: [Option<u8>; 2] = [None, Some(b'a')];
+
+/// What may precede a token pair: the start of the text or a punctuation character (which
+/// glues to a following apostrophe, so `'ll` is no longer a contraction).
+const PRECEDES: [Option<u8>; 2] = [None, Some(b'!')];
+
+/// Character classes of the GPT-2 pre-tokenizer regex.
+pub const CL_LETTER: u8 = 0;
+pub const CL_NUMBER: u8 = 1;
+pub const CL_SPACE: u8 = 2;
+pub const CL_OTHER: u8 = 3;
+
+/// The pre-tokenizer in front of BPE.
+#[derive(Debug, Clone)]
+pub enum Pretok {
+    /// No splitting (SentencePiece-style BPE).
+    None,
+    /// The GPT-2 ByteLevel regex
+    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, with the
+    /// classes of non-ASCII characters given by the caller (code point -> class). Bytes that do
+    /// not decode (a character cut by a token edge) count as letters.
+    Gpt2 { classes: HashMap<u32, u8> },
+}
+
+/// How the pre-tokenizer cuts the string of a token pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairSplit {
+    Whole,
+    AtBoundary,
+    Inside,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    rank: u32,
+    left_new: u32,
+    right_new: u32,
+}
+
+/// Merge table and per-token merge histories.
+#[derive(Debug, Clone)]
+pub struct Canon {
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    first: Vec<u32>,
+    last: Vec<u32>,
+    ev_off: Vec<u32>,
+    events: Vec<Event>,
+    bpe_ok: Vec<bool>,
+    first_ok: Vec<bool>,
+    token_bytes: Vec<Vec<u8>>,
+    pretok: Pretok,
+}
+
+impl Canon {
+    /// Args: `token_bytes[id]`; `base[id]` the base-symbol ids BPE starts from for that token
+    /// (empty: the token cannot be produced); `merges[r] = (left, right, result)` in rank order.
+    pub fn new(
+        token_bytes: Vec<Vec<u8>>,
+        base: &[Vec<u32>],
+        merges: &[(u32, u32, u32)],
+        pretok: Pretok,
+    ) -> Result<Self> {
+        let v = token_bytes.len();
+        if base.len() != v {
+            return Err(CoreError::shape("base", format!("length {v} (= number of tokens)"), base.len()));
+        }
+        let mut table = HashMap::with_capacity(merges.len());
+        for (r, &(l, rt, res)) in merges.iter().enumerate() {
+            for (what, id) in [("merges.left", l), ("merges.right", rt), ("merges.result", res)] {
+                check_index(what, id as i64, v)?;
+            }
+            table.entry((l, rt)).or_insert((r as u32, res));
+        }
+        for syms in base {
+            for &s in syms {
+                check_index("base", s as i64, v)?;
+            }
+        }
+        let mut c = Canon {
+            merges: table,
+            first: vec![NONE; v],
+            last: vec![NONE; v],
+            ev_off: vec![0; v + 1],
+            events: Vec::new(),
+            bpe_ok: vec![false; v],
+            first_ok: vec![false; v],
+            token_bytes,
+            pretok,
+        };
+        for (t, syms) in base.iter().enumerate() {
+            c.replay(t, syms);
+            c.ev_off[t + 1] = c.events.len() as u32;
+        }
+        for t in 0..v {
+            c.first_ok[t] = c.bpe_ok[t] && c.pieces_ok_alone(t);
+        }
+        Ok(c)
+    }
+
+    fn rank(&self, l: u32, r: u32) -> Option<(u32, u32)> {
+        self.merges.get(&(l, r)).copied()
+    }
+
+    /// Runs BPE on the base symbols of token `t`, records its merge events.
+    fn replay(&mut self, t: usize, base: &[u32]) {
+        if base.is_empty() {
+            return;
+        }
+        self.first[t] = base[0];
+        self.last[t] = base[base.len() - 1];
+        let mut syms = base.to_vec();
+        loop {
+            let mut best: Option<(u32, usize, u32)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                if let Some((r, res)) = self.rank(syms[i], syms[i + 1]) {
+                    if !matches!(best, Some((br, _, _)) if br <= r) {
+                        best = Some((r, i, res));
+                    }
+                }
+            }
+            let Some((r, i, res)) = best else { break };
+            let n = syms.len();
+            self.events.push(Event {
+                rank: r,
+                left_new: if i == 0 { res } else { NONE },
+                right_new: if i + 2 == n { res } else { NONE },
+            });
+            syms[i] = res;
+            syms.remove(i + 1);
+        }
+        self.bpe_ok[t] = syms.len() == 1 && syms[0] as usize == t;
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// BPE on the token's own base symbols gives back the token.
+    pub fn bpe_ok(&self, t: u32) -> bool {
+        self.bpe_ok[t as usize]
+    }
+
+    /// The token can start a canonical encoding (BPE gives it back and the pre-tokenizer keeps
+    /// its string whole).
+    pub fn first_ok(&self, t: u32) -> bool {
+        self.first_ok[t as usize]
+    }
+
+    fn events_of(&self, t: u32) -> &[Event] {
+        &self.events[self.ev_off[t as usize] as usize..self.ev_off[t as usize + 1] as usize]
+    }
+
+    /// No merge across the boundary fires before the merges that build `a` and `b`.
+    pub fn merge_ok(&self, a: u32, b: u32) -> bool {
+        let (ea, eb) = (self.events_of(a), self.events_of(b));
+        let (mut x, mut y) = (self.last[a as usize], self.first[b as usize]);
+        let (mut ia, mut ib) = (0usize, 0usize);
+        loop {
+            let ra = ea.get(ia).map_or(INF, |e| e.rank);
+            let rb = eb.get(ib).map_or(INF, |e| e.rank);
+            if let Some((rxy, _)) = self.rank(x, y) {
+                // Events inside `a` sit left of the cross pair (they win ties), those inside
+                // `b` sit right of it (the cross pair wins ties).
+                if rxy < ra && rxy <= rb {
+                    return false;
+                }
+            }
+            if ra == INF && rb == INF {
+                return true;
+            }
+            if ra <= rb {
+                if ea[ia].right_new != NONE {
+                    x = ea[ia].right_new;
+                }
+                ia += 1;
+            } else {
+                if eb[ib].left_new != NONE {
+                    y = eb[ib].left_new;
+                }
+                ib += 1;
+            }
+        }
+    }
+
+    /// How the pre-tokenizer cuts `bytes(a) ++ bytes(b)` followed by `follow` (more text the
+    /// pre-tokenizer looks ahead at; `None` = end of text).
+    pub fn pair_split(&self, a: u32, b: u32, precede: Option<u8>, follow: Option<u8>) -> PairSplit {
+        match &self.pretok {
+            Pretok::None => PairSplit::Whole,
+            Pretok::Gpt2 { classes } => {
+                let (sa, sb) = (&self.token_bytes[a as usize], &self.token_bytes[b as usize]);
+                let mut s = Vec::with_capacity(sa.len() + sb.len() + 2);
+                s.extend(precede);
+                let begin = s.len();
+                s.extend_from_slice(sa);
+                let boundary = s.len();
+                s.extend_from_slice(sb);
+                let end = s.len();
+                s.extend(follow);
+                let mut split = PairSplit::Whole;
+                for p in gpt2_piece_starts(&s, classes) {
+                    if p == boundary {
+                        split = PairSplit::AtBoundary;
+                    } else if p > begin && p < end {
+                        return PairSplit::Inside;
+                    }
+                }
+                split
+            }
+        }
+    }
+
+    fn pieces_ok_alone(&self, t: usize) -> bool {
+        match &self.pretok {
+            Pretok::None => true,
+            Pretok::Gpt2 { classes } => PRECEDES.iter().any(|pre| {
+                FOLLOWS.iter().any(|f| {
+                    let mut s: Vec<u8> = pre.iter().copied().collect();
+                    let begin = s.len();
+                    s.extend_from_slice(&self.token_bytes[t]);
+                    let end = s.len();
+                    s.extend(*f);
+                    gpt2_piece_starts(&s, classes).iter().all(|&p| p <= begin || p >= end)
+                })
+            }),
+        }
+    }
+
+    /// The tokenizer would encode `bytes(a) ++ bytes(b)` as exactly `[a, b]`.
+    pub fn valid_pair(&self, a: u32, b: u32) -> bool {
+        let (ai, bi) = (a as usize, b as usize);
+        if ai >= self.bpe_ok.len() || bi >= self.bpe_ok.len() || !self.bpe_ok[ai] || !self.bpe_ok[bi] {
+            return false;
+        }
+        let (precedes, follows): (&[Option<u8>], &[Option<u8>]) = match self.pretok {
+            Pretok::None => (&[None], &[None]),
+            Pretok::Gpt2 { .. } => (&PRECEDES, &FOLLOWS),
+        };
+        let mut merged = None;
+        precedes.iter().any(|&pre| {
+            follows.iter().any(|&f| match self.pair_split(a, b, pre, f) {
+                PairSplit::AtBoundary => true,
+                PairSplit::Inside => false,
+                PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
+            })
+        })
+    }
+}
+
+fn class_of(c: char, classes: &HashMap<u32, u8>) -> u8 {
+    if c.is_ascii() {
+        return match c {
+            'a'..='z' | 'A'..='Z' => CL_LETTER,
+            '0'..='9' => CL_NUMBER,
+            '\t' | '\n' | '\x0b' | '\x0c' | '\r' | ' ' => CL_SPACE,
+            _ => CL_OTHER,
+        };
+    }
+    if let Some(&k) = classes.get(&(c as u32)) {
+        return k;
+    }
+    if c.is_whitespace() {
+        CL_SPACE
+    } else if c.is_alphabetic() {
+        CL_LETTER
+    } else if c.is_numeric() {
+        CL_NUMBER
+    } else {
+        CL_OTHER
+    }
+}
+
+/// Decodes UTF-8 into (class, char, byte offset); undecodable bytes become single letters.
+fn classify(s: &[u8], classes: &HashMap<u32, u8>) -> Vec<(u8, char, usize)> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match std::str::from_utf8(&s[i..]) {
+            Ok(rest) => {
+                for (k, c) in rest.char_indices() {
+                    out.push((class_of(c, classes), c, i + k));
+                }
+                break;
+            }
+            Err(e) => {
+                let good = e.valid_up_to();
+                if good > 0 {
+                    // Safe: the first `good` bytes are valid UTF-8.
+                    if let Ok(ok) = std::str::from_utf8(&s[i..i + good]) {
+                        for (k, c) in ok.char_indices() {
+                            out.push((class_of(c, classes), c, i + k));
+                        }
+                    }
+                }
+                let bad = e.error_len().unwrap_or(s.len() - i - good).max(1);
+                for k in 0..bad {
+                    out.push((CL_LETTER, '\u{fffd}', i + good + k));
+                }
+                i += good + bad;
+            }
+        }
+    }
+    out
+}
+
+/// Byte offsets where the GPT-2 pre-tokenizer regex starts a piece (always starts with 0 for a
+/// non-empty string).
+pub fn gpt2_piece_starts(s: &[u8], classes: &HashMap<u32, u8>) -> Vec<usize> {
+    let c = classify(s, classes);
+    let n = c.len();
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i < n {
+        starts.push(c[i].2);
+        i = gpt2_match(&c, i);
+    }
+    starts
+}
+
+fn run_end(c: &[(u8, char, usize)], mut i: usize, cls: u8) -> usize {
+    while i < c.len() && c[i].0 == cls {
+        i += 1;
+    }
+    i
+}
+
+/// End (char index) of the regex match starting at char `i`.
+fn gpt2_match(c: &[(u8, char, usize)], i: usize) -> usize {
+    let n = c.len();
+    let at = |k: usize| if k < n { c[k].1 } else { '\0' };
+    if c[i].1 == '\'' {
+        match at(i + 1) {
+            's' | 't' | 'm' | 'd' => return i + 2,
+            'r' | 'v' if at(i + 2) == 'e' => return i + 3,
+            'l' if at(i + 2) == 'l' => return i + 3,
+            _ => {}
+        }
+    }
+    if c[i].0 != CL_SPACE {
+        return run_end(c, i, c[i].0);
+    }
+    if c[i].1 == ' ' && i + 1 < n && c[i + 1].0 != CL_SPACE {
+        return run_end(c, i + 1, c[i + 1].0);
+    }
+    let k = run_end(c, i, CL_SPACE);
+    if k == n || k - i < 2 {
+        k
+    } else {
+        k - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(s: &str) -> Vec<String> {
+        let st = gpt2_piece_starts(s.as_bytes(), &HashMap::new());
+        let mut out = Vec::new();
+        for (k, &p) in st.iter().enumerate() {
+            let e = st.get(k + 1).copied().unwrap_or(s.len());
+            out.push(s[p..e].to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn gpt2_regex() {
+        assert_eq!(pieces("x   return  \n\n  y's 123"), vec!["x", "  ", " return", "  \n\n ", " y", "'s", " 123"]);
+        assert_eq!(pieces("\n\nx"), vec!["\n", "\n", "x"]);
+        assert_eq!(pieces("a, b!! 'x"), vec!["a", ",", " b", "!!", " '", "x"]);
+        assert_eq!(pieces("we'll they've"), vec!["we", "'ll", " they", "'ve"]);
+        assert_eq!(pieces("é1"), vec!["é", "1"]);
+        assert_eq!(pieces("  "), vec!["  "]);
+    }
+
+    /// Toy byte-level BPE: tokens 0..3 = a, b, c; 3 = ab, 4 = bc, 5 = abc (= ab + c).
+    fn toy() -> Canon {
+        let toks: Vec<Vec<u8>> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let base = vec![vec![0], vec![1], vec![2], vec![0, 1], vec![1, 2], vec![0, 1, 2]];
+        // ranks: ab (0), bc (1), ab+c (2)
+        Canon::new(toks, &base, &[(0, 1, 3), (1, 2, 4), (3, 2, 5)], Pretok::None).unwrap()
+    }
+
+    #[test]
+    fn pairs_from_ranks() {
+        let c = toy();
+        assert!(c.bpe_ok(5) && c.bpe_ok(3));
+        assert!(!c.valid_pair(0, 1)); // a|b merges to ab
+        assert!(!c.valid_pair(0, 4)); // "abc": a+b (rank 0) fires before b+c
+        assert!(!c.valid_pair(3, 2)); // ab|c merges to abc
+        assert!(c.valid_pair(2, 0)); // c|a: no merge
+    }
+
+    fn bpe(c: &Canon, base: &[u32]) -> Vec<u32> {
+        let mut syms = base.to_vec();
+        loop {
+            let mut best: Option<(u32, usize, u32)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                if let Some((r, res)) = c.rank(syms[i], syms[i + 1]) {
+                    if best.map_or(true, |(br, _, _)| r < br) {
+                        best = Some((r, i, res));
+                    }
+                }
+            }
+            let Some((_, i, res)) = best else { return syms };
+            syms[i] = res;
+            syms.remove(i + 1);
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// merge_ok(a, b) agrees with running BPE on the concatenated base symbols.
+        #[test]
+        fn merge_ok_matches_bpe(merges in prop::collection::vec((0u32..3, 0u32..3), 1..6)) {
+            // alphabet a, b, c; each merge rule joins two existing tokens into a new one.
+            let mut toks: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+            let mut base: Vec<Vec<u32>> = vec![vec![0], vec![1], vec![2]];
+            let mut rules = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (l, r) in merges {
+                let (l, r) = (l % toks.len() as u32, r % toks.len() as u32);
+                let mut bytes = toks[l as usize].clone();
+                bytes.extend_from_slice(&toks[r as usize]);
+                if !seen.insert((l, r)) || toks.contains(&bytes) { continue; }
+                let mut b = base[l as usize].clone();
+                b.extend_from_slice(&base[r as usize]);
+                toks.push(bytes);
+                base.push(b);
+                rules.push((l, r, toks.len() as u32 - 1));
+            }
+            let c = Canon::new(toks.clone(), &base, &rules, Pretok::None).unwrap();
+            for a in 0..toks.len() as u32 {
+                for b in 0..toks.len() as u32 {
+                    if !c.bpe_ok(a) || !c.bpe_ok(b) { continue; }
+                    let mut syms = base[a as usize].clone();
+                    syms.extend_from_slice(&base[b as usize]);
+                    let want = bpe(&c, &syms) == vec![a, b];
+                    prop_assert_eq!(c.merge_ok(a, b), want, "a={} b={}", a, b);
+                }
+            }
+        }
+    }
+}

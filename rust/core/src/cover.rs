@@ -1,0 +1,425 @@
+//! Cover encodings of a byte prefix.
+//!
+//! For a byte string x, a *cover* is a token sequence t_1..t_k with decode(t_1..t_{k-1}) a strict
+//! prefix of x and x a prefix of decode(t_1..t_k). Covers factor into an *exact path* (tokens
+//! decoding to exactly x[..j], j < |x|) and a last token whose bytes start with x[j..]; the
+//! tokens starting with x[j..] are one range of the token trie. [`CoverTree`] keeps the tree of
+//! exact paths of a growing prefix and updates it per appended byte; [`enumerate_covers`] lists
+//! every cover explicitly (the reference-sized kernel used by tests and benchmarks).
+//!
+//! Modes: *all covers*, or *canonical*: every adjacent token pair is valid for the tokenizer
+//! ([`crate::canon::Canon::valid_pair`]) and the first token can start an encoding.
+//! Special tokens are never byte content; they are end-of-text candidates only.
+
+use crate::canon::Canon;
+use crate::error::{check_index, CoreError, Result};
+use crate::trie::{TokenTrie, DEAD};
+
+/// Token of the root node (the context, e.g. BOS).
+pub const ROOT: u32 = u32::MAX;
+
+/// Vocabulary-wide data shared by every cover computation.
+#[derive(Debug, Clone)]
+pub struct ByteIndex {
+    pub trie: TokenTrie,
+    pub canon: Option<Canon>,
+    special: Vec<bool>,
+    width: usize,
+}
+
+impl ByteIndex {
+    /// Args: `token_bytes[id]` (empty for tokens without bytes), `special[id]` (end-of-text
+    /// candidates, never byte content), `width` the logits width (>= number of tokens; the
+    /// extra rows are padding and never used), `canon` for canonical mode.
+    pub fn new(token_bytes: Vec<Vec<u8>>, special: Vec<bool>, width: usize, canon: Option<Canon>) -> Result<Self> {
+        let v = token_bytes.len();
+        if special.len() != v {
+            return Err(CoreError::shape("special", format!("length {v} (= number of tokens)"), special.len()));
+        }
+        if width < v {
+            return Err(CoreError::value(format!(
+                "logits width {width} is smaller than the number of tokens {v}: tokenizer and model do not match"
+            )));
+        }
+        if let Some(c) = &canon {
+            if c.n_tokens() != v {
+                return Err(CoreError::shape("canon", format!("{v} tokens"), c.n_tokens()));
+            }
+        }
+        let include: Vec<bool> = special.iter().map(|&s| !s).collect();
+        let trie = TokenTrie::new(token_bytes, &include)?;
+        if trie.n_trie_tokens() == 0 {
+            return Err(CoreError::value("empty vocabulary: no token has bytes"));
+        }
+        Ok(ByteIndex { trie, canon, special, width })
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.special.len()
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn is_special(&self, t: u32) -> bool {
+        self.special.get(t as usize).copied().unwrap_or(false)
+    }
+
+    fn canon_for(&self, canonical: bool) -> Result<Option<&Canon>> {
+        match (canonical, &self.canon) {
+            (false, _) => Ok(None),
+            (true, Some(c)) => Ok(Some(c)),
+            (true, None) => Err(CoreError::value(
+                "canonical mode needs the BPE merge table; build the index with merges or use canonical=False",
+            )),
+        }
+    }
+
+    /// May byte token `t` follow `prev` (ROOT: start of text / after a special token)?
+    fn allowed(canon: Option<&Canon>, prev: u32, t: u32) -> bool {
+        match canon {
+            None => true,
+            Some(c) if prev == ROOT => c.first_ok(t),
+            Some(c) => c.valid_pair(prev, t),
+        }
+    }
+
+    /// Which logits rows may follow `prev`: byte tokens allowed after it, every special token;
+    /// never padding rows or byte-less non-special tokens. Length `width`.
+    pub fn next_mask(&self, prev: u32, canonical: bool) -> Result<Vec<bool>> {
+        let canon = self.canon_for(canonical)?;
+        if prev != ROOT {
+            check_index("prev", prev as i64, self.n_tokens())?;
+        }
+        let mut m = vec![false; self.width];
+        for (t, slot) in m.iter_mut().enumerate().take(self.n_tokens()) {
+            *slot = if self.special[t] {
+                true
+            } else {
+                !self.trie.token_bytes(t as u32).is_empty() && Self::allowed(canon, prev, t as u32)
+            };
+        }
+        Ok(m)
+    }
+
+    /// Whether a whole token sequence is allowed in the given mode (specials refused).
+    pub fn sequence_ok(&self, tokens: &[u32], canonical: bool) -> Result<bool> {
+        let canon = self.canon_for(canonical)?;
+        let mut prev = ROOT;
+        for &t in tokens {
+            check_index("tokens", t as i64, self.n_tokens())?;
+            if self.special[t as usize] || self.trie.token_bytes(t).is_empty() || !Self::allowed(canon, prev, t) {
+                return Ok(false);
+            }
+            prev = t;
+        }
+        Ok(true)
+    }
+}
+
+/// One exact path: `token` (ROOT for the root) covers bytes `[start, end)` of the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathNode {
+    pub token: u32,
+    pub parent: u32,
+    pub start: u32,
+    pub end: u32,
+    /// Its children (the tokens that follow it along the prefix) have been created.
+    pub expanded: bool,
+    /// Trie node of `prefix[end..]`, or DEAD when no token starts with it.
+    pub state: u32,
+    /// Unexpanded only: a token ending inside `prefix[end..]` was seen (it will have children).
+    pub has_child: bool,
+}
+
+/// The tree of exact paths of a growing byte prefix. Node 0 is the root (empty path).
+#[derive(Debug, Clone)]
+pub struct CoverTree {
+    canonical: bool,
+    prefix: Vec<u8>,
+    nodes: Vec<PathNode>,
+    active: Vec<u32>,
+}
+
+impl CoverTree {
+    pub fn new(index: &ByteIndex, canonical: bool) -> Result<Self> {
+        index.canon_for(canonical)?;
+        let root = PathNode { token: ROOT, parent: ROOT, start: 0, end: 0, expanded: false, state: 0, has_child: false };
+        Ok(CoverTree { canonical, prefix: Vec::new(), nodes: vec![root], active: vec![0] })
+    }
+
+    pub fn canonical(&self) -> bool {
+        self.canonical
+    }
+
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    pub fn nodes(&self) -> &[PathNode] {
+        &self.nodes
+    }
+
+    pub fn node(&self, n: u32) -> Result<&PathNode> {
+        let i = check_index("node", n as i64, self.nodes.len())?;
+        Ok(&self.nodes[i])
+    }
+
+    /// Nodes that can still contribute: live state, or unexpanded with children to come.
+    pub fn active(&self) -> &[u32] {
+        &self.active
+    }
+
+    fn keep(n: &PathNode) -> bool {
+        n.state != DEAD || (!n.expanded && n.has_child)
+    }
+
+    fn add_child(&mut self, parent: u32, token: u32, end: usize, state: u32) -> u32 {
+        let p = &self.nodes[parent as usize];
+        let node = PathNode {
+            token,
+            parent,
+            start: p.end,
+            end: end as u32,
+            expanded: false,
+            state,
+            has_child: false,
+        };
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as u32
+    }
+
+    /// Appends one byte; returns the new exact-path nodes (ending at the new prefix end).
+    pub fn push(&mut self, index: &ByteIndex, b: u8) -> Result<Vec<u32>> {
+        let canon = index.canon_for(self.canonical)?;
+        self.prefix.push(b);
+        let pos = self.prefix.len();
+        let mut created = Vec::new();
+        let mut still = Vec::with_capacity(self.active.len());
+        for &n in &self.active {
+            let node = &mut self.nodes[n as usize];
+            node.state = index.trie.child(node.state, b);
+            if node.state != DEAD && !index.trie.ending_at(node.state).is_empty() && !node.expanded {
+                node.has_child = true;
+            }
+            let node = *node;
+            if Self::keep(&node) {
+                still.push(n);
+            }
+            if node.expanded && node.state != DEAD {
+                for &t in index.trie.ending_at(node.state) {
+                    if ByteIndex::allowed(canon, node.token, t) {
+                        created.push((n, t));
+                    }
+                }
+            }
+        }
+        let mut new_ids = Vec::with_capacity(created.len());
+        for (p, t) in created {
+            new_ids.push(self.add_child(p, t, pos, 0));
+        }
+        still.extend_from_slice(&new_ids);
+        self.active = still;
+        Ok(new_ids)
+    }
+
+    /// Creates the children of an unexpanded node: every allowed token that is a prefix of
+    /// `prefix[end..]`. Returns them (ends between `end + 1` and the prefix end).
+    pub fn expand(&mut self, index: &ByteIndex, n: u32) -> Result<Vec<u32>> {
+        let canon = index.canon_for(self.canonical)?;
+        let i = check_index("node", n as i64, self.nodes.len())?;
+        if self.nodes[i].expanded {
+            return Err(CoreError::value(format!("node {n} is already expanded")));
+        }
+        self.nodes[i].expanded = true;
+        let node = self.nodes[i];
+        let start = node.end as usize;
+        let mut new_ids = Vec::new();
+        for (t, len) in index.trie.prefix_tokens(&self.prefix[start..]) {
+            if !ByteIndex::allowed(canon, node.token, t) {
+                continue;
+            }
+            let end = start + len;
+            let mut state = 0u32;
+            let mut has_child = false;
+            for &b in &self.prefix[end..] {
+                state = index.trie.child(state, b);
+                if state == DEAD {
+                    break;
+                }
+                has_child |= !index.trie.ending_at(state).is_empty();
+            }
+            let c = self.add_child(n, t, end, state);
+            self.nodes[c as usize].has_child = has_child;
+            new_ids.push(c);
+        }
+        let keep_self = Self::keep(&self.nodes[i]);
+        self.active.retain(|&a| a != n || keep_self);
+        for &c in &new_ids {
+            if Self::keep(&self.nodes[c as usize]) {
+                self.active.push(c);
+            }
+        }
+        Ok(new_ids)
+    }
+
+    /// Token path of node `n` from the root (root excluded).
+    pub fn path(&self, n: u32) -> Result<Vec<u32>> {
+        let mut i = check_index("node", n as i64, self.nodes.len())? as u32;
+        let mut out = Vec::new();
+        while i != 0 {
+            let node = &self.nodes[i as usize];
+            out.push(node.token);
+            i = node.parent;
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// Every cover of `data` in the given mode, as token sequences (the empty sequence for empty
+/// `data`). Errors when there are more than `limit`.
+pub fn enumerate_covers(index: &ByteIndex, data: &[u8], canonical: bool, limit: usize) -> Result<Vec<Vec<u32>>> {
+    let canon = index.canon_for(canonical)?;
+    let mut out = Vec::new();
+    if data.is_empty() {
+        out.push(Vec::new());
+        return Ok(out);
+    }
+    let mut path = Vec::new();
+    walk(index, canon, data, 0, ROOT, &mut path, &mut out, limit)?;
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    index: &ByteIndex,
+    canon: Option<&Canon>,
+    data: &[u8],
+    j: usize,
+    prev: u32,
+    path: &mut Vec<u32>,
+    out: &mut Vec<Vec<u32>>,
+    limit: usize,
+) -> Result<()> {
+    let trie = &index.trie;
+    let mut n = 0u32;
+    for (k, &b) in data[j..].iter().enumerate() {
+        n = trie.child(n, b);
+        if n == DEAD {
+            return Ok(());
+        }
+        let end = j + k + 1;
+        if end == data.len() {
+            // Every token starting with data[j..] ends a cover.
+            for &t in trie.range_of(n) {
+                if ByteIndex::allowed(canon, prev, t) {
+                    if out.len() >= limit {
+                        return Err(CoreError::value(format!("more than {limit} covers")));
+                    }
+                    let mut c = path.clone();
+                    c.push(t);
+                    out.push(c);
+                }
+            }
+            return Ok(());
+        }
+        for &t in trie.ending_at(n) {
+            if ByteIndex::allowed(canon, prev, t) {
+                path.push(t);
+                walk(index, canon, data, end, t, path, out, limit)?;
+                path.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index() -> ByteIndex {
+        let toks: Vec<Vec<u8>> = ["a", "b", "ab", "ba", "abb", "", "<eos>"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let mut toks = toks;
+        toks[6] = Vec::new();
+        let special = vec![false, false, false, false, false, false, true];
+        ByteIndex::new(toks, special, 9, None).unwrap()
+    }
+
+    fn decode(idx: &ByteIndex, c: &[u32]) -> Vec<u8> {
+        c.iter().flat_map(|&t| idx.trie.token_bytes(t).to_vec()).collect()
+    }
+
+    #[test]
+    fn covers_of_ab() {
+        let idx = index();
+        let mut cs = enumerate_covers(&idx, b"ab", false, 1000).unwrap();
+        cs.sort();
+        // a|b, a|ba, ab, abb
+        assert_eq!(cs, vec![vec![0, 1], vec![0, 3], vec![2], vec![4]]);
+        assert_eq!(enumerate_covers(&idx, b"", false, 10).unwrap(), vec![Vec::<u32>::new()]);
+        assert!(enumerate_covers(&idx, b"ab", false, 2).is_err());
+        assert!(enumerate_covers(&idx, b"ab", true, 10).is_err());
+    }
+
+    #[test]
+    fn masks() {
+        let idx = index();
+        let m = idx.next_mask(ROOT, false).unwrap();
+        assert_eq!(m, vec![true, true, true, true, true, false, true, false, false]);
+        assert!(idx.next_mask(17, false).is_err());
+        assert!(ByteIndex::new(vec![b"a".to_vec()], vec![false], 0, None).is_err());
+        assert!(ByteIndex::new(vec![Vec::new()], vec![false], 1, None).is_err());
+    }
+
+    /// Covers from the incremental tree (every node expanded) equal the explicit enumeration.
+    fn tree_covers(idx: &ByteIndex, data: &[u8]) -> Vec<Vec<u32>> {
+        let mut tree = CoverTree::new(idx, false).unwrap();
+        tree.expand(idx, 0).unwrap();
+        for &b in data {
+            let new = tree.push(idx, b).unwrap();
+            for n in new {
+                tree.expand(idx, n).unwrap();
+            }
+        }
+        let mut out = Vec::new();
+        for (i, node) in tree.nodes().iter().enumerate() {
+            if node.end as usize >= data.len() || node.state == DEAD {
+                continue;
+            }
+            let base = tree.path(i as u32).unwrap();
+            for &t in idx.trie.range_of(node.state) {
+                let mut c = base.clone();
+                c.push(t);
+                out.push(c);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn covers_reproduce_bytes(data in prop::collection::vec(prop::sample::select(vec![b'a', b'b']), 0..7)) {
+            let idx = index();
+            let cs = enumerate_covers(&idx, &data, false, 100_000).unwrap();
+            for c in &cs {
+                let d = decode(&idx, c);
+                prop_assert!(d.starts_with(&data));
+                if !c.is_empty() {
+                    let head = decode(&idx, &c[..c.len() - 1]);
+                    prop_assert!(head.len() < data.len() && data.starts_with(&head));
+                }
+            }
+            if !data.is_empty() {
+                let mut sorted = cs.clone();
+                sorted.sort();
+                prop_assert_eq!(tree_covers(&idx, &data), sorted);
+            }
+        }
+    }
+}

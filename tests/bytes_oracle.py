@@ -1,0 +1,84 @@
+"""Pure-Python references for the byte-level tests and benchmarks: cover enumeration and a
+brute-force next-byte distribution that scores every cover with plain (uncached) forwards."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def ref_covers(token_bytes: Sequence[bytes], data: bytes, allowed=None) -> List[Tuple[int, ...]]:
+    """Every cover of ``data``: exact path + a last token starting with the rest.
+    ``allowed(prev, t)`` filters tokens (prev = -1 at the start); None = all covers."""
+    by_first: Dict[int, List[int]] = {}
+    for t, b in enumerate(token_bytes):
+        if b:
+            by_first.setdefault(b[0], []).append(t)
+    ok = allowed or (lambda prev, t: True)
+    if not data:
+        return [()]
+    out: List[Tuple[int, ...]] = []
+
+    def walk(j: int, prev: int, path: Tuple[int, ...]) -> None:
+        rest = data[j:]
+        for t in by_first.get(rest[0], []):
+            b = token_bytes[t]
+            if not ok(prev, t):
+                continue
+            if b.startswith(rest):
+                out.append(path + (t,))
+            elif rest.startswith(b):
+                walk(j + len(b), t, path + (t,))
+
+    walk(0, -1, ())
+    return out
+
+
+class BruteForce:
+    """P(b | x) by enumerating every cover and scoring it with uncached forwards."""
+
+    def __init__(self, model, vocab, context_ids, canonical: bool):
+        self.model, self.vocab, self.ctx, self.canonical = model, vocab, list(context_ids), canonical
+        self._dist = lru_cache(maxsize=None)(self._dist_uncached)
+
+    def _dist_uncached(self, path: Tuple[int, ...]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(torch.tensor([self.ctx + list(path)])).logits[0, -1].double()
+        prev = path[-1] if path else -1
+        m = torch.from_numpy(self.vocab.index.next_mask(prev, self.canonical))
+        return torch.softmax(logits.masked_fill(~m, float("-inf")), -1).numpy()
+
+    def allowed(self, prev: int, t: int) -> bool:
+        if not self.canonical:
+            return True
+        ix = self.vocab.index
+        return ix.first_ok(t) if prev < 0 else ix.valid_pair(prev, t)
+
+    def cover_prob(self, cover: Tuple[int, ...]) -> float:
+        p = 1.0
+        for i, t in enumerate(cover):
+            p *= float(self._dist(cover[:i])[t])
+        return p
+
+    def next_byte_probs(self, x: bytes) -> Tuple[np.ndarray, float]:
+        tb = self.vocab.token_bytes
+        special = self.vocab.special
+        out = np.zeros(257)
+        first = np.array([b[0] if b else -1 for b in tb] + [-1] * (self.vocab.width - len(tb)))
+        covers = ref_covers(tb, x, self.allowed) if x else [()]
+        total = 0.0
+        for c in covers:
+            p = self.cover_prob(c)
+            total += p
+            d = self.vocab.decode(c)
+            if len(d) > len(x):
+                out[d[len(x)]] += p
+            else:
+                q = self._dist(c)
+                np.add.at(out, first[first >= 0], p * q[first >= 0])
+                out[256] += p * q[: len(tb)][special].sum()
+        return out / out.sum(), total

@@ -1,0 +1,228 @@
+"""ByteVocab + Rust byte index: token bytes (byte-level BPE, SentencePiece), specials, padding,
+BOS, pairwise canonicality vs the real tokenizer, cover enumeration parity with Python."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenloom import ByteVocab
+from tokenloom.bytevocab import bytes_to_unicode
+
+from .bytes_oracle import ref_covers
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer):
+    return ByteVocab.from_tokenizer(tokenizer)
+
+
+def make_sp_tokenizer():
+    """A small SentencePiece-style BPE (metaspace, dummy prefix, <0xNN> byte fallback, BOS)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["the cat sat on the mat", "the dog ate the bone", "héllo wörld", "a theme then there"] * 20
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tk.train_from_iterator(corpus, trainer)
+    spec = json.loads(tk.to_str())
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for i in range(256):
+        vocab[f"<0x{i:02X}>"] = len(vocab)
+    for tok, _ in sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1]):
+        if tok not in vocab:
+            vocab[tok] = len(vocab)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
+    sp = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    sp.normalizer = tk.normalizer
+    sp.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    sp.add_special_tokens(["<unk>", "<s>", "</s>"])
+    sp.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def sp_tok():
+    return make_sp_tokenizer()
+
+
+# --- pitfall 5: the GPT-2 byte map ------------------------------------------------------------
+def test_gpt2_byte_map_round_trips_all_256():
+    m = bytes_to_unicode()
+    assert sorted(m) == list(range(256)) and len(set(m.values())) == 256
+    inv = {c: b for b, c in m.items()}
+    assert bytes(inv[m[b]] for b in range(256)) == bytes(range(256))
+
+
+def test_smollm_token_bytes(vocab, tokenizer):
+    assert len(vocab) == 49152 and vocab.width == 49152 and vocab.kind == "byte_level"
+    assert vocab.special.sum() == 17 and vocab.special_ids == list(range(17))
+    assert all(vocab.token_bytes[i] == b"" for i in range(17))
+    assert vocab.index.max_token_len == 81
+    assert sum(len(b) == 1 for b in vocab.token_bytes) == 235
+    # 100,298 nodes for the byte tokens (the 17 special strings would add ~140 more).
+    assert vocab.index.n_nodes == 100298
+    rng = random.Random(0)
+    x = tokenizer("x", add_special_tokens=False).input_ids
+    for i in rng.sample(range(17, 49152), 2000):
+        b = vocab.token_bytes[i]
+        try:
+            text = b.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        # (a leading "x" keeps the decoder from stripping a leading space)
+        assert tokenizer.decode(x + [i], clean_up_tokenization_spaces=False) == "x" + text
+    text = "héllo 日本 🎉 \t\n  x"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert vocab.decode(ids) == text.encode()
+
+
+# --- pitfall 1: specials; pitfall 2: BOS ------------------------------------------------------
+def test_specials_are_not_byte_content(vocab):
+    covers = vocab.index.enumerate_covers(b"<|im_end|>", canonical=False, limit=10**6)
+    assert covers and all(t >= 17 for c in covers for t in c)
+    assert all(t >= 17 for t in vocab.index.tokens_with_prefix(b"<").tolist())
+    m = vocab.index.next_mask(-1, True)
+    assert m[:17].all()  # every special is an end-of-text candidate
+
+
+def test_bos(vocab, sp_tok):
+    assert vocab.prefix_ids == [1]
+    sp = ByteVocab.from_tokenizer(sp_tok)
+    assert sp.prefix_ids == [1]
+    sp_tok.backend_tokenizer.post_processor = None
+    try:
+        assert ByteVocab.from_tokenizer(sp_tok).prefix_ids == []
+    finally:
+        from tokenizers import processors
+
+        sp_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+
+
+# --- pitfalls 3, 4: SentencePiece -------------------------------------------------------------
+def test_sentencepiece_bytes(sp_tok):
+    v = ByteVocab.from_tokenizer(sp_tok)
+    assert v.kind == "sentencepiece" and v.canonical_ok
+    assert v.special[:3].all() and not v.special[3:].any()
+    assert [v.token_bytes[3 + i] for i in range(256)] == [bytes([i]) for i in range(256)]
+    pieces = sp_tok.convert_ids_to_tokens(list(range(len(sp_tok))))
+    meta = [i for i, p in enumerate(pieces) if p.startswith("\u2581") and len(p) > 1]
+    assert meta and all(v.token_bytes[i].startswith(b" ") for i in meta)
+    # one byte string, several ids: "<0x20>" and "▁"
+    same = [i for i, b in enumerate(v.token_bytes) if b == b" "]
+    assert len(same) >= 2
+    # Every byte has a token (byte fallback), so any byte string has a cover.
+    assert v.index.enumerate_covers(bytes([0xE6, 0x97]), canonical=False, limit=100)
+    # canonical encodings are pairwise valid
+    for text in ["the cat sat", "héllo wörld", "théme 日本", "a  b"]:
+        ids = sp_tok(text, add_special_tokens=False).input_ids
+        assert v.decode(ids) == (" " + text).encode()
+        assert v.index.sequence_ok(ids, True), text
+
+
+# --- pitfall 8: logits width ------------------------------------------------------------------
+def test_padding_rows(tokenizer):
+    v = ByteVocab.from_tokenizer(tokenizer, vocab_size=49152 + 64)
+    assert v.width == 49216
+    for canonical in (False, True):
+        m = v.index.next_mask(-1, canonical)
+        assert m.shape == (49216,) and not m[49152:].any()
+    with pytest.raises(ValueError, match="do not match"):
+        ByteVocab.from_tokenizer(tokenizer, vocab_size=1000)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        ByteVocab([], [])
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        ByteVocab([b"", b""], [True, False])
+    with pytest.raises(TypeError):
+        ByteVocab(["a", "b"], [False, False])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="special"):
+        ByteVocab([b"a", b"b"], [False])
+    with pytest.raises(TypeError, match="fast tokenizer"):
+        ByteVocab.from_tokenizer(object())
+    v = ByteVocab([b"a", b"b"], [False, False])
+    with pytest.raises(ValueError, match="canonical"):
+        v.index.next_mask(-1, True)
+    with pytest.raises(IndexError):
+        v.index.next_mask(5, False)
+
+
+# --- pitfall 6: pre-tokenizer context; pairwise canonicality ---------------------------------
+POOL = list("abcdefghijklmnopqrstuvwxyzABZ0123456789") + [" "] * 8 + ["\n"] * 4 + [
+    "\t", "'", "'s", "'ll", ".", ",", "(", ")", "!", "é", "日", "🎉", "—", "_", "-", "=", "  ", "    ", "\r\n", "’",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(POOL), min_size=1, max_size=16))
+def test_canonical_encoding_is_pairwise_valid(tokenizer, vocab, parts):
+    text = "".join(parts)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert vocab.index.sequence_ok(ids, True), [tokenizer.convert_ids_to_tokens(i) for i in ids]
+
+
+@pytest.mark.parametrize("text", ["\n\n\nnewline", "x’'ll", "a  b", "    return x", "it's 123", "ééé"])
+def test_pretokenizer_context_cases(tokenizer, vocab, text):
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert vocab.index.sequence_ok(ids, True)
+    # and the canonical encoding is among the canonical covers
+    covers = vocab.index.enumerate_covers(text.encode(), canonical=True, limit=10**6)
+    assert tuple(ids) in {tuple(c) for c in covers}
+
+
+def test_pair_validity_matches_tokenizer(tokenizer, vocab):
+    rng = random.Random(1)
+    checked = 0
+    for _ in range(1500):
+        a, b = rng.randrange(17, 49152), rng.randrange(17, 49152)
+        try:
+            text = (vocab.token_bytes[a] + vocab.token_bytes[b]).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        end = tokenizer(text, add_special_tokens=False).input_ids == [a, b]
+        more = tokenizer(text + "a", add_special_tokens=False).input_ids[:2] == [a, b]
+        assert vocab.index.valid_pair(a, b) == (end or more), (tokenizer.convert_ids_to_tokens([a, b]))
+        checked += 1
+    assert checked > 1000
+
+
+def test_gpt2_pretokenizer_matches_hf(tokenizer):
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    rng = random.Random(2)
+    for _ in range(300):
+        text = "".join(rng.choice(POOL) for _ in range(rng.randint(1, 12)))
+        want, off = [], 0
+        for piece, (s, e) in pre.pre_tokenize_str(text):
+            want.append(len(text[:s].encode()))
+        from tokenloom._core import ByteIndex
+
+        assert ByteIndex.gpt2_piece_starts(text.encode()) == want, text
+
+
+# --- cover enumeration: Rust vs Python --------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(list("defib onacs:/ht\n") + ["é"]), min_size=1, max_size=4), st.booleans())
+def test_enumerate_covers_parity(vocab, parts, canonical):
+    data = "".join(parts).encode()
+    ix = vocab.index
+    got = sorted(tuple(c) for c in ix.enumerate_covers(data, canonical=canonical, limit=10**7))
+    allowed = (lambda p, t: ix.first_ok(t) if p < 0 else ix.valid_pair(p, t)) if canonical else None
+    want = sorted(ref_covers(vocab.token_bytes, data, allowed))
+    assert got == want
+    for c in got:  # a cover reproduces its bytes
+        d = vocab.decode(c)
+        assert d.startswith(data) and len(vocab.decode(c[:-1])) < len(data)
+
+
+def test_enumerate_covers_limit(vocab):
+    with pytest.raises(ValueError, match="more than 10 covers"):
+        vocab.index.enumerate_covers(b"a", canonical=False, limit=10)
