@@ -215,11 +215,11 @@ def recycling_generate(
     who = "recycling_generate"
     if generation_config is None:
         raise TypeError(f"{who}: call it through model.generate(..., custom_generate=tokenloom.hf.{who})")
+    if (generation_config.num_beams or 1) != 1:
+        raise ValueError(f"{who}: beam search is not supported (num_beams={generation_config.num_beams})")
     _check_batch(input_ids, who)
     if synced_gpus:
         raise ValueError(f"{who}: synced_gpus (multi-GPU sharded generation) is not supported")
-    if (generation_config.num_beams or 1) != 1:
-        raise ValueError(f"{who}: beam search is not supported (num_beams={generation_config.num_beams})")
     if generation_config.return_dict_in_generate:
         for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
             if getattr(generation_config, flag, False):
@@ -389,9 +389,9 @@ def recycling_assisted_generate(
     who = "recycling_assisted_generate"
     if generation_config is None:
         raise TypeError(f"{who}: call it through model.generate(..., custom_generate=tokenloom.hf.{who})")
-    _check_batch(input_ids, who)
     if (generation_config.num_beams or 1) != 1:
         raise ValueError(f"{who}: beam search is not supported (num_beams={generation_config.num_beams})")
+    _check_batch(input_ids, who)
     gen = candidate_generator
     if gen is None:
         rec = recycler if recycler is not None else default_recycler(_vocab(model))
