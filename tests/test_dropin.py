@@ -371,9 +371,10 @@ def test_every_path_equals_hf_greedy_on_embedded_model(smollm, own_loop):
         ids = chat_input_ids(tok, prompt)
         hf = _hf(model, ids, 64, do_sample=False, eos_token_id=2)[0].tolist()
         outs = {
-            "generate": tokenloom.generate(model, ids, method="recycling", max_new_tokens=64, recycler=rec).sequences,
+            "generate": tokenloom.generate(model, ids, method="recycling", max_new_tokens=64, recycler=rec,
+                                          tree="2.2.2-16").sequences,
             "custom_generate": _hf(model, ids, 64, do_sample=False, eos_token_id=2,
-                                   custom_generate=tlhf.recycling_generate, recycler=rec),
+                                   custom_generate=tlhf.recycling_generate, recycler=rec, tree="2.2.2-16"),
             "assisted": _hf(model, ids, 64, do_sample=False, eos_token_id=2,
                             custom_generate=tlhf.recycling_assisted_generate, recycler=rec),
             "own_loop": own_loop(model, ids, 64, eos=2, recycler=step_rec),
