@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-import sys
 
 import pytest
 
@@ -23,15 +22,14 @@ N = 40
 def setup():
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from conftest import make_tiny_llama
-    finally:
-        sys.path.pop(0)
-    spec = importlib.util.spec_from_file_location("own_loop_example", ROOT / "examples" / "own_loop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    model = make_tiny_llama()
+    def load(name, path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    model = load("tests_conftest_for_bench", ROOT / "tests" / "conftest.py").make_tiny_llama()
+    mod = load("own_loop_example", ROOT / "examples" / "own_loop.py")
     ids = torch.randint(3, 49152, (1, 16), generator=torch.Generator().manual_seed(0))
     old = torch.get_num_threads()
     torch.set_num_threads(1)
