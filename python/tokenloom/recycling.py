@@ -145,6 +145,38 @@ class TokenRecycler:
         """
         return self._r.draft(int(root_token))
 
+    def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> Any:
+        """Draft a tree below ``last_token`` and build the inputs of its forward (step API for
+        hand-written loops, see :mod:`tokenloom.step`).
+
+        Args:
+            last_token: the newest token of the sequence (not yet in the cache): the root.
+            past_len: entries in the caller's KV cache (every token before ``last_token``).
+            device: where the model runs. dtype: the model's float dtype (mask), default float32.
+
+        Returns:
+            :class:`tokenloom.step.RecyclingStep` with ``input_ids`` [1, T], ``attention_mask``
+            (1, 1, T, past_len + T), ``position_ids`` [1, T], ``tree``; then
+            ``step.accept(logits) -> (tokens, keep)`` verifies and updates this recycler.
+
+        Raises:
+            IndexError: ``last_token`` outside ``[0, vocab_size)``. ValueError: ``past_len < 0``
+            or a non-float ``dtype``.
+        """
+        import torch
+
+        from .step import RecyclingStep
+
+        if isinstance(past_len, bool) or not isinstance(past_len, (int, np.integer)) or past_len < 0:
+            raise ValueError(f"past_len: expected an int >= 0 (cache entries), got {past_len!r}")
+        if isinstance(last_token, bool) or not isinstance(last_token, (int, np.integer)):
+            if not (hasattr(last_token, "numel") and last_token.numel() == 1 and not last_token.is_floating_point()):
+                raise TypeError(f"last_token: expected an int token id, got {last_token!r}")
+        dtype = torch.float32 if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype: expected a torch float dtype (the model's), got {dtype!r}")
+        return RecyclingStep(self, self.draft(int(last_token)), int(past_len), device, dtype)
+
     def update(self, tokens: Any, topk_ids: Any) -> None:
         """Row ``tokens[i]`` := ``topk_ids[i]`` for every position in order (last one wins).
 
