@@ -4,6 +4,7 @@ Heavy dependencies (torch, transformers) are imported lazily, inside the functio
 need them, so ``import tokenloom`` stays cheap.
 """
 
+from . import models
 from ._core import __version__
 from .drafts import EarlyExitDraft, HFDraft
 from .dyspec import DynamicTree, DynamicTreeBuilder, Frontier
@@ -24,6 +25,7 @@ from .verify import (
 )
 
 __all__ = [
+    "models",
     "ByteEnsemble",
     "ByteLM",
     "ByteVocab",
@@ -50,3 +52,11 @@ __all__ = [
     "verify_tree_batch",
     "__version__",
 ]
+
+
+def __getattr__(name: str):  # lazy: tokenloom.hf imports torch and transformers
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
