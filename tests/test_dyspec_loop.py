@@ -232,18 +232,23 @@ def _dyspec_chi2(model, tree, trials, temperature=2.0, top_k=3):
                                  draft_temperature=1.0, k=4, budget=6, max_depth=2, tree=tree,
                                  temperature=temperature, top_k=top_k, seed=i)
         counts[tuple(out.sequences[0, ids.shape[1]:].tolist())] += 1
-        partial += 0 in out.stats.extra["accepted_hist"]  # a step rejected every root child
+        partial += min(out.stats.extra["accepted_hist"]) < 2  # a step stopped above max_depth
     keys = sorted(exact, key=lambda k: -exact[k])
     f_exp = np.array([exact[k] for k in keys]) * trials
     f_obs = np.array([counts[k] for k in keys], dtype=float)
-    assert f_exp.min() >= 5 and f_obs.sum() == trials
+    assert f_obs.sum() == trials
+    big = f_exp >= 5  # pool the rare cells
+    f_obs = np.append(f_obs[big], f_obs[~big].sum())
+    f_exp = np.append(f_exp[big], f_exp[~big].sum())
+    if f_exp[-1] == 0:
+        f_obs, f_exp = f_obs[:-1], f_exp[:-1]
     return chisquare(f_obs, f_exp * trials / f_exp.sum()).pvalue, partial
 
 
-@pytest.mark.parametrize("tree,trials", [("dynamic", 1500), ("chain", 600)])
+@pytest.mark.parametrize("tree,trials", [("dynamic", 1000), ("chain", 400)])
 def test_sampling_exact(tiny_llama, tree, trials):
     pvalue, partial = _dyspec_chi2(tiny_llama, tree, trials)
-    assert partial > trials // 20, "rejections happened (the residual path is exercised)"
+    assert trials // 20 < partial < trials - trials // 20, "steps stopped early and steps went deep"
     assert pvalue > 1e-3
 
 
