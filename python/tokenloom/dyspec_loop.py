@@ -323,7 +323,7 @@ def decode_dyspec(
     last = out.logits[0, -1:].float()
     first = int(target_step(np.array([-1], dtype=np.int64), input_ids[0, -1:].cpu().numpy(), last, None).tokens[-1])
     extra: Dict[str, Any] = {"draft": _describe(draft), "tree": tree}
-    sink.extra = extra
+    sink.extra = extra  # type: ignore[attr-defined]
     if sink.emit([first]):
         return
     seq = torch.cat([input_ids[0].cpu(), torch.tensor([first])])
