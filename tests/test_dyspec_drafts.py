@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tokenloom import DynamicTreeBuilder, EarlyExitDraft, HFDraft
-from tokenloom.drafts import _causal_mask, _prefix_tree_mask, _select_cache, check_vocab
+from tokenloom.drafts import check_vocab
+from tokenloom.treeattn import causal_attention_mask, compact_cache, prefix_tree_mask
 
 from .conftest import make_tiny_llama
 
@@ -163,11 +164,15 @@ def test_early_exit_adopts_target_cache(tiny4):
 
 
 def test_mask_and_cache_helpers():
-    m = _prefix_tree_mask(2, 4, [[], [4], [2]], torch.float32, "cpu")[0, 0]
+    m = prefix_tree_mask(2, 4, [[], [2], [3]], torch.float32, "cpu")[0, 0]
     seen = (m == 0).int().tolist()
     # Prefix [0, 2) always; rows also see their listed positions and themselves (4 + j).
-    assert seen == [[1, 1, 0, 0, 1, 0, 0], [1, 1, 0, 0, 1, 1, 0], [1, 1, 1, 0, 0, 0, 1]]
-    c = (_causal_mask(1, 2, torch.float32, "cpu")[0, 0] == 0).int().tolist()
+    assert seen == [[1, 1, 0, 0, 1, 0, 0], [1, 1, 1, 0, 0, 1, 0], [1, 1, 0, 1, 0, 0, 1]]
+    with pytest.raises(ValueError, match="visible"):
+        prefix_tree_mask(2, 4, [[1]], torch.float32, "cpu")
+    with pytest.raises(ValueError, match="prefix_len"):
+        prefix_tree_mask(5, 4, [[]], torch.float32, "cpu")
+    c = (causal_attention_mask(2, 1, torch.float32, "cpu")[0, 0] == 0).int().tolist()
     assert c == [[1, 1, 0], [1, 1, 1]]
 
     class L:
@@ -179,10 +184,10 @@ def test_mask_and_cache_helpers():
         layers = [L()]
 
     cache = C()
-    _select_cache(cache, torch.tensor([0, 1, 4]))
+    compact_cache(cache, 2, [2])  # prefix [0, 2) + tree entry 2 (position 4)
     assert cache.layers[0].keys.flatten().tolist() == [0, 1, 4]
     assert cache.layers[0].values.flatten().tolist() == [0, -1, -4]
-    _select_cache(cache, torch.tensor([0, 1]))
+    compact_cache(cache, 2, [])
     assert cache.layers[0].keys.flatten().tolist() == [0, 1]
 
 

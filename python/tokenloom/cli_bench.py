@@ -43,6 +43,11 @@ class RunResult:
 # fn(model, input_ids, max_new_tokens, eos_ids) -> (new token ids, extra dict)
 BenchFn = Callable[[Any, Any, int, List[int]], Tuple[List[int], Dict[str, Any]]]
 BENCH_METHODS: Dict[str, BenchFn] = {}
+# Stats of ``generate``'s ``stats.extra`` kept in the JSON results.
+BENCH_EXTRA_KEYS = (
+    "tree_sizes", "accepted_hist", "draft_forwards", "builder_seconds", "draft_seconds", "verify_seconds",
+    "draft_forward_seconds", "builder_per_draft_forward", "draft",
+)
 
 
 def register_bench_method(name: str) -> Callable[[BenchFn], BenchFn]:
@@ -60,7 +65,7 @@ def _tokenloom_method(name: str, **kwargs: Any) -> BenchFn:
         from .generation import generate
 
         out = generate(model, ids, method=name, max_new_tokens=n, eos_token_id=eos, **kwargs)
-        extra = {k: v for k, v in out.stats.extra.items() if k in ("tree_sizes", "accepted_hist")}
+        extra = {k: v for k, v in out.stats.extra.items() if k in BENCH_EXTRA_KEYS}
         return out.sequences[0, ids.shape[1]:].tolist(), extra
 
     return fn
@@ -87,6 +92,11 @@ register_bench_method("greedy")(_tokenloom_method("greedy"))
 register_bench_method("recycling")(_tokenloom_method("recycling"))
 register_bench_method("hf")(_hf(None))
 register_bench_method("hf-pld")(_hf(10))
+# DySpec vs a fixed tree of the same node budget vs a chain of the same depth: the same loop,
+# the same (default early-exit) draft and the same budget / depth / k.
+register_bench_method("dyspec")(_tokenloom_method("dyspec", tree="dynamic"))
+register_bench_method("dyspec-fixed")(_tokenloom_method("dyspec", tree="fixed"))
+register_bench_method("dyspec-chain")(_tokenloom_method("dyspec", tree="chain"))
 
 
 def _resolve(name: str, recycling_tree: str) -> BenchFn:

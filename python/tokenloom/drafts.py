@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .treeattn import cache_length, causal_attention_mask, compact_cache, prefix_tree_mask
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -33,61 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["EarlyExitDraft", "HFDraft", "TreeDraft", "check_vocab"]
 
 
-# --- small local helpers (to be merged with tokenloom.treeattn) ------------------------------
-def _tree_mask(past: int, visible: Sequence[Sequence[int]], dtype: Any, device: Any) -> "torch.Tensor":
-    """Additive mask [1, 1, q, past + q]: row j sees cache positions [0, past) that are listed
-    in ``visible[j]`` (absolute positions, may include ``past + j`` itself) and nothing else.
-    Callers give the shared prefix as a range through :func:`_prefix_tree_mask`."""
-    import torch
-
-    q = len(visible)
-    mask = torch.full((q, past + q), torch.finfo(dtype).min, dtype=dtype, device=device)
-    rows = [j for j, cols in enumerate(visible) for _ in cols]
-    cols = [c for cs in visible for c in cs]
-    if rows:
-        mask[rows, cols] = 0.0
-    return mask.view(1, 1, q, past + q)
-
-
-def _prefix_tree_mask(
-    prefix: int, past: int, extra: Sequence[Sequence[int]], dtype: Any, device: Any
-) -> "torch.Tensor":
-    """Row j sees positions [0, prefix), the positions ``extra[j]`` and itself (past + j)."""
-    mask = _tree_mask(past, [list(e) + [past + j] for j, e in enumerate(extra)], dtype, device)
-    mask[..., :prefix] = 0.0
-    return mask
-
-
-def _causal_mask(past: int, q: int, dtype: Any, device: Any) -> "torch.Tensor":
-    """Additive mask [1, 1, q, past + q] of a plain causal chain after ``past`` cached tokens."""
-    import torch
-
-    mask = torch.full((q, past + q), torch.finfo(dtype).min, dtype=dtype, device=device)
-    mask[:, past:] = torch.triu(mask[:, past:], diagonal=1)
-    mask[:, :past] = 0.0
-    return mask.view(1, 1, q, past + q)
-
-
-def _select_cache(cache: Any, keep: "torch.Tensor") -> None:
-    """Keep only the cache positions ``keep`` (LongTensor [m], increasing), in place."""
-    import torch
-
-    m = int(keep.shape[0])
-    contiguous = bool(torch.equal(keep, torch.arange(m, device=keep.device)))
-    for layer in cache.layers:
-        if layer.keys is None or layer.keys.numel() == 0:
-            continue
-        if contiguous:
-            layer.keys = layer.keys[..., :m, :]
-            layer.values = layer.values[..., :m, :]
-        else:
-            idx = keep.to(layer.keys.device)
-            layer.keys = layer.keys.index_select(-2, idx)
-            layer.values = layer.values.index_select(-2, idx)
-
-
+# Masks and cache compaction come from tokenloom.treeattn (shared with Token Recycling).
 def _cache_len(cache: Any) -> int:
-    return int(cache.get_seq_length()) if cache is not None else 0
+    return cache_length(cache) if cache is not None else 0
 
 
 def _logit_width(model: Any) -> int:
@@ -203,7 +153,7 @@ class TreeDraft:
             head = ids[:-1].view(1, -1).to(self.device)
             pos = torch.arange(head.shape[1], device=self.device).view(1, -1)
             with torch.inference_mode():
-                self._forward(head, pos, _causal_mask(0, head.shape[1], self.dtype, self.device))
+                self._forward(head, pos, causal_attention_mask(head.shape[1], 0, self.dtype, self.device))
 
     def logits(self, frontier: "Frontier") -> "torch.Tensor":
         """Raw draft logits [F, V] at every frontier node, in one forward.
@@ -239,7 +189,7 @@ class TreeDraft:
         dev = self.device
         inp = torch.tensor([tokens], dtype=torch.long, device=dev)
         pos = torch.tensor([[root_pos + d for d in depths]], dtype=torch.long, device=dev)
-        mask = _prefix_tree_mask(self._seq_len, past, extra, self.dtype, dev)
+        mask = prefix_tree_mask(self._seq_len, past, extra, self.dtype, dev)
         with torch.inference_mode():
             out = self._forward(inp, pos, mask)
         for j, (n, t, p) in enumerate(zip(ids, tokens, parents)):
@@ -261,7 +211,7 @@ class TreeDraft:
         dev = self.device
         inp = torch.tensor([self._pending], dtype=torch.long, device=dev)
         pos = torch.arange(past, past + q, device=dev).view(1, -1)
-        mask = _causal_mask(past, q, self.dtype, dev)
+        mask = causal_attention_mask(q, past, self.dtype, dev)
         with torch.inference_mode():
             out = self._forward(inp, pos, mask)
         self._pending = []
@@ -296,8 +246,6 @@ class TreeDraft:
         Raises:
             ValueError: no prefill or no tokens.
         """
-        import torch
-
         if self._cache is None:
             raise ValueError("draft has no sequence: call prefill(input_ids) first")
         toks = [int(t) for t in np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens).reshape(-1)]
@@ -306,17 +254,22 @@ class TreeDraft:
         if self._pending:  # no tree forward since the last commit: nothing to reuse
             self._pending.extend(toks)
         else:
-            keep = list(range(self._seq_len))
+            keep: List[int] = []  # tree entries on the accepted path, relative to the prefix
             cur = next(n for n, v in self._nodes.items() if v[2] == -1)
             matched = 0
             for t in toks[:-1]:
                 child = self._children.get((cur, t))
                 if child is None:
                     break
-                keep.append(self._nodes[child][0])
+                keep.append(self._nodes[child][0] - self._seq_len)
                 cur, matched = child, matched + 1
-            if len(keep) != self.cache_len:
-                _select_cache(self._cache, torch.tensor(keep, dtype=torch.long))
+            if self._seq_len + len(keep) != self.cache_len:
+                # Tree forwards concatenate, so these tensors are the draft's own (never views
+                # of an adopted target cache) and compact_cache may write them in place.
+                import torch
+
+                with torch.inference_mode():  # the entries are inference tensors
+                    compact_cache(self._cache, self._seq_len, keep)
             self._pending = toks[matched:]
         self._seq_len += len(toks)
         self._reset_tree()

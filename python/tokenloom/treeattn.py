@@ -42,6 +42,8 @@ __all__ = [
     "cache_length",
     "compact_cache",
     "cache_kv",
+    "causal_attention_mask",
+    "prefix_tree_mask",
     "tree_attention_mask",
     "tree_bias",
     "tree_forward",
@@ -122,6 +124,48 @@ def tree_attention_mask(parents: Any, past_len: int, dtype: Any = None, device: 
     mask = torch.zeros((1, 1, t, past_len + t), dtype=dtype, device=block.device)
     mask[0, 0, :, past_len:] = block
     return mask
+
+
+def causal_attention_mask(q_len: int, past_len: int, dtype: Any = None, device: Any = "cpu") -> "torch.Tensor":
+    """The 4D additive mask (1, 1, q_len, past_len + q_len) of a plain causal chain of
+    ``q_len`` tokens after ``past_len`` cached ones (the tree mask of a chain)."""
+    if q_len < 1:
+        raise ValueError(f"q_len: expected >= 1, got {q_len}")
+    return tree_attention_mask(np.arange(-1, q_len - 1, dtype=np.int64), past_len, dtype, device)
+
+
+def prefix_tree_mask(
+    prefix_len: int, past_len: int, visible: Sequence[Sequence[int]], dtype: Any = None, device: Any = "cpu"
+) -> "torch.Tensor":
+    """The 4D additive mask (1, 1, q, past_len + q) of q new tokens fed after a cache that
+    holds a shared prefix ``[0, prefix_len)`` followed by earlier, partly unrelated entries
+    (e.g. tree nodes forwarded by previous draft forwards, one depth at a time).
+
+    Row ``j`` sees the prefix, the absolute cache positions ``visible[j]`` (each in
+    ``[prefix_len, past_len)``: its tree ancestors already in the cache) and itself
+    (``past_len + j``); nothing else.
+
+    Raises:
+        ValueError: ``prefix_len`` outside ``[0, past_len]`` or a position outside
+            ``[prefix_len, past_len)``.
+    """
+    import torch
+
+    if not (0 <= prefix_len <= past_len):
+        raise ValueError(f"prefix_len: expected in [0, past_len={past_len}], got {prefix_len}")
+    dtype = dtype or torch.float32
+    q = len(visible)
+    rows = [j for j, cols in enumerate(visible) for _ in cols]
+    cols = [int(c) for cs in visible for c in cs]
+    if any(not (prefix_len <= c < past_len) for c in cols):
+        raise ValueError(f"visible: positions must lie in [{prefix_len}, {past_len}), got {cols}")
+    mask = torch.full((q, past_len + q), torch.finfo(dtype).min, dtype=dtype)
+    mask[:, :prefix_len] = 0.0
+    if rows:
+        mask[rows, cols] = 0.0
+    diag = torch.arange(q)
+    mask[diag, past_len + diag] = 0.0
+    return mask.view(1, 1, q, past_len + q).to(device)
 
 
 def tree_position_ids(depths: Any, past_len: int, device: Any = "cpu") -> "torch.Tensor":
