@@ -4,7 +4,7 @@ brute-force next-byte distribution that scores every cover with plain (uncached)
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 

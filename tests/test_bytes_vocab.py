@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -200,8 +199,8 @@ def test_gpt2_pretokenizer_matches_hf(tokenizer):
     rng = random.Random(2)
     for _ in range(300):
         text = "".join(rng.choice(POOL) for _ in range(rng.randint(1, 12)))
-        want, off = [], 0
-        for piece, (s, e) in pre.pre_tokenize_str(text):
+        want = []
+        for _piece, (s, _e) in pre.pre_tokenize_str(text):
             want.append(len(text[:s].encode()))
         from tokenloom._core import ByteIndex
 

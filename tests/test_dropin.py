@@ -15,7 +15,8 @@ import tokenloom
 import tokenloom.hf as tlhf
 from tokenloom.recycling import TokenRecycler
 
-from .test_recycling_generate import _exact_joint, _first_diff, _prompt
+from .greedy_compare import same_or_near_tie as _same_or_near_tie
+from .test_recycling_generate import _exact_joint, _prompt
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -342,21 +343,6 @@ EMBEDDED_PROMPTS = [
     "Explain speculative decoding in two sentences.",
     "Write a Python function that returns the n-th Fibonacci number.",
 ]
-
-
-def _same_or_near_tie(model, ours, ref):
-    """Equal, or the first difference is a floating-point near-tie of the reference's logits."""
-    import torch
-
-    j = _first_diff(ours, ref)
-    if j is None:
-        assert len(ours) == len(ref), "one output is a prefix of the other: a stop-rule bug"
-        return True
-    with torch.inference_mode():
-        top = model(input_ids=torch.tensor([ref[:j]])).logits[0, -1].topk(2)
-    gap = float(top.values[0] - top.values[1])
-    assert {ref[j], ours[j]} == set(top.indices.tolist()) and gap < 1e-3, (j, gap)
-    return False
 
 
 @pytest.mark.model

@@ -21,7 +21,7 @@ Only ``DynamicCache`` is supported (``cache.layers[i].keys / .values`` [B, H, S,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
