@@ -51,3 +51,15 @@ def make_tiny_llama(vocab_size: int = 49152, seed: int = 0, layers: int = 2):
 def tiny_llama():
     """A 2-layer random Llama with the embedded model's vocabulary size."""
     return make_tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread, and far faster on a shared, busy machine.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

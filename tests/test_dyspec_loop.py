@@ -14,15 +14,11 @@ from tokenloom.dyspec_loop import StaticTreeBuilder, chain_paths, default_draft_
 
 from .conftest import make_tiny_llama
 from .greedy_compare import hf_greedy, same_or_near_tie
+from .tree_steps import check_tree_steps, record_forward_inputs
 from .test_recycling_generate import PROMPTS, _exact_joint, _prompt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +64,6 @@ def test_cache_and_positions_every_step(tiny4):
     """Every target tree forward starts from a cache holding exactly the committed tokens
     before its root, nodes sit at past + depth; every draft forward sees a cache holding the
     committed sequence (its pending tokens excepted) plus the nodes it forwarded this step."""
-    calls = []
-
-    def hook(module, args, kwargs):
-        calls.append((kwargs["past_key_values"].get_seq_length(), kwargs["input_ids"].clone(),
-                      kwargs.get("position_ids"), kwargs.get("attention_mask")))
-
     draft_calls = []
     orig = EarlyExitDraft._forward
 
@@ -82,7 +72,7 @@ def test_cache_and_positions_every_step(tiny4):
         return orig(self, input_ids, position_ids, mask)
 
     ids = _prompt(7)
-    handle = tiny4.register_forward_pre_hook(hook, with_kwargs=True)
+    calls, handle = record_forward_inputs(tiny4)
     EarlyExitDraft._forward = spy
     try:
         out = tokenloom.generate(tiny4, ids, method="dyspec", max_new_tokens=40, eos_token_id=[], draft_layers=2,
@@ -92,17 +82,7 @@ def test_cache_and_positions_every_step(tiny4):
         EarlyExitDraft._forward = orig
     seq = out.sequences[0].tolist()
     n = ids.shape[1]
-    assert calls[0][0] == 0 and calls[0][1].shape[1] == n  # prefill
-    assert len(calls) == out.stats.steps
-    prev = n
-    for past, inp, pos, mask in calls[1:]:
-        assert past >= prev
-        prev = past
-        assert inp[0, 0].item() == seq[past], "root = the first token not in the target cache"
-        t = inp.shape[1]
-        assert mask.shape == (1, 1, t, past + t)
-        depths = (mask[0, 0, :, past:] == 0).sum(-1) - 1
-        assert pos[0].tolist() == (past + depths).tolist()
+    check_tree_steps(calls, seq, n, out.stats.steps)
     # Draft: the step's first forward feeds the pending tokens causally after an adopted cache
     # (the target's prefix), at positions cache_len.. ; later forwards hold tree nodes at
     # positions seq_len - 1 + depth and see the whole committed prefix.

@@ -12,17 +12,10 @@ import tokenloom
 from tokenloom.recycling import TokenRecycler
 
 from .greedy_compare import hf_greedy, same_or_near_tie
+from .tree_steps import check_tree_steps, record_forward_inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one thread, and far faster on a shared, busy machine."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _prompt(seed, n=12):
@@ -61,19 +54,10 @@ def test_eos_and_budget(tiny_llama):
 def test_cache_length_and_positions_every_step(tiny_llama):
     """Each tree forward starts from a cache holding exactly the tokens before its root, and
     node i sits at position past_len + depth(i) (depth read back from the mask)."""
-    calls = []
-
-    def hook(module, args, kwargs):
-        cache = kwargs["past_key_values"]
-        calls.append((
-            cache.get_seq_length(), kwargs["input_ids"].clone(), kwargs.get("position_ids"),
-            kwargs.get("attention_mask"),
-        ))
-
     rec = TokenRecycler(49152)
     ids = _prompt(7)
     tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=30, recycler=rec, eos_token_id=[])
-    handle = tiny_llama.register_forward_pre_hook(hook, with_kwargs=True)
+    calls, handle = record_forward_inputs(tiny_llama)
     try:
         out = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=50, recycler=rec,
                                  tree="2.2.2-16", eos_token_id=[])
@@ -81,17 +65,7 @@ def test_cache_length_and_positions_every_step(tiny_llama):
         handle.remove()
     seq = out.sequences[0].tolist()
     n = ids.shape[1]
-    assert calls[0][0] == 0 and calls[0][1].shape[1] == n  # prefill
-    assert len(calls) == out.stats.steps
-    prev = n
-    for past, inp, pos, mask in calls[1:]:
-        assert past >= prev
-        prev = past
-        assert inp[0, 0].item() == seq[past], "root = the first token not in the cache"
-        t = inp.shape[1]
-        assert mask.shape == (1, 1, t, past + t)
-        depths = (mask[0, 0, :, past:] == 0).sum(-1) - 1
-        assert pos[0].tolist() == (past + depths).tolist()
+    prev = check_tree_steps(calls, seq, n, out.stats.steps)
     # the last step's cache: everything emitted but the final root
     assert prev <= len(seq) - 1
 
