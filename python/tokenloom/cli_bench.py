@@ -71,14 +71,16 @@ def _tokenloom_method(name: str, **kwargs: Any) -> BenchFn:
     return fn
 
 
-def _hf(prompt_lookup: Optional[int]) -> BenchFn:
+def _hf(prompt_lookup: Optional[int], pack: bool = False) -> BenchFn:
     def fn(model: Any, ids: Any, n: int, eos: List[int]) -> Tuple[List[int], Dict[str, Any]]:
         import torch
+
+        from .cpupack import packed_linears
 
         kwargs: Dict[str, Any] = {}
         if prompt_lookup:
             kwargs["prompt_lookup_num_tokens"] = prompt_lookup
-        with torch.inference_mode():
+        with torch.inference_mode(), packed_linears(model, "auto" if pack else False):
             out = model.generate(
                 ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
                 eos_token_id=eos, pad_token_id=eos[0] if eos else 0, **kwargs,
@@ -92,6 +94,9 @@ register_bench_method("greedy")(_tokenloom_method("greedy"))
 register_bench_method("recycling")(_tokenloom_method("recycling"))
 register_bench_method("hf")(_hf(None))
 register_bench_method("hf-pld")(_hf(10))
+# HF greedy with tokenloom's packed CPU linears (tokenloom.cpupack): the anchor that isolates
+# what speculative decoding adds on top of the faster layers.
+register_bench_method("hf-packed")(_hf(None, pack=True))
 # DySpec vs a fixed tree of the same node budget vs a chain of the same depth: the same loop,
 # the same (default early-exit) draft and the same budget / depth / k.
 register_bench_method("dyspec")(_tokenloom_method("dyspec", tree="dynamic"))

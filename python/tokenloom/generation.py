@@ -183,6 +183,7 @@ def generate(
     min_p: Optional[float] = None,
     seed: Optional[int] = None,
     streamer: Any = None,
+    pack: Union[bool, str] = "auto",
     **method_kwargs: Any,
 ) -> GenerateOutput:
     """Generate with one of tokenloom's decoding methods.
@@ -197,6 +198,10 @@ def generate(
         temperature, top_k, top_p, min_p: sampling transforms; temperature 0 is greedy.
         seed: seed of the sampler (reproducible runs).
         streamer: HF-style streamer (``put``/``end``); receives the prompt first, as in HF.
+        pack: run float32 CPU linears through pre-packed oneDNN weights during the call
+            (:mod:`tokenloom.cpupack`; ``"auto"``: when possible, ``True``: insist,
+            ``False``: run the model exactly as loaded). Small-batch forwards (tree steps) get
+            much cheaper; logits change at float32 rounding level only.
         **method_kwargs: passed to the method (e.g. ``recycler=`` for ``"recycling"``).
 
     Returns:
@@ -227,8 +232,11 @@ def generate(
     sink = TokenSink(cfg, streamer)
     if streamer is not None:
         streamer.put(input_ids.cpu())
+    from .cpupack import packed_linears, resolve_pack
+
+    use_pack = resolve_pack(model, pack)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), packed_linears(model, use_pack):
         if not sink.done:
             _METHODS[method](model, input_ids, cfg, sink, **method_kwargs)
     seconds = time.perf_counter() - start

@@ -85,7 +85,7 @@ def _cache_dir() -> Path:
 
 
 def calibration_key(model: Any) -> str:
-    """Hash of the model config, dtype, device and torch thread count."""
+    """Hash of the model config, dtype, device, torch thread count and linear packing."""
     import torch
 
     param = next(model.parameters())
@@ -94,7 +94,10 @@ def calibration_key(model: Any) -> str:
     dev_name = str(device)
     if device.type == "cuda":
         dev_name += ":" + torch.cuda.get_device_name(device)
-    raw = f"{cfg}|{param.dtype}|{dev_name}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    from .cpupack import is_packed
+
+    packed = "|packed" if is_packed(model) else ""
+    raw = f"{cfg}|{param.dtype}|{dev_name}|threads={torch.get_num_threads()}|torch={torch.__version__}{packed}"
     return hashlib.sha1(raw.encode()).hexdigest()[:20]
 
 

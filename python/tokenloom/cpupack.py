@@ -1,0 +1,172 @@
+"""Pre-packed oneDNN linear layers for CPU decoding (``generate(..., pack="auto")``).
+
+Why: a speculative step feeds 2-30 tokens through the model at once. On CPU, PyTorch's default
+``nn.Linear`` (an MKL GEMM on the original row-major weight) is poor at such small batches: on
+the 2-core reference machine with the embedded SmolLM2-135M a 9-token forward costs ~1.5x a
+1-token one, which eats most of what a draft tree gains. The same layers run through oneDNN with
+weights reordered once into its blocked layout (what ``torch.compile``'s CPU "freezing" pass
+uses) cost almost the same for 1 to ~12 tokens, and are faster for 1 token too (see
+``benches/cpupack_bench.py`` and docs/recycling.md).
+
+:func:`packed_linears` swaps every float32 CPU ``nn.Linear`` of a model for a
+:class:`PackedLinear` holding the reordered weight, for the duration of a ``with`` block, and
+puts the original modules back afterwards. Packed weights are cached per module (keyed by the
+weight's storage and version, so an edited weight is repacked) and cost one extra copy of the
+linear weights in memory; :func:`clear_packed` frees them.
+
+Numerics: oneDNN sums in another order than MKL, so logits differ at float32 rounding level
+(~1e-5 on the embedded model); greedy outputs can differ from an unpacked run only at
+floating-point near-ties (tested in tests/test_cpupack.py). Pass ``pack=False`` to
+``tokenloom.generate`` to run the model exactly as loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["PackedLinear", "clear_packed", "is_packed", "pack_available", "packed_linears", "resolve_pack"]
+
+# module -> (weight storage pointer, weight version, packed weight)
+_CACHE: "weakref.WeakKeyDictionary[Any, Tuple[int, int, Any]]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+_AVAILABLE: Dict[str, bool] = {}
+
+
+def pack_available() -> bool:
+    """True when this torch build has the oneDNN packed-linear ops and they run here."""
+    if "ok" in _AVAILABLE:
+        return _AVAILABLE["ok"]
+    ok = False
+    try:
+        import torch
+
+        if torch.backends.mkldnn.is_available():
+            w = torch.randn(8, 4)
+            x = torch.randn(3, 4)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+            y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+            ok = bool(torch.allclose(y, x @ w.t(), atol=1e-5, rtol=1e-4))
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        ok = False
+    _AVAILABLE["ok"] = ok
+    return ok
+
+
+def _module_base() -> Any:
+    import torch
+
+    return torch.nn.Module
+
+
+class PackedLinear(_module_base()):  # type: ignore[misc]
+    """Drop-in for a float32 CPU ``nn.Linear`` (inference only): input [..., in_features] ->
+    output [..., out_features] through oneDNN with a pre-reordered weight."""
+
+    def __init__(self, original: Any, packed: Any):
+        super().__init__()
+        self.original = [original]  # a list: not registered as a submodule (no double params)
+        self.in_features = int(original.in_features)
+        self.out_features = int(original.out_features)
+        self.packed_weight = packed
+        self.bias = None if original.bias is None else original.bias.detach()
+
+    @property
+    def weight(self) -> Any:  # code that reads ``.weight`` (e.g. tied embeddings) sees the original
+        return self.original[0].weight
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled():
+            return self.original[0](x)
+        shape = x.shape
+        y = torch.ops.mkldnn._linear_pointwise(
+            x.reshape(-1, shape[-1]).contiguous(), self.packed_weight, self.bias, "none", [], ""
+        )
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+
+
+def _packable(mod: Any) -> bool:
+    import torch
+
+    if type(mod) is not torch.nn.Linear:
+        return False
+    w = mod.weight
+    return w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
+
+
+def _packed_weight(mod: Any) -> Any:
+    import torch
+
+    w = mod.weight.detach()
+    key_ptr, key_ver = w.data_ptr(), w._version
+    with _LOCK:
+        hit = _CACHE.get(mod)
+    if hit is not None and hit[0] == key_ptr and hit[1] == key_ver:
+        return hit[2]
+    packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None)
+    with _LOCK:
+        _CACHE[mod] = (key_ptr, key_ver, packed)
+    return packed
+
+
+def resolve_pack(model: Any, pack: Union[bool, str]) -> bool:
+    """Decide whether to pack: ``"auto"`` packs when the model has float32 CPU linears and the
+    oneDNN ops work; ``True`` insists (ValueError when impossible); ``False`` never packs."""
+    if pack is False or pack is None:
+        return False
+    if pack not in (True, "auto"):
+        raise ValueError(f"pack: expected True, False or 'auto', got {pack!r}")
+    has_linear = hasattr(model, "modules") and any(_packable(m) for m in model.modules())
+    if pack == "auto":
+        return has_linear and pack_available()
+    if not pack_available():
+        raise ValueError("pack=True: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)")
+    if not has_linear:
+        raise ValueError("pack=True: the model has no float32 CPU nn.Linear layers to pack")
+    return True
+
+
+def is_packed(model: Any) -> bool:
+    """True inside a :func:`packed_linears` block of ``model``."""
+    return hasattr(model, "modules") and any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@contextlib.contextmanager
+def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any]:
+    """``with packed_linears(model): ...`` runs ``model`` with packed linears; restores the
+    original modules on exit (also on error). Nested use is a no-op. Yields ``model``.
+
+    Args:
+        model: a torch module (an HF causal LM).
+        enabled: True (raise if impossible), ``"auto"`` (pack when possible) or False.
+    """
+    if is_packed(model) or not resolve_pack(model, enabled):
+        yield model
+        return
+    swapped: List[Tuple[Any, str, Any]] = []
+    try:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if _packable(child):
+                    parent._modules[name] = PackedLinear(child, _packed_weight(child))
+                    swapped.append((parent, name, child))
+        yield model
+    finally:
+        for parent, name, child in reversed(swapped):
+            parent._modules[name] = child
+
+
+def clear_packed() -> None:
+    """Free every cached packed weight (they are rebuilt on the next packed run)."""
+    with _LOCK:
+        _CACHE.clear()
