@@ -37,8 +37,11 @@ def test_summary_ratios():
 
 def test_methods_are_extensible():
     assert {"greedy", "hf", "hf-pld", "recycling"} <= set(BENCH_METHODS)
-    assert _resolve("greedy", "auto") is BENCH_METHODS["greedy"]
-    with pytest.raises(ValueError, match="unknown bench method"):
-        _resolve("nope", "auto")
     args = build_parser().parse_args(["bench", "-n", "1", "--methods", "greedy,recycling", "--json", "x.json"])
-    assert args.n == 1 and args.max_new_tokens == 128 and callable(args.func)
+    assert args.n == 1 and args.max_new_tokens == 128 and callable(args.func) and args.pack == "auto"
+    assert _resolve("hf", args) is BENCH_METHODS["hf"]
+    assert callable(_resolve("greedy", args)) and callable(_resolve("dyspec-chain", args))
+    with pytest.raises(ValueError, match="unknown bench method"):
+        _resolve("nope", args)
+    args = build_parser().parse_args(["bench", "--draft-layers", "20", "--budget", "12", "--pack", "off"])
+    assert (args.draft_layers, args.budget, args.pack) == (20, 12, "off")

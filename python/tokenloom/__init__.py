@@ -54,9 +54,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # lazy: tokenloom.hf imports torch and transformers
-    if name == "hf":
-        import importlib
+_LAZY = {"packed_linears": "cpupack", "pack_available": "cpupack"}
 
+
+def __getattr__(name: str):  # lazy: tokenloom.hf / tokenloom.cpupack import torch
+    import importlib
+
+    if name == "hf":
         return importlib.import_module(".hf", __name__)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

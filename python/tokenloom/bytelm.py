@@ -65,8 +65,11 @@ def _logits_width(model: Any) -> int:
 class _KV:
     """A KV cache whose positions ("slots") hold the context then tree nodes, with a tree mask."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, pack: Any = "auto") -> None:
+        from .cpupack import resolve_pack
+
         self.model = model
+        self.pack = resolve_pack(model, pack)
         self.cache: Any = None
         self.n = 0
 
@@ -102,7 +105,9 @@ class _KV:
             mask[0, 0, i, self.n + i] = 0.0
         if self.cache is None:
             self.cache = DynamicCache()
-        with torch.no_grad():
+        from .cpupack import packed_linears
+
+        with torch.no_grad(), packed_linears(self.model, self.pack):
             out = self.model(
                 input_ids=torch.tensor([tokens], dtype=torch.long),
                 position_ids=torch.tensor([positions], dtype=torch.long),
@@ -143,6 +148,8 @@ class ByteLM:
         max_paths: refuse (ValueError) when more exact paths than this are live -- all-covers
             mode grows exponentially on long inputs; nothing is ever pruned silently.
         cache_size: token-level distributions kept (by token prefix).
+        pack: run float32 CPU linears through pre-packed oneDNN weights (:mod:`tokenloom.cpupack`;
+            ``"auto"`` default, ``True`` or ``False``); many-row forwards get much cheaper.
 
     Raises:
         ValueError: the model's logits width is smaller than the tokenizer, canonical mode is
@@ -159,6 +166,7 @@ class ByteLM:
         context_ids: Optional[Sequence[int]] = None,
         max_paths: int = 4096,
         cache_size: int = 256,
+        pack: Any = "auto",
     ) -> None:
         width = _logits_width(model)
         if vocab is None:
@@ -196,7 +204,7 @@ class ByteLM:
         self._dists: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._keys: Dict[Tuple[int, int], int] = {}
         self._cache_size = int(cache_size)
-        self._kv = _KV(model)
+        self._kv = _KV(model, pack)
         self._state: Optional[_State] = None
         self.forwards = 0
         self.forward_rows = 0
@@ -282,7 +290,9 @@ class ByteLM:
             keys.append(key)
         if keys[-2] in self._dists:
             return
-        with torch.no_grad():
+        from .cpupack import packed_linears
+
+        with torch.no_grad(), packed_linears(self.model, self._kv.pack):
             logits = self.model(torch.tensor([self.context_ids + ids])).logits[0].float()
         self.forwards += 1
         self.forward_rows += len(self.context_ids) + len(ids)

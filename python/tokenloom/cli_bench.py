@@ -104,15 +104,31 @@ register_bench_method("dyspec-fixed")(_tokenloom_method("dyspec", tree="fixed"))
 register_bench_method("dyspec-chain")(_tokenloom_method("dyspec", tree="chain"))
 
 
-def _resolve(name: str, recycling_tree: str) -> BenchFn:
-    if name == "recycling" and recycling_tree != "auto":
-        return _tokenloom_method("recycling", tree=recycling_tree)
+_DYSPEC_TREES = {"dyspec": "dynamic", "dyspec-fixed": "fixed", "dyspec-chain": "chain"}
+
+
+def _resolve(name: str, args: argparse.Namespace) -> BenchFn:
+    """The bench function of ``name`` with the command line's method options applied
+    (``--tree`` for recycling, ``--draft-layers`` / ``--budget`` for the DySpec trio,
+    ``--pack`` for every tokenloom method)."""
+    pack = {"auto": "auto", "on": True, "off": False}[getattr(args, "pack", "auto")]
+    kw: Dict[str, Any] = {} if pack == "auto" else {"pack": pack}
+    if name == "recycling":
+        return _tokenloom_method("recycling", tree=getattr(args, "tree", "auto"), **kw)
+    if name in _DYSPEC_TREES:
+        if getattr(args, "draft_layers", None) is not None:
+            kw["draft_layers"] = args.draft_layers
+        if getattr(args, "budget", None) is not None:
+            kw["budget"] = args.budget
+        return _tokenloom_method("dyspec", tree=_DYSPEC_TREES[name], **kw)
+    if name == "greedy":
+        return _tokenloom_method("greedy", **kw)
     if name in BENCH_METHODS:
         return BENCH_METHODS[name]
     from .generation import methods
 
     if name in methods():
-        return _tokenloom_method(name)
+        return _tokenloom_method(name, **kw)
     raise ValueError(f"unknown bench method {name!r}; expected one of {sorted(set(BENCH_METHODS) | set(methods()))}")
 
 
@@ -139,6 +155,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--model", default=None, help="a local .gguf file or HF model directory (default: embedded)")
     p.add_argument("--tree", default="auto", help="recycling template (default auto)")
+    p.add_argument("--draft-layers", type=int, default=None, help="layers of the DySpec early-exit draft")
+    p.add_argument("--budget", type=int, default=None, help="DySpec draft nodes per tree")
+    p.add_argument(
+        "--pack", choices=("auto", "on", "off"), default="auto",
+        help="packed oneDNN CPU linears for tokenloom's methods (default auto; see tokenloom.cpupack)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", default=None, help="write the raw results here")
     p.add_argument("--plot", default=None, help="write a PNG of the speedups here")
@@ -234,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.n < 1:
         raise ValueError(f"-n: expected >= 1, got {args.n}")
-    fns = {m: _resolve(m, args.tree) for m in methods}
+    fns = {m: _resolve(m, args) for m in methods}
     cats = [c.strip() for c in args.categories.split(",")] if args.categories else None
     questions = load_questions(args.n, cats)
     if not questions:
