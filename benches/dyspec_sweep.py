@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 
 def main() -> int:
@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--max-depth", type=int, default=None)
+    ap.add_argument("--draft-temperatures", default="1", help="dynamic trees only: draft temperatures to try")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -52,32 +53,48 @@ def main() -> int:
         kw["budget"] = args.budget
     if args.max_depth is not None:
         kw["max_depth"] = args.max_depth
-    configs = [("greedy", None, None)] + [("dyspec", n, t) for n in layers for t in trees]
+    temps = [float(x) for x in args.draft_temperatures.split(",")]
+    configs: List[Tuple[str, Any, Any, Any]] = [("greedy", None, None, None)]
+    for n in layers:
+        for t in trees:
+            for temp in (temps if t == "dynamic" else [None]):
+                configs.append(("dyspec", n, t, temp))
     rows: List[Dict[str, Any]] = []
     warm = chat_input_ids(tok, "Say hello.")
-    for method, n, t in configs:  # warm-up (packing, caches)
-        extra = {} if method == "greedy" else {"draft_layers": n, "tree": t, **kw}
+    def extra_of(method: str, n: Any, t: Any, temp: Any) -> Dict[str, Any]:
+        if method == "greedy":
+            return {}
+        e = {"draft_layers": n, "tree": t, **kw}
+        if temp is not None and temp != 1.0:
+            e["draft_temperature"] = temp
+        return e
+
+    for method, n, t, temp in configs:  # warm-up (packing, caches)
+        extra = extra_of(method, n, t, temp)
         tokenloom.generate(model, warm, method=method, max_new_tokens=4, eos_token_id=eos, **extra)
     bar = tqdm(total=len(questions) * len(configs), file=sys.stderr, desc="sweep")
     for q in questions:
         ids = chat_input_ids(tok, q["turns"][0])
-        for method, n, t in configs:
-            extra = {} if method == "greedy" else {"draft_layers": n, "tree": t, **kw}
+        for method, n, t, temp in configs:
+            extra = extra_of(method, n, t, temp)
             start = time.perf_counter()
             out = tokenloom.generate(model, ids, method=method, max_new_tokens=args.max_new_tokens, eos_token_id=eos, **extra)
             sec = time.perf_counter() - start
             rows.append({
                 "question_id": q["question_id"], "category": q["category"], "method": method,
-                "draft_layers": n, "tree": t, "new_tokens": out.stats.new_tokens, "steps": out.stats.steps,
+                "draft_layers": n, "tree": t, "draft_temperature": temp, "new_tokens": out.stats.new_tokens, "steps": out.stats.steps,
                 "seconds": sec, "draft_seconds": out.stats.extra.get("draft_seconds"),
             })
             bar.update(1)
     bar.close()
 
     summary: Dict[str, Dict[str, float]] = {}
-    for method, n, t in configs:
-        key = "greedy" if method == "greedy" else f"L{n}-{t}"
-        rs = [r for r in rows if r["method"] == method and r["draft_layers"] == n and r["tree"] == t]
+    for method, n, t, temp in configs:
+        key = "greedy" if method == "greedy" else f"L{n}-{t}" + (f"-T{temp:g}" if temp not in (None, 1.0) else "")
+        rs = [
+            r for r in rows
+            if r["method"] == method and r["draft_layers"] == n and r["tree"] == t and r["draft_temperature"] == temp
+        ]
         tokens = sum(r["new_tokens"] for r in rs)
         # MAT over decode steps (prefill excluded) = tokens after the first / verify forwards.
         steps = sum(r["steps"] - 1 for r in rs)
@@ -87,10 +104,10 @@ def main() -> int:
             "tokens_per_s": tokens / sum(r["seconds"] for r in rs),
         }
     base = summary["greedy"]["tokens_per_s"]
-    print(f"{'config':<16}{'MAT':>8}{'tok/s':>9}{'vs greedy':>11}")
+    print(f"{'config':<22}{'MAT':>8}{'tok/s':>9}{'vs greedy':>11}")
     for key, s in summary.items():
         s["vs_greedy"] = s["tokens_per_s"] / base
-        print(f"{key:<16}{s['mat']:>8.3f}{s['tokens_per_s']:>9.2f}{s['vs_greedy']:>10.2f}x")
+        print(f"{key:<22}{s['mat']:>8.3f}{s['tokens_per_s']:>9.2f}{s['vs_greedy']:>10.2f}x")
     if args.json:
         meta = {"command": "python " + " ".join(sys.argv), "questions": len(questions), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "torch_threads": torch.get_num_threads()}

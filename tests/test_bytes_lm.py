@@ -179,3 +179,4 @@ def test_smollm_all_covers_brute_force(smollm):
     bf = BruteForce(model, lm.vocab, lm.context_ids, False)
     for x in [b"de", b"if"]:
         assert np.abs(lm.next_byte_probs(x) - bf.next_byte_probs(x)[0]).max() < 1e-5
+

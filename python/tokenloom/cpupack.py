@@ -32,8 +32,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["PackedLinear", "clear_packed", "is_packed", "pack_available", "packed_linears", "resolve_pack"]
 
-# module -> (weight storage pointer, weight version, packed weight)
+# nn.Linear -> (weight storage pointer, weight version, its PackedLinear)
 _CACHE: "weakref.WeakKeyDictionary[Any, Tuple[int, int, Any]]" = weakref.WeakKeyDictionary()
+# model -> [(parent module, child name, nn.Linear)]: where the packable linears sit
+_PLANS: "weakref.WeakKeyDictionary[Any, List[Tuple[Any, str, Any]]]" = weakref.WeakKeyDictionary()
+# models inside a packed_linears block
+_ACTIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _LOCK = threading.Lock()
 _AVAILABLE: Dict[str, bool] = {}
 
@@ -104,7 +108,8 @@ def _packable(mod: Any) -> bool:
     return w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
 
 
-def _packed_weight(mod: Any) -> Any:
+def _packed_module(mod: Any) -> "PackedLinear":
+    """The cached PackedLinear of ``mod``, rebuilt when its weight changed."""
     import torch
 
     w = mod.weight.detach()
@@ -113,10 +118,36 @@ def _packed_weight(mod: Any) -> Any:
         hit = _CACHE.get(mod)
     if hit is not None and hit[0] == key_ptr and hit[1] == key_ver:
         return hit[2]
-    packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None)
+    packed = PackedLinear(mod, torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None))
     with _LOCK:
         _CACHE[mod] = (key_ptr, key_ver, packed)
     return packed
+
+
+def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
+    """(parent, name, linear) of every packable linear of ``model`` (cached; re-scanned when the
+    model's structure, a linear's dtype or its device changed; a linear added to a model
+    already planned is only seen after :func:`clear_packed`)."""
+    plan = _PLANS.get(model) if _weakrefable(model) else None
+    if plan is not None and all(parent._modules.get(name) is child and _packable(child) for parent, name, child in plan):
+        return plan
+    plan = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if _packable(child)
+    ]
+    if _weakrefable(model):
+        _PLANS[model] = plan
+    return plan
+
+
+def _weakrefable(obj: Any) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
 
 
 def resolve_pack(model: Any, pack: Union[bool, str]) -> bool:
@@ -126,7 +157,7 @@ def resolve_pack(model: Any, pack: Union[bool, str]) -> bool:
         return False
     if pack not in (True, "auto"):
         raise ValueError(f"pack: expected True, False or 'auto', got {pack!r}")
-    has_linear = hasattr(model, "modules") and any(_packable(m) for m in model.modules())
+    has_linear = hasattr(model, "modules") and (model in _ACTIVE or bool(_plan(model)))
     if pack == "auto":
         return has_linear and pack_available()
     if not pack_available():
@@ -138,7 +169,10 @@ def resolve_pack(model: Any, pack: Union[bool, str]) -> bool:
 
 def is_packed(model: Any) -> bool:
     """True inside a :func:`packed_linears` block of ``model``."""
-    return hasattr(model, "modules") and any(isinstance(m, PackedLinear) for m in model.modules())
+    try:
+        return model in _ACTIVE
+    except TypeError:
+        return False
 
 
 @contextlib.contextmanager
@@ -155,13 +189,13 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
         return
     swapped: List[Tuple[Any, str, Any]] = []
     try:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if _packable(child):
-                    parent._modules[name] = PackedLinear(child, _packed_weight(child))
-                    swapped.append((parent, name, child))
+        for parent, name, child in _plan(model):
+            parent._modules[name] = _packed_module(child)
+            swapped.append((parent, name, child))
+        _ACTIVE.add(model)
         yield model
     finally:
+        _ACTIVE.discard(model)
         for parent, name, child in reversed(swapped):
             parent._modules[name] = child
 
@@ -170,3 +204,4 @@ def clear_packed() -> None:
     """Free every cached packed weight (they are rebuilt on the next packed run)."""
     with _LOCK:
         _CACHE.clear()
+        _PLANS.clear()
