@@ -17,7 +17,9 @@ computed only on prefixes it can afford (``--all-covers-max``) and TV to the can
 distribution (ByteLM's default, what a deterministic tokenizer gives) is reported for every
 prefix. Both methods condition on the same single context token (the tokenizer's BOS), TV is
 over the 256 byte values (each distribution renormalised over them; genlm-bytes' end-of-text
-entries are left out).
+entries are left out). Every ByteLM shares one ByteVocab (as an application would), so the
+vocabulary tables and allowed-next-token masks are built once; token distributions are never
+shared between the timed runs.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def main() -> int:
     rng = random.Random(args.seed + 1)
     def one_prefix(prefix: bytes) -> Dict[str, Any]:
         # The continuation: what ByteLM greedy would write (a realistic path for both methods).
-        ours = ByteLM(model, tok, canonical=True, context_ids=[bos])
+        ours = ByteLM(model, tok, canonical=True, vocab=bv, context_ids=[bos])
         cont = ours.generate(prefix, args.cont_bytes, stop_at_eos=False)
         if len(cont) < args.cont_bytes:
             cont = cont + bytes(rng.randrange(97, 123) for _ in range(args.cont_bytes - len(cont)))
@@ -127,7 +129,7 @@ def main() -> int:
 
         # ByteLM (canonical, packed linears = the default) next-byte distributions + greedy.
         for label, pack in (("bytelm", "auto"), ("bytelm_unpacked", False)):
-            lm = ByteLM(model, tok, canonical=True, context_ids=[bos], pack=pack)
+            lm = ByteLM(model, tok, canonical=True, vocab=bv, context_ids=[bos], pack=pack)
             t = time.perf_counter()
             lm.next_byte_probs(prefix)
             row[f"{label}_prefill_s"] = time.perf_counter() - t
@@ -135,7 +137,7 @@ def main() -> int:
             dists = [lm.next_byte_probs(prefix + cont[:i]) for i in range(len(cont) + 1)]
             row[f"{label}_probs_s"] = time.perf_counter() - t
             f0 = lm.forwards
-            lm2 = ByteLM(model, tok, canonical=True, context_ids=[bos], pack=pack)
+            lm2 = ByteLM(model, tok, canonical=True, vocab=bv, context_ids=[bos], pack=pack)
             lm2.next_byte_probs(prefix)
             t = time.perf_counter()
             g = lm2.generate(prefix, args.greedy_bytes, stop_at_eos=False)
@@ -150,7 +152,7 @@ def main() -> int:
         allc = None
         if len(prefix) + len(cont) <= args.all_covers_max:
             try:
-                lm = ByteLM(model, tok, canonical=False, context_ids=[bos], max_paths=1 << 16)
+                lm = ByteLM(model, tok, canonical=False, vocab=bv, context_ids=[bos], max_paths=1 << 16)
                 allc = [lm.next_byte_probs(prefix + cont[:i]) for i in range(len(cont) + 1)]
             except ValueError as e:  # too many live covers
                 row["all_covers_error"] = str(e)

@@ -180,3 +180,22 @@ def test_smollm_all_covers_brute_force(smollm):
     for x in [b"de", b"if"]:
         assert np.abs(lm.next_byte_probs(x) - bf.next_byte_probs(x)[0]).max() < 1e-5
 
+
+
+def test_shared_vocab_shares_masks_not_results(tiny_llama, tokenizer):
+    """ByteLMs built on one ByteVocab share the allowed-next-token masks (static per vocabulary
+    and mode) and give the same probabilities as a ByteLM with its own vocabulary."""
+    from tokenloom import ByteVocab
+
+    vocab = ByteVocab.from_tokenizer(tokenizer, vocab_size=tiny_llama.get_output_embeddings().weight.shape[0])
+    a = ByteLM(tiny_llama, tokenizer, canonical=True, vocab=vocab)
+    pa = a.next_byte_probs(b"def f")
+    n = len(vocab._mask_cache)
+    assert n > 0 and all(mode is True for _, mode in vocab._mask_cache)
+    b = ByteLM(tiny_llama, tokenizer, canonical=False, vocab=vocab)
+    b.next_byte_probs(b"de")
+    assert any(mode is False for _, mode in vocab._mask_cache)  # modes never mix
+    own = ByteLM(tiny_llama, tokenizer, canonical=True)
+    assert np.abs(own.next_byte_probs(b"def f") - pa).max() < 1e-9
+    c = ByteLM(tiny_llama, tokenizer, canonical=True, vocab=vocab)
+    assert np.abs(c.next_byte_probs(b"def f") - pa).max() < 1e-9

@@ -41,6 +41,9 @@ import numpy as np
 from ._core import CoverTree
 from .bytevocab import ByteVocab
 
+#: Allowed-next-token masks kept per ByteVocab (each one float32 [width]: ~200 KB at 49k).
+MASK_CACHE_SIZE = 2048
+
 __all__ = ["ByteLM", "EOS"]
 
 EOS = 256
@@ -200,7 +203,9 @@ class ByteLM:
         self.context_ids = ctx
         self.max_paths = int(max_paths)
         self.special = np.flatnonzero(vocab.special)
-        self._masks: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        # Allowed-next-token masks depend on the vocabulary only: shared by every ByteLM built
+        # on the same ByteVocab object (pass ``vocab=`` to reuse one), keyed by (prev, mode).
+        self._masks: "OrderedDict[Tuple[int, bool], Any]" = vocab._mask_cache
         self._dists: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._keys: Dict[Tuple[int, int], int] = {}
         self._cache_size = int(cache_size)
@@ -214,15 +219,16 @@ class ByteLM:
         """Additive float32 mask (0 allowed, -inf not) of the rows that may follow ``prev``."""
         import torch
 
-        m = self._masks.get(prev)
+        key = (prev, self.canonical)
+        m = self._masks.get(key)
         if m is None:
             allowed = torch.from_numpy(self.vocab.index.next_mask(prev, self.canonical))
             m = torch.zeros(allowed.shape[0], dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
-            self._masks[prev] = m
-            if len(self._masks) > 2048:
+            self._masks[key] = m
+            if len(self._masks) > MASK_CACHE_SIZE:
                 self._masks.popitem(last=False)
         else:
-            self._masks.move_to_end(prev)
+            self._masks.move_to_end(key)
         return m
 
     def _dist(self, logits_row: Any, prev: int) -> np.ndarray:

@@ -15,6 +15,8 @@ from which the Rust core decides pairwise canonicality (see ``tokenloom._core.By
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import json
 import re
 from functools import lru_cache
@@ -104,6 +106,8 @@ class ByteVocab:
         if len(token_bytes) == 0:
             raise ValueError("empty vocabulary: at least one token is needed")
         self.token_bytes: List[bytes] = list(token_bytes)
+        # (prev token, canonical) -> allowed-next-token mask, shared by the ByteLMs on this vocab
+        self._mask_cache: "OrderedDict[Tuple[int, bool], Any]" = OrderedDict()
         self.special = np.ascontiguousarray(np.asarray(special, dtype=bool))
         if self.special.shape != (len(self.token_bytes),):
             raise ValueError(f"special: expected shape ({len(self.token_bytes)},), got {self.special.shape}")
