@@ -41,9 +41,6 @@ import numpy as np
 from ._core import CoverTree
 from .bytevocab import ByteVocab
 
-#: Allowed-next-token masks kept per ByteVocab (each one float32 [width]: ~200 KB at 49k).
-MASK_CACHE_SIZE = 2048
-
 __all__ = ["ByteLM", "EOS"]
 
 EOS = 256
@@ -203,9 +200,6 @@ class ByteLM:
         self.context_ids = ctx
         self.max_paths = int(max_paths)
         self.special = np.flatnonzero(vocab.special)
-        # Allowed-next-token masks depend on the vocabulary only: shared by every ByteLM built
-        # on the same ByteVocab object (pass ``vocab=`` to reuse one), keyed by (prev, mode).
-        self._masks: "OrderedDict[Tuple[int, bool], Any]" = vocab._mask_cache
         self._dists: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._keys: Dict[Tuple[int, int], int] = {}
         self._cache_size = int(cache_size)
@@ -216,20 +210,9 @@ class ByteLM:
 
     # ------------------------------------------------------------------ token-level pieces
     def _mask(self, prev: int) -> Any:
-        """Additive float32 mask (0 allowed, -inf not) of the rows that may follow ``prev``."""
-        import torch
-
-        key = (prev, self.canonical)
-        m = self._masks.get(key)
-        if m is None:
-            allowed = torch.from_numpy(self.vocab.index.next_mask(prev, self.canonical))
-            m = torch.zeros(allowed.shape[0], dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
-            self._masks[key] = m
-            if len(self._masks) > MASK_CACHE_SIZE:
-                self._masks.popitem(last=False)
-        else:
-            self._masks.move_to_end(key)
-        return m
+        """Additive float32 mask (0 allowed, -inf not) of the rows that may follow ``prev``
+        (cached on the ByteVocab: ByteLMs sharing one vocabulary share the masks)."""
+        return self.vocab.next_token_bias(prev, self.canonical)
 
     def _dist(self, logits_row: Any, prev: int) -> np.ndarray:
         """Q(. | path) from a logits row: masked softmax (fp32, max-shifted), float32 [width]."""

@@ -15,10 +15,9 @@ from which the Rust core decides pairwise canonicality (see ``tokenloom._core.By
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import json
 import re
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -28,6 +27,8 @@ from ._core import ByteIndex
 
 __all__ = ["ByteVocab", "bytes_to_unicode"]
 
+#: Allowed-next-token masks kept per ByteVocab (each one float32 [width]: ~200 KB at 49k).
+MASK_CACHE_SIZE = 2048
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _METASPACE = "\u2581"
 
@@ -106,7 +107,7 @@ class ByteVocab:
         if len(token_bytes) == 0:
             raise ValueError("empty vocabulary: at least one token is needed")
         self.token_bytes: List[bytes] = list(token_bytes)
-        # (prev token, canonical) -> allowed-next-token mask, shared by the ByteLMs on this vocab
+        # (prev token, canonical) -> additive allowed-next-token mask (see next_token_bias)
         self._mask_cache: "OrderedDict[Tuple[int, bool], Any]" = OrderedDict()
         self.special = np.ascontiguousarray(np.asarray(special, dtype=bool))
         if self.special.shape != (len(self.token_bytes),):
@@ -139,6 +140,25 @@ class ByteVocab:
     @property
     def special_ids(self) -> List[int]:
         return [int(i) for i in np.flatnonzero(self.special)]
+
+    def next_token_bias(self, prev: int, canonical: bool) -> Any:
+        """torch.float32 [width]: 0 where a token may follow ``prev`` (-1: the first token) in
+        the given mode, -inf elsewhere (``index.next_mask`` as an additive logits mask).
+        LRU-cached on this vocabulary, so every ByteLM built on it shares the masks; do not
+        modify the result."""
+        import torch
+
+        key = (int(prev), bool(canonical))
+        m = self._mask_cache.get(key)
+        if m is None:
+            allowed = torch.from_numpy(self.index.next_mask(prev, canonical))
+            m = torch.zeros(allowed.shape[0], dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
+            self._mask_cache[key] = m
+            if len(self._mask_cache) > MASK_CACHE_SIZE:
+                self._mask_cache.popitem(last=False)
+        else:
+            self._mask_cache.move_to_end(key)
+        return m
 
     def decode(self, ids: Sequence[int]) -> bytes:
         """Concatenated bytes of ``ids`` (special tokens and padding rows contribute nothing)."""

@@ -99,26 +99,23 @@ register_bench_method("hf-pld")(_hf(10))
 register_bench_method("hf-packed")(_hf(None, pack=True))
 # DySpec vs a fixed tree of the same node budget vs a chain of the same depth: the same loop,
 # the same (default early-exit) draft and the same budget / depth / k.
-register_bench_method("dyspec")(_tokenloom_method("dyspec", tree="dynamic"))
-register_bench_method("dyspec-fixed")(_tokenloom_method("dyspec", tree="fixed"))
-register_bench_method("dyspec-chain")(_tokenloom_method("dyspec", tree="chain"))
-
-
 _DYSPEC_TREES = {"dyspec": "dynamic", "dyspec-fixed": "fixed", "dyspec-chain": "chain"}
+for _name, _tree in _DYSPEC_TREES.items():
+    register_bench_method(_name)(_tokenloom_method("dyspec", tree=_tree))
 
 
 def _resolve(name: str, args: argparse.Namespace) -> BenchFn:
     """The bench function of ``name`` with the command line's method options applied
     (``--tree`` for recycling, ``--draft-layers`` / ``--budget`` for the DySpec trio,
     ``--pack`` for every tokenloom method)."""
-    pack = {"auto": "auto", "on": True, "off": False}[getattr(args, "pack", "auto")]
+    pack = {"auto": "auto", "on": True, "off": False}[args.pack]
     kw: Dict[str, Any] = {} if pack == "auto" else {"pack": pack}
     if name == "recycling":
-        return _tokenloom_method("recycling", tree=getattr(args, "tree", "auto"), **kw)
+        return _tokenloom_method("recycling", tree=args.tree, **kw)
     if name in _DYSPEC_TREES:
-        if getattr(args, "draft_layers", None) is not None:
+        if args.draft_layers is not None:
             kw["draft_layers"] = args.draft_layers
-        if getattr(args, "budget", None) is not None:
+        if args.budget is not None:
             kw["budget"] = args.budget
         return _tokenloom_method("dyspec", tree=_DYSPEC_TREES[name], **kw)
     if name == "greedy":

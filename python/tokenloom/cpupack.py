@@ -6,7 +6,7 @@ the 2-core reference machine with the embedded SmolLM2-135M a 9-token forward co
 1-token one, which eats most of what a draft tree gains. The same layers run through oneDNN with
 weights reordered once into its blocked layout (what ``torch.compile``'s CPU "freezing" pass
 uses) cost almost the same for 1 to ~12 tokens, and are faster for 1 token too (see
-``benches/cpupack_bench.py`` and docs/recycling.md).
+``benches/test_bench_cpupack.py`` and docs/recycling.md).
 
 :func:`packed_linears` swaps every float32 CPU ``nn.Linear`` of a model for a
 :class:`PackedLinear` holding the reordered weight, for the duration of a ``with`` block, and
@@ -128,7 +128,7 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
     """(parent, name, linear) of every packable linear of ``model`` (cached; re-scanned when the
     model's structure, a linear's dtype or its device changed; a linear added to a model
     already planned is only seen after :func:`clear_packed`)."""
-    plan = _PLANS.get(model) if _weakrefable(model) else None
+    plan = _PLANS.get(model)
     if plan is not None and all(parent._modules.get(name) is child and _packable(child) for parent, name, child in plan):
         return plan
     plan = [
@@ -137,34 +137,32 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
         for name, child in parent.named_children()
         if _packable(child)
     ]
-    if _weakrefable(model):
-        _PLANS[model] = plan
+    _PLANS[model] = plan
     return plan
 
 
-def _weakrefable(obj: Any) -> bool:
-    try:
-        weakref.ref(obj)
-        return True
-    except TypeError:
-        return False
+def _resolve_plan(model: Any, pack: Union[bool, str]) -> List[Tuple[Any, str, Any]]:
+    """The linears to pack (empty: do not pack) for ``pack`` = True / ``"auto"`` / False."""
+    if pack is False or pack is None:
+        return []
+    if pack not in (True, "auto"):
+        raise ValueError(f"pack: expected True, False or 'auto', got {pack!r}")
+    plan = _plan(model) if isinstance(model, _module_base()) else []
+    if pack == "auto":
+        return plan if plan and pack_available() else []
+    if not pack_available():
+        raise ValueError("pack=True: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)")
+    if not plan:
+        raise ValueError("pack=True: the model has no float32 CPU nn.Linear layers to pack")
+    return plan
 
 
 def resolve_pack(model: Any, pack: Union[bool, str]) -> bool:
     """Decide whether to pack: ``"auto"`` packs when the model has float32 CPU linears and the
     oneDNN ops work; ``True`` insists (ValueError when impossible); ``False`` never packs."""
-    if pack is False or pack is None:
-        return False
-    if pack not in (True, "auto"):
-        raise ValueError(f"pack: expected True, False or 'auto', got {pack!r}")
-    has_linear = hasattr(model, "modules") and (model in _ACTIVE or bool(_plan(model)))
-    if pack == "auto":
-        return has_linear and pack_available()
-    if not pack_available():
-        raise ValueError("pack=True: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)")
-    if not has_linear:
-        raise ValueError("pack=True: the model has no float32 CPU nn.Linear layers to pack")
-    return True
+    if pack in (True, "auto") and is_packed(model):
+        return True
+    return bool(_resolve_plan(model, pack))
 
 
 def is_packed(model: Any) -> bool:
@@ -184,12 +182,13 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
         model: a torch module (an HF causal LM).
         enabled: True (raise if impossible), ``"auto"`` (pack when possible) or False.
     """
-    if is_packed(model) or not resolve_pack(model, enabled):
+    plan = [] if is_packed(model) else _resolve_plan(model, enabled)
+    if not plan:
         yield model
         return
     swapped: List[Tuple[Any, str, Any]] = []
     try:
-        for parent, name, child in _plan(model):
+        for parent, name, child in plan:
             parent._modules[name] = _packed_module(child)
             swapped.append((parent, name, child))
         _ACTIVE.add(model)
