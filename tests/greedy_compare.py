@@ -35,3 +35,19 @@ def same_or_near_tie(model, ours, ref):
     gap = float(top.values[0] - top.values[1])
     assert {ref[j], ours[j]} == set(top.indices.tolist()) and gap < 1e-3, (j, gap)
     return False
+
+
+def count_same_as_hf(model, tok, prompts, n, **generate_kwargs):
+    """For each chat prompt, ``tokenloom.generate(..., max_new_tokens=n, **generate_kwargs)``
+    against HF greedy (stop token id 2); each pair must be equal or differ first at a near-tie
+    (:func:`same_or_near_tie`). Returns (number equal, the last GenerateOutput)."""
+    import tokenloom
+    from tokenloom.cli_generate import chat_input_ids
+
+    same, out = 0, None
+    for prompt in prompts:
+        ids = chat_input_ids(tok, prompt)
+        ref = hf_greedy(model, ids, n, eos=2)[0].tolist()
+        out = tokenloom.generate(model, ids, max_new_tokens=n, **generate_kwargs)
+        same += same_or_near_tie(model, out.sequences[0].tolist(), ref)
+    return same, out

@@ -18,7 +18,7 @@ from tokenloom.cpupack import (  # noqa: E402
 )
 
 from .conftest import make_tiny_llama  # noqa: E402
-from .greedy_compare import hf_greedy, same_or_near_tie  # noqa: E402
+from .greedy_compare import count_same_as_hf, same_or_near_tie  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(not pack_available(), reason="this torch build has no oneDNN packed linear"),
@@ -124,12 +124,6 @@ def test_generate_pack_flag_leaves_model_unchanged(tiny_llama):
 
 @pytest.mark.parametrize("method", ["greedy", "recycling"])
 def test_packed_greedy_equals_hf_greedy_on_the_embedded_model(smollm, method):
-    import tokenloom
-
     model, tok = smollm
     prompts = ["Write a haiku about rust.", "What is 17 * 23? Explain step by step."]
-    for text in prompts:
-        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
-        ref = hf_greedy(model, ids, 40, eos=[2])[0].tolist()
-        ours = tokenloom.generate(model, ids, method=method, max_new_tokens=40, eos_token_id=[2], pack=True)
-        same_or_near_tie(model, ours.sequences[0].tolist(), ref)
+    count_same_as_hf(model, tok, prompts, 40, method=method, eos_token_id=[2], pack=True)
