@@ -133,6 +133,8 @@ class _State:
         self.token: Dict[int, int] = {0: -1}
         self.parent: Dict[int, int] = {0: -1}
         self.end: Dict[int, int] = {0: 0}
+        # Look-ahead rows already in the KV cache: token-prefix key -> slot.
+        self.spec_slot: Dict[int, int] = {}
 
 
 class ByteLM:
@@ -150,6 +152,11 @@ class ByteLM:
         cache_size: token-level distributions kept (by token prefix).
         pack: run float32 CPU linears through pre-packed oneDNN weights (:mod:`tokenloom.cpupack`;
             ``"auto"`` default, ``True`` or ``False``); many-row forwards get much cheaper.
+        lookahead: fill every batched forward up to this many rows with *look-ahead rows*: the
+            heaviest straddling extensions (path + a token running past the prefix end), whose
+            distributions the next bytes will need if they follow that token (0 = off). Exact:
+            it only changes which forward computes a distribution. A forward of a few rows
+            costs about as much as one row on CPU, so this saves most per-byte forwards on text.
 
     Raises:
         ValueError: the model's logits width is smaller than the tokenizer, canonical mode is
@@ -167,7 +174,10 @@ class ByteLM:
         max_paths: int = 4096,
         cache_size: int = 256,
         pack: Any = "auto",
+        lookahead: int = 8,
     ) -> None:
+        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+            raise ValueError(f"lookahead must be an int >= 0, got {lookahead!r}")
         width = _logits_width(model)
         if vocab is None:
             if tokenizer is None:
@@ -205,8 +215,23 @@ class ByteLM:
         self._cache_size = int(cache_size)
         self._kv = _KV(model, pack)
         self._state: Optional[_State] = None
+        self.lookahead = lookahead
+        self._spec_keys: set = set()
+        # Look-ahead priors: first-byte distribution of the token after a path ending in token t
+        # (from the latest distribution computed for such a path), and their running mean.
+        tb = vocab.token_bytes
+        self._first_byte = np.array([b[0] if b and not vocab.special[i] else 256 for i, b in enumerate(tb)] + [256] * (width - len(tb)), dtype=np.int64)
+        self._byte_token = np.full(256, -1, dtype=np.int64)
+        for i, b in enumerate(tb):
+            if len(b) == 1 and not vocab.special[i] and self._byte_token[b[0]] < 0:
+                self._byte_token[b[0]] = i
+        self._after: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._after_sum = np.zeros(256, dtype=np.float64)
+        self._after_n = 0
         self.forwards = 0
         self.forward_rows = 0
+        self.lookahead_rows = 0
+        self.lookahead_hits = 0
 
     # ------------------------------------------------------------------ token-level pieces
     def _mask(self, prev: int) -> Any:
@@ -261,6 +286,9 @@ class ByteLM:
             qp = float(qpar[tok]) if qpar.size else 0.0
             st.logmass[n] = st.logmass[par] + (math.log(qp) if qp > 0 else -math.inf)
             st.key[n] = self._keys.setdefault((st.key[par], tok), len(self._keys) + 1)
+            slot = st.spec_slot.pop(st.key[n], None)
+            if slot is not None:
+                st.slot[n] = slot
 
     def _prime(self, prefix: bytes) -> None:
         """Fill the distribution cache along the tokenizer's own encoding of ``prefix`` with one
@@ -320,6 +348,9 @@ class ByteLM:
             else:
                 self._dists.move_to_end(st.key[n])
                 st.q[n] = q
+                if st.key[n] in self._spec_keys:
+                    self._spec_keys.discard(st.key[n])
+                    self.lookahead_hits += 1
         if todo:
             self._forward(st, todo)
         for n in nodes:
@@ -333,8 +364,13 @@ class ByteLM:
         rows: List[int] = []
         seen = set()
         for n in nodes:
-            chain = []
-            m = n
+            # ``n`` itself always gets a row (it may hold the KV slot of a look-ahead row whose
+            # distribution was evicted from the cache); its ancestors only when they lack a slot.
+            if n in seen:
+                continue
+            chain = [n]
+            seen.add(n)
+            m = st.parent[n]
             while m not in st.slot and m not in seen:
                 chain.append(m)
                 m = st.parent[m]
@@ -352,21 +388,147 @@ class ByteLM:
             vis = []
             m = st.parent[r]
             while m != 0:
-                vis.append(st.slot[m] if m in st.slot else new_slot[m])
+                vis.append(new_slot[m] if m in new_slot else st.slot[m])
                 m = st.parent[m]
             visible.append(ctx + sorted(vis))
             tokens.append(st.token[r])
             positions.append(c - 1 + st.depth[r])
+        spec = self._lookahead(st, rows, visible, self.lookahead - len(rows))
+        for t, pos, vis, _key in spec:
+            tokens.append(t)
+            positions.append(pos)
+            visible.append(vis)
         logits = self._kv.forward(tokens, positions, visible)
         self.forwards += 1
-        self.forward_rows += len(rows)
+        self.forward_rows += len(tokens)
+        self.lookahead_rows += len(spec)
         want = set(nodes)
+        note = len(rows) < self.lookahead  # priors only from light forwards (cost ~0.3 ms/row)
         for i, r in enumerate(rows):
             st.slot[r] = new_slot[r]
             if r in want:
                 q = self._dist(logits[i], st.token[r])
                 st.q[r] = q
                 self._cache_put(st.key[r], q)
+                if note:
+                    self._note_after(st.token[r], q)
+        for k, (t, _pos, _vis, key) in enumerate(spec):
+            i = len(rows) + k
+            q = self._dist(logits[i], t)
+            self._cache_put(key, q)
+            self._note_after(t, q)
+            self._spec_keys.add(key)
+            st.spec_slot[key] = base + i
+
+    def _note_after(self, tok: int, q: np.ndarray) -> None:
+        """Record the first-byte distribution of the token after a path ending in ``tok``
+        (the prior of two-level look-ahead rows)."""
+        if self.lookahead <= 0:
+            return
+        fb = np.bincount(self._first_byte, weights=q, minlength=257)[:256]
+        tot = fb.sum()
+        if not tot > 0:
+            return
+        fb /= tot
+        self._after[tok] = fb
+        self._after.move_to_end(tok)
+        if len(self._after) > 4096:
+            self._after.popitem(last=False)
+        self._after_sum += fb
+        self._after_n += 1
+
+    def _after_prior(self, tok: int) -> np.ndarray:
+        fb = self._after.get(tok)
+        if fb is not None:
+            return fb
+        return self._after_sum / self._after_n if self._after_n else np.full(256, 1.0 / 256)
+
+    def _lookahead(
+        self, st: _State, rows: List[int], row_vis: List[List[int]], room: int
+    ) -> List[Tuple[int, int, List[int], int]]:
+        """Up to ``room`` look-ahead rows ``(token, position, visible slots, prefix key)``, most
+        likely to be needed first:
+
+        - one level: the heaviest straddling extensions ``node + token`` of nodes with a
+          distribution and a KV slot (:meth:`CoverTree.top_straddling`; probability ~ their
+          share of the prefix mass times the mass of continuations through the token's bytes);
+        - two levels: a one-byte token after a row of this forward (or after a one-level row),
+          when the next byte would make it an exact path; its probability is guessed from the
+          first-byte distribution seen after the same token before.
+
+        Rows whose distribution is cached or already in the KV cache are skipped. The choice
+        only moves work between forwards: every distribution is the model's own.
+        """
+        if room <= 0:
+            return []
+        import heapq
+
+        c = len(self.context_ids)
+        nodes, qs, lms = [], [], []
+        for n in st.tree.active():
+            q = st.q.get(n)
+            if q is not None and q.size and n in st.slot and st.logmass[n] > -math.inf:
+                nodes.append(n)
+                qs.append(q)
+                lms.append(st.logmass[n])
+        # Candidates: (-score, tiebreak, token, parent key, position, visible slots). The
+        # visible slots of a two-level row include its one-level parent's slot, known once
+        # that parent is taken (its slot is the row index it gets).
+        heap: List[Tuple[float, int, int, int, int, List[int]]] = []
+        tie = 0
+        fresh = [(i, r) for i, r in enumerate(rows) if r not in st.q]  # the new exact paths
+        ref = max(lms + [st.logmass[r] for _, r in fresh] + [0.0 if not (lms or fresh) else -math.inf])
+        scales = [math.exp(x - ref) for x in lms]
+        norm = sum(scales) + sum(math.exp(st.logmass[r] - ref) for _, r in fresh)
+        if not norm > 0:
+            return []
+        if nodes:
+            for n, t, score in st.tree.top_straddling(nodes, qs, scales, 2 * room + 4):
+                vis = []
+                m = n
+                while m != 0:
+                    vis.append(st.slot[m])
+                    m = st.parent[m]
+                heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], list(range(c)) + sorted(vis)))
+                tie += 1
+        base = self._kv.n
+        for i, r in fresh:
+            share = math.exp(st.logmass[r] - ref) / norm
+            tie = self._push_second(heap, tie, share, st.token[r], st.key[r], c + st.depth[r], row_vis[i] + [base + i])
+        heapq.heapify(heap)
+        out: List[Tuple[int, int, List[int], int]] = []
+        taken = set()
+        while heap and len(out) < room:
+            neg, _, t, pkey, pos, vis = heapq.heappop(heap)
+            key = self._keys.setdefault((pkey, t), len(self._keys) + 1)
+            if key in taken or key in self._dists or key in st.spec_slot:
+                continue
+            taken.add(key)
+            out.append((t, pos, vis, key))
+            slot = base + len(rows) + len(out) - 1
+            tie = self._push_second(heap, tie, -neg, t, key, pos + 1, vis + [slot], push=True)
+        return out
+
+    def _push_second(
+        self, heap: list, tie: int, p_parent: float, ptok: int, pkey: int, pos: int, vis: List[int], push: bool = False
+    ) -> int:
+        """Add two-level candidates: the two likeliest one-byte tokens after token ``ptok``."""
+        import heapq
+
+        prior = self._after_prior(ptok)
+        for b in np.argsort(-prior, kind="stable")[:2]:
+            u = int(self._byte_token[b])
+            if u < 0 or not prior[b] > 0:
+                continue
+            if self.canonical and not self.vocab.index.valid_pair(ptok, u):
+                continue
+            item = (-p_parent * float(prior[b]), tie, u, pkey, pos, vis)
+            tie += 1
+            if push:
+                heapq.heappush(heap, item)
+            else:
+                heap.append(item)
+        return tie
 
     def _maybe_compact(self, st: _State, incoming: int) -> None:
         """Drop KV slots of nodes no live path goes through, when they dominate the cache."""
@@ -384,6 +546,7 @@ class ByteLM:
             return
         self._kv.keep(list(range(c)) + [s for s, _ in keep_nodes])
         st.slot = {0: c - 1}
+        st.spec_slot = {}
         for i, (_, n) in enumerate(keep_nodes):
             st.slot[n] = c + i
 

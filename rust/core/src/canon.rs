@@ -85,11 +85,19 @@ impl Canon {
     ) -> Result<Self> {
         let v = token_bytes.len();
         if base.len() != v {
-            return Err(CoreError::shape("base", format!("length {v} (= number of tokens)"), base.len()));
+            return Err(CoreError::shape(
+                "base",
+                format!("length {v} (= number of tokens)"),
+                base.len(),
+            ));
         }
         let mut table = HashMap::with_capacity(merges.len());
         for (r, &(l, rt, res)) in merges.iter().enumerate() {
-            for (what, id) in [("merges.left", l), ("merges.right", rt), ("merges.result", res)] {
+            for (what, id) in [
+                ("merges.left", l),
+                ("merges.right", rt),
+                ("merges.result", res),
+            ] {
                 check_index(what, id as i64, v)?;
             }
             table.entry((l, rt)).or_insert((r as u32, res));
@@ -243,7 +251,9 @@ impl Canon {
                     s.extend_from_slice(&self.token_bytes[t]);
                     let end = s.len();
                     s.extend(*f);
-                    gpt2_piece_starts(&s, classes).iter().all(|&p| p <= begin || p >= end)
+                    gpt2_piece_starts(&s, classes)
+                        .iter()
+                        .all(|&p| p <= begin || p >= end)
                 })
             }),
         }
@@ -252,7 +262,11 @@ impl Canon {
     /// The tokenizer would encode `bytes(a) ++ bytes(b)` as exactly `[a, b]`.
     pub fn valid_pair(&self, a: u32, b: u32) -> bool {
         let (ai, bi) = (a as usize, b as usize);
-        if ai >= self.bpe_ok.len() || bi >= self.bpe_ok.len() || !self.bpe_ok[ai] || !self.bpe_ok[bi] {
+        if ai >= self.bpe_ok.len()
+            || bi >= self.bpe_ok.len()
+            || !self.bpe_ok[ai]
+            || !self.bpe_ok[bi]
+        {
             return false;
         }
         let (precedes, follows): (&[Option<u8>], &[Option<u8>]) = match self.pretok {
@@ -261,11 +275,13 @@ impl Canon {
         };
         let mut merged = None;
         precedes.iter().any(|&pre| {
-            follows.iter().any(|&f| match self.pair_split(a, b, pre, f) {
-                PairSplit::AtBoundary => true,
-                PairSplit::Inside => false,
-                PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
-            })
+            follows
+                .iter()
+                .any(|&f| match self.pair_split(a, b, pre, f) {
+                    PairSplit::AtBoundary => true,
+                    PairSplit::Inside => false,
+                    PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
+                })
         })
     }
 }
@@ -389,7 +405,10 @@ mod tests {
 
     #[test]
     fn gpt2_regex() {
-        assert_eq!(pieces("x   return  \n\n  y's 123"), vec!["x", "  ", " return", "  \n\n ", " y", "'s", " 123"]);
+        assert_eq!(
+            pieces("x   return  \n\n  y's 123"),
+            vec!["x", "  ", " return", "  \n\n ", " y", "'s", " 123"]
+        );
         assert_eq!(pieces("\n\nx"), vec!["\n", "\n", "x"]);
         assert_eq!(pieces("a, b!! 'x"), vec!["a", ",", " b", "!!", " '", "x"]);
         assert_eq!(pieces("we'll they've"), vec!["we", "'ll", " they", "'ve"]);
@@ -399,10 +418,26 @@ mod tests {
 
     /// Toy byte-level BPE: tokens 0..3 = a, b, c; 3 = ab, 4 = bc, 5 = abc (= ab + c).
     fn toy() -> Canon {
-        let toks: Vec<Vec<u8>> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.as_bytes().to_vec()).collect();
-        let base = vec![vec![0], vec![1], vec![2], vec![0, 1], vec![1, 2], vec![0, 1, 2]];
+        let toks: Vec<Vec<u8>> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        let base = vec![
+            vec![0],
+            vec![1],
+            vec![2],
+            vec![0, 1],
+            vec![1, 2],
+            vec![0, 1, 2],
+        ];
         // ranks: ab (0), bc (1), ab+c (2)
-        Canon::new(toks, &base, &[(0, 1, 3), (1, 2, 4), (3, 2, 5)], Pretok::None).unwrap()
+        Canon::new(
+            toks,
+            &base,
+            &[(0, 1, 3), (1, 2, 4), (3, 2, 5)],
+            Pretok::None,
+        )
+        .unwrap()
     }
 
     #[test]

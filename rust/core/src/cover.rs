@@ -31,10 +31,19 @@ impl ByteIndex {
     /// Args: `token_bytes[id]` (empty for tokens without bytes), `special[id]` (end-of-text
     /// candidates, never byte content), `width` the logits width (>= number of tokens; the
     /// extra rows are padding and never used), `canon` for canonical mode.
-    pub fn new(token_bytes: Vec<Vec<u8>>, special: Vec<bool>, width: usize, canon: Option<Canon>) -> Result<Self> {
+    pub fn new(
+        token_bytes: Vec<Vec<u8>>,
+        special: Vec<bool>,
+        width: usize,
+        canon: Option<Canon>,
+    ) -> Result<Self> {
         let v = token_bytes.len();
         if special.len() != v {
-            return Err(CoreError::shape("special", format!("length {v} (= number of tokens)"), special.len()));
+            return Err(CoreError::shape(
+                "special",
+                format!("length {v} (= number of tokens)"),
+                special.len(),
+            ));
         }
         if width < v {
             return Err(CoreError::value(format!(
@@ -43,7 +52,11 @@ impl ByteIndex {
         }
         if let Some(c) = &canon {
             if c.n_tokens() != v {
-                return Err(CoreError::shape("canon", format!("{v} tokens"), c.n_tokens()));
+                return Err(CoreError::shape(
+                    "canon",
+                    format!("{v} tokens"),
+                    c.n_tokens(),
+                ));
             }
         }
         let include: Vec<bool> = special.iter().map(|&s| !s).collect();
@@ -51,7 +64,12 @@ impl ByteIndex {
         if trie.n_trie_tokens() == 0 {
             return Err(CoreError::value("empty vocabulary: no token has bytes"));
         }
-        Ok(ByteIndex { trie, canon, special, width })
+        Ok(ByteIndex {
+            trie,
+            canon,
+            special,
+            width,
+        })
     }
 
     pub fn n_tokens(&self) -> usize {
@@ -109,7 +127,10 @@ impl ByteIndex {
         let mut prev = ROOT;
         for &t in tokens {
             check_index("tokens", t as i64, self.n_tokens())?;
-            if self.special[t as usize] || self.trie.token_bytes(t).is_empty() || !Self::allowed(canon, prev, t) {
+            if self.special[t as usize]
+                || self.trie.token_bytes(t).is_empty()
+                || !Self::allowed(canon, prev, t)
+            {
                 return Ok(false);
             }
             prev = t;
@@ -145,8 +166,21 @@ pub struct CoverTree {
 impl CoverTree {
     pub fn new(index: &ByteIndex, canonical: bool) -> Result<Self> {
         index.canon_for(canonical)?;
-        let root = PathNode { token: ROOT, parent: ROOT, start: 0, end: 0, expanded: false, state: 0, has_child: false };
-        Ok(CoverTree { canonical, prefix: Vec::new(), nodes: vec![root], active: vec![0] })
+        let root = PathNode {
+            token: ROOT,
+            parent: ROOT,
+            start: 0,
+            end: 0,
+            expanded: false,
+            state: 0,
+            has_child: false,
+        };
+        Ok(CoverTree {
+            canonical,
+            prefix: Vec::new(),
+            nodes: vec![root],
+            active: vec![0],
+        })
     }
 
     pub fn canonical(&self) -> bool {
@@ -200,7 +234,8 @@ impl CoverTree {
         for &n in &self.active {
             let node = &mut self.nodes[n as usize];
             node.state = index.trie.child(node.state, b);
-            if node.state != DEAD && !index.trie.ending_at(node.state).is_empty() && !node.expanded {
+            if node.state != DEAD && !index.trie.ending_at(node.state).is_empty() && !node.expanded
+            {
                 node.has_child = true;
             }
             let node = *node;
@@ -264,6 +299,86 @@ impl CoverTree {
         Ok(new_ids)
     }
 
+    /// The `k` straddling extensions most likely to be needed: pairs `(node, token)` of an
+    /// expanded node and an allowed token (`qs[i][token] > 0`) whose bytes start with
+    /// `prefix[end..]` and run past the prefix end. Once the prefix grows through all of
+    /// `token`'s bytes, `node + token` is an exact path that needs its own next-token
+    /// distribution; that happens with probability (under the node's distribution) equal to
+    /// the mass of every token whose bytes start with `token`'s bytes, so the score is
+    /// `scales[i] * sum(qs[i][u] for u whose bytes start with bytes(token))`. Computing the
+    /// best ones ahead of time, in the forward that is made anyway, is exact look-ahead: it
+    /// changes which forward computes a distribution, never the distribution.
+    ///
+    /// Best-first over the token trie below each node (subtree masses only shrink with
+    /// depth), so the work is proportional to what is visited, not to the vocabulary.
+    ///
+    /// Returns `(node, token, score)` by decreasing score (ties: lower node, then lower token).
+    pub fn top_straddling(
+        &self,
+        index: &ByteIndex,
+        nodes: &[u32],
+        qs: &[&[f32]],
+        scales: &[f64],
+        k: usize,
+    ) -> Result<Vec<(u32, u32, f64)>> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+
+        if qs.len() != nodes.len() || scales.len() != nodes.len() {
+            return Err(CoreError::shape(
+                "qs, scales",
+                format!("{} entries (= nodes)", nodes.len()),
+                qs.len().min(scales.len()),
+            ));
+        }
+        let width = index.width();
+        let trie = &index.trie;
+        let range_mass = |q: &[f32], d: u32| -> f64 {
+            trie.range_of(d).iter().map(|&t| q[t as usize] as f64).sum()
+        };
+        // Heap entries: (score, Reverse(i = position in `nodes`), Reverse(trie node)).
+        let mut heap: BinaryHeap<(Score, Reverse<usize>, Reverse<u32>)> = BinaryHeap::new();
+        for (i, ((&n, q), &sc)) in nodes.iter().zip(qs).zip(scales).enumerate() {
+            let node = self.node(n)?;
+            if q.len() != width {
+                return Err(CoreError::shape("qs", format!("length {width}"), q.len()));
+            }
+            if node.state == DEAD || !(sc > 0.0) {
+                continue;
+            }
+            for c in trie.child_ids(node.state) {
+                let m = sc * range_mass(q, c);
+                if m > 0.0 {
+                    heap.push((Score(m), Reverse(i), Reverse(c)));
+                }
+            }
+        }
+        let mut out: Vec<(u32, u32, f64)> = Vec::new();
+        if k == 0 {
+            return Ok(out);
+        }
+        while let Some((Score(m), Reverse(i), Reverse(d))) = heap.pop() {
+            if out.len() >= k && out.last().map_or(false, |l| m < l.2) {
+                break;
+            }
+            let (n, q, sc) = (nodes[i], qs[i], scales[i]);
+            for &t in trie.ending_at(d) {
+                if q[t as usize] > 0.0 {
+                    out.push((n, t, m));
+                }
+            }
+            for c in trie.child_ids(d) {
+                let mc = sc * range_mass(q, c);
+                if mc > 0.0 {
+                    heap.push((Score(mc), Reverse(i), Reverse(c)));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+        out.truncate(k);
+        Ok(out)
+    }
+
     /// Token path of node `n` from the root (root excluded).
     pub fn path(&self, n: u32) -> Result<Vec<u32>> {
         let mut i = check_index("node", n as i64, self.nodes.len())? as u32;
@@ -278,9 +393,30 @@ impl CoverTree {
     }
 }
 
+/// A finite non-negative f64 with a total order (heap key).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Score(f64);
+
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
 /// Every cover of `data` in the given mode, as token sequences (the empty sequence for empty
 /// `data`). Errors when there are more than `limit`.
-pub fn enumerate_covers(index: &ByteIndex, data: &[u8], canonical: bool, limit: usize) -> Result<Vec<Vec<u32>>> {
+pub fn enumerate_covers(
+    index: &ByteIndex,
+    data: &[u8],
+    canonical: bool,
+    limit: usize,
+) -> Result<Vec<Vec<u32>>> {
     let canon = index.canon_for(canonical)?;
     let mut out = Vec::new();
     if data.is_empty() {
@@ -341,7 +477,10 @@ mod tests {
     use super::*;
 
     fn index() -> ByteIndex {
-        let toks: Vec<Vec<u8>> = ["a", "b", "ab", "ba", "abb", "", "<eos>"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let toks: Vec<Vec<u8>> = ["a", "b", "ab", "ba", "abb", "", "<eos>"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         let mut toks = toks;
         toks[6] = Vec::new();
         let special = vec![false, false, false, false, false, false, true];
@@ -349,7 +488,9 @@ mod tests {
     }
 
     fn decode(idx: &ByteIndex, c: &[u32]) -> Vec<u8> {
-        c.iter().flat_map(|&t| idx.trie.token_bytes(t).to_vec()).collect()
+        c.iter()
+            .flat_map(|&t| idx.trie.token_bytes(t).to_vec())
+            .collect()
     }
 
     #[test]
@@ -359,7 +500,10 @@ mod tests {
         cs.sort();
         // a|b, a|ba, ab, abb
         assert_eq!(cs, vec![vec![0, 1], vec![0, 3], vec![2], vec![4]]);
-        assert_eq!(enumerate_covers(&idx, b"", false, 10).unwrap(), vec![Vec::<u32>::new()]);
+        assert_eq!(
+            enumerate_covers(&idx, b"", false, 10).unwrap(),
+            vec![Vec::<u32>::new()]
+        );
         assert!(enumerate_covers(&idx, b"ab", false, 2).is_err());
         assert!(enumerate_covers(&idx, b"ab", true, 10).is_err());
     }
@@ -368,7 +512,10 @@ mod tests {
     fn masks() {
         let idx = index();
         let m = idx.next_mask(ROOT, false).unwrap();
-        assert_eq!(m, vec![true, true, true, true, true, false, true, false, false]);
+        assert_eq!(
+            m,
+            vec![true, true, true, true, true, false, true, false, false]
+        );
         assert!(idx.next_mask(17, false).is_err());
         assert!(ByteIndex::new(vec![b"a".to_vec()], vec![false], 0, None).is_err());
         assert!(ByteIndex::new(vec![Vec::new()], vec![false], 1, None).is_err());
@@ -400,6 +547,40 @@ mod tests {
         out
     }
 
+    /// Look-ahead candidates: brute force over (node, token) pairs of the expanded live nodes.
+    fn straddling_brute(
+        tree: &CoverTree,
+        idx: &ByteIndex,
+        nodes: &[u32],
+        qs: &[Vec<f32>],
+        scales: &[f64],
+        k: usize,
+    ) -> Vec<(u32, u32, f64)> {
+        let p = tree.prefix();
+        let mut all = Vec::new();
+        for ((&n, q), &sc) in nodes.iter().zip(qs).zip(scales) {
+            let rest = &p[tree.node(n).unwrap().end as usize..];
+            for t in 0..idx.n_tokens() as u32 {
+                let tb = idx.trie.token_bytes(t);
+                if idx.is_special(t)
+                    || tb.len() <= rest.len()
+                    || !tb.starts_with(rest)
+                    || !(q[t as usize] > 0.0)
+                {
+                    continue;
+                }
+                let mass: f64 = (0..idx.n_tokens() as u32)
+                    .filter(|&u| !idx.is_special(u) && idx.trie.token_bytes(u).starts_with(tb))
+                    .map(|u| q[u as usize] as f64)
+                    .sum();
+                all.push((n, t, sc * mass));
+            }
+        }
+        all.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+        all.truncate(k);
+        all
+    }
+
     use proptest::prelude::*;
 
     proptest! {
@@ -413,6 +594,27 @@ mod tests {
                 if !c.is_empty() {
                     let head = decode(&idx, &c[..c.len() - 1]);
                     prop_assert!(head.len() < data.len() && data.starts_with(&head));
+                }
+            }
+            // Look-ahead candidates equal the brute force for random distributions and k.
+            let mut tree = CoverTree::new(&idx, false).unwrap();
+            tree.expand(&idx, 0).unwrap();
+            for &b in &data {
+                for n in tree.push(&idx, b).unwrap() {
+                    tree.expand(&idx, n).unwrap();
+                }
+            }
+            let nodes: Vec<u32> = tree.active().iter().copied().filter(|&n| tree.node(n).unwrap().expanded).collect();
+            let qs: Vec<Vec<f32>> = nodes.iter().map(|&n| (0..9u32).map(|t| if (n as u32 * 7 + t * 3) % 5 == 0 { 0.0 } else { 1.0 / (1.0 + (n as u32 * 31 + t * 17) as f32).sqrt() }).collect()).collect();
+            let scales: Vec<f64> = nodes.iter().map(|&n| 1.0 / (1.0 + n as f64)).collect();
+            let views: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
+            for k in [0usize, 1, 3, 50] {
+                let got = tree.top_straddling(&idx, &nodes, &views, &scales, k).unwrap();
+                let want = straddling_brute(&tree, &idx, &nodes, &qs, &scales, k);
+                prop_assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    prop_assert_eq!((g.0, g.1), (w.0, w.1));
+                    prop_assert!((g.2 - w.2).abs() <= 1e-12 * w.2.max(1.0));
                 }
             }
             if !data.is_empty() {

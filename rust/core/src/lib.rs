@@ -2,13 +2,13 @@
 //!
 //! One module per kernel; every fallible function returns [`error::Result`].
 
-pub mod dyntree;
 pub mod canon;
 pub mod cover;
+pub mod dyntree;
 pub mod error;
+pub mod recycling;
 pub mod rng;
 pub mod sampling;
-pub mod recycling;
 pub mod template;
 pub mod tree;
 pub mod trie;

@@ -52,15 +52,23 @@ impl TokenRecycler {
             return Err(CoreError::value("vocab_size must be >= 1, got 0"));
         }
         if vocab > u32::MAX as usize {
-            return Err(CoreError::value(format!("vocab_size must fit in u32, got {vocab}")));
+            return Err(CoreError::value(format!(
+                "vocab_size must fit in u32, got {vocab}"
+            )));
         }
         if k == 0 {
-            return Err(CoreError::value("k must be >= 1 (candidates per token), got 0"));
+            return Err(CoreError::value(
+                "k must be >= 1 (candidates per token), got 0",
+            ));
         }
         let len = vocab
             .checked_mul(k)
             .ok_or_else(|| CoreError::value(format!("vocab_size * k overflows: {vocab} * {k}")))?;
-        Ok(TokenRecycler { vocab, k, adj: vec![0; len] })
+        Ok(TokenRecycler {
+            vocab,
+            k,
+            adj: vec![0; len],
+        })
     }
 
     pub fn vocab(&self) -> usize {
@@ -100,7 +108,11 @@ impl TokenRecycler {
             let pt = tokens[parents[i] as usize] as usize;
             tokens[i] = self.adj[pt * self.k + ranks[i] as usize] as i64;
         }
-        Ok(DraftTree { tokens, parents: parents.to_vec(), depths: template.depths().to_vec() })
+        Ok(DraftTree {
+            tokens,
+            parents: parents.to_vec(),
+            depths: template.depths().to_vec(),
+        })
     }
 
     /// Overwrites `A[tokens[i]] = topk[i]` for every position `i` in order (the last position
@@ -110,7 +122,10 @@ impl TokenRecycler {
         self.check_rows(tokens, topk, width)?;
         for (i, &t) in tokens.iter().enumerate() {
             let row = t as usize * self.k;
-            for (dst, &src) in self.adj[row..row + self.k].iter_mut().zip(&topk[i * width..i * width + self.k]) {
+            for (dst, &src) in self.adj[row..row + self.k]
+                .iter_mut()
+                .zip(&topk[i * width..i * width + self.k])
+            {
                 *dst = src as u32;
             }
         }
@@ -125,7 +140,11 @@ impl TokenRecycler {
 
     fn check_rows(&self, tokens: &[i64], topk: &[i64], width: usize) -> Result<()> {
         if width != self.k {
-            return Err(CoreError::shape("topk_ids", format!("[{}, {}] (k = {})", tokens.len(), self.k, self.k), format!("[{}, {width}]", topk.len().checked_div(width).unwrap_or(0))));
+            return Err(CoreError::shape(
+                "topk_ids",
+                format!("[{}, {}] (k = {})", tokens.len(), self.k, self.k),
+                format!("[{}, {width}]", topk.len().checked_div(width).unwrap_or(0)),
+            ));
         }
         if topk.len() != tokens.len() * width {
             return Err(CoreError::shape(
@@ -147,13 +166,22 @@ impl TokenRecycler {
     /// Used for acceptance statistics (call it before [`update`](Self::update)).
     pub fn ranks_of(&self, tokens: &[i64], next: &[i64]) -> Result<Vec<i64>> {
         if tokens.len() != next.len() {
-            return Err(CoreError::shape("next_tokens", format!("length {}", tokens.len()), next.len()));
+            return Err(CoreError::shape(
+                "next_tokens",
+                format!("length {}", tokens.len()),
+                next.len(),
+            ));
         }
         let mut out = Vec::with_capacity(tokens.len());
         for (&t, &n) in tokens.iter().zip(next) {
             let row = check_index("tokens", t, self.vocab)? * self.k;
             let n = check_index("next_tokens", n, self.vocab)? as u32;
-            out.push(self.adj[row..row + self.k].iter().position(|&c| c == n).map_or(-1, |r| r as i64));
+            out.push(
+                self.adj[row..row + self.k]
+                    .iter()
+                    .position(|&c| c == n)
+                    .map_or(-1, |r| r as i64),
+            );
         }
         Ok(out)
     }
@@ -174,11 +202,18 @@ impl TokenRecycler {
 
     /// Parses [`to_bytes`](Self::to_bytes) output; `expect_vocab` / `expect_k` (when given) must
     /// match the header.
-    pub fn from_bytes(bytes: &[u8], expect_vocab: Option<usize>, expect_k: Option<usize>) -> Result<Self> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        expect_vocab: Option<usize>,
+        expect_k: Option<usize>,
+    ) -> Result<Self> {
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-            return Err(CoreError::value("not a tokenloom recycler file (bad magic)"));
+            return Err(CoreError::value(
+                "not a tokenloom recycler file (bad magic)",
+            ));
         }
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let version = u32_at(8);
         if version != FORMAT_VERSION {
             return Err(CoreError::value(format!(
@@ -191,15 +226,22 @@ impl TokenRecycler {
         let k = u32_at(20) as usize;
         if let Some(want) = expect_vocab {
             if want as u64 != vocab {
-                return Err(CoreError::value(format!("recycler file vocab mismatch: expected {want}, file has {vocab}")));
+                return Err(CoreError::value(format!(
+                    "recycler file vocab mismatch: expected {want}, file has {vocab}"
+                )));
             }
         }
         if let Some(want) = expect_k {
             if want != k {
-                return Err(CoreError::value(format!("recycler file k mismatch: expected {want}, file has {k}")));
+                return Err(CoreError::value(format!(
+                    "recycler file k mismatch: expected {want}, file has {k}"
+                )));
             }
         }
-        let mut rec = Self::new(usize::try_from(vocab).map_err(|_| CoreError::value("vocab too large"))?, k)?;
+        let mut rec = Self::new(
+            usize::try_from(vocab).map_err(|_| CoreError::value("vocab too large"))?,
+            k,
+        )?;
         let want_len = HEADER_LEN as u64 + rec.adj.len() as u64 * 4;
         if bytes.len() as u64 != want_len {
             return Err(CoreError::value(format!(
@@ -210,7 +252,9 @@ impl TokenRecycler {
         for (i, chunk) in bytes[HEADER_LEN..].chunks_exact(4).enumerate() {
             let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             if v as u64 >= vocab {
-                return Err(CoreError::value(format!("recycler file is corrupt: entry {i} = {v} >= vocab {vocab}")));
+                return Err(CoreError::value(format!(
+                    "recycler file is corrupt: entry {i} = {v} >= vocab {vocab}"
+                )));
             }
             rec.adj[i] = v;
         }
@@ -247,7 +291,9 @@ mod tests {
         let mut r = TokenRecycler::new(vocab, k).unwrap();
         let mut s = seed;
         for v in r.adj.iter_mut() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *v = ((s >> 33) % vocab as u64) as u32;
         }
         r
@@ -257,7 +303,8 @@ mod tests {
     fn draft_follows_ranks() {
         let mut r = TokenRecycler::new(10, 2).unwrap();
         r.update(&[3, 5, 7], &[5, 7, 9, 1, 2, 4], 2).unwrap();
-        let t = Template::from_paths(&[vec![0], vec![1], vec![0, 0], vec![0, 1], vec![0, 0, 1]]).unwrap();
+        let t = Template::from_paths(&[vec![0], vec![1], vec![0, 0], vec![0, 1], vec![0, 0, 1]])
+            .unwrap();
         let d = r.draft(3, &t).unwrap();
         // root 3 -> [5, 7]; 5 -> [9, 1]; 9 -> [0, 0]
         assert_eq!(d.tokens, vec![3, 5, 7, 9, 1, 0]);
@@ -279,14 +326,29 @@ mod tests {
         assert!(TokenRecycler::new(10, 0).is_err());
         let mut r = TokenRecycler::new(10, 2).unwrap();
         let t = Template::named("2.2.2").unwrap();
-        assert!(matches!(r.draft(0, &t), Err(CoreError::Value(_))), "rank 7 with k = 2");
+        assert!(
+            matches!(r.draft(0, &t), Err(CoreError::Value(_))),
+            "rank 7 with k = 2"
+        );
         let t = Template::from_paths(&[vec![0]]).unwrap();
         assert!(matches!(r.draft(10, &t), Err(CoreError::Index { .. })));
         assert!(matches!(r.draft(-1, &t), Err(CoreError::Index { .. })));
-        assert!(matches!(r.update(&[1], &[1, 2, 3], 3), Err(CoreError::Shape { .. })));
-        assert!(matches!(r.update(&[1, 2], &[1, 2], 2), Err(CoreError::Shape { .. })));
-        assert!(matches!(r.update(&[11], &[1, 2], 2), Err(CoreError::Index { .. })));
-        assert!(matches!(r.update(&[1], &[1, 12], 2), Err(CoreError::Index { .. })));
+        assert!(matches!(
+            r.update(&[1], &[1, 2, 3], 3),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            r.update(&[1, 2], &[1, 2], 2),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            r.update(&[11], &[1, 2], 2),
+            Err(CoreError::Index { .. })
+        ));
+        assert!(matches!(
+            r.update(&[1], &[1, 12], 2),
+            Err(CoreError::Index { .. })
+        ));
         // Nothing was written by the failed calls.
         assert!(r.adjacency().iter().all(|&v| v == 0));
     }

@@ -92,7 +92,11 @@ mod tests {
             let mut buckets = [0u64; 16];
             let (mut s, mut s2) = (0.0, 0.0);
             for i in 0..n {
-                let u = if by_stream { uniform(1, i, 5) } else { uniform(1, 5, i) };
+                let u = if by_stream {
+                    uniform(1, i, 5)
+                } else {
+                    uniform(1, 5, i)
+                };
                 s += u;
                 s2 += u * u;
                 buckets[(u * 16.0) as usize] += 1;

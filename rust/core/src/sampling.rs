@@ -71,14 +71,18 @@ pub fn scan_row<R: Real>(row: &[R], chunks: &mut Vec<f64>) -> std::result::Resul
             lanes[j] += x;
             mins[j] = if x < mins[j] { x } else { mins[j] };
         }
-        let s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        let s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
         low = mins.iter().fold(low, |a, &b| if b < a { b } else { a });
         chunks.push(s);
         total += s;
     }
     // NaN and +inf make the sum non-finite; a negative entry (-inf included) lowers the minimum.
     if low < 0.0 || !total.is_finite() {
-        let i = row.iter().position(|x| !(x.get() >= 0.0) || x.get() == f64::INFINITY).unwrap_or(0);
+        let i = row
+            .iter()
+            .position(|x| !(x.get() >= 0.0) || x.get() == f64::INFINITY)
+            .unwrap_or(0);
         return Err(i);
     }
     Ok(total)
@@ -87,7 +91,12 @@ pub fn scan_row<R: Real>(row: &[R], chunks: &mut Vec<f64>) -> std::result::Resul
 /// Checks one probability row (finite, `>= 0`, sums to 1 within [`PROB_TOL`]) and returns its
 /// sum; `chunks` receives the partial sums for [`sample_scanned`]. `what[row]` names the row in
 /// error messages.
-pub fn check_row<R: Real>(what: &str, row_index: usize, row: &[R], chunks: &mut Vec<f64>) -> Result<f64> {
+pub fn check_row<R: Real>(
+    what: &str,
+    row_index: usize,
+    row: &[R],
+    chunks: &mut Vec<f64>,
+) -> Result<f64> {
     match scan_row(row, chunks) {
         Err(i) => Err(CoreError::value(format!(
             "{what}[{row_index}, {i}] = {}: probabilities must be finite and >= 0",
@@ -106,7 +115,9 @@ pub fn check_entry(what: &str, row: usize, col: usize, v: f64) -> Result<()> {
     if (0.0..f64::INFINITY).contains(&v) {
         Ok(())
     } else {
-        Err(CoreError::value(format!("{what}[{row}, {col}] = {v}: probabilities must be finite and >= 0")))
+        Err(CoreError::value(format!(
+            "{what}[{row}, {col}] = {v}: probabilities must be finite and >= 0"
+        )))
     }
 }
 
@@ -165,31 +176,56 @@ pub struct Transforms {
 
 impl Transforms {
     /// Checks `temperature >= 0` (finite), `top_k >= 1`, `0 < top_p <= 1`, `0 <= min_p <= 1`.
-    pub fn new(temperature: f64, top_k: Option<i64>, top_p: Option<f64>, min_p: Option<f64>) -> Result<Self> {
+    pub fn new(
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        min_p: Option<f64>,
+    ) -> Result<Self> {
         if !(temperature >= 0.0 && temperature.is_finite()) {
-            return Err(CoreError::value(format!("temperature: expected a finite value >= 0, got {temperature}")));
+            return Err(CoreError::value(format!(
+                "temperature: expected a finite value >= 0, got {temperature}"
+            )));
         }
         let top_k = match top_k {
             None => None,
             Some(k) if k >= 1 => Some(k as usize),
-            Some(k) => return Err(CoreError::value(format!("top_k: expected an integer >= 1, got {k}"))),
+            Some(k) => {
+                return Err(CoreError::value(format!(
+                    "top_k: expected an integer >= 1, got {k}"
+                )))
+            }
         };
         if let Some(p) = top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(CoreError::value(format!("top_p: expected 0 < top_p <= 1, got {p}")));
+                return Err(CoreError::value(format!(
+                    "top_p: expected 0 < top_p <= 1, got {p}"
+                )));
             }
         }
         if let Some(m) = min_p {
             if !(0.0..=1.0).contains(&m) {
-                return Err(CoreError::value(format!("min_p: expected 0 <= min_p <= 1, got {m}")));
+                return Err(CoreError::value(format!(
+                    "min_p: expected 0 <= min_p <= 1, got {m}"
+                )));
             }
         }
-        Ok(Transforms { temperature, top_k, top_p, min_p })
+        Ok(Transforms {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+        })
     }
 
     /// Plain softmax at temperature 1.
     pub fn identity() -> Self {
-        Transforms { temperature: 1.0, top_k: None, top_p: None, min_p: None }
+        Transforms {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+        }
     }
 
     pub fn greedy(&self) -> bool {
@@ -198,7 +234,13 @@ impl Transforms {
 
     /// Writes the probabilities of one logit row into `out` (same length). `row_index` names
     /// the row in error messages; `scratch` is reused between rows.
-    pub fn probs_into<R: Real>(&self, row_index: usize, logits: &[R], out: &mut [f64], scratch: &mut Vec<f64>) -> Result<()> {
+    pub fn probs_into<R: Real>(
+        &self,
+        row_index: usize,
+        logits: &[R],
+        out: &mut [f64],
+        scratch: &mut Vec<f64>,
+    ) -> Result<()> {
         let (max, arg, finite) = check_logits(row_index, logits)?;
         if self.greedy() {
             out.iter_mut().for_each(|o| *o = 0.0);
@@ -208,11 +250,20 @@ impl Transforms {
         let inv_t = 1.0 / self.temperature;
         for (o, l) in out.iter_mut().zip(logits) {
             let l = l.get();
-            *o = if l == f64::NEG_INFINITY { 0.0 } else { ((l - max) * inv_t).exp() };
+            *o = if l == f64::NEG_INFINITY {
+                0.0
+            } else {
+                ((l - max) * inv_t).exp()
+            };
         }
         if let Some(k) = self.top_k.filter(|&k| k < finite) {
             scratch.clear();
-            scratch.extend(logits.iter().map(|l| l.get()).filter(|l| *l > f64::NEG_INFINITY));
+            scratch.extend(
+                logits
+                    .iter()
+                    .map(|l| l.get())
+                    .filter(|l| *l > f64::NEG_INFINITY),
+            );
             let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
             let kth = *kth;
             for (o, l) in out.iter_mut().zip(logits) {
@@ -263,7 +314,15 @@ impl Transforms {
 
     /// One token per logit row: row `r` is sampled with the uniform
     /// `rng::uniform(seed, stream0 + r, counter)` (greedy rows take the argmax).
-    pub fn sample<R: Real>(&self, logits: &[R], rows: usize, vocab: usize, seed: u64, stream0: u64, counter: u64) -> Result<Vec<i64>> {
+    pub fn sample<R: Real>(
+        &self,
+        logits: &[R],
+        rows: usize,
+        vocab: usize,
+        seed: u64,
+        stream0: u64,
+        counter: u64,
+    ) -> Result<Vec<i64>> {
         check_matrix("logits", logits.len(), rows, vocab)?;
         let mut out = Vec::with_capacity(rows);
         let mut probs = vec![0.0; vocab];
@@ -285,10 +344,18 @@ impl Transforms {
 
 fn check_matrix(what: &'static str, len: usize, rows: usize, vocab: usize) -> Result<()> {
     if vocab == 0 {
-        return Err(CoreError::shape(what, "a vocabulary of at least 1 token", "0 columns"));
+        return Err(CoreError::shape(
+            what,
+            "a vocabulary of at least 1 token",
+            "0 columns",
+        ));
     }
     if len != rows * vocab {
-        return Err(CoreError::shape(what, format!("[{rows}, {vocab}]"), format!("{len} elements")));
+        return Err(CoreError::shape(
+            what,
+            format!("[{rows}, {vocab}]"),
+            format!("{len} elements"),
+        ));
     }
     Ok(())
 }
@@ -314,7 +381,9 @@ fn check_logits<R: Real>(row_index: usize, logits: &[R]) -> Result<(f64, usize, 
         }
     }
     if finite == 0 {
-        return Err(CoreError::value(format!("logits[{row_index}]: every logit is -inf (nothing to sample)")));
+        return Err(CoreError::value(format!(
+            "logits[{row_index}]: every logit is -inf (nothing to sample)"
+        )));
     }
     Ok((max, arg, finite))
 }
@@ -329,8 +398,13 @@ mod tests {
 
     #[test]
     fn softmax_and_temperature() {
-        let p = probs(&Transforms::identity(), &[0.0, (2.0f64).ln(), f64::NEG_INFINITY]);
-        assert!((p[0] - 1.0 / 3.0).abs() < 1e-12 && (p[1] - 2.0 / 3.0).abs() < 1e-12 && p[2] == 0.0);
+        let p = probs(
+            &Transforms::identity(),
+            &[0.0, (2.0f64).ln(), f64::NEG_INFINITY],
+        );
+        assert!(
+            (p[0] - 1.0 / 3.0).abs() < 1e-12 && (p[1] - 2.0 / 3.0).abs() < 1e-12 && p[2] == 0.0
+        );
         let t = Transforms::new(0.5, None, None, None).unwrap();
         let p = probs(&t, &[0.0, (2.0f64).ln()]);
         assert!((p[1] - 0.8).abs() < 1e-12);

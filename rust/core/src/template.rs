@@ -31,27 +31,95 @@ pub const RANK_PRIOR: [f64; 8] = [0.45, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.0
 /// 8/21/25/15/8/3, as given in the Token Recycling reference code.
 pub fn paths_2_2_2() -> Vec<Vec<u32>> {
     const L: &[&[u32]] = &[
-        &[0], &[1], &[2], &[3], &[4], &[5], &[6], &[7],
-        &[0, 0], &[0, 1], &[0, 2], &[0, 3], &[0, 4], &[0, 5], &[0, 6], &[0, 7],
-        &[1, 0], &[1, 1], &[1, 2], &[1, 3], &[2, 0], &[2, 1], &[2, 2], &[3, 0], &[3, 1],
-        &[4, 0], &[5, 0], &[6, 0], &[7, 0],
-        &[0, 0, 0], &[0, 0, 1], &[0, 0, 2], &[0, 0, 3], &[0, 0, 4], &[0, 0, 5], &[0, 0, 6],
-        &[0, 0, 7], &[0, 1, 0], &[0, 1, 1], &[0, 1, 2], &[0, 2, 0], &[0, 2, 1], &[0, 3, 0],
-        &[0, 4, 0], &[0, 5, 0], &[0, 6, 0], &[0, 7, 0], &[1, 0, 0], &[1, 0, 1], &[1, 1, 0],
-        &[2, 0, 0], &[3, 0, 0], &[4, 0, 0], &[5, 0, 0],
-        &[0, 0, 0, 0], &[0, 0, 0, 1], &[0, 0, 0, 2], &[0, 0, 0, 3], &[0, 0, 0, 4],
-        &[0, 0, 1, 0], &[0, 0, 1, 1], &[0, 0, 2, 0], &[0, 0, 3, 0], &[0, 0, 4, 0],
-        &[0, 1, 0, 0], &[0, 2, 0, 0], &[1, 0, 0, 0], &[2, 0, 0, 0], &[3, 0, 0, 0],
-        &[0, 0, 0, 0, 0], &[0, 0, 0, 0, 1], &[0, 0, 0, 0, 2], &[0, 0, 0, 1, 0],
-        &[0, 0, 0, 2, 0], &[0, 0, 1, 0, 0], &[0, 1, 0, 0, 0], &[1, 0, 0, 0, 0],
-        &[0, 0, 0, 0, 0, 0], &[0, 0, 0, 0, 0, 1], &[0, 0, 0, 1, 0, 0],
+        &[0],
+        &[1],
+        &[2],
+        &[3],
+        &[4],
+        &[5],
+        &[6],
+        &[7],
+        &[0, 0],
+        &[0, 1],
+        &[0, 2],
+        &[0, 3],
+        &[0, 4],
+        &[0, 5],
+        &[0, 6],
+        &[0, 7],
+        &[1, 0],
+        &[1, 1],
+        &[1, 2],
+        &[1, 3],
+        &[2, 0],
+        &[2, 1],
+        &[2, 2],
+        &[3, 0],
+        &[3, 1],
+        &[4, 0],
+        &[5, 0],
+        &[6, 0],
+        &[7, 0],
+        &[0, 0, 0],
+        &[0, 0, 1],
+        &[0, 0, 2],
+        &[0, 0, 3],
+        &[0, 0, 4],
+        &[0, 0, 5],
+        &[0, 0, 6],
+        &[0, 0, 7],
+        &[0, 1, 0],
+        &[0, 1, 1],
+        &[0, 1, 2],
+        &[0, 2, 0],
+        &[0, 2, 1],
+        &[0, 3, 0],
+        &[0, 4, 0],
+        &[0, 5, 0],
+        &[0, 6, 0],
+        &[0, 7, 0],
+        &[1, 0, 0],
+        &[1, 0, 1],
+        &[1, 1, 0],
+        &[2, 0, 0],
+        &[3, 0, 0],
+        &[4, 0, 0],
+        &[5, 0, 0],
+        &[0, 0, 0, 0],
+        &[0, 0, 0, 1],
+        &[0, 0, 0, 2],
+        &[0, 0, 0, 3],
+        &[0, 0, 0, 4],
+        &[0, 0, 1, 0],
+        &[0, 0, 1, 1],
+        &[0, 0, 2, 0],
+        &[0, 0, 3, 0],
+        &[0, 0, 4, 0],
+        &[0, 1, 0, 0],
+        &[0, 2, 0, 0],
+        &[1, 0, 0, 0],
+        &[2, 0, 0, 0],
+        &[3, 0, 0, 0],
+        &[0, 0, 0, 0, 0],
+        &[0, 0, 0, 0, 1],
+        &[0, 0, 0, 0, 2],
+        &[0, 0, 0, 1, 0],
+        &[0, 0, 0, 2, 0],
+        &[0, 0, 1, 0, 0],
+        &[0, 1, 0, 0, 0],
+        &[1, 0, 0, 0, 0],
+        &[0, 0, 0, 0, 0, 0],
+        &[0, 0, 0, 0, 0, 1],
+        &[0, 0, 0, 1, 0, 0],
     ];
     L.iter().map(|p| p.to_vec()).collect()
 }
 
 /// Prior acceptance probability of a path: the product of [`RANK_PRIOR`] along it.
 pub fn prior_probability(path: &[u32]) -> f64 {
-    path.iter().map(|&r| RANK_PRIOR.get(r as usize).copied().unwrap_or(0.005)).product()
+    path.iter()
+        .map(|&r| RANK_PRIOR.get(r as usize).copied().unwrap_or(0.005))
+        .product()
 }
 
 /// The 80 paths of "2.2.2" in nested order (decreasing prior, ties by canonical order).
@@ -94,17 +162,23 @@ impl Template {
     /// Builds a template from rank paths (any order; duplicates and gaps are errors).
     pub fn from_paths(paths: &[Vec<i64>]) -> Result<Self> {
         if paths.is_empty() {
-            return Err(CoreError::value("empty template: give at least one rank path, e.g. [[0]]"));
+            return Err(CoreError::value(
+                "empty template: give at least one rank path, e.g. [[0]]",
+            ));
         }
         let mut out: Vec<Vec<u32>> = Vec::with_capacity(paths.len());
         for (i, p) in paths.iter().enumerate() {
             if p.is_empty() {
-                return Err(CoreError::value(format!("template path {i} is empty; paths name nodes below the root")));
+                return Err(CoreError::value(format!(
+                    "template path {i} is empty; paths name nodes below the root"
+                )));
             }
             let mut q = Vec::with_capacity(p.len());
             for &r in p {
                 if !(0..=u32::MAX as i64).contains(&r) {
-                    return Err(CoreError::value(format!("template path {i} = {p:?}: ranks must be >= 0, got {r}")));
+                    return Err(CoreError::value(format!(
+                        "template path {i} = {p:?}: ranks must be >= 0, got {r}"
+                    )));
                 }
                 q.push(r as u32);
             }
@@ -118,7 +192,9 @@ impl Template {
         let mut seen: HashSet<&[u32]> = HashSet::with_capacity(paths.len());
         for p in &paths {
             if !seen.insert(p.as_slice()) {
-                return Err(CoreError::value(format!("template path {p:?} appears twice")));
+                return Err(CoreError::value(format!(
+                    "template path {p:?} appears twice"
+                )));
             }
         }
         for p in &paths {
@@ -134,18 +210,31 @@ impl Template {
         let mut ranks = vec![0u32; n];
         let mut depths = vec![0i64; n];
         // Index of every path in canonical order, to look parents up.
-        let index: std::collections::HashMap<&[u32], usize> =
-            paths.iter().enumerate().map(|(i, p)| (p.as_slice(), i + 1)).collect();
+        let index: std::collections::HashMap<&[u32], usize> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_slice(), i + 1))
+            .collect();
         let mut max_rank = 0;
         for (i, p) in paths.iter().enumerate() {
             let node = i + 1;
-            let parent = if p.len() == 1 { 0 } else { index.get(&p[..p.len() - 1]).copied().unwrap_or(0) };
+            let parent = if p.len() == 1 {
+                0
+            } else {
+                index.get(&p[..p.len() - 1]).copied().unwrap_or(0)
+            };
             parents[node] = parent as i64;
             ranks[node] = p[p.len() - 1];
             depths[node] = p.len() as i64;
             max_rank = max_rank.max(ranks[node]);
         }
-        Ok(Template { paths, parents, ranks, depths, max_rank })
+        Ok(Template {
+            paths,
+            parents,
+            ranks,
+            depths,
+            max_rank,
+        })
     }
 
     /// A named template: `"2.2.2"` or a nested `"2.2.2-N"` (see [`template_names`]).
@@ -153,14 +242,20 @@ impl Template {
         if name == "2.2.2" {
             return Self::from_u32_paths(paths_2_2_2());
         }
-        if let Some(n) = name.strip_prefix("2.2.2-").and_then(|s| s.parse::<usize>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("2.2.2-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
             if NESTED_SIZES.contains(&n) {
                 let mut order = nested_order_2_2_2();
                 order.truncate(n);
                 return Self::from_u32_paths(order);
             }
         }
-        Err(CoreError::value(format!("unknown template {name:?}; expected one of {:?}", template_names())))
+        Err(CoreError::value(format!(
+            "unknown template {name:?}; expected one of {:?}",
+            template_names()
+        )))
     }
 
     /// Rank paths in canonical order (node `i + 1` of the tree is `paths()[i]`).
@@ -217,14 +312,20 @@ mod tests {
     use super::*;
 
     fn to_i64(p: &[Vec<u32>]) -> Vec<Vec<i64>> {
-        p.iter().map(|q| q.iter().map(|&r| r as i64).collect()).collect()
+        p.iter()
+            .map(|q| q.iter().map(|&r| r as i64).collect())
+            .collect()
     }
 
     #[test]
     fn the_2_2_2_template() {
         let t = Template::named("2.2.2").unwrap();
         assert_eq!(t.num_nodes(), 81);
-        assert_eq!(t.paths(), paths_2_2_2().as_slice(), "the reference list is in canonical order");
+        assert_eq!(
+            t.paths(),
+            paths_2_2_2().as_slice(),
+            "the reference list is in canonical order"
+        );
         let mut per_level = [0usize; 7];
         for &d in t.depths() {
             per_level[d as usize] += 1;
@@ -235,7 +336,10 @@ mod tests {
         // Root: 8 children; among its children rank 0 has 8, rank 1 has 4, rank 2 has 3, rank 3 has 2.
         let kids = |n: i64| t.parents().iter().filter(|&&p| p == n).count();
         assert_eq!(kids(0), 8);
-        assert_eq!((kids(1), kids(2), kids(3), kids(4), kids(5)), (8, 4, 3, 2, 1));
+        assert_eq!(
+            (kids(1), kids(2), kids(3), kids(4), kids(5)),
+            (8, 4, 3, 2, 1)
+        );
     }
 
     #[test]
@@ -249,14 +353,21 @@ mod tests {
             }
             prev = Some(t.paths().to_vec());
         }
-        assert_eq!(Template::named("2.2.2-80").unwrap(), Template::named("2.2.2").unwrap());
+        assert_eq!(
+            Template::named("2.2.2-80").unwrap(),
+            Template::named("2.2.2").unwrap()
+        );
         assert_eq!(Template::named("2.2.2-1").unwrap().paths(), &[vec![0]]);
     }
 
     #[test]
     fn canonical_order_and_parents() {
-        let t = Template::from_paths(&[vec![1, 0], vec![0], vec![1], vec![0, 0, 0], vec![0, 0]]).unwrap();
-        assert_eq!(t.paths(), &[vec![0], vec![1], vec![0, 0], vec![1, 0], vec![0, 0, 0]]);
+        let t = Template::from_paths(&[vec![1, 0], vec![0], vec![1], vec![0, 0, 0], vec![0, 0]])
+            .unwrap();
+        assert_eq!(
+            t.paths(),
+            &[vec![0], vec![1], vec![0, 0], vec![1, 0], vec![0, 0, 0]]
+        );
         assert_eq!(t.parents(), &[-1, 0, 0, 1, 2, 3]);
         assert_eq!(t.ranks(), &[0, 0, 1, 0, 0, 0]);
         assert_eq!(t.depths(), &[0, 1, 1, 2, 2, 3]);
@@ -285,7 +396,11 @@ mod tests {
                 j = t.parents()[j as usize];
             }
             for (j, &a) in anc.iter().enumerate() {
-                assert_eq!(bits[i * w + j / 64] >> (j % 64) & 1 == 1, a, "node {i}, ancestor {j}");
+                assert_eq!(
+                    bits[i * w + j / 64] >> (j % 64) & 1 == 1,
+                    a,
+                    "node {i}, ancestor {j}"
+                );
             }
         }
     }

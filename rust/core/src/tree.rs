@@ -7,7 +7,9 @@ use crate::error::{check_index, CoreError, Result};
 /// Checks the parent array of a tree of `parents.len()` nodes.
 pub fn validate_parents(parents: &[i64]) -> Result<()> {
     if parents.is_empty() {
-        return Err(CoreError::value("empty tree: parents must hold at least the root"));
+        return Err(CoreError::value(
+            "empty tree: parents must hold at least the root",
+        ));
     }
     if parents[0] != -1 {
         return Err(CoreError::value(format!(
@@ -74,7 +76,11 @@ pub fn validate_tokens(what: &'static str, tokens: &[i64], vocab: usize) -> Resu
     for &t in tokens {
         if vocab == 0 {
             if t < 0 {
-                return Err(CoreError::Index { what, index: t, bound: usize::MAX });
+                return Err(CoreError::Index {
+                    what,
+                    index: t,
+                    bound: usize::MAX,
+                });
             }
         } else {
             check_index(what, t, vocab)?;

@@ -38,7 +38,9 @@ impl TokenTrie {
     /// (`include` empty = all). Tokens with equal bytes are all kept (several ids, one string).
     pub fn new(token_bytes: Vec<Vec<u8>>, include: &[bool]) -> Result<Self> {
         if token_bytes.is_empty() {
-            return Err(CoreError::value("empty vocabulary: at least one token is needed"));
+            return Err(CoreError::value(
+                "empty vocabulary: at least one token is needed",
+            ));
         }
         if !include.is_empty() && include.len() != token_bytes.len() {
             return Err(CoreError::shape(
@@ -55,16 +57,36 @@ impl TokenTrie {
                 !token_bytes[i as usize].is_empty() && (include.is_empty() || include[i as usize])
             })
             .collect();
-        sorted.sort_by(|&a, &b| token_bytes[a as usize].cmp(&token_bytes[b as usize]).then(a.cmp(&b)));
-        let max_len = sorted.iter().map(|&t| token_bytes[t as usize].len()).max().unwrap_or(0);
-        let mut trie = TokenTrie { nodes: Vec::new(), sorted, token_bytes, max_len };
+        sorted.sort_by(|&a, &b| {
+            token_bytes[a as usize]
+                .cmp(&token_bytes[b as usize])
+                .then(a.cmp(&b))
+        });
+        let max_len = sorted
+            .iter()
+            .map(|&t| token_bytes[t as usize].len())
+            .max()
+            .unwrap_or(0);
+        let mut trie = TokenTrie {
+            nodes: Vec::new(),
+            sorted,
+            token_bytes,
+            max_len,
+        };
         trie.build();
         Ok(trie)
     }
 
     fn build(&mut self) {
         let n = self.sorted.len() as u32;
-        self.nodes.push(Node { byte: 0, n_children: 0, first_child: 0, lo: 0, hi: n, n_end: 0 });
+        self.nodes.push(Node {
+            byte: 0,
+            n_children: 0,
+            first_child: 0,
+            lo: 0,
+            hi: n,
+            n_end: 0,
+        });
         // Breadth-first: node index `i` at depth `d`; its children are appended contiguously.
         let mut depth_of = vec![0usize];
         let mut i = 0;
@@ -202,6 +224,12 @@ impl TokenTrie {
             DEAD => &[],
             n => self.range_of(n),
         }
+    }
+
+    /// Node ids of the children of node `n`.
+    pub fn child_ids(&self, n: u32) -> std::ops::Range<u32> {
+        let nd = &self.nodes[n as usize];
+        nd.first_child..nd.first_child + nd.n_children as u32
     }
 
     /// For node `n` with path p: `out[b] += scale * sum(q[t])` over tokens t whose bytes start

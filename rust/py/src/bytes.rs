@@ -367,6 +367,43 @@ impl CoverTree {
         self.inner.path(node).map_err(to_py)
     }
 
+    /// The ``k`` heaviest straddling extensions ``(node, token)`` of expanded nodes: tokens whose
+    /// bytes start with ``prefix[end:]`` and run past the prefix end, scored
+    /// ``scales[i] * qs[i][token]`` (zero scores skipped). ByteLM computes the distributions of
+    /// the heaviest ones ahead of time (exact look-ahead rows).
+    ///
+    /// Args:
+    ///     nodes (list[int]): expanded node ids.
+    ///     qs (list[np.ndarray[float32]], each shape [width]): next-token distribution per node.
+    ///     scales (list[float]): weight per node.
+    ///     k (int): how many to return at most.
+    ///
+    /// Returns:
+    ///     list[tuple[int, int, float]]: (node, token, score) by decreasing score.
+    ///
+    /// Raises:
+    ///     ValueError: lengths differ or a q has the wrong length. IndexError: unknown node.
+    #[pyo3(signature = (nodes, qs, scales, k))]
+    fn top_straddling<'py>(
+        &self,
+        py: Python<'py>,
+        nodes: Vec<i64>,
+        qs: Vec<PyReadonlyArray1<'py, f32>>,
+        scales: Vec<f64>,
+        k: usize,
+    ) -> PyResult<Vec<(u32, u32, f64)>> {
+        let mut ids = Vec::with_capacity(nodes.len());
+        for &n in &nodes {
+            ids.push(tokenloom_core::error::check_index("node", n, self.inner.nodes().len()).map_err(to_py)? as u32);
+        }
+        let mut views = Vec::with_capacity(qs.len());
+        for q in &qs {
+            views.push(slice1("qs", q)?);
+        }
+        let (inner, index) = (&self.inner, &self.index);
+        py.detach(|| inner.top_straddling(index, &ids, &views, &scales, k)).map_err(to_py)
+    }
+
     /// Next-byte masses: out[b] = sum_i scales[i] * (mass of tokens whose bytes start with
     /// prefix[end_i:] + [b]) under the distribution q_i, for every byte b; out[256] = the same
     /// for tokens whose bytes are exactly prefix[end_i:].

@@ -25,7 +25,12 @@ pub struct Scratch {
 }
 
 /// Verifies one chain. Shapes: `draft_tokens` [n], `draft` [n, V], `target` [n + 1, V].
-pub fn verify_chain<R: Real>(draft_tokens: &[i64], draft: Rows<R>, target: Rows<R>, rng: Stream) -> Result<VerifyResult> {
+pub fn verify_chain<R: Real>(
+    draft_tokens: &[i64],
+    draft: Rows<R>,
+    target: Rows<R>,
+    rng: Stream,
+) -> Result<VerifyResult> {
     verify_chain_with(draft_tokens, draft, target, rng, &mut Scratch::default())
 }
 
@@ -46,12 +51,19 @@ pub fn verify_chain_with<R: Real>(
         ));
     }
     if target.rows != n + 1 {
-        return Err(CoreError::shape("target_probs", format!("{} rows (n + 1, bonus row included)", n + 1), target.rows));
+        return Err(CoreError::shape(
+            "target_probs",
+            format!("{} rows (n + 1, bonus row included)", n + 1),
+            target.rows,
+        ));
     }
     for &x in draft_tokens {
         check_index("draft_tokens", x, target.vocab)?;
     }
-    let mut out = VerifyResult { path: vec![0], tokens: Vec::with_capacity(n + 1) };
+    let mut out = VerifyResult {
+        path: vec![0],
+        tokens: Vec::with_capacity(n + 1),
+    };
     for (i, &x) in draft_tokens.iter().enumerate() {
         // Rows are used as given (they sum to 1 within PROB_TOL): an accepted step reads two
         // entries; a rejected step reads, and checks, both rows in full.
@@ -68,14 +80,25 @@ pub fn verify_chain_with<R: Real>(
         let mp = check_row("target_probs", i, p, &mut s.p_chunks)?;
         check_row("draft_probs", i, qrow, &mut s.q_chunks)?;
         let mut r: Dist<R> = Dist::Row { row: p, inv: 1.0 };
-        let q: Dist<R> = Dist::Row { row: qrow, inv: 1.0 };
+        let q: Dist<R> = Dist::Row {
+            row: qrow,
+            inv: 1.0,
+        };
         reject_update(&mut r, &mut s.r, &q, &[], &mut s.tmp);
-        out.tokens.push(sample_dist(&r, &s.r, &s.p_chunks, mp, rng.uniform(counter(i, 0)), &mut s.chunks));
+        out.tokens.push(sample_dist(
+            &r,
+            &s.r,
+            &s.p_chunks,
+            mp,
+            rng.uniform(counter(i, 0)),
+            &mut s.chunks,
+        ));
         return Ok(out);
     }
     let p = target.row(n);
     let mp = check_row("target_probs", n, p, &mut s.p_chunks)?;
-    out.tokens.push(sample_scanned(p, &s.p_chunks, rng.uniform(counter(n, 0)) * mp) as i64);
+    out.tokens
+        .push(sample_scanned(p, &s.p_chunks, rng.uniform(counter(n, 0)) * mp) as i64);
     Ok(out)
 }
 
@@ -93,11 +116,19 @@ pub fn verify_chain_batch<R: Real>(
 ) -> Result<Vec<VerifyResult>> {
     let b = lengths.len();
     if draft_tokens.len() != b * n_max {
-        return Err(CoreError::shape("draft_tokens", format!("[{b}, {n_max}]"), format!("{} elements", draft_tokens.len())));
+        return Err(CoreError::shape(
+            "draft_tokens",
+            format!("[{b}, {n_max}]"),
+            format!("{} elements", draft_tokens.len()),
+        ));
     }
     for (what, arr) in [("draft_probs", draft), ("target_probs", target)] {
         if arr.len() != b {
-            return Err(CoreError::shape(what, format!("{b} chains (= len(lengths))"), arr.len()));
+            return Err(CoreError::shape(
+                what,
+                format!("{b} chains (= len(lengths))"),
+                arr.len(),
+            ));
         }
     }
     let mut s = Scratch::default();
@@ -106,10 +137,24 @@ pub fn verify_chain_batch<R: Real>(
         let n = check_index("lengths", len, n_max + 1)?;
         let d = batch_rows("draft_probs", draft, row, n_max, vocab)?;
         let t = batch_rows("target_probs", target, row, n_max + 1, vocab)?;
-        let d = Rows { data: &d.data[..n * vocab], rows: n, vocab };
-        let t = Rows { data: &t.data[..(n + 1) * vocab], rows: n + 1, vocab };
+        let d = Rows {
+            data: &d.data[..n * vocab],
+            rows: n,
+            vocab,
+        };
+        let t = Rows {
+            data: &t.data[..(n + 1) * vocab],
+            rows: n + 1,
+            vocab,
+        };
         let toks = &draft_tokens[row * n_max..row * n_max + n];
-        results.push(verify_chain_with(toks, d, t, Stream::new(seed, row as u64), &mut s)?);
+        results.push(verify_chain_with(
+            toks,
+            d,
+            t,
+            Stream::new(seed, row as u64),
+            &mut s,
+        )?);
     }
     Ok(results)
 }
@@ -157,7 +202,9 @@ mod tests {
             let r = verify_chain(&[x], rows(&q, 3), rows(&p, 3), Stream::new(seed, 0)).unwrap();
             counts[r.tokens[0] as usize] += 1.0;
         }
-        let chi2: f64 = (0..3).map(|i| (counts[i] - n as f64 * p[i]).powi(2) / (n as f64 * p[i])).sum();
+        let chi2: f64 = (0..3)
+            .map(|i| (counts[i] - n as f64 * p[i]).powi(2) / (n as f64 * p[i]))
+            .sum();
         assert!(chi2 < 13.8, "chi2 {chi2} {counts:?}"); // 2 dof, P = 0.001
     }
 
@@ -166,11 +213,23 @@ mod tests {
         let q = [0.5, 0.5];
         let p = [0.5, 0.5, 0.5, 0.5];
         let s = Stream::new(0, 0);
-        assert!(matches!(verify_chain(&[2], rows(&q, 2), rows(&p, 2), s), Err(CoreError::Index { .. })));
-        assert!(matches!(verify_chain(&[0, 1], rows(&q, 2), rows(&p, 2), s), Err(CoreError::Shape { .. })));
-        assert!(matches!(verify_chain(&[0], rows(&q, 2), rows(&q, 2), s), Err(CoreError::Shape { .. })));
+        assert!(matches!(
+            verify_chain(&[2], rows(&q, 2), rows(&p, 2), s),
+            Err(CoreError::Index { .. })
+        ));
+        assert!(matches!(
+            verify_chain(&[0, 1], rows(&q, 2), rows(&p, 2), s),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            verify_chain(&[0], rows(&q, 2), rows(&q, 2), s),
+            Err(CoreError::Shape { .. })
+        ));
         let bad = [0.5, 0.5, 0.2, 0.2];
-        assert!(matches!(verify_chain(&[0], rows(&q, 2), rows(&bad, 2), s), Err(CoreError::Value(_))));
+        assert!(matches!(
+            verify_chain(&[0], rows(&q, 2), rows(&bad, 2), s),
+            Err(CoreError::Value(_))
+        ));
         // Empty chain: just the bonus token.
         let r = verify_chain(&[], rows(&[], 2), rows(&[0.0, 1.0], 2), s).unwrap();
         assert_eq!((r.path, r.tokens), (vec![0], vec![1]));

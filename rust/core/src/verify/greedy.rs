@@ -11,10 +11,18 @@ use crate::tree::validate_parents;
 /// Among duplicate siblings carrying the same token the lowest node index wins.
 ///
 /// Shapes: `parents`, `tokens`, `target_argmax` all of length T (the root included).
-pub fn verify_greedy(parents: &[i64], tokens: &[i64], target_argmax: &[i64]) -> Result<VerifyResult> {
+pub fn verify_greedy(
+    parents: &[i64],
+    tokens: &[i64],
+    target_argmax: &[i64],
+) -> Result<VerifyResult> {
     let t = parents.len();
     if tokens.len() != t {
-        return Err(CoreError::shape("tokens", format!("length {t} (= len(parents))"), tokens.len()));
+        return Err(CoreError::shape(
+            "tokens",
+            format!("length {t} (= len(parents))"),
+            tokens.len(),
+        ));
     }
     if target_argmax.len() != t {
         return Err(CoreError::shape(
@@ -26,7 +34,11 @@ pub fn verify_greedy(parents: &[i64], tokens: &[i64], target_argmax: &[i64]) -> 
     validate_parents(parents)?;
     for &a in target_argmax {
         if a < 0 {
-            return Err(CoreError::Index { what: "target_argmax", index: a, bound: usize::MAX });
+            return Err(CoreError::Index {
+                what: "target_argmax",
+                index: a,
+                bound: usize::MAX,
+            });
         }
     }
     Ok(walk_greedy(parents, tokens, target_argmax))
@@ -35,7 +47,10 @@ pub fn verify_greedy(parents: &[i64], tokens: &[i64], target_argmax: &[i64]) -> 
 /// The greedy walk itself, on validated input.
 pub(crate) fn walk_greedy(parents: &[i64], tokens: &[i64], target_argmax: &[i64]) -> VerifyResult {
     let t = parents.len();
-    let mut out = VerifyResult { path: vec![0], tokens: Vec::new() };
+    let mut out = VerifyResult {
+        path: vec![0],
+        tokens: Vec::new(),
+    };
     let mut cur = 0usize;
     'walk: loop {
         let want = target_argmax[cur];
@@ -62,16 +77,28 @@ pub fn verify_greedy_batch(
     t_max: usize,
 ) -> Result<Vec<VerifyResult>> {
     let b = lengths.len();
-    for (what, arr) in [("parents", parents), ("tokens", tokens), ("target_argmax", target_argmax)] {
+    for (what, arr) in [
+        ("parents", parents),
+        ("tokens", tokens),
+        ("target_argmax", target_argmax),
+    ] {
         if arr.len() != b * t_max {
-            return Err(CoreError::shape(what, format!("[{b}, {t_max}]"), format!("{} elements", arr.len())));
+            return Err(CoreError::shape(
+                what,
+                format!("[{b}, {t_max}]"),
+                format!("{} elements", arr.len()),
+            ));
         }
     }
     let mut results = Vec::with_capacity(b);
     for (row, &len) in lengths.iter().enumerate() {
         let n = check_index("lengths", len, t_max + 1)?;
         let span = row * t_max..row * t_max + n;
-        results.push(verify_greedy(&parents[span.clone()], &tokens[span.clone()], &target_argmax[span])?);
+        results.push(verify_greedy(
+            &parents[span.clone()],
+            &tokens[span.clone()],
+            &target_argmax[span],
+        )?);
     }
     Ok(results)
 }
@@ -103,11 +130,26 @@ mod tests {
 
     #[test]
     fn bad_input() {
-        assert!(matches!(verify_greedy(&[-1, 0], &[1], &[1, 1]), Err(CoreError::Shape { .. })));
-        assert!(matches!(verify_greedy(&[-1, 0], &[1, 2], &[1]), Err(CoreError::Shape { .. })));
-        assert!(matches!(verify_greedy(&[-1, 1], &[1, 2], &[1, 2]), Err(CoreError::Value(_))));
-        assert!(matches!(verify_greedy(&[], &[], &[]), Err(CoreError::Value(_))));
-        assert!(matches!(verify_greedy(&[-1], &[1], &[-3]), Err(CoreError::Index { .. })));
+        assert!(matches!(
+            verify_greedy(&[-1, 0], &[1], &[1, 1]),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            verify_greedy(&[-1, 0], &[1, 2], &[1]),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            verify_greedy(&[-1, 1], &[1, 2], &[1, 2]),
+            Err(CoreError::Value(_))
+        ));
+        assert!(matches!(
+            verify_greedy(&[], &[], &[]),
+            Err(CoreError::Value(_))
+        ));
+        assert!(matches!(
+            verify_greedy(&[-1], &[1], &[-3]),
+            Err(CoreError::Index { .. })
+        ));
     }
 
     #[test]

@@ -50,10 +50,18 @@ impl<'a, R: Real> Rows<'a, R> {
     /// Checks that `data` holds `rows * vocab` entries and that `vocab >= 1`.
     pub fn new(what: &'static str, data: &'a [R], rows: usize, vocab: usize) -> Result<Self> {
         if vocab == 0 {
-            return Err(CoreError::shape(what, "a vocabulary of at least 1 token", "0 columns"));
+            return Err(CoreError::shape(
+                what,
+                "a vocabulary of at least 1 token",
+                "0 columns",
+            ));
         }
         if data.len() != rows * vocab {
-            return Err(CoreError::shape(what, format!("[{rows}, {vocab}]"), format!("{} elements", data.len())));
+            return Err(CoreError::shape(
+                what,
+                format!("[{rows}, {vocab}]"),
+                format!("{} elements", data.len()),
+            ));
         }
         Ok(Rows { data, rows, vocab })
     }
@@ -86,10 +94,20 @@ impl<'a, R: Real> Dist<'a, R> {
 }
 
 /// Writes `max(0, r - q)` into `out` and returns its sum (r and q normalised).
-pub(crate) fn residual_into<R: Real>(r: &Dist<R>, r_own: &[f64], q: &Dist<R>, q_own: &[f64], out: &mut Vec<f64>) -> f64 {
+pub(crate) fn residual_into<R: Real>(
+    r: &Dist<R>,
+    r_own: &[f64],
+    q: &Dist<R>,
+    q_own: &[f64],
+    out: &mut Vec<f64>,
+) -> f64 {
     fn go<A: Real, B: Real>(r: &[A], rs: f64, q: &[B], qs: f64, out: &mut Vec<f64>) -> f64 {
         out.clear();
-        out.extend(r.iter().zip(q).map(|(a, b)| (a.get() * rs - b.get() * qs).max(0.0)));
+        out.extend(
+            r.iter()
+                .zip(q)
+                .map(|(a, b)| (a.get() * rs - b.get() * qs).max(0.0)),
+        );
         out.iter().sum()
     }
     match (r, q) {
@@ -118,7 +136,14 @@ pub(crate) fn reject_update<'a, R: Real>(
 }
 
 /// Inverse-CDF sample from a distribution with the uniform `u`.
-pub(crate) fn sample_dist<R: Real>(d: &Dist<R>, own: &[f64], row_chunks: &[f64], row_mass: f64, u: f64, chunks: &mut Vec<f64>) -> i64 {
+pub(crate) fn sample_dist<R: Real>(
+    d: &Dist<R>,
+    own: &[f64],
+    row_chunks: &[f64],
+    row_mass: f64,
+    u: f64,
+    chunks: &mut Vec<f64>,
+) -> i64 {
     match d {
         Dist::Row { row, .. } => sample_scanned(row, row_chunks, u * row_mass) as i64,
         Dist::Own => {
@@ -138,6 +163,10 @@ pub(crate) fn batch_rows<'a, R: Real>(
 ) -> Result<Rows<'a, R>> {
     match slices.get(b) {
         Some(s) => Rows::new(what, s, rows, vocab),
-        None => Err(CoreError::shape(what, format!("{} batch rows", b + 1), slices.len())),
+        None => Err(CoreError::shape(
+            what,
+            format!("{} batch rows", b + 1),
+            slices.len(),
+        )),
     }
 }

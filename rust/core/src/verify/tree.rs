@@ -44,7 +44,15 @@ pub fn verify_tree<R: Real>(
     rng: Stream,
     replacement: bool,
 ) -> Result<VerifyResult> {
-    verify_tree_with(parents, tokens, target, draft, rng, replacement, &mut Scratch::default())
+    verify_tree_with(
+        parents,
+        tokens,
+        target,
+        draft,
+        rng,
+        replacement,
+        &mut Scratch::default(),
+    )
 }
 
 /// [`verify_tree`] with caller-owned buffers.
@@ -64,14 +72,27 @@ pub fn verify_tree_with<R: Real>(
     }
 }
 
-fn check_tree<R: Real>(parents: &[i64], tokens: &[i64], target: &Rows<R>, draft: Option<&Rows<R>>) -> Result<()> {
+fn check_tree<R: Real>(
+    parents: &[i64],
+    tokens: &[i64],
+    target: &Rows<R>,
+    draft: Option<&Rows<R>>,
+) -> Result<()> {
     let t = parents.len();
     if tokens.len() != t {
-        return Err(CoreError::shape("tokens", format!("length {t} (= len(parents))"), tokens.len()));
+        return Err(CoreError::shape(
+            "tokens",
+            format!("length {t} (= len(parents))"),
+            tokens.len(),
+        ));
     }
     validate_parents(parents)?;
     if target.rows != t {
-        return Err(CoreError::shape("target_probs", format!("{t} rows (one per node)"), target.rows));
+        return Err(CoreError::shape(
+            "target_probs",
+            format!("{t} rows (one per node)"),
+            target.rows,
+        ));
     }
     if let Some(q) = draft {
         if q.rows != t || q.vocab != target.vocab {
@@ -94,8 +115,17 @@ fn child_with(parents: &[i64], tokens: &[i64], cur: usize, y: i64) -> Option<usi
     (cur + 1..parents.len()).find(|&i| parents[i] == cur as i64 && tokens[i] == y)
 }
 
-fn walk_deterministic<R: Real>(parents: &[i64], tokens: &[i64], target: &Rows<R>, rng: Stream, s: &mut Scratch) -> Result<VerifyResult> {
-    let mut out = VerifyResult { path: vec![0], tokens: Vec::new() };
+fn walk_deterministic<R: Real>(
+    parents: &[i64],
+    tokens: &[i64],
+    target: &Rows<R>,
+    rng: Stream,
+    s: &mut Scratch,
+) -> Result<VerifyResult> {
+    let mut out = VerifyResult {
+        path: vec![0],
+        tokens: Vec::new(),
+    };
     let mut cur = 0usize;
     loop {
         let row = target.row(cur);
@@ -121,19 +151,26 @@ fn walk_sampled<R: Real>(
     replacement: bool,
     s: &mut Scratch,
 ) -> Result<VerifyResult> {
-    let mut out = VerifyResult { path: vec![0], tokens: Vec::new() };
+    let mut out = VerifyResult {
+        path: vec![0],
+        tokens: Vec::new(),
+    };
     let mut cur = 0usize;
     'walk: loop {
         let p = target.row(cur);
         s.kids.clear();
-        s.kids.extend((cur + 1..parents.len()).filter(|&i| parents[i] == cur as i64));
+        s.kids
+            .extend((cur + 1..parents.len()).filter(|&i| parents[i] == cur as i64));
         // Rows are used as given (they sum to 1 within PROB_TOL); an acceptance test reads two
         // entries, and a row is checked in full when the walk first needs all of it.
         let mut r: Dist<R> = Dist::Row { row: p, inv: 1.0 };
         let mut mass_p = None;
         if !s.kids.is_empty() {
             let qrow = draft.row(cur);
-            let mut q: Dist<R> = Dist::Row { row: qrow, inv: 1.0 };
+            let mut q: Dist<R> = Dist::Row {
+                row: qrow,
+                inv: 1.0,
+            };
             for k in 0..s.kids.len() {
                 let c = s.kids[k];
                 let x = tokens[c] as usize;
@@ -163,7 +200,8 @@ fn walk_sampled<R: Real>(
             None => check_row("target_probs", cur, p, &mut s.p_chunks)?,
         };
         let u = rng.uniform(counter(cur, 0));
-        out.tokens.push(sample_dist(&r, &s.r, &s.p_chunks, mp, u, &mut s.chunks));
+        out.tokens
+            .push(sample_dist(&r, &s.r, &s.p_chunks, mp, u, &mut s.chunks));
         return Ok(out);
     }
 }
@@ -201,15 +239,27 @@ pub fn verify_tree_batch<R: Real>(
     let b = lengths.len();
     for (what, arr) in [("parents", parents), ("tokens", tokens)] {
         if arr.len() != b * t_max {
-            return Err(CoreError::shape(what, format!("[{b}, {t_max}]"), format!("{} elements", arr.len())));
+            return Err(CoreError::shape(
+                what,
+                format!("[{b}, {t_max}]"),
+                format!("{} elements", arr.len()),
+            ));
         }
     }
     if target.len() != b {
-        return Err(CoreError::shape("target_probs", format!("{b} trees (= len(lengths))"), target.len()));
+        return Err(CoreError::shape(
+            "target_probs",
+            format!("{b} trees (= len(lengths))"),
+            target.len(),
+        ));
     }
     if let Some(d) = draft {
         if d.len() != b {
-            return Err(CoreError::shape("draft_probs", format!("{b} trees (= len(lengths))"), d.len()));
+            return Err(CoreError::shape(
+                "draft_probs",
+                format!("{b} trees (= len(lengths))"),
+                d.len(),
+            ));
         }
     }
     let mut s = Scratch::default();
@@ -218,16 +268,32 @@ pub fn verify_tree_batch<R: Real>(
         let n = check_index("lengths", len, t_max + 1)?;
         let span = row * t_max..row * t_max + n;
         let tp = batch_rows("target_probs", target, row, t_max, vocab)?;
-        let tp = Rows { data: &tp.data[..n * vocab], rows: n, vocab };
+        let tp = Rows {
+            data: &tp.data[..n * vocab],
+            rows: n,
+            vocab,
+        };
         let dp = match draft {
             Some(d) => {
                 let d = batch_rows("draft_probs", d, row, t_max, vocab)?;
-                Some(Rows { data: &d.data[..n * vocab], rows: n, vocab })
+                Some(Rows {
+                    data: &d.data[..n * vocab],
+                    rows: n,
+                    vocab,
+                })
             }
             None => None,
         };
         let rng = Stream::new(seed, row as u64);
-        results.push(verify_tree_with(&parents[span.clone()], &tokens[span], tp, dp, rng, replacement, &mut s)?);
+        results.push(verify_tree_with(
+            &parents[span.clone()],
+            &tokens[span],
+            tp,
+            dp,
+            rng,
+            replacement,
+            &mut s,
+        )?);
     }
     Ok(results)
 }
@@ -247,7 +313,15 @@ mod tests {
         let tokens = [0, 2, 0];
         let p = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
         for seed in 0..20 {
-            let r = verify_tree(&parents, &tokens, rows(&p, 3), None, Stream::new(seed, 0), true).unwrap();
+            let r = verify_tree(
+                &parents,
+                &tokens,
+                rows(&p, 3),
+                None,
+                Stream::new(seed, 0),
+                true,
+            )
+            .unwrap();
             assert_eq!(r.path, vec![0, 1, 2]);
             assert_eq!(r.tokens, vec![2, 0, 1]);
         }
@@ -259,7 +333,15 @@ mod tests {
         let tokens = [0, 1, 1];
         let p = [0.2, 0.5, 0.3, 0.2, 0.5, 0.3, 0.2, 0.5, 0.3];
         for seed in 0..50 {
-            let r = verify_tree(&parents, &tokens, rows(&p, 3), Some(rows(&p, 3)), Stream::new(seed, 0), true).unwrap();
+            let r = verify_tree(
+                &parents,
+                &tokens,
+                rows(&p, 3),
+                Some(rows(&p, 3)),
+                Stream::new(seed, 0),
+                true,
+            )
+            .unwrap();
             assert_eq!(r.path, vec![0, 1]);
             assert_eq!(r.tokens[0], 1);
         }
@@ -273,7 +355,15 @@ mod tests {
         let q = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
         for replacement in [true, false] {
             for seed in 0..50 {
-                let r = verify_tree(&parents, &tokens, rows(&p, 3), Some(rows(&q, 3)), Stream::new(seed, 0), replacement).unwrap();
+                let r = verify_tree(
+                    &parents,
+                    &tokens,
+                    rows(&p, 3),
+                    Some(rows(&q, 3)),
+                    Stream::new(seed, 0),
+                    replacement,
+                )
+                .unwrap();
                 assert_eq!(r.path, vec![0]);
                 assert!(r.tokens[0] == 1 || r.tokens[0] == 2);
             }
@@ -284,14 +374,30 @@ mod tests {
     fn bad_input() {
         let p = [0.5, 0.5, 0.5, 0.5];
         let s = Stream::new(0, 0);
-        assert!(matches!(verify_tree(&[-1, 0], &[0, 2], rows(&p, 2), None, s, true), Err(CoreError::Index { .. })));
-        assert!(matches!(verify_tree(&[-1, 0], &[0], rows(&p, 2), None, s, true), Err(CoreError::Shape { .. })));
-        assert!(matches!(verify_tree(&[-1], &[0], rows(&p, 2), None, s, true), Err(CoreError::Shape { .. })));
-        assert!(matches!(verify_tree(&[-1, 1], &[0, 1], rows(&p, 2), None, s, true), Err(CoreError::Value(_))));
+        assert!(matches!(
+            verify_tree(&[-1, 0], &[0, 2], rows(&p, 2), None, s, true),
+            Err(CoreError::Index { .. })
+        ));
+        assert!(matches!(
+            verify_tree(&[-1, 0], &[0], rows(&p, 2), None, s, true),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            verify_tree(&[-1], &[0], rows(&p, 2), None, s, true),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            verify_tree(&[-1, 1], &[0, 1], rows(&p, 2), None, s, true),
+            Err(CoreError::Value(_))
+        ));
         let bad = [0.7, 0.7, 0.5, 0.5];
-        assert!(matches!(verify_tree(&[-1, 0], &[0, 1], rows(&bad, 2), None, s, true), Err(CoreError::Value(_))));
+        assert!(matches!(
+            verify_tree(&[-1, 0], &[0, 1], rows(&bad, 2), None, s, true),
+            Err(CoreError::Value(_))
+        ));
         let neg = [1.5, -0.5, 0.5, 0.5];
-        let e = verify_tree(&[-1, 0], &[0, 1], rows(&p, 2), Some(rows(&neg, 2)), s, true).unwrap_err();
+        let e =
+            verify_tree(&[-1, 0], &[0, 1], rows(&p, 2), Some(rows(&neg, 2)), s, true).unwrap_err();
         assert!(e.to_string().contains("draft_probs[0, 1]"), "{e}");
     }
 
@@ -302,7 +408,18 @@ mod tests {
         let p: Vec<f64> = [0.3, 0.3, 0.4].repeat(3);
         let flat = [p.as_slice(), p.as_slice()];
         for seed in 0..20 {
-            let rs = verify_tree_batch(&parents, &tokens, 3, &flat, Some(&flat), 3, &[3, 2], seed, true).unwrap();
+            let rs = verify_tree_batch(
+                &parents,
+                &tokens,
+                3,
+                &flat,
+                Some(&flat),
+                3,
+                &[3, 2],
+                seed,
+                true,
+            )
+            .unwrap();
             for (b, r) in rs.iter().enumerate() {
                 let n = [3, 2][b];
                 let one = verify_tree(
@@ -347,10 +464,20 @@ mod tests {
                     }
                 }
                 let draft = if mode > 0 { Some(rows(&q, 4)) } else { None };
-                let r = verify_tree(&parents, &tokens, rows(&p, 4), draft, Stream::new(seed, 0), mode != 2).unwrap();
+                let r = verify_tree(
+                    &parents,
+                    &tokens,
+                    rows(&p, 4),
+                    draft,
+                    Stream::new(seed, 0),
+                    mode != 2,
+                )
+                .unwrap();
                 counts[r.tokens[0] as usize] += 1.0;
             }
-            let chi2: f64 = (0..4).map(|i| (counts[i] - n as f64 * p[i]).powi(2) / (n as f64 * p[i])).sum();
+            let chi2: f64 = (0..4)
+                .map(|i| (counts[i] - n as f64 * p[i]).powi(2) / (n as f64 * p[i]))
+                .sum();
             assert!(chi2 < 16.3, "mode {mode} chi2 {chi2} counts {counts:?}"); // 3 dof, P = 0.001
         }
     }
