@@ -456,7 +456,7 @@ mod tests {
             let mut best: Option<(u32, usize, u32)> = None;
             for i in 0..syms.len().saturating_sub(1) {
                 if let Some((r, res)) = c.rank(syms[i], syms[i + 1]) {
-                    if best.map_or(true, |(br, _, _)| r < br) {
+                    if best.is_none_or(|(br, _, _)| r < br) {
                         best = Some((r, i, res));
                     }
                 }

@@ -343,7 +343,7 @@ impl CoverTree {
             if q.len() != width {
                 return Err(CoreError::shape("qs", format!("length {width}"), q.len()));
             }
-            if node.state == DEAD || !(sc > 0.0) {
+            if node.state == DEAD || sc.is_nan() || sc <= 0.0 {
                 continue;
             }
             for c in trie.child_ids(node.state) {
@@ -358,7 +358,7 @@ impl CoverTree {
             return Ok(out);
         }
         while let Some((Score(m), Reverse(i), Reverse(d))) = heap.pop() {
-            if out.len() >= k && out.last().map_or(false, |l| m < l.2) {
+            if out.len() >= k && out.last().is_some_and(|l| m < l.2) {
                 break;
             }
             let (n, q, sc) = (nodes[i], qs[i], scales[i]);
