@@ -1,12 +1,13 @@
-"""Byte-level benchmarks: the covering kernel vs its pure-Python reference, and ByteLM on the
-embedded model (greedy bytes/s, next_byte_probs). genlm-bytes is compared in a separate venv
+"""Byte-level benchmarks: the covering kernel and the look-ahead candidate kernel vs their
+pure-Python references, and ByteLM on the embedded model (greedy bytes/s, next_byte_probs) with
+and without look-ahead rows. genlm-bytes is compared in a separate venv
 (see docs/bytes.md) since it is not a dependency of tokenloom."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.bytes_oracle import ref_covers
+from tests.bytes_oracle import ref_covers, ref_top_straddling
 
 PREFIXES = [b"def fibonac", b"https:/", b"    return"]
 
@@ -31,6 +32,31 @@ def test_cover_kernel(benchmark, vocab, impl, canonical):
         benchmark.pedantic(lambda: [ref_covers(vocab.token_bytes, p, allowed) for p in PREFIXES], rounds=3, iterations=1)
 
 
+@pytest.mark.parametrize("impl", ["rust", "python"])
+def test_lookahead_kernel(benchmark, vocab, impl):
+    """Top-8 straddling extensions of the live nodes after b"def fi" (random distributions)."""
+    import numpy as np
+
+    from tokenloom._core import CoverTree
+
+    benchmark.group = "look-ahead candidates (top 8) after b'def fi'"
+    tree = CoverTree(vocab.index, True)
+    expanded = {0}
+    tree.expand(0)
+    for b in b"def fi":
+        for n in tree.push(b):
+            tree.expand(n)
+            expanded.add(n)
+    nodes = [n for n in tree.active() if n in expanded and tree.info(n)[5]]
+    rng = np.random.default_rng(0)
+    qs = [(q / q.sum()).astype(np.float32) for q in (rng.random(vocab.width) for _ in nodes)]
+    scales = [1.0] * len(nodes)
+    if impl == "rust":
+        benchmark(lambda: tree.top_straddling(nodes, qs, scales, 8))
+    else:
+        benchmark.pedantic(lambda: ref_top_straddling(vocab, tree, nodes, qs, scales, 8), rounds=1, iterations=1)
+
+
 @pytest.fixture(scope="module")
 def smollm():
     from tokenloom.models import load_default
@@ -39,14 +65,15 @@ def smollm():
 
 
 @pytest.mark.model
-def test_bytelm_greedy(benchmark, smollm):
+@pytest.mark.parametrize("lookahead", [0, 8], ids=["no-lookahead", "lookahead8"])
+def test_bytelm_greedy(benchmark, smollm, lookahead):
     from tokenloom import ByteLM
 
     model, tok = smollm
     benchmark.group = "ByteLM greedy, 64 bytes after 'def fibonacci(n):'"
 
     def run():
-        lm = ByteLM(model, tok, canonical=True)
+        lm = ByteLM(model, tok, canonical=True, lookahead=lookahead)
         out = lm.generate(b"def fibonacci(n):", 64)
         benchmark.extra_info.update(bytes=len(out), forwards=lm.forwards)
 
@@ -54,7 +81,8 @@ def test_bytelm_greedy(benchmark, smollm):
 
 
 @pytest.mark.model
-def test_bytelm_next_byte_probs(benchmark, smollm):
+@pytest.mark.parametrize("lookahead", [0, 8], ids=["no-lookahead", "lookahead8"])
+def test_bytelm_next_byte_probs(benchmark, smollm, lookahead):
     from tokenloom import ByteLM
 
     model, tok = smollm
@@ -62,7 +90,7 @@ def test_bytelm_next_byte_probs(benchmark, smollm):
     data = b"def fibonacci(n):"
 
     def run():
-        lm = ByteLM(model, tok, canonical=True)
+        lm = ByteLM(model, tok, canonical=True, lookahead=lookahead)
         for i in range(len(data) + 1):
             lm.next_byte_probs(data[:i])
         benchmark.extra_info.update(bytes=len(data), forwards=lm.forwards)

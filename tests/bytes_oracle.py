@@ -36,6 +36,25 @@ def ref_covers(token_bytes: Sequence[bytes], data: bytes, allowed=None) -> List[
     return out
 
 
+def ref_top_straddling(vocab, tree, nodes, qs, scales, k):
+    """Pure Python: every (node, token) with token bytes starting with prefix[end:] and running
+    past the prefix end, q[token] > 0, scored scale * (mass of tokens starting with its bytes)."""
+    prefix = tree.prefix
+    byte_tokens = [(i, b) for i, b in enumerate(vocab.token_bytes) if b and not vocab.special[i]]
+    out = []
+    for n, q, sc in zip(nodes, qs, scales):
+        rest = prefix[tree.info(n)[3] :]
+        through = {}  # byte string -> mass of the tokens starting with it
+        for u, bu in byte_tokens:
+            for j in range(1, len(bu) + 1):
+                through[bu[:j]] = through.get(bu[:j], 0.0) + float(q[u])
+        for t, b in byte_tokens:
+            if len(b) > len(rest) and b.startswith(rest) and q[t] > 0:
+                out.append((n, t, sc * through[b]))
+    out.sort(key=lambda x: (-x[2], x[0], x[1]))
+    return out[:k]
+
+
 class BruteForce:
     """P(b | x) by enumerating every cover and scoring it with uncached forwards."""
 

@@ -10,24 +10,7 @@ import pytest
 from tokenloom import ByteLM, ByteVocab
 from tokenloom._core import CoverTree
 
-
-def _reference_top_straddling(vocab, tree, nodes, qs, scales, k):
-    """Pure Python: every (node, token) with token bytes starting with prefix[end:] and running
-    past the prefix end, q[token] > 0, scored scale * (mass of tokens starting with its bytes)."""
-    prefix = tree.prefix
-    byte_tokens = [(i, b) for i, b in enumerate(vocab.token_bytes) if b and not vocab.special[i]]
-    out = []
-    for n, q, sc in zip(nodes, qs, scales):
-        rest = prefix[tree.info(n)[3] :]
-        through = {}  # byte string -> mass of the tokens starting with it
-        for u, bu in byte_tokens:
-            for j in range(1, len(bu) + 1):
-                through[bu[:j]] = through.get(bu[:j], 0.0) + float(q[u])
-        for t, b in byte_tokens:
-            if len(b) > len(rest) and b.startswith(rest) and q[t] > 0:
-                out.append((n, t, sc * through[b]))
-    out.sort(key=lambda x: (-x[2], x[0], x[1]))
-    return out[:k]
+from .bytes_oracle import ref_top_straddling
 
 
 @pytest.mark.parametrize("canonical", [False, True])
@@ -54,7 +37,7 @@ def test_top_straddling_matches_reference(tokenizer, canonical):
     scales = [float(s) for s in rng.random(len(nodes)) + 0.1]
     for k in (1, 5, 40):
         got = tree.top_straddling(nodes, qs, scales, k)
-        want = _reference_top_straddling(vocab, tree, nodes, qs, scales, k)
+        want = ref_top_straddling(vocab, tree, nodes, qs, scales, k)
         assert [(n, t) for n, t, _ in got] == [(n, t) for n, t, _ in want]
         assert np.allclose([s for *_, s in got], [s for *_, s in want], rtol=1e-9, atol=0)
     assert tree.top_straddling(nodes, qs, scales, 0) == []

@@ -565,7 +565,7 @@ mod tests {
                 if idx.is_special(t)
                     || tb.len() <= rest.len()
                     || !tb.starts_with(rest)
-                    || !(q[t as usize] > 0.0)
+                    || q[t as usize].is_nan() || q[t as usize] <= 0.0
                 {
                     continue;
                 }
