@@ -11,28 +11,28 @@ import numpy as np
 
 def ref_covers(token_bytes: Sequence[bytes], data: bytes, allowed=None) -> List[Tuple[int, ...]]:
     """Every cover of ``data``: exact path + a last token starting with the rest.
-    ``allowed(prev, t)`` filters tokens (prev = -1 at the start); None = all covers."""
+    ``allowed(path, t)`` filters tokens (``path``: the tokens before ``t``); None = all covers."""
     by_first: Dict[int, List[int]] = {}
     for t, b in enumerate(token_bytes):
         if b:
             by_first.setdefault(b[0], []).append(t)
-    ok = allowed or (lambda prev, t: True)
+    ok = allowed or (lambda path, t: True)
     if not data:
         return [()]
     out: List[Tuple[int, ...]] = []
 
-    def walk(j: int, prev: int, path: Tuple[int, ...]) -> None:
+    def walk(j: int, path: Tuple[int, ...]) -> None:
         rest = data[j:]
         for t in by_first.get(rest[0], []):
             b = token_bytes[t]
-            if not ok(prev, t):
+            if not ok(path, t):
                 continue
             if b.startswith(rest):
                 out.append(path + (t,))
             elif rest.startswith(b):
-                walk(j + len(b), t, path + (t,))
+                walk(j + len(b), path + (t,))
 
-    walk(0, -1, ())
+    walk(0, ())
     return out
 
 
@@ -55,6 +55,22 @@ def ref_top_straddling(vocab, tree, nodes, qs, scales, k):
     return out[:k]
 
 
+def allowed_canonical(vocab, path: Tuple[int, ...], t: int) -> bool:
+    """Canonical mode, spelled out: ``t`` may start the text (``first_ok``) or follow the last
+    token (``valid_pair``), and the pair before it must stay valid now that its next token is
+    known to start with ``t``'s bytes (``valid_pair_before`` / ``first_ok_before``, the
+    pre-tokenizer's look-ahead)."""
+    ix = vocab.index
+    if not path:
+        return ix.first_ok(t)
+    if not ix.valid_pair(path[-1], t):
+        return False
+    follow = vocab.token_bytes[t]
+    if len(path) == 1:
+        return ix.first_ok_before(path[-1], follow)
+    return ix.valid_pair_before(path[-2], path[-1], follow)
+
+
 class BruteForce:
     """P(b | x) by enumerating every cover and scoring it with uncached forwards."""
 
@@ -68,14 +84,12 @@ class BruteForce:
         with torch.no_grad():
             logits = self.model(torch.tensor([self.ctx + list(path)])).logits[0, -1].double()
         prev = path[-1] if path else -1
-        m = torch.from_numpy(self.vocab.index.next_mask(prev, self.canonical))
+        pprev = path[-2] if len(path) > 1 else -1
+        m = torch.from_numpy(self.vocab.index.next_mask_after(pprev, prev, self.canonical))
         return torch.softmax(logits.masked_fill(~m, float("-inf")), -1).numpy()
 
-    def allowed(self, prev: int, t: int) -> bool:
-        if not self.canonical:
-            return True
-        ix = self.vocab.index
-        return ix.first_ok(t) if prev < 0 else ix.valid_pair(prev, t)
+    def allowed(self, path: Tuple[int, ...], t: int) -> bool:
+        return allowed_canonical(self.vocab, path, t) if self.canonical else True
 
     def cover_prob(self, cover: Tuple[int, ...]) -> float:
         p = 1.0

@@ -69,10 +69,11 @@ def test_token_level_agreement_at_boundary(tiny_llama, tokenizer):
         lq = 0.0
         for k, t in enumerate(ids):
             prev = ids[k - 1] if k else -1
-            m = torch.from_numpy(lm.vocab.index.next_mask(prev, True))
+            pprev = ids[k - 2] if k > 1 else -1
+            m = torch.from_numpy(lm.vocab.index.next_mask_after(pprev, prev, True))
             row = torch.log_softmax(logits[len(lm.context_ids) - 1 + k].masked_fill(~m, -math.inf), -1)
             lq += float(row[t])
-        m = torch.from_numpy(lm.vocab.index.next_mask(ids[-1], True))
+        m = torch.from_numpy(lm.vocab.index.next_mask_after(ids[-2] if len(ids) > 1 else -1, ids[-1], True))
         last = torch.softmax(logits[-1].masked_fill(~m, -math.inf), -1)
         want = lq + math.log(float(last[:17].sum()))
         got = lm.logprob(x) + math.log(lm.next_byte_probs(x)[256])

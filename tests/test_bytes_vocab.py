@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from tokenloom import ByteVocab
 from tokenloom.bytevocab import bytes_to_unicode
 
-from .bytes_oracle import ref_covers
+from .bytes_oracle import allowed_canonical, ref_covers
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,7 @@ def test_enumerate_covers_parity(vocab, parts, canonical):
     data = "".join(parts).encode()
     ix = vocab.index
     got = sorted(tuple(c) for c in ix.enumerate_covers(data, canonical=canonical, limit=10**7))
-    allowed = (lambda p, t: ix.first_ok(t) if p < 0 else ix.valid_pair(p, t)) if canonical else None
+    allowed = (lambda path, t: allowed_canonical(vocab, path, t)) if canonical else None
     want = sorted(ref_covers(vocab.token_bytes, data, allowed))
     assert got == want
     for c in got:  # a cover reproduces its bytes
@@ -225,3 +226,48 @@ def test_enumerate_covers_parity(vocab, parts, canonical):
 def test_enumerate_covers_limit(vocab):
     with pytest.raises(ValueError, match="more than 10 covers"):
         vocab.index.enumerate_covers(b"a", canonical=False, limit=10)
+
+
+# --- canonicality with the pre-tokenizer's look-ahead ------------------------------------------
+def test_canonical_encodings_always_allowed(vocab, tokenizer):
+    """Soundness: the tokenizer's own encoding of real text (HumanEval code with its
+    indentation, Spec-Bench questions, contractions, Unicode spaces) is never rejected by the
+    context-aware check (sequence_ok applies it to every adjacent pair with its next token)."""
+    from tokenloom.fim import load_humaneval
+
+    data = Path(__file__).resolve().parents[1] / "python" / "tokenloom" / "data" / "spec_bench" / "question.jsonl"
+    texts = [p["prompt"] + p["canonical_solution"] for p in load_humaneval()[:60]]
+    texts += [json.loads(line)["turns"][0] for line in data.read_text().splitlines()[:120]]
+    texts += ["we'll they've I'm  'll  x\u3000y \u00a0z", "a  \n\n  b\t\tc", "x's y'S", "  \n", "\u00e9t\u00e9 \u4e2d\u6587  ok"]
+    checked = 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if vocab.decode(ids) != text.encode():  # normalised away: not this test's business
+            continue
+        checked += 1
+        assert vocab.index.sequence_ok(ids, True), text[:80]
+    assert checked >= 150
+
+
+def test_context_check_kills_whitespace_chains(vocab, tokenizer):
+    """' ', ' ' is a valid pair (before a letter), but not before another space: pairwise
+    canonicality alone lets indentation split into many paths, the look-ahead check does not."""
+    from tokenloom._core import CoverTree
+
+    ix = vocab.index
+    sp = tokenizer.convert_tokens_to_ids("\u0120")
+    assert ix.valid_pair(sp, sp)
+    assert ix.valid_pair_before(sp, sp, b"x") and not ix.valid_pair_before(sp, sp, b" ")
+    assert not ix.sequence_ok([sp, sp, sp], True)
+    mask = ix.context_mask(sp, sp)
+    assert mask is not None and not mask[sp] and mask[tokenizer.convert_tokens_to_ids("x")]
+    assert ix.context_mask(sp, tokenizer.convert_tokens_to_ids("x")) is None  # letters: insensitive
+    # Exact paths after a newline and 12 spaces: few with the check (the brute-force oracle
+    # enumerates the same set, see test_enumerate_covers_parity).
+    tree = CoverTree(ix, True)
+    tree.expand(0)
+    for b in b"x = 1\n            ":
+        for n in tree.push(b):
+            tree.expand(n)
+    n_exact = sum(1 for n in tree.active() if tree.info(n)[3] == len(tree.prefix))
+    assert 1 <= n_exact <= 8, n_exact

@@ -234,16 +234,17 @@ class ByteLM:
         self.lookahead_hits = 0
 
     # ------------------------------------------------------------------ token-level pieces
-    def _mask(self, prev: int) -> Any:
-        """Additive float32 mask (0 allowed, -inf not) of the rows that may follow ``prev``
-        (cached on the ByteVocab: ByteLMs sharing one vocabulary share the masks)."""
-        return self.vocab.next_token_bias(prev, self.canonical)
+    def _mask(self, prev: int, pprev: int = -1) -> Any:
+        """Additive float32 mask (0 allowed, -inf not) of the rows that may follow a path ending
+        ``[.., pprev, prev]`` (cached on the ByteVocab: ByteLMs sharing one vocabulary share
+        the masks)."""
+        return self.vocab.next_token_bias(prev, self.canonical, pprev)
 
-    def _dist(self, logits_row: Any, prev: int) -> np.ndarray:
+    def _dist(self, logits_row: Any, prev: int, pprev: int = -1) -> np.ndarray:
         """Q(. | path) from a logits row: masked softmax (fp32, max-shifted), float32 [width]."""
         import torch
 
-        return torch.softmax(logits_row + self._mask(prev), dim=-1).numpy()
+        return torch.softmax(logits_row + self._mask(prev, pprev), dim=-1).numpy()
 
     def _cache_put(self, key: int, q: np.ndarray) -> None:
         self._dists[key] = q
@@ -315,7 +316,7 @@ class ByteLM:
         self.forward_rows += len(self.context_ids) + len(ids)
         c = len(self.context_ids)
         for k, t in enumerate(ids[:-1]):
-            self._cache_put(keys[k], self._dist(logits[c + k], t))
+            self._cache_put(keys[k], self._dist(logits[c + k], t, ids[k - 1] if k else -1))
 
     def _sync(self, prefix: bytes) -> _State:
         st = self._state
@@ -394,7 +395,7 @@ class ByteLM:
             tokens.append(st.token[r])
             positions.append(c - 1 + st.depth[r])
         spec = self._lookahead(st, rows, visible, self.lookahead - len(rows))
-        for t, pos, vis, _key in spec:
+        for t, pos, vis, _key, _ptok in spec:
             tokens.append(t)
             positions.append(pos)
             visible.append(vis)
@@ -407,14 +408,14 @@ class ByteLM:
         for i, r in enumerate(rows):
             st.slot[r] = new_slot[r]
             if r in want:
-                q = self._dist(logits[i], st.token[r])
+                q = self._dist(logits[i], st.token[r], st.token[st.parent[r]])
                 st.q[r] = q
                 self._cache_put(st.key[r], q)
                 if note:
                     self._note_after(st.token[r], q)
-        for k, (t, _pos, _vis, key) in enumerate(spec):
+        for k, (t, _pos, _vis, key, ptok) in enumerate(spec):
             i = len(rows) + k
-            q = self._dist(logits[i], t)
+            q = self._dist(logits[i], t, ptok)
             self._cache_put(key, q)
             self._note_after(t, q)
             self._spec_keys.add(key)
@@ -445,8 +446,9 @@ class ByteLM:
 
     def _lookahead(
         self, st: _State, rows: List[int], row_vis: List[List[int]], room: int
-    ) -> List[Tuple[int, int, List[int], int]]:
-        """Up to ``room`` look-ahead rows ``(token, position, visible slots, prefix key)``, most
+    ) -> List[Tuple[int, int, List[int], int, int]]:
+        """Up to ``room`` look-ahead rows ``(token, position, visible slots, prefix key, parent
+        token)``, most
         likely to be needed first:
 
         - one level: the heaviest straddling extensions ``node + token`` of nodes with a
@@ -471,10 +473,11 @@ class ByteLM:
                 nodes.append(n)
                 qs.append(q)
                 lms.append(st.logmass[n])
-        # Candidates: (-score, tiebreak, token, parent key, position, visible slots). The
+        # Candidates: (-score, tiebreak, token, parent key, position, visible slots, parent
+        # token). The
         # visible slots of a two-level row include its one-level parent's slot, known once
         # that parent is taken (its slot is the row index it gets).
-        heap: List[Tuple[float, int, int, int, int, List[int]]] = []
+        heap: List[Tuple[float, int, int, int, int, List[int], int]] = []
         tie = 0
         fresh = [(i, r) for i, r in enumerate(rows) if r not in st.q]  # the new exact paths
         ref = max(lms + [st.logmass[r] for _, r in fresh] + [0.0 if not (lms or fresh) else -math.inf])
@@ -489,22 +492,22 @@ class ByteLM:
                 while m != 0:
                     vis.append(st.slot[m])
                     m = st.parent[m]
-                heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], list(range(c)) + sorted(vis)))
+                heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], list(range(c)) + sorted(vis), st.token[n]))
                 tie += 1
         base = self._kv.n
         for i, r in fresh:
             share = math.exp(st.logmass[r] - ref) / norm
             tie = self._push_second(heap, tie, share, st.token[r], st.key[r], c + st.depth[r], row_vis[i] + [base + i])
         heapq.heapify(heap)
-        out: List[Tuple[int, int, List[int], int]] = []
+        out: List[Tuple[int, int, List[int], int, int]] = []
         taken = set()
         while heap and len(out) < room:
-            neg, _, t, pkey, pos, vis = heapq.heappop(heap)
+            neg, _, t, pkey, pos, vis, ptok = heapq.heappop(heap)
             key = self._keys.setdefault((pkey, t), len(self._keys) + 1)
             if key in taken or key in self._dists or key in st.spec_slot:
                 continue
             taken.add(key)
-            out.append((t, pos, vis, key))
+            out.append((t, pos, vis, key, ptok))
             slot = base + len(rows) + len(out) - 1
             tie = self._push_second(heap, tie, -neg, t, key, pos + 1, vis + [slot], push=True)
         return out
@@ -522,7 +525,7 @@ class ByteLM:
                 continue
             if self.canonical and not self.vocab.index.valid_pair(ptok, u):
                 continue
-            item = (-p_parent * float(prior[b]), tie, u, pkey, pos, vis)
+            item = (-p_parent * float(prior[b]), tie, u, pkey, pos, vis, ptok)
             tie += 1
             if push:
                 heapq.heappush(heap, item)

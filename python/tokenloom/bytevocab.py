@@ -29,6 +29,9 @@ __all__ = ["ByteVocab", "bytes_to_unicode"]
 
 #: Allowed-next-token masks kept per ByteVocab (each one float32 [width]: ~200 KB at 49k).
 MASK_CACHE_SIZE = 2048
+# Masks after whitespace / apostrophe pairs, where the next token's first bytes matter (None: same
+# as the plain mask).
+CONTEXT_CACHE_SIZE = 1024
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _METASPACE = "\u2581"
 
@@ -109,6 +112,7 @@ class ByteVocab:
         self.token_bytes: List[bytes] = list(token_bytes)
         # (prev token, canonical) -> additive allowed-next-token mask (see next_token_bias)
         self._mask_cache: "OrderedDict[Tuple[int, bool], Any]" = OrderedDict()
+        self._context_cache: "OrderedDict[Tuple[int, int], Any]" = OrderedDict()
         self.special = np.ascontiguousarray(np.asarray(special, dtype=bool))
         if self.special.shape != (len(self.token_bytes),):
             raise ValueError(f"special: expected shape ({len(self.token_bytes)},), got {self.special.shape}")
@@ -141,11 +145,12 @@ class ByteVocab:
     def special_ids(self) -> List[int]:
         return [int(i) for i in np.flatnonzero(self.special)]
 
-    def next_token_bias(self, prev: int, canonical: bool) -> Any:
-        """torch.float32 [width]: 0 where a token may follow ``prev`` (-1: the first token) in
-        the given mode, -inf elsewhere (``index.next_mask`` as an additive logits mask).
-        LRU-cached on this vocabulary, so every ByteLM built on it shares the masks; do not
-        modify the result."""
+    def next_token_bias(self, prev: int, canonical: bool, pprev: int = -1) -> Any:
+        """torch.float32 [width]: 0 where a token may follow the path ``[.., pprev, prev]``
+        (-1: none) in the given mode, -inf elsewhere: ``index.next_mask(prev)`` and, in
+        canonical mode, the pre-tokenizer look-ahead check ``index.context_mask(pprev, prev)``,
+        as an additive logits mask. LRU-cached on this vocabulary, so every ByteLM built on it
+        shares the masks; do not modify the result."""
         import torch
 
         key = (int(prev), bool(canonical))
@@ -158,7 +163,19 @@ class ByteVocab:
                 self._mask_cache.popitem(last=False)
         else:
             self._mask_cache.move_to_end(key)
-        return m
+        if not canonical or prev < 0:
+            return m
+        ckey = (int(pprev), int(prev))
+        if ckey in self._context_cache:
+            self._context_cache.move_to_end(ckey)
+            c = self._context_cache[ckey]
+        else:
+            ctx = self.index.context_mask(pprev, prev)
+            c = None if ctx is None else m.masked_fill(~torch.from_numpy(ctx), float("-inf"))
+            self._context_cache[ckey] = c
+            if len(self._context_cache) > CONTEXT_CACHE_SIZE:
+                self._context_cache.popitem(last=False)
+        return m if c is None else c
 
     def decode(self, ids: Sequence[int]) -> bytes:
         """Concatenated bytes of ``ids`` (special tokens and padding rows contribute nothing)."""

@@ -70,6 +70,9 @@ pub struct Canon {
     events: Vec<Event>,
     bpe_ok: Vec<bool>,
     first_ok: Vec<bool>,
+    /// The pre-tokenizer's cut of a pair ending with this token can depend on the bytes after
+    /// it (see [`Self::follow_sensitive`]).
+    follow_sensitive: Vec<bool>,
     token_bytes: Vec<Vec<u8>>,
     pretok: Pretok,
 }
@@ -115,6 +118,7 @@ impl Canon {
             events: Vec::new(),
             bpe_ok: vec![false; v],
             first_ok: vec![false; v],
+            follow_sensitive: vec![false; v],
             token_bytes,
             pretok,
         };
@@ -124,6 +128,7 @@ impl Canon {
         }
         for t in 0..v {
             c.first_ok[t] = c.bpe_ok[t] && c.pieces_ok_alone(t);
+            c.follow_sensitive[t] = c.compute_follow_sensitive(t);
         }
         Ok(c)
     }
@@ -216,18 +221,24 @@ impl Canon {
     /// How the pre-tokenizer cuts `bytes(a) ++ bytes(b)` followed by `follow` (more text the
     /// pre-tokenizer looks ahead at; `None` = end of text).
     pub fn pair_split(&self, a: u32, b: u32, precede: Option<u8>, follow: Option<u8>) -> PairSplit {
+        self.pair_split_with(a, b, precede, follow.as_slice(), None)
+    }
+
+    /// [`Self::pair_split`] with known following bytes `follow` (then `tail`, or the end).
+    pub fn pair_split_with(&self, a: u32, b: u32, precede: Option<u8>, follow: &[u8], tail: Option<u8>) -> PairSplit {
         match &self.pretok {
             Pretok::None => PairSplit::Whole,
             Pretok::Gpt2 { classes } => {
                 let (sa, sb) = (&self.token_bytes[a as usize], &self.token_bytes[b as usize]);
-                let mut s = Vec::with_capacity(sa.len() + sb.len() + 2);
+                let mut s = Vec::with_capacity(sa.len() + sb.len() + follow.len() + 2);
                 s.extend(precede);
                 let begin = s.len();
                 s.extend_from_slice(sa);
                 let boundary = s.len();
                 s.extend_from_slice(sb);
                 let end = s.len();
-                s.extend(follow);
+                s.extend_from_slice(follow);
+                s.extend(tail);
                 let mut split = PairSplit::Whole;
                 for p in gpt2_piece_starts(&s, classes) {
                     if p == boundary {
@@ -256,6 +267,107 @@ impl Canon {
                         .all(|&p| p <= begin || p >= end)
                 })
             }),
+        }
+    }
+
+    /// Whether the GPT-2 regex can cut a string ending with token `t` differently depending on
+    /// what follows. A match that ends inside the string ends where it does whatever follows,
+    /// except: `\s+(?!\S)` backs off one character when a whitespace run reaches the end and a
+    /// non-space follows; the contractions `'s 't 're 've 'm 'll 'd` can start in the last two
+    /// characters and finish in what follows; and a UTF-8 character cut at the end changes class
+    /// once completed. So: the last character is whitespace, an apostrophe is among the last two
+    /// bytes, or the bytes end mid-character.
+    fn compute_follow_sensitive(&self, t: usize) -> bool {
+        let Pretok::Gpt2 { classes } = &self.pretok else { return false };
+        let b = &self.token_bytes[t];
+        if b.is_empty() {
+            return false;
+        }
+        if b[b.len().saturating_sub(2)..].contains(&b'\'') {
+            return true;
+        }
+        let c = classify(b, classes);
+        match c.last() {
+            None => false,
+            Some(&(cls, ch, _)) => cls == CL_SPACE || ch == '\u{fffd}',
+        }
+    }
+
+    /// See [`Self::compute_follow_sensitive`].
+    pub fn follow_sensitive(&self, t: u32) -> bool {
+        self.follow_sensitive.get(t as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether the cut of the pair `(a, b)` can depend on what follows: `b` is
+    /// [`Self::follow_sensitive`], or `b` is one byte after an apostrophe (`'` + `l` + `l`).
+    pub fn pair_follow_sensitive(&self, a: u32, b: u32) -> bool {
+        let (ai, bi) = (a as usize, b as usize);
+        if bi >= self.follow_sensitive.len() || ai >= self.token_bytes.len() {
+            return false;
+        }
+        self.follow_sensitive[bi] || (self.token_bytes[bi].len() == 1 && self.token_bytes[ai].last() == Some(&b'\''))
+    }
+
+    /// Whether the pre-tokenizer looks past a token pair at all (GPT-2 regex: yes; none: no).
+    pub fn context_sensitive(&self) -> bool {
+        matches!(self.pretok, Pretok::Gpt2 { .. })
+    }
+
+    /// How many leading bytes of the next token can change how the pre-tokenizer cuts the
+    /// pair before it: the GPT-2 regex looks at most two characters ahead (`'ll`, `\s+(?!\S)`),
+    /// and two characters fit in 4 bytes whenever the first is ASCII; a longer first character
+    /// fills the 4 bytes itself.
+    pub const FOLLOW_BYTES: usize = 4;
+
+    /// [`Self::valid_pair`] when the token after `b` is known to start with `follow` (at most
+    /// [`Self::FOLLOW_BYTES`] are used): valid for some preceding context and some text after
+    /// `follow`. Tighter than `valid_pair` (which allows any following text) and still never
+    /// rejects a pair of a canonical encoding: a whitespace token followed by more whitespace,
+    /// for instance, only splits where the whole run does.
+    pub fn valid_pair_before(&self, a: u32, b: u32, follow: &[u8]) -> bool {
+        let (ai, bi) = (a as usize, b as usize);
+        if ai >= self.bpe_ok.len() || bi >= self.bpe_ok.len() || !self.bpe_ok[ai] || !self.bpe_ok[bi] {
+            return false;
+        }
+        if !self.context_sensitive() || !self.pair_follow_sensitive(a, b) {
+            return self.valid_pair(a, b);
+        }
+        let follow = &follow[..follow.len().min(Self::FOLLOW_BYTES)];
+        let mut merged = None;
+        PRECEDES.iter().any(|&pre| {
+            FOLLOWS.iter().any(|&tail| match self.pair_split_with(a, b, pre, follow, tail) {
+                PairSplit::AtBoundary => true,
+                PairSplit::Inside => false,
+                PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
+            })
+        })
+    }
+
+    /// [`Self::first_ok`] when the next token is known to start with `follow`.
+    pub fn first_ok_before(&self, t: u32, follow: &[u8]) -> bool {
+        let ti = t as usize;
+        if ti >= self.first_ok.len() || !self.first_ok[ti] {
+            return false;
+        }
+        if !self.follow_sensitive[ti] {
+            return true;
+        }
+        match &self.pretok {
+            Pretok::None => true,
+            Pretok::Gpt2 { classes } => {
+                let follow = &follow[..follow.len().min(Self::FOLLOW_BYTES)];
+                PRECEDES.iter().any(|pre| {
+                    FOLLOWS.iter().any(|tail| {
+                        let mut s: Vec<u8> = pre.iter().copied().collect();
+                        let begin = s.len();
+                        s.extend_from_slice(&self.token_bytes[ti]);
+                        let end = s.len();
+                        s.extend_from_slice(follow);
+                        s.extend(*tail);
+                        gpt2_piece_starts(&s, classes).iter().all(|&p| p <= begin || p >= end)
+                    })
+                })
+            }
         }
     }
 
@@ -448,6 +560,66 @@ mod tests {
         assert!(!c.valid_pair(0, 4)); // "abc": a+b (rank 0) fires before b+c
         assert!(!c.valid_pair(3, 2)); // ab|c merges to abc
         assert!(c.valid_pair(2, 0)); // c|a: no merge
+    }
+
+    /// Byte-level toy with the GPT-2 regex: 0 " ", 1 "a", 2 "  ", 3 " a", 4 "'", 5 "l", 6 "ll".
+    fn toy_gpt2() -> Canon {
+        let toks: Vec<Vec<u8>> = [" ", "a", "  ", " a", "'", "l", "ll"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let base = vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![4], vec![5], vec![5, 5]];
+        let merges = [(0, 0, 2), (0, 1, 3), (5, 5, 6)];
+        Canon::new(toks, &base, &merges, Pretok::Gpt2 { classes: HashMap::new() }).unwrap()
+    }
+
+    #[test]
+    fn pairs_before_known_text() {
+        let c = toy_gpt2();
+        // " " | " " is a valid pair (before a letter "  a" splits " " | " a") ...
+        assert!(c.valid_pair(0, 0));
+        assert!(c.valid_pair_before(0, 0, b"a"));
+        assert!(c.valid_pair_before(0, 0, b"ab"));
+        // ... but not before more whitespace: "   " is one piece and " "+" " merges.
+        assert!(!c.valid_pair_before(0, 0, b" "));
+        assert!(!c.valid_pair_before(0, 0, b"  a"));
+        // Insensitive pairs are unchanged: "a" then " " (the space's piece is decided by what
+        // follows it, not by anything before).
+        assert!(!c.pair_follow_sensitive(0, 1));
+        assert_eq!(c.valid_pair_before(0, 1, b" "), c.valid_pair(0, 1));
+        // An apostrophe right before a one-byte token: "'" + "l" then "l..." is the
+        // contraction "'ll", so the pair's cut depends on what follows.
+        assert!(c.pair_follow_sensitive(4, 5));
+        assert!(c.follow_sensitive(0) && !c.follow_sensitive(1) && c.follow_sensitive(4));
+        // The first token: no piece may start strictly inside it, given what follows ("  "
+        // before "a" is cut as " " | " a"); checked against the regex directly.
+        assert!(!c.first_ok_before(2, b"a") && c.first_ok_before(2, b" "));
+        for (t, f) in [(2u32, &b"a"[..]), (2, b" "), (1, b" "), (1, b"a")] {
+            let mut ok = false;
+            for pre in PRECEDES {
+                for tail in FOLLOWS {
+                    let mut s: Vec<u8> = pre.iter().copied().collect();
+                    let begin = s.len();
+                    s.extend_from_slice(&c.token_bytes[t as usize]);
+                    let end = s.len();
+                    s.extend_from_slice(f);
+                    s.extend(tail);
+                    ok |= gpt2_piece_starts(&s, &HashMap::new()).iter().all(|&p| p <= begin || p >= end);
+                }
+            }
+            assert_eq!(c.first_ok_before(t, f), ok && c.first_ok(t), "t={t} f={f:?}");
+        }
+    }
+
+    #[test]
+    fn covers_use_the_context_check() {
+        use crate::cover::{enumerate_covers, ByteIndex};
+        let c = toy_gpt2();
+        let toks: Vec<Vec<u8>> = c.token_bytes.clone();
+        let idx = ByteIndex::new(toks, vec![false; 7], 7, Some(c)).unwrap();
+        let c2 = idx.canon.as_ref().unwrap();
+        assert!(!c2.valid_pair_before(0, 0, b" "), "vpb");
+        assert!(c2.first_ok_before(0, b" "), "fob");
+        let cs = enumerate_covers(&idx, b"   ", true, 1000).unwrap();
+        assert!(!cs.contains(&vec![0, 0, 0]), "{cs:?}");
+        assert!(!idx.sequence_ok(&[0, 0, 0], true).unwrap());
     }
 
     fn bpe(c: &Canon, base: &[u32]) -> Vec<u32> {

@@ -25,7 +25,13 @@ pub struct ByteIndex {
     pub canon: Option<Canon>,
     special: Vec<bool>,
     width: usize,
+    /// Per token: index into `follow_keys` of its first [`Canon::FOLLOW_BYTES`] bytes
+    /// (`NO_GROUP` for special tokens and tokens without bytes).
+    follow_group: Vec<u32>,
+    follow_keys: Vec<Vec<u8>>,
 }
+
+const NO_GROUP: u32 = u32::MAX;
 
 impl ByteIndex {
     /// Args: `token_bytes[id]` (empty for tokens without bytes), `special[id]` (end-of-text
@@ -60,6 +66,22 @@ impl ByteIndex {
             }
         }
         let include: Vec<bool> = special.iter().map(|&s| !s).collect();
+        let mut keys: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
+        let mut follow_keys = Vec::new();
+        let follow_group = token_bytes
+            .iter()
+            .zip(&special)
+            .map(|(b, &sp)| {
+                if b.is_empty() || sp {
+                    return NO_GROUP;
+                }
+                let k = b[..b.len().min(Canon::FOLLOW_BYTES)].to_vec();
+                *keys.entry(k.clone()).or_insert_with(|| {
+                    follow_keys.push(k);
+                    (follow_keys.len() - 1) as u32
+                })
+            })
+            .collect();
         let trie = TokenTrie::new(token_bytes, &include)?;
         if trie.n_trie_tokens() == 0 {
             return Err(CoreError::value("empty vocabulary: no token has bytes"));
@@ -69,6 +91,8 @@ impl ByteIndex {
             canon,
             special,
             width,
+            follow_group,
+            follow_keys,
         })
     }
 
@@ -103,6 +127,77 @@ impl ByteIndex {
         }
     }
 
+    /// Now that `t` is known to follow `prev`, is the pair `(pprev, prev)` still valid? (The
+    /// pre-tokenizer looks ahead: `' ', ' '` is a valid pair before a letter, not before
+    /// another space.) `prev == ROOT`: nothing to check.
+    fn context_ok(&self, canon: Option<&Canon>, pprev: u32, prev: u32, t: u32) -> bool {
+        match canon {
+            None => true,
+            Some(_) if prev == ROOT => true,
+            Some(c) if pprev == ROOT => c.first_ok_before(prev, self.trie.token_bytes(t)),
+            Some(c) => c.valid_pair_before(pprev, prev, self.trie.token_bytes(t)),
+        }
+    }
+
+    /// May `t` follow the path `[.., pprev, prev]`: [`Self::allowed`] and [`Self::context_ok`].
+    fn allowed_after(&self, canon: Option<&Canon>, pprev: u32, prev: u32, t: u32) -> bool {
+        Self::allowed(canon, prev, t) && self.context_ok(canon, pprev, prev, t)
+    }
+
+    /// Which logits rows the look-ahead of the pre-tokenizer still allows after the path
+    /// `[.., pprev, prev]`: `None` when it allows every row (most pairs), else a mask of length
+    /// `width` (special tokens always allowed) to AND with [`Self::next_mask`]`(prev)`.
+    /// Canonical mode only; the check runs once per distinct first-4-bytes of the next token.
+    pub fn context_mask(&self, pprev: u32, prev: u32) -> Result<Option<Vec<bool>>> {
+        let canon = self.canon_for(true)?;
+        for (what, id) in [("pprev", pprev), ("prev", prev)] {
+            if id != ROOT {
+                check_index(what, id as i64, self.n_tokens())?;
+            }
+        }
+        let Some(c) = canon else { return Ok(None) };
+        if prev == ROOT || !c.context_sensitive() {
+            return Ok(None);
+        }
+        let sensitive = if pprev == ROOT { c.follow_sensitive(prev) } else { c.pair_follow_sensitive(pprev, prev) };
+        if !sensitive {
+            return Ok(None);
+        }
+        let ok: Vec<bool> = self
+            .follow_keys
+            .iter()
+            .map(|f| {
+                if pprev == ROOT {
+                    c.first_ok_before(prev, f)
+                } else {
+                    c.valid_pair_before(pprev, prev, f)
+                }
+            })
+            .collect();
+        if ok.iter().all(|&x| x) {
+            return Ok(None);
+        }
+        let mut m = vec![false; self.width];
+        for (t, slot) in m.iter_mut().enumerate().take(self.n_tokens()) {
+            let g = self.follow_group[t];
+            *slot = self.special[t] || (g != NO_GROUP && ok[g as usize]);
+        }
+        Ok(Some(m))
+    }
+
+    /// [`Self::next_mask`] after the path `[.., pprev, prev]` (with the context check).
+    pub fn next_mask_after(&self, pprev: u32, prev: u32, canonical: bool) -> Result<Vec<bool>> {
+        let mut m = self.next_mask(prev, canonical)?;
+        if canonical {
+            if let Some(ctx) = self.context_mask(pprev, prev)? {
+                for (a, b) in m.iter_mut().zip(ctx) {
+                    *a &= b;
+                }
+            }
+        }
+        Ok(m)
+    }
+
     /// Which logits rows may follow `prev`: byte tokens allowed after it, every special token;
     /// never padding rows or byte-less non-special tokens. Length `width`.
     pub fn next_mask(&self, prev: u32, canonical: bool) -> Result<Vec<bool>> {
@@ -124,15 +219,16 @@ impl ByteIndex {
     /// Whether a whole token sequence is allowed in the given mode (specials refused).
     pub fn sequence_ok(&self, tokens: &[u32], canonical: bool) -> Result<bool> {
         let canon = self.canon_for(canonical)?;
-        let mut prev = ROOT;
+        let (mut pprev, mut prev) = (ROOT, ROOT);
         for &t in tokens {
             check_index("tokens", t as i64, self.n_tokens())?;
             if self.special[t as usize]
                 || self.trie.token_bytes(t).is_empty()
-                || !Self::allowed(canon, prev, t)
+                || !self.allowed_after(canon, pprev, prev, t)
             {
                 return Ok(false);
             }
+            pprev = prev;
             prev = t;
         }
         Ok(true)
@@ -209,6 +305,15 @@ impl CoverTree {
         n.state != DEAD || (!n.expanded && n.has_child)
     }
 
+    /// Token of the node's parent (ROOT for the root and its children).
+    fn parent_token(&self, node: &PathNode) -> u32 {
+        if node.parent == ROOT {
+            ROOT
+        } else {
+            self.nodes[node.parent as usize].token
+        }
+    }
+
     fn add_child(&mut self, parent: u32, token: u32, end: usize, state: u32) -> u32 {
         let p = &self.nodes[parent as usize];
         let node = PathNode {
@@ -243,8 +348,9 @@ impl CoverTree {
                 still.push(n);
             }
             if node.expanded && node.state != DEAD {
+                let pprev = self.parent_token(&node);
                 for &t in index.trie.ending_at(node.state) {
-                    if ByteIndex::allowed(canon, node.token, t) {
+                    if index.allowed_after(canon, pprev, node.token, t) {
                         created.push((n, t));
                     }
                 }
@@ -270,9 +376,10 @@ impl CoverTree {
         self.nodes[i].expanded = true;
         let node = self.nodes[i];
         let start = node.end as usize;
+        let pprev = self.parent_token(&node);
         let mut new_ids = Vec::new();
         for (t, len) in index.trie.prefix_tokens(&self.prefix[start..]) {
-            if !ByteIndex::allowed(canon, node.token, t) {
+            if !index.allowed_after(canon, pprev, node.token, t) {
                 continue;
             }
             let end = start + len;
@@ -424,7 +531,7 @@ pub fn enumerate_covers(
         return Ok(out);
     }
     let mut path = Vec::new();
-    walk(index, canon, data, 0, ROOT, &mut path, &mut out, limit)?;
+    walk(index, canon, data, 0, &mut path, &mut out, limit)?;
     Ok(out)
 }
 
@@ -434,12 +541,13 @@ fn walk(
     canon: Option<&Canon>,
     data: &[u8],
     j: usize,
-    prev: u32,
     path: &mut Vec<u32>,
     out: &mut Vec<Vec<u32>>,
     limit: usize,
 ) -> Result<()> {
     let trie = &index.trie;
+    let at = |k: usize| if path.len() > k { path[path.len() - 1 - k] } else { ROOT };
+    let (pprev, prev) = (at(1), at(0));
     let mut n = 0u32;
     for (k, &b) in data[j..].iter().enumerate() {
         n = trie.child(n, b);
@@ -450,7 +558,7 @@ fn walk(
         if end == data.len() {
             // Every token starting with data[j..] ends a cover.
             for &t in trie.range_of(n) {
-                if ByteIndex::allowed(canon, prev, t) {
+                if index.allowed_after(canon, pprev, prev, t) {
                     if out.len() >= limit {
                         return Err(CoreError::value(format!("more than {limit} covers")));
                     }
@@ -462,9 +570,9 @@ fn walk(
             return Ok(());
         }
         for &t in trie.ending_at(n) {
-            if ByteIndex::allowed(canon, prev, t) {
+            if index.allowed_after(canon, pprev, prev, t) {
                 path.push(t);
-                walk(index, canon, data, end, t, path, out, limit)?;
+                walk(index, canon, data, end, path, out, limit)?;
                 path.pop();
             }
         }

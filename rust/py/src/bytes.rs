@@ -173,6 +173,84 @@ impl ByteIndex {
         Ok(m.into_pyarray(py))
     }
 
+    /// The pre-tokenizer's look-ahead after the path ``[.., pprev, prev]``: which rows may
+    /// still follow once the pair ``(pprev, prev)`` is re-checked against the next token's
+    /// first bytes (``' ', ' '`` is valid before a letter, not before another space). ``None``
+    /// when every row may (most pairs; always for tokenizers without a pre-tokenizer).
+    ///
+    /// Args:
+    ///     pprev (int): token before ``prev``, or -1 (``prev`` is the first token).
+    ///     prev (int): previous token id, or -1 (nothing to check: returns None).
+    ///
+    /// Returns:
+    ///     np.ndarray[bool] | None, shape [width]: AND it with ``next_mask(prev, True)``.
+    ///
+    /// Raises:
+    ///     IndexError: an id out of range. ValueError: no merge table.
+    #[pyo3(signature = (pprev, prev))]
+    fn context_mask<'py>(&self, py: Python<'py>, pprev: i64, prev: i64) -> PyResult<Option<Bound<'py, PyArray1<bool>>>> {
+        let inner = self.inner.clone();
+        let m = py.detach(|| inner.context_mask(prev_token(pprev), prev_token(prev))).map_err(to_py)?;
+        Ok(m.map(|m| m.into_pyarray(py)))
+    }
+
+    /// ``next_mask(prev, canonical)`` with, in canonical mode, ``context_mask(pprev, prev)``.
+    ///
+    /// Args:
+    ///     pprev (int): token before ``prev``, or -1.
+    ///     prev (int): previous token id, or -1.
+    ///     canonical (bool): mode.
+    ///
+    /// Returns:
+    ///     np.ndarray[bool], shape [width].
+    ///
+    /// Raises:
+    ///     IndexError: an id out of range. ValueError: canonical without a merge table.
+    #[pyo3(signature = (pprev, prev, canonical))]
+    fn next_mask_after<'py>(&self, py: Python<'py>, pprev: i64, prev: i64, canonical: bool) -> PyResult<Bound<'py, PyArray1<bool>>> {
+        let inner = self.inner.clone();
+        let m = py.detach(|| inner.next_mask_after(prev_token(pprev), prev_token(prev), canonical)).map_err(to_py)?;
+        Ok(m.into_pyarray(py))
+    }
+
+    /// ``valid_pair(a, b)`` when the token after ``b`` is known to start with ``follow`` (its
+    /// first 4 bytes are used): valid for some preceding context and some text after.
+    ///
+    /// Args:
+    ///     a, b (int): token ids.
+    ///     follow (bytes): the next token's bytes.
+    ///
+    /// Returns:
+    ///     bool.
+    ///
+    /// Raises:
+    ///     ValueError: no merge table.
+    #[pyo3(signature = (a, b, follow))]
+    fn valid_pair_before(&self, a: u32, b: u32, follow: &[u8]) -> PyResult<bool> {
+        match &self.inner.canon {
+            Some(c) => Ok(c.valid_pair_before(a, b, follow)),
+            None => Err(PyValueError::new_err("no merge table: canonical checks unavailable")),
+        }
+    }
+
+    /// ``first_ok(t)`` when the next token is known to start with ``follow``.
+    ///
+    /// Args:
+    ///     t (int): token id.
+    ///     follow (bytes): the next token's bytes.
+    ///
+    /// Returns:
+    ///     bool.
+    ///
+    /// Raises:
+    ///     ValueError: no merge table. IndexError: t out of range.
+    #[pyo3(signature = (t, follow))]
+    fn first_ok_before(&self, t: i64, follow: &[u8]) -> PyResult<bool> {
+        let c = self.inner.canon.as_ref().ok_or_else(|| PyValueError::new_err("no merge table"))?;
+        let t = tokenloom_core::error::check_index("t", t, self.inner.n_tokens()).map_err(to_py)?;
+        Ok(c.first_ok_before(t as u32, follow))
+    }
+
     /// Whether the tokenizer encodes bytes(a) + bytes(b) as exactly [a, b] (from merge ranks).
     ///
     /// Args:
