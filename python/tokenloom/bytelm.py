@@ -120,6 +120,17 @@ class _KV:
         return out.logits[0].float()
 
 
+class _Raw:
+    """Logits of a look-ahead row whose distribution is not needed yet: masking and softmax
+    wait until a path uses it (most look-ahead rows are never used, and the allowed-token mask
+    of a new previous token costs milliseconds)."""
+
+    __slots__ = ("logits", "prev", "pprev")
+
+    def __init__(self, logits: Any, prev: int, pprev: int) -> None:
+        self.logits, self.prev, self.pprev = logits, prev, pprev
+
+
 class _State:
     """Covers of one prefix: the Rust cover tree plus masses, distributions and KV slots."""
 
@@ -210,7 +221,7 @@ class ByteLM:
         self.context_ids = ctx
         self.max_paths = int(max_paths)
         self.special = np.flatnonzero(vocab.special)
-        self._dists: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._dists: "OrderedDict[int, Any]" = OrderedDict()  # np.ndarray, or _Raw logits
         self._keys: Dict[Tuple[int, int], int] = {}
         self._cache_size = int(cache_size)
         self._kv = _KV(model, pack)
@@ -347,6 +358,8 @@ class ByteLM:
             if q is None:
                 todo.append(n)
             else:
+                if isinstance(q, _Raw):
+                    q = self._dists[st.key[n]] = self._dist(q.logits, q.prev, q.pprev)
                 self._dists.move_to_end(st.key[n])
                 st.q[n] = q
                 if st.key[n] in self._spec_keys:
@@ -362,6 +375,8 @@ class ByteLM:
                 self._register(st, st.tree.expand(n))
 
     def _forward(self, st: _State, nodes: List[int]) -> None:
+        import torch
+
         rows: List[int] = []
         seen = set()
         for n in nodes:
@@ -415,9 +430,8 @@ class ByteLM:
                     self._note_after(st.token[r], q)
         for k, (t, _pos, _vis, key, ptok) in enumerate(spec):
             i = len(rows) + k
-            q = self._dist(logits[i], t, ptok)
-            self._cache_put(key, q)
-            self._note_after(t, q)
+            self._cache_put(key, _Raw(logits[i].clone(), t, ptok))  # masked when (if) a path uses it
+            self._note_after(t, torch.softmax(logits[i], dim=-1).numpy())
             self._spec_keys.add(key)
             st.spec_slot[key] = base + i
 
