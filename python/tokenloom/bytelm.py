@@ -488,10 +488,10 @@ class ByteLM:
                 qs.append(q)
                 lms.append(st.logmass[n])
         # Candidates: (-score, tiebreak, token, parent key, position, visible slots, parent
-        # token). The
+        # token, distribution the token was drawn from). The
         # visible slots of a two-level row include its one-level parent's slot, known once
         # that parent is taken (its slot is the row index it gets).
-        heap: List[Tuple[float, int, int, int, int, List[int], int]] = []
+        heap: List[Tuple[float, int, int, int, int, List[int], int, Any]] = []
         tie = 0
         fresh = [(i, r) for i, r in enumerate(rows) if r not in st.q]  # the new exact paths
         ref = max(lms + [st.logmass[r] for _, r in fresh] + [0.0 if not (lms or fresh) else -math.inf])
@@ -500,46 +500,69 @@ class ByteLM:
         if not norm > 0:
             return []
         if nodes:
+            q_of = dict(zip(nodes, qs))
             for n, t, score in st.tree.top_straddling(nodes, qs, scales, 2 * room + 4):
                 vis = []
                 m = n
                 while m != 0:
                     vis.append(st.slot[m])
                     m = st.parent[m]
-                heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], list(range(c)) + sorted(vis), st.token[n]))
+                heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], list(range(c)) + sorted(vis), st.token[n], q_of[n]))
                 tie += 1
         base = self._kv.n
         for i, r in fresh:
             share = math.exp(st.logmass[r] - ref) / norm
-            tie = self._push_second(heap, tie, share, st.token[r], st.key[r], c + st.depth[r], row_vis[i] + [base + i])
+            tie = self._push_second(
+                heap, tie, share, st.token[r], st.key[r], c + st.depth[r], row_vis[i] + [base + i], st.q.get(st.parent[r])
+            )
         heapq.heapify(heap)
         out: List[Tuple[int, int, List[int], int, int]] = []
         taken = set()
         while heap and len(out) < room:
-            neg, _, t, pkey, pos, vis, ptok = heapq.heappop(heap)
+            neg, _, t, pkey, pos, vis, ptok, pq = heapq.heappop(heap)
             key = self._keys.setdefault((pkey, t), len(self._keys) + 1)
             if key in taken or key in self._dists or key in st.spec_slot:
                 continue
             taken.add(key)
             out.append((t, pos, vis, key, ptok))
             slot = base + len(rows) + len(out) - 1
-            tie = self._push_second(heap, tie, -neg, t, key, pos + 1, vis + [slot], push=True)
+            tie = self._push_second(heap, tie, -neg, t, key, pos + 1, vis + [slot], pq, push=True)
         return out
 
     def _push_second(
-        self, heap: list, tie: int, p_parent: float, ptok: int, pkey: int, pos: int, vis: List[int], push: bool = False
+        self,
+        heap: list,
+        tie: int,
+        p_parent: float,
+        ptok: int,
+        pkey: int,
+        pos: int,
+        vis: List[int],
+        pq: Any = None,
+        push: bool = False,
     ) -> int:
-        """Add two-level candidates: the two likeliest one-byte tokens after token ``ptok``."""
+        """Add two-level candidates: the two likeliest one-byte tokens after token ``ptok``.
+
+        The next byte's probability is read off the distribution ``pq`` that ``ptok`` was
+        drawn from: the tokens that continue ``ptok``'s bytes say which byte comes next if the
+        text goes on inside a longer token, and the mass of ``ptok`` itself (the text has a
+        token boundary here) is spread by the first-byte prior seen after ``ptok`` before.
+        """
         import heapq
 
         prior = self._after_prior(ptok)
+        if pq is not None and pq.size:
+            cont = self.vocab.index.continuation_masses(self.vocab.token_bytes[ptok], pq)
+            total = cont.sum()
+            if total > 0:
+                prior = (cont[:256] + cont[256] * prior) / total
         for b in np.argsort(-prior, kind="stable")[:2]:
             u = int(self._byte_token[b])
             if u < 0 or not prior[b] > 0:
                 continue
             if self.canonical and not self.vocab.index.valid_pair(ptok, u):
                 continue
-            item = (-p_parent * float(prior[b]), tie, u, pkey, pos, vis, ptok)
+            item = (-p_parent * float(prior[b]), tie, u, pkey, pos, vis, ptok, None)
             tie += 1
             if push:
                 heapq.heappush(heap, item)

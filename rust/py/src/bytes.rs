@@ -130,6 +130,39 @@ impl ByteIndex {
         self.inner.canon.is_some()
     }
 
+    /// Where a token distribution goes after the bytes ``data``: ``out[b]`` = mass of the
+    /// tokens whose bytes start with ``data + [b]``, ``out[256]`` = mass of the tokens whose
+    /// bytes are exactly ``data`` (sums in float64).
+    ///
+    /// Args:
+    ///     data (bytes): a byte string.
+    ///     q (np.ndarray[float32], shape [width]): a token distribution.
+    ///
+    /// Returns:
+    ///     np.ndarray[float64], shape [257] (zeros when no token starts with ``data``).
+    ///
+    /// Raises:
+    ///     ValueError: q has the wrong length.
+    #[pyo3(signature = (data, q))]
+    fn continuation_masses<'py>(&self, py: Python<'py>, data: &[u8], q: PyReadonlyArray1<'py, f32>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let q = slice1("q", &q)?;
+        let width = self.inner.width();
+        if q.len() != width {
+            return Err(PyValueError::new_err(format!("q: expected length {width}, got {}", q.len())));
+        }
+        let trie = &self.inner.trie;
+        let n = trie.lookup(data);
+        let mut out = [0.0f64; 256];
+        let mut exact = 0.0f64;
+        if n != DEAD {
+            trie.child_masses(n, q, 1.0, &mut out);
+            exact = trie.ending_at(n).iter().map(|&t| q[t as usize] as f64).sum();
+        }
+        let mut v = out.to_vec();
+        v.push(exact);
+        Ok(v.into_pyarray(py))
+    }
+
     /// Token ids whose bytes start with `data`, sorted by bytes.
     ///
     /// Args:
