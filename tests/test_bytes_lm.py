@@ -13,7 +13,7 @@ from tokenloom import ByteLM
 from .bytes_oracle import BruteForce
 from .conftest import make_tiny_llama
 
-SHORT = [b"", b"d", b"de", b"def", b"a b", b"\xe6\x97", b"<|im", b"  x", b"'ll"]
+SHORT = [b"", b"d", b"de", b"def", b"a b", b"\xe6\x97", b"<|im", b"  x", b"'ll", b"\n   re", b"a  b"]
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["all", "canonical"])

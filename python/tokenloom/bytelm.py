@@ -8,13 +8,15 @@ What is computed (both modes):
 
 - The token process ``Q``: starting after the context ids (BOS), the next token is drawn from the
   model's softmax restricted to the *allowed* logits rows, renormalised:
-  ``Q(v | t) = p(v | t) * m(t_last, v) / sum_u p(u | t) * m(t_last, u)``.
+  ``Q(v | t) = p(v | t) * m(t_prev, t_last, v) / sum_u p(u | t) * m(t_prev, t_last, u)``.
   Padding rows (logits width > tokenizer) and byte-less non-special tokens are never allowed;
   special/added tokens always are, and they all mean end-of-text.
 - ``canonical=False`` (all covers): every byte token is allowed (``m = 1``).
-- ``canonical=True`` (default): token ``v`` is allowed after ``t_last`` only if the pair is
-  valid for the tokenizer (``encode(bytes(t_last) + bytes(v)) == [t_last, v]``, decided from the
-  BPE merge ranks), and the first token only if it can start an encoding. So ``Q`` puts all its
+- ``canonical=True`` (default): token ``v`` is allowed after ``[.., t_prev, t_last]`` only if the
+  pair is valid for the tokenizer (``encode(bytes(t_last) + bytes(v)) == [t_last, v]``, decided
+  from the BPE merge ranks), the pair before it stays valid now that ``v``'s first bytes are
+  known to follow (the pre-tokenizer looks ahead: ``' ', ' '`` is valid before a letter, not
+  before another space), and the first token only if it can start an encoding. So ``Q`` puts all its
   mass on pairwise-canonical token sequences, renormalising locally at each step (the semantics
   of ByteSampler's valid-covering sampler; Phan et al.'s canonical covers without the
   non-canonical leak).
