@@ -72,3 +72,4 @@ def test_gemma_ensemble(smollm):
     q = ByteEnsemble(lms, mode="product").next_byte_probs(x)
     prod = pa * pb
     assert abs(q.sum() - 1) < 1e-9 and np.allclose(q, prod / prod.sum())
+

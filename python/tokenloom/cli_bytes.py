@@ -58,11 +58,11 @@ def run(args: argparse.Namespace) -> int:
     cuts = make_cuts(load_humaneval(), args.n, seed=args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     res = run_fim(model, tok, cuts, methods=methods)
-    print(f"{'method':<8} {'n':>4} {'exact match':>12} {'mean loglik':>12}")
+    print(f"{'method':<8} {'n':>4} {'exact match':>12} {'mean loglik':>12} {'errors':>7}")
     for m, r in res.items():
         em = "-" if r["exact_match"] is None else f"{r['exact_match']:.3f}"
         ll = "-" if r["mean_loglik"] is None else f"{r['mean_loglik']:.3f}"
-        print(f"{m:<8} {r['n']:>4} {em:>12} {ll:>12}")
+        print(f"{m:<8} {r['n']:>4} {em:>12} {ll:>12} {r['errors']:>7}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"problems": args.n, "seed": args.seed, "results": res}, f, indent=2)

@@ -23,6 +23,7 @@ import gzip
 import json
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -71,6 +72,8 @@ def make_cuts(problems: List[Dict[str, Any]], n: int, seed: int = 0) -> List[Cut
 class Scores:
     loglik: List[float] = field(default_factory=list)
     exact: List[bool] = field(default_factory=list)
+    #: prompts where the method itself failed (counted as not matching)
+    errors: int = 0
 
     def summary(self) -> Dict[str, Optional[float]]:
         ll = [x for x in self.loglik if math.isfinite(x)]
@@ -79,7 +82,12 @@ class Scores:
             "exact_match": sum(self.exact) / len(self.exact) if self.exact else None,
             "mean_loglik": sum(ll) / len(ll) if ll else None,
             "loglik_-inf": len(self.loglik) - len(ll),
+            "errors": self.errors,
         }
+
+
+class _MethodError(RuntimeError):
+    """A baseline method failed on one prompt (recorded, not fatal)."""
 
 
 def _line(text: bytes) -> bytes:
@@ -98,7 +106,12 @@ def _token_method(model: Any, tok: Any, cut: Cut, heal: bool) -> tuple:
         if tok.pad_token is None:  # token healing pads its prompt internally
             tok = copy.copy(tok)
             tok.pad_token = tok.eos_token
-        out = model.generate(ids, attention_mask=enc.attention_mask, token_healing=True, tokenizer=tok, **kw)
+        try:
+            out = model.generate(ids, attention_mask=enc.attention_mask, token_healing=True, tokenizer=tok, **kw)
+        except (KeyError, IndexError, ValueError) as e:
+            # transformers' heal_tokens raises on some prompts (e.g. KeyError in its sequence
+            # bias table): the method fails on this prompt; the run goes on.
+            raise _MethodError(f"token healing failed: {type(e).__name__}: {e}") from e
         # Healing rewrites the prompt's last token: compare the whole cut line.
         full = tok.decode(out[0], skip_special_tokens=True).encode()
         k = cut.prefix.count(b"\n")
@@ -146,7 +159,12 @@ def run_fim(model: Any, tok: Any, cuts: List[Cut], methods=METHODS, progress: bo
             if m == "byte":
                 ll, ok = _byte_method(model, tok, vocab, cut)
             else:
-                ll, ok = _token_method(model, tok, cut, heal=(m == "heal"))
+                try:
+                    ll, ok = _token_method(model, tok, cut, heal=(m == "heal"))
+                except _MethodError as e:
+                    warnings.warn(f"fim: {m} on problem {cut.task_id}: {e}", RuntimeWarning, stacklevel=2)
+                    scores[m].errors += 1
+                    ll, ok = math.nan, False
             scores[m].loglik.append(ll)
             scores[m].exact.append(bool(ok))
     return {m: s.summary() for m, s in scores.items()}

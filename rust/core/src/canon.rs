@@ -332,7 +332,7 @@ impl Canon {
         if !self.context_sensitive() || !self.pair_follow_sensitive(a, b) {
             return self.valid_pair(a, b);
         }
-        let follow = &follow[..follow.len().min(Self::FOLLOW_BYTES)];
+        let follow = complete_chars(&follow[..follow.len().min(Self::FOLLOW_BYTES)]);
         let mut merged = None;
         PRECEDES.iter().any(|&pre| {
             FOLLOWS.iter().any(|&tail| match self.pair_split_with(a, b, pre, follow, tail) {
@@ -355,7 +355,7 @@ impl Canon {
         match &self.pretok {
             Pretok::None => true,
             Pretok::Gpt2 { classes } => {
-                let follow = &follow[..follow.len().min(Self::FOLLOW_BYTES)];
+                let follow = complete_chars(&follow[..follow.len().min(Self::FOLLOW_BYTES)]);
                 PRECEDES.iter().any(|pre| {
                     FOLLOWS.iter().any(|tail| {
                         let mut s: Vec<u8> = pre.iter().copied().collect();
@@ -395,6 +395,15 @@ impl Canon {
                     PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
                 })
         })
+    }
+}
+
+/// `s` without a UTF-8 character cut at its end: the known following bytes stop before it,
+/// since the cut character's class is unknown (U+3000 is whitespace, most are letters).
+fn complete_chars(s: &[u8]) -> &[u8] {
+    match std::str::from_utf8(s) {
+        Err(e) if e.error_len().is_none() => &s[..e.valid_up_to()],
+        _ => s,
     }
 }
 
@@ -587,6 +596,11 @@ mod tests {
         // An apostrophe right before a one-byte token: "'" + "l" then "l..." is the
         // contraction "'ll", so the pair's cut depends on what follows.
         assert!(c.pair_follow_sensitive(4, 5));
+        // A following character cut by the token edge is not known to be a letter:
+        // "  " + "\u{3000}" (ideographic space, e3 80 80) stays one whitespace run.
+        assert_eq!(complete_chars(b"a\xe3\x80"), b"a");
+        assert_eq!(complete_chars(b"\xe3\x80\x80"), b"\xe3\x80\x80");
+        assert_eq!(c.valid_pair_before(0, 0, b"\xe3\x80"), c.valid_pair_before(0, 0, b""));
         assert!(c.follow_sensitive(0) && !c.follow_sensitive(1) && c.follow_sensitive(4));
         // The first token: no piece may start strictly inside it, given what follows ("  "
         // before "a" is cut as " " | " a"); checked against the regex directly.
