@@ -196,7 +196,9 @@ def generate(
         max_new_tokens: most tokens to add.
         eos_token_id: stop token(s); default ``model.generation_config.eos_token_id``.
         temperature, top_k, top_p, min_p: sampling transforms; temperature 0 is greedy.
-        seed: seed of the sampler (reproducible runs).
+        seed: seed of the sampler (reproducible runs for a fixed ``tree``; with ``tree="auto"``
+            the draft size follows measured step times, so two sampled runs can differ -- each
+            is still an exact sample).
         streamer: HF-style streamer (``put``/``end``); receives the prompt first, as in HF.
         pack: run float32 CPU linears through pre-packed oneDNN weights during the call
             (:mod:`tokenloom.cpupack`; ``"auto"``: when possible, ``True``: insist,
