@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bytes_oracle import allowed_canonical, ref_covers, ref_top_straddling
+from tests.bytes_oracle import allowed_canonical, expanded_tree, ref_covers, ref_top_straddling
 
 PREFIXES = [b"def fibonac", b"https:/", b"    return"]
 
@@ -37,17 +37,8 @@ def test_lookahead_kernel(benchmark, vocab, impl):
     """Top-8 straddling extensions of the live nodes after b"def fi" (random distributions)."""
     import numpy as np
 
-    from tokenloom._core import CoverTree
-
     benchmark.group = "look-ahead candidates (top 8) after b'def fi'"
-    tree = CoverTree(vocab.index, True)
-    expanded = {0}
-    tree.expand(0)
-    for b in b"def fi":
-        for n in tree.push(b):
-            tree.expand(n)
-            expanded.add(n)
-    nodes = [n for n in tree.active() if n in expanded and tree.info(n)[5]]
+    tree, nodes = expanded_tree(vocab, b"def fi", True)
     rng = np.random.default_rng(0)
     qs = [(q / q.sum()).astype(np.float32) for q in (rng.random(vocab.width) for _ in nodes)]
     scales = [1.0] * len(nodes)

@@ -36,6 +36,21 @@ def ref_covers(token_bytes: Sequence[bytes], data: bytes, allowed=None) -> List[
     return out
 
 
+def expanded_tree(vocab, data: bytes, canonical: bool):
+    """A CoverTree of ``data`` with every exact path expanded, and its live expanded nodes
+    (the nodes that carry a distribution in ByteLM)."""
+    from tokenloom._core import CoverTree
+
+    tree = CoverTree(vocab.index, canonical)
+    expanded = {0}
+    tree.expand(0)
+    for b in data:
+        for n in tree.push(b):
+            tree.expand(n)
+            expanded.add(n)
+    return tree, [n for n in tree.active() if n in expanded and tree.info(n)[5]]
+
+
 def ref_top_straddling(vocab, tree, nodes, qs, scales, k):
     """Pure Python: every (node, token) with token bytes starting with prefix[end:] and running
     past the prefix end, q[token] > 0, scored scale * (mass of tokens starting with its bytes)."""

@@ -8,24 +8,14 @@ import numpy as np
 import pytest
 
 from tokenloom import ByteLM, ByteVocab
-from tokenloom._core import CoverTree
-
-from .bytes_oracle import ref_top_straddling
+from .bytes_oracle import expanded_tree, ref_top_straddling
 
 
 @pytest.mark.parametrize("canonical", [False, True])
 def test_top_straddling_matches_reference(tokenizer, canonical):
     vocab = ByteVocab.from_tokenizer(tokenizer)
-    tree = CoverTree(vocab.index, canonical)
+    tree, nodes = expanded_tree(vocab, b"def fi", canonical)
     rng = np.random.default_rng(0)
-    expanded = []
-    tree.expand(0)
-    expanded.append(0)
-    for b in b"def fi":
-        for n in tree.push(b):
-            tree.expand(n)
-            expanded.append(n)
-    nodes = [n for n in tree.active() if n in expanded and tree.info(n)[5]]
     assert len(nodes) >= 2
     # Sparse random distributions (zeros exercise the "allowed" filter), restricted to tokens
     # the reference can afford to scan: tokens starting with one of a few byte strings.
