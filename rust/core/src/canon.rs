@@ -225,7 +225,14 @@ impl Canon {
     }
 
     /// [`Self::pair_split`] with known following bytes `follow` (then `tail`, or the end).
-    pub fn pair_split_with(&self, a: u32, b: u32, precede: Option<u8>, follow: &[u8], tail: Option<u8>) -> PairSplit {
+    pub fn pair_split_with(
+        &self,
+        a: u32,
+        b: u32,
+        precede: Option<u8>,
+        follow: &[u8],
+        tail: Option<u8>,
+    ) -> PairSplit {
         match &self.pretok {
             Pretok::None => PairSplit::Whole,
             Pretok::Gpt2 { classes } => {
@@ -253,15 +260,22 @@ impl Canon {
     }
 
     fn pieces_ok_alone(&self, t: usize) -> bool {
+        self.no_cut_inside(t, &[])
+    }
+
+    /// For some preceding context and some text after `follow`, the pre-tokenizer starts no
+    /// piece strictly inside token `t` when `follow` comes right after it.
+    fn no_cut_inside(&self, t: usize, follow: &[u8]) -> bool {
         match &self.pretok {
             Pretok::None => true,
             Pretok::Gpt2 { classes } => PRECEDES.iter().any(|pre| {
-                FOLLOWS.iter().any(|f| {
+                FOLLOWS.iter().any(|tail| {
                     let mut s: Vec<u8> = pre.iter().copied().collect();
                     let begin = s.len();
                     s.extend_from_slice(&self.token_bytes[t]);
                     let end = s.len();
-                    s.extend(*f);
+                    s.extend_from_slice(follow);
+                    s.extend(*tail);
                     gpt2_piece_starts(&s, classes)
                         .iter()
                         .all(|&p| p <= begin || p >= end)
@@ -278,7 +292,9 @@ impl Canon {
     /// once completed. So: the last character is whitespace, an apostrophe is among the last two
     /// bytes, or the bytes end mid-character.
     fn compute_follow_sensitive(&self, t: usize) -> bool {
-        let Pretok::Gpt2 { classes } = &self.pretok else { return false };
+        let Pretok::Gpt2 { classes } = &self.pretok else {
+            return false;
+        };
         let b = &self.token_bytes[t];
         if b.is_empty() {
             return false;
@@ -295,7 +311,10 @@ impl Canon {
 
     /// See [`Self::compute_follow_sensitive`].
     pub fn follow_sensitive(&self, t: u32) -> bool {
-        self.follow_sensitive.get(t as usize).copied().unwrap_or(false)
+        self.follow_sensitive
+            .get(t as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Whether the cut of the pair `(a, b)` can depend on what follows: `b` is
@@ -305,7 +324,8 @@ impl Canon {
         if bi >= self.follow_sensitive.len() || ai >= self.token_bytes.len() {
             return false;
         }
-        self.follow_sensitive[bi] || (self.token_bytes[bi].len() == 1 && self.token_bytes[ai].last() == Some(&b'\''))
+        self.follow_sensitive[bi]
+            || (self.token_bytes[bi].len() == 1 && self.token_bytes[ai].last() == Some(&b'\''))
     }
 
     /// Whether the pre-tokenizer looks past a token pair at all (GPT-2 regex: yes; none: no).
@@ -325,22 +345,10 @@ impl Canon {
     /// rejects a pair of a canonical encoding: a whitespace token followed by more whitespace,
     /// for instance, only splits where the whole run does.
     pub fn valid_pair_before(&self, a: u32, b: u32, follow: &[u8]) -> bool {
-        let (ai, bi) = (a as usize, b as usize);
-        if ai >= self.bpe_ok.len() || bi >= self.bpe_ok.len() || !self.bpe_ok[ai] || !self.bpe_ok[bi] {
-            return false;
-        }
         if !self.context_sensitive() || !self.pair_follow_sensitive(a, b) {
             return self.valid_pair(a, b);
         }
-        let follow = complete_chars(&follow[..follow.len().min(Self::FOLLOW_BYTES)]);
-        let mut merged = None;
-        PRECEDES.iter().any(|&pre| {
-            FOLLOWS.iter().any(|&tail| match self.pair_split_with(a, b, pre, follow, tail) {
-                PairSplit::AtBoundary => true,
-                PairSplit::Inside => false,
-                PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
-            })
-        })
+        self.pair_ok(a, b, known_follow(follow))
     }
 
     /// [`Self::first_ok`] when the next token is known to start with `follow`.
@@ -349,30 +357,16 @@ impl Canon {
         if ti >= self.first_ok.len() || !self.first_ok[ti] {
             return false;
         }
-        if !self.follow_sensitive[ti] {
-            return true;
-        }
-        match &self.pretok {
-            Pretok::None => true,
-            Pretok::Gpt2 { classes } => {
-                let follow = complete_chars(&follow[..follow.len().min(Self::FOLLOW_BYTES)]);
-                PRECEDES.iter().any(|pre| {
-                    FOLLOWS.iter().any(|tail| {
-                        let mut s: Vec<u8> = pre.iter().copied().collect();
-                        let begin = s.len();
-                        s.extend_from_slice(&self.token_bytes[ti]);
-                        let end = s.len();
-                        s.extend_from_slice(follow);
-                        s.extend(*tail);
-                        gpt2_piece_starts(&s, classes).iter().all(|&p| p <= begin || p >= end)
-                    })
-                })
-            }
-        }
+        !self.follow_sensitive[ti] || self.no_cut_inside(ti, known_follow(follow))
     }
 
     /// The tokenizer would encode `bytes(a) ++ bytes(b)` as exactly `[a, b]`.
     pub fn valid_pair(&self, a: u32, b: u32) -> bool {
+        self.pair_ok(a, b, &[])
+    }
+
+    /// [`Self::valid_pair`] with `follow` known to come right after `b` (then some text).
+    fn pair_ok(&self, a: u32, b: u32, follow: &[u8]) -> bool {
         let (ai, bi) = (a as usize, b as usize);
         if ai >= self.bpe_ok.len()
             || bi >= self.bpe_ok.len()
@@ -387,15 +381,21 @@ impl Canon {
         };
         let mut merged = None;
         precedes.iter().any(|&pre| {
-            follows
-                .iter()
-                .any(|&f| match self.pair_split(a, b, pre, f) {
+            follows.iter().any(
+                |&tail| match self.pair_split_with(a, b, pre, follow, tail) {
                     PairSplit::AtBoundary => true,
                     PairSplit::Inside => false,
                     PairSplit::Whole => *merged.get_or_insert_with(|| self.merge_ok(a, b)),
-                })
+                },
+            )
         })
     }
+}
+
+/// The part of the next token's bytes the pair check uses: at most [`Canon::FOLLOW_BYTES`],
+/// without a character cut at the end.
+fn known_follow(follow: &[u8]) -> &[u8] {
+    complete_chars(&follow[..follow.len().min(Canon::FOLLOW_BYTES)])
 }
 
 /// `s` without a UTF-8 character cut at its end: the known following bytes stop before it,
@@ -573,10 +573,29 @@ mod tests {
 
     /// Byte-level toy with the GPT-2 regex: 0 " ", 1 "a", 2 "  ", 3 " a", 4 "'", 5 "l", 6 "ll".
     fn toy_gpt2() -> Canon {
-        let toks: Vec<Vec<u8>> = [" ", "a", "  ", " a", "'", "l", "ll"].iter().map(|s| s.as_bytes().to_vec()).collect();
-        let base = vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![4], vec![5], vec![5, 5]];
+        let toks: Vec<Vec<u8>> = [" ", "a", "  ", " a", "'", "l", "ll"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        let base = vec![
+            vec![0],
+            vec![1],
+            vec![0, 0],
+            vec![0, 1],
+            vec![4],
+            vec![5],
+            vec![5, 5],
+        ];
         let merges = [(0, 0, 2), (0, 1, 3), (5, 5, 6)];
-        Canon::new(toks, &base, &merges, Pretok::Gpt2 { classes: HashMap::new() }).unwrap()
+        Canon::new(
+            toks,
+            &base,
+            &merges,
+            Pretok::Gpt2 {
+                classes: HashMap::new(),
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -600,7 +619,10 @@ mod tests {
         // "  " + "\u{3000}" (ideographic space, e3 80 80) stays one whitespace run.
         assert_eq!(complete_chars(b"a\xe3\x80"), b"a");
         assert_eq!(complete_chars(b"\xe3\x80\x80"), b"\xe3\x80\x80");
-        assert_eq!(c.valid_pair_before(0, 0, b"\xe3\x80"), c.valid_pair_before(0, 0, b""));
+        assert_eq!(
+            c.valid_pair_before(0, 0, b"\xe3\x80"),
+            c.valid_pair_before(0, 0, b"")
+        );
         assert!(c.follow_sensitive(0) && !c.follow_sensitive(1) && c.follow_sensitive(4));
         // The first token: no piece may start strictly inside it, given what follows ("  "
         // before "a" is cut as " " | " a"); checked against the regex directly.
@@ -615,10 +637,16 @@ mod tests {
                     let end = s.len();
                     s.extend_from_slice(f);
                     s.extend(tail);
-                    ok |= gpt2_piece_starts(&s, &HashMap::new()).iter().all(|&p| p <= begin || p >= end);
+                    ok |= gpt2_piece_starts(&s, &HashMap::new())
+                        .iter()
+                        .all(|&p| p <= begin || p >= end);
                 }
             }
-            assert_eq!(c.first_ok_before(t, f), ok && c.first_ok(t), "t={t} f={f:?}");
+            assert_eq!(
+                c.first_ok_before(t, f),
+                ok && c.first_ok(t),
+                "t={t} f={f:?}"
+            );
         }
     }
 

@@ -159,7 +159,11 @@ impl ByteIndex {
         if prev == ROOT || !c.context_sensitive() {
             return Ok(None);
         }
-        let sensitive = if pprev == ROOT { c.follow_sensitive(prev) } else { c.pair_follow_sensitive(pprev, prev) };
+        let sensitive = if pprev == ROOT {
+            c.follow_sensitive(prev)
+        } else {
+            c.pair_follow_sensitive(pprev, prev)
+        };
         if !sensitive {
             return Ok(None);
         }
@@ -546,7 +550,13 @@ fn walk(
     limit: usize,
 ) -> Result<()> {
     let trie = &index.trie;
-    let at = |k: usize| if path.len() > k { path[path.len() - 1 - k] } else { ROOT };
+    let at = |k: usize| {
+        if path.len() > k {
+            path[path.len() - 1 - k]
+        } else {
+            ROOT
+        }
+    };
     let (pprev, prev) = (at(1), at(0));
     let mut n = 0u32;
     for (k, &b) in data[j..].iter().enumerate() {
@@ -673,7 +683,8 @@ mod tests {
                 if idx.is_special(t)
                     || tb.len() <= rest.len()
                     || !tb.starts_with(rest)
-                    || q[t as usize].is_nan() || q[t as usize] <= 0.0
+                    || q[t as usize].is_nan()
+                    || q[t as usize] <= 0.0
                 {
                     continue;
                 }
@@ -713,7 +724,9 @@ mod tests {
                 }
             }
             let nodes: Vec<u32> = tree.active().iter().copied().filter(|&n| tree.node(n).unwrap().expanded).collect();
-            let qs: Vec<Vec<f32>> = nodes.iter().map(|&n| (0..9u32).map(|t| if (n as u32 * 7 + t * 3) % 5 == 0 { 0.0 } else { 1.0 / (1.0 + (n as u32 * 31 + t * 17) as f32).sqrt() }).collect()).collect();
+            // Pseudo-random distributions with zeros (zeros exercise the "allowed" filter).
+            let q_of = |n: u32, t: u32| if (n * 7 + t * 3).is_multiple_of(5) { 0.0 } else { 1.0 / (1.0 + (n * 31 + t * 17) as f32).sqrt() };
+            let qs: Vec<Vec<f32>> = nodes.iter().map(|&n| (0..9u32).map(|t| q_of(n, t)).collect()).collect();
             let scales: Vec<f64> = nodes.iter().map(|&n| 1.0 / (1.0 + n as f64)).collect();
             let views: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
             for k in [0usize, 1, 3, 50] {
