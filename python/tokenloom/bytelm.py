@@ -232,12 +232,6 @@ class ByteLM:
         self._spec_keys: set = set()
         # Look-ahead priors: first-byte distribution of the token after a path ending in token t
         # (from the latest distribution computed for such a path), and their running mean.
-        tb = vocab.token_bytes
-        self._first_byte = np.array([b[0] if b and not vocab.special[i] else 256 for i, b in enumerate(tb)] + [256] * (width - len(tb)), dtype=np.int64)
-        self._byte_token = np.full(256, -1, dtype=np.int64)
-        for i, b in enumerate(tb):
-            if len(b) == 1 and not vocab.special[i] and self._byte_token[b[0]] < 0:
-                self._byte_token[b[0]] = i
         self._after: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._after_sum = np.zeros(256, dtype=np.float64)
         self._after_n = 0
@@ -403,12 +397,7 @@ class ByteLM:
         c = len(self.context_ids)
         visible, tokens, positions = [], [], []
         for r in rows:
-            vis = []
-            m = st.parent[r]
-            while m != 0:
-                vis.append(new_slot[m] if m in new_slot else st.slot[m])
-                m = st.parent[m]
-            visible.append(ctx + sorted(vis))
+            visible.append(ctx + self._path_slots(st, st.parent[r], new_slot))
             tokens.append(st.token[r])
             positions.append(c - 1 + st.depth[r])
         spec = self._lookahead(st, rows, visible, self.lookahead - len(rows))
@@ -437,12 +426,22 @@ class ByteLM:
             self._spec_keys.add(key)
             st.spec_slot[key] = base + i
 
+    @staticmethod
+    def _path_slots(st: _State, n: int, new_slot: Optional[Dict[int, int]] = None) -> List[int]:
+        """KV slots of node ``n`` and its ancestors (root excluded), ascending; ``new_slot``
+        (rows of the forward being built) wins over older slots."""
+        out = []
+        while n != 0:
+            out.append(new_slot[n] if new_slot is not None and n in new_slot else st.slot[n])
+            n = st.parent[n]
+        return sorted(out)
+
     def _note_after(self, tok: int, q: np.ndarray) -> None:
         """Record the first-byte distribution of the token after a path ending in ``tok``
         (the prior of two-level look-ahead rows)."""
         if self.lookahead <= 0:
             return
-        fb = np.bincount(self._first_byte, weights=q, minlength=257)[:256]
+        fb = np.bincount(self.vocab.first_bytes, weights=q, minlength=257)[:256]
         tot = fb.sum()
         if not tot > 0:
             return
@@ -464,15 +463,14 @@ class ByteLM:
         self, st: _State, rows: List[int], row_vis: List[List[int]], room: int
     ) -> List[Tuple[int, int, List[int], int, int]]:
         """Up to ``room`` look-ahead rows ``(token, position, visible slots, prefix key, parent
-        token)``, most
-        likely to be needed first:
+        token)``, most likely to be needed first:
 
         - one level: the heaviest straddling extensions ``node + token`` of nodes with a
           distribution and a KV slot (:meth:`CoverTree.top_straddling`; probability ~ their
           share of the prefix mass times the mass of continuations through the token's bytes);
         - two levels: a one-byte token after a row of this forward (or after a one-level row),
-          when the next byte would make it an exact path; its probability is guessed from the
-          first-byte distribution seen after the same token before.
+          when the next byte would make it an exact path; the byte is guessed by
+          :meth:`_push_second`.
 
         Rows whose distribution is cached or already in the KV cache are skipped. The choice
         only moves work between forwards: every distribution is the model's own.
@@ -490,13 +488,13 @@ class ByteLM:
                 qs.append(q)
                 lms.append(st.logmass[n])
         # Candidates: (-score, tiebreak, token, parent key, position, visible slots, parent
-        # token, distribution the token was drawn from). The
-        # visible slots of a two-level row include its one-level parent's slot, known once
-        # that parent is taken (its slot is the row index it gets).
+        # token, distribution the token was drawn from). The visible slots of a two-level row
+        # include its one-level parent's slot, known once that parent is taken (its slot is the
+        # row index it gets).
         heap: List[Tuple[float, int, int, int, int, List[int], int, Any]] = []
         tie = 0
         fresh = [(i, r) for i, r in enumerate(rows) if r not in st.q]  # the new exact paths
-        ref = max(lms + [st.logmass[r] for _, r in fresh] + [0.0 if not (lms or fresh) else -math.inf])
+        ref = max(lms + [st.logmass[r] for _, r in fresh], default=0.0)
         scales = [math.exp(x - ref) for x in lms]
         norm = sum(scales) + sum(math.exp(st.logmass[r] - ref) for _, r in fresh)
         if not norm > 0:
@@ -504,12 +502,8 @@ class ByteLM:
         if nodes:
             q_of = dict(zip(nodes, qs))
             for n, t, score in st.tree.top_straddling(nodes, qs, scales, 2 * room + 4):
-                vis = []
-                m = n
-                while m != 0:
-                    vis.append(st.slot[m])
-                    m = st.parent[m]
-                heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], list(range(c)) + sorted(vis), st.token[n], q_of[n]))
+                vis = list(range(c)) + self._path_slots(st, n)
+                heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], vis, st.token[n], q_of[n]))
                 tie += 1
         base = self._kv.n
         for i, r in fresh:
@@ -559,7 +553,7 @@ class ByteLM:
             if total > 0:
                 prior = (cont[:256] + cont[256] * prior) / total
         for b in np.argsort(-prior, kind="stable")[:2]:
-            u = int(self._byte_token[b])
+            u = int(self.vocab.byte_tokens[b])
             if u < 0 or not prior[b] > 0:
                 continue
             if self.canonical and not self.vocab.index.valid_pair(ptok, u):

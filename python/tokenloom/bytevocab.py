@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -144,6 +144,26 @@ class ByteVocab:
     @property
     def special_ids(self) -> List[int]:
         return [int(i) for i in np.flatnonzero(self.special)]
+
+    @cached_property
+    def first_bytes(self) -> np.ndarray:
+        """int64 [width]: the first byte of every byte token, 256 for special tokens, byte-less
+        tokens and padding rows (``np.bincount(first_bytes, q)`` = a distribution's first-byte
+        marginal). Built once per vocabulary."""
+        out = np.full(self.width, 256, dtype=np.int64)
+        for i, b in enumerate(self.token_bytes):
+            if b and not self.special[i]:
+                out[i] = b[0]
+        return out
+
+    @cached_property
+    def byte_tokens(self) -> np.ndarray:
+        """int64 [256]: the (lowest) id of the one-byte token of each byte, -1 when none."""
+        out = np.full(256, -1, dtype=np.int64)
+        for i, b in enumerate(self.token_bytes):
+            if len(b) == 1 and not self.special[i] and out[b[0]] < 0:
+                out[b[0]] = i
+        return out
 
     def next_token_bias(self, prev: int, canonical: bool, pprev: int = -1) -> Any:
         """torch.float32 [width]: 0 where a token may follow the path ``[.., pprev, prev]``
