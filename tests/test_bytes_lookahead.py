@@ -80,3 +80,34 @@ def test_lookahead_saves_forwards_on_embedded_model(smollm):
     g_off = ByteLM(model, tok, vocab=vocab, lookahead=0).generate(b"def fibonac", 24)
     g_on = ByteLM(model, tok, vocab=vocab, lookahead=8).generate(b"def fibonac", 24)
     assert g_on == g_off
+
+
+def test_continuation_masses_matches_reference(tokenizer):
+    """ByteIndex.continuation_masses (the two-level look-ahead's next-byte guess) against a
+    pure-Python sum over the vocabulary; bad input raises."""
+    vocab = ByteVocab.from_tokenizer(tokenizer)
+    rng = np.random.default_rng(1)
+    q = rng.random(vocab.width).astype(np.float32)
+    q /= q.sum()
+    for data in (b" un", b"def", b"\n   ", b"\xe4", b"zzzzzzqq"):
+        got = vocab.index.continuation_masses(data, q)
+        want = np.zeros(257)
+        for t, b in enumerate(vocab.token_bytes):
+            if vocab.special[t] or not b.startswith(data):
+                continue
+            if len(b) == len(data):
+                want[256] += float(q[t])
+            else:
+                want[b[len(data)]] += float(q[t])
+        assert got.shape == (257,) and np.allclose(got, want, rtol=1e-9, atol=1e-12), data
+    with pytest.raises(ValueError):
+        vocab.index.continuation_masses(b"a", q[:10])
+
+
+def test_context_mask_bad_input(tokenizer):
+    vocab = ByteVocab.from_tokenizer(tokenizer)
+    with pytest.raises(IndexError):
+        vocab.index.context_mask(10**8, 5)
+    with pytest.raises(IndexError):
+        vocab.index.context_mask(5, 10**8)
+    assert vocab.index.context_mask(5, -1) is None  # nothing before the first token to re-check
