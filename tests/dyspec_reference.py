@@ -9,7 +9,9 @@ import itertools
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 M64 = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15
+K0 = 0x9E3779B97F4A7C15
+K1 = 0xD1B54A32D192ED03
+K2 = 0xAEF17502108EF2D9
 
 
 def mix64(z: int) -> int:
@@ -18,15 +20,16 @@ def mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def rng_bits(seed: int, stream: int, a: int, b: int) -> int:
-    h = mix64((seed + GOLDEN) & M64)
-    h = mix64(h ^ ((stream * GOLDEN + 1) & M64))
-    h = mix64(h ^ ((a * 0xD1B54A32D192ED03 + 2) & M64))
-    return mix64(h ^ ((b * 0xAEF17502108EF2D9 + 3) & M64))
+def rng_bits(seed: int, stream: int, counter: int) -> int:
+    """The shared counter-based generator of ``rust/core/src/rng.rs``."""
+    h = mix64(seed ^ K0)
+    h = mix64(h ^ ((stream * K1) & M64))
+    return mix64(h ^ ((counter * K2) & M64))
 
 
-def uniform(seed: int, stream: int, a: int, b: int) -> float:
-    return (float(rng_bits(seed, stream, a, b) >> 11) + 0.5) * (1.0 / float(1 << 53))
+def uniform(seed: int, stream: int, node: int, i: int) -> float:
+    """Draw ``i`` at ``node`` of tree ``stream``: ``rng::uniform(seed, stream, node << 32 | i)``."""
+    return float(rng_bits(seed, stream, ((node << 32) | i) & M64) >> 11) * (1.0 / float(1 << 53))
 
 
 def top_k(probs: Sequence[float], k: int) -> List[int]:

@@ -292,7 +292,7 @@ def test_bad_config(kwargs, match):
     [
         ([0], [[1, 2]], [[0.5, float("nan")]], ValueError, "expected a probability in"),
         ([0], [[1, 2]], [[0.5, -0.1]], ValueError, "expected a probability in"),
-        ([0], [[1, 2]], [[1.5, 0.0]], ValueError, "expected a probability in"),
+        ([0], [[1, 2]], [[1.5, 0.0]], ValueError, "sums to 1.5: expected at most 1"),
         ([0], [[1, 2]], [[0.7, 0.7]], ValueError, "sums to"),
         ([0], [[1, 100]], [[0.5, 0.5]], IndexError, "topk_ids: 100 is out of range"),
         ([0], [[1, -3]], [[0.5, 0.5]], IndexError, "topk_ids"),

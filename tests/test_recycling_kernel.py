@@ -185,8 +185,8 @@ def test_load_errors(tmp_path):
 @pytest.mark.parametrize(
     "args, exc, match",
     [
-        ((0,), ValueError, "vocab_size must be >= 1"),
-        ((10, 0), ValueError, "k must be >= 1"),
+        ((0,), ValueError, "vocab_size: expected an int >= 1, got 0"),
+        ((10, 0), ValueError, "k: expected an int >= 1, got 0"),
         ((10, 8, []), ValueError, "empty template"),
         ((10, 8, [[]]), ValueError, "path 0 is empty"),
         ((10, 8, [[0], [0]]), ValueError, "appears twice"),

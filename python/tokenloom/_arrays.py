@@ -58,9 +58,10 @@ def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
 
 def as_float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     """``x`` as a float32 or float64 numpy array of ``ndim`` dimensions, without a copy when it
-    already is one (CPU torch tensors cross through ``.numpy()``; other float dtypes such as
-    float16 / bfloat16 become float32). For ``ndim == 3`` the leading (batch) axis may keep any
-    stride, e.g. a broadcast view, as long as every trailing 2-D block is C-contiguous.
+    already is one (CPU torch tensors cross through ``.numpy()``; other float dtypes convert by
+    value: float16 / bfloat16 to float32, byte-swapped float64 to float64). For ``ndim == 3``
+    the leading (batch) axis may keep any stride, e.g. a broadcast view, as long as every
+    trailing 2-D block is C-contiguous.
 
     Raises:
         ValueError: wrong number of dimensions, or not a floating-point array.
@@ -95,7 +96,9 @@ def as_float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     if arr.dtype.kind != "f":
         raise ValueError(f"{name}: expected a float array, got dtype {arr.dtype}")
     if arr.dtype not in (_FLOAT32, _FLOAT64):
-        arr = arr.astype(np.float32)
+        # By value, never by byte order: a byte-swapped float64 stays float64 (a float32 cast
+        # would flush 1e-300 to 0 and overflow 1e300 to inf); float16 becomes float32.
+        arr = arr.astype(_FLOAT64 if arr.dtype.itemsize >= 8 else _FLOAT32)
     if ndim == 3 and arr.shape[0] > 0 and not arr.flags.c_contiguous:
         block = arr[0]
         if block.flags.c_contiguous:

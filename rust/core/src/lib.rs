@@ -1,17 +1,18 @@
 //! tokenloom-core: the decoding kernels of tokenloom, in pure Rust (no Python).
 //!
-//! One module per kernel; every fallible function returns [`error::Result`].
+//! Layout (mirrors the Python package): [`verify`] (greedy / tree / chain verification),
+//! [`sampling`] and [`rng`] (transforms, probability rows, the counter-based generator),
+//! [`tree`] (flat parent arrays), [`limits`] (size caps), [`spec`] (drafters: templates, recycling, dynamic trees) and
+//! [`bytes`] (trie, canonicality, byte index, covers). Every fallible function returns
+//! [`error::Result`].
 
-pub mod canon;
-pub mod cover;
-pub mod dyntree;
+pub mod bytes;
 pub mod error;
-pub mod recycling;
+pub mod limits;
 pub mod rng;
 pub mod sampling;
-pub mod template;
+pub mod spec;
 pub mod tree;
-pub mod trie;
 pub mod verify;
 
 pub use error::{CoreError, Result};

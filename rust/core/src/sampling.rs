@@ -15,11 +15,19 @@
 //! Logits may be `-inf` (a masked token); `NaN` and `+inf` are errors, and so is a row whose
 //! logits are all `-inf`.
 //!
+//! Temperature divides (`(l - max) / T`, never `(l - max) * (1 / T)`): for a subnormal `T` the
+//! reciprocal overflows to `inf` and `0 * inf` would be NaN. Dividing keeps the exact limit
+//! `T -> 0+`: every maximal logit gets `exp(0) = 1`, every other one `exp(-inf) = 0`, so the
+//! row is uniform over the tied maxima (`T == 0` instead takes the lowest tied id).
+//!
 //! # Probability rows
-//! A probability row given to a verifier must be finite, non-negative and sum to 1 within
-//! [`PROB_TOL`] (absolute, which for a sum of 1 is also relative). Rows are used divided by
-//! their actual sum. Categorical sampling is the inverse CDF: for a uniform `u in [0, 1)` the
-//! sample is the smallest index `j` with `p_0 + ... + p_j > u * sum(p)`.
+//! One check, one tolerance, for every kernel that reads probabilities: entries must be finite
+//! and non-negative, and the row must sum to 1 within [`PROB_TOL`] ([`check_row`], a full
+//! distribution: verifiers) or to at most `1 + PROB_TOL` ([`check_partial_row`], a restriction
+//! of a distribution such as its top-k: the dynamic tree builder). The tolerance is absolute,
+//! which for a sum of 1 is also relative. Rows are used divided by their actual sum.
+//! Categorical sampling is the inverse CDF: for a uniform `u in [0, 1)` the sample is the
+//! smallest index `j` with `p_0 + ... + p_j > u * sum(p)`.
 
 use crate::error::{CoreError, Result};
 
@@ -88,25 +96,61 @@ pub fn scan_row<R: Real>(row: &[R], chunks: &mut Vec<f64>) -> std::result::Resul
     Ok(total)
 }
 
-/// Checks one probability row (finite, `>= 0`, sums to 1 within [`PROB_TOL`]) and returns its
-/// sum; `chunks` receives the partial sums for [`sample_scanned`]. `what[row]` names the row in
-/// error messages.
+/// What the sum of a probability row must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowSum {
+    /// A full distribution: `|sum - 1| <= PROB_TOL`.
+    One,
+    /// Part of a distribution (e.g. its top-k entries): `sum <= 1 + PROB_TOL`.
+    AtMostOne,
+}
+
+/// Checks one probability row (entries finite and `>= 0`, the sum as `want` says, within
+/// [`PROB_TOL`]) and returns its sum; `chunks` receives the partial sums for
+/// [`sample_scanned`]. `what[row_index]` names the row in error messages.
+pub fn check_row_sum<R: Real>(
+    what: &str,
+    row_index: usize,
+    row: &[R],
+    want: RowSum,
+    chunks: &mut Vec<f64>,
+) -> Result<f64> {
+    match scan_row(row, chunks) {
+        Err(i) => Err(entry_error(what, row_index, i, row[i].get())),
+        Ok(s) if want == RowSum::One && (s - 1.0).abs() > PROB_TOL => Err(CoreError::value(
+            format!("{what}[{row_index}] sums to {s}: expected 1 within {PROB_TOL}"),
+        )),
+        Ok(s) if want == RowSum::AtMostOne && s > 1.0 + PROB_TOL => Err(CoreError::value(format!(
+            "{what}[{row_index}] sums to {s}: expected at most 1 (+{PROB_TOL})"
+        ))),
+        Ok(s) => Ok(s),
+    }
+}
+
+/// [`check_row_sum`] of a full distribution (sums to 1 within [`PROB_TOL`]).
 pub fn check_row<R: Real>(
     what: &str,
     row_index: usize,
     row: &[R],
     chunks: &mut Vec<f64>,
 ) -> Result<f64> {
-    match scan_row(row, chunks) {
-        Err(i) => Err(CoreError::value(format!(
-            "{what}[{row_index}, {i}] = {}: probabilities must be finite and >= 0",
-            row[i].get()
-        ))),
-        Ok(s) if (s - 1.0).abs() > PROB_TOL => Err(CoreError::value(format!(
-            "{what}[{row_index}] sums to {s}: expected 1 within {PROB_TOL}"
-        ))),
-        Ok(s) => Ok(s),
-    }
+    check_row_sum(what, row_index, row, RowSum::One, chunks)
+}
+
+/// [`check_row_sum`] of part of a distribution (sums to at most `1 + PROB_TOL`).
+pub fn check_partial_row<R: Real>(
+    what: &str,
+    row_index: usize,
+    row: &[R],
+    chunks: &mut Vec<f64>,
+) -> Result<f64> {
+    check_row_sum(what, row_index, row, RowSum::AtMostOne, chunks)
+}
+
+fn entry_error(what: &str, row: usize, col: usize, v: f64) -> CoreError {
+    CoreError::value(format!(
+        "{what}[{row}, {col}] = {v}: expected a probability in [0, 1] (finite and >= 0)"
+    ))
 }
 
 /// Checks one probability entry `what[row, col] = v` (finite, `>= 0`).
@@ -115,9 +159,7 @@ pub fn check_entry(what: &str, row: usize, col: usize, v: f64) -> Result<()> {
     if (0.0..f64::INFINITY).contains(&v) {
         Ok(())
     } else {
-        Err(CoreError::value(format!(
-            "{what}[{row}, {col}] = {v}: probabilities must be finite and >= 0"
-        )))
+        Err(entry_error(what, row, col, v))
     }
 }
 
@@ -247,13 +289,14 @@ impl Transforms {
             out[arg] = 1.0;
             return Ok(());
         }
-        let inv_t = 1.0 / self.temperature;
+        // Divide (see the module docs): a subnormal temperature keeps the argmax set.
+        let t = self.temperature;
         for (o, l) in out.iter_mut().zip(logits) {
             let l = l.get();
             *o = if l == f64::NEG_INFINITY {
                 0.0
             } else {
-                ((l - max) * inv_t).exp()
+                ((l - max) / t).exp()
             };
         }
         if let Some(k) = self.top_k.filter(|&k| k < finite) {
@@ -410,6 +453,34 @@ mod tests {
         assert!((p[1] - 0.8).abs() < 1e-12);
         let g = Transforms::new(0.0, None, None, None).unwrap();
         assert_eq!(probs(&g, &[1.0, 3.0, 3.0]), vec![0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn subnormal_temperature_is_the_limit_distribution() {
+        // 1 / T overflows for T < ~5.6e-309; dividing keeps the T -> 0+ limit: uniform over the
+        // tied maxima, exactly, and never NaN.
+        for t in [5e-324, 1e-310, 1e-300] {
+            let tr = Transforms::new(t, None, None, None).unwrap();
+            assert_eq!(probs(&tr, &[0.0, 1.0, 2.0]), vec![0.0, 0.0, 1.0]);
+            assert_eq!(probs(&tr, &[2.0, 1.0, 2.0]), vec![0.5, 0.0, 0.5]);
+            let ids = tr
+                .sample(&[0.0, 1.0, 2.0, 2.0, 0.0, 1.0], 2, 3, 7, 0, 0)
+                .unwrap();
+            assert_eq!(ids, vec![2, 0]);
+        }
+    }
+
+    #[test]
+    fn one_row_check_two_sums() {
+        let mut c = Vec::new();
+        // A top-k restriction may sum to less than 1, never to more than 1 + PROB_TOL.
+        assert!(check_partial_row("q", 0, &[0.3f64, 0.2], &mut c).is_ok());
+        assert!(check_row("q", 0, &[0.3f64, 0.2], &mut c).is_err());
+        let over = [0.5f64, 0.5 + 2.0 * PROB_TOL];
+        assert!(check_partial_row("q", 0, &over, &mut c).is_err());
+        assert!(check_row("q", 0, &over, &mut c).is_err());
+        let e = check_partial_row("q", 3, &[0.5f64, f64::NAN], &mut c).unwrap_err();
+        assert!(e.to_string().starts_with("q[3, 1] = NaN"), "{e}");
     }
 
     #[test]

@@ -1,29 +1,55 @@
-//! Bindings of `tokenloom_core::{trie, canon, cover}`: the byte index of a vocabulary and the
-//! incremental cover tree used by `tokenloom.ByteLM`.
+//! Bindings of `tokenloom_core::bytes::{trie, canon, index, cover}`: the byte index of a
+//! vocabulary and the incremental cover tree used by `tokenloom.ByteLM`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
-use tokenloom_core::canon::{gpt2_piece_starts, Canon, Pretok};
-use tokenloom_core::cover::{self, ByteIndex as CoreIndex, CoverTree as CoreTree, ROOT};
-use tokenloom_core::trie::DEAD;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use tokenloom_core::bytes::canon::{gpt2_piece_starts, Canon, Pretok};
+use tokenloom_core::bytes::cover::{self, CoverTree as CoreTree};
+use tokenloom_core::bytes::index::ByteIndex as CoreIndex;
+use tokenloom_core::bytes::trie::DEAD;
+use tokenloom_core::limits::MAX_VOCAB;
 
+use crate::args;
 use crate::error::{slice1, slice2, to_py};
-
-fn prev_token(prev: i64) -> u32 {
-    if prev < 0 {
-        ROOT
-    } else {
-        u32::try_from(prev).unwrap_or(u32::MAX - 1)
-    }
-}
 
 fn to_u32(what: &str, v: i64) -> PyResult<u32> {
     u32::try_from(v).map_err(|_| pyo3::exceptions::PyIndexError::new_err(format!("{what}: {v} is out of range")))
+}
+
+/// A code point -> class table (code points in [0, 0x10FFFF], classes 0..=3).
+fn char_classes(obj: Option<&Bound<'_, PyAny>>) -> PyResult<HashMap<u32, u8>> {
+    let mut out = HashMap::new();
+    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(out) };
+    let d = obj.cast::<PyDict>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "char_classes: expected a dict[int, int], got {}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    for (k, v) in d.iter() {
+        let cp = args::uint("char_classes code point", &k, 0, 0x10FFFF)? as u32;
+        let cl = args::uint("char_classes class", &v, 0, 3)? as u8;
+        out.insert(cp, cl);
+    }
+    Ok(out)
+}
+
+/// Base symbols per token: a sequence of sequences of ids in [0, n_tokens).
+fn base_lists(obj: &Bound<'_, PyAny>, n_tokens: usize) -> PyResult<Vec<Vec<u32>>> {
+    args::items("base", obj)?.iter().map(|syms| args::ids("base", syms, n_tokens)).collect()
+}
+
+fn width_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("width", obj, 1, MAX_VOCAB)
+}
+
+fn k_straddling(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("k", obj, 0, usize::MAX)
 }
 
 /// The byte index of a vocabulary: token trie, special tokens and (optionally) the BPE merge
@@ -32,7 +58,7 @@ fn to_u32(what: &str, v: i64) -> PyResult<u32> {
 /// Args:
 ///     token_bytes (list[bytes], length V): bytes of every token id (b"" for tokens without bytes).
 ///     special (np.ndarray[bool], shape [V]): end-of-text candidates (never byte content).
-///     width (int): logits width, >= V; rows V..width are padding and never used.
+///     width (int): logits width, V <= width <= 2**24; rows V..width are padding and never used.
 ///     base (list[list[int]] | None): base symbols BPE starts from, per token (canonical mode).
 ///     merges (np.ndarray[int64], shape [M, 3] | None): (left, right, result) ids in rank order.
 ///     pretok (str): "none" or "gpt2" (the GPT-2 ByteLevel regex).
@@ -40,8 +66,10 @@ fn to_u32(what: &str, v: i64) -> PyResult<u32> {
 ///         (0 letter, 1 number, 2 whitespace, 3 other).
 ///
 /// Raises:
-///     ValueError: lengths differ, width < V, no token has bytes, unknown pretok, bad merges shape.
+///     ValueError: lengths differ, width < V or above 2**24, no token has bytes, unknown pretok,
+///         bad merges shape, a code point or class out of range.
 ///     IndexError: a merge or base id out of range.
+///     TypeError: a non-int id, width, code point or class.
 #[pyclass(frozen, module = "tokenloom._core")]
 pub struct ByteIndex {
     inner: Arc<CoreIndex>,
@@ -56,21 +84,22 @@ impl ByteIndex {
         py: Python<'_>,
         token_bytes: Vec<Bound<'_, PyBytes>>,
         special: PyReadonlyArray1<'_, bool>,
-        width: usize,
-        base: Option<Vec<Vec<u32>>>,
+        #[pyo3(from_py_with = width_arg)] width: usize,
+        base: Option<&Bound<'_, PyAny>>,
         merges: Option<PyReadonlyArray2<'_, i64>>,
         pretok: &str,
-        char_classes: Option<HashMap<u32, u8>>,
+        char_classes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let toks: Vec<Vec<u8>> = token_bytes.iter().map(|b| b.as_bytes().to_vec()).collect();
         let special = slice1("special", &special)?.to_vec();
         let pretok = match pretok {
             "none" => Pretok::None,
-            "gpt2" => Pretok::Gpt2 { classes: char_classes.unwrap_or_default() },
+            "gpt2" => Pretok::Gpt2 { classes: self::char_classes(char_classes)? },
             other => {
                 return Err(PyValueError::new_err(format!("pretok: expected 'none' or 'gpt2', got {other:?}")))
             }
         };
+        let base = base.filter(|b| !b.is_none()).map(|b| base_lists(b, toks.len())).transpose()?;
         let merges = match merges {
             None => None,
             Some(m) => {
@@ -191,7 +220,7 @@ impl ByteIndex {
     /// Rows of the logits that may follow token `prev` (-1: the start of the text).
     ///
     /// Args:
-    ///     prev (int): previous token id, or -1.
+    ///     prev (int): previous token id in [0, V), or -1.
     ///     canonical (bool): canonical mode (pairwise-valid tokens only) or all covers.
     ///
     /// Returns:
@@ -199,10 +228,12 @@ impl ByteIndex {
     ///
     /// Raises:
     ///     IndexError: prev out of range. ValueError: canonical without a merge table.
+    ///     TypeError: prev is not an int.
     #[pyo3(signature = (prev, canonical))]
-    fn next_mask<'py>(&self, py: Python<'py>, prev: i64, canonical: bool) -> PyResult<Bound<'py, PyArray1<bool>>> {
-        let inner = self.inner.clone();
-        let m = py.detach(|| inner.next_mask(prev_token(prev), canonical)).map_err(to_py)?;
+    fn next_mask<'py>(&self, py: Python<'py>, prev: &Bound<'py, PyAny>, canonical: bool) -> PyResult<Bound<'py, PyArray1<bool>>> {
+        let prev = self.prev("prev", prev)?;
+        let inner = &self.inner;
+        let m = py.detach(|| inner.next_mask(prev, canonical)).map_err(to_py)?;
         Ok(m.into_pyarray(py))
     }
 
@@ -220,10 +251,12 @@ impl ByteIndex {
     ///
     /// Raises:
     ///     IndexError: an id out of range. ValueError: no merge table.
+    ///     TypeError: an id that is not an int.
     #[pyo3(signature = (pprev, prev))]
-    fn context_mask<'py>(&self, py: Python<'py>, pprev: i64, prev: i64) -> PyResult<Option<Bound<'py, PyArray1<bool>>>> {
-        let inner = self.inner.clone();
-        let m = py.detach(|| inner.context_mask(prev_token(pprev), prev_token(prev))).map_err(to_py)?;
+    fn context_mask<'py>(&self, py: Python<'py>, pprev: &Bound<'py, PyAny>, prev: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray1<bool>>>> {
+        let (pprev, prev) = (self.prev("pprev", pprev)?, self.prev("prev", prev)?);
+        let inner = &self.inner;
+        let m = py.detach(|| inner.context_mask(pprev, prev)).map_err(to_py)?;
         Ok(m.map(|m| m.into_pyarray(py)))
     }
 
@@ -239,10 +272,18 @@ impl ByteIndex {
     ///
     /// Raises:
     ///     IndexError: an id out of range. ValueError: canonical without a merge table.
+    ///     TypeError: an id that is not an int.
     #[pyo3(signature = (pprev, prev, canonical))]
-    fn next_mask_after<'py>(&self, py: Python<'py>, pprev: i64, prev: i64, canonical: bool) -> PyResult<Bound<'py, PyArray1<bool>>> {
-        let inner = self.inner.clone();
-        let m = py.detach(|| inner.next_mask_after(prev_token(pprev), prev_token(prev), canonical)).map_err(to_py)?;
+    fn next_mask_after<'py>(
+        &self,
+        py: Python<'py>,
+        pprev: &Bound<'py, PyAny>,
+        prev: &Bound<'py, PyAny>,
+        canonical: bool,
+    ) -> PyResult<Bound<'py, PyArray1<bool>>> {
+        let (pprev, prev) = (self.prev("pprev", pprev)?, self.prev("prev", prev)?);
+        let inner = &self.inner;
+        let m = py.detach(|| inner.next_mask_after(pprev, prev, canonical)).map_err(to_py)?;
         Ok(m.into_pyarray(py))
     }
 
@@ -257,13 +298,11 @@ impl ByteIndex {
     ///     bool.
     ///
     /// Raises:
-    ///     ValueError: no merge table.
+    ///     ValueError: no merge table. IndexError: an id out of range. TypeError: a non-int id.
     #[pyo3(signature = (a, b, follow))]
-    fn valid_pair_before(&self, a: u32, b: u32, follow: &[u8]) -> PyResult<bool> {
-        match &self.inner.canon {
-            Some(c) => Ok(c.valid_pair_before(a, b, follow)),
-            None => Err(PyValueError::new_err("no merge table: canonical checks unavailable")),
-        }
+    fn valid_pair_before(&self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>, follow: &[u8]) -> PyResult<bool> {
+        let (a, b) = (self.token("a", a)?, self.token("b", b)?);
+        self.inner.valid_pair_before(a, b, follow).map_err(to_py)
     }
 
     /// ``first_ok(t)`` when the next token is known to start with ``follow``.
@@ -276,12 +315,11 @@ impl ByteIndex {
     ///     bool.
     ///
     /// Raises:
-    ///     ValueError: no merge table. IndexError: t out of range.
+    ///     ValueError: no merge table. IndexError: t out of range. TypeError: a non-int id.
     #[pyo3(signature = (t, follow))]
-    fn first_ok_before(&self, t: i64, follow: &[u8]) -> PyResult<bool> {
-        let c = self.inner.canon.as_ref().ok_or_else(|| PyValueError::new_err("no merge table"))?;
-        let t = tokenloom_core::error::check_index("t", t, self.inner.n_tokens()).map_err(to_py)?;
-        Ok(c.first_ok_before(t as u32, follow))
+    fn first_ok_before(&self, t: &Bound<'_, PyAny>, follow: &[u8]) -> PyResult<bool> {
+        let t = self.token("t", t)?;
+        self.inner.first_ok_before(t, follow).map_err(to_py)
     }
 
     /// Whether the tokenizer encodes bytes(a) + bytes(b) as exactly [a, b] (from merge ranks).
@@ -293,13 +331,11 @@ impl ByteIndex {
     ///     bool.
     ///
     /// Raises:
-    ///     ValueError: no merge table.
+    ///     ValueError: no merge table. IndexError: an id out of range. TypeError: a non-int id.
     #[pyo3(signature = (a, b))]
-    fn valid_pair(&self, a: u32, b: u32) -> PyResult<bool> {
-        match &self.inner.canon {
-            Some(c) => Ok(c.valid_pair(a, b)),
-            None => Err(PyValueError::new_err("no merge table: canonical checks unavailable")),
-        }
+    fn valid_pair(&self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let (a, b) = (self.token("a", a)?, self.token("b", b)?);
+        self.inner.valid_pair(a, b).map_err(to_py)
     }
 
     /// Whether token `t` can start a canonical encoding.
@@ -311,12 +347,11 @@ impl ByteIndex {
     ///     bool.
     ///
     /// Raises:
-    ///     ValueError: no merge table. IndexError: t out of range.
+    ///     ValueError: no merge table. IndexError: t out of range. TypeError: a non-int id.
     #[pyo3(signature = (t))]
-    fn first_ok(&self, t: i64) -> PyResult<bool> {
-        let c = self.inner.canon.as_ref().ok_or_else(|| PyValueError::new_err("no merge table"))?;
-        let t = tokenloom_core::error::check_index("t", t, self.inner.n_tokens()).map_err(to_py)?;
-        Ok(c.first_ok(t as u32))
+    fn first_ok(&self, t: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let t = self.token("t", t)?;
+        self.inner.first_ok(t).map_err(to_py)
     }
 
     /// Whether a whole token sequence is allowed (canonical: first token and every pair valid).
@@ -330,31 +365,40 @@ impl ByteIndex {
     ///
     /// Raises:
     ///     IndexError: an id out of range. ValueError: canonical without a merge table.
+    ///     TypeError: a non-int id.
     #[pyo3(signature = (tokens, canonical))]
-    fn sequence_ok(&self, tokens: Vec<i64>, canonical: bool) -> PyResult<bool> {
-        let mut ts = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            ts.push(tokenloom_core::error::check_index("tokens", t, self.inner.n_tokens()).map_err(to_py)? as u32);
-        }
+    fn sequence_ok(&self, tokens: &Bound<'_, PyAny>, canonical: bool) -> PyResult<bool> {
+        let ts = args::ids("tokens", tokens, self.inner.n_tokens())?;
         self.inner.sequence_ok(&ts, canonical).map_err(to_py)
     }
 
     /// Every cover of `data` (token sequences; [[]] for empty data).
     ///
+    /// The walk runs without the GIL, iteratively (any length of `data`), and skips the dead
+    /// ends it has seen; the lists are built once it is done.
+    ///
     /// Args:
     ///     data (bytes): the byte prefix.
     ///     canonical (bool): canonical covers only, or all covers.
-    ///     limit (int): refuse (ValueError) when there are more covers than this.
+    ///     limit (int): refuse (ValueError) when there are more covers than this (>= 0).
     ///
     /// Returns:
     ///     list[list[int]].
     ///
     /// Raises:
-    ///     ValueError: more than `limit` covers, or canonical without a merge table.
+    ///     ValueError: more than `limit` covers, a negative limit, or canonical without a
+    ///         merge table.
     #[pyo3(signature = (data, canonical=false, limit=1_000_000))]
-    fn enumerate_covers(&self, py: Python<'_>, data: Vec<u8>, canonical: bool, limit: usize) -> PyResult<Vec<Vec<u32>>> {
-        let inner = self.inner.clone();
-        py.detach(|| cover::enumerate_covers(&inner, &data, canonical, limit)).map_err(to_py)
+    fn enumerate_covers<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        canonical: bool,
+        #[pyo3(from_py_with = args::limit)] limit: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inner = &self.inner;
+        let covers = py.detach(|| cover::enumerate_covers(inner, data, canonical, limit)).map_err(to_py)?;
+        PyList::new(py, covers.iter().map(|c| PyList::new(py, c)).collect::<PyResult<Vec<_>>>()?)
     }
 
     /// Byte offsets where the GPT-2 pre-tokenizer regex starts a piece of `data` ([] if empty).
@@ -365,14 +409,32 @@ impl ByteIndex {
     ///
     /// Returns:
     ///     list[int].
+    ///
+    /// Raises:
+    ///     ValueError: a code point or class out of range. TypeError: not a dict of ints.
     #[staticmethod]
     #[pyo3(signature = (data, char_classes=None))]
-    fn gpt2_piece_starts(data: &[u8], char_classes: Option<HashMap<u32, u8>>) -> Vec<usize> {
-        gpt2_piece_starts(data, &char_classes.unwrap_or_default())
+    fn gpt2_piece_starts(data: &[u8], char_classes: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<usize>> {
+        Ok(gpt2_piece_starts(data, &self::char_classes(char_classes)?))
+    }
+}
+
+impl ByteIndex {
+    /// A token id argument, in [0, V).
+    fn token(&self, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<u32> {
+        Ok(args::id(what, obj, self.inner.n_tokens())? as u32)
+    }
+
+    /// The token before a position: -1 (the start of the text) or an id in [0, V).
+    fn prev(&self, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Option<u32>> {
+        args::prev(what, obj, self.inner.n_tokens())
     }
 }
 
 /// The tree of exact paths of a growing byte prefix (node 0 is the root: the empty path).
+///
+/// Thread-safe: the tree sits behind a lock, so threads sharing one tree see the calls in some
+/// order (pushes from two threads interleave byte by byte).
 ///
 /// Args:
 ///     index (ByteIndex): the vocabulary.
@@ -380,10 +442,24 @@ impl ByteIndex {
 ///
 /// Raises:
 ///     ValueError: canonical without a merge table.
-#[pyclass(module = "tokenloom._core")]
+#[pyclass(module = "tokenloom._core", frozen)]
 pub struct CoverTree {
     index: Arc<CoreIndex>,
-    inner: CoreTree,
+    inner: Mutex<CoreTree>,
+}
+
+impl CoverTree {
+    fn lock(&self) -> PyResult<MutexGuard<'_, CoreTree>> {
+        self.inner
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("CoverTree: a previous call panicked; the state is unusable"))
+    }
+
+    /// Node ids, each in [0, len(tree)).
+    fn node_ids(&self, nodes: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let n = self.lock()?.nodes().len();
+        args::ids("node", nodes, n)
+    }
 }
 
 #[pymethods]
@@ -392,22 +468,23 @@ impl CoverTree {
     #[pyo3(signature = (index, canonical=true))]
     fn new(index: &ByteIndex, canonical: bool) -> PyResult<Self> {
         let inner = CoreTree::new(&index.inner, canonical).map_err(to_py)?;
-        Ok(CoverTree { index: index.inner.clone(), inner })
+        Ok(CoverTree { index: index.inner.clone(), inner: Mutex::new(inner) })
     }
 
     /// The prefix so far.
     #[getter]
-    fn prefix<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, self.inner.prefix())
+    fn prefix<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let p = self.lock()?.prefix().to_vec();
+        Ok(PyBytes::new(py, &p))
     }
 
     #[getter]
-    fn canonical(&self) -> bool {
-        self.inner.canonical()
+    fn canonical(&self) -> PyResult<bool> {
+        Ok(self.lock()?.canonical())
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.nodes().len()
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.lock()?.nodes().len())
     }
 
     /// Appends byte `b`; returns the new exact-path nodes (ending at the new prefix end).
@@ -417,9 +494,14 @@ impl CoverTree {
     ///
     /// Returns:
     ///     list[int]: node ids.
+    ///
+    /// Raises:
+    ///     ValueError: b outside [0, 255]. TypeError: b is not an int.
     #[pyo3(signature = (b))]
-    fn push(&mut self, b: u8) -> PyResult<Vec<u32>> {
-        self.inner.push(&self.index, b).map_err(to_py)
+    fn push(&self, py: Python<'_>, b: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let b = args::uint("b", b, 0, 255)? as u8;
+        let index = &self.index;
+        py.detach(|| self.lock()?.push(index, b).map_err(to_py))
     }
 
     /// Creates the children of an unexpanded node (tokens that are prefixes of prefix[end:]).
@@ -431,19 +513,24 @@ impl CoverTree {
     ///     list[int]: the new node ids.
     ///
     /// Raises:
-    ///     IndexError: unknown node. ValueError: already expanded.
+    ///     IndexError: unknown node. ValueError: already expanded. TypeError: not an int.
     #[pyo3(signature = (node))]
-    fn expand(&mut self, node: i64) -> PyResult<Vec<u32>> {
-        let n = tokenloom_core::error::check_index("node", node, self.inner.nodes().len()).map_err(to_py)?;
-        self.inner.expand(&self.index, n as u32).map_err(to_py)
+    fn expand(&self, py: Python<'_>, node: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let node = args::id_i64("node", node)?;
+        let index = &self.index;
+        py.detach(|| {
+            let mut t = self.lock()?;
+            let n = tokenloom_core::error::check_index("node", node, t.nodes().len()).map_err(to_py)?;
+            t.expand(index, n as u32).map_err(to_py)
+        })
     }
 
     /// Nodes that can still contribute (live trie state, or unexpanded with children to come).
     ///
     /// Returns:
     ///     list[int].
-    fn active(&self) -> Vec<u32> {
-        self.inner.active().to_vec()
+    fn active(&self) -> PyResult<Vec<u32>> {
+        Ok(self.lock()?.active().to_vec())
     }
 
     /// (token, parent, start, end, expanded, live) of a node; token and parent are -1 at the root.
@@ -455,15 +542,15 @@ impl CoverTree {
     ///     tuple[int, int, int, int, bool, bool].
     ///
     /// Raises:
-    ///     IndexError: unknown node.
+    ///     IndexError: unknown node. TypeError: not an int.
     #[pyo3(signature = (node))]
-    fn info(&self, node: i64) -> PyResult<(i64, i64, u32, u32, bool, bool)> {
-        let n = self
-            .inner
-            .node(u32::try_from(node).map_err(|_| pyo3::exceptions::PyIndexError::new_err(format!("node: {node} is out of range")))?)
-            .map_err(to_py)?;
-        let opt = |v: u32| if v == ROOT { -1 } else { v as i64 };
-        Ok((opt(n.token), opt(n.parent), n.start, n.end, n.expanded, n.state != DEAD))
+    fn info(&self, node: &Bound<'_, PyAny>) -> PyResult<(i64, i64, u32, u32, bool, bool)> {
+        let node = args::id_i64("node", node)?;
+        let t = self.lock()?;
+        let i = tokenloom_core::error::check_index("node", node, t.nodes().len()).map_err(to_py)?;
+        let n = t.node(i as u32).map_err(to_py)?;
+        let opt = |v: Option<u32>| v.map_or(-1, i64::from);
+        Ok((opt(n.token_id()), opt(n.parent_id()), n.start, n.end, n.expanded, n.live()))
     }
 
     /// Token path of a node from the root.
@@ -473,9 +560,15 @@ impl CoverTree {
     ///
     /// Returns:
     ///     list[int].
+    ///
+    /// Raises:
+    ///     IndexError: unknown node. TypeError: not an int.
     #[pyo3(signature = (node))]
-    fn path(&self, node: u32) -> PyResult<Vec<u32>> {
-        self.inner.path(node).map_err(to_py)
+    fn path(&self, node: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let node = args::id_i64("node", node)?;
+        let t = self.lock()?;
+        let i = tokenloom_core::error::check_index("node", node, t.nodes().len()).map_err(to_py)?;
+        t.path(i as u32).map_err(to_py)
     }
 
     /// The ``k`` heaviest straddling extensions ``(node, token)`` of expanded nodes: tokens whose
@@ -487,32 +580,30 @@ impl CoverTree {
     ///     nodes (list[int]): expanded node ids.
     ///     qs (list[np.ndarray[float32]], each shape [width]): next-token distribution per node.
     ///     scales (list[float]): weight per node.
-    ///     k (int): how many to return at most.
+    ///     k (int): how many to return at most (>= 0).
     ///
     /// Returns:
     ///     list[tuple[int, int, float]]: (node, token, score) by decreasing score.
     ///
     /// Raises:
-    ///     ValueError: lengths differ or a q has the wrong length. IndexError: unknown node.
+    ///     ValueError: lengths differ, a q has the wrong length, a negative k.
+    ///     IndexError: unknown node. TypeError: a non-int node or k.
     #[pyo3(signature = (nodes, qs, scales, k))]
     fn top_straddling<'py>(
         &self,
         py: Python<'py>,
-        nodes: Vec<i64>,
+        nodes: &Bound<'py, PyAny>,
         qs: Vec<PyReadonlyArray1<'py, f32>>,
         scales: Vec<f64>,
-        k: usize,
+        #[pyo3(from_py_with = k_straddling)] k: usize,
     ) -> PyResult<Vec<(u32, u32, f64)>> {
-        let mut ids = Vec::with_capacity(nodes.len());
-        for &n in &nodes {
-            ids.push(tokenloom_core::error::check_index("node", n, self.inner.nodes().len()).map_err(to_py)? as u32);
-        }
+        let ids = self.node_ids(nodes)?;
         let mut views = Vec::with_capacity(qs.len());
         for q in &qs {
             views.push(slice1("qs", q)?);
         }
-        let (inner, index) = (&self.inner, &self.index);
-        py.detach(|| inner.top_straddling(index, &ids, &views, &scales, k)).map_err(to_py)
+        let index = &self.index;
+        py.detach(|| self.lock()?.top_straddling(index, &ids, &views, &scales, k).map_err(to_py))
     }
 
     /// Next-byte masses: out[b] = sum_i scales[i] * (mass of tokens whose bytes start with
@@ -529,14 +620,16 @@ impl CoverTree {
     ///
     /// Raises:
     ///     ValueError: lengths differ or a q has the wrong length. IndexError: unknown node.
+    ///     TypeError: a non-int node.
     #[pyo3(signature = (nodes, qs, scales))]
     fn byte_masses<'py>(
         &self,
         py: Python<'py>,
-        nodes: Vec<i64>,
+        nodes: &Bound<'py, PyAny>,
         qs: Vec<PyReadonlyArray1<'py, f32>>,
         scales: Vec<f64>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let nodes = self.node_ids(nodes)?;
         if qs.len() != nodes.len() || scales.len() != nodes.len() {
             return Err(PyValueError::new_err(format!(
                 "nodes, qs, scales: expected equal lengths, got {}, {}, {}",
@@ -547,24 +640,20 @@ impl CoverTree {
         }
         let width = self.index.width();
         let mut views = Vec::with_capacity(qs.len());
-        let mut states = Vec::with_capacity(qs.len());
-        for (q, &n) in qs.iter().zip(&nodes) {
+        for q in &qs {
             let s = slice1("qs", q)?;
             if s.len() != width {
                 return Err(PyValueError::new_err(format!("qs: expected length {width}, got {}", s.len())));
             }
             views.push(s);
-            let node = self
-                .inner
-                .node(u32::try_from(n).map_err(|_| pyo3::exceptions::PyIndexError::new_err(format!("node: {n} is out of range")))?)
-                .map_err(to_py)?;
-            states.push(node.state);
         }
         let index = &self.index;
-        let out = py.detach(|| {
+        let out = py.detach(|| -> PyResult<Vec<f64>> {
+            let t = self.lock()?;
             let mut out = [0.0f64; 256];
             let mut exact = 0.0f64;
-            for ((&st, q), &sc) in states.iter().zip(&views).zip(&scales) {
+            for ((&n, q), &sc) in nodes.iter().zip(&views).zip(&scales) {
+                let st = t.node(n).map_err(to_py)?.state;
                 if st != DEAD {
                     index.trie.child_masses(st, q, sc, &mut out);
                     let e: f64 = index.trie.ending_at(st).iter().map(|&t| q[t as usize] as f64).sum();
@@ -573,8 +662,8 @@ impl CoverTree {
             }
             let mut v = out.to_vec();
             v.push(exact);
-            v
-        });
+            Ok(v)
+        })?;
         Ok(out.into_pyarray(py))
     }
 }

@@ -3,22 +3,25 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::PyValueError;
-use pyo3::prelude::*;
-use tokenloom_core::dyntree::{BuilderConfig, DynamicTreeBuilder};
+use std::sync::{Mutex, MutexGuard};
 
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use tokenloom_core::limits::MAX_TREE_NODES;
+use tokenloom_core::spec::dyntree::{BuilderConfig, DynamicTreeBuilder};
+
+use crate::args;
 use crate::error::{slice1, slice2, to_py};
 
 type I64Array<'py> = Bound<'py, PyArray1<i64>>;
 
-fn positive(what: &str, v: i64) -> PyResult<usize> {
-    if v < 1 {
-        return Err(PyValueError::new_err(format!(
-            "{what}: expected an int >= 1, got {v}"
-        )));
-    }
-    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{what}: {v} is too large")))
+fn budget_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("budget", obj, 1, MAX_TREE_NODES)
+}
+
+fn max_depth_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("max_depth", obj, 1, MAX_TREE_NODES)
 }
 
 /// Greedy DySpec draft-tree builder (arXiv 2410.11744), grown one depth per draft forward.
@@ -34,15 +37,30 @@ fn positive(what: &str, v: i64) -> PyResult<usize> {
 ///     k (int): most children per expanded node (>= 1).
 ///     sampled (bool): draw children without replacement from the draft row (Gumbel-top-k
 ///         distribution) instead of taking the top-k.
-///     seed (int | None): seed of the counter-based RNG (sampled drafts); None: random.
+///     seed (int | None): seed in [0, 2**64) of the shared counter-based generator (sampled
+///         drafts; draw i at node n of the t-th tree uses ``uniforms(seed, t, n << 32 | i)``);
+///         None: random.
 ///     vocab_size (int | None): when given, token ids are checked against it.
 ///     max_frontier (int | None): most nodes per draft forward (None: exact greedy).
 ///
+/// Thread-safe: the builder sits behind a lock, taken without the GIL while a frontier is
+/// expanded, so threads sharing one builder see the calls in some order.
+///
 /// Raises:
-///     ValueError: a size below 1.
-#[pyclass(module = "tokenloom._core", name = "DynamicTreeBuilder")]
+///     ValueError: a size below 1 or above its cap (budget and max_depth <= 2**24,
+///         vocab_size <= 2**24), a seed outside [0, 2**64).
+///     TypeError: a size or seed that is not an int.
+#[pyclass(module = "tokenloom._core", name = "DynamicTreeBuilder", frozen)]
 pub struct PyDynamicTreeBuilder {
-    inner: DynamicTreeBuilder,
+    inner: Mutex<DynamicTreeBuilder>,
+}
+
+impl PyDynamicTreeBuilder {
+    fn lock(&self) -> PyResult<MutexGuard<'_, DynamicTreeBuilder>> {
+        self.inner.lock().map_err(|_| {
+            PyRuntimeError::new_err("DynamicTreeBuilder: a previous call panicked; the state is unusable")
+        })
+    }
 }
 
 #[pymethods]
@@ -50,30 +68,25 @@ impl PyDynamicTreeBuilder {
     #[new]
     #[pyo3(signature = (budget, max_depth, *, k = 8, sampled = false, seed = None, vocab_size = None, max_frontier = None))]
     fn new(
-        budget: i64,
-        max_depth: i64,
-        k: i64,
+        #[pyo3(from_py_with = budget_arg)] budget: usize,
+        #[pyo3(from_py_with = max_depth_arg)] max_depth: usize,
+        #[pyo3(from_py_with = args::k_candidates)] k: usize,
         sampled: bool,
-        seed: Option<u64>,
-        vocab_size: Option<i64>,
-        max_frontier: Option<i64>,
+        #[pyo3(from_py_with = args::opt_seed)] seed: Option<u64>,
+        #[pyo3(from_py_with = args::opt_vocab_size)] vocab_size: Option<usize>,
+        #[pyo3(from_py_with = args::opt_max_frontier)] max_frontier: Option<usize>,
     ) -> PyResult<Self> {
         let cfg = BuilderConfig {
-            budget: positive("budget", budget)?,
-            max_depth: positive("max_depth", max_depth)?,
-            k: positive("k", k)?,
+            budget,
+            max_depth,
+            k,
             sampled,
             seed: seed.unwrap_or_else(|| RandomState::new().hash_one(0x5EED_u64)),
-            vocab_size: vocab_size
-                .map(|v| positive("vocab_size", v))
-                .transpose()?
-                .unwrap_or(0),
-            max_frontier: max_frontier
-                .map(|v| positive("max_frontier", v))
-                .transpose()?,
+            vocab_size: vocab_size.unwrap_or(0),
+            max_frontier,
         };
         let inner = DynamicTreeBuilder::new(cfg).map_err(to_py)?;
-        Ok(PyDynamicTreeBuilder { inner })
+        Ok(PyDynamicTreeBuilder { inner: Mutex::new(inner) })
     }
 
     /// Starts a new tree whose root (node 0) carries `root_token`; the frontier becomes [0].
@@ -83,9 +96,11 @@ impl PyDynamicTreeBuilder {
     ///
     /// Raises:
     ///     IndexError: a negative id, or one >= vocab_size.
+    ///     TypeError: root_token is not an int.
     #[pyo3(signature = (root_token))]
-    fn reset(&mut self, root_token: i64) -> PyResult<()> {
-        self.inner.reset(root_token).map_err(to_py)
+    fn reset(&self, root_token: &Bound<'_, PyAny>) -> PyResult<()> {
+        let root = args::id_i64("root_token", root_token)?;
+        self.lock()?.reset(root).map_err(to_py)
     }
 
     /// The nodes whose draft distributions the next `expand` needs, best first.
@@ -100,15 +115,17 @@ impl PyDynamicTreeBuilder {
         &self,
         py: Python<'py>,
     ) -> PyResult<(I64Array<'py>, I64Array<'py>, I64Array<'py>, I64Array<'py>)> {
-        let f = self.inner.frontier().map_err(to_py)?;
+        let inner = self.lock()?;
+        let f = inner.frontier().map_err(to_py)?;
         let (mut ids, mut tokens, mut parents, mut depths) = (vec![], vec![], vec![], vec![]);
         for &id in f {
-            let (t, p, d) = self.inner.node(id as i64).map_err(to_py)?;
+            let (t, p, d) = inner.node(id as i64).map_err(to_py)?;
             ids.push(id as i64);
             tokens.push(t);
             parents.push(p);
             depths.push(d as i64);
         }
+        drop(inner);
         Ok((
             ids.into_pyarray(py),
             tokens.into_pyarray(py),
@@ -123,7 +140,7 @@ impl PyDynamicTreeBuilder {
     ///     node_ids (np.ndarray[int64], shape [n]): a permutation of `frontier()` ids.
     ///     topk_ids (np.ndarray[int64], shape [n, w]): candidate tokens of each node's row.
     ///     topk_probs (np.ndarray[float64], shape [n, w]): their draft probabilities, each in
-    ///         [0, 1], each row summing to at most 1 (+1e-3). Zero entries are ignored;
+    ///         [0, 1], each row summing to at most 1 (+1e-4). Zero entries are ignored;
     ///         sampled drafts draw from the row renormalised over its entries.
     ///
     /// Raises:
@@ -132,7 +149,7 @@ impl PyDynamicTreeBuilder {
     ///     IndexError: a node id that does not exist, a token id < 0 or >= vocab_size.
     #[pyo3(signature = (node_ids, topk_ids, topk_probs))]
     fn expand<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         node_ids: PyReadonlyArray1<'py, i64>,
         topk_ids: PyReadonlyArray2<'py, i64>,
@@ -152,9 +169,7 @@ impl PyDynamicTreeBuilder {
                 n.len()
             )));
         }
-        let inner = &mut self.inner;
-        py.detach(|| inner.expand_topk(n, ids, probs, width))
-            .map_err(to_py)
+        py.detach(|| self.lock()?.expand_topk(n, ids, probs, width).map_err(to_py))
     }
 
     /// Expands the whole frontier with full draft rows (the column is the token id).
@@ -168,7 +183,7 @@ impl PyDynamicTreeBuilder {
     ///     IndexError: a node id that does not exist.
     #[pyo3(signature = (node_ids, probs))]
     fn expand_rows<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         node_ids: PyReadonlyArray1<'py, i64>,
         probs: PyReadonlyArray2<'py, f64>,
@@ -181,8 +196,7 @@ impl PyDynamicTreeBuilder {
                 n.len()
             )));
         }
-        let inner = &mut self.inner;
-        py.detach(|| inner.expand_rows(n, p, vocab)).map_err(to_py)
+        py.detach(|| self.lock()?.expand_rows(n, p, vocab).map_err(to_py))
     }
 
     /// The current tree: the root and the selected nodes, in BFS order.
@@ -208,7 +222,7 @@ impl PyDynamicTreeBuilder {
         I64Array<'py>,
         I64Array<'py>,
     )> {
-        let t = self.inner.tree().map_err(to_py)?;
+        let t = self.lock()?.tree().map_err(to_py)?;
         Ok((
             t.tokens.into_pyarray(py),
             t.parents.into_pyarray(py),
@@ -224,73 +238,74 @@ impl PyDynamicTreeBuilder {
     /// Raises:
     ///     IndexError: no such node.
     #[pyo3(signature = (node_id))]
-    fn node(&self, node_id: i64) -> PyResult<(i64, i64, u32)> {
-        self.inner.node(node_id).map_err(to_py)
+    fn node(&self, node_id: &Bound<'_, PyAny>) -> PyResult<(i64, i64, u32)> {
+        let id = args::id_i64("node id", node_id)?;
+        self.lock()?.node(id).map_err(to_py)
     }
 
     /// True once the tree is complete (the frontier is empty).
     #[getter]
-    fn done(&self) -> bool {
-        self.inner.is_done()
+    fn done(&self) -> PyResult<bool> {
+        Ok(self.lock()?.is_done())
     }
 
     /// Nodes created since reset (root and all candidates).
     #[getter]
-    fn num_nodes(&self) -> usize {
-        self.inner.num_nodes()
+    fn num_nodes(&self) -> PyResult<usize> {
+        Ok(self.lock()?.num_nodes())
     }
 
     /// Draft rows received since reset.
     #[getter]
-    fn rows_seen(&self) -> i64 {
-        self.inner.rows_seen()
+    fn rows_seen(&self) -> PyResult<i64> {
+        Ok(self.lock()?.rows_seen())
     }
 
     #[getter]
-    fn budget(&self) -> usize {
-        self.inner.config().budget
+    fn budget(&self) -> PyResult<usize> {
+        Ok(self.lock()?.config().budget)
     }
 
     #[getter]
-    fn max_depth(&self) -> usize {
-        self.inner.config().max_depth
+    fn max_depth(&self) -> PyResult<usize> {
+        Ok(self.lock()?.config().max_depth)
     }
 
     #[getter]
-    fn k(&self) -> usize {
-        self.inner.config().k
+    fn k(&self) -> PyResult<usize> {
+        Ok(self.lock()?.config().k)
     }
 
     #[getter]
-    fn sampled(&self) -> bool {
-        self.inner.config().sampled
+    fn sampled(&self) -> PyResult<bool> {
+        Ok(self.lock()?.config().sampled)
     }
 
     #[getter]
-    fn seed(&self) -> u64 {
-        self.inner.config().seed
+    fn seed(&self) -> PyResult<u64> {
+        Ok(self.lock()?.config().seed)
     }
 
     #[getter]
-    fn vocab_size(&self) -> Option<usize> {
-        Some(self.inner.config().vocab_size).filter(|&v| v > 0)
+    fn vocab_size(&self) -> PyResult<Option<usize>> {
+        Ok(Some(self.lock()?.config().vocab_size).filter(|&v| v > 0))
     }
 
     #[getter]
-    fn max_frontier(&self) -> Option<usize> {
-        self.inner.config().max_frontier
+    fn max_frontier(&self) -> PyResult<Option<usize>> {
+        Ok(self.lock()?.config().max_frontier)
     }
 
-    fn __repr__(&self) -> String {
-        let c = self.inner.config();
+    fn __repr__(&self) -> PyResult<String> {
+        let c = *self.lock()?.config();
         let cap = c
             .max_frontier
             .map_or_else(|| "None".to_string(), |v| v.to_string());
         let sampled = if c.sampled { "True" } else { "False" };
-        format!(
+        Ok(format!(
             "DynamicTreeBuilder(budget={}, max_depth={}, k={}, sampled={sampled}, max_frontier={cap})",
             c.budget, c.max_depth, c.k
-        )
+        ))
     }
 }
 

@@ -1,8 +1,11 @@
 //! Float arrays that may be float32 or float64: the kernels are generic over both, so
-//! probabilities and logits cross without a conversion copy.
+//! probabilities and logits cross without a conversion copy. Other float arrays are converted
+//! by value, never reinterpreted: a byte-swapped (non-native byte order) float64 becomes a
+//! native float64, a byte-swapped float32 a native float32, narrower floats (float16) float32
+//! and wider ones (long double) float64.
 
 use numpy::ndarray::Axis;
-use numpy::{PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
+use numpy::{PyArrayDescrMethods, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -26,14 +29,34 @@ fn dtype_error(what: &str, obj: &Bound<'_, PyAny>, ndim: usize) -> PyErr {
     PyValueError::new_err(format!("{what}: expected a {ndim}-D float32 or float64 numpy array, got {got}"))
 }
 
+/// A float array of another float dtype, converted by value to native float32 (items of at
+/// most 4 bytes) or float64 (wider); None when `obj` is not a float numpy array of `ndim`
+/// dimensions.
+fn native_copy<'py>(obj: &Bound<'py, PyAny>, ndim: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let Ok(a) = obj.cast::<numpy::PyUntypedArray>() else { return Ok(None) };
+    let dt = a.dtype();
+    if dt.kind() != b'f' || a.ndim() != ndim {
+        return Ok(None);
+    }
+    let py = obj.py();
+    let target = if dt.itemsize() <= 4 { numpy::dtype::<f32>(py) } else { numpy::dtype::<f64>(py) };
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("order", "C")?;
+    Ok(Some(a.call_method("astype", (target,), Some(&kwargs))?))
+}
+
 impl<'py> F2<'py> {
     pub fn new(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Self> {
         if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, f32>>() {
-            Ok(F2::F32(a))
-        } else if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, f64>>() {
-            Ok(F2::F64(a))
-        } else {
-            Err(dtype_error(what, obj, 2))
+            return Ok(F2::F32(a));
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, f64>>() {
+            return Ok(F2::F64(a));
+        }
+        match native_copy(obj, 2)? {
+            Some(c) if c.extract::<PyReadonlyArray2<'py, f32>>().is_ok() => Ok(F2::F32(c.extract()?)),
+            Some(c) => Ok(F2::F64(c.extract()?)),
+            None => Err(dtype_error(what, obj, 2)),
         }
     }
 }
@@ -41,11 +64,15 @@ impl<'py> F2<'py> {
 impl<'py> F3<'py> {
     pub fn new(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Self> {
         if let Ok(a) = obj.extract::<PyReadonlyArray3<'py, f32>>() {
-            Ok(F3::F32(a))
-        } else if let Ok(a) = obj.extract::<PyReadonlyArray3<'py, f64>>() {
-            Ok(F3::F64(a))
-        } else {
-            Err(dtype_error(what, obj, 3))
+            return Ok(F3::F32(a));
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray3<'py, f64>>() {
+            return Ok(F3::F64(a));
+        }
+        match native_copy(obj, 3)? {
+            Some(c) if c.extract::<PyReadonlyArray3<'py, f32>>().is_ok() => Ok(F3::F32(c.extract()?)),
+            Some(c) => Ok(F3::F64(c.extract()?)),
+            None => Err(dtype_error(what, obj, 3)),
         }
     }
 }

@@ -1,12 +1,18 @@
-//! `tokenloom._core`: PyO3 bindings of tokenloom-core. One file per exposed area; each
-//! area registers its functions and classes in `register`.
+//! `tokenloom._core`: PyO3 bindings of tokenloom-core. One file per exposed area (verify,
+//! sampling, recycling, dyntree, bytes), each registering its functions and classes in
+//! `register`; `args`, `floats` and `error` convert arguments, float arrays and errors.
+//!
+//! Classes with state are `frozen` and keep it behind a lock, taken without the GIL around the
+//! longer kernels, and never while Python code runs: two threads sharing one object see the
+//! calls in some order, never an error or a torn state.
 
-mod dyntree;
+mod args;
 mod bytes;
+mod dyntree;
 mod error;
 mod floats;
-mod sampling;
 mod recycling;
+mod sampling;
 mod verify;
 
 use pyo3::prelude::*;

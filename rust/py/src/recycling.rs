@@ -2,26 +2,46 @@
 //! `DraftTree`, and the template helpers.
 
 use std::path::PathBuf;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use tokenloom_core::recycling::{DraftTree, TokenRecycler};
-use tokenloom_core::template::{self, Template};
+use tokenloom_core::limits::{MAX_RECYCLER_CELLS, MAX_VOCAB};
+use tokenloom_core::spec::recycling::{DraftTree, TokenRecycler};
+use tokenloom_core::spec::template::{self, Template};
 
+use crate::args;
 use crate::error::{slice1, slice2, to_py};
 
-/// A template argument: a name (str) or a list of rank paths.
+/// A template argument: a name (str) or a list of rank paths (ints only; a rank too large for
+/// the kernel is a ValueError).
 fn template_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Template> {
     if let Ok(name) = obj.extract::<String>() {
         return Template::named(&name).map_err(to_py);
     }
-    let paths: Vec<Vec<i64>> = obj.extract().map_err(|_| {
+    let shape_error = || {
         PyTypeError::new_err(format!(
             "template: expected a name (one of {:?}) or a list of rank paths (list[list[int]])",
             template::template_names()
         ))
-    })?;
+    };
+    let mut paths = Vec::new();
+    for (i, path) in args::items("template", obj).map_err(|_| shape_error())?.iter().enumerate() {
+        let mut ranks = Vec::new();
+        for r in args::items("template path", path).map_err(|_| shape_error())? {
+            let big = |v| PyValueError::new_err(format!("template path {i}: ranks must be in [0, 2**32), got {v}"));
+            let rank = args::i64_or("template rank", &r, big).map_err(|e| {
+                if e.is_instance_of::<PyTypeError>(obj.py()) {
+                    shape_error()
+                } else {
+                    e
+                }
+            })?;
+            ranks.push(rank);
+        }
+        paths.push(ranks);
+    }
     Template::from_paths(&paths).map_err(to_py)
 }
 
@@ -35,92 +55,150 @@ fn paths_to_py(t: &Template) -> Vec<Vec<u32>> {
 ///     tokens (np.ndarray[int64], shape [T]): token of each node (tokens[0] is the root token).
 ///     parents (np.ndarray[int64], shape [T]): parent of each node; parents[0] == -1.
 ///     depths (np.ndarray[int64], shape [T]): depth of each node (root 0); position = past_len + depth.
+///
+/// The arrays are built once: ``tree.tokens`` is the same array object at every access (it is
+/// writable; writing to it changes the tree).
 #[pyclass(name = "DraftTree", module = "tokenloom._core", frozen)]
 pub struct PyDraftTree {
-    inner: DraftTree,
+    tokens: Py<PyArray1<i64>>,
+    parents: Py<PyArray1<i64>>,
+    depths: Py<PyArray1<i64>>,
+    len: usize,
+}
+
+impl PyDraftTree {
+    fn new(py: Python<'_>, tree: DraftTree) -> Self {
+        PyDraftTree {
+            len: tree.tokens.len(),
+            tokens: tree.tokens.into_pyarray(py).unbind(),
+            parents: tree.parents.into_pyarray(py).unbind(),
+            depths: tree.depths.into_pyarray(py).unbind(),
+        }
+    }
 }
 
 #[pymethods]
 impl PyDraftTree {
     #[getter]
     fn tokens<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        self.inner.tokens.clone().into_pyarray(py)
+        self.tokens.bind(py).clone()
     }
 
     #[getter]
     fn parents<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        self.inner.parents.clone().into_pyarray(py)
+        self.parents.bind(py).clone()
     }
 
     #[getter]
     fn depths<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        self.inner.depths.clone().into_pyarray(py)
+        self.depths.bind(py).clone()
     }
 
     fn __len__(&self) -> usize {
-        self.inner.tokens.len()
+        self.len
     }
 
-    fn __repr__(&self) -> String {
-        format!("DraftTree(nodes={}, tokens={:?})", self.inner.tokens.len(), self.inner.tokens)
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let tokens = self.tokens.bind(py).to_vec().unwrap_or_default();
+        format!("DraftTree(nodes={}, tokens={tokens:?})", self.len)
     }
 }
 
 /// Token Recycling state: an adjacency matrix [vocab_size, k] (u32) of candidate next tokens per
 /// token, and the static tree template it drafts with.
 ///
+/// Thread-safe: the state sits behind a read-write lock (drafts share it, updates take it
+/// alone, without the GIL), so threads sharing one recycler see the calls in some order.
+///
 /// Args:
-///     vocab_size (int): rows of the matrix (the model's vocabulary size), >= 1.
-///     k (int): candidates kept per token, >= 1 (8 in the paper).
+///     vocab_size (int): rows of the matrix (the model's vocabulary size), in [1, 2**24].
+///     k (int): candidates kept per token, >= 1 (8 in the paper); vocab_size * k <= 2**28.
 ///     template (str | list[list[int]]): "2.2.2" (the paper's 80 nodes), a nested "2.2.2-N"
 ///         (N in 1, 4, 8, 16, 24, 32, 48, 64, 80), or rank paths such as [[0], [1], [0, 0]].
 ///
 /// Raises:
-///     ValueError: vocab_size or k is 0, the template is empty / not subtree-closed / has
-///         duplicate paths / uses a rank >= k, or an unknown template name.
-///     TypeError: template is neither a str nor a list of int lists.
-#[pyclass(name = "TokenRecycler", module = "tokenloom._core")]
+///     ValueError: vocab_size or k out of range (checked before allocating), the template is
+///         empty / not subtree-closed / has duplicate paths / uses a rank >= k, or an unknown
+///         template name.
+///     TypeError: vocab_size or k is not an int; template is neither a str nor a list of int
+///         lists.
+#[pyclass(name = "TokenRecycler", module = "tokenloom._core", frozen)]
 pub struct PyTokenRecycler {
+    state: RwLock<State>,
+}
+
+struct State {
     rec: TokenRecycler,
     template: Template,
+}
+
+fn poisoned() -> PyErr {
+    PyRuntimeError::new_err("TokenRecycler: a previous call panicked; the state is unusable")
+}
+
+impl PyTokenRecycler {
+    fn read(&self) -> PyResult<RwLockReadGuard<'_, State>> {
+        self.state.read().map_err(|_| poisoned())
+    }
+
+    fn write(&self) -> PyResult<RwLockWriteGuard<'_, State>> {
+        self.state.write().map_err(|_| poisoned())
+    }
+
+    fn with(rec: TokenRecycler, template: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let template = match template {
+            Some(t) => template_from_py(t)?,
+            None => Template::named("2.2.2").map_err(to_py)?,
+        };
+        rec.check_template(&template).map_err(to_py)?;
+        Ok(PyTokenRecycler { state: RwLock::new(State { rec, template }) })
+    }
+}
+
+fn vocab_size_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("vocab_size", obj, 1, MAX_VOCAB)
+}
+
+fn k_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("k", obj, 1, MAX_RECYCLER_CELLS)
 }
 
 #[pymethods]
 impl PyTokenRecycler {
     #[new]
     #[pyo3(signature = (vocab_size, k = 8, template = None))]
-    fn new(vocab_size: usize, k: usize, template: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let rec = TokenRecycler::new(vocab_size, k).map_err(to_py)?;
-        let template = match template {
-            Some(t) => template_from_py(t)?,
-            None => Template::named("2.2.2").map_err(to_py)?,
-        };
-        rec.check_template(&template).map_err(to_py)?;
-        Ok(PyTokenRecycler { rec, template })
+    fn new(
+        py: Python<'_>,
+        #[pyo3(from_py_with = vocab_size_arg)] vocab_size: usize,
+        #[pyo3(from_py_with = k_arg)] k: usize,
+        template: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let rec = py.detach(|| TokenRecycler::new(vocab_size, k)).map_err(to_py)?;
+        Self::with(rec, template)
     }
 
     /// int: rows of the adjacency matrix.
     #[getter]
-    fn vocab_size(&self) -> usize {
-        self.rec.vocab()
+    fn vocab_size(&self) -> PyResult<usize> {
+        Ok(self.read()?.rec.vocab())
     }
 
     /// int: candidates per token.
     #[getter]
-    fn k(&self) -> usize {
-        self.rec.k()
+    fn k(&self) -> PyResult<usize> {
+        Ok(self.read()?.rec.k())
     }
 
     /// list[list[int]]: the template's rank paths in canonical order (node i + 1 = path i).
     #[getter]
-    fn template(&self) -> Vec<Vec<u32>> {
-        paths_to_py(&self.template)
+    fn template(&self) -> PyResult<Vec<Vec<u32>>> {
+        Ok(paths_to_py(&self.read()?.template))
     }
 
     /// int: tree nodes per draft, the root included (T).
     #[getter]
-    fn tree_size(&self) -> usize {
-        self.template.num_nodes()
+    fn tree_size(&self) -> PyResult<usize> {
+        Ok(self.read()?.template.num_nodes())
     }
 
     /// Replace the drafting template.
@@ -131,10 +209,11 @@ impl PyTokenRecycler {
     /// Raises:
     ///     ValueError / TypeError: as in the constructor.
     #[pyo3(signature = (template))]
-    fn set_template(&mut self, template: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_template(&self, template: &Bound<'_, PyAny>) -> PyResult<()> {
         let t = template_from_py(template)?;
-        self.rec.check_template(&t).map_err(to_py)?;
-        self.template = t;
+        let mut st = self.write()?;
+        st.rec.check_template(&t).map_err(to_py)?;
+        st.template = t;
         Ok(())
     }
 
@@ -148,10 +227,16 @@ impl PyTokenRecycler {
     ///
     /// Raises:
     ///     IndexError: root_token outside [0, vocab_size).
+    ///     TypeError: root_token is not an int.
     #[pyo3(signature = (root_token))]
-    fn draft(&self, root_token: i64) -> PyResult<PyDraftTree> {
-        let inner = self.rec.draft(root_token, &self.template).map_err(to_py)?;
-        Ok(PyDraftTree { inner })
+    fn draft(&self, py: Python<'_>, root_token: &Bound<'_, PyAny>) -> PyResult<PyDraftTree> {
+        // A microsecond gather: it runs with the GIL held (the lock is never held while
+        // waiting for the GIL, so this cannot deadlock).
+        let st = self.read()?;
+        let root = args::id("root token", root_token, st.rec.vocab())?;
+        let tree = st.rec.draft(root, &st.template).map_err(to_py)?;
+        drop(st);
+        Ok(PyDraftTree::new(py, tree))
     }
 
     /// Overwrite the row of every tree position with the target's top-k after it.
@@ -168,15 +253,14 @@ impl PyTokenRecycler {
     ///     IndexError: an id outside [0, vocab_size).
     #[pyo3(signature = (tokens, topk_ids))]
     fn update(
-        &mut self,
+        &self,
         py: Python<'_>,
         tokens: PyReadonlyArray1<'_, i64>,
         topk_ids: PyReadonlyArray2<'_, i64>,
     ) -> PyResult<()> {
         let t = slice1("tokens", &tokens)?;
         let (ids, _, width) = slice2("topk_ids", &topk_ids)?;
-        let rec = &mut self.rec;
-        py.detach(|| rec.update(t, ids, width)).map_err(to_py)
+        py.detach(|| self.write()?.rec.update(t, ids, width).map_err(to_py))
     }
 
     /// Seed rows from the prompt's prefill: row prompt[i] := topk_ids[i] (later positions win).
@@ -190,15 +274,14 @@ impl PyTokenRecycler {
     ///     IndexError: an id outside [0, vocab_size).
     #[pyo3(signature = (tokens, topk_ids))]
     fn seed_from_prefill(
-        &mut self,
+        &self,
         py: Python<'_>,
         tokens: PyReadonlyArray1<'_, i64>,
         topk_ids: PyReadonlyArray2<'_, i64>,
     ) -> PyResult<()> {
         let t = slice1("tokens", &tokens)?;
         let (ids, _, width) = slice2("topk_ids", &topk_ids)?;
-        let rec = &mut self.rec;
-        py.detach(|| rec.seed_from_prefill(t, ids, width)).map_err(to_py)
+        py.detach(|| self.write()?.rec.seed_from_prefill(t, ids, width).map_err(to_py))
     }
 
     /// Rank of next_tokens[i] in row tokens[i] (first match), or -1 when absent.
@@ -221,7 +304,8 @@ impl PyTokenRecycler {
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let t = slice1("tokens", &tokens)?;
         let n = slice1("next_tokens", &next_tokens)?;
-        Ok(self.rec.ranks_of(t, n).map_err(to_py)?.into_pyarray(py))
+        let ranks = py.detach(|| self.read()?.rec.ranks_of(t, n).map_err(to_py))?;
+        Ok(ranks.into_pyarray(py))
     }
 
     /// A copy of the adjacency matrix.
@@ -229,8 +313,11 @@ impl PyTokenRecycler {
     /// Returns:
     ///     np.ndarray[uint32], shape [vocab_size, k].
     fn adjacency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u32>>> {
-        let flat = self.rec.adjacency().to_vec().into_pyarray(py);
-        flat.reshape([self.rec.vocab(), self.rec.k()])
+        let (flat, shape) = py.detach(|| -> PyResult<_> {
+            let st = self.read()?;
+            Ok((st.rec.adjacency().to_vec(), [st.rec.vocab(), st.rec.k()]))
+        })?;
+        flat.into_pyarray(py).reshape(shape)
     }
 
     /// Save the matrix (not the template) to `path`: a versioned little-endian binary file
@@ -243,11 +330,11 @@ impl PyTokenRecycler {
     ///     OSError: the file cannot be written.
     #[pyo3(signature = (path))]
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let rec = &self.rec;
-        py.detach(|| rec.save(&path)).map_err(to_py)
+        py.detach(|| self.read()?.rec.save(&path).map_err(to_py))
     }
 
-    /// Load a matrix written by `save`.
+    /// Load a matrix written by `save`. The header is checked (sizes within the caps of the
+    /// constructor, file length matching) before the matrix is allocated.
     ///
     /// Args:
     ///     path (str | os.PathLike): the file.
@@ -260,33 +347,30 @@ impl PyTokenRecycler {
     ///
     /// Raises:
     ///     OSError: the file cannot be read.
-    ///     ValueError: not a recycler file, unsupported version, truncated, corrupt, or a
-    ///         vocab_size / k mismatch (the message names both values); bad template.
+    ///     ValueError: not a recycler file, unsupported version, sizes out of range, truncated,
+    ///         corrupt, or a vocab_size / k mismatch (the message names both values); bad
+    ///         template.
     #[staticmethod]
     #[pyo3(signature = (path, vocab_size = None, k = None, template = None))]
     fn load(
         py: Python<'_>,
         path: PathBuf,
-        vocab_size: Option<usize>,
-        k: Option<usize>,
+        #[pyo3(from_py_with = args::opt_vocab_size)] vocab_size: Option<usize>,
+        #[pyo3(from_py_with = args::opt_k_candidates)] k: Option<usize>,
         template: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let rec = py.detach(|| TokenRecycler::load(&path, vocab_size, k)).map_err(to_py)?;
-        let template = match template {
-            Some(t) => template_from_py(t)?,
-            None => Template::named("2.2.2").map_err(to_py)?,
-        };
-        rec.check_template(&template).map_err(to_py)?;
-        Ok(PyTokenRecycler { rec, template })
+        Self::with(rec, template)
     }
 
-    fn __repr__(&self) -> String {
-        format!(
+    fn __repr__(&self) -> PyResult<String> {
+        let st = self.read()?;
+        Ok(format!(
             "TokenRecycler(vocab_size={}, k={}, tree_size={})",
-            self.rec.vocab(),
-            self.rec.k(),
-            self.template.num_nodes()
-        )
+            st.rec.vocab(),
+            st.rec.k(),
+            st.template.num_nodes()
+        ))
     }
 }
 

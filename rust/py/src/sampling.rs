@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use tokenloom_core::rng;
 use tokenloom_core::sampling::{Real, Transforms};
 
+use crate::args;
 use crate::error::{slice1, slice2, to_py};
 use crate::floats::F2;
 
@@ -32,6 +33,8 @@ fn probs_impl<'py, R: Real + numpy::Element>(
 ///     logits (np.ndarray[float32 | float64], shape [B, V]): -inf masks a token; NaN and +inf
 ///         are errors.
 ///     temperature (float): >= 0; 0 gives the one-hot row of the argmax (ties -> lowest id).
+///         Logits are divided by it, so a subnormal temperature gives the T -> 0+ limit
+///         exactly: uniform over the tied maxima.
 ///     top_k (int | None): keep tokens whose logit is >= the k-th largest (ties kept).
 ///     top_p (float | None): 0 < top_p <= 1; keep the smallest top set reaching mass top_p
 ///         (ties at the boundary kept).
@@ -42,15 +45,16 @@ fn probs_impl<'py, R: Real + numpy::Element>(
 ///
 /// Raises:
 ///     ValueError: a bad parameter, a NaN / +inf logit, a row of only -inf, a wrong dtype.
+///     TypeError: top_k is not an int, or a float parameter is not a number.
 #[pyfunction]
 #[pyo3(signature = (logits, temperature=1.0, top_k=None, top_p=None, min_p=None))]
 pub fn probs_from_logits<'py>(
     py: Python<'py>,
     logits: &Bound<'py, PyAny>,
-    temperature: f64,
-    top_k: Option<i64>,
-    top_p: Option<f64>,
-    min_p: Option<f64>,
+    #[pyo3(from_py_with = args::temperature)] temperature: f64,
+    #[pyo3(from_py_with = args::top_k)] top_k: Option<i64>,
+    #[pyo3(from_py_with = args::top_p)] top_p: Option<f64>,
+    #[pyo3(from_py_with = args::min_p)] min_p: Option<f64>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let tr = Transforms::new(temperature, top_k, top_p, min_p).map_err(to_py)?;
     match F2::new("logits", logits)? {
@@ -74,20 +78,21 @@ pub fn probs_from_logits<'py>(
 ///     np.ndarray[int64], shape [B]: sampled ids.
 ///
 /// Raises:
-///     ValueError: as ``probs_from_logits``.
+///     ValueError: as ``probs_from_logits``; seed, counter or stream0 outside [0, 2**64).
+///     TypeError: as ``probs_from_logits``; an int argument that is not an int.
 #[pyfunction]
 #[pyo3(signature = (logits, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=0, counter=0, stream0=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn sample_logits<'py>(
     py: Python<'py>,
     logits: &Bound<'py, PyAny>,
-    temperature: f64,
-    top_k: Option<i64>,
-    top_p: Option<f64>,
-    min_p: Option<f64>,
-    seed: u64,
-    counter: u64,
-    stream0: u64,
+    #[pyo3(from_py_with = args::temperature)] temperature: f64,
+    #[pyo3(from_py_with = args::top_k)] top_k: Option<i64>,
+    #[pyo3(from_py_with = args::top_p)] top_p: Option<f64>,
+    #[pyo3(from_py_with = args::min_p)] min_p: Option<f64>,
+    #[pyo3(from_py_with = args::seed)] seed: u64,
+    #[pyo3(from_py_with = args::counter)] counter: u64,
+    #[pyo3(from_py_with = args::stream0)] stream0: u64,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let tr = Transforms::new(temperature, top_k, top_p, min_p).map_err(to_py)?;
     let ids = match F2::new("logits", logits)? {
@@ -115,12 +120,12 @@ pub fn sample_logits<'py>(
 ///     np.ndarray[float64], shape [N].
 ///
 /// Raises:
-///     ValueError: the lengths differ.
+///     ValueError: the lengths differ, or seed outside [0, 2**64).
 #[pyfunction]
 #[pyo3(signature = (seed, streams, counters))]
 pub fn uniforms<'py>(
     py: Python<'py>,
-    seed: u64,
+    #[pyo3(from_py_with = args::seed)] seed: u64,
     streams: PyReadonlyArray1<'py, u64>,
     counters: PyReadonlyArray1<'py, u64>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {

@@ -6,6 +6,7 @@ use tokenloom_core::rng::Stream;
 use tokenloom_core::sampling::Real;
 use tokenloom_core::verify::{self, Rows, VerifyResult};
 
+use crate::args;
 use crate::error::{slice1, slice2, to_py};
 use crate::floats::{blocks, mixed, F2, F3};
 
@@ -121,7 +122,7 @@ fn tree_one<R: Real + numpy::Element>(
 ///         token after each node; rows finite, >= 0, summing to 1 within 1e-4.
 ///     draft_probs (np.ndarray, same dtype and shape as target_probs, optional): draft
 ///         distribution from which each node's children were drawn.
-///     seed (int): 64-bit seed; the call uses stream 0 of the counter-based generator.
+///     seed (int): seed in [0, 2**64); the call uses stream 0 of the counter-based generator.
 ///     replacement (bool): children drawn with replacement (True) or without (False).
 ///
 /// Returns:
@@ -138,7 +139,7 @@ pub fn verify_tree<'py>(
     tokens: PyReadonlyArray1<'py, i64>,
     target_probs: &Bound<'py, PyAny>,
     draft_probs: Option<&Bound<'py, PyAny>>,
-    seed: u64,
+    #[pyo3(from_py_with = args::seed)] seed: u64,
     replacement: bool,
 ) -> PyResult<PyVerifyResult<'py>> {
     let p = slice1("parents", &parents)?;
@@ -197,7 +198,7 @@ fn tree_batch<R: Real + numpy::Element>(
 ///         C-contiguous (the batch axis may be broadcast with stride 0).
 ///     draft_probs (same dtype and shape as target_probs, optional).
 ///     lengths (np.ndarray[int64], shape [B]): nodes used in each row (root included).
-///     seed (int): 64-bit seed; tree b uses stream b.
+///     seed (int): seed in [0, 2**64); tree b uses stream b.
 ///     replacement (bool): children drawn with (True) or without (False) replacement.
 ///
 /// Returns:
@@ -216,7 +217,7 @@ pub fn verify_tree_batch<'py>(
     target_probs: &Bound<'py, PyAny>,
     lengths: PyReadonlyArray1<'py, i64>,
     draft_probs: Option<&Bound<'py, PyAny>>,
-    seed: u64,
+    #[pyo3(from_py_with = args::seed)] seed: u64,
     replacement: bool,
 ) -> PyResult<Vec<PyVerifyResult<'py>>> {
     let (p, _, t_max) = slice2("parents", &parents)?;
@@ -255,7 +256,7 @@ fn chain_one<R: Real + numpy::Element>(
 ///     draft_tokens (np.ndarray[int64], shape [n]): drafted ids, in [0, V).
 ///     draft_probs (np.ndarray[float32 | float64], shape [n, V]): q_i, from which token i was drawn.
 ///     target_probs (np.ndarray, same dtype, shape [n + 1, V]): p_i; row n is the bonus row.
-///     seed (int): 64-bit seed; the call uses stream 0.
+///     seed (int): seed in [0, 2**64); the call uses stream 0.
 ///
 /// Returns:
 ///     tuple[np.ndarray[int64], np.ndarray[int64]]: (path = [0, 1, .., k], tokens [k + 1]).
@@ -270,7 +271,7 @@ pub fn verify_chain<'py>(
     draft_tokens: PyReadonlyArray1<'py, i64>,
     draft_probs: &Bound<'py, PyAny>,
     target_probs: &Bound<'py, PyAny>,
-    seed: u64,
+    #[pyo3(from_py_with = args::seed)] seed: u64,
 ) -> PyResult<PyVerifyResult<'py>> {
     let x = slice1("draft_tokens", &draft_tokens)?;
     let d = F2::new("draft_probs", draft_probs)?;
@@ -311,7 +312,7 @@ fn chain_batch<R: Real + numpy::Element>(
 ///     draft_probs (np.ndarray[float32 | float64], shape [B, n_max, V]).
 ///     target_probs (np.ndarray, same dtype, shape [B, n_max + 1, V]).
 ///     lengths (np.ndarray[int64], shape [B]): drafts used in each chain (<= n_max).
-///     seed (int): 64-bit seed; chain b uses stream b.
+///     seed (int): seed in [0, 2**64); chain b uses stream b.
 ///
 /// Returns:
 ///     list[tuple[np.ndarray[int64], np.ndarray[int64]]]: (path, tokens) per chain.
@@ -327,7 +328,7 @@ pub fn verify_chain_batch<'py>(
     draft_probs: &Bound<'py, PyAny>,
     target_probs: &Bound<'py, PyAny>,
     lengths: PyReadonlyArray1<'py, i64>,
-    seed: u64,
+    #[pyo3(from_py_with = args::seed)] seed: u64,
 ) -> PyResult<Vec<PyVerifyResult<'py>>> {
     let (x, _, n_max) = slice2("draft_tokens", &draft_tokens)?;
     let l = slice1("lengths", &lengths)?;

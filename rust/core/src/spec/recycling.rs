@@ -17,7 +17,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::error::{check_index, CoreError, Result};
-use crate::template::Template;
+use crate::limits::{check_size, try_filled, MAX_RECYCLER_CELLS, MAX_VOCAB};
+use crate::spec::template::Template;
 
 /// File magic of a saved recycler (8 bytes), followed by `version: u32`, `vocab: u64`, `k: u32`,
 /// `reserved: u32` (0), then `vocab * k` little-endian u32 (row-major adjacency).
@@ -47,28 +48,32 @@ pub struct TokenRecycler {
 
 impl TokenRecycler {
     /// A zero matrix of `vocab` rows and `k` candidates per row.
+    ///
+    /// Sizes are checked before anything is allocated: `1 <= vocab <= `[`MAX_VOCAB`],
+    /// `k >= 1` and `vocab * k <= `[`MAX_RECYCLER_CELLS`]; an allocation failure is an error too.
     pub fn new(vocab: usize, k: usize) -> Result<Self> {
-        if vocab == 0 {
-            return Err(CoreError::value("vocab_size must be >= 1, got 0"));
-        }
-        if vocab > u32::MAX as usize {
-            return Err(CoreError::value(format!(
-                "vocab_size must fit in u32, got {vocab}"
-            )));
-        }
-        if k == 0 {
-            return Err(CoreError::value(
-                "k must be >= 1 (candidates per token), got 0",
-            ));
-        }
-        let len = vocab
-            .checked_mul(k)
-            .ok_or_else(|| CoreError::value(format!("vocab_size * k overflows: {vocab} * {k}")))?;
+        let len = Self::cells(vocab as u64, k as u64)?;
         Ok(TokenRecycler {
             vocab,
             k,
-            adj: vec![0; len],
+            adj: try_filled("recycler matrix", len, 0u32)?,
         })
+    }
+
+    /// Checks `vocab` and `k` (see [`new`](Self::new)) and returns `vocab * k`.
+    fn cells(vocab: u64, k: u64) -> Result<usize> {
+        check_size("vocab_size", vocab, MAX_VOCAB)?;
+        if k == 0 {
+            return Err(CoreError::value(
+                "k: expected at least 1 candidate per token, got 0",
+            ));
+        }
+        match vocab.checked_mul(k) {
+            Some(n) if n <= MAX_RECYCLER_CELLS as u64 => Ok(n as usize),
+            _ => Err(CoreError::value(format!(
+                "vocab_size * k: expected at most {MAX_RECYCLER_CELLS} cells, got {vocab} * {k}"
+            ))),
+        }
     }
 
     pub fn vocab(&self) -> usize {
@@ -201,19 +206,31 @@ impl TokenRecycler {
     }
 
     /// Parses [`to_bytes`](Self::to_bytes) output; `expect_vocab` / `expect_k` (when given) must
-    /// match the header.
+    /// match the header. The header's sizes are checked against their caps and against the
+    /// length of `bytes` before the matrix is allocated.
     pub fn from_bytes(
         bytes: &[u8],
         expect_vocab: Option<usize>,
         expect_k: Option<usize>,
     ) -> Result<Self> {
-        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        let header = bytes.get(..HEADER_LEN).unwrap_or(bytes);
+        let (vocab, k, body_len) = Self::parse_header(header, expect_vocab, expect_k)?;
+        Self::from_body(&bytes[HEADER_LEN..], vocab, k, body_len)
+    }
+
+    /// Checks a file header; returns `(vocab, k, length of the body in bytes)`.
+    fn parse_header(
+        header: &[u8],
+        expect_vocab: Option<usize>,
+        expect_k: Option<usize>,
+    ) -> Result<(usize, usize, u64)> {
+        if header.len() < HEADER_LEN || &header[..8] != MAGIC {
             return Err(CoreError::value(
                 "not a tokenloom recycler file (bad magic)",
             ));
         }
         let u32_at =
-            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+            |o: usize| u32::from_le_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
         let version = u32_at(8);
         if version != FORMAT_VERSION {
             return Err(CoreError::value(format!(
@@ -221,9 +238,9 @@ impl TokenRecycler {
             )));
         }
         let mut v8 = [0u8; 8];
-        v8.copy_from_slice(&bytes[12..20]);
+        v8.copy_from_slice(&header[12..20]);
         let vocab = u64::from_le_bytes(v8);
-        let k = u32_at(20) as usize;
+        let k = u64::from(u32_at(20));
         if let Some(want) = expect_vocab {
             if want as u64 != vocab {
                 return Err(CoreError::value(format!(
@@ -232,26 +249,31 @@ impl TokenRecycler {
             }
         }
         if let Some(want) = expect_k {
-            if want != k {
+            if want as u64 != k {
                 return Err(CoreError::value(format!(
                     "recycler file k mismatch: expected {want}, file has {k}"
                 )));
             }
         }
-        let mut rec = Self::new(
-            usize::try_from(vocab).map_err(|_| CoreError::value("vocab too large"))?,
-            k,
-        )?;
-        let want_len = HEADER_LEN as u64 + rec.adj.len() as u64 * 4;
-        if bytes.len() as u64 != want_len {
+        let cells = Self::cells(vocab, k)
+            .map_err(|e| CoreError::value(format!("recycler file header: {e}")))?;
+        Ok((vocab as usize, k as usize, cells as u64 * 4))
+    }
+
+    /// Builds the matrix from the body of a file whose header gave `vocab`, `k` and the body
+    /// length `want`.
+    fn from_body(body: &[u8], vocab: usize, k: usize, want: u64) -> Result<Self> {
+        if body.len() as u64 != want {
             return Err(CoreError::value(format!(
-                "recycler file is truncated or padded: expected {want_len} bytes, got {}",
-                bytes.len()
+                "recycler file is truncated or padded: expected {} bytes, got {}",
+                HEADER_LEN as u64 + want,
+                HEADER_LEN + body.len()
             )));
         }
-        for (i, chunk) in bytes[HEADER_LEN..].chunks_exact(4).enumerate() {
+        let mut rec = Self::new(vocab, k)?;
+        for (i, chunk) in body.chunks_exact(4).enumerate() {
             let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            if v as u64 >= vocab {
+            if v as usize >= vocab {
                 return Err(CoreError::value(format!(
                     "recycler file is corrupt: entry {i} = {v} >= vocab {vocab}"
                 )));
@@ -273,13 +295,32 @@ impl TokenRecycler {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads a matrix written by [`save`](Self::save).
+    /// Reads a matrix written by [`save`](Self::save). The header is read and checked first,
+    /// and the body is read only when the file length matches it.
     pub fn load(path: &Path, expect_vocab: Option<usize>, expect_k: Option<usize>) -> Result<Self> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| CoreError::Io(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_bytes(&bytes, expect_vocab, expect_k)
+        let io = |e: std::io::Error| CoreError::Io(format!("cannot read {}: {e}", path.display()));
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        (&mut f)
+            .take(HEADER_LEN as u64)
+            .read_to_end(&mut header)
+            .map_err(io)?;
+        let (vocab, k, want) = Self::parse_header(&header, expect_vocab, expect_k)?;
+        let file_len = f.metadata().map_err(io)?.len();
+        if file_len != HEADER_LEN as u64 + want {
+            return Err(CoreError::value(format!(
+                "recycler file is truncated or padded: expected {} bytes, got {file_len}",
+                HEADER_LEN as u64 + want
+            )));
+        }
+        let mut body = try_filled("recycler file", want as usize, 0u8)?;
+        f.read_exact(&mut body).map_err(|e| {
+            CoreError::value(format!(
+                "recycler file is truncated: {e} ({} bytes expected)",
+                HEADER_LEN as u64 + want
+            ))
+        })?;
+        Self::from_body(&body, vocab, k, want)
     }
 }
 
@@ -371,13 +412,64 @@ mod tests {
         assert!(TokenRecycler::from_bytes(&bad, None, None).is_err());
     }
 
+    #[test]
+    fn sizes_are_checked_before_allocating() {
+        use crate::limits::{MAX_RECYCLER_CELLS, MAX_VOCAB};
+        for (v, k) in [
+            (1usize << 31, 8usize),
+            (3, 1 << 62),
+            (MAX_VOCAB + 1, 1),
+            (MAX_VOCAB, MAX_RECYCLER_CELLS / MAX_VOCAB + 1),
+            (usize::MAX, usize::MAX),
+        ] {
+            assert!(
+                matches!(TokenRecycler::new(v, k), Err(CoreError::Value(_))),
+                "{v} x {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lying_header_is_refused_before_allocating() {
+        let r = rec_with(5, 2, 1);
+        let mut b = r.to_bytes();
+        // k = 2^32 - 1: vocab * k cells would be allocated before the length check.
+        b[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            TokenRecycler::from_bytes(&b, None, None),
+            Err(CoreError::Value(_))
+        ));
+        // A plausible size that does not match the file length.
+        let mut b = r.to_bytes();
+        b[12..20].copy_from_slice(&1000u64.to_le_bytes());
+        let e = TokenRecycler::from_bytes(&b, None, None).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        // Through a file: the body is not read when the header disagrees with the length.
+        let dir = std::env::temp_dir().join(format!("tl-rec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lying.bin");
+        std::fs::write(&path, &b).unwrap();
+        assert!(matches!(
+            TokenRecycler::load(&path, None, None),
+            Err(CoreError::Value(_))
+        ));
+        std::fs::write(&path, &b[..10]).unwrap();
+        assert!(matches!(
+            TokenRecycler::load(&path, None, None),
+            Err(CoreError::Value(_))
+        ));
+        r.save(&path).unwrap();
+        assert_eq!(TokenRecycler::load(&path, Some(5), Some(2)).unwrap(), r);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use proptest::prelude::*;
 
     proptest! {
         #[test]
         fn bfs_visits_each_node_once(seed in any::<u64>(), root in 0i64..40, size_idx in 0usize..9) {
             let r = rec_with(40, 8, seed);
-            let n = crate::template::NESTED_SIZES[size_idx];
+            let n = crate::spec::template::NESTED_SIZES[size_idx];
             let t = Template::named(&format!("2.2.2-{n}")).unwrap();
             let d = r.draft(root, &t).unwrap();
             prop_assert_eq!(d.tokens.len(), n + 1);

@@ -8,242 +8,22 @@
 //! every cover explicitly (the reference-sized kernel used by tests and benchmarks).
 //!
 //! Modes: *all covers*, or *canonical*: every adjacent token pair is valid for the tokenizer
-//! ([`crate::canon::Canon::valid_pair`]) and the first token can start an encoding.
+//! ([`crate::bytes::canon::Canon::valid_pair`]) and the first token can start an encoding.
 //! Special tokens are never byte content; they are end-of-text candidates only.
 
-use crate::canon::Canon;
+use std::collections::HashSet;
+
+use crate::bytes::canon::Canon;
+use crate::bytes::index::{ByteIndex, ROOT};
+use crate::bytes::trie::DEAD;
 use crate::error::{check_index, CoreError, Result};
-use crate::trie::{TokenTrie, DEAD};
 
-/// Token of the root node (the context, e.g. BOS).
-pub const ROOT: u32 = u32::MAX;
-
-/// Vocabulary-wide data shared by every cover computation.
-#[derive(Debug, Clone)]
-pub struct ByteIndex {
-    pub trie: TokenTrie,
-    pub canon: Option<Canon>,
-    special: Vec<bool>,
-    width: usize,
-    /// Per token: index into `follow_keys` of its first [`Canon::FOLLOW_BYTES`] bytes
-    /// (`NO_GROUP` for special tokens and tokens without bytes).
-    follow_group: Vec<u32>,
-    follow_keys: Vec<Vec<u8>>,
-}
-
-const NO_GROUP: u32 = u32::MAX;
-
-impl ByteIndex {
-    /// Args: `token_bytes[id]` (empty for tokens without bytes), `special[id]` (end-of-text
-    /// candidates, never byte content), `width` the logits width (>= number of tokens; the
-    /// extra rows are padding and never used), `canon` for canonical mode.
-    pub fn new(
-        token_bytes: Vec<Vec<u8>>,
-        special: Vec<bool>,
-        width: usize,
-        canon: Option<Canon>,
-    ) -> Result<Self> {
-        let v = token_bytes.len();
-        if special.len() != v {
-            return Err(CoreError::shape(
-                "special",
-                format!("length {v} (= number of tokens)"),
-                special.len(),
-            ));
-        }
-        if width < v {
-            return Err(CoreError::value(format!(
-                "logits width {width} is smaller than the number of tokens {v}: tokenizer and model do not match"
-            )));
-        }
-        if let Some(c) = &canon {
-            if c.n_tokens() != v {
-                return Err(CoreError::shape(
-                    "canon",
-                    format!("{v} tokens"),
-                    c.n_tokens(),
-                ));
-            }
-        }
-        let include: Vec<bool> = special.iter().map(|&s| !s).collect();
-        let mut keys: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
-        let mut follow_keys = Vec::new();
-        let follow_group = token_bytes
-            .iter()
-            .zip(&special)
-            .map(|(b, &sp)| {
-                if b.is_empty() || sp {
-                    return NO_GROUP;
-                }
-                let k = b[..b.len().min(Canon::FOLLOW_BYTES)].to_vec();
-                *keys.entry(k.clone()).or_insert_with(|| {
-                    follow_keys.push(k);
-                    (follow_keys.len() - 1) as u32
-                })
-            })
-            .collect();
-        let trie = TokenTrie::new(token_bytes, &include)?;
-        if trie.n_trie_tokens() == 0 {
-            return Err(CoreError::value("empty vocabulary: no token has bytes"));
-        }
-        Ok(ByteIndex {
-            trie,
-            canon,
-            special,
-            width,
-            follow_group,
-            follow_keys,
-        })
-    }
-
-    pub fn n_tokens(&self) -> usize {
-        self.special.len()
-    }
-
-    pub fn width(&self) -> usize {
-        self.width
-    }
-
-    pub fn is_special(&self, t: u32) -> bool {
-        self.special.get(t as usize).copied().unwrap_or(false)
-    }
-
-    fn canon_for(&self, canonical: bool) -> Result<Option<&Canon>> {
-        match (canonical, &self.canon) {
-            (false, _) => Ok(None),
-            (true, Some(c)) => Ok(Some(c)),
-            (true, None) => Err(CoreError::value(
-                "canonical mode needs the BPE merge table; build the index with merges or use canonical=False",
-            )),
-        }
-    }
-
-    /// May byte token `t` follow `prev` (ROOT: start of text / after a special token)?
-    fn allowed(canon: Option<&Canon>, prev: u32, t: u32) -> bool {
-        match canon {
-            None => true,
-            Some(c) if prev == ROOT => c.first_ok(t),
-            Some(c) => c.valid_pair(prev, t),
-        }
-    }
-
-    /// Now that `t` is known to follow `prev`, is the pair `(pprev, prev)` still valid? (The
-    /// pre-tokenizer looks ahead: `' ', ' '` is a valid pair before a letter, not before
-    /// another space.) `prev == ROOT`: nothing to check.
-    fn context_ok(&self, canon: Option<&Canon>, pprev: u32, prev: u32, t: u32) -> bool {
-        match canon {
-            None => true,
-            Some(_) if prev == ROOT => true,
-            Some(c) if pprev == ROOT => c.first_ok_before(prev, self.trie.token_bytes(t)),
-            Some(c) => c.valid_pair_before(pprev, prev, self.trie.token_bytes(t)),
-        }
-    }
-
-    /// May `t` follow the path `[.., pprev, prev]`: [`Self::allowed`] and [`Self::context_ok`].
-    fn allowed_after(&self, canon: Option<&Canon>, pprev: u32, prev: u32, t: u32) -> bool {
-        Self::allowed(canon, prev, t) && self.context_ok(canon, pprev, prev, t)
-    }
-
-    /// Which logits rows the look-ahead of the pre-tokenizer still allows after the path
-    /// `[.., pprev, prev]`: `None` when it allows every row (most pairs), else a mask of length
-    /// `width` (special tokens always allowed) to AND with [`Self::next_mask`]`(prev)`.
-    /// Canonical mode only; the check runs once per distinct first-4-bytes of the next token.
-    pub fn context_mask(&self, pprev: u32, prev: u32) -> Result<Option<Vec<bool>>> {
-        let canon = self.canon_for(true)?;
-        for (what, id) in [("pprev", pprev), ("prev", prev)] {
-            if id != ROOT {
-                check_index(what, id as i64, self.n_tokens())?;
-            }
-        }
-        let Some(c) = canon else { return Ok(None) };
-        if prev == ROOT || !c.context_sensitive() {
-            return Ok(None);
-        }
-        let sensitive = if pprev == ROOT {
-            c.follow_sensitive(prev)
-        } else {
-            c.pair_follow_sensitive(pprev, prev)
-        };
-        if !sensitive {
-            return Ok(None);
-        }
-        let ok: Vec<bool> = self
-            .follow_keys
-            .iter()
-            .map(|f| {
-                if pprev == ROOT {
-                    c.first_ok_before(prev, f)
-                } else {
-                    c.valid_pair_before(pprev, prev, f)
-                }
-            })
-            .collect();
-        if ok.iter().all(|&x| x) {
-            return Ok(None);
-        }
-        let mut m = vec![false; self.width];
-        for (t, slot) in m.iter_mut().enumerate().take(self.n_tokens()) {
-            let g = self.follow_group[t];
-            *slot = self.special[t] || (g != NO_GROUP && ok[g as usize]);
-        }
-        Ok(Some(m))
-    }
-
-    /// [`Self::next_mask`] after the path `[.., pprev, prev]` (with the context check).
-    pub fn next_mask_after(&self, pprev: u32, prev: u32, canonical: bool) -> Result<Vec<bool>> {
-        let mut m = self.next_mask(prev, canonical)?;
-        if canonical {
-            if let Some(ctx) = self.context_mask(pprev, prev)? {
-                for (a, b) in m.iter_mut().zip(ctx) {
-                    *a &= b;
-                }
-            }
-        }
-        Ok(m)
-    }
-
-    /// Which logits rows may follow `prev`: byte tokens allowed after it, every special token;
-    /// never padding rows or byte-less non-special tokens. Length `width`.
-    pub fn next_mask(&self, prev: u32, canonical: bool) -> Result<Vec<bool>> {
-        let canon = self.canon_for(canonical)?;
-        if prev != ROOT {
-            check_index("prev", prev as i64, self.n_tokens())?;
-        }
-        let mut m = vec![false; self.width];
-        for (t, slot) in m.iter_mut().enumerate().take(self.n_tokens()) {
-            *slot = if self.special[t] {
-                true
-            } else {
-                !self.trie.token_bytes(t as u32).is_empty() && Self::allowed(canon, prev, t as u32)
-            };
-        }
-        Ok(m)
-    }
-
-    /// Whether a whole token sequence is allowed in the given mode (specials refused).
-    pub fn sequence_ok(&self, tokens: &[u32], canonical: bool) -> Result<bool> {
-        let canon = self.canon_for(canonical)?;
-        let (mut pprev, mut prev) = (ROOT, ROOT);
-        for &t in tokens {
-            check_index("tokens", t as i64, self.n_tokens())?;
-            if self.special[t as usize]
-                || self.trie.token_bytes(t).is_empty()
-                || !self.allowed_after(canon, pprev, prev, t)
-            {
-                return Ok(false);
-            }
-            pprev = prev;
-            prev = t;
-        }
-        Ok(true)
-    }
-}
-
-/// One exact path: `token` (ROOT for the root) covers bytes `[start, end)` of the prefix.
+/// One exact path: `token` covers bytes `[start, end)` of the prefix (the root has no token:
+/// see [`PathNode::token_id`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathNode {
-    pub token: u32,
-    pub parent: u32,
+    pub(crate) token: u32,
+    pub(crate) parent: u32,
     pub start: u32,
     pub end: u32,
     /// Its children (the tokens that follow it along the prefix) have been created.
@@ -252,6 +32,23 @@ pub struct PathNode {
     pub state: u32,
     /// Unexpanded only: a token ending inside `prefix[end..]` was seen (it will have children).
     pub has_child: bool,
+}
+
+impl PathNode {
+    /// The node's token; `None` at the root.
+    pub fn token_id(&self) -> Option<u32> {
+        (self.token != ROOT).then_some(self.token)
+    }
+
+    /// The node's parent; `None` at the root.
+    pub fn parent_id(&self) -> Option<u32> {
+        (self.parent != ROOT).then_some(self.parent)
+    }
+
+    /// Some token starts with `prefix[end..]` (the node can still be extended).
+    pub fn live(&self) -> bool {
+        self.state != DEAD
+    }
 }
 
 /// The tree of exact paths of a growing byte prefix. Node 0 is the root (empty path).
@@ -520,36 +317,119 @@ impl Ord for Score {
     }
 }
 
-/// Every cover of `data` in the given mode, as token sequences (the empty sequence for empty
-/// `data`). Errors when there are more than `limit`.
+/// Covers stored flat: cover `i` is `tokens[offsets[i]..offsets[i + 1]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Covers {
+    pub tokens: Vec<u32>,
+    pub offsets: Vec<usize>,
+}
+
+impl Covers {
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> &[u32] {
+        &self.tokens[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u32]> + '_ {
+        (0..self.len()).map(move |i| self.get(i))
+    }
+
+    /// One `Vec` per cover.
+    pub fn to_vecs(&self) -> Vec<Vec<u32>> {
+        self.iter().map(|c| c.to_vec()).collect()
+    }
+
+    fn push(&mut self, path: &[u32], last: u32) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        self.tokens.extend_from_slice(path);
+        self.tokens.push(last);
+        self.offsets.push(self.tokens.len());
+    }
+}
+
+/// One level of the depth-first walk of [`enumerate_covers`]: an exact path that reached byte
+/// `key.0` of the data.
+struct Frame {
+    /// `(position, pprev, prev)`; `(position, ROOT, ROOT)` outside canonical mode.
+    key: (usize, u32, u32),
+    /// Tokens that end inside the rest of the data and may follow, with the byte where each
+    /// ends; `steps[next..]` are not tried yet.
+    steps: Vec<(u32, usize)>,
+    next: usize,
+    /// Trie node of the whole rest of the data (its tokens end a cover), or DEAD.
+    last: u32,
+    /// Covers found before the frame was entered (none since: a dead end).
+    found_before: usize,
+}
+
+/// Every cover of `data` in the given mode, flat, in depth-first order (shorter first token
+/// first; one empty cover for empty `data`). Errors when there are more than `limit`.
+///
+/// The walk keeps an explicit stack (no recursion, whatever the length of `data`) and
+/// remembers dead ends: a position with its last two tokens (just the position outside
+/// canonical mode, where the context does not matter) that yielded no cover is never walked
+/// again, so the work stays polynomial in `len(data)` and the size of the output even when
+/// the exact paths are exponentially many.
 pub fn enumerate_covers(
     index: &ByteIndex,
     data: &[u8],
     canonical: bool,
     limit: usize,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Covers> {
     let canon = index.canon_for(canonical)?;
-    let mut out = Vec::new();
+    let mut out = Covers {
+        tokens: Vec::new(),
+        offsets: vec![0],
+    };
     if data.is_empty() {
-        out.push(Vec::new());
+        out.offsets.push(0);
         return Ok(out);
     }
-    let mut path = Vec::new();
-    walk(index, canon, data, 0, &mut path, &mut out, limit)?;
+    let mut dead: HashSet<(usize, u32, u32)> = HashSet::new();
+    let mut path: Vec<u32> = Vec::new();
+    let mut stack = vec![enter(index, canon, data, 0, &path, out.len())];
+    while let Some(top) = stack.last_mut() {
+        if let Some(&(t, end)) = top.steps.get(top.next) {
+            top.next += 1;
+            path.push(t);
+            if dead.contains(&frame_key(canon, end, &path)) {
+                path.pop();
+            } else {
+                stack.push(enter(index, canon, data, end, &path, out.len()));
+            }
+            continue;
+        }
+        let Some(frame) = stack.pop() else { break };
+        if frame.last != DEAD {
+            let (pprev, prev) = last_two(&path);
+            for &t in index.trie.range_of(frame.last) {
+                if index.allowed_after(canon, pprev, prev, t) {
+                    if out.len() >= limit {
+                        return Err(CoreError::value(format!("more than {limit} covers")));
+                    }
+                    out.push(&path, t);
+                }
+            }
+        }
+        if out.len() == frame.found_before {
+            dead.insert(frame.key);
+        }
+        path.pop();
+    }
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    index: &ByteIndex,
-    canon: Option<&Canon>,
-    data: &[u8],
-    j: usize,
-    path: &mut Vec<u32>,
-    out: &mut Vec<Vec<u32>>,
-    limit: usize,
-) -> Result<()> {
-    let trie = &index.trie;
+/// The last two tokens of a path (ROOT where it is shorter).
+fn last_two(path: &[u32]) -> (u32, u32) {
     let at = |k: usize| {
         if path.len() > k {
             path[path.len() - 1 - k]
@@ -557,37 +437,59 @@ fn walk(
             ROOT
         }
     };
-    let (pprev, prev) = (at(1), at(0));
+    (at(1), at(0))
+}
+
+/// The dead-end key of the exact path `path` at byte `j`: the walk below it depends on `j`
+/// and, in canonical mode, on the path's last two tokens.
+fn frame_key(canon: Option<&Canon>, j: usize, path: &[u32]) -> (usize, u32, u32) {
+    match canon {
+        Some(_) => {
+            let (pprev, prev) = last_two(path);
+            (j, pprev, prev)
+        }
+        None => (j, ROOT, ROOT),
+    }
+}
+
+/// The frame of the exact path `path`, which reached byte `j` of `data`.
+fn enter(
+    index: &ByteIndex,
+    canon: Option<&Canon>,
+    data: &[u8],
+    j: usize,
+    path: &[u32],
+    found_before: usize,
+) -> Frame {
+    let (pprev, prev) = last_two(path);
+    let key = frame_key(canon, j, path);
+    let trie = &index.trie;
+    let mut steps = Vec::new();
+    let mut last = DEAD;
     let mut n = 0u32;
     for (k, &b) in data[j..].iter().enumerate() {
         n = trie.child(n, b);
         if n == DEAD {
-            return Ok(());
+            break;
         }
         let end = j + k + 1;
         if end == data.len() {
-            // Every token starting with data[j..] ends a cover.
-            for &t in trie.range_of(n) {
-                if index.allowed_after(canon, pprev, prev, t) {
-                    if out.len() >= limit {
-                        return Err(CoreError::value(format!("more than {limit} covers")));
-                    }
-                    let mut c = path.clone();
-                    c.push(t);
-                    out.push(c);
-                }
-            }
-            return Ok(());
+            last = n;
+            break;
         }
         for &t in trie.ending_at(n) {
             if index.allowed_after(canon, pprev, prev, t) {
-                path.push(t);
-                walk(index, canon, data, end, path, out, limit)?;
-                path.pop();
+                steps.push((t, end));
             }
         }
     }
-    Ok(())
+    Frame {
+        key,
+        steps,
+        next: 0,
+        last,
+        found_before,
+    }
 }
 
 #[cfg(test)]
@@ -614,12 +516,14 @@ mod tests {
     #[test]
     fn covers_of_ab() {
         let idx = index();
-        let mut cs = enumerate_covers(&idx, b"ab", false, 1000).unwrap();
+        let mut cs = enumerate_covers(&idx, b"ab", false, 1000)
+            .unwrap()
+            .to_vecs();
         cs.sort();
         // a|b, a|ba, ab, abb
         assert_eq!(cs, vec![vec![0, 1], vec![0, 3], vec![2], vec![4]]);
         assert_eq!(
-            enumerate_covers(&idx, b"", false, 10).unwrap(),
+            enumerate_covers(&idx, b"", false, 10).unwrap().to_vecs(),
             vec![Vec::<u32>::new()]
         );
         assert!(enumerate_covers(&idx, b"ab", false, 2).is_err());
@@ -627,16 +531,32 @@ mod tests {
     }
 
     #[test]
-    fn masks() {
-        let idx = index();
-        let m = idx.next_mask(ROOT, false).unwrap();
-        assert_eq!(
-            m,
-            vec![true, true, true, true, true, false, true, false, false]
-        );
-        assert!(idx.next_mask(17, false).is_err());
-        assert!(ByteIndex::new(vec![b"a".to_vec()], vec![false], 0, None).is_err());
-        assert!(ByteIndex::new(vec![Vec::new()], vec![false], 1, None).is_err());
+    fn long_data_walks_without_recursion() {
+        // One-byte tokens and 30,000 bytes: a recursive walk overflowed the stack here.
+        let idx =
+            ByteIndex::new(vec![b"a".to_vec(), b"b".to_vec()], vec![false; 2], 2, None).unwrap();
+        let data = vec![b'a'; 30_000];
+        let cs = enumerate_covers(&idx, &data, false, 10).unwrap();
+        assert_eq!(cs.len(), 1);
+        assert_eq!(cs.get(0).len(), 30_000);
+        // "a" and "aa": Fibonacci-many covers, refused past the limit.
+        let idx =
+            ByteIndex::new(vec![b"a".to_vec(), b"aa".to_vec()], vec![false; 2], 2, None).unwrap();
+        assert!(enumerate_covers(&idx, &data, false, 10).is_err());
+        // Exponentially many exact paths, none of which reaches the end: dead ends are
+        // remembered, so this returns at once with no cover.
+        let mut dead_end = vec![b'a'; 30_000];
+        dead_end.push(b'b');
+        let idx = ByteIndex::new(
+            vec![b"a".to_vec(), b"aa".to_vec(), b"c".to_vec()],
+            vec![false; 3],
+            3,
+            None,
+        )
+        .unwrap();
+        assert!(enumerate_covers(&idx, &dead_end, false, 10)
+            .unwrap()
+            .is_empty());
     }
 
     /// Covers from the incremental tree (every node expanded) equal the explicit enumeration.
@@ -706,7 +626,7 @@ mod tests {
         #[test]
         fn covers_reproduce_bytes(data in prop::collection::vec(prop::sample::select(vec![b'a', b'b']), 0..7)) {
             let idx = index();
-            let cs = enumerate_covers(&idx, &data, false, 100_000).unwrap();
+            let cs = enumerate_covers(&idx, &data, false, 100_000).unwrap().to_vecs();
             for c in &cs {
                 let d = decode(&idx, c);
                 prop_assert!(d.starts_with(&data));

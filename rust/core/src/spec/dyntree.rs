@@ -29,35 +29,9 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::error::{check_index, CoreError, Result};
-
-/// Tolerance on the sum of a draft row (float32 softmax rows may exceed 1 by rounding).
-pub const ROW_SUM_TOL: f64 = 1e-3;
-
-/// A small counter-based RNG: a uniform draw is a pure function of (seed, stream, a, b), so
-/// results do not depend on batching, threading or call order.
-pub mod dyntree_rng {
-    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-    /// The SplitMix64 finaliser: a bijective 64-bit mixer.
-    pub fn mix64(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// 64 random bits for the counter (stream, a, b) under `seed`.
-    pub fn bits(seed: u64, stream: u64, a: u64, b: u64) -> u64 {
-        let mut h = mix64(seed.wrapping_add(GOLDEN));
-        h = mix64(h ^ stream.wrapping_mul(GOLDEN).wrapping_add(1));
-        h = mix64(h ^ a.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(2));
-        mix64(h ^ b.wrapping_mul(0xAEF1_7502_108E_F2D9).wrapping_add(3))
-    }
-
-    /// A uniform draw in the open interval (0, 1) (53 random bits).
-    pub fn uniform(seed: u64, stream: u64, a: u64, b: u64) -> f64 {
-        ((bits(seed, stream, a, b) >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
-    }
-}
+use crate::limits::{check_size, MAX_TREE_NODES, MAX_VOCAB};
+use crate::rng;
+use crate::sampling::check_partial_row;
 
 /// Settings of a [`DynamicTreeBuilder`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,26 +137,21 @@ pub struct DynamicTreeBuilder {
 
 impl DynamicTreeBuilder {
     pub fn new(cfg: BuilderConfig) -> Result<Self> {
-        if cfg.budget == 0 {
-            return Err(CoreError::value(
-                "budget: expected at least 1 draft node, got 0",
-            ));
-        }
-        if cfg.max_depth == 0 {
-            return Err(CoreError::value("max_depth: expected at least 1, got 0"));
-        }
+        check_size("budget", cfg.budget as u64, MAX_TREE_NODES)?;
+        check_size("max_depth", cfg.max_depth as u64, MAX_TREE_NODES)?;
         if cfg.k == 0 {
             return Err(CoreError::value(
                 "k: expected at least 1 child per node, got 0",
             ));
         }
-        if cfg.max_frontier == Some(0) {
-            return Err(CoreError::value(
-                "max_frontier: expected at least 1 node per forward, got 0",
-            ));
+        if let Some(f) = cfg.max_frontier {
+            check_size("max_frontier", f as u64, usize::MAX)?;
         }
-        if cfg.budget > u32::MAX as usize / 2 || cfg.max_depth > u32::MAX as usize / 2 {
-            return Err(CoreError::value("budget / max_depth: too large"));
+        if cfg.vocab_size > MAX_VOCAB {
+            return Err(CoreError::value(format!(
+                "vocab_size: expected an int in [1, {MAX_VOCAB}], got {}",
+                cfg.vocab_size
+            )));
         }
         Ok(DynamicTreeBuilder {
             cfg,
@@ -328,9 +297,15 @@ impl DynamicTreeBuilder {
             ));
         }
         let order = self.check_node_ids(node_ids)?;
+        let mut chunks = Vec::new();
         for r in 0..n {
             let row_ids = &ids[r * width..(r + 1) * width];
-            check_row("topk_probs", r, &probs[r * width..(r + 1) * width])?;
+            check_partial_row(
+                "topk_probs",
+                r,
+                &probs[r * width..(r + 1) * width],
+                &mut chunks,
+            )?;
             for (j, &t) in row_ids.iter().enumerate() {
                 self.check_token("topk_ids", t)?;
                 if probs[r * width + j] > 0.0 && row_ids[..j].contains(&t) {
@@ -372,8 +347,9 @@ impl DynamicTreeBuilder {
             ));
         }
         let order = self.check_node_ids(node_ids)?;
+        let mut chunks = Vec::new();
         for r in 0..n {
-            check_row("probs", r, &probs[r * vocab..(r + 1) * vocab])?;
+            check_partial_row("probs", r, &probs[r * vocab..(r + 1) * vocab], &mut chunks)?;
         }
         self.apply(&order, |r| (None, &probs[r * vocab..(r + 1) * vocab]))
     }
@@ -392,7 +368,7 @@ impl DynamicTreeBuilder {
             self.nodes[i].row = self.rows + r as i64;
             let (ids, probs) = row(r);
             let picks = if self.cfg.sampled {
-                sample_without_replacement(probs, self.cfg.k, self.cfg.seed, self.trees, i as u64)
+                sample_without_replacement(probs, self.cfg.k, self.cfg.seed, self.trees, i)
             } else {
                 top_k(probs, self.cfg.k)
             };
@@ -508,25 +484,6 @@ impl DynamicTreeBuilder {
     }
 }
 
-/// Checks one draft row: finite, every entry in [0, 1], sum at most 1 + [`ROW_SUM_TOL`].
-fn check_row(what: &'static str, r: usize, probs: &[f64]) -> Result<()> {
-    let mut sum = 0.0f64;
-    for (j, &p) in probs.iter().enumerate() {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(CoreError::value(format!(
-                "{what}: row {r}, column {j}: expected a probability in [0, 1], got {p}"
-            )));
-        }
-        sum += p;
-    }
-    if sum > 1.0 + ROW_SUM_TOL {
-        return Err(CoreError::value(format!(
-            "{what}: row {r} sums to {sum}, expected at most 1 (+{ROW_SUM_TOL})"
-        )));
-    }
-    Ok(())
-}
-
 /// Columns of the `k` largest positive entries, largest first (ties: lower column first).
 pub fn top_k(probs: &[f64], k: usize) -> Vec<usize> {
     let mut cols: Vec<usize> = (0..probs.len()).filter(|&j| probs[j] > 0.0).collect();
@@ -541,14 +498,15 @@ pub fn top_k(probs: &[f64], k: usize) -> Vec<usize> {
 
 /// Up to `k` distinct columns drawn one after another, each from the row renormalised over
 /// the columns not drawn yet (sampling without replacement, the distribution of
-/// Gumbel-top-k). Draw `i` of node `node` uses the uniform `(seed, tree, node, i)`. One
+/// Gumbel-top-k). Draw `i` of node `node` uses the shared generator's uniform
+/// [`rng::uniform`]`(seed, stream = tree, counter = `[`rng::counter`]`(node, i))`. One
 /// prefix-sum pass, then a binary search per draw: O(V + k^2 log V).
 pub fn sample_without_replacement(
     probs: &[f64],
     k: usize,
     seed: u64,
     tree: u64,
-    node: u64,
+    node: usize,
 ) -> Vec<usize> {
     let positive = probs.iter().filter(|&&p| p > 0.0).count();
     let m = k.min(positive);
@@ -563,7 +521,7 @@ pub fn sample_without_replacement(
     let mut out = Vec::with_capacity(m);
     let mut taken_mass = 0.0f64;
     for i in 0..m {
-        let u = dyntree_rng::uniform(seed, tree, node, i as u64);
+        let u = rng::uniform(seed, tree, rng::counter(node, i as u32));
         let target = u * (acc - taken_mass);
         // Residual prefix mass up to and including column j.
         let res = |j: usize| {

@@ -110,6 +110,9 @@ impl Canon {
                 check_index("base", s as i64, v)?;
             }
         }
+        if let Pretok::Gpt2 { classes } = &pretok {
+            check_classes(classes)?;
+        }
         let mut c = Canon {
             merges: table,
             first: vec![NONE; v],
@@ -407,6 +410,24 @@ fn complete_chars(s: &[u8]) -> &[u8] {
     }
 }
 
+/// Checks a code point -> class table: code points in `[0, 0x10FFFF]`, classes in
+/// `[CL_LETTER, CL_OTHER]`.
+pub fn check_classes(classes: &HashMap<u32, u8>) -> Result<()> {
+    for (&cp, &cl) in classes {
+        if cp > 0x10FFFF {
+            return Err(CoreError::value(format!(
+                "char_classes: expected code points in [0, 0x10FFFF], got {cp:#x}"
+            )));
+        }
+        if cl > CL_OTHER {
+            return Err(CoreError::value(format!(
+                "char_classes[{cp:#x}]: expected a class in [0, {CL_OTHER}], got {cl}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn class_of(c: char, classes: &HashMap<u32, u8>) -> u8 {
     if c.is_ascii() {
         return match c {
@@ -652,14 +673,17 @@ mod tests {
 
     #[test]
     fn covers_use_the_context_check() {
-        use crate::cover::{enumerate_covers, ByteIndex};
+        use crate::bytes::cover::enumerate_covers;
+        use crate::bytes::index::ByteIndex;
         let c = toy_gpt2();
         let toks: Vec<Vec<u8>> = c.token_bytes.clone();
         let idx = ByteIndex::new(toks, vec![false; 7], 7, Some(c)).unwrap();
         let c2 = idx.canon.as_ref().unwrap();
         assert!(!c2.valid_pair_before(0, 0, b" "), "vpb");
         assert!(c2.first_ok_before(0, b" "), "fob");
-        let cs = enumerate_covers(&idx, b"   ", true, 1000).unwrap();
+        let cs = enumerate_covers(&idx, b"   ", true, 1000)
+            .unwrap()
+            .to_vecs();
         assert!(!cs.contains(&vec![0, 0, 0]), "{cs:?}");
         assert!(!idx.sequence_ok(&[0, 0, 0], true).unwrap());
     }

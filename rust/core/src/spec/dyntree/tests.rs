@@ -18,12 +18,12 @@ impl Oracle {
     fn row(&self, path: &[i64]) -> (Vec<i64>, Vec<f64>) {
         let mut h = self.seed;
         for &t in path {
-            h = dyntree_rng::mix64(h ^ (t as u64).wrapping_add(0x1234_5678));
+            h = crate::rng::mix64(h ^ (t as u64).wrapping_add(0x1234_5678));
         }
         let mut ids: Vec<i64> = Vec::new();
         let mut c = 0u64;
         while ids.len() < self.width {
-            let t = (dyntree_rng::bits(h, 1, c, 0) % self.vocab as u64) as i64;
+            let t = (crate::rng::bits(h, 1, c) % self.vocab as u64) as i64;
             c += 1;
             if !ids.contains(&t) {
                 ids.push(t);
@@ -31,7 +31,7 @@ impl Oracle {
         }
         let mut w: Vec<f64> = (0..self.width)
             .map(|j| {
-                let u = dyntree_rng::uniform(h, 2, j as u64, 0);
+                let u = crate::rng::uniform(h, 2, j as u64);
                 if self.coarse {
                     (u * 4.0).floor() + 1.0
                 } else {
@@ -39,7 +39,7 @@ impl Oracle {
                 }
             })
             .collect();
-        let total: f64 = w.iter().sum::<f64>() * (1.0 + dyntree_rng::uniform(h, 3, 0, 0));
+        let total: f64 = w.iter().sum::<f64>() * (1.0 + crate::rng::uniform(h, 3, 0));
         for x in &mut w {
             *x /= total;
         }
