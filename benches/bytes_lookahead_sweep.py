@@ -20,7 +20,7 @@ def main() -> int:
     import torch
 
     from tokenloom import ByteLM, ByteVocab
-    from tokenloom.models import load_default
+    from tokenloom.integrations.hf.models import load_default
 
     values = [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "0,8").split(",")]
     torch.set_num_threads(2)

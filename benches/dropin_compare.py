@@ -20,11 +20,11 @@ import time
 from typing import Any, Callable, Dict, List
 
 import tokenloom
-import tokenloom.hf as tlhf
-from tokenloom.cli_bench import load_questions
-from tokenloom.cli_generate import chat_input_ids
-from tokenloom.models import load_default
-from tokenloom.recycling import TokenRecycler
+import tokenloom.integrations.hf.custom_generate as tlhf
+from tokenloom.cli.bench import load_questions
+from tokenloom.integrations.hf.chat import chat_input_ids
+from tokenloom.integrations.hf.models import load_default
+from tokenloom.spec.recycling.recycler import TokenRecycler
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -37,9 +37,9 @@ def main() -> int:
     from tqdm import tqdm
 
     import tokenloom
-    from tokenloom.cli_bench import load_questions
-    from tokenloom.cli_generate import chat_input_ids
-    from tokenloom.models import load_default, stop_token_ids
+    from tokenloom.cli.bench import load_questions
+    from tokenloom.integrations.hf.chat import chat_input_ids
+    from tokenloom.integrations.hf.models import load_default, stop_token_ids
 
     torch.set_num_threads(args.threads)
     model, tok = load_default()

@@ -44,7 +44,7 @@ def prefixes(n_code: int, n_text: int, seed: int) -> List[bytes]:
     line cut at a random byte, and Spec-Bench questions cut inside the text."""
     rng = random.Random(seed)
     data = ROOT / "python" / "tokenloom" / "data"
-    from tokenloom.fim import load_humaneval
+    from tokenloom.eval.fim import load_humaneval
 
     he = load_humaneval()
     sb = [json.loads(line) for line in (data / "spec_bench" / "question.jsonl").read_text().splitlines() if line.strip()]
@@ -94,7 +94,7 @@ def main() -> int:
     from tqdm import tqdm
 
     from tokenloom import ByteLM
-    from tokenloom.models import load_default
+    from tokenloom.integrations.hf.models import load_default
 
     torch.set_num_threads(args.threads)
     model, tok = load_default()

@@ -14,10 +14,10 @@ import json
 import time
 
 import tokenloom
-from tokenloom.cli_bench import load_questions
-from tokenloom.cli_generate import chat_input_ids
-from tokenloom.models import load_default
-from tokenloom.recycling import TokenRecycler
+from tokenloom.cli.bench import load_questions
+from tokenloom.integrations.hf.chat import chat_input_ids
+from tokenloom.integrations.hf.models import load_default
+from tokenloom.spec.recycling.recycler import TokenRecycler
 
 
 def main() -> None:

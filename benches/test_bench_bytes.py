@@ -15,7 +15,7 @@ PREFIXES = [b"def fibonac", b"https:/", b"    return"]
 @pytest.fixture(scope="module")
 def vocab():
     from tokenloom import ByteVocab
-    from tokenloom.models import load_default_tokenizer
+    from tokenloom.integrations.hf.models import load_default_tokenizer
 
     return ByteVocab.from_tokenizer(load_default_tokenizer())
 
@@ -50,7 +50,7 @@ def test_lookahead_kernel(benchmark, vocab, impl):
 
 @pytest.fixture(scope="module")
 def smollm():
-    from tokenloom.models import load_default
+    from tokenloom.integrations.hf.models import load_default
 
     return load_default()
 

@@ -13,7 +13,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def smollm():
-    from tokenloom.models import load_default
+    from tokenloom.integrations.hf.models import load_default
 
     return load_default()
 
@@ -25,8 +25,9 @@ def test_tree_step(benchmark, smollm, t, packed):
     import torch
     from transformers import DynamicCache
 
-    from tokenloom.cpupack import pack_available, packed_linears
-    from tokenloom.treeattn import compact_cache, tree_forward
+    from tokenloom.runtime.cpupack import pack_available, packed_linears
+    from tokenloom.runtime.kvcache import compact_cache
+    from tokenloom.runtime.treeattn import tree_forward
 
     if packed and not pack_available():
         pytest.skip("no oneDNN packed linear in this torch build")

@@ -11,8 +11,8 @@ import pathlib
 import pytest
 
 import tokenloom
-import tokenloom.hf as tlhf
-from tokenloom.recycling import TokenRecycler
+import tokenloom.integrations.hf.custom_generate as tlhf
+from tokenloom.spec.recycling.recycler import TokenRecycler
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 40

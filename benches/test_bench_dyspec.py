@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tokenloom import DynamicTreeBuilder, EarlyExitDraft, HFDraft
-from tokenloom.drafts import _prefix_tree_mask
+from tokenloom.spec.dyspec.drafts import _prefix_tree_mask
 from tests.conftest import make_tiny_llama, smollm  # noqa: F401  (smollm: session fixture)
 from tests.dyspec_reference import RefBuilder
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tokenloom
-from tokenloom.recycling import TokenRecycler, template_parents, template_paths
+from tokenloom.spec.recycling.recycler import TokenRecycler, template_parents, template_paths
 
 VOCAB, K = 49152, 8
 
@@ -80,7 +80,7 @@ def test_draft_update(benchmark, state, template, impl):
 @pytest.fixture(scope="module")
 def smollm_model():
     try:
-        from tokenloom.models import load_default
+        from tokenloom.integrations.hf.models import load_default
 
         return load_default()[0]
     except FileNotFoundError as e:  # pragma: no cover - the embedded model is not installed
@@ -95,7 +95,7 @@ def test_step_overhead(benchmark, state, smollm_model, part):
     import torch
     from transformers import DynamicCache
 
-    from tokenloom.treeattn import tree_forward
+    from tokenloom.runtime.treeattn import tree_forward
 
     adj, rng = state
     rec = TokenRecycler(VOCAB, K, "2.2.2-16")

@@ -27,8 +27,8 @@ def own_loop(model, input_ids, max_new_tokens=64, eos=2, recycler=None):
 
 
 if __name__ == "__main__":
-    from tokenloom.cli_generate import chat_input_ids
-    from tokenloom.models import load_default
+    from tokenloom.integrations.hf.chat import chat_input_ids
+    from tokenloom.integrations.hf.models import load_default
 
     model, tok = load_default()
     ids = chat_input_ids(tok, "Explain speculative decoding in two sentences.")

@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(scope="session")
 def smollm():
     """(model, tokenizer) of the embedded SmolLM2-135M-Instruct."""
-    from tokenloom.models import load_default
+    from tokenloom.integrations.hf.models import load_default
 
     return load_default()
 
@@ -17,7 +17,7 @@ def smollm():
 @pytest.fixture(scope="session")
 def tokenizer():
     """The embedded model's tokenizer (49,152 tokens, byte-level BPE)."""
-    from tokenloom.models import load_default_tokenizer
+    from tokenloom.integrations.hf.models import load_default_tokenizer
 
     return load_default_tokenizer()
 

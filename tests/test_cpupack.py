@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tokenloom.cpupack import (  # noqa: E402
+from tokenloom.runtime.cpupack import (  # noqa: E402
     PackedLinear,
     clear_packed,
     is_packed,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import tokenloom
-import tokenloom.hf as tlhf
-from tokenloom.recycling import TokenRecycler
+import tokenloom.integrations.hf.custom_generate as tlhf
+from tokenloom.spec.recycling.recycler import TokenRecycler
 
 from .greedy_compare import same_or_near_tie as _same_or_near_tie
 from .test_recycling_generate import _exact_joint, _prompt
@@ -135,7 +135,7 @@ def test_candidate_generator_chain_and_update():
     ids = torch.tensor([[3, 7]])
     cand, logits = gen.get_candidates(ids)
     assert logits is None and cand.tolist() == [[3, 7, 8, 9]], "rank-0 chain 7 -> 8 -> 9, cut before EOS 11"
-    assert rec.template == tokenloom.recycling.template_paths("2.2.2-4"), "template restored"
+    assert rec.template == tokenloom.spec.recycling.recycler.template_paths("2.2.2-4"), "template restored"
     scores = torch.full((1, 3, 50), -1.0)
     for i, best in enumerate(([20, 21, 22], [23, 24, 25], [26, 27, 28])):
         scores[0, i, best] = torch.tensor([3.0, 2.0, 1.0])
@@ -173,7 +173,8 @@ def test_step_fields_and_keep(tiny_llama):
     import torch
     from transformers import DynamicCache
 
-    from tokenloom.treeattn import cache_length, tree_attention_mask, tree_position_ids
+    from tokenloom.runtime.kvcache import cache_length
+    from tokenloom.runtime.treeattn import tree_attention_mask, tree_position_ids
 
     rec = TokenRecycler(49152, template="2.2.2-8")
     ids = _prompt(9)
@@ -341,7 +342,7 @@ EMBEDDED_PROMPTS = [
 
 @pytest.mark.model
 def test_every_path_equals_hf_greedy_on_embedded_model(smollm, own_loop):
-    from tokenloom.cli_generate import chat_input_ids
+    from tokenloom.integrations.hf.chat import chat_input_ids
 
     model, tok = smollm
     rec = TokenRecycler(model.config.vocab_size)

@@ -369,7 +369,7 @@ def test_build_with_a_draft_object():
 
 
 def test_draft_probs_dense_matches_sampling_rows():
-    from tokenloom.dyspec import draft_probs_dense
+    from tokenloom.spec.dyspec.builder import draft_probs_dense
 
     row_fn = make_row_fn(9, 5)
     b = DynamicTreeBuilder(12, 3, k=3, sampled=True, seed=3)

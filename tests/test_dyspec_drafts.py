@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tokenloom import DynamicTreeBuilder, EarlyExitDraft, HFDraft
-from tokenloom.drafts import check_vocab
-from tokenloom.treeattn import causal_attention_mask, compact_cache, prefix_tree_mask
+from tokenloom.spec.dyspec.drafts import check_vocab
+from tokenloom.runtime.kvcache import compact_cache
+from tokenloom.runtime.treeattn import causal_attention_mask, prefix_tree_mask
 
 from .conftest import make_tiny_llama
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import tokenloom
-from tokenloom.drafts import EarlyExitDraft, HFDraft
-from tokenloom.dyspec_loop import StaticTreeBuilder, chain_paths, default_draft_layers, fixed_tree_paths
+from tokenloom.spec.dyspec.drafts import EarlyExitDraft, HFDraft
+from tokenloom.spec.dyspec.drafter import StaticTreeBuilder, chain_paths, default_draft_layers, fixed_tree_paths
 
 from .conftest import make_tiny_llama
 from .greedy_compare import count_same_as_hf, hf_greedy

@@ -8,7 +8,7 @@ import pytest
 def test_fim_records_baseline_failures(tiny_llama, tokenizer, monkeypatch):
     """The FIM comparison survives a baseline that fails on a prompt (transformers' token
     healing raises KeyError on some prompts): the failure is counted, the run goes on."""
-    from tokenloom.fim import load_humaneval, make_cuts, run_fim
+    from tokenloom.eval.fim import load_humaneval, make_cuts, run_fim
 
     cuts = make_cuts(load_humaneval(), 2, seed=0)
     real = tiny_llama.generate

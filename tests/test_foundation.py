@@ -7,7 +7,7 @@ import torch
 
 import tokenloom
 from tokenloom import generate
-from tokenloom.cli_generate import chat_input_ids
+from tokenloom.integrations.hf.chat import chat_input_ids
 
 PROMPTS = [
     "What is the capital of France?",
@@ -126,7 +126,7 @@ def test_default_model_is_installed():
 
 @pytest.mark.model
 def test_cli_generate(capsys):
-    from tokenloom.cli import main
+    from tokenloom.cli.main import main
 
     assert main(["generate", "Name a color.", "--method", "greedy", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_cli_generate(capsys):
 
 
 def test_cli_bad_model_path(capsys):
-    from tokenloom.cli import main
+    from tokenloom.cli.main import main
 
     assert main(["generate", "hi", "--model", "/nonexistent/model.gguf"]) == 2
     assert "does not exist" in capsys.readouterr().err

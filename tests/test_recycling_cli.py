@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from tokenloom.cli import build_parser
-from tokenloom.cli_bench import BENCH_METHODS, RunResult, _resolve, format_table, load_questions, summarise
+from tokenloom.cli.main import build_parser
+from tokenloom.cli.bench import BENCH_METHODS, RunResult, _resolve, format_table, load_questions, summarise
 
 
 def test_questions_cover_every_category():

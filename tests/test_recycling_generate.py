@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tokenloom
-from tokenloom.recycling import TokenRecycler
+from tokenloom.spec.recycling.recycler import TokenRecycler
 
 from .greedy_compare import count_same_as_hf, hf_greedy
 from .tree_steps import check_tree_steps, record_forward_inputs
@@ -84,11 +84,11 @@ def test_hot_start_and_stats(tiny_llama):
     emitted = sum((acc + 1) * c for acc, c in ex["accepted_hist"].items()) + 1
     assert emitted >= b.stats.new_tokens  # the last step may be cut by the budget
     assert b.stats.mean_accepted == b.stats.new_tokens / b.stats.steps
-    assert ex["seeded"] is tokenloom.recycling_loop.SEED_FROM_PREFILL and len(ex["calibration"]) >= 2
+    assert ex["seeded"] is tokenloom.spec.recycling.drafter.SEED_FROM_PREFILL and len(ex["calibration"]) >= 2
 
 
 def test_default_recycler_is_shared(tiny_llama):
-    from tokenloom.recycling import default_recycler, reset_default_recyclers
+    from tokenloom.spec.recycling.recycler import default_recycler, reset_default_recyclers
 
     reset_default_recyclers()
     ids = _prompt(13)
@@ -210,8 +210,8 @@ def _sampling_chi2(model, temperature=2.0, top_k=3, trials=1500):
 def test_sampling_loop_exact_with_reference_verifier(tiny_llama, monkeypatch):
     """The loop's sampling branch, wired to a pure-Python reference of the lossless
     deterministic-draft rule, reproduces the exact joint law of three tokens."""
-    import tokenloom.sampling
-    import tokenloom.verify as verify_mod
+    import tokenloom.sampling.sampler
+    import tokenloom.verify.kernels as verify_mod
 
     monkeypatch.setattr(verify_mod, "verify_tree", ref_verify_tree)
     monkeypatch.setattr(tokenloom.sampling, "probs_from_logits", ref_probs_from_logits)

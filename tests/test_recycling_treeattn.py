@@ -8,11 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenloom.treeattn import (
+from tokenloom.runtime.kvcache import cache_kv, cache_length, compact_cache
+from tokenloom.runtime.treeattn import (
     ancestor_matrix,
-    cache_kv,
-    cache_length,
-    compact_cache,
     tree_attention_mask,
     tree_forward,
     tree_position_ids,

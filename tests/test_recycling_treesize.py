@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenloom.recycling import NESTED_SIZES, template_paths
-from tokenloom.treesize import (
+from tokenloom.spec.recycling.recycler import NESTED_SIZES, template_paths
+from tokenloom.spec.sizing import (
     AcceptanceStats,
     StepCost,
     calibrate_step_cost,
@@ -130,8 +130,8 @@ def test_no_draft_when_trees_never_pay(tiny_llama, monkeypatch):
     import torch
 
     import tokenloom
-    import tokenloom.recycling_loop as loop
-    from tokenloom.recycling import TokenRecycler
+    import tokenloom.spec.recycling.drafter as loop
+    from tokenloom.spec.recycling.recycler import TokenRecycler
 
     steep = StepCost((1, 2, 81), (0.01, 1.0, 2.0))
     stats = _typical_stats()

@@ -67,7 +67,7 @@ def test_padded_batch_and_seed():
     assert verify_chain(x[0], draft[0], target[0], seed=21).tokens.tolist() == rs[0].tokens.tolist()
     import torch
 
-    from tokenloom._verify_torch import verify_chain_batch_torch
+    from tokenloom.verify.device import verify_chain_batch_torch
 
     rt = verify_chain_batch_torch(x, torch.from_numpy(draft), torch.from_numpy(target), lengths, 21)
     assert [r.tokens.tolist() for r in rt] == [r.tokens.tolist() for r in rs]
@@ -89,7 +89,7 @@ def chain_inputs(draw, vocab=4):
 def test_parity_with_reference_and_torch_path(case):
     import torch
 
-    from tokenloom._verify_torch import verify_chain_torch
+    from tokenloom.verify.device import verify_chain_torch
 
     x, q, p, seed = case
     r = verify_chain(x, q, p, seed=seed)

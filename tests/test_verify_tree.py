@@ -183,7 +183,7 @@ def test_torch_device_path_matches_rust(case):
     """The accelerator code path, run on CPU tensors, gives the Rust path's result."""
     import torch
 
-    from tokenloom._verify_torch import verify_tree_torch
+    from tokenloom.verify.device import verify_tree_torch
 
     parents, tokens, target, draft, seed, replacement = case
     tt = torch.from_numpy(target)
@@ -212,7 +212,7 @@ def test_batch_parity_with_padding():
                 None if d is None else d[i, :n].tolist(), 9, i,
             )
             assert r.path.tolist() == path and r.tokens.tolist() == out
-    from tokenloom._verify_torch import verify_tree_batch_torch
+    from tokenloom.verify.device import verify_tree_batch_torch
     import torch
 
     rs = verify_tree_batch(par, tok, target, draft, lengths, seed=4)
@@ -252,7 +252,7 @@ def test_bad_input(args, kwargs, exc, match):
 def test_bad_input_torch_path():
     import torch
 
-    from tokenloom._verify_torch import verify_tree_torch
+    from tokenloom.verify.device import verify_tree_torch
 
     t = torch.from_numpy(U)
     with pytest.raises(ValueError, match="sums to"):

@@ -1,20 +1,31 @@
 """tokenloom: exact, fast decoding kernels for LLMs (Rust core, thin Python layer).
 
+Package map (each subpackage's docstring says more):
+
+* ``decoding``: :func:`generate`, the request config, token sink, statistics, the method table;
+* ``spec``: speculative decoding — the Drafter protocol, one draft-tree type, one tree-step loop,
+  drafters (``recycling``, ``dyspec``, ``lookup``), tree templates and sizing, the step API;
+* ``verify`` and ``sampling``: lossless verification kernels and the exact sampler;
+* ``runtime``: tree attention, KV-cache operations, pre-packed CPU linears;
+* ``bytelevel``: exact byte-level probabilities from token-level models;
+* ``integrations``: Hugging Face (``integrations.hf``: custom_generate, model loading, chat);
+* ``cli`` and ``eval``: the command line and the benchmark harnesses.
+
 Heavy dependencies (torch, transformers) are imported lazily, inside the functions that
 need them, so ``import tokenloom`` stays cheap.
 """
 
-from . import models
-from ._core import __version__
-from .drafts import EarlyExitDraft, HFDraft
-from .dyspec import DynamicTree, DynamicTreeBuilder, Frontier
-from .byteensemble import ByteEnsemble
-from .bytelm import ByteLM
-from .bytevocab import ByteVocab
-from .generation import GenerateOutput, GenerateStats, generate, methods, register_method
-from .recycling import DraftTree, TokenRecycler
-from .sampling import Sampler, probs_from_logits
-from .verify import (
+from tokenloom._core import __version__
+from tokenloom.bytelevel.ensemble import ByteEnsemble
+from tokenloom.bytelevel.lm import ByteLM
+from tokenloom.bytelevel.vocab import ByteVocab
+from tokenloom.decoding.generate import GenerateOutput, GenerateStats, generate, methods, register_method
+from tokenloom.integrations.hf import models
+from tokenloom.sampling.sampler import Sampler, probs_from_logits
+from tokenloom.spec.dyspec.builder import DynamicTree, DynamicTreeBuilder, Frontier
+from tokenloom.spec.dyspec.drafts import EarlyExitDraft, HFDraft
+from tokenloom.spec.recycling.recycler import DraftTree, TokenRecycler
+from tokenloom.verify.kernels import (
     VerifyResult,
     verify_chain,
     verify_chain_batch,
@@ -53,15 +64,17 @@ __all__ = [
     "__version__",
 ]
 
+_LAZY = {
+    "packed_linears": "tokenloom.runtime.cpupack",
+    "pack_available": "tokenloom.runtime.cpupack",
+}
 
-_LAZY = {"packed_linears": "cpupack", "pack_available": "cpupack"}
 
-
-def __getattr__(name: str):  # lazy: tokenloom.hf / tokenloom.cpupack import torch
+def __getattr__(name: str):  # lazy: tokenloom.hf / tokenloom.packed_linears import torch on use
     import importlib
 
     if name == "hf":
-        return importlib.import_module(".hf", __name__)
+        return importlib.import_module("tokenloom.integrations.hf")
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

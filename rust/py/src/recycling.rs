@@ -104,6 +104,54 @@ impl PyDraftTree {
     }
 }
 
+/// A validated, compiled tree template (rank paths in canonical order, node i + 1 = path i).
+///
+/// Args:
+///     template (str | list[list[int]]): a name ("2.2.2", "2.2.2-N") or rank paths.
+///
+/// Raises:
+///     ValueError: empty, duplicate, negative, not subtree-closed paths, or an unknown name.
+///     TypeError: neither a str nor a list of int lists.
+#[pyclass(name = "Template", module = "tokenloom._core", frozen)]
+pub struct PyTemplate {
+    inner: Template,
+}
+
+#[pymethods]
+impl PyTemplate {
+    #[new]
+    #[pyo3(signature = (template))]
+    fn new(template: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(PyTemplate { inner: template_from_py(template)? })
+    }
+
+    /// list[list[int]]: the rank paths in canonical order.
+    #[getter]
+    fn paths(&self) -> Vec<Vec<u32>> {
+        paths_to_py(&self.inner)
+    }
+
+    /// int: tree nodes, the root included (T).
+    #[getter]
+    fn tree_size(&self) -> usize {
+        self.inner.num_nodes()
+    }
+
+    /// int: the largest rank used (a recycler needs k > max_rank).
+    #[getter]
+    fn max_rank(&self) -> u32 {
+        self.inner.max_rank()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.num_nodes()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Template(tree_size={})", self.inner.num_nodes())
+    }
+}
+
 /// Token Recycling state: an adjacency matrix [vocab_size, k] (u32) of candidate next tokens per
 /// token, and the static tree template it drafts with.
 ///
@@ -221,20 +269,35 @@ impl PyTokenRecycler {
     ///
     /// Args:
     ///     root_token (int): the last token of the sequence (not yet verified-forwarded).
+    ///     template (Template | None): draft with this compiled template instead of the
+    ///         recycler's own (a drafter owns its template; the recycler is shared state).
     ///
     /// Returns:
     ///     DraftTree: tokens / parents / depths, each int64 [T].
     ///
     /// Raises:
     ///     IndexError: root_token outside [0, vocab_size).
+    ///     ValueError: the template uses a rank >= k.
     ///     TypeError: root_token is not an int.
-    #[pyo3(signature = (root_token))]
-    fn draft(&self, py: Python<'_>, root_token: &Bound<'_, PyAny>) -> PyResult<PyDraftTree> {
+    #[pyo3(signature = (root_token, template = None))]
+    fn draft(
+        &self,
+        py: Python<'_>,
+        root_token: &Bound<'_, PyAny>,
+        template: Option<PyRef<'_, PyTemplate>>,
+    ) -> PyResult<PyDraftTree> {
         // A microsecond gather: it runs with the GIL held (the lock is never held while
         // waiting for the GIL, so this cannot deadlock).
         let st = self.read()?;
         let root = args::id("root token", root_token, st.rec.vocab())?;
-        let tree = st.rec.draft(root, &st.template).map_err(to_py)?;
+        let t = match &template {
+            Some(t) => {
+                st.rec.check_template(&t.inner).map_err(to_py)?;
+                &t.inner
+            }
+            None => &st.template,
+        };
+        let tree = st.rec.draft(root, t).map_err(to_py)?;
         drop(st);
         Ok(PyDraftTree::new(py, tree))
     }
@@ -432,6 +495,7 @@ pub fn nested_template_order() -> Vec<Vec<u32>> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenRecycler>()?;
     m.add_class::<PyDraftTree>()?;
+    m.add_class::<PyTemplate>()?;
     m.add_function(wrap_pyfunction!(template_names, m)?)?;
     m.add_function(wrap_pyfunction!(template_paths, m)?)?;
     m.add_function(wrap_pyfunction!(template_parents, m)?)?;

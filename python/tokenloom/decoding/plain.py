@@ -1,0 +1,39 @@
+"""Plain autoregressive decoding (``method="greedy"``): one forward per token; argmax at
+temperature 0, otherwise a draw from :class:`tokenloom.sampling.Sampler`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenloom.decoding.generate import DecodeConfig, TokenSink, register_method
+
+__all__ = ["decode_plain", "next_token_chooser"]
+
+
+def next_token_chooser(cfg: DecodeConfig) -> Any:
+    """A function ``logits [1, V] -> int``: argmax when greedy, else a seeded sampler."""
+    if cfg.greedy:
+        return lambda logits: int(logits[0].argmax())
+    from tokenloom.sampling.sampler import Sampler
+
+    sampler = Sampler(
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p, seed=cfg.seed
+    )
+    return lambda logits: int(sampler(logits)[0])
+
+
+@register_method("greedy")
+def decode_plain(model: Any, input_ids: Any, cfg: DecodeConfig, sink: TokenSink) -> None:
+    """One target forward per new token, with a dynamic KV cache."""
+    import torch
+    from transformers import DynamicCache
+
+    choose = next_token_chooser(cfg)
+    cache = DynamicCache()
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    while True:
+        token = choose(out.logits[:, -1, :].float())
+        if sink.emit([token]):
+            return
+        step = torch.tensor([[token]], dtype=torch.long, device=input_ids.device)
+        out = model(input_ids=step, past_key_values=cache, use_cache=True)

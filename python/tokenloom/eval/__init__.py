@@ -1,0 +1,1 @@
+"""Evaluation harnesses (not the library): Spec-Bench questions and HumanEval fill-in-the-middle."""

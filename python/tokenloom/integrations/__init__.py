@@ -1,0 +1,1 @@
+"""Adapters to other frameworks, one module or subpackage per framework."""

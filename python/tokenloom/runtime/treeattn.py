@@ -1,0 +1,237 @@
+"""Generic tree-attention step machinery for Hugging Face causal LMs (method-agnostic: Token
+Recycling and DySpec both use it).
+
+A *tree step* feeds T tree nodes after a cached prefix of ``past_len`` tokens in ONE forward:
+
+* node 0 is the root (the last emitted token, not yet in the cache), ``parents[0] == -1`` and
+  ``0 <= parents[i] < i`` (a forward scan is a topological order);
+* node ``i`` attends to the whole prefix and to itself and its ancestors — the additive 4D mask
+  from :func:`tree_attention_mask` (0 = see, ``finfo(dtype).min`` = hide), shape
+  ``(1, 1, T, past_len + T)``;
+* node ``i`` sits at position ``past_len + depth(i)`` (:func:`tree_position_ids`);
+* after verification, :func:`compact_cache` keeps the prefix and the accepted nodes (in order)
+  and drops the rest, so the cache again holds one entry per emitted token.
+
+Typical step (``cache`` is a ``transformers.DynamicCache`` already holding the prefix)::
+
+    past = cache_length(cache)
+    logits = tree_forward(model, cache, tokens, parents, depths)   # [T, V], one forward
+    path = ...verify (node indices starting with 0)...
+    compact_cache(cache, past, path)                               # cache = past + len(path)
+
+Requirements: batch size 1; the model's attention implementation must accept a custom 4D float
+mask ("sdpa" or "eager"; flash-attention-2 does not); position ids are honoured (all
+rotary/absolute-position decoder models in transformers). Cache layers must be full
+(``DynamicLayer``); sliding-window layers are refused by :func:`compact_cache`.
+
+Everything here works on CPU and CUDA; masks are cached per tree shape, dtype and device.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
+
+import numpy as np
+
+from tokenloom.runtime.model import model_dtype_device
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ancestor_matrix",
+    "causal_attention_mask",
+    "prefix_tree_mask",
+    "tree_attention_mask",
+    "tree_bias",
+    "tree_forward",
+    "tree_position_ids",
+]
+
+
+def _parents_array(parents: Any) -> np.ndarray:
+    if hasattr(parents, "detach"):
+        parents = parents.detach().cpu().numpy()
+    p = np.asarray(parents, dtype=np.int64)
+    if p.ndim != 1 or p.size == 0:
+        raise ValueError(f"parents: expected a non-empty 1-D array, got shape {tuple(p.shape)}")
+    if p[0] != -1:
+        raise ValueError(f"parents[0] must be -1 (node 0 is the root), got {int(p[0])}")
+    idx = np.arange(1, p.size)
+    bad = np.nonzero((p[1:] < 0) | (p[1:] >= idx))[0]
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise ValueError(f"parents must be topologically ordered (0 <= parents[i] < i): parents[{i}] = {int(p[i])}")
+    return p
+
+
+def ancestor_matrix(parents: Any) -> np.ndarray:
+    """bool [T, T]: ``M[i, j]`` is True when node ``j`` is node ``i`` or one of its ancestors.
+
+    Raises:
+        ValueError: ``parents`` is not a valid parent array.
+    """
+    p = _parents_array(parents)
+    t = p.size
+    m = np.zeros((t, t), dtype=bool)
+    m[0, 0] = True
+    for i in range(1, t):
+        m[i] = m[p[i]]
+        m[i, i] = True
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def _bias_cached(key: bytes, dtype: Any, device: Any) -> "torch.Tensor":
+    import torch
+
+    parents = np.frombuffer(key, dtype=np.int64)
+    see = torch.from_numpy(ancestor_matrix(parents))
+    bias = torch.zeros(see.shape, dtype=dtype)
+    bias.masked_fill_(~see, torch.finfo(dtype).min)
+    return bias.to(device)
+
+
+def tree_bias(parents: Any, dtype: Any = None, device: Any = "cpu") -> "torch.Tensor":
+    """Additive [T, T] block of the tree mask: 0 where node ``j`` is ``i`` or an ancestor of
+    ``i``, ``finfo(dtype).min`` elsewhere. Cached per (parents, dtype, device); do not modify.
+    """
+    import torch
+
+    p = _parents_array(parents)
+    return _bias_cached(p.tobytes(), dtype or torch.float32, torch.device(device))
+
+
+def tree_attention_mask(parents: Any, past_len: int, dtype: Any = None, device: Any = "cpu") -> "torch.Tensor":
+    """The 4D additive mask (1, 1, T, past_len + T) of a tree step: every node sees the whole
+    prefix (zeros) and, among tree nodes, only itself and its ancestors.
+
+    Args:
+        parents: int [T] parent array (``parents[0] == -1``, ``parents[i] < i``).
+        past_len: tokens already in the cache (>= 0).
+        dtype: float dtype of the model's attention (default float32).
+        device: where the model runs.
+    """
+    import torch
+
+    if past_len < 0:
+        raise ValueError(f"past_len: expected >= 0, got {past_len}")
+    dtype = dtype or torch.float32
+    block = tree_bias(parents, dtype, device)
+    t = block.shape[0]
+    mask = torch.zeros((1, 1, t, past_len + t), dtype=dtype, device=block.device)
+    mask[0, 0, :, past_len:] = block
+    return mask
+
+
+def causal_attention_mask(q_len: int, past_len: int, dtype: Any = None, device: Any = "cpu") -> "torch.Tensor":
+    """The 4D additive mask (1, 1, q_len, past_len + q_len) of a plain causal chain of
+    ``q_len`` tokens after ``past_len`` cached ones (the tree mask of a chain)."""
+    if q_len < 1:
+        raise ValueError(f"q_len: expected >= 1, got {q_len}")
+    return tree_attention_mask(np.arange(-1, q_len - 1, dtype=np.int64), past_len, dtype, device)
+
+
+def prefix_tree_mask(
+    prefix_len: int, past_len: int, visible: Sequence[Sequence[int]], dtype: Any = None, device: Any = "cpu"
+) -> "torch.Tensor":
+    """The 4D additive mask (1, 1, q, past_len + q) of q new tokens fed after a cache that
+    holds a shared prefix ``[0, prefix_len)`` followed by earlier, partly unrelated entries
+    (e.g. tree nodes forwarded by previous draft forwards, one depth at a time).
+
+    Row ``j`` sees the prefix, the absolute cache positions ``visible[j]`` (each in
+    ``[prefix_len, past_len)``: its tree ancestors already in the cache) and itself
+    (``past_len + j``); nothing else.
+
+    Raises:
+        ValueError: ``prefix_len`` outside ``[0, past_len]`` or a position outside
+            ``[prefix_len, past_len)``.
+    """
+    import torch
+
+    if not (0 <= prefix_len <= past_len):
+        raise ValueError(f"prefix_len: expected in [0, past_len={past_len}], got {prefix_len}")
+    dtype = dtype or torch.float32
+    q = len(visible)
+    rows = [j for j, cols in enumerate(visible) for _ in cols]
+    cols = [int(c) for cs in visible for c in cs]
+    if any(not (prefix_len <= c < past_len) for c in cols):
+        raise ValueError(f"visible: positions must lie in [{prefix_len}, {past_len}), got {cols}")
+    mask = torch.full((q, past_len + q), torch.finfo(dtype).min, dtype=dtype)
+    mask[:, :prefix_len] = 0.0
+    if rows:
+        mask[rows, cols] = 0.0
+    diag = torch.arange(q)
+    mask[diag, past_len + diag] = 0.0
+    return mask.view(1, 1, q, past_len + q).to(device)
+
+
+def tree_position_ids(depths: Any, past_len: int, device: Any = "cpu") -> "torch.Tensor":
+    """LongTensor [1, T]: ``past_len + depths``."""
+    import torch
+
+    d = torch.as_tensor(np.asarray(depths, dtype=np.int64) if not hasattr(depths, "detach") else depths)
+    return (d.to(device=device, dtype=torch.long) + int(past_len)).view(1, -1)
+
+
+def _depths_of(parents: np.ndarray) -> np.ndarray:
+    d = np.zeros(parents.size, dtype=np.int64)
+    for i in range(1, parents.size):
+        d[i] = d[parents[i]] + 1
+    return d
+
+
+
+def tree_forward(
+    model: Any,
+    cache: Any,
+    tokens: Any,
+    parents: Any,
+    depths: Any = None,
+    *,
+    past_len: int = -1,
+) -> "torch.Tensor":
+    """One forward of a token tree after the cached prefix; appends T entries to ``cache``.
+
+    Args:
+        model: HF causal LM (called with ``input_ids``, a 4D ``attention_mask``,
+            ``position_ids`` and ``past_key_values``).
+        cache: the model's cache (``DynamicCache``), holding ``past_len`` tokens.
+        tokens: int [T] node tokens, root first (numpy, torch or a sequence).
+        parents: int [T] parent array.
+        depths: int [T] node depths (computed from ``parents`` when None).
+        past_len: tokens in the cache (read from ``cache`` when negative).
+
+    Returns:
+        torch.Tensor [T, V]: the logits after every node (float32 view of the model's output).
+
+    Raises:
+        ValueError: bad parents, or tokens / depths of another length.
+    """
+    import torch
+
+    p = _parents_array(parents)
+    dtype, device = model_dtype_device(model)
+    if past_len < 0:
+        from tokenloom.runtime.kvcache import cache_length
+
+        past_len = cache_length(cache)
+    tok = torch.as_tensor(tokens if hasattr(tokens, "detach") else np.asarray(tokens, dtype=np.int64))
+    if tok.dim() != 1 or tok.shape[0] != p.size:
+        raise ValueError(f"tokens: expected shape [{p.size}] (= len(parents)), got {list(tok.shape)}")
+    if depths is None:
+        depths = _depths_of(p)
+    pos = tree_position_ids(depths, past_len, device)
+    if pos.shape[1] != p.size:
+        raise ValueError(f"depths: expected shape [{p.size}] (= len(parents)), got {list(pos.shape)}")
+    mask = tree_attention_mask(p, past_len, dtype, device)
+    out = model(
+        input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits = out.logits[0]
+    return logits if logits.dtype == torch.float32 else logits.float()

@@ -1,0 +1,304 @@
+"""Hardware-aware tree sizing.
+
+Two ingredients, both method-agnostic:
+
+* :class:`StepCost` — seconds of one verify step against the number of tree tokens T, measured
+  once per (model config, dtype, device, torch threads) by :func:`calibrate_step_cost` (a few
+  timed tree forwards on a dummy cache, with the top-k/argmax the step also pays), cached in the
+  process and on disk (``$TOKENLOOM_CACHE_DIR`` or ``~/.cache/tokenloom``; set
+  ``TOKENLOOM_NO_DISK_CACHE=1`` to skip the disk). Linear interpolation between measured sizes.
+* :class:`AcceptanceStats` — exponentially decayed counts, per depth ``d`` of an accepted node
+  and per rank ``r``, of "the target's next token is the rank-r candidate of that node's row".
+  Under greedy verification a template node with rank path ``(r1, ..., rm)`` is accepted exactly
+  when every step of its path matches, so its acceptance probability is estimated as
+  ``prod_j c[j-1, r_j]`` and the expected tokens per step of a template is
+  ``1 + sum over its nodes`` (accepted nodes + the bonus token). The counts are taken from the
+  whole row of every accepted node (not only the ranks the current template holds), so the
+  estimates for nodes outside the current template stay honest; depths never reached borrow the
+  depth-pooled rate (shrinkage).
+
+:func:`choose_template` combines them: among the first N paths of the candidate set ordered by
+estimated probability (every prefix is subtree-closed) for N in the nested sizes, it picks the N
+maximising ``E[tokens | N] / cost(N + 1)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "AcceptanceStats",
+    "StepCost",
+    "calibrate_step_cost",
+    "choose_template",
+    "clear_step_cost_cache",
+    "monotone",
+    "order_by_probability",
+]
+
+DEFAULT_TOKENS = (1, 2, 5, 9, 17, 33, 49, 81)
+
+# Prior rate that the rank-r candidate of an accepted node is the next token.
+RANK_PRIOR = np.array([0.45, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01])
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per verify step for ``tokens[i]`` tree tokens (root included); interpolated."""
+
+    tokens: Tuple[int, ...]
+    seconds: Tuple[float, ...]
+    key: str = ""
+
+    def __call__(self, t: float) -> float:
+        return float(np.interp(t, self.tokens, self.seconds))
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "key": self.key}
+
+
+_COSTS: Dict[str, StepCost] = {}
+_COSTS_LOCK = threading.Lock()
+
+
+def clear_step_cost_cache() -> None:
+    """Forget the in-process calibrations (the disk cache is kept)."""
+    with _COSTS_LOCK:
+        _COSTS.clear()
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("TOKENLOOM_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tokenloom"
+
+
+def calibration_key(model: Any) -> str:
+    """Hash of the model config, dtype, device, torch thread count and linear packing."""
+    import torch
+
+    param = next(model.parameters())
+    cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
+    device = param.device
+    dev_name = str(device)
+    if device.type == "cuda":
+        dev_name += ":" + torch.cuda.get_device_name(device)
+    from tokenloom.runtime.cpupack import is_packed
+
+    packed = "|packed" if is_packed(model) else ""
+    raw = f"{cfg}|{param.dtype}|{dev_name}|threads={torch.get_num_threads()}|torch={torch.__version__}{packed}"
+    return hashlib.sha1(raw.encode()).hexdigest()[:20]
+
+
+def _chain_parents(t: int) -> np.ndarray:
+    return np.arange(-1, t - 1, dtype=np.int64)
+
+
+def calibrate_step_cost(
+    model: Any,
+    tokens: Sequence[int] = DEFAULT_TOKENS,
+    *,
+    past_len: int = 128,
+    repeats: int = 3,
+    k: int = 8,
+    disk: Optional[bool] = None,
+    force: bool = False,
+) -> StepCost:
+    """Time one tree step (forward + argmax + top-k) for each tree size in ``tokens``.
+
+    Sizes are measured round-robin (``repeats`` rounds after one warm-up round); the fastest
+    time per size is kept (the least disturbed by other processes on a shared machine) and the
+    curve is made non-decreasing in T (:func:`monotone`). The result is cached per
+    :func:`calibration_key` in the process and, unless ``disk`` is False or
+    ``TOKENLOOM_NO_DISK_CACHE=1``, as JSON in the user cache directory.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from tokenloom.runtime.treeattn import tree_forward
+
+    key = calibration_key(model)
+    with _COSTS_LOCK:
+        if not force and key in _COSTS:
+            return _COSTS[key]
+    if disk is None:
+        disk = os.environ.get("TOKENLOOM_NO_DISK_CACHE", "") not in ("1", "true", "yes")
+    path = _cache_dir() / f"stepcost-{key}.json"
+    if disk and not force and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            cost = StepCost(tuple(data["tokens"]), tuple(float(s) for s in data["seconds"]), key)
+            with _COSTS_LOCK:
+                _COSTS[key] = cost
+            return cost
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: measure again
+    param = next(model.parameters())
+    vocab = int(model.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, vocab, (1, past_len), generator=gen).to(param.device)
+    sizes = sorted(set(int(t) for t in tokens))
+    times: Dict[int, List[float]] = {t: [] for t in sizes}
+    with torch.inference_mode():
+        cache = DynamicCache()
+        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for rnd in range(repeats + 1):
+            for t in sizes:
+                toks = torch.randint(0, vocab, (t,), generator=gen)
+                if param.device.type == "cuda":
+                    torch.cuda.synchronize(param.device)
+                start = time.perf_counter()
+                logits = tree_forward(model, cache, toks, _chain_parents(t), past_len=past_len)
+                logits.argmax(-1)
+                idx = logits.topk(min(k, vocab), dim=-1).indices
+                idx.cpu()
+                if param.device.type == "cuda":
+                    torch.cuda.synchronize(param.device)
+                elapsed = time.perf_counter() - start
+                cache.crop(past_len)
+                if rnd > 0:
+                    times[t].append(elapsed)
+    cost = StepCost(tuple(sizes), tuple(monotone([min(times[t]) for t in sizes])), key)
+    with _COSTS_LOCK:
+        _COSTS[key] = cost
+    if disk:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cost.to_json()))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home is not an error
+    return cost
+
+
+def monotone(values: Sequence[float]) -> List[float]:
+    """Least-squares non-decreasing fit (pool-adjacent-violators) of ``values``."""
+    blocks: List[List[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    out: List[float] = []
+    for s, c in blocks:
+        out.extend([s / c] * int(c))
+    return out
+
+
+class AcceptanceStats:
+    """Decayed counts ``counts[d, r]`` of "next token = rank-r candidate of the accepted node at
+    depth d" out of ``reached[d]`` observations.
+
+    Args:
+        k: candidates per row.
+        max_depth: deepest parent depth tracked (deeper observations pool into the last).
+        decay: multiplier applied to all counts before each observation (1.0 = no forgetting).
+        prior_weight: pseudo-observations of the rank prior in the depth-pooled rates, and of
+            the pooled rates in every depth's rates.
+    """
+
+    def __init__(self, k: int = 8, max_depth: int = 16, decay: float = 0.995, prior_weight: float = 4.0):
+        self.k = k
+        self.max_depth = max_depth
+        self.decay = decay
+        self.prior_weight = prior_weight
+        self.counts = np.zeros((max_depth + 1, k))
+        self.reached = np.zeros(max_depth + 1)
+        self.observations = 0
+
+    def observe(self, ranks: Sequence[int]) -> None:
+        """One step: ``ranks[d]`` is the rank of the token that followed the accepted node at
+        depth ``d`` in that node's row (-1 when not in the row)."""
+        self.counts *= self.decay
+        self.reached *= self.decay
+        for d, r in enumerate(ranks):
+            d = min(d, self.max_depth)
+            self.reached[d] += 1.0
+            if 0 <= r < self.k:
+                self.counts[d, int(r)] += 1.0
+        self.observations += 1
+
+    def rates(self) -> np.ndarray:
+        """float [max_depth + 1, k]: estimated ``P(next = rank r | accepted at depth d)``."""
+        prior = np.zeros(self.k)
+        m = min(self.k, RANK_PRIOR.size)
+        prior[:m] = RANK_PRIOR[:m]
+        w = self.prior_weight
+        pooled = (self.counts.sum(0) + w * prior) / (self.reached.sum() + w)
+        return (self.counts + w * pooled[None, :]) / (self.reached[:, None] + w)
+
+    def path_probabilities(self, paths: Sequence[Sequence[int]]) -> np.ndarray:
+        """Estimated acceptance probability of every rank path."""
+        c = self.rates()
+        out = np.empty(len(paths))
+        for i, p in enumerate(paths):
+            prob = 1.0
+            for d, r in enumerate(p):
+                prob *= c[min(d, self.max_depth), r] if r < self.k else 0.0
+            out[i] = prob
+        return out
+
+    def depth_acceptance(self) -> List[float]:
+        """Observed P(some candidate of the row matches | accepted at depth d), per depth."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc = self.counts.sum(1) / self.reached
+        return [float(a) for a in acc[self.reached > 0]]
+
+
+def order_by_probability(paths: Sequence[Sequence[int]], probs: np.ndarray) -> List[List[int]]:
+    """``paths`` sorted by decreasing probability, ties by (depth, path): every prefix of the
+    result is subtree-closed when a child's probability never exceeds its parent's."""
+    order = sorted(range(len(paths)), key=lambda i: (-probs[i], len(paths[i]), list(paths[i])))
+    return [list(paths[i]) for i in order]
+
+
+def choose_template(
+    candidates: Sequence[Sequence[int]],
+    stats: AcceptanceStats,
+    cost: StepCost,
+    sizes: Sequence[int],
+) -> Tuple[List[List[int]], Dict[str, float]]:
+    """Pick the first-N prefix (N in ``sizes``) of ``candidates`` ordered by estimated
+    acceptance probability that maximises expected tokens per second. ``N = 0`` (no draft: a
+    plain step) is allowed when listed in ``sizes``.
+
+    Returns:
+        (paths, info): the chosen paths and ``{"n", "expected_tokens", "step_seconds",
+        "tokens_per_second"}``.
+    """
+    probs = stats.path_probabilities(candidates)
+    ordered = order_by_probability(candidates, probs)
+    sorted_probs = np.sort(probs)[::-1]
+    cum = np.concatenate([[0.0], np.cumsum(sorted_probs)])
+    best: Optional[Tuple[float, int]] = None
+    for n in sizes:
+        n = min(int(n), len(ordered))
+        if n < 0:
+            continue
+        e = 1.0 + cum[n]
+        rate = e / cost(n + 1)
+        if best is None or rate > best[0]:
+            best = (rate, n)
+    if best is None:
+        raise ValueError("choose_template: no candidate size")
+    rate, n = best
+    info = {
+        "n": float(n),
+        "expected_tokens": float(1.0 + cum[n]),
+        "step_seconds": cost(n + 1),
+        "tokens_per_second": float(rate),
+    }
+    return ordered[:n], info
