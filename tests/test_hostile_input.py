@@ -329,3 +329,41 @@ def test_threads_share_a_builder_and_a_cover_tree():
     tree.expand(0)
     _hammer(2, lambda i: [tree.push(97 + i) for _ in range(300)])
     assert len(tree.prefix) == 600
+
+
+# -- Python wrappers: ids and seeds are ints, never truncated ------------------------------------
+@pytest.mark.parametrize("bad", [1.5, "3", True, np.float64(3.0)])
+def test_wrappers_refuse_float_and_string_ids(bad):
+    rec = tokenloom.TokenRecycler(10, k=8)
+    with pytest.raises(TypeError):
+        rec.draft(bad)
+    with pytest.raises(TypeError):
+        tokenloom.TokenRecycler(bad)
+    with pytest.raises(TypeError):
+        tokenloom.DynamicTreeBuilder(4, 3, seed=bad)
+    b = tokenloom.DynamicTreeBuilder(4, 3, seed=1)
+    with pytest.raises(TypeError):
+        b.reset(bad)
+    b.reset(2)
+    with pytest.raises(TypeError):
+        b.node(bad)
+
+
+def test_wrappers_refuse_float_tree_arrays():
+    from types import SimpleNamespace
+
+    from tokenloom.runtime.kvcache import compact_cache
+    from tokenloom.runtime.treeattn import ancestor_matrix, tree_attention_mask, tree_position_ids
+
+    with pytest.raises(ValueError, match="integer ids"):
+        ancestor_matrix([-1, 0.9])
+    assert ancestor_matrix(np.array([-1, 0], np.int32)).tolist() == [[True, False], [True, True]]
+    with pytest.raises(ValueError, match="keep: expected integer ids"):
+        compact_cache(SimpleNamespace(layers=[]), 0, [0.5, 2.5])
+    with pytest.raises(TypeError, match="past_len"):
+        tree_position_ids([0, 1], 2.5)
+    with pytest.raises(TypeError, match="past_len"):
+        tree_attention_mask([-1, 0], "3")
+    with pytest.raises(ValueError, match="integer"):
+        tree_position_ids([0, 1.5], 2)
+    assert tree_position_ids(np.array([0, 1]), np.int64(3)).tolist() == [[3, 4]]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import operator
+
 import numpy as np
 
-__all__ = ["as_array", "as_float_array", "is_torch"]
+__all__ = ["as_array", "as_float_array", "as_int", "is_torch"]
 
 
 def is_torch(x: Any) -> bool:
@@ -17,6 +19,22 @@ def is_torch(x: Any) -> bool:
 _INT64 = np.dtype(np.int64)
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
+
+
+def as_int(x: Any, name: str) -> int:
+    """``x`` as a Python int: an int, a numpy integer scalar or anything else with
+    ``__index__`` (a one-element integer tensor); floats, strings and bools are refused, never
+    truncated or parsed. The range is the kernel's to check.
+
+    Raises:
+        TypeError: ``x`` is not an integer.
+    """
+    if not isinstance(x, bool):
+        try:
+            return operator.index(x)
+        except TypeError:
+            pass
+    raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
 
 
 def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:

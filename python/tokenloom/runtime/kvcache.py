@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any, List, Sequence, Tuple
 
+import numpy as np
+
+from tokenloom._arrays import as_array, as_int
+
 __all__ = ["cache_kv", "cache_length", "compact_cache"]
 
 
@@ -83,7 +87,9 @@ def compact_cache(cache: Any, past_len: int, keep: Sequence[int]) -> None:
     import torch
 
     kv = _KV(cache)
-    keep_list = [int(i) for i in keep]
+    # Integer node indices only: [0.5, 2.5] is refused, not truncated to [0, 2].
+    keep_list = as_array(keep, np.int64, "keep", 1).tolist()
+    past_len = as_int(past_len, "past_len")
     n = len(keep_list)
     total = cache_length(cache)
     t = total - past_len

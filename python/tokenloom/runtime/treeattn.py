@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 
 import numpy as np
 
+from tokenloom._arrays import as_array, as_int
 from tokenloom.runtime.model import model_dtype_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,10 +52,9 @@ __all__ = [
 
 
 def _parents_array(parents: Any) -> np.ndarray:
-    if hasattr(parents, "detach"):
-        parents = parents.detach().cpu().numpy()
-    p = np.asarray(parents, dtype=np.int64)
-    if p.ndim != 1 or p.size == 0:
+    # Integer ids only: a float array is refused, not truncated ([-1, 0.9] is no tree).
+    p = as_array(parents, np.int64, "parents", 1)
+    if p.size == 0:
         raise ValueError(f"parents: expected a non-empty 1-D array, got shape {tuple(p.shape)}")
     if p[0] != -1:
         raise ValueError(f"parents[0] must be -1 (node 0 is the root), got {int(p[0])}")
@@ -115,6 +115,7 @@ def tree_attention_mask(parents: Any, past_len: int, dtype: Any = None, device: 
     """
     import torch
 
+    past_len = as_int(past_len, "past_len")
     if past_len < 0:
         raise ValueError(f"past_len: expected >= 0, got {past_len}")
     dtype = dtype or torch.float32
@@ -171,8 +172,10 @@ def tree_position_ids(depths: Any, past_len: int, device: Any = "cpu") -> "torch
     """LongTensor [1, T]: ``past_len + depths``."""
     import torch
 
-    d = torch.as_tensor(np.asarray(depths, dtype=np.int64) if not hasattr(depths, "detach") else depths)
-    return (d.to(device=device, dtype=torch.long) + int(past_len)).view(1, -1)
+    if hasattr(depths, "detach") and depths.is_floating_point():
+        raise ValueError(f"depths: expected integer depths, got dtype {depths.dtype}")
+    d = depths if hasattr(depths, "detach") else torch.from_numpy(as_array(depths, np.int64, "depths", 1))
+    return (d.to(device=device, dtype=torch.long) + as_int(past_len, "past_len")).view(1, -1)
 
 
 def _depths_of(parents: np.ndarray) -> np.ndarray:

@@ -2,16 +2,19 @@
 //!
 //! An integer argument accepts exactly what `operator.index` accepts: Python ints (bools
 //! included) and numpy integer scalars; a float or a string is a `TypeError`, never truncated
-//! or parsed. The value is then range-checked as a Python int, so an int too large for the
+//! or parsed, and so is a bool. The value is then range-checked as a Python int, so an int too large for the
 //! kernel is a `ValueError` (sizes, seeds, counts) or an `IndexError` (ids), never an
 //! `OverflowError`. The `from_py_with` extractors at the end name their argument in messages.
 
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyBool, PyString};
 
-/// `obj` as an int (`operator.index(obj)`), or a TypeError naming `what`.
+/// `obj` as an int (`operator.index(obj)`, bools refused), or a TypeError naming `what`.
 fn as_int<'py>(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!("{what}: expected an int, got bool")));
+    }
     // SAFETY: `PyNumber_Index` takes a valid object pointer and returns a new reference or
     // NULL with an exception set, which `from_owned_ptr_or_err` turns into a PyErr.
     let r = unsafe { Bound::from_owned_ptr_or_err(obj.py(), pyo3::ffi::PyNumber_Index(obj.as_ptr())) };
@@ -147,9 +150,25 @@ fn optional<T>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&Bound<'_, PyAny>) -> PyRe
 }
 
 // --- `from_py_with` extractors (one per argument name) -------------------------------------
+// PyO3 prefixes a TypeError raised by an extractor with "argument 'name': ", so theirs drop the
+// name; ValueErrors keep it (PyO3 passes them through unchanged).
+
+pub fn unnamed<T>(what: &str, r: PyResult<T>) -> PyResult<T> {
+    r.map_err(|e| {
+        Python::attach(|py| {
+            if e.is_instance_of::<PyTypeError>(py) {
+                let msg = e.value(py).to_string();
+                let prefix = format!("{what}: ");
+                PyTypeError::new_err(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
+            } else {
+                e
+            }
+        })
+    })
+}
 
 pub fn seed(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
-    u64_arg("seed", obj)
+    unnamed("seed", u64_arg("seed", obj))
 }
 
 pub fn opt_seed(obj: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
@@ -157,31 +176,31 @@ pub fn opt_seed(obj: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
 }
 
 pub fn counter(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
-    u64_arg("counter", obj)
+    unnamed("counter", u64_arg("counter", obj))
 }
 
 pub fn stream0(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
-    u64_arg("stream0", obj)
+    unnamed("stream0", u64_arg("stream0", obj))
 }
 
 pub fn temperature(obj: &Bound<'_, PyAny>) -> PyResult<f64> {
-    real("temperature", obj)
+    unnamed("temperature", real("temperature", obj))
 }
 
 pub fn top_k(obj: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
-    optional(obj, |o| Ok(uint("top_k", o, 1, i64::MAX as u64)? as i64))
+    unnamed("top_k", optional(obj, |o| Ok(uint("top_k", o, 1, i64::MAX as u64)? as i64)))
 }
 
 pub fn top_p(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-    optional(obj, |o| real("top_p", o))
+    unnamed("top_p", optional(obj, |o| real("top_p", o)))
 }
 
 pub fn min_p(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-    optional(obj, |o| real("min_p", o))
+    unnamed("min_p", optional(obj, |o| real("min_p", o)))
 }
 
 pub fn k_candidates(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    size("k", obj, 1, usize::MAX)
+    unnamed("k", size("k", obj, 1, usize::MAX))
 }
 
 pub fn opt_k_candidates(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
@@ -189,13 +208,13 @@ pub fn opt_k_candidates(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
 }
 
 pub fn opt_vocab_size(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
-    optional(obj, |o| size("vocab_size", o, 1, tokenloom_core::limits::MAX_VOCAB))
+    unnamed("vocab_size", optional(obj, |o| size("vocab_size", o, 1, tokenloom_core::limits::MAX_VOCAB)))
 }
 
 pub fn opt_max_frontier(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
-    optional(obj, |o| size("max_frontier", o, 1, usize::MAX))
+    unnamed("max_frontier", optional(obj, |o| size("max_frontier", o, 1, usize::MAX)))
 }
 
 pub fn limit(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    size("limit", obj, 0, usize::MAX)
+    unnamed("limit", size("limit", obj, 0, usize::MAX))
 }

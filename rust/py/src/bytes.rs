@@ -17,8 +17,12 @@ use tokenloom_core::limits::MAX_VOCAB;
 use crate::args;
 use crate::error::{slice1, slice2, to_py};
 
-fn to_u32(what: &str, v: i64) -> PyResult<u32> {
-    u32::try_from(v).map_err(|_| pyo3::exceptions::PyIndexError::new_err(format!("{what}: {v} is out of range")))
+/// A merge id in [0, n_tokens) (the core checks it again against the table it builds).
+fn merge_id(v: i64, n_tokens: usize) -> PyResult<u32> {
+    match u32::try_from(v) {
+        Ok(x) if (x as usize) < n_tokens => Ok(x),
+        _ => Err(pyo3::exceptions::PyIndexError::new_err(format!("merges: {v} is out of range [0, {n_tokens})"))),
+    }
 }
 
 /// A code point -> class table (code points in [0, 0x10FFFF], classes 0..=3).
@@ -45,11 +49,11 @@ fn base_lists(obj: &Bound<'_, PyAny>, n_tokens: usize) -> PyResult<Vec<Vec<u32>>
 }
 
 fn width_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    args::size("width", obj, 1, MAX_VOCAB)
+    args::unnamed("width", args::size("width", obj, 1, MAX_VOCAB))
 }
 
 fn k_straddling(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    args::size("k", obj, 0, usize::MAX)
+    args::unnamed("k", args::size("k", obj, 0, usize::MAX))
 }
 
 /// The byte index of a vocabulary: token trie, special tokens and (optionally) the BPE merge
@@ -109,7 +113,8 @@ impl ByteIndex {
                 }
                 let mut out = Vec::with_capacity(s.len() / 3);
                 for r in s.chunks_exact(3) {
-                    out.push((to_u32("merges", r[0])?, to_u32("merges", r[1])?, to_u32("merges", r[2])?));
+                    let n = toks.len();
+                    out.push((merge_id(r[0], n)?, merge_id(r[1], n)?, merge_id(r[2], n)?));
                 }
                 Some(out)
             }

@@ -17,11 +17,11 @@ use crate::error::{slice1, slice2, to_py};
 type I64Array<'py> = Bound<'py, PyArray1<i64>>;
 
 fn budget_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    args::size("budget", obj, 1, MAX_TREE_NODES)
+    args::unnamed("budget", args::size("budget", obj, 1, MAX_TREE_NODES))
 }
 
 fn max_depth_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    args::size("max_depth", obj, 1, MAX_TREE_NODES)
+    args::unnamed("max_depth", args::size("max_depth", obj, 1, MAX_TREE_NODES))
 }
 
 /// Greedy DySpec draft-tree builder (arXiv 2410.11744), grown one depth per draft forward.

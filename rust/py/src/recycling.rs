@@ -204,11 +204,11 @@ impl PyTokenRecycler {
 }
 
 fn vocab_size_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    args::size("vocab_size", obj, 1, MAX_VOCAB)
+    args::unnamed("vocab_size", args::size("vocab_size", obj, 1, MAX_VOCAB))
 }
 
 fn k_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    args::size("k", obj, 1, MAX_RECYCLER_CELLS)
+    args::unnamed("k", args::size("k", obj, 1, MAX_RECYCLER_CELLS))
 }
 
 #[pymethods]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 from tokenloom import _core
-from tokenloom._arrays import as_array
+from tokenloom._arrays import as_array, as_int
 
 __all__ = ["DraftModel", "DynamicTree", "DynamicTreeBuilder", "Frontier", "draft_probs_dense"]
 
@@ -117,14 +117,14 @@ class DynamicTreeBuilder:
         vocab_size: Optional[int] = None,
         max_frontier: Optional[int] = None,
     ):
-        if seed is not None and not (0 <= int(seed) < 2**64):
-            raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+        # Sizes and the seed are checked by value in the compiled builder (TypeError for a
+        # float or a string, ValueError out of range), never truncated here.
         self._b = _core.DynamicTreeBuilder(
             budget,
             max_depth,
             k=k,
             sampled=bool(sampled),
-            seed=None if seed is None else int(seed),
+            seed=seed,
             vocab_size=vocab_size,
             max_frontier=max_frontier,
         )
@@ -134,8 +134,9 @@ class DynamicTreeBuilder:
 
         Raises:
             IndexError: a negative id, or one >= ``vocab_size``.
+            TypeError: ``root_token`` is not an int.
         """
-        self._b.reset(int(root_token))
+        self._b.reset(as_int(root_token, "root_token"))
 
     def frontier(self) -> Frontier:
         """The nodes to evaluate in the next draft forward (empty once :attr:`done`)."""
@@ -148,7 +149,7 @@ class DynamicTreeBuilder:
             node_ids: int [n], a permutation of ``frontier().ids``; row r is node_ids[r]'s.
             topk_ids: int [n, w], candidate next tokens (distinct within a row).
             topk_probs: float [n, w], their draft probabilities in [0, 1]; each row sums to
-                at most 1 (+1e-3). Zeros are ignored. Numpy arrays or torch tensors (CUDA
+                at most 1 (+1e-4). Zeros are ignored. Numpy arrays or torch tensors (CUDA
                 tensors are copied to the host: pass only the top-k).
 
         Raises:
@@ -178,7 +179,7 @@ class DynamicTreeBuilder:
         """Grow a whole tree: ``reset(root_token)``, then ``draft.expand(frontier)`` and
         :meth:`expand` until the frontier is empty. Returns :meth:`tree`."""
         b = self._b
-        b.reset(int(root_token))
+        b.reset(as_int(root_token, "root_token"))
         while not b.done:
             f = Frontier(*b.frontier())
             ids, probs = draft.expand(f)
@@ -191,7 +192,7 @@ class DynamicTreeBuilder:
 
     def node(self, node_id: int) -> Tuple[int, int, int]:
         """``(token, parent_id, depth)`` of a created node. Raises IndexError if unknown."""
-        return self._b.node(int(node_id))
+        return self._b.node(as_int(node_id, "node_id"))
 
     @property
     def done(self) -> bool:

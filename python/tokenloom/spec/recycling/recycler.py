@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tokenloom import _core
-from tokenloom._arrays import as_array
+from tokenloom._arrays import as_array, as_int
 
 __all__ = [
     "NESTED_SIZES",
@@ -97,11 +97,7 @@ class TokenRecycler:
     __slots__ = ("_r", "stats")
 
     def __init__(self, vocab_size: int, k: int = 8, template: TemplateSpec = "2.2.2"):
-        if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 0:
-            raise ValueError(f"vocab_size: expected an int >= 1, got {vocab_size!r}")
-        if not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"k: expected an int >= 1, got {k!r}")
-        self._r = _core.TokenRecycler(int(vocab_size), int(k), _template_arg(template))
+        self._r = _core.TokenRecycler(as_int(vocab_size, "vocab_size"), as_int(k, "k"), _template_arg(template))
         #: Acceptance statistics kept with the matrix (used by ``tree="auto"``), or None.
         self.stats: Any = None
 
@@ -142,8 +138,9 @@ class TokenRecycler:
 
         Raises:
             IndexError: ``root_token`` outside ``[0, vocab_size)``.
+            TypeError: ``root_token`` is not an int (a float or a string is never truncated).
         """
-        return self._r.draft(int(root_token))
+        return self._r.draft(as_int(root_token, "root_token"))
 
     def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> Any:
         """Draft a tree below ``last_token`` and build the inputs of its forward (step API for
