@@ -61,6 +61,14 @@ def test_recycler_file_with_a_lying_header(tmp_path, vocab, k, body):
         tokenloom.TokenRecycler.load(path)
 
 
+def test_recycler_file_reserved_word_must_be_zero(tmp_path):
+    # Found by fuzz/recycler_file: a file with reserved != 0 was accepted.
+    path = tmp_path / "reserved.bin"
+    path.write_bytes(b"TLRECYCL" + struct.pack("<IQII", 1, 2, 1, 0x2600) + b"\0" * 8)
+    with pytest.raises(ValueError, match="reserved"):
+        _core.TokenRecycler.load(path, template="2.2.2-1")
+
+
 def test_recycler_file_roundtrip_still_works(tmp_path):
     rec = _core.TokenRecycler(7, 2, "2.2.2-1")
     rec.update(np.array([3], np.int64), np.array([[5, 6]], np.int64))

@@ -27,7 +27,7 @@ pub fn parents(u: &mut Unstructured<'_>, max: usize, raw: bool) -> Result<Vec<i6
     let mut p = vec![-1i64];
     for i in 1..n {
         p.push(if raw {
-            id(u, i + 1)? - 1
+            id(u, i + 1)?.wrapping_sub(1)
         } else {
             small(u, i)? as i64
         });

@@ -237,6 +237,12 @@ impl TokenRecycler {
                 "recycler file format version {version} is not supported (expected {FORMAT_VERSION})"
             )));
         }
+        let reserved = u32_at(24);
+        if reserved != 0 {
+            return Err(CoreError::value(format!(
+                "recycler file header: expected reserved = 0, got {reserved}"
+            )));
+        }
         let mut v8 = [0u8; 8];
         v8.copy_from_slice(&header[12..20]);
         let vocab = u64::from_le_bytes(v8);
@@ -435,6 +441,13 @@ mod tests {
         let mut b = r.to_bytes();
         // k = 2^32 - 1: vocab * k cells would be allocated before the length check.
         b[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            TokenRecycler::from_bytes(&b, None, None),
+            Err(CoreError::Value(_))
+        ));
+        // The reserved word must be 0 (found by fuzz/recycler_file).
+        let mut b = r.to_bytes();
+        b[25] = 0x26;
         assert!(matches!(
             TokenRecycler::from_bytes(&b, None, None),
             Err(CoreError::Value(_))
