@@ -135,7 +135,7 @@ def test_candidate_generator_chain_and_update():
     ids = torch.tensor([[3, 7]])
     cand, logits = gen.get_candidates(ids)
     assert logits is None and cand.tolist() == [[3, 7, 8, 9]], "rank-0 chain 7 -> 8 -> 9, cut before EOS 11"
-    assert rec.template == tokenloom.spec.recycling.recycler.template_paths("2.2.2-4"), "template restored"
+    assert rec.template == tokenloom.spec.templates.template_paths("2.2.2-4"), "template restored"
     scores = torch.full((1, 3, 50), -1.0)
     for i, best in enumerate(([20, 21, 22], [23, 24, 25], [26, 27, 28])):
         scores[0, i, best] = torch.tensor([3.0, 2.0, 1.0])

@@ -10,7 +10,9 @@ import torch
 
 import tokenloom
 from tokenloom.spec.dyspec.drafts import EarlyExitDraft, HFDraft
-from tokenloom.spec.dyspec.drafter import StaticTreeBuilder, chain_paths, default_draft_layers, fixed_tree_paths
+from tokenloom.spec.dyspec.drafter import default_draft_layers
+from tokenloom.spec.dyspec.static import StaticTreeBuilder, fixed_tree_paths
+from tokenloom.spec.templates import chain_paths
 
 from .conftest import make_tiny_llama
 from .greedy_compare import count_same_as_hf, hf_greedy

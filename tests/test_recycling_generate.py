@@ -73,11 +73,17 @@ def test_cache_length_and_positions_every_step(tiny_llama):
 def test_hot_start_and_stats(tiny_llama):
     rec = TokenRecycler(49152)
     ids = _prompt(11)
-    a = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec, eos_token_id=[])
+    # The hot start is the matrix (the drafter's template and acceptance statistics are per call).
+    a = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec,
+                           tree="2.2.2-4", seed_prefill=False, eos_token_id=[])
     assert rec.adjacency()[a.sequences[0, -5:]].any(), "rows of emitted tokens were written"
+    hot = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec,
+                             tree="2.2.2-4", seed_prefill=False, eos_token_id=[])
+    assert a.sequences.tolist() == hot.sequences.tolist()
+    assert hot.stats.steps < a.stats.steps
     b = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec, eos_token_id=[])
     assert a.sequences.tolist() == b.sequences.tolist()
-    assert b.stats.steps < a.stats.steps
+    assert b.stats.spec is not None and b.stats.spec.steps == b.stats.steps - 1
     ex = b.stats.extra
     tree_steps = sum(ex["tree_sizes"].values())
     assert tree_steps == b.stats.steps - 1 == sum(ex["accepted_hist"].values())
@@ -210,11 +216,11 @@ def _sampling_chi2(model, temperature=2.0, top_k=3, trials=1500):
 def test_sampling_loop_exact_with_reference_verifier(tiny_llama, monkeypatch):
     """The loop's sampling branch, wired to a pure-Python reference of the lossless
     deterministic-draft rule, reproduces the exact joint law of three tokens."""
-    import tokenloom.sampling.sampler
-    import tokenloom.verify.kernels as verify_mod
+    import tokenloom.sampling.sampler as sampler_mod
+    import tokenloom.verify.policy as policy_mod
 
-    monkeypatch.setattr(verify_mod, "verify_tree", ref_verify_tree)
-    monkeypatch.setattr(tokenloom.sampling, "probs_from_logits", ref_probs_from_logits)
+    monkeypatch.setattr(policy_mod, "verify_tree", ref_verify_tree)
+    monkeypatch.setattr(sampler_mod, "probs_from_logits", ref_probs_from_logits)
     pvalue, accepted = _sampling_chi2(tiny_llama, trials=1200)
     assert accepted > 100, "drafts were accepted in many trials"
     assert pvalue > 1e-3

@@ -13,6 +13,7 @@ __all__ = [
     "CoverTree",
     "DraftTree",
     "DynamicTreeBuilder",
+    "Template",
     "TokenRecycler",
     "__version__",
     "nested_template_order",
