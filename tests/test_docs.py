@@ -12,6 +12,7 @@ changes how a block is run:
 
 from __future__ import annotations
 
+import importlib
 import linecache
 import re
 from dataclasses import dataclass
@@ -75,6 +76,33 @@ def _param(b: Block):
 
 def test_blocks_found():
     assert len(BLOCKS) >= 8 and any(b.path.name == "README.md" for b in BLOCKS)
+
+
+DOTTED = re.compile(r"\btokenloom(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _resolves(dotted: str) -> bool:
+    """``a.b.c`` is a module, or attributes of the longest importable module prefix."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_module_paths_exist(path):
+    """Every ``tokenloom.x.y`` a page names exists (docs follow the package layout)."""
+    text = path.read_text(encoding="utf-8")
+    missing = sorted({m.group(0) for m in DOTTED.finditer(text) if not _resolves(m.group(0))})
+    assert not missing, f"{path.name} names what does not exist: {missing}"
 
 
 @pytest.mark.parametrize("block", [_param(b) for b in BLOCKS])

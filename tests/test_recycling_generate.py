@@ -144,7 +144,7 @@ def ref_probs_from_logits(logits, temperature, top_k=None, top_p=None, min_p=Non
 
 
 def ref_verify_tree(parents, tokens, target_probs, draft_probs=None, *, seed=None):
-    """Deterministic-draft tree rule (ALGORITHMS.md section 2): draw y ~ p at the current node,
+    """Deterministic-draft tree rule (docs/verify.md, "Verification rules"): draw y ~ p at the current node,
     descend into a child carrying y, else emit y and stop."""
     rng = np.random.default_rng(seed)
     p = np.asarray(target_probs, dtype=np.float64)

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-__all__ = ["Cut", "METHODS", "check_methods", "format_table", "load_humaneval", "make_cuts", "plot", "run_fim", "write_json"]
+__all__ = [
+    "Cut", "METHODS", "check_methods", "format_table", "load_humaneval", "make_cuts", "plot", "run_fim", "write_json",
+]
 
 METHODS = ("token", "heal", "byte")
 DATA = Path(__file__).parent.parent / "data" / "humaneval" / "HumanEval.jsonl.gz"
