@@ -410,7 +410,7 @@ def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
 
     return {
         "command": cfg.command,
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),
+        "machine": " ".join(x for x in (platform.machine(), platform.processor(), f"cpus={os.cpu_count()}") if x),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "model": cfg.model or "embedded SmolLM2-135M-Instruct (fp32)",
