@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 __all__ = ["add_parser", "config_from_args", "run"]
 
@@ -43,7 +43,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~tokenloom.eval.specbench.BenchConfig` of parsed ``bench`` arguments."""
     from tokenloom.eval.specbench import BenchConfig, MethodOptions
 
-    pack = {"auto": "auto", "on": True, "off": False}[args.pack]
+    packs: Dict[str, Union[bool, str]] = {"auto": "auto", "on": True, "off": False}
+    pack = packs[args.pack]
     return BenchConfig(
         methods=_csv(args.methods),
         n=args.n,

@@ -249,7 +249,7 @@ def load_questions(n_per_category: int, categories: Optional[Sequence[str]] = No
         c = q["category"]
         if (not categories or c in categories) and len(per[c]) < n_per_category:
             per[c].append(q)
-    out = []
+    out: List[Dict[str, Any]] = []
     for i in range(n_per_category):
         out.extend(per[c][i] for c in sorted(per) if i < len(per[c]))
     return out
