@@ -134,7 +134,7 @@ def test_bad_input(tiny_llama):
 
 
 def ref_verify_tree(parents, tokens, target_probs, draft_probs=None, *, seed=None, replacement=True):
-    """Deterministic-draft tree rule (docs/verify.md): draw y ~ p at the current node,
+    """Deterministic-draft tree rule (docs/verify.md, "Verification rules"): draw y ~ p at the current node,
     descend into a child carrying y, else emit y and stop."""
     rng = np.random.default_rng(seed)
     p = np.asarray(target_probs, dtype=np.float64)
