@@ -17,7 +17,8 @@ from tokenloom.spec.templates import chain_paths
 from .conftest import make_tiny_llama
 from .greedy_compare import count_same_as_hf, hf_greedy
 from .tree_steps import check_tree_steps, record_forward_inputs
-from .test_recycling_generate import PROMPTS, _exact_joint, _prompt
+from .spec_reference import exact_joint as _exact_joint, prompt_ids as _prompt
+from .test_recycling_generate import PROMPTS
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

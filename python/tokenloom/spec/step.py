@@ -7,7 +7,8 @@ model call and the cache stay in the caller's hands.
 Greedy loop over an HF model with a ``DynamicCache`` already holding ``past`` tokens (the
 prompt after a prefill) and ``last`` the newest token, not yet in the cache::
 
-    step = recycler.propose(last, past, device=model.device, dtype=model.dtype)
+    drafter = RecyclingDrafter(recycler, tree="2.2.2-16")   # once; any Drafter works
+    step = TreeStep.propose(drafter, last, past, device=model.device, dtype=model.dtype)
     logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
                    position_ids=step.position_ids, past_key_values=cache).logits
     new_tokens, keep = step.accept(logits)              # keep: LongTensor [past + len(new)]
@@ -16,8 +17,7 @@ prompt after a prefill) and ``last`` the newest token, not yet in the cache::
     past, last = past + len(new_tokens), new_tokens[-1]
 
 Invariant after a step: the cache holds ``past + len(new_tokens)`` entries, one per token of the
-sequence except the newest (``new_tokens[-1]``), which is the next root. Any
-:class:`~tokenloom.spec.base.Drafter` works: ``TreeStep.propose(drafter, last, past)``.
+sequence except the newest (``new_tokens[-1]``), which is the next root.
 """
 
 from __future__ import annotations

@@ -80,9 +80,9 @@ def make_draft(
     temperature: float = 1.0,
 ) -> Any:
     """The draft for ``model``: ``draft_model`` (an HF causal LM sharing the tokenizer ->
-    :class:`~tokenloom.drafts.HFDraft`, or a ready :class:`~tokenloom.drafts.TreeDraft`, whose
+    :class:`~tokenloom.spec.dyspec.drafts.HFDraft`, or a ready :class:`~tokenloom.spec.dyspec.drafts.TreeDraft`, whose
     ``k`` / ``temperature`` are then set), else the target's first ``draft_layers`` layers
-    (:class:`~tokenloom.drafts.EarlyExitDraft`, default :func:`default_draft_layers`).
+    (:class:`~tokenloom.spec.dyspec.drafts.EarlyExitDraft`, default :func:`default_draft_layers`).
 
     Raises:
         ValueError: both given, a draft vocabulary that differs from the target's, bad sizes.

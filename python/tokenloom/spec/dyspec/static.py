@@ -23,7 +23,7 @@ def fixed_tree_paths(budget: int, max_depth: int, k: int) -> List[List[int]]:
 
 
 class StaticTreeBuilder:
-    """A fixed tree shape filled from a draft, with :class:`~tokenloom.dyspec.DynamicTreeBuilder`'s
+    """A fixed tree shape filled from a draft, with :class:`~tokenloom.spec.dyspec.builder.DynamicTreeBuilder`'s
     protocol (``reset``, ``done``, ``frontier``, ``expand``, ``tree``), so one loop drives both.
 
     Node ``(r1, ..., rm)`` is the ``rm``-th child of node ``(r1, ..., r(m-1))``: its top-``rm``

@@ -99,32 +99,6 @@ class TokenRecycler:
         d = self._r.draft(int(root_token), t)
         return DraftTree(d.tokens, d.parents, d.depths)
 
-    def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> Any:
-        """Draft a tree below ``last_token`` with the recycler's own template and build the
-        inputs of its forward (step API for hand-written loops, see :mod:`tokenloom.spec.step`).
-
-        Args:
-            last_token: the newest token of the sequence (not yet in the cache): the root.
-            past_len: entries in the caller's KV cache (every token before ``last_token``).
-            device: where the model runs. dtype: the model's float dtype (mask), default float32.
-
-        Returns:
-            :class:`tokenloom.spec.step.TreeStep` with ``input_ids`` [1, T], ``attention_mask``
-            (1, 1, T, past_len + T), ``position_ids`` [1, T], ``tree``; then
-            ``step.accept(logits) -> (tokens, keep)`` verifies and updates this recycler.
-
-        Raises:
-            TypeError: ``last_token`` not an int. IndexError: outside ``[0, vocab_size)``.
-            ValueError: ``past_len < 0`` or a non-float ``dtype``.
-        """
-        from tokenloom.spec.recycling.drafter import RecyclingDrafter
-        from tokenloom.spec.step import TreeStep
-
-        if hasattr(last_token, "numel") and last_token.numel() == 1 and not last_token.is_floating_point():
-            last_token = int(last_token)
-        drafter = RecyclingDrafter(self, tree=self.template, seed_prefill=False)
-        return TreeStep.propose(drafter, last_token, past_len, device=device, dtype=dtype)
-
     def update(self, tokens: Any, topk_ids: Any) -> None:
         """Row ``tokens[i]`` := ``topk_ids[i]`` for every position in order (last one wins).
 
