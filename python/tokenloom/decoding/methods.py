@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 from tokenloom.decoding.plain import decode_plain
 from tokenloom.spec.dyspec.drafter import make_dyspec_drafter
 from tokenloom.spec.lookup import make_lookup_drafter
-from tokenloom.spec.recycling.drafter import make_recycling_drafter
+from tokenloom.spec.recycling.method import make_recycling_drafter
 
 __all__ = ["MethodFn", "check_kwargs", "methods", "register_drafter", "register_method", "resolve_method", "speculative_method"]
 
@@ -63,6 +63,8 @@ _METHODS: Dict[str, MethodFn] = {
     "dyspec": speculative_method(make_dyspec_drafter),
     "lookup": speculative_method(make_lookup_drafter),
 }
+#: Names that cannot be registered again.
+BUILTIN = frozenset(_METHODS)
 #: Other names for a method (``greedy`` was the first name of plain decoding, which samples
 #: at temperature > 0).
 ALIASES: Dict[str, str] = {"greedy": "plain"}
@@ -72,9 +74,10 @@ def register_method(name: str, fn: Optional[MethodFn] = None) -> Any:
     """Register ``fn(model, input_ids, cfg, sink, **kwargs)`` as ``generate(method=name)``.
 
     Usable as ``register_method("name", fn)`` or as a decorator ``@register_method("name")``.
+    Registering a name again replaces the earlier registration (not a built-in's).
 
     Raises:
-        ValueError: ``name`` is not a non-empty str or is taken by a built-in method or alias.
+        ValueError: ``name`` is not a non-empty str or is a built-in method or alias.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected a non-empty str, got {name!r}")
@@ -83,8 +86,8 @@ def register_method(name: str, fn: Optional[MethodFn] = None) -> Any:
         if not callable(f):
             raise TypeError(f"method: expected a callable, got {type(f).__name__}")
         with _LOCK:
-            if name in ALIASES:
-                raise ValueError(f"method name {name!r} is an alias of {ALIASES[name]!r}")
+            if name in ALIASES or name in BUILTIN:
+                raise ValueError(f"method name {name!r} is built in; choose another name")
             _METHODS[name] = f
         return f
 

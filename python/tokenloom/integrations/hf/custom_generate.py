@@ -220,7 +220,9 @@ def recycling_generate(
 
     Use as ``model.generate(input_ids, custom_generate=tokenloom.hf.recycling_generate,
     max_new_tokens=64, do_sample=False)``; the extra keywords ``recycler=``, ``tree=`` (as in
-    ``tokenloom.generate(method="recycling")``) and ``seed=`` pass through ``generate``.
+    ``tokenloom.generate(method="recycling")``), ``seed=`` and ``token_streamer=`` (stream the
+    new tokens; transformers 4.57 drops ``streamer=`` for custom_generate callables) pass
+    through ``generate``.
 
     Mapped: ``max_new_tokens`` / ``max_length``, ``eos_token_id``, ``do_sample`` with
     ``temperature`` / ``top_k`` / ``top_p`` / ``min_p`` (HF's defaults included, e.g. top_k=50),

@@ -23,6 +23,8 @@ import numpy as np
 from tokenloom import _core
 from tokenloom._arrays import as_array
 from tokenloom.spec.base import DraftTree
+from tokenloom.spec.recycling.drafter import RecyclingDrafter
+from tokenloom.spec.step import TreeStep
 from tokenloom.spec.templates import Template, TemplateSpec, compile_template, template_arg
 
 __all__ = ["DraftTree", "TokenRecycler", "default_recycler", "reset_default_recyclers"]
@@ -98,6 +100,28 @@ class TokenRecycler:
         t = None if template is None else compile_template(template)
         d = self._r.draft(int(root_token), t)
         return DraftTree(d.tokens, d.parents, d.depths)
+
+    def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> TreeStep:
+        """Step API for hand-written loops (:mod:`tokenloom.spec.step`): draft a tree below
+        ``last_token`` with the recycler's own template and build the inputs of its forward.
+        Same as ``TreeStep.propose(RecyclingDrafter(self, tree=self.template), ...)``.
+
+        Args:
+            last_token: the newest token of the sequence (not yet in the cache): the root.
+            past_len: entries in the caller's KV cache (every token before ``last_token``).
+            device: where the model runs. dtype: the model's float dtype (mask), default float32.
+
+        Returns:
+            :class:`~tokenloom.spec.step.TreeStep` with ``input_ids`` [1, T], ``attention_mask``
+            (1, 1, T, past_len + T), ``position_ids`` [1, T], ``tree``; then
+            ``step.accept(logits) -> (tokens, keep)`` verifies and updates this recycler.
+
+        Raises:
+            TypeError: ``last_token`` not an int. IndexError: outside ``[0, vocab_size)``.
+            ValueError: ``past_len < 0`` or a non-float ``dtype``.
+        """
+        drafter = RecyclingDrafter(self, tree=self.template, seed_prefill=False)
+        return TreeStep.propose(drafter, last_token, past_len, device=device, dtype=dtype)
 
     def update(self, tokens: Any, topk_ids: Any) -> None:
         """Row ``tokens[i]`` := ``topk_ids[i]`` for every position in order (last one wins).
