@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List
 
 import tokenloom
 import tokenloom.integrations.hf.custom_generate as tlhf
-from tokenloom.cli.bench import load_questions
+from tokenloom.eval.specbench import load_questions
 from tokenloom.integrations.hf.chat import chat_input_ids
 from tokenloom.integrations.hf.models import load_default
 from tokenloom.spec.recycling.recycler import TokenRecycler

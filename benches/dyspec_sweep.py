@@ -37,7 +37,7 @@ def main() -> int:
     from tqdm import tqdm
 
     import tokenloom
-    from tokenloom.cli.bench import load_questions
+    from tokenloom.eval.specbench import load_questions
     from tokenloom.integrations.hf.chat import chat_input_ids
     from tokenloom.integrations.hf.models import load_default, stop_token_ids
 

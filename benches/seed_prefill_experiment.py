@@ -14,7 +14,7 @@ import json
 import time
 
 import tokenloom
-from tokenloom.cli.bench import load_questions
+from tokenloom.eval.specbench import load_questions
 from tokenloom.integrations.hf.chat import chat_input_ids
 from tokenloom.integrations.hf.models import load_default
 from tokenloom.spec.recycling.recycler import TokenRecycler

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tokenloom import DynamicTreeBuilder, EarlyExitDraft, HFDraft
-from tokenloom.spec.dyspec.drafts import _prefix_tree_mask
+from tokenloom.runtime.treeattn import prefix_tree_mask
 from tests.conftest import make_tiny_llama, smollm  # noqa: F401  (smollm: session fixture)
 from tests.dyspec_reference import RefBuilder
 
@@ -56,7 +56,7 @@ def one_forward(draft, seq, width):
     dev = draft.device
     inp = torch.tensor([[seq[-1]] * width], device=dev)
     pos = torch.full((1, width), len(seq), device=dev)
-    mask = _prefix_tree_mask(past, past, [[] for _ in range(width)], draft.dtype, dev)
+    mask = prefix_tree_mask(past, past, [[] for _ in range(width)], draft.dtype, dev)
 
     def run():
         with torch.inference_mode():

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tokenloom
-from tokenloom.spec.recycling.recycler import TokenRecycler, template_parents, template_paths
+from tokenloom.spec.recycling.recycler import TokenRecycler
+from tokenloom.spec.templates import template_parents, template_paths
 
 VOCAB, K = 49152, 8
 

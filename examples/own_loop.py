@@ -1,19 +1,23 @@
-"""A hand-written greedy loop with Token Recycling's step API (propose / accept), over any HF
-causal LM and a DynamicCache that the loop index-selects itself. Run: python examples/own_loop.py"""
+"""A hand-written greedy loop with the step API (propose / accept) over Token Recycling's drafter,
+for any HF causal LM and a DynamicCache that the loop index-selects itself.
+Run: python examples/own_loop.py"""
 import torch
 from transformers import DynamicCache
 
 import tokenloom
+from tokenloom.spec.recycling.drafter import RecyclingDrafter
+from tokenloom.spec.step import TreeStep
 
 
 @torch.inference_mode()
 def own_loop(model, input_ids, max_new_tokens=64, eos=2, recycler=None):
-    rec = recycler or tokenloom.TokenRecycler(model.config.vocab_size, template="2.2.2-16")
+    rec = recycler or tokenloom.TokenRecycler(model.config.vocab_size)
+    drafter = RecyclingDrafter(rec, tree="2.2.2-16", seed_prefill=False)  # owns its template
     cache = DynamicCache()
     logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
     out, past = [int(logits[0, -1].argmax())], input_ids.shape[1]  # prefill: cache = prompt
     while len(out) < max_new_tokens and out[-1] != eos:
-        step = rec.propose(out[-1], past, device=model.device, dtype=model.dtype)
+        step = TreeStep.propose(drafter, out[-1], past, device=model.device, dtype=model.dtype)
         logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
                        position_ids=step.position_ids, past_key_values=cache, use_cache=True).logits
         new, keep = step.accept(logits)  # emitted tokens; cache positions to keep

@@ -1,6 +1,6 @@
 """Drop-in paths (issue 7 items 2-3): ``custom_generate=tokenloom.hf.recycling_generate``, the
 assisted-generation ``RecyclingCandidateGenerator``, the step API (``TokenRecycler.propose`` /
-``RecyclingStep.accept``) and ``examples/own_loop.py``: same greedy tokens as HF greedy and
+``TreeStep.accept``) and ``examples/own_loop.py``: same greedy tokens as HF greedy and
 ``tokenloom.generate``; lossless sampling through the step API; clear errors on bad input."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tokenloom.integrations.hf.custom_generate as tlhf
 from tokenloom.spec.recycling.recycler import TokenRecycler
 
 from .greedy_compare import same_or_near_tie as _same_or_near_tie
-from .test_recycling_generate import _exact_joint, _prompt
+from .spec_reference import exact_joint as _exact_joint, prompt_ids as _prompt
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_candidate_generator_chain_and_update():
     ids = torch.tensor([[3, 7]])
     cand, logits = gen.get_candidates(ids)
     assert logits is None and cand.tolist() == [[3, 7, 8, 9]], "rank-0 chain 7 -> 8 -> 9, cut before EOS 11"
-    assert rec.template == tokenloom.spec.recycling.recycler.template_paths("2.2.2-4"), "template restored"
+    assert rec.template == tokenloom.spec.templates.template_paths("2.2.2-4"), "template restored"
     scores = torch.full((1, 3, 50), -1.0)
     for i, best in enumerate(([20, 21, 22], [23, 24, 25], [26, 27, 28])):
         scores[0, i, best] = torch.tensor([3.0, 2.0, 1.0])
@@ -184,7 +184,7 @@ def test_step_fields_and_keep(tiny_llama):
     with torch.inference_mode():
         logits = tiny_llama(input_ids=ids, past_key_values=cache).logits
         last, past = int(logits[0, -1].argmax()), ids.shape[1]
-        step = rec.propose(last, past)
+        step = _propose(rec, last, past)
         t = step.size
         assert step.input_ids.shape == (1, t) and step.input_ids[0, 0].item() == last
         assert step.input_ids.dtype == torch.long and step.position_ids.dtype == torch.long
@@ -203,6 +203,14 @@ def test_step_fields_and_keep(tiny_llama):
         step.accept(out)
 
 
+def _propose(rec, last, past, **kw):
+    """The step API over Token Recycling's drafter with the recycler's own template."""
+    from tokenloom.spec.recycling.drafter import RecyclingDrafter
+    from tokenloom.spec.step import TreeStep
+
+    return TreeStep.propose(RecyclingDrafter(rec, tree=rec.template, seed_prefill=False), last, past, **kw)
+
+
 def _step_sampling_joint(model, ids, rec, temperature, top_k, trials, depth=3):
     """Sample ``depth`` tokens with the step API only: the prompt's last token is the first root."""
     import torch
@@ -215,7 +223,7 @@ def _step_sampling_joint(model, ids, rec, temperature, top_k, trials, depth=3):
             model(input_ids=ids[:, :-1], past_key_values=cache)
             out, last, past, steps = [], int(ids[0, -1]), ids.shape[1] - 1, 0
             while len(out) < depth:
-                step = rec.propose(last, past)
+                step = _propose(rec, last, past)
                 logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
                                position_ids=step.position_ids, past_key_values=cache).logits
                 new, keep = step.accept(logits, temperature=temperature, top_k=top_k, seed=1000 * i + steps)
@@ -264,14 +272,14 @@ def test_step_bad_input():
 
     rec = TokenRecycler(100, k=4, template="2.2.2-4")
     with pytest.raises(IndexError):
-        rec.propose(100, 0)
+        _propose(rec, 100, 0)
     with pytest.raises(ValueError, match="past_len"):
-        rec.propose(1, -1)
+        _propose(rec, 1, -1)
     with pytest.raises(ValueError, match="dtype"):
-        rec.propose(1, 0, dtype=torch.int64)
+        _propose(rec, 1, 0, dtype=torch.int64)
     with pytest.raises(TypeError, match="last_token"):
-        rec.propose(1.5, 0)
-    step = rec.propose(3, 2)
+        _propose(rec, 1.5, 0)
+    step = _propose(rec, 3, 2)
     t = step.size
     with pytest.raises(ValueError, match="float tensor"):
         step.accept(torch.zeros(t, 100, dtype=torch.long))

@@ -10,12 +10,15 @@ import torch
 
 import tokenloom
 from tokenloom.spec.dyspec.drafts import EarlyExitDraft, HFDraft
-from tokenloom.spec.dyspec.drafter import StaticTreeBuilder, chain_paths, default_draft_layers, fixed_tree_paths
+from tokenloom.spec.dyspec.drafter import default_draft_layers
+from tokenloom.spec.dyspec.static import StaticTreeBuilder, fixed_tree_paths
+from tokenloom.spec.templates import chain_paths
 
 from .conftest import make_tiny_llama
 from .greedy_compare import count_same_as_hf, hf_greedy
 from .tree_steps import check_tree_steps, record_forward_inputs
-from .test_recycling_generate import PROMPTS, _exact_joint, _prompt
+from .spec_reference import exact_joint as _exact_joint, prompt_ids as _prompt
+from .test_recycling_generate import PROMPTS
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,5 @@
-"""tokenloom bench: question selection, the summary table, method resolution, parser."""
+"""tokenloom bench (tokenloom.eval.specbench + the thin cli.bench): question selection, the
+summary table, method resolution, argument checks before any model loads, parser."""
 
 from __future__ import annotations
 
@@ -7,7 +8,23 @@ import math
 import pytest
 
 from tokenloom.cli.main import build_parser
-from tokenloom.cli.bench import BENCH_METHODS, RunResult, _resolve, format_table, load_questions, summarise
+import tokenloom
+from tokenloom.cli.bench import config_from_args
+from tokenloom.eval.specbench import (
+    BENCH_METHODS,
+    BenchConfig,
+    MethodOptions,
+    RunResult,
+    bench_methods,
+    categories,
+    check_config,
+    default_methods,
+    format_table,
+    load_questions,
+    method_kwargs,
+    resolve,
+    summarise,
+)
 
 
 def test_questions_cover_every_category():
@@ -36,12 +53,60 @@ def test_summary_ratios():
 
 
 def test_methods_are_extensible():
-    assert {"greedy", "hf", "hf-pld", "recycling"} <= set(BENCH_METHODS)
-    args = build_parser().parse_args(["bench", "-n", "1", "--methods", "greedy,recycling", "--json", "x.json"])
+    assert {"hf", "hf-pld", "hf-packed"} <= set(BENCH_METHODS)
+    names = bench_methods()
+    assert set(tokenloom.methods()) <= set(names) and {"dyspec-fixed", "dyspec-chain"} <= set(names)
+    assert set(default_methods()) <= set(names) and "hf" in default_methods()
+    args = build_parser().parse_args(["bench", "-n", "1", "--methods", "recycling,hf", "--json", "x.json"])
     assert args.n == 1 and args.max_new_tokens == 128 and callable(args.func) and args.pack == "auto"
-    assert _resolve("hf", args) is BENCH_METHODS["hf"]
-    assert callable(_resolve("greedy", args)) and callable(_resolve("dyspec-chain", args))
-    with pytest.raises(ValueError, match="unknown bench method"):
-        _resolve("nope", args)
+    cfg = config_from_args(args)
+    assert cfg.methods == ["recycling", "hf"] and cfg.json_path == "x.json" and cfg.options.pack == "auto"
+    assert resolve("hf", cfg.options) is BENCH_METHODS["hf"]
+    for name in tokenloom.methods():  # whatever generate() offers runs in the bench too
+        assert callable(resolve(name, cfg.options))
+    assert callable(resolve("dyspec-chain", cfg.options))
+    with pytest.raises(ValueError, match="unknown bench method 'nope'.*hf-pld"):
+        resolve("nope", cfg.options)
     args = build_parser().parse_args(["bench", "--draft-layers", "20", "--budget", "12", "--pack", "off"])
-    assert (args.draft_layers, args.budget, args.pack) == (20, 12, "off")
+    opts = config_from_args(args).options
+    assert (opts.draft_layers, opts.budget, opts.pack) == (20, 12, False)
+    assert method_kwargs("dyspec", opts) == {"draft_layers": 20, "budget": 12, "pack": False}
+    assert method_kwargs("recycling", MethodOptions(tree="2.2.2-16", budget=3)) == {"tree": "2.2.2-16"}
+
+
+def test_bad_arguments_fail_before_the_model_loads(tmp_path):
+    assert len(categories()) == 13 and "rag" in categories()
+    with pytest.raises(ValueError, match=r"unknown \['nope'\].*'coding'"):
+        load_questions(1, ["rag", "nope"])
+    with pytest.raises(ValueError, match="expected >= 1"):
+        load_questions(0)
+    bad = [
+        (dict(categories=["nope"]), "unknown"),
+        (dict(n=0), "n: expected an int >= 1, got 0"),
+        (dict(threads=0), "threads: expected an int >= 1, got 0"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(methods=["hf", "hf"]), "more than once"),
+        (dict(methods=[]), "at least one"),
+        (dict(methods=["hf", "nope"]), "unknown bench method"),
+        (dict(options=MethodOptions(budget=0)), "budget"),
+    ]
+    for kw, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            check_config(BenchConfig(**kw))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_config(BenchConfig(json_path=str(tmp_path / "no" / "x.json")))
+    assert list(check_config(BenchConfig(methods=["hf", "recycling"]))) == ["hf", "recycling"]
+
+
+def test_cli_reports_bad_arguments_without_loading(capsys, monkeypatch):
+    from tokenloom.cli.main import main
+    from tokenloom.integrations.hf import models
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model must not load for bad arguments")
+
+    monkeypatch.setattr(models, "load_or_default", no_load)
+    for argv in (["bench", "--categories", "rag,nope"], ["bench", "--threads", "0"], ["bench", "-n", "0"],
+                 ["bytes", "fim", "--methods", "token,nope"], ["bytes", "fim", "-n", "0"]):
+        assert main(argv) == 2, argv
+        assert "tokenloom: error:" in capsys.readouterr().err

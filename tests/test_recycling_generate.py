@@ -12,16 +12,11 @@ import tokenloom
 from tokenloom.spec.recycling.recycler import TokenRecycler
 
 from .greedy_compare import count_same_as_hf, hf_greedy
+from .spec_reference import joint_chi2, prompt_ids as _prompt, ref_probs_from_logits
 from .tree_steps import check_tree_steps, record_forward_inputs
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _prompt(seed, n=12):
-    import torch
-
-    return torch.randint(3, 49152, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("tree", ["auto", "2.2.2", "2.2.2-4", [[0], [0, 0], [0, 0, 0], [1]]])
@@ -73,11 +68,17 @@ def test_cache_length_and_positions_every_step(tiny_llama):
 def test_hot_start_and_stats(tiny_llama):
     rec = TokenRecycler(49152)
     ids = _prompt(11)
-    a = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec, eos_token_id=[])
+    # The hot start is the matrix (the drafter's template and acceptance statistics are per call).
+    a = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec,
+                           tree="2.2.2-4", seed_prefill=False, eos_token_id=[])
     assert rec.adjacency()[a.sequences[0, -5:]].any(), "rows of emitted tokens were written"
+    hot = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec,
+                             tree="2.2.2-4", seed_prefill=False, eos_token_id=[])
+    assert a.sequences.tolist() == hot.sequences.tolist()
+    assert hot.stats.steps < a.stats.steps
     b = tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=48, recycler=rec, eos_token_id=[])
     assert a.sequences.tolist() == b.sequences.tolist()
-    assert b.stats.steps < a.stats.steps
+    assert b.stats.spec is not None and b.stats.spec.steps == b.stats.steps - 1
     ex = b.stats.extra
     tree_steps = sum(ex["tree_sizes"].values())
     assert tree_steps == b.stats.steps - 1 == sum(ex["accepted_hist"].values())
@@ -132,19 +133,8 @@ def test_bad_input(tiny_llama):
 # --- sampling ---------------------------------------------------------------------------------
 
 
-def ref_probs_from_logits(logits, temperature, top_k=None, top_p=None, min_p=None):
-    import torch
-
-    assert top_p is None and min_p is None
-    x = logits.float() / temperature
-    if top_k:
-        kth = x.topk(top_k, dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    return torch.softmax(x, dim=-1)
-
-
-def ref_verify_tree(parents, tokens, target_probs, draft_probs=None, *, seed=None):
-    """Deterministic-draft tree rule (ALGORITHMS.md section 2): draw y ~ p at the current node,
+def ref_verify_tree(parents, tokens, target_probs, draft_probs=None, *, seed=None, replacement=True):
+    """Deterministic-draft tree rule (docs/verify.md, "Verification rules"): draw y ~ p at the current node,
     descend into a child carrying y, else emit y and stop."""
     rng = np.random.default_rng(seed)
     p = np.asarray(target_probs, dtype=np.float64)
@@ -160,61 +150,30 @@ def ref_verify_tree(parents, tokens, target_probs, draft_probs=None, *, seed=Non
         cur = child
 
 
-def _exact_joint(model, ids, temperature, top_k, depth):
-    """Exact P(x1..x_depth) under top-k/temperature sampling, by enumeration."""
-    import torch
-
-    out = {(): 1.0}
-    for _ in range(depth):
-        nxt = {}
-        for prefix, pr in out.items():
-            seq = torch.cat([ids, torch.tensor([list(prefix)], dtype=torch.long)], dim=1)
-            with torch.inference_mode():
-                p = ref_probs_from_logits(model(input_ids=seq).logits[0, -1], temperature, top_k)
-            for t in torch.nonzero(p > 0).flatten().tolist():
-                nxt[prefix + (t,)] = pr * float(p[t])
-        out = nxt
-    return out
-
-
 def _sampling_chi2(model, temperature=2.0, top_k=3, trials=1500):
-    from scipy.stats import chisquare
-
     ids = _prompt(21, n=8)
     rec = TokenRecycler(49152, template="2.2.2")
     # warm rows so that the drafts hit (the acceptance path is exercised), then a tree that
     # holds only some of the candidates (the rejection path too)
     tokenloom.generate(model, ids, method="recycling", max_new_tokens=20, recycler=rec, eos_token_id=[])
-    exact = _exact_joint(model, ids, temperature, top_k, 3)
-    counts = {key: 0 for key in exact}
-    accepted = 0
-    for i in range(trials):
+
+    def run(i):
         out = tokenloom.generate(model, ids, method="recycling", max_new_tokens=3, recycler=rec,
                                  tree=[[0], [1], [0, 0], [0, 1], [1, 0]], temperature=temperature,
                                  top_k=top_k, seed=i, eos_token_id=[])
-        key = tuple(out.sequences[0, ids.shape[1]:].tolist())
-        counts[key] += 1
-        accepted += out.stats.steps < 3
-    keys = sorted(exact, key=lambda k: -exact[k])
-    f_exp = np.array([exact[k] for k in keys]) * trials
-    f_obs = np.array([counts[k] for k in keys], dtype=float)
-    big = f_exp >= 5  # pool the rare cells
-    f_obs = np.append(f_obs[big], f_obs[~big].sum())
-    f_exp = np.append(f_exp[big], f_exp[~big].sum())
-    if f_exp[-1] == 0:
-        f_obs, f_exp = f_obs[:-1], f_exp[:-1]
-    f_exp = f_exp * f_obs.sum() / f_exp.sum()
-    return chisquare(f_obs, f_exp).pvalue, accepted
+        return out.sequences[0, ids.shape[1]:].tolist(), out.stats.steps < 3
+
+    return joint_chi2(model, ids, temperature, top_k, 3, trials, run)
 
 
 def test_sampling_loop_exact_with_reference_verifier(tiny_llama, monkeypatch):
     """The loop's sampling branch, wired to a pure-Python reference of the lossless
     deterministic-draft rule, reproduces the exact joint law of three tokens."""
-    import tokenloom.sampling.sampler
-    import tokenloom.verify.kernels as verify_mod
+    import tokenloom.sampling.sampler as sampler_mod
+    import tokenloom.verify.policy as policy_mod
 
-    monkeypatch.setattr(verify_mod, "verify_tree", ref_verify_tree)
-    monkeypatch.setattr(tokenloom.sampling, "probs_from_logits", ref_probs_from_logits)
+    monkeypatch.setattr(policy_mod, "verify_tree", ref_verify_tree)
+    monkeypatch.setattr(sampler_mod, "probs_from_logits", ref_probs_from_logits)
     pvalue, accepted = _sampling_chi2(tiny_llama, trials=1200)
     assert accepted > 100, "drafts were accepted in many trials"
     assert pvalue > 1e-3

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import tokenloom
 from tokenloom import TokenRecycler
-from tokenloom.spec.recycling.recycler import (
+from tokenloom.spec.templates import (
     NESTED_SIZES,
     nested_template_order,
     template_names,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenloom.spec.recycling.recycler import NESTED_SIZES, template_paths
+from tokenloom.spec.templates import NESTED_SIZES, template_paths
 from tokenloom.spec.sizing import (
     AcceptanceStats,
     StepCost,

@@ -79,7 +79,7 @@ def test_sampler_wrong_distribution_is_detected():
 def test_transforms_match_reference_and_torch(logits, temperature, top_k, top_p, min_p):
     import torch
 
-    from tokenloom import _torch_ops
+    from tokenloom.sampling import torch_ops as _torch_ops
 
     x = np.array(logits, dtype=np.float64)
     got = probs_from_logits(x, temperature, top_k, top_p, min_p)
@@ -91,7 +91,7 @@ def test_transforms_match_reference_and_torch(logits, temperature, top_k, top_p,
 def test_device_path_on_cpu_tensors_matches_rust():
     import torch
 
-    from tokenloom import _torch_ops
+    from tokenloom.sampling import torch_ops as _torch_ops
 
     logits = torch.randn(500, 50, generator=torch.Generator().manual_seed(0)) * 2
     for kw in COMBOS:
@@ -144,7 +144,7 @@ def test_sampler_bad_logits_torch():
         Sampler(seed=0)(torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN"):
         Sampler(seed=0)(torch.tensor([[0.0, float("nan")]]))
-    from tokenloom import _torch_ops
+    from tokenloom.sampling import torch_ops as _torch_ops
 
     with pytest.raises(ValueError, match="NaN"):
         _torch_ops.probs(torch.tensor([[0.0, float("nan")]]), 1.0, None, None, None)

@@ -20,11 +20,14 @@ from tokenloom.bytelevel.ensemble import ByteEnsemble
 from tokenloom.bytelevel.lm import ByteLM
 from tokenloom.bytelevel.vocab import ByteVocab
 from tokenloom.decoding.generate import GenerateOutput, GenerateStats, generate, methods, register_method
+from tokenloom.decoding.methods import register_drafter
 from tokenloom.integrations.hf import models
 from tokenloom.sampling.sampler import Sampler, probs_from_logits
 from tokenloom.spec.dyspec.builder import DynamicTree, DynamicTreeBuilder, Frontier
 from tokenloom.spec.dyspec.drafts import EarlyExitDraft, HFDraft
-from tokenloom.spec.recycling.recycler import DraftTree, TokenRecycler
+from tokenloom.spec.base import DraftTree, Drafter
+from tokenloom.spec.recycling.recycler import TokenRecycler
+from tokenloom.spec.stats import SpecStats
 from tokenloom.verify.kernels import (
     VerifyResult,
     verify_chain,
@@ -41,6 +44,7 @@ __all__ = [
     "ByteLM",
     "ByteVocab",
     "DraftTree",
+    "Drafter",
     "DynamicTree",
     "DynamicTreeBuilder",
     "EarlyExitDraft",
@@ -49,11 +53,13 @@ __all__ = [
     "GenerateStats",
     "HFDraft",
     "Sampler",
+    "SpecStats",
     "TokenRecycler",
     "VerifyResult",
     "generate",
     "methods",
     "probs_from_logits",
+    "register_drafter",
     "register_method",
     "verify_chain",
     "verify_chain_batch",

@@ -159,7 +159,7 @@ class ByteLM:
         max_paths: refuse (ValueError) when more exact paths than this are live -- all-covers
             mode grows exponentially on long inputs; nothing is ever pruned silently.
         cache_size: token-level distributions kept (by token prefix).
-        pack: run float32 CPU linears through pre-packed oneDNN weights (:mod:`tokenloom.cpupack`;
+        pack: run float32 CPU linears through pre-packed oneDNN weights (:mod:`tokenloom.runtime.cpupack`;
             ``"auto"`` default, ``True`` or ``False``); many-row forwards get much cheaper.
         lookahead: fill every batched forward up to this many rows with *look-ahead rows*: the
             heaviest straddling extensions (path + a token running past the prefix end), whose

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -30,56 +29,56 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _load(path: Any) -> Any:
-    from tokenloom.integrations.hf import models
+def _check(args: argparse.Namespace) -> Any:
+    """Check what needs no model; returns the FIM methods (None for next / generate)."""
+    if args.action == "fim":
+        from tokenloom.eval.fim import check_methods
 
-    return models.load(path) if path else models.load_default()
+        if args.n < 1:
+            raise ValueError(f"-n: expected >= 1 problems, got {args.n}")
+        return check_methods([m.strip() for m in args.methods.split(",") if m.strip()])
+    if args.action == "generate" and args.n < 0:
+        raise ValueError(f"-n: expected >= 0 bytes, got {args.n}")
+    if args.action == "next" and args.top < 1:
+        raise ValueError(f"--top: expected >= 1, got {args.top}")
+    return None
+
+
+def _bytes(args: argparse.Namespace, model: Any, tok: Any) -> None:
+    import numpy as np
+
+    from tokenloom.bytelevel.lm import ByteLM
+
+    lm = ByteLM(model, tok, canonical=not args.all_covers)
+    prefix = args.text.encode()
+    if args.action == "next":
+        p = lm.next_byte_probs(prefix)
+        for i in np.argsort(-p)[: args.top]:
+            sym = "EOS" if i == 256 else repr(bytes([int(i)]))
+            print(f"{sym:>8}  {p[i]:.6f}")
+    else:
+        sys.stdout.write(lm.generate(prefix, args.n).decode("utf-8", errors="replace") + "\n")
+
+
+def _fim(args: argparse.Namespace, model: Any, tok: Any, methods: Any) -> None:
+    from tokenloom.eval import fim
+
+    cuts = fim.make_cuts(fim.load_humaneval(), args.n, seed=args.seed)
+    res = fim.run_fim(model, tok, cuts, methods=methods)
+    print(fim.format_table(res))
+    if args.json:
+        fim.write_json(args.json, res, args.n, args.seed)
+    if args.plot:
+        fim.plot(res, args.plot, args.n, args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenloom.bytelevel.lm import ByteLM
+    from tokenloom.integrations.hf.models import load_or_default
 
-    model, tok = _load(args.model)
-    if args.action in ("next", "generate"):
-        lm = ByteLM(model, tok, canonical=not args.all_covers)
-        prefix = args.text.encode()
-        if args.action == "next":
-            import numpy as np
-
-            p = lm.next_byte_probs(prefix)
-            for i in np.argsort(-p)[: args.top]:
-                sym = "EOS" if i == 256 else repr(bytes([int(i)]))
-                print(f"{sym:>8}  {p[i]:.6f}")
-        else:
-            sys.stdout.write(lm.generate(prefix, args.n).decode("utf-8", errors="replace") + "\n")
-        return 0
-    from tokenloom.eval.fim import load_humaneval, make_cuts, run_fim
-
-    cuts = make_cuts(load_humaneval(), args.n, seed=args.seed)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    res = run_fim(model, tok, cuts, methods=methods)
-    print(f"{'method':<8} {'n':>4} {'exact match':>12} {'mean loglik':>12} {'errors':>7}")
-    for m, r in res.items():
-        em = "-" if r["exact_match"] is None else f"{r['exact_match']:.3f}"
-        ll = "-" if r["mean_loglik"] is None else f"{r['mean_loglik']:.3f}"
-        print(f"{m:<8} {r['n']:>4} {em:>12} {ll:>12} {r['errors']:>7}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"problems": args.n, "seed": args.seed, "results": res}, f, indent=2)
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 2, figsize=(8, 3))
-        names = list(res)
-        ax[0].bar(names, [res[m]["exact_match"] or 0 for m in names])
-        ax[0].set_title("exact match, rest of line")
-        lls = [m for m in names if res[m]["mean_loglik"] is not None]
-        ax[1].bar(lls, [res[m]["mean_loglik"] for m in lls])
-        ax[1].set_title("mean log-likelihood (nats)")
-        fig.suptitle(f"HumanEval prompts cut mid-token (n={args.n}, seed={args.seed})")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+    methods = _check(args)
+    model, tok = load_or_default(args.model)
+    if args.action == "fim":
+        _fim(args, model, tok, methods)
+    else:
+        _bytes(args, model, tok)
     return 0

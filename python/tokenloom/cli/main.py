@@ -1,5 +1,5 @@
 """The ``tokenloom`` command line. Each subcommand lives in its own module
-``tokenloom.cli_<name>`` exposing ``add_parser(subparsers)``; its parser's ``func`` runs it."""
+``tokenloom.cli.<name>`` exposing ``add_parser(subparsers)``; its parser's ``func`` runs it."""
 
 from __future__ import annotations
 

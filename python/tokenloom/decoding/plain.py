@@ -1,16 +1,18 @@
-"""Plain autoregressive decoding (``method="greedy"``): one forward per token; argmax at
-temperature 0, otherwise a draw from :class:`tokenloom.sampling.Sampler`."""
+"""Plain autoregressive decoding (``method="plain"``, alias ``"greedy"``): one target forward per
+token; the argmax at temperature 0, otherwise a draw from :class:`tokenloom.Sampler` with the
+request's transforms."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from tokenloom.decoding.generate import DecodeConfig, TokenSink, register_method
+from tokenloom.decoding.config import DecodeConfig
+from tokenloom.decoding.sink import TokenSink
 
 __all__ = ["decode_plain", "next_token_chooser"]
 
 
-def next_token_chooser(cfg: DecodeConfig) -> Any:
+def next_token_chooser(cfg: DecodeConfig) -> Callable[[Any], int]:
     """A function ``logits [1, V] -> int``: argmax when greedy, else a seeded sampler."""
     if cfg.greedy:
         return lambda logits: int(logits[0].argmax())
@@ -22,7 +24,6 @@ def next_token_chooser(cfg: DecodeConfig) -> Any:
     return lambda logits: int(sampler(logits)[0])
 
 
-@register_method("greedy")
 def decode_plain(model: Any, input_ids: Any, cfg: DecodeConfig, sink: TokenSink) -> None:
     """One target forward per new token, with a dynamic KV cache."""
     import torch

@@ -26,9 +26,11 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-__all__ = ["Cut", "load_humaneval", "make_cuts", "run_fim", "METHODS"]
+__all__ = [
+    "Cut", "METHODS", "check_methods", "format_table", "load_humaneval", "make_cuts", "plot", "run_fim", "write_json",
+]
 
 METHODS = ("token", "heal", "byte")
 DATA = Path(__file__).parent.parent / "data" / "humaneval" / "HumanEval.jsonl.gz"
@@ -143,7 +145,24 @@ def _byte_method(model: Any, tok: Any, vocab: Any, cut: Cut) -> tuple:
     return ll, _line(gen) == cut.target
 
 
-def run_fim(model: Any, tok: Any, cuts: List[Cut], methods=METHODS, progress: bool = True) -> Dict[str, Dict[str, Any]]:
+def check_methods(methods: Sequence[str]) -> List[str]:
+    """``methods`` as a list, checked against :data:`METHODS`.
+
+    Raises:
+        ValueError: no method, an unknown one or one twice.
+    """
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown or len(set(methods)) != len(methods):
+        raise ValueError(f"methods: expected distinct names from {list(METHODS)}, got {methods}")
+    return methods
+
+
+def run_fim(
+    model: Any, tok: Any, cuts: List[Cut], methods: Sequence[str] = METHODS, progress: bool = True
+) -> Dict[str, Dict[str, Any]]:
+    """Every method on every cut: ``{method: {n, exact_match, mean_loglik, loglik_-inf, errors}}``."""
+    methods = check_methods(methods)
     from tokenloom.runtime.model import logits_width
     from tokenloom.bytelevel.vocab import ByteVocab
 
@@ -168,3 +187,39 @@ def run_fim(model: Any, tok: Any, cuts: List[Cut], methods=METHODS, progress: bo
             scores[m].loglik.append(ll)
             scores[m].exact.append(bool(ok))
     return {m: s.summary() for m, s in scores.items()}
+
+
+def format_table(results: Dict[str, Dict[str, Any]]) -> str:
+    """The summary of :func:`run_fim` as a text table."""
+    lines = [f"{'method':<8} {'n':>4} {'exact match':>12} {'mean loglik':>12} {'errors':>7}"]
+    for m, r in results.items():
+        em = "-" if r["exact_match"] is None else f"{r['exact_match']:.3f}"
+        ll = "-" if r["mean_loglik"] is None else f"{r['mean_loglik']:.3f}"
+        lines.append(f"{m:<8} {r['n']:>4} {em:>12} {ll:>12} {r['errors']:>7}")
+    return "\n".join(lines)
+
+
+def write_json(path: str, results: Dict[str, Dict[str, Any]], problems: int, seed: int) -> None:
+    """``{"problems", "seed", "results"}`` to ``path``."""
+    with open(path, "w") as f:
+        json.dump({"problems": problems, "seed": seed, "results": results}, f, indent=2)
+
+
+def plot(results: Dict[str, Dict[str, Any]], path: str, problems: int, seed: int) -> None:
+    """A PNG: exact match and mean log-likelihood per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    names = list(results)
+    ax[0].bar(names, [results[m]["exact_match"] or 0 for m in names])
+    ax[0].set_title("exact match, rest of line")
+    lls = [m for m in names if results[m]["mean_loglik"] is not None]
+    ax[1].bar(lls, [results[m]["mean_loglik"] for m in lls])
+    ax[1].set_title("mean log-likelihood (nats)")
+    fig.suptitle(f"HumanEval prompts cut mid-token (n={problems}, seed={seed})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,25 +1,23 @@
-"""Step API of Token Recycling, for people who own their decoding loop (serving engines,
-research code): ``recycler.propose(...)`` drafts a tree and builds the model inputs of ONE tree
-forward; ``step.accept(logits)`` verifies, updates the recycler and says which cache entries to
-keep. The model call and the cache stay in the caller's hands.
+"""Step API for people who own their decoding loop (serving engines, research code): a drafter
+proposes a tree and :class:`TreeStep` builds the model inputs of ONE tree forward;
+``step.accept(logits)`` verifies (the same :class:`~tokenloom.verify.policy.TreeVerifier` as
+:func:`tokenloom.generate`), lets the drafter learn and says which cache entries to keep. The
+model call and the cache stay in the caller's hands.
 
 Greedy loop over an HF model with a ``DynamicCache`` already holding ``past`` tokens (the
 prompt after a prefill) and ``last`` the newest token, not yet in the cache::
 
-    step = recycler.propose(last, past, device=model.device, dtype=model.dtype)
+    drafter = RecyclingDrafter(recycler, tree="2.2.2-16")   # once; any Drafter works
+    step = TreeStep.propose(drafter, last, past, device=model.device, dtype=model.dtype)
     logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
                    position_ids=step.position_ids, past_key_values=cache).logits
     new_tokens, keep = step.accept(logits)              # keep: LongTensor [past + len(new)]
-    for layer in cache.layers:                          # or treeattn.compact_cache(cache, past, step.path)
+    for layer in cache.layers:                          # or kvcache.compact_cache(cache, past, step.path)
         layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)
     past, last = past + len(new_tokens), new_tokens[-1]
 
 Invariant after a step: the cache holds ``past + len(new_tokens)`` entries, one per token of the
 sequence except the newest (``new_tokens[-1]``), which is the next root.
-
-Verification reuses :func:`tokenloom.verify_greedy` (temperature 0) and the lossless
-deterministic-draft rule :func:`tokenloom.verify_tree` on :func:`tokenloom.probs_from_logits`
-(temperature > 0); masks and positions come from :mod:`tokenloom.treeattn`.
 """
 
 from __future__ import annotations
@@ -28,36 +26,37 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import numpy as np
 
+from tokenloom.spec.base import DraftTree, Drafter
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from tokenloom.spec.recycling.recycler import TokenRecycler
-
-__all__ = ["RecyclingStep"]
+__all__ = ["TreeStep"]
 
 
-class RecyclingStep:
-    """One drafted tree and the model inputs of its forward (made by
-    :meth:`tokenloom.TokenRecycler.propose`).
+class TreeStep:
+    """One drafted tree and the model inputs of its forward.
 
     Attributes:
-        tree: the :class:`~tokenloom.DraftTree` (``tokens``, ``parents``, ``depths``: int64 [T]).
+        drafter: the drafter that proposed it (it learns in :meth:`accept`).
+        tree: the :class:`~tokenloom.spec.base.DraftTree` (``tokens``, ``parents``,
+            ``depths``: int64 [T]).
         past_len: cache entries before the tree.
         input_ids: LongTensor [1, T], the node tokens (root first).
         attention_mask: additive float mask (1, 1, T, past_len + T), 0 = see, dtype min = hide.
         position_ids: LongTensor [1, T], ``past_len + depth``.
         path: after :meth:`accept`, the accepted node indices (int64 [n], starting with 0), the
-            argument :func:`tokenloom.treeattn.compact_cache` takes.
+            argument :func:`tokenloom.runtime.kvcache.compact_cache` takes.
     """
 
-    __slots__ = ("recycler", "tree", "past_len", "input_ids", "attention_mask", "position_ids", "path", "_done")
+    __slots__ = ("drafter", "tree", "past_len", "input_ids", "attention_mask", "position_ids", "path", "_done")
 
-    def __init__(self, recycler: "TokenRecycler", tree: Any, past_len: int, device: Any, dtype: Any):
+    def __init__(self, drafter: Drafter, tree: DraftTree, past_len: int, device: Any, dtype: Any):
         import torch
 
         from tokenloom.runtime.treeattn import tree_attention_mask, tree_position_ids
 
-        self.recycler = recycler
+        self.drafter = drafter
         self.tree = tree
         self.past_len = past_len
         dev = torch.device(device)
@@ -67,13 +66,33 @@ class RecyclingStep:
         self.path: Optional[np.ndarray] = None
         self._done = False
 
+    @classmethod
+    def propose(cls, drafter: Drafter, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> "TreeStep":
+        """``drafter.propose(last_token, past_len)`` and the inputs of its forward.
+
+        Raises:
+            TypeError: ``last_token`` not an int. ValueError: ``past_len < 0``, a non-float
+            ``dtype``. IndexError: ``last_token`` outside the drafter's vocabulary.
+        """
+        import torch
+
+        if isinstance(past_len, bool) or not isinstance(past_len, (int, np.integer)) or past_len < 0:
+            raise ValueError(f"past_len: expected an int >= 0 (cache entries), got {past_len!r}")
+        if isinstance(last_token, bool) or not isinstance(last_token, (int, np.integer)):
+            raise TypeError(f"last_token: expected an int token id, got {last_token!r}")
+        dtype = torch.float32 if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype: expected a torch float dtype (the model's), got {dtype!r}")
+        tree = drafter.propose(int(last_token), int(past_len))
+        return cls(drafter, tree, int(past_len), device, dtype)
+
     @property
     def size(self) -> int:
         """T, the tree's tokens (root included)."""
-        return int(self.tree.tokens.shape[0])
+        return self.tree.size
 
     def __repr__(self) -> str:
-        return f"RecyclingStep(T={self.size}, past_len={self.past_len}, accepted={self.path is not None})"
+        return f"TreeStep(T={self.size}, past_len={self.past_len}, accepted={self.path is not None})"
 
     def _logits_2d(self, logits: Any) -> "torch.Tensor":
         import torch
@@ -90,11 +109,10 @@ class RecyclingStep:
                 f"logits: expected shape [{t}, V] or [1, {t}, V] (one row per tree node), got {list(logits.shape)}"
             )
         v = int(logits.shape[1])
-        if v < self.recycler.k or v > self.recycler.vocab_size:
-            raise ValueError(
-                f"logits: vocabulary axis of {v} outside [k={self.recycler.k}, "
-                f"recycler vocab_size={self.recycler.vocab_size}]"
-            )
+        k = getattr(self.drafter, "k", 1)
+        vocab = getattr(getattr(self.drafter, "recycler", None), "vocab_size", None)
+        if v < k or (vocab is not None and v > vocab):
+            raise ValueError(f"logits: vocabulary axis of {v} outside [k={k}, drafter vocab_size={vocab}]")
         if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
             raise ValueError("logits: NaN or +inf values (the model's output is broken)")
         return logits
@@ -109,7 +127,7 @@ class RecyclingStep:
         min_p: Optional[float] = None,
         seed: Optional[int] = None,
     ) -> Tuple[List[int], "torch.Tensor"]:
-        """Verify the tree against the model's logits, update the recycler, say what to keep.
+        """Verify the tree against the model's logits, let the drafter learn, say what to keep.
 
         Args:
             logits: float [T, V] or [1, T, V] (torch, CPU or accelerator): row ``i`` is the
@@ -117,7 +135,7 @@ class RecyclingStep:
             temperature: 0 (default) = greedy argmax matching; > 0 = lossless sampling (the
                 output law is exactly that of sampling token by token with the same transforms).
             top_k, top_p, min_p: sampling transforms (see :func:`tokenloom.probs_from_logits`).
-            seed: 64-bit seed of the verifier's draws (None: fresh entropy).
+            seed: seed of this step's verification draws (None: fresh entropy).
 
         Returns:
             ``(tokens, keep)``: ``tokens`` the emitted ids (list of n >= 1 ints: the accepted
@@ -132,23 +150,17 @@ class RecyclingStep:
         """
         import torch
 
-        from tokenloom.verify.kernels import verify_greedy, verify_tree
+        from tokenloom.decoding.config import make_config
+        from tokenloom.verify.policy import TreeVerifier
 
         if self._done:
-            raise RuntimeError("accept: this step was already accepted; call recycler.propose(...) again")
+            raise RuntimeError("accept: this step was already accepted; propose a new step")
         x = self._logits_2d(logits)
-        if not (temperature >= 0.0):
-            raise ValueError(f"temperature: expected >= 0, got {temperature!r}")
-        tree = self.tree
-        if temperature == 0.0:
-            res = verify_greedy(tree.parents, tree.tokens, x.argmax(-1).cpu())
-        else:
-            from tokenloom.sampling.sampler import probs_from_logits
-
-            probs = probs_from_logits(x.float(), temperature, top_k, top_p, min_p)
-            res = verify_tree(tree.parents, tree.tokens, probs, None, seed=seed)
-        topk = x.topk(self.recycler.k, dim=-1).indices.cpu()
-        self.recycler.update(tree.tokens, topk)
+        cfg = make_config(
+            max_new_tokens=0, eos_token_ids=(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed
+        )
+        res = TreeVerifier(cfg)(self.tree, x if temperature == 0 else x.float())
+        self.drafter.accept(self.tree, res, x)
         self._done = True
         path = np.asarray(res.path, dtype=np.int64)
         self.path = path

@@ -20,7 +20,7 @@ import torch
 from tokenloom import _core
 from tokenloom._arrays import as_array
 from tokenloom.sampling.torch_ops import RESIDUAL_FLOOR, check_rows, counter, inverse_cdf, uniform, uniforms
-from tokenloom.verify.kernels import VerifyResult
+from tokenloom.verify.result import VerifyResult
 
 _I64 = np.int64
 

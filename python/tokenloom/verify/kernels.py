@@ -15,13 +15,14 @@ seed fixes the result on either path.
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_array, as_float_array, is_torch
 from tokenloom.sampling.seeds import as_seed
+from tokenloom.verify.result import VerifyResult
 
 __all__ = [
     "VerifyResult",
@@ -35,19 +36,6 @@ __all__ = [
 
 _I64 = np.int64
 _new_tuple = tuple.__new__
-
-
-class VerifyResult(NamedTuple):
-    """``path``: accepted node indices starting with 0 (int64 [n]); ``tokens``: emitted ids,
-    the accepted draft tokens then one token from the target (int64 [n])."""
-
-    path: np.ndarray
-    tokens: np.ndarray
-
-    @property
-    def accepted(self) -> int:
-        """Number of accepted draft tokens (excluding the bonus token)."""
-        return len(self.path) - 1
 
 
 def _result(pair: Any) -> VerifyResult:

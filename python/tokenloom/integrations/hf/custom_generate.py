@@ -17,14 +17,18 @@ across calls). What :func:`recycling_generate` cannot honour (custom logits proc
 temperature / top-k / top-p / min-p, stopping criteria beyond max length and EOS, padded
 attention masks, beams, ``output_scores`` and friends) is refused with a ValueError naming it.
 
-transformers 4.57 does not forward ``streamer=`` to a ``custom_generate`` callable (it streams the
-prompt, then drops the argument); both functions find it in the calling ``generate`` frame so
-that streaming works as with plain ``generate``.
+Streaming: pass ``token_streamer=<streamer>`` to ``model.generate`` (it reaches the callable as an
+extra keyword). transformers 4.57 does not forward ``streamer=`` to a ``custom_generate`` callable
+(it streams the prompt, then drops the argument); as a fallback both functions find it in the
+calling ``generate`` frame and warn.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
+import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,8 +39,12 @@ try:
 except ImportError as e:  # pragma: no cover - the hf extra is missing
     raise ImportError("tokenloom.hf needs torch and transformers: pip install 'tokenloom[hf]'") from e
 
-from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler
 from tokenloom.runtime.model import logits_width
+from tokenloom.spec.base import DraftTree
+from tokenloom.spec.recycling.drafter import RecyclingDrafter
+from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler
+from tokenloom.spec.templates import chain_paths
+from tokenloom.verify.kernels import VerifyResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import GenerationConfig
@@ -87,6 +95,27 @@ def _caller_streamer(model: Any) -> Any:
         return None
     finally:
         del frame
+
+
+def _resolve_streamer(model: Any, streamer: Any, token_streamer: Any, who: str) -> Tuple[Any, bool]:
+    """``(streamer, prompt_streamed)``: the streamer to feed and whether HF already streamed the
+    prompt. An explicit ``token_streamer=`` wins; ``streamer=`` is used when transformers
+    forwarded it; else the ``streamer`` of the calling ``model.generate`` frame is used with a
+    warning (transformers 4.57 streams the prompt but does not forward ``streamer`` to a
+    ``custom_generate`` callable)."""
+    if token_streamer is not None:
+        return token_streamer, False
+    if streamer is not None:
+        return streamer, True
+    found = _caller_streamer(model)
+    if found is not None:
+        warnings.warn(
+            f"{who}: transformers did not pass streamer= to custom_generate; found it in the calling "
+            "generate() frame. Pass token_streamer=<streamer> to model.generate instead (no prompt echo).",
+            UserWarning,
+            stacklevel=4,
+        )
+    return found, found is not None
 
 
 def _check_batch(input_ids: Any, who: str) -> None:
@@ -184,13 +213,16 @@ def recycling_generate(
     recycler: Optional[TokenRecycler] = None,
     tree: Any = "auto",
     seed: Optional[int] = None,
+    token_streamer: Any = None,
     **model_kwargs: Any,
 ) -> Any:
     """``custom_generate`` callable: HF's ``generate`` front end, tokenloom's tree loop.
 
     Use as ``model.generate(input_ids, custom_generate=tokenloom.hf.recycling_generate,
     max_new_tokens=64, do_sample=False)``; the extra keywords ``recycler=``, ``tree=`` (as in
-    ``tokenloom.generate(method="recycling")``) and ``seed=`` pass through ``generate``.
+    ``tokenloom.generate(method="recycling")``), ``seed=`` and ``token_streamer=`` (stream the
+    new tokens; transformers 4.57 drops ``streamer=`` for custom_generate callables) pass
+    through ``generate``.
 
     Mapped: ``max_new_tokens`` / ``max_length``, ``eos_token_id``, ``do_sample`` with
     ``temperature`` / ``top_k`` / ``top_p`` / ``min_p`` (HF's defaults included, e.g. top_k=50),
@@ -233,8 +265,9 @@ def recycling_generate(
     max_new, eos = _stop_rules(list(stopping_criteria or []), generation_config, int(input_ids.shape[1]))
     if sampling["temperature"] > 0 and seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    if streamer is None:
-        streamer = _caller_streamer(model)
+    streamer, prompt_streamed = _resolve_streamer(model, streamer, token_streamer, who)
+    if streamer is not None and prompt_streamed:
+        streamer = _AfterPrompt(streamer)
     out = tokenloom.generate(
         model,
         input_ids,
@@ -242,7 +275,7 @@ def recycling_generate(
         max_new_tokens=max_new,
         eos_token_id=eos,
         seed=seed,
-        streamer=None if streamer is None else _AfterPrompt(streamer),
+        streamer=streamer,
         recycler=recycler,
         tree=tree,
         **sampling,
@@ -258,14 +291,14 @@ def recycling_generate(
 
 
 class RecyclingCandidateGenerator(CandidateGenerator):  # type: ignore[misc]
-    """A transformers ``CandidateGenerator`` drafting from a :class:`~tokenloom.TokenRecycler`.
+    """A transformers ``CandidateGenerator`` over Token Recycling's drafter.
 
-    ``get_candidates`` proposes the rank-0 chain below the last token (``A[t, 0]``, then that
-    token's rank-0 candidate, ...; HF verifies chains), cut before an EOS and to the length
-    budget; ``update_candidate_strategy`` overwrites the rows of the root and every proposed
-    token with the top-k of the scores HF computed there (the Token Recycling update rule, on
-    HF's processed scores). The recycler's template is restored after each draft, so a shared
-    recycler keeps serving ``tokenloom.generate``.
+    ``get_candidates`` proposes the drafter's rank-0 chain below the last token (``A[t, 0]``,
+    then that token's rank-0 candidate, ...; HF verifies chains), cut before an EOS and to the
+    length budget; ``update_candidate_strategy`` hands HF's verdict to the drafter's
+    ``accept`` (rows of the root and every proposed token := the top-k of HF's processed scores
+    there; acceptance statistics). The drafter owns its chain template: a shared recycler's
+    own template is never touched.
 
     Args:
         recycler: the recycler (its ``k`` sets the top-k of the update).
@@ -274,6 +307,7 @@ class RecyclingCandidateGenerator(CandidateGenerator):  # type: ignore[misc]
         max_length: HF's ``generation_config.max_length`` (prompt included), or None.
 
     Attributes:
+        drafter: the :class:`~tokenloom.spec.recycling.drafter.RecyclingDrafter`.
         steps, matches: verify steps and accepted candidates so far (``1 + matches / steps`` is
         the mean accepted tokens per forward).
     """
@@ -292,25 +326,12 @@ class RecyclingCandidateGenerator(CandidateGenerator):  # type: ignore[misc]
             raise ValueError(f"num_tokens: expected an int >= 1, got {num_tokens!r}")
         self.recycler = recycler
         self.num_tokens = num_tokens
+        self.drafter = RecyclingDrafter(recycler, tree=chain_paths(num_tokens), seed_prefill=False)
         self.eos = set() if eos_token_id is None else {int(t) for t in torch.as_tensor(eos_token_id).flatten().tolist()}
         self.max_length = max_length
         self.steps = 0
         self.matches = 0
-        self._chains: Dict[int, List[List[int]]] = {}
-        self._last: Optional[np.ndarray] = None
-
-    def _chain(self, root: int, n: int) -> np.ndarray:
-        rec = self.recycler
-        template = self._chains.get(n)
-        if template is None:
-            template = self._chains[n] = [[0] * d for d in range(1, n + 1)]
-        saved = rec.template
-        rec.set_template(template)
-        try:
-            tokens = np.asarray(rec.draft(root).tokens)[1:]
-        finally:
-            rec.set_template(saved)
-        return tokens
+        self._last: Optional[DraftTree] = None
 
     def get_candidates(self, input_ids: "torch.LongTensor") -> Tuple["torch.LongTensor", None]:
         """``(input_ids + chain [1, n + m], None)``; ``m = 0`` (no candidates) near the length
@@ -320,32 +341,38 @@ class RecyclingCandidateGenerator(CandidateGenerator):  # type: ignore[misc]
         n = self.num_tokens
         if self.max_length is not None:
             n = min(n, int(self.max_length) - int(input_ids.shape[1]) - 1)
-        chain = self._chain(root, n) if n > 0 else np.zeros(0, dtype=np.int64)
-        for i, t in enumerate(chain.tolist()):
-            if t in self.eos:
-                chain = chain[:i]
+        tree = self.drafter.propose(root, int(input_ids.shape[1]) - 1)
+        m = max(0, n)
+        for i, tok in enumerate(tree.tokens[1 : m + 1].tolist()):
+            if tok in self.eos:
+                m = i
                 break
-        self._last = np.concatenate([np.array([root], dtype=np.int64), chain])
-        if chain.size == 0:
+        m = min(m, tree.size - 1)
+        tree = DraftTree(tree.tokens[: m + 1], tree.parents[: m + 1], tree.depths[: m + 1])
+        self._last = tree
+        if m == 0:
             return input_ids, None
-        cand = torch.from_numpy(chain).to(input_ids.device).view(1, -1)
+        cand = torch.from_numpy(tree.tokens[1:]).to(input_ids.device).view(1, -1)
         return torch.cat([input_ids, cand], dim=1), None
 
     def update_candidate_strategy(self, input_ids: "torch.LongTensor", scores: "torch.FloatTensor", num_matches: int) -> None:
-        """Recycle the top-k of ``scores`` [1, m + 1, V] into the rows of the root and the m
-        proposed tokens."""
+        """Hand HF's verdict to the drafter: ``scores`` [1, m + 1, V] are HF's processed scores
+        after the root and the m candidates; the last ``num_matches + 1`` tokens of
+        ``input_ids`` are what HF emitted."""
         if self._last is None:
             return
-        tokens, self._last = self._last, None
+        tree, self._last = self._last, None
         rows = scores[0] if scores.dim() == 3 else scores
-        if rows.shape[0] != tokens.size:
+        if rows.shape[0] != tree.size:
             raise ValueError(
-                f"update_candidate_strategy: expected scores for {tokens.size} positions (root + candidates), "
+                f"update_candidate_strategy: expected scores for {tree.size} positions (root + candidates), "
                 f"got shape {list(scores.shape)}"
             )
-        self.recycler.update(tokens, rows.topk(self.recycler.k, dim=-1).indices.cpu())
+        a = int(num_matches)
+        emitted = input_ids[0, -(a + 1) :].cpu().numpy().astype(np.int64)
+        self.drafter.accept(tree, VerifyResult(np.arange(a + 1, dtype=np.int64), emitted), rows)
         self.steps += 1
-        self.matches += int(num_matches)
+        self.matches += a
 
     @property
     def mean_accepted(self) -> float:
@@ -365,6 +392,7 @@ def recycling_assisted_generate(
     recycler: Optional[TokenRecycler] = None,
     num_tokens: int = DEFAULT_NUM_TOKENS,
     candidate_generator: Optional[RecyclingCandidateGenerator] = None,
+    token_streamer: Any = None,
     **model_kwargs: Any,
 ) -> Any:
     """``custom_generate`` callable running HF's own assisted loop (``model._assisted_decoding``)
@@ -376,8 +404,11 @@ def recycling_assisted_generate(
     max_new_tokens=64)``; extra keywords ``recycler=``, ``num_tokens=`` or a ready
     ``candidate_generator=`` (to read its ``mean_accepted`` afterwards).
 
-    ``model._get_candidate_generator`` is replaced on the instance for the call only and
-    restored afterwards (also on error).
+    HF's assisted loop asks ``model._get_candidate_generator`` for its drafter, so that method
+    is replaced on the instance for the call only and restored afterwards (also on error).
+    Calls on one model instance are serialised by a per-model lock (two threads may share a
+    model; their assisted calls then run one after the other), so the replacement is never
+    seen by another call.
 
     Raises:
         ValueError: batch > 1 (HF's assisted loop takes one sequence).
@@ -399,28 +430,43 @@ def recycling_assisted_generate(
         )
     elif gen.max_length is None:
         gen.max_length = generation_config.max_length
-    if streamer is None:
-        streamer = _caller_streamer(model)
+    streamer, prompt_streamed = _resolve_streamer(model, streamer, token_streamer, who)
+    if streamer is not None and not prompt_streamed:
+        streamer.put(input_ids.cpu())
 
     def _candidate_generator(*args: Any, **kwargs: Any) -> RecyclingCandidateGenerator:
         return gen
 
-    had = "_get_candidate_generator" in vars(model)
-    saved = vars(model).get("_get_candidate_generator")
-    model._get_candidate_generator = _candidate_generator
-    try:
-        return model._assisted_decoding(
-            input_ids,
-            logits_processor=logits_processor,
-            stopping_criteria=stopping_criteria,
-            generation_config=generation_config,
-            synced_gpus=synced_gpus,
-            streamer=streamer,
-            inputs_tensor=inputs_tensor,
-            **model_kwargs,
-        )
-    finally:
-        if had:
-            model._get_candidate_generator = saved
-        else:
-            del model._get_candidate_generator
+    with _patch_lock(model):
+        had = "_get_candidate_generator" in vars(model)
+        saved = vars(model).get("_get_candidate_generator")
+        model._get_candidate_generator = _candidate_generator
+        try:
+            return model._assisted_decoding(
+                input_ids,
+                logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria,
+                generation_config=generation_config,
+                synced_gpus=synced_gpus,
+                streamer=streamer,
+                inputs_tensor=inputs_tensor,
+                **model_kwargs,
+            )
+        finally:
+            if had:
+                model._get_candidate_generator = saved
+            else:
+                del model._get_candidate_generator
+
+
+_PATCH_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_PATCH_LOCKS_GUARD = threading.Lock()
+
+
+def _patch_lock(model: Any) -> "threading.RLock":
+    """The lock serialising instance patches of ``model`` (one per model, freed with it)."""
+    with _PATCH_LOCKS_GUARD:
+        lock = _PATCH_LOCKS.get(model)
+        if lock is None:
+            lock = _PATCH_LOCKS[model] = threading.RLock()
+        return lock

@@ -1,6 +1,6 @@
 """DySpec dynamic draft trees (arXiv 2410.11744): a thin layer over the Rust builder.
 
-One speculative step with a draft model (see :mod:`tokenloom.drafts`)::
+One speculative step with a draft model (see :mod:`tokenloom.spec.dyspec.drafts`)::
 
     builder = DynamicTreeBuilder(budget=32, max_depth=6, k=8)
     tree = builder.build(root_token, draft)      # one draft forward per depth
@@ -68,7 +68,7 @@ class DynamicTree(NamedTuple):
 
 
 class DraftModel(Protocol):
-    """What :meth:`DynamicTreeBuilder.build` needs from a draft (see :mod:`tokenloom.drafts`)."""
+    """What :meth:`DynamicTreeBuilder.build` needs from a draft (see :mod:`tokenloom.spec.dyspec.drafts`)."""
 
     def expand(self, frontier: Frontier) -> Tuple[Any, Any]:
         """Top-k ``(ids [F, w], probs [F, w])`` of the draft distribution at every frontier node."""

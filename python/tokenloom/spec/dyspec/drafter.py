@@ -1,10 +1,10 @@
-"""``generate(method="dyspec")``: speculative decoding with DySpec draft trees (arXiv 2410.11744).
+"""``generate(method="dyspec")``: DySpec draft trees (arXiv 2410.11744) as a
+:class:`~tokenloom.spec.base.Drafter`.
 
-Each step: grow a draft tree below the last emitted token with the Rust
-:class:`~tokenloom.dyspec.DynamicTreeBuilder` (one batched draft forward per depth), run ONE
-target forward over the tree (:mod:`tokenloom.treeattn`), verify, compact the target's KV cache
-to the accepted path, tell the draft which tokens were emitted (it keeps the cache entries of
-the accepted path) and emit the accepted tokens plus the bonus token.
+Each step grows a draft tree below the last emitted token with the Rust
+:class:`~tokenloom.spec.dyspec.builder.DynamicTreeBuilder` (one batched draft forward per depth);
+the one loop (:mod:`tokenloom.spec.loop`) verifies it with one target forward; :meth:`accept`
+tells the draft which tokens were emitted (it keeps the cache entries of the accepted path).
 
 Verification: at temperature 0 greedy argmax matching (the output equals the target's greedy
 output); otherwise the builder samples children without replacement from the draft rows
@@ -19,24 +19,26 @@ of ``max_depth`` top-1 tokens), so the three can be compared on equal terms.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from tokenloom.runtime.model import logits_width
 
-from tokenloom.spec.dyspec.builder import DynamicTree, DynamicTreeBuilder, Frontier
-from tokenloom.decoding.generate import DecodeConfig, TokenSink, register_method
+from tokenloom.spec.base import DraftTree
+from tokenloom.spec.dyspec.builder import DynamicTreeBuilder, draft_probs_dense
+from tokenloom.spec.dyspec.drafts import EarlyExitDraft, HFDraft, TreeDraft, check_vocab
+from tokenloom.spec.dyspec.static import StaticTreeBuilder, fixed_tree_paths
+from tokenloom.spec.templates import chain_paths
 
 __all__ = [
     "DEFAULT_BUDGET",
     "DEFAULT_K",
     "DEFAULT_MAX_DEPTH",
-    "StaticTreeBuilder",
-    "decode_dyspec",
+    "DySpecDrafter",
     "default_draft_layers",
-    "fixed_tree_paths",
     "make_draft",
+    "make_dyspec_drafter",
 ]
 
 #: Default draft nodes per tree (root excluded).
@@ -78,15 +80,13 @@ def make_draft(
     temperature: float = 1.0,
 ) -> Any:
     """The draft for ``model``: ``draft_model`` (an HF causal LM sharing the tokenizer ->
-    :class:`~tokenloom.drafts.HFDraft`, or a ready :class:`~tokenloom.drafts.TreeDraft`, whose
+    :class:`~tokenloom.spec.dyspec.drafts.HFDraft`, or a ready :class:`~tokenloom.spec.dyspec.drafts.TreeDraft`, whose
     ``k`` / ``temperature`` are then set), else the target's first ``draft_layers`` layers
-    (:class:`~tokenloom.drafts.EarlyExitDraft`, default :func:`default_draft_layers`).
+    (:class:`~tokenloom.spec.dyspec.drafts.EarlyExitDraft`, default :func:`default_draft_layers`).
 
     Raises:
         ValueError: both given, a draft vocabulary that differs from the target's, bad sizes.
     """
-    from tokenloom.spec.dyspec.drafts import EarlyExitDraft, HFDraft, TreeDraft, check_vocab
-
     if draft_model is not None and draft_layers is not None:
         raise ValueError("give either draft_model or draft_layers, not both")
     if isinstance(draft_model, TreeDraft):
@@ -103,151 +103,121 @@ def make_draft(
     return EarlyExitDraft(model, n, k=k, temperature=temperature)
 
 
-def fixed_tree_paths(budget: int, max_depth: int, k: int) -> List[List[int]]:
-    """The static comparison tree: the first ``budget`` rank paths of Token Recycling's nested
-    "2.2.2" order with depth <= ``max_depth`` and ranks < ``k`` (subtree-closed, ordered by a
-    prior acceptance estimate). Fewer when the template runs out."""
-    from tokenloom.spec.recycling.recycler import nested_template_order
-
-    paths = [p for p in nested_template_order() if len(p) <= max_depth and max(p) < k]
-    return paths[:budget]
-
-
-def chain_paths(max_depth: int) -> List[List[int]]:
-    """A chain of ``max_depth`` top-1 (first-drawn) tokens."""
-    return [[0] * d for d in range(1, max_depth + 1)]
-
-
-class StaticTreeBuilder:
-    """A fixed tree shape filled from a draft, with :class:`~tokenloom.dyspec.DynamicTreeBuilder`'s
-    protocol (``reset``, ``done``, ``frontier``, ``expand``, ``tree``), so one loop drives both.
-
-    Node ``(r1, ..., rm)`` is the ``rm``-th child of node ``(r1, ..., r(m-1))``: its top-``rm``
-    draft token (``sampled=False``) or its ``rm``-th draw without replacement from the draft
-    row renormalised over its entries (``sampled=True``, Gumbel-top-k, as the dynamic builder).
-    Every node with children in the shape is forwarded, one depth per forward.
-
-    Args:
-        paths: rank paths, subtree-closed; with ``sampled=True`` the ranks of siblings must be
-            ``0..c-1`` (children are the first ``c`` draws).
-        sampled: draw children instead of taking the top-k.
-        seed: seed of the draws (None: fresh entropy).
-
-    Raises:
-        ValueError: an empty, duplicate, negative or not subtree-closed path set.
-    """
-
-    def __init__(self, paths: Sequence[Sequence[int]], *, sampled: bool = False, seed: Optional[int] = None):
-        ps = sorted({tuple(int(r) for r in p) for p in paths}, key=lambda p: (len(p), p))
-        if not ps or len(ps) != len(paths) or any(len(p) == 0 or min(p) < 0 for p in ps):
-            raise ValueError(f"paths: expected distinct non-empty rank paths with ranks >= 0, got {paths!r}")
-        have = set(ps)
-        self._children: Dict[Tuple[int, ...], List[int]] = {}
-        for p in ps:
-            if len(p) > 1 and p[:-1] not in have:
-                raise ValueError(f"paths: not subtree-closed, {list(p)} without its parent {list(p[:-1])}")
-            self._children.setdefault(p[:-1], []).append(p[-1])
-        if sampled:
-            for pre, ranks in self._children.items():
-                if sorted(ranks) != list(range(len(ranks))):
-                    raise ValueError(f"paths: sampled children of {list(pre)} must have ranks 0..c-1, got {ranks}")
-        self.sampled = bool(sampled)
-        self.budget = len(ps)
-        self.max_depth = max(len(p) for p in ps)
-        self.k = max(max(p) for p in ps) + 1
-        self._rng = np.random.default_rng(seed)
-        self.reset(0)
-
-    def reset(self, root_token: int) -> None:
-        self._tok: List[int] = [int(root_token)]
-        self._par: List[int] = [-1]
-        self._dep: List[int] = [0]
-        self._path: List[Tuple[int, ...]] = [()]
-        self._row: List[int] = [-1]
-        self._score: List[float] = [1.0]
-        self._rows = 0
-        self._front: List[int] = [0]
-
-    @property
-    def done(self) -> bool:
-        return not self._front
-
-    @property
-    def rows_seen(self) -> int:
-        return self._rows
-
-    def frontier(self) -> Frontier:
-        f = self._front
-        return Frontier(
-            np.array(f, dtype=np.int64),
-            np.array([self._tok[i] for i in f], dtype=np.int64),
-            np.array([self._par[i] for i in f], dtype=np.int64),
-            np.array([self._dep[i] for i in f], dtype=np.int64),
-        )
-
-    def expand(self, node_ids: Any, topk_ids: Any, topk_probs: Any) -> None:
-        """Children of every frontier node from its top-k row (the frontier order)."""
-        from tokenloom._arrays import as_array
-
-        nodes = as_array(node_ids, np.int64, "node_ids", 1)
-        ids = as_array(topk_ids, np.int64, "topk_ids", 2)
-        probs = as_array(topk_probs, np.float64, "topk_probs", 2)
-        if nodes.tolist() != self._front:
-            raise ValueError(f"node_ids: expected the frontier {self._front}, got {nodes.tolist()}")
-        if ids.shape != probs.shape or ids.shape[0] != nodes.shape[0]:
-            raise ValueError(f"topk_ids / topk_probs: expected shapes [{nodes.shape[0]}, w], got {ids.shape} and {probs.shape}")
-        if not np.all(np.isfinite(probs)) or probs.min(initial=0.0) < 0 or probs.max(initial=0.0) > 1:
-            raise ValueError("topk_probs: expected finite probabilities in [0, 1] (NaN or out of range)")
-        new: List[int] = []
-        for r, n in enumerate(self._front):
-            ranks = self._children.get(self._path[n], [])
-            row = probs[r]
-            if self.sampled:
-                pos = np.nonzero(row > 0)[0]
-                gumbel = np.log(row[pos]) - np.log(-np.log(self._rng.random(pos.size)))
-                order = pos[np.argsort(-gumbel, kind="stable")].tolist()
-            else:
-                order = list(range(row.size))
-            for rank in ranks:
-                if rank >= len(order):
-                    continue  # the row has fewer candidates: the branch stays out
-                j = order[rank]
-                self._tok.append(int(ids[r, j]))
-                self._par.append(n)
-                self._dep.append(self._dep[n] + 1)
-                self._path.append(self._path[n] + (rank,))
-                self._row.append(-1)
-                self._score.append(self._score[n] * float(row[j]))
-                if self._path[-1] in self._children:
-                    new.append(len(self._tok) - 1)
-            self._row[n] = self._rows + r
-        self._rows += len(self._front)
-        self._front = new
-
-    def tree(self) -> DynamicTree:
-        n = len(self._tok)
-        return DynamicTree(
-            np.array(self._tok, dtype=np.int64),
-            np.array(self._par, dtype=np.int64),
-            np.array(self._dep, dtype=np.int64),
-            np.array(self._score, dtype=np.float64),
-            np.array(self._row, dtype=np.int64),
-            np.arange(n, dtype=np.int64),
-        )
-
-
 def _check_int(name: str, v: Any, lo: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
     return int(v)
 
 
-@register_method("dyspec")
-def decode_dyspec(
+def _describe(draft: Any) -> str:
+    if isinstance(draft, EarlyExitDraft):
+        return f"early-exit {draft.n_layers} layers"
+    model = getattr(draft, "model", None)
+    return f"{type(draft).__name__}({type(model).__name__ if model is not None else ''})"
+
+
+class DySpecDrafter:
+    """Draft trees grown from a draft model by a tree builder.
+
+    Args:
+        draft: the draft model (:class:`~tokenloom.spec.dyspec.drafts.TreeDraft`).
+        builder: a :class:`~tokenloom.spec.dyspec.builder.DynamicTreeBuilder` or a
+            :class:`~tokenloom.spec.dyspec.static.StaticTreeBuilder` (same protocol).
+        vocab_size: V, the width of the draft rows the verifier needs for sampled trees.
+        tree: the tree kind's name (statistics only).
+
+    With ``builder.sampled`` the children are drawn without replacement from the draft rows
+    and the tree carries those rows (``draft_probs`` [T, V], ``replacement=False``) for the
+    lossless verifier; otherwise the tree is deterministic.
+    """
+
+    name = "dyspec"
+    prefill_positions = 1
+
+    def __init__(self, draft: TreeDraft, builder: Any, vocab_size: int, tree: str = "dynamic"):
+        self.draft = draft
+        self.builder = builder
+        self.vocab_size = vocab_size
+        self.sampled = bool(builder.sampled)
+        self.tree_kind = tree
+        self._early = isinstance(draft, EarlyExitDraft)
+        self._cache: Any = None
+        self._forwards: Dict[int, int] = {}
+        self._n_forwards = 0
+        self._steps = 0
+        self.builder_seconds = 0.0
+        self.draft_seconds = 0.0
+
+    def prefill(self, input_ids: Any, first_token: int, cache: Any, logits: Any) -> None:
+        """Start the draft on the prompt and the first token (an early exit adopts the
+        target's cache instead of running its own prefill)."""
+        import torch
+
+        seq = torch.cat([input_ids[0].cpu(), torch.tensor([int(first_token)])])
+        self._cache = cache
+        if self._early:
+            self.draft.prefill(seq, target_cache=cache)
+        else:
+            self.draft.prefill(seq)
+
+    def propose(self, root: int, past_len: int) -> DraftTree:
+        """Grow a tree below ``root``: one batched draft forward per depth."""
+        clock = time.perf_counter
+        b = self.builder
+        t0 = clock()
+        b.reset(root)
+        rows: List[Tuple[Any, Any]] = []
+        t_build = clock() - t0
+        t_draft = 0.0
+        fw = 0
+        while not b.done:
+            t0 = clock()
+            f = b.frontier()
+            t1 = clock()
+            ids, probs = self.draft.expand(f)
+            t2 = clock()
+            b.expand(f.ids, ids, probs)
+            t_build += (t1 - t0) + (clock() - t2)
+            t_draft += t2 - t1
+            fw += 1
+            if self.sampled:
+                rows.append((ids, probs))
+        t0 = clock()
+        dt = b.tree()
+        t_build += clock() - t0
+        self.builder_seconds += t_build
+        self.draft_seconds += t_draft
+        self._n_forwards += fw
+        self._forwards[fw] = self._forwards.get(fw, 0) + 1
+        self._steps += 1
+        if not self.sampled:
+            return DraftTree(dt.tokens, dt.parents, dt.depths)
+        q = draft_probs_dense(dt, rows, self.vocab_size)
+        return DraftTree(dt.tokens, dt.parents, dt.depths, draft_probs=q, replacement=False)
+
+    def accept(self, tree: DraftTree, result: Any, logits: Any) -> None:
+        """Commit the emitted tokens to the draft (it keeps the accepted path's entries)."""
+        self.draft.commit([int(t) for t in result.tokens])
+        if self._early:
+            self.draft.adopt_cache(self._cache)
+
+    def stats(self) -> Dict[str, Any]:
+        n, steps = self._n_forwards, self._steps
+        per_forward = self.draft_seconds / n if n else 0.0
+        return {
+            "draft": _describe(self.draft),
+            "tree": self.tree_kind,
+            "draft_forwards": dict(sorted(self._forwards.items())),
+            "builder_seconds": self.builder_seconds,
+            "draft_forward_seconds": per_forward,
+            "builder_per_draft_forward": (self.builder_seconds / steps) / per_forward if steps and per_forward > 0 else 0.0,
+        }
+
+
+def make_dyspec_drafter(
     model: Any,
-    input_ids: Any,
-    cfg: DecodeConfig,
-    sink: TokenSink,
+    cfg: Any,
+    next_seed: Callable[[], int],
     *,
     draft_model: Any = None,
     draft_layers: Optional[int] = None,
@@ -257,42 +227,30 @@ def decode_dyspec(
     tree: str = "dynamic",
     max_frontier: Optional[int] = None,
     draft_temperature: Optional[float] = None,
-) -> None:
-    """DySpec speculative decoding.
+) -> DySpecDrafter:
+    """The drafter of ``generate(method="dyspec")``.
 
     Args (keyword, through ``tokenloom.generate``):
         draft_model: an HF causal LM sharing the target's tokenizer (or a ready
-            :class:`~tokenloom.drafts.TreeDraft`); None: the target's own first layers.
+            :class:`~tokenloom.spec.dyspec.drafts.TreeDraft`); None: the target's own first layers.
         draft_layers: layers of the early-exit draft (default :func:`default_draft_layers`).
         budget: draft nodes per tree, root excluded (a verify forward holds <= budget + 1).
         max_depth: deepest node (= most draft forwards per step).
         k: children per node considered (top-k of each draft row).
-        tree: ``"dynamic"`` (DySpec), ``"fixed"`` (:func:`fixed_tree_paths`, same budget) or
-            ``"chain"`` (``max_depth`` top-1 tokens); the same loop and draft for all three.
+        tree: ``"dynamic"`` (DySpec), ``"fixed"`` (:func:`~tokenloom.spec.dyspec.static.fixed_tree_paths`,
+            same budget) or ``"chain"`` (``max_depth`` top-1 tokens); the same drafter for all three.
         max_frontier: most nodes per draft forward (dynamic trees; None = exact greedy).
         draft_temperature: temperature of the draft rows (default
-            :data:`DEFAULT_GREEDY_DRAFT_TEMPERATURE` for greedy decoding, the
-            request's temperature when sampling).
+            :data:`DEFAULT_GREEDY_DRAFT_TEMPERATURE` for greedy decoding, the request's
+            temperature when sampling).
 
-    Stats in ``sink.extra``: ``tree_sizes`` / ``accepted_hist`` / ``draft_forwards`` (steps per
-    draft-node count, per accepted draft count, per draft forwards), ``builder_seconds``,
-    ``draft_seconds``, ``verify_seconds`` (totals), ``draft_forward_seconds`` (mean per draft
-    forward), ``builder_per_draft_forward`` (builder time per step / one draft forward),
-    ``draft`` (a description).
+    Stats (``GenerateStats.extra``): ``draft_forwards`` (steps per draft forwards),
+    ``builder_seconds``, ``draft_forward_seconds`` (mean per draft forward),
+    ``builder_per_draft_forward`` (builder time per step / one draft forward), ``draft``, ``tree``.
 
     Raises:
-        ValueError: bad sizes or ``tree``, a draft vocabulary different from the target's,
-            NaN / invalid draft probabilities.
+        ValueError: bad sizes or ``tree``, a draft vocabulary different from the target's.
     """
-    import torch
-    from transformers import DynamicCache
-
-    from tokenloom.spec.dyspec.drafts import EarlyExitDraft
-    from tokenloom.spec.dyspec.builder import draft_probs_dense
-    from tokenloom.runtime.kvcache import compact_cache
-    from tokenloom.runtime.treeattn import tree_forward
-    from tokenloom.verify.kernels import verify_greedy, verify_tree
-
     budget = _check_int("budget", budget)
     max_depth = _check_int("max_depth", max_depth)
     k = _check_int("k", k)
@@ -302,109 +260,12 @@ def decode_dyspec(
     sampled = not cfg.greedy
     temp = draft_temperature if draft_temperature is not None else (cfg.temperature if sampled else DEFAULT_GREEDY_DRAFT_TEMPERATURE)
     draft = make_draft(model, draft_model=draft_model, draft_layers=draft_layers, k=k, temperature=temp)
-    rng = np.random.default_rng(cfg.seed)
-
-    def seed() -> int:
-        return int(rng.integers(0, 2**63 - 1))
-
     builder: Any
     if tree == "dynamic":
-        builder = DynamicTreeBuilder(budget, max_depth, k=k, sampled=sampled, seed=seed(), vocab_size=vocab,
-                                     max_frontier=max_frontier)
+        builder = DynamicTreeBuilder(
+            budget, max_depth, k=k, sampled=sampled, seed=next_seed(), vocab_size=vocab, max_frontier=max_frontier
+        )
     else:
         paths = fixed_tree_paths(budget, max_depth, k) if tree == "fixed" else chain_paths(max_depth)
-        builder = StaticTreeBuilder(paths, sampled=sampled, seed=seed())
-    early = isinstance(draft, EarlyExitDraft)
-
-    def target_step(parents: np.ndarray, tokens: np.ndarray, logits: Any, q: Any) -> Any:
-        if not sampled:
-            return verify_greedy(parents, tokens, logits.argmax(-1).cpu().numpy())
-        from tokenloom.sampling.sampler import probs_from_logits
-
-        p = probs_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
-        return verify_tree(parents, tokens, p.cpu(), q, seed=seed(), replacement=False)
-
-    # Prefill: the target on the prompt, the first token, then the draft.
-    cache = DynamicCache()
-    n_prompt = int(input_ids.shape[1])
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    last = out.logits[0, -1:].float()
-    first = int(target_step(np.array([-1], dtype=np.int64), input_ids[0, -1:].cpu().numpy(), last, None).tokens[-1])
-    extra: Dict[str, Any] = {"draft": _describe(draft), "tree": tree}
-    sink.extra = extra  # type: ignore[attr-defined]
-    if sink.emit([first]):
-        return
-    seq = torch.cat([input_ids[0].cpu(), torch.tensor([first])])
-    if early:
-        draft.prefill(seq, target_cache=cache)
-    else:
-        draft.prefill(seq)
-    past, root = n_prompt, first
-    tree_sizes: Dict[int, int] = {}
-    accepted_hist: Dict[int, int] = {}
-    forwards_hist: Dict[int, int] = {}
-    t_builder = t_draft = t_verify = 0.0
-    n_forwards = 0
-    while True:
-        # Draft: one batched forward per depth.
-        t0 = time.perf_counter()
-        builder.reset(root)
-        rows: List[Tuple[Any, Any]] = []
-        t_builder += time.perf_counter() - t0
-        fw = 0
-        while not builder.done:
-            t0 = time.perf_counter()
-            f = builder.frontier()
-            t1 = time.perf_counter()
-            ids, probs = draft.expand(f)
-            t2 = time.perf_counter()
-            builder.expand(f.ids, ids, probs)
-            t_builder += (t1 - t0) + (time.perf_counter() - t2)
-            t_draft += t2 - t1
-            fw += 1
-            if sampled:
-                rows.append((ids, probs))
-        t0 = time.perf_counter()
-        dt = builder.tree()
-        t_builder += time.perf_counter() - t0
-        # Verify: one target forward over the tree.
-        t0 = time.perf_counter()
-        q = draft_probs_dense(dt, rows, vocab) if sampled else None
-        logits = tree_forward(model, cache, torch.from_numpy(dt.tokens), dt.parents, dt.depths, past_len=past)
-        res = target_step(dt.parents, dt.tokens, logits, q)
-        path = np.asarray(res.path, dtype=np.int64)
-        compact_cache(cache, past, path.tolist())
-        past += len(path)
-        t_verify += time.perf_counter() - t0
-        n_forwards += fw
-        n_nodes = dt.size - 1
-        tree_sizes[n_nodes] = tree_sizes.get(n_nodes, 0) + 1
-        accepted_hist[len(path) - 1] = accepted_hist.get(len(path) - 1, 0) + 1
-        forwards_hist[fw] = forwards_hist.get(fw, 0) + 1
-        emitted = [int(t) for t in np.asarray(res.tokens).reshape(-1)]
-        if sink.emit(emitted):
-            break
-        draft.commit(emitted)
-        if early:
-            draft.adopt_cache(cache)
-        root = emitted[-1]
-    steps = sum(tree_sizes.values())
-    extra.update(
-        tree_sizes=dict(sorted(tree_sizes.items())),
-        accepted_hist=dict(sorted(accepted_hist.items())),
-        draft_forwards=dict(sorted(forwards_hist.items())),
-        builder_seconds=t_builder,
-        draft_seconds=t_draft,
-        verify_seconds=t_verify,
-        draft_forward_seconds=t_draft / n_forwards if n_forwards else 0.0,
-        builder_per_draft_forward=(t_builder / steps) / (t_draft / n_forwards) if n_forwards and t_draft > 0 else 0.0,
-    )
-
-
-def _describe(draft: Any) -> str:
-    from tokenloom.spec.dyspec.drafts import EarlyExitDraft
-
-    if isinstance(draft, EarlyExitDraft):
-        return f"early-exit {draft.n_layers} layers"
-    model = getattr(draft, "model", None)
-    return f"{type(draft).__name__}({type(model).__name__ if model is not None else ''})"
+        builder = StaticTreeBuilder(paths, sampled=sampled, seed=next_seed())
+    return DySpecDrafter(draft, builder, vocab, tree)

@@ -14,7 +14,7 @@ tokens ``s[c..n)`` are fed with the next root forward (the last one is the next 
 nodes forwarded by ``expand`` are appended to the cache; ``commit`` keeps those on the
 accepted path and drops the rest.
 
-Mask convention (transformers 4.57, see ALGORITHMS.md section 5): a 4D additive float mask
+Mask convention (transformers 4.57, see docs/recycling.md, "Mask, position and cache convention"): a 4D additive float mask
 [1, 1, q, past + q] (0 = see, dtype min = hide) and ``position_ids = len(s) - 1 + depth``.
 Only ``DynamicCache`` is supported (``cache.layers[i].keys / .values`` [B, H, S, D]).
 """
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["EarlyExitDraft", "HFDraft", "TreeDraft", "check_vocab"]
 
 
-# Masks and cache compaction come from tokenloom.treeattn (shared with Token Recycling).
+# Masks come from tokenloom.runtime.treeattn, cache compaction from tokenloom.runtime.kvcache.
 def _cache_len(cache: Any) -> int:
     return cache_length(cache) if cache is not None else 0
 

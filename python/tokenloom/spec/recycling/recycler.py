@@ -7,79 +7,27 @@ the target's top-k after it (**last position wins among duplicated tokens**). Ro
 and are never reset, so one recycler carries its "hot start" across requests;
 ``save``/``load`` carry it across processes.
 
-Templates: ``"2.2.2"`` (the paper's 80-node tree, 81 tokens with the root), the nested
-``"2.2.2-N"`` for N in :data:`NESTED_SIZES` (each a subtree-closed subset of every larger one),
-or a list of rank paths such as ``[[0], [1], [0, 0]]``.
+Templates: see :mod:`tokenloom.spec.templates`. ``draft(root, template=...)`` drafts with a
+given compiled template, so each drafter owns its template and the recycler shares only the
+matrix. The matrix is locked inside the Rust object: one recycler may serve several threads.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_array, as_int
+from tokenloom.spec.base import DraftTree
+from tokenloom.spec.recycling.drafter import RecyclingDrafter
+from tokenloom.spec.step import TreeStep
+from tokenloom.spec.templates import Template, TemplateSpec, compile_template, template_arg
 
-__all__ = [
-    "NESTED_SIZES",
-    "DraftTree",
-    "TemplateSpec",
-    "TokenRecycler",
-    "default_recycler",
-    "nested_template_order",
-    "reset_default_recyclers",
-    "template_names",
-    "template_parents",
-    "template_paths",
-]
-
-DraftTree = _core.DraftTree
-TemplateSpec = Union[str, Sequence[Sequence[int]]]
-
-#: Sizes (draft nodes, root excluded) of the nested templates ``"2.2.2-N"``.
-NESTED_SIZES: Tuple[int, ...] = (1, 4, 8, 16, 24, 32, 48, 64, 80)
-
-
-def _template_arg(template: TemplateSpec) -> Any:
-    if isinstance(template, str):
-        return template
-    try:
-        out = [[int(r) for r in path] for path in template]
-        if all(isinstance(r, (int, np.integer)) for path in template for r in path):
-            return out
-        raise TypeError("non-integer rank")
-    except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"template: expected a name (one of {template_names()}) or a list of rank paths "
-            f"(list[list[int]]), got {template!r}"
-        ) from e
-
-
-def template_names() -> List[str]:
-    """Names of the built-in templates: ``"2.2.2"`` and ``"2.2.2-N"``."""
-    return list(_core.template_names())
-
-
-def template_paths(template: TemplateSpec) -> List[List[int]]:
-    """Validated rank paths of ``template`` in canonical order (node ``i + 1`` is path ``i``).
-
-    Raises:
-        ValueError: empty, duplicate, negative, not subtree-closed, or unknown name.
-    """
-    return [list(p) for p in _core.template_paths(_template_arg(template))]
-
-
-def template_parents(template: TemplateSpec) -> np.ndarray:
-    """Parent array int64 [T] of the template's tree (root included)."""
-    return _core.template_parents(_template_arg(template))
-
-
-def nested_template_order() -> List[List[int]]:
-    """The 80 paths of "2.2.2" in nested order: ``"2.2.2-N"`` is the first N of them."""
-    return [list(p) for p in _core.nested_template_order()]
+__all__ = ["DraftTree", "TokenRecycler", "default_recycler", "reset_default_recyclers"]
 
 
 class TokenRecycler:
@@ -91,21 +39,21 @@ class TokenRecycler:
         template: a template name or a list of rank paths (see module docs).
 
     Raises:
-        ValueError: ``vocab_size`` or ``k`` is 0, bad template, or a template rank >= k.
+        ValueError: ``vocab_size`` or ``k`` out of range (``1 <= vocab_size <= 2**24``,
+            ``vocab_size * k <= 2**28``), bad template, or a template rank >= k.
+        TypeError: ``vocab_size`` or ``k`` is not an int.
     """
 
-    __slots__ = ("_r", "stats")
+    __slots__ = ("_r",)
 
     def __init__(self, vocab_size: int, k: int = 8, template: TemplateSpec = "2.2.2"):
-        self._r = _core.TokenRecycler(as_int(vocab_size, "vocab_size"), as_int(k, "k"), _template_arg(template))
-        #: Acceptance statistics kept with the matrix (used by ``tree="auto"``), or None.
-        self.stats: Any = None
+        # By value: a float or a string is a TypeError, a size out of range a ValueError.
+        self._r = _core.TokenRecycler(as_int(vocab_size, "vocab_size"), as_int(k, "k"), template_arg(template))
 
     @classmethod
     def _wrap(cls, inner: Any) -> "TokenRecycler":
         obj = cls.__new__(cls)
         obj._r = inner
-        obj.stats = None
         return obj
 
     @property
@@ -128,23 +76,33 @@ class TokenRecycler:
 
     def set_template(self, template: TemplateSpec) -> None:
         """Replace the drafting template (the matrix is kept)."""
-        self._r.set_template(_template_arg(template))
+        self._r.set_template(template_arg(template))
 
-    def draft(self, root_token: int) -> Any:
-        """Draft the template's tree below ``root_token``.
+    def draft(self, root_token: int, template: Union[None, TemplateSpec, Template] = None) -> DraftTree:
+        """Draft a tree below ``root_token`` with ``template`` (default: the recycler's own).
+
+        Args:
+            root_token: the newest token (an int id).
+            template: a compiled :class:`~tokenloom.spec.templates.Template` (fastest), a name
+                or rank paths; None uses the recycler's own template.
 
         Returns:
-            DraftTree: ``.tokens``, ``.parents``, ``.depths``, each int64 [T], root first.
+            DraftTree: ``.tokens``, ``.parents``, ``.depths``, each int64 [T], root first
+            (a deterministic draft).
 
         Raises:
-            IndexError: ``root_token`` outside ``[0, vocab_size)``.
-            TypeError: ``root_token`` is not an int (a float or a string is never truncated).
+            TypeError: ``root_token`` not an int. IndexError: outside ``[0, vocab_size)``.
+            ValueError: a template rank >= k.
         """
-        return self._r.draft(as_int(root_token, "root_token"))
+        root = as_int(root_token, "root_token")
+        t = None if template is None else compile_template(template)
+        d = self._r.draft(root, t)
+        return DraftTree(d.tokens, d.parents, d.depths)
 
-    def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> Any:
-        """Draft a tree below ``last_token`` and build the inputs of its forward (step API for
-        hand-written loops, see :mod:`tokenloom.step`).
+    def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> TreeStep:
+        """Step API for hand-written loops (:mod:`tokenloom.spec.step`): draft a tree below
+        ``last_token`` with the recycler's own template and build the inputs of its forward.
+        Same as ``TreeStep.propose(RecyclingDrafter(self, tree=self.template), ...)``.
 
         Args:
             last_token: the newest token of the sequence (not yet in the cache): the root.
@@ -152,27 +110,16 @@ class TokenRecycler:
             device: where the model runs. dtype: the model's float dtype (mask), default float32.
 
         Returns:
-            :class:`tokenloom.step.RecyclingStep` with ``input_ids`` [1, T], ``attention_mask``
+            :class:`~tokenloom.spec.step.TreeStep` with ``input_ids`` [1, T], ``attention_mask``
             (1, 1, T, past_len + T), ``position_ids`` [1, T], ``tree``; then
             ``step.accept(logits) -> (tokens, keep)`` verifies and updates this recycler.
 
         Raises:
-            IndexError: ``last_token`` outside ``[0, vocab_size)``. ValueError: ``past_len < 0``
-            or a non-float ``dtype``.
+            TypeError: ``last_token`` not an int. IndexError: outside ``[0, vocab_size)``.
+            ValueError: ``past_len < 0`` or a non-float ``dtype``.
         """
-        import torch
-
-        from tokenloom.spec.step import RecyclingStep
-
-        if isinstance(past_len, bool) or not isinstance(past_len, (int, np.integer)) or past_len < 0:
-            raise ValueError(f"past_len: expected an int >= 0 (cache entries), got {past_len!r}")
-        if isinstance(last_token, bool) or not isinstance(last_token, (int, np.integer)):
-            if not (hasattr(last_token, "numel") and last_token.numel() == 1 and not last_token.is_floating_point()):
-                raise TypeError(f"last_token: expected an int token id, got {last_token!r}")
-        dtype = torch.float32 if dtype is None else dtype
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype: expected a torch float dtype (the model's), got {dtype!r}")
-        return RecyclingStep(self, self.draft(int(last_token)), int(past_len), device, dtype)
+        drafter = RecyclingDrafter(self, tree=self.template, seed_prefill=False)
+        return TreeStep.propose(drafter, last_token, past_len, device=device, dtype=dtype)
 
     def update(self, tokens: Any, topk_ids: Any) -> None:
         """Row ``tokens[i]`` := ``topk_ids[i]`` for every position in order (last one wins).
@@ -221,7 +168,7 @@ class TokenRecycler:
             OSError: unreadable; ValueError: not a recycler file, bad version, truncated,
             corrupt, or ``vocab_size`` / ``k`` differ from the file's.
         """
-        return cls._wrap(_core.TokenRecycler.load(os.fspath(path), vocab_size, k, _template_arg(template)))
+        return cls._wrap(_core.TokenRecycler.load(os.fspath(path), vocab_size, k, template_arg(template)))
 
     def __repr__(self) -> str:
         return f"TokenRecycler(vocab_size={self.vocab_size}, k={self.k}, tree_size={self.tree_size})"

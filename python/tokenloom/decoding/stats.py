@@ -1,0 +1,56 @@
+"""Statistics of one :func:`tokenloom.generate` call and its output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from tokenloom.spec.stats import SpecStats
+
+__all__ = ["GenerateOutput", "GenerateStats"]
+
+
+@dataclass
+class GenerateStats:
+    """Statistics of one :func:`generate` call.
+
+    ``steps`` counts target-model forwards that emitted tokens, the prefill included, so plain
+    decoding has ``mean_accepted == 1.0`` and a speculative method's ``mean_accepted`` is its
+    mean accepted tokens per step (bonus token included, as in the papers' MAT).
+    ``spec`` holds the typed speculative statistics (:class:`~tokenloom.spec.stats.SpecStats`)
+    of a speculative method, None for plain decoding; ``extra`` is their flat dictionary form
+    (``tree_sizes``, ``accepted_hist``, ... and the drafter's own entries).
+    """
+
+    steps: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    spec: Optional["SpecStats"] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+    def line(self, method: str) -> str:
+        """One human-readable stats line."""
+        return (
+            f"[tokenloom] method={method} tokens={self.new_tokens} steps={self.steps} "
+            f"seconds={self.seconds:.2f} tokens/s={self.tokens_per_second:.1f} "
+            f"mean_accepted={self.mean_accepted:.2f}"
+        )
+
+
+@dataclass
+class GenerateOutput:
+    """``sequences``: LongTensor [1, prompt_len + new_tokens]; ``stats``: :class:`GenerateStats`."""
+
+    sequences: "torch.Tensor"
+    stats: GenerateStats

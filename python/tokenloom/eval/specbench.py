@@ -1,0 +1,476 @@
+"""Spec-Bench harness: the first turn of ``n`` questions per category, several decoding methods
+on one model, in one process, with a table per category and overall.
+
+A bench method is ``fn(model, input_ids, max_new_tokens, eos_ids) -> (new token ids, extra)``.
+Names resolve in this order (:func:`resolve`):
+
+1. :data:`BENCH_METHODS`: the Hugging Face anchors (``hf``: HF greedy ``generate``; ``hf-pld``:
+   HF prompt lookup; ``hf-packed``: HF greedy on tokenloom's packed CPU linears) and anything
+   added with :func:`register_bench_method`;
+2. :data:`VARIANTS`: a tokenloom method with fixed keywords (``dyspec`` / ``dyspec-fixed`` /
+   ``dyspec-chain``: the same DySpec loop, draft and budget with a dynamic tree, a fixed tree
+   and a chain);
+3. every name :func:`tokenloom.methods` returns, run through :func:`tokenloom.generate`.
+
+Methods run interleaved per question (the order rotates), so machine drift hits all of them
+alike; ratios from one run are what to compare. "MAT" is mean accepted tokens per target
+forward (bonus token included; plain decoding = 1.00), counted with a forward hook for every
+method, the prefill included.
+
+The question set is Spec-Bench's ``question.jsonl`` (Apache-2.0, see ``data/spec_bench/LICENSE``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "BENCH_METHODS",
+    "BenchConfig",
+    "MethodOptions",
+    "RunResult",
+    "VARIANTS",
+    "bench_methods",
+    "categories",
+    "check_config",
+    "default_methods",
+    "format_table",
+    "load_questions",
+    "plot",
+    "register_bench_method",
+    "resolve",
+    "run_bench",
+    "summarise",
+    "write_json",
+]
+
+DATA = Path(__file__).parent.parent / "data" / "spec_bench" / "question.jsonl"
+
+# fn(model, input_ids, max_new_tokens, eos_ids) -> (new token ids, extra dict)
+BenchFn = Callable[[Any, Any, int, List[int]], Tuple[List[int], Dict[str, Any]]]
+# Table = {category or "overall": {method: {tokens, seconds, tokens_per_s, mat, same_as_hf, speedup}}}
+Table = Dict[str, Dict[str, Dict[str, float]]]
+
+# Stats of ``generate``'s ``stats.extra`` kept in the JSON results.
+BENCH_EXTRA_KEYS = (
+    "tree_sizes", "accepted_hist", "draft_forwards", "builder_seconds", "draft_seconds", "verify_seconds",
+    "draft_forward_seconds", "builder_per_draft_forward", "draft",
+)
+
+
+@dataclass
+class RunResult:
+    """One method on one question."""
+
+    question_id: int
+    category: str
+    method: str
+    new_tokens: int
+    seconds: float
+    forwards: int
+    same_as_hf: Optional[bool] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Command-line options of tokenloom's methods; each reaches only the methods named in
+    :data:`OPTION_KEYS` (``pack`` reaches every tokenloom method). ``None`` / ``"auto"``: the
+    method's default."""
+
+    tree: Optional[str] = None
+    draft_layers: Optional[int] = None
+    budget: Optional[int] = None
+    pack: Union[bool, str] = "auto"
+
+
+# Which MethodOptions field is passed to which tokenloom method (as a generate keyword).
+OPTION_KEYS: Dict[str, Tuple[str, ...]] = {
+    "recycling": ("tree",),
+    "dyspec": ("draft_layers", "budget"),
+}
+
+
+def tokenloom_method(name: str, **kwargs: Any) -> BenchFn:
+    """The bench function running ``tokenloom.generate(method=name, **kwargs)``."""
+
+    def fn(model: Any, ids: Any, n: int, eos: List[int]) -> Tuple[List[int], Dict[str, Any]]:
+        from tokenloom.decoding.generate import generate
+
+        out = generate(model, ids, method=name, max_new_tokens=n, eos_token_id=eos, **kwargs)
+        extra = {k: v for k, v in out.stats.extra.items() if k in BENCH_EXTRA_KEYS}
+        return out.sequences[0, ids.shape[1]:].tolist(), extra
+
+    return fn
+
+
+def hf_method(prompt_lookup: Optional[int] = None, pack: bool = False) -> BenchFn:
+    """The bench function running HF ``model.generate`` greedily (with prompt lookup of
+    ``prompt_lookup`` tokens; inside :func:`tokenloom.runtime.cpupack.packed_linears` when
+    ``pack``)."""
+
+    def fn(model: Any, ids: Any, n: int, eos: List[int]) -> Tuple[List[int], Dict[str, Any]]:
+        import torch
+
+        from tokenloom.runtime.cpupack import packed_linears
+
+        kwargs: Dict[str, Any] = {}
+        if prompt_lookup:
+            kwargs["prompt_lookup_num_tokens"] = prompt_lookup
+        with torch.inference_mode(), packed_linears(model, "auto" if pack else False):
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                eos_token_id=eos, pad_token_id=eos[0] if eos else 0, **kwargs,
+            )
+        return out[0, ids.shape[1]:].tolist(), {}
+
+    return fn
+
+
+BENCH_METHODS: Dict[str, BenchFn] = {
+    "hf": hf_method(),
+    "hf-pld": hf_method(prompt_lookup=10),
+    # HF greedy on tokenloom's packed CPU linears: the anchor that isolates what speculative
+    # decoding adds on top of the faster layers.
+    "hf-packed": hf_method(pack=True),
+}
+
+# DySpec vs a fixed tree of the same node budget vs a chain of the same depth: the same loop,
+# the same (default early-exit) draft and the same budget / depth / k.
+VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "dyspec": ("dyspec", {"tree": "dynamic"}),
+    "dyspec-fixed": ("dyspec", {"tree": "fixed"}),
+    "dyspec-chain": ("dyspec", {"tree": "chain"}),
+}
+
+
+def register_bench_method(name: str) -> Callable[[BenchFn], BenchFn]:
+    """Register ``fn(model, input_ids, max_new_tokens, eos_ids) -> (new_ids, extra)`` as the
+    bench method ``name`` (it takes precedence over tokenloom's methods of that name)."""
+
+    def deco(fn: BenchFn) -> BenchFn:
+        BENCH_METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+def _generate_methods() -> List[str]:
+    from tokenloom.decoding.generate import methods
+
+    return list(methods())
+
+
+def bench_methods() -> List[str]:
+    """Every name :func:`resolve` accepts."""
+    tl = _generate_methods()
+    variants = [v for v, (base, _) in VARIANTS.items() if base in tl]
+    return sorted(set(BENCH_METHODS) | set(variants) | set(tl))
+
+
+def default_methods() -> List[str]:
+    """Plain decoding (``plain`` when registered, else ``greedy``), the HF anchors ``hf`` and
+    ``hf-pld``, and ``recycling`` when registered."""
+    tl = _generate_methods()
+    plain = "plain" if "plain" in tl else "greedy"
+    return [m for m in (plain, "hf", "hf-pld", "recycling") if m in tl or m in BENCH_METHODS]
+
+
+def method_kwargs(method: str, options: MethodOptions) -> Dict[str, Any]:
+    """The ``generate`` keywords of ``options`` that reach the tokenloom method ``method``."""
+    kw: Dict[str, Any] = {}
+    if options.pack != "auto":
+        kw["pack"] = options.pack
+    for key in OPTION_KEYS.get(method, ()):
+        value = getattr(options, key)
+        if value is not None:
+            kw[key] = value
+    return kw
+
+
+def resolve(name: str, options: MethodOptions = MethodOptions()) -> BenchFn:
+    """The bench function of ``name`` with ``options`` applied (see the module docstring).
+
+    Raises:
+        ValueError: an unknown name (the message lists :func:`bench_methods`).
+    """
+    if name in BENCH_METHODS:
+        return BENCH_METHODS[name]
+    tl = _generate_methods()
+    if name in VARIANTS and VARIANTS[name][0] in tl:
+        base, fixed = VARIANTS[name]
+    elif name in tl:
+        base, fixed = name, {}
+    else:
+        raise ValueError(f"unknown bench method {name!r}; expected one of {bench_methods()}")
+    return tokenloom_method(base, **{**method_kwargs(base, options), **fixed})
+
+
+def _all_questions() -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+
+
+def categories() -> List[str]:
+    """The 13 Spec-Bench categories, sorted."""
+    return sorted({q["category"] for q in _all_questions()})
+
+
+def _check_categories(cats: Optional[Sequence[str]]) -> None:
+    if cats is None:
+        return
+    valid = categories()
+    unknown = [c for c in cats if c not in valid]
+    if unknown or not cats:
+        raise ValueError(f"categories: unknown {unknown or 'empty list'}; expected some of {valid}")
+
+
+def load_questions(n_per_category: int, categories: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """The first ``n_per_category`` questions of each category (all categories when
+    ``categories`` is None), interleaved round-robin over the categories, so that a partial
+    run covers every category.
+
+    Raises:
+        ValueError: ``n_per_category < 1`` or an unknown category (the message lists the valid ones).
+    """
+    if n_per_category < 1:
+        raise ValueError(f"n_per_category: expected >= 1, got {n_per_category}")
+    _check_categories(categories)
+    per: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    for q in _all_questions():
+        c = q["category"]
+        if (not categories or c in categories) and len(per[c]) < n_per_category:
+            per[c].append(q)
+    out: List[Dict[str, Any]] = []
+    for i in range(n_per_category):
+        out.extend(per[c][i] for c in sorted(per) if i < len(per[c]))
+    return out
+
+
+@dataclass
+class BenchConfig:
+    """One ``tokenloom bench`` run. ``methods=None``: :func:`default_methods`;
+    ``categories=None``: all 13; ``threads=None``: torch's default; ``model=None``: the
+    embedded SmolLM2-135M-Instruct."""
+
+    methods: Optional[Sequence[str]] = None
+    n: int = 2
+    categories: Optional[Sequence[str]] = None
+    max_new_tokens: int = 128
+    model: Optional[str] = None
+    options: MethodOptions = field(default_factory=MethodOptions)
+    threads: Optional[int] = None
+    json_path: Optional[str] = None
+    plot_path: Optional[str] = None
+    progress: bool = True
+    command: str = ""
+
+
+def _check_positive(name: str, value: Optional[int]) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+
+
+def _check_output(name: str, path: Optional[str]) -> None:
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{name}: the directory {str(parent)!r} of {path!r} does not exist")
+
+
+def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
+    """Everything that can be checked without the model; returns ``{method: bench fn}``.
+
+    Raises:
+        ValueError: no or unknown methods, a method twice, unknown categories, ``n`` /
+            ``max_new_tokens`` / ``threads`` / ``draft_layers`` / ``budget`` below 1,
+            ``plot_path`` without matplotlib.
+        FileNotFoundError: the directory of ``json_path`` or ``plot_path`` does not exist.
+    """
+    methods = list(cfg.methods) if cfg.methods is not None else default_methods()
+    if not methods:
+        raise ValueError(f"methods: expected at least one of {bench_methods()}, got none")
+    dup = sorted({m for m in methods if methods.count(m) > 1})
+    if dup:
+        raise ValueError(f"methods: each method once, got {dup} more than once")
+    _check_positive("n", cfg.n)
+    _check_positive("max_new_tokens", cfg.max_new_tokens)
+    _check_positive("threads", cfg.threads)
+    _check_positive("draft_layers", cfg.options.draft_layers)
+    _check_positive("budget", cfg.options.budget)
+    _check_categories(cfg.categories)
+    _check_output("json_path", cfg.json_path)
+    _check_output("plot_path", cfg.plot_path)
+    if cfg.plot_path and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("plot_path: needs matplotlib (pip install matplotlib)")
+    return {m: resolve(m, cfg.options) for m in methods}
+
+
+def count_forwards(model: Any) -> Tuple[Any, List[int]]:
+    """A forward pre-hook counting calls of ``model``: ``(handle, [count])``."""
+    counter = [0]
+
+    def hook(*_: Any) -> None:
+        counter[0] += 1
+
+    return model.register_forward_pre_hook(hook), counter
+
+
+def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
+    """{category or "overall": {method: {tokens, seconds, tokens_per_s, mat, same_as_hf,
+    speedup}}}; ``speedup`` is tokens/s over ``hf``'s (NaN without ``hf``)."""
+    groups: Dict[str, List[RunResult]] = defaultdict(list)
+    for r in results:
+        groups[r.category].append(r)
+        groups["overall"].append(r)
+    table: Table = {}
+    for cat, rs in groups.items():
+        row: Dict[str, Dict[str, float]] = {}
+        for m in methods:
+            mr = [r for r in rs if r.method == m]
+            if not mr:
+                continue
+            tok = sum(r.new_tokens for r in mr)
+            sec = sum(r.seconds for r in mr)
+            fwd = sum(r.forwards for r in mr)
+            same = [r.same_as_hf for r in mr if r.same_as_hf is not None]
+            row[m] = {
+                "tokens": tok, "seconds": sec, "tokens_per_s": tok / sec if sec else 0.0,
+                "mat": tok / fwd if fwd else 0.0,
+                "same_as_hf": (sum(same) / len(same)) if same else float("nan"),
+            }
+        base = row.get("hf", {}).get("tokens_per_s")
+        for m in row:
+            row[m]["speedup"] = row[m]["tokens_per_s"] / base if base else float("nan")
+        table[cat] = row
+    return table
+
+
+def _ordered_categories(table: Table) -> List[str]:
+    return sorted(c for c in table if c != "overall") + (["overall"] if "overall" in table else [])
+
+
+def format_table(table: Table) -> str:
+    """The summary as text: one block per category, then ``overall``."""
+    lines = []
+    for cat in _ordered_categories(table):
+        lines.append(f"\n== {cat} ==")
+        lines.append(f"{'method':<12} {'tokens':>7} {'tok/s':>8} {'MAT':>6} {'speedup':>8} {'same':>6}")
+        for m, v in table[cat].items():
+            lines.append(
+                f"{m:<12} {int(v['tokens']):>7} {v['tokens_per_s']:>8.2f} {v['mat']:>6.2f} "
+                f"{v['speedup']:>7.2f}x {v['same_as_hf']:>6.2f}"
+            )
+    return "\n".join(lines)
+
+
+def plot(table: Table, path: str) -> None:
+    """A PNG bar chart of the speedups over HF greedy, per category and overall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = _ordered_categories(table)
+    methods = list(table["overall"])
+    fig, ax = plt.subplots(figsize=(max(8, len(cats) * 0.9), 4))
+    w = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        ys = [table[c].get(m, {}).get("speedup", 0.0) for c in cats]
+        ax.bar([j + i * w for j in range(len(cats))], ys, width=w, label=m)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(cats))])
+    ax.set_xticklabels(cats, rotation=30, ha="right")
+    ax.set_ylabel("speedup vs HF greedy (tokens/s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path: str, meta: Dict[str, Any], table: Table, results: List[RunResult]) -> None:
+    """``{"meta", "summary", "results"}`` to ``path``, atomically (written beside, then renamed)."""
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "summary": table, "results": [asdict(r) for r in results]}, indent=1))
+    tmp.replace(path)
+
+
+def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
+    """What the JSON records about the run: command, machine, torch, model, sizes, time."""
+    import torch
+
+    return {
+        "command": cfg.command,
+        "machine": " ".join(x for x in (platform.machine(), platform.processor(), f"cpus={os.cpu_count()}") if x),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": cfg.model or "embedded SmolLM2-135M-Instruct (fp32)",
+        "max_new_tokens": cfg.max_new_tokens,
+        "questions": n_questions,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def run_bench(cfg: BenchConfig) -> Table:
+    """Run the bench (checked first with :func:`check_config`, before the model loads), write
+    ``json_path`` after every question and ``plot_path`` at the end; returns the summary."""
+    fns = check_config(cfg)
+    methods = list(fns)
+    questions = load_questions(cfg.n, cfg.categories)
+
+    import torch
+    from tqdm import tqdm
+
+    from tokenloom.integrations.hf.chat import chat_input_ids
+    from tokenloom.integrations.hf.models import load_or_default, stop_token_ids
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    print(f"[tokenloom] loading {'model ' + cfg.model if cfg.model else 'embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
+    model, tok = load_or_default(cfg.model)
+    eos = stop_token_ids(model, tok)
+    handle, counter = count_forwards(model)
+    results: List[RunResult] = []
+    meta = run_meta(cfg, len(questions))
+    quiet = not cfg.progress
+    try:
+        warm = chat_input_ids(tok, "Say hello.")
+        for m in tqdm(methods, desc="warm-up", disable=quiet, file=sys.stderr):
+            fns[m](model, warm, 8, eos)
+        bar = tqdm(total=len(questions) * len(methods), desc="bench", disable=quiet, file=sys.stderr)
+        for qi, q in enumerate(questions):
+            ids = chat_input_ids(tok, q["turns"][0])
+            order = methods[qi % len(methods):] + methods[: qi % len(methods)]
+            outs: Dict[str, List[int]] = {}
+            for m in order:
+                counter[0] = 0
+                start = time.perf_counter()
+                new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
+                sec = time.perf_counter() - start
+                outs[m] = new
+                results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra))
+                bar.set_postfix_str(f"{q['category']}/{m}")
+                bar.update(1)
+            if "hf" in outs:
+                for r in results[-len(methods):]:
+                    r.same_as_hf = outs[r.method] == outs["hf"]
+            if cfg.json_path:  # after every question, so an interrupted run still leaves its data
+                write_json(cfg.json_path, meta, summarise(results, methods), results)
+        bar.close()
+    finally:
+        handle.remove()
+    table = summarise(results, methods)
+    if cfg.json_path:
+        write_json(cfg.json_path, meta, table, results)
+    if cfg.plot_path:
+        plot(table, cfg.plot_path)
+    return table

@@ -1,0 +1,129 @@
+"""The two things every speculative method shares: the :class:`DraftTree` a drafter proposes and
+the :class:`Drafter` protocol the one loop (:mod:`tokenloom.spec.loop`) drives.
+
+Tree format (flat, BFS-compatible): node 0 is the root (the newest token, not yet in the KV
+cache), ``parents[0] == -1`` and ``0 <= parents[i] < i``; node ``i`` sits at position
+``past_len + depths[i]``. A chain is the tree ``parents = [-1, 0, 1, ...]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from tokenloom.verify.kernels import VerifyResult
+
+__all__ = ["DraftTree", "Drafter"]
+
+_ROOT_PARENTS = np.array([-1], dtype=np.int64)
+_ROOT_DEPTHS = np.zeros(1, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """A drafted token tree.
+
+    Attributes:
+        tokens: int64 [T], the token of each node (``tokens[0]`` is the root).
+        parents: int64 [T], ``parents[0] == -1``, ``0 <= parents[i] < i``.
+        depths: int64 [T], root 0.
+        draft_probs: None for a deterministic draft (the tree does not depend on a random draw:
+            Token Recycling, n-gram lookup, greedy DySpec); for a sampled draft, float [T, V]
+            (torch, any device): row ``i`` is the distribution node ``i``'s children were drawn
+            from (zeros for leaves), which lossless verification needs.
+        replacement: for sampled drafts, whether siblings were drawn with replacement (False:
+            without, e.g. Gumbel-top-k).
+    """
+
+    tokens: np.ndarray
+    parents: np.ndarray
+    depths: np.ndarray
+    draft_probs: Any = None
+    replacement: bool = True
+
+    @property
+    def size(self) -> int:
+        """T, the nodes (root included)."""
+        return int(self.tokens.shape[0])
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the draft was sampled (carries ``draft_probs``)."""
+        return self.draft_probs is not None
+
+    @classmethod
+    def root_only(cls, root: int) -> "DraftTree":
+        """The one-node tree (no draft): a plain decoding step."""
+        return cls(np.array([int(root)], dtype=np.int64), _ROOT_PARENTS, _ROOT_DEPTHS)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        kind = "sampled" if self.sampled else "deterministic"
+        return f"DraftTree(T={self.size}, depth={int(self.depths.max(initial=0))}, {kind})"
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """What :func:`tokenloom.spec.loop.speculative_decode` needs from a drafter.
+
+    One drafter serves one request (it may share long-lived state, e.g. a
+    :class:`~tokenloom.spec.recycling.recycler.TokenRecycler`, that is itself thread-safe).
+
+    Attributes:
+        name: a short name for statistics.
+        prefill_positions: how many of the prompt's last positions' logits :meth:`prefill`
+            wants (>= 1; the loop asks the prefill forward for that many).
+    """
+
+    name: str
+    prefill_positions: int
+
+    def prefill(self, input_ids: "torch.Tensor", first_token: int, cache: Any, logits: "torch.Tensor") -> None:
+        """Start a request. ``input_ids`` LongTensor [1, n] (the prompt), ``first_token`` the
+        token chosen from the prefill (the first root), ``cache`` the target's KV cache (holding
+        the prompt; the same object for the whole request), ``logits`` float [m, V] of the
+        prompt's last ``m = min(n, prefill_positions)`` positions."""
+        ...
+
+    def propose(self, root: int, past_len: int) -> DraftTree:
+        """The tree to verify below ``root`` (the newest token; ``past_len`` tokens are cached)."""
+        ...
+
+    def accept(self, tree: DraftTree, result: "VerifyResult", logits: "torch.Tensor") -> None:
+        """Learn from a verified step: ``result.path`` (accepted nodes from 0) and
+        ``result.tokens`` (emitted: accepted draft tokens then the bonus token); ``logits``
+        float [T, V] the target's output after every node of ``tree``. The target cache
+        already holds the accepted path."""
+        ...
+
+    def stats(self) -> Dict[str, Any]:
+        """Drafter-specific statistics for :attr:`tokenloom.GenerateStats.extra` (may be empty)."""
+        ...
+
+
+def check_tree(tree: Any, who: str = "propose") -> Optional[str]:
+    """A message saying why ``tree`` is not a valid :class:`DraftTree` (None when it is)."""
+    if not isinstance(tree, DraftTree):
+        return f"{who}: expected a tokenloom.spec.base.DraftTree, got {type(tree).__name__}"
+    t = tree.size
+    for name in ("tokens", "parents", "depths"):
+        a = getattr(tree, name)
+        if not isinstance(a, np.ndarray) or a.dtype != np.int64 or a.shape != (t,):
+            return f"{who}: tree.{name} must be int64 [{t}], got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}"
+    p, d = tree.parents, tree.depths
+    if t == 0 or p[0] != -1 or d[0] != 0:
+        return f"{who}: node 0 must be the root (parents[0] == -1, depths[0] == 0)"
+    if t > 1:
+        idx = np.arange(1, t)
+        if ((p[1:] < 0) | (p[1:] >= idx)).any():
+            return f"{who}: parents must satisfy 0 <= parents[i] < i"
+        if (d[1:] != d[p[1:]] + 1).any():
+            return f"{who}: depths must satisfy depths[i] == depths[parents[i]] + 1"
+    return None

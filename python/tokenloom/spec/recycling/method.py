@@ -1,0 +1,54 @@
+"""``generate(method="recycling")``: the factory that builds Token Recycling's drafter for one
+request (the recycler, the template or ``tree="auto"`` with this machine's step cost)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+from tokenloom.runtime.model import logits_width
+from tokenloom.spec.recycling.drafter import RESIZE_EVERY, SEED_FROM_PREFILL, RecyclingDrafter
+from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler
+from tokenloom.spec.sizing import calibrate_step_cost
+from tokenloom.spec.templates import TemplateSpec
+
+__all__ = ["make_recycling_drafter"]
+
+
+def make_recycling_drafter(
+    model: Any,
+    cfg: Any,
+    next_seed: Callable[[], int],
+    *,
+    recycler: Optional[TokenRecycler] = None,
+    tree: Union[str, TemplateSpec] = "auto",
+    seed_prefill: Optional[bool] = None,
+    resize_every: int = RESIZE_EVERY,
+) -> RecyclingDrafter:
+    """The drafter of ``generate(method="recycling")``.
+
+    Args (keyword, through ``tokenloom.generate``):
+        recycler: the :class:`TokenRecycler` to draft from and update (default: the
+            process-wide one for the model's vocabulary, so the hot start is kept across calls).
+        tree: ``"auto"`` (hardware-aware size, default), a template name (``"2.2.2"``,
+            ``"2.2.2-N"``) or a list of rank paths.
+        seed_prefill: seed rows from the prompt's prefill top-k (default :data:`SEED_FROM_PREFILL`).
+        resize_every: steps between template decisions in auto mode.
+
+    Stats (``GenerateStats.extra``): ``depth_acceptance`` (estimated P(match | reached depth d)),
+    ``calibration`` (auto mode: tree tokens -> seconds), ``seeded``, plus the loop's
+    ``tree_sizes`` / ``accepted_hist``.
+
+    Raises:
+        TypeError: ``recycler`` is not a TokenRecycler.
+        ValueError: the recycler's vocabulary is smaller than the model's; a bad ``tree``.
+    """
+    vocab = logits_width(model)
+    if recycler is not None and not isinstance(recycler, TokenRecycler):
+        raise TypeError(f"recycler: expected a tokenloom.TokenRecycler, got {type(recycler).__name__}")
+    rec = recycler if recycler is not None else default_recycler(vocab)
+    if rec.vocab_size < vocab:
+        raise ValueError(f"recycler: vocab_size {rec.vocab_size} is smaller than the model's {vocab}")
+    auto = isinstance(tree, str) and tree == "auto"
+    cost = calibrate_step_cost(model, k=rec.k) if auto else None
+    seed = SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill)
+    return RecyclingDrafter(rec, tree=tree, seed_prefill=seed, cost=cost, resize_every=resize_every)

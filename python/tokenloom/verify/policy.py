@@ -1,0 +1,81 @@
+"""One verification policy for every speculative step: :class:`TreeVerifier` picks greedy,
+deterministic-draft or sampled-draft verification from the request and the tree, and keeps the
+target's tensors on their device (only node ids, and on an accelerator a few scalars, reach
+the host)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from tokenloom.verify.kernels import VerifyResult, verify_greedy, verify_tree
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from tokenloom.decoding.config import DecodeConfig
+    from tokenloom.spec.base import DraftTree
+
+__all__ = ["TreeVerifier"]
+
+_ROOT = np.array([-1], dtype=np.int64)
+
+
+class TreeVerifier:
+    """Verifies draft trees against the target's logits for one request.
+
+    * temperature 0: greedy matching of the target's argmax (:func:`verify_greedy`); the output
+      is the target's greedy output whatever the draft;
+    * temperature > 0 and a deterministic draft (``tree.draft_probs is None``): the lossless
+      deterministic-draft rule (:func:`verify_tree` without draft probabilities);
+    * temperature > 0 and a sampled draft: SpecInfer's multi-draft rule with the draft rows
+      (Sequoia's without-replacement variant when ``tree.replacement`` is False).
+
+    Sampled steps draw a 63-bit seed each from one generator seeded with ``cfg.seed`` (fresh
+    entropy when None), so a seed fixes the whole run for a fixed sequence of trees.
+
+    Args:
+        cfg: the request (temperature and transforms, seed).
+    """
+
+    def __init__(self, cfg: "DecodeConfig"):
+        self.cfg = cfg
+        self._rng = np.random.default_rng(cfg.seed)
+
+    def next_seed(self) -> int:
+        """The next 63-bit seed of this request's generator (drafters that sample draw theirs
+        here too, so one ``seed`` fixes a whole run)."""
+        return int(self._rng.integers(0, 2**63 - 1))
+
+    def probs(self, logits: "torch.Tensor") -> "torch.Tensor":
+        """The target distribution [T, V] after the request's transforms, on the logits' device."""
+        from tokenloom.sampling.sampler import probs_from_logits
+
+        c = self.cfg
+        return probs_from_logits(logits, c.temperature, c.top_k, c.top_p, c.min_p)
+
+    def __call__(self, tree: "DraftTree", logits: "torch.Tensor") -> VerifyResult:
+        """Verify ``tree`` against ``logits`` float [T, V] (row ``i``: the target after node ``i``)."""
+        if self.cfg.greedy:
+            return verify_greedy(tree.parents, tree.tokens, logits.argmax(-1).cpu().numpy())
+        return verify_tree(
+            tree.parents,
+            tree.tokens,
+            self.probs(logits),
+            tree.draft_probs,
+            seed=self.next_seed(),
+            replacement=tree.replacement,
+        )
+
+    def first_token(self, logits: "torch.Tensor", last_prompt_token: int) -> int:
+        """The token after the prompt from the prefill's last logits row ``logits`` [1, V]."""
+        if self.cfg.greedy:
+            return int(logits[0].argmax())
+        tokens = np.array([int(last_prompt_token)], dtype=np.int64)
+        res = verify_tree(_ROOT, tokens, self.probs(logits), None, seed=self.next_seed())
+        return int(res.tokens[-1])
+
+    def __repr__(self) -> str:
+        mode = "greedy" if self.cfg.greedy else f"sampled(T={self.cfg.temperature})"
+        return f"TreeVerifier({mode})"

@@ -1,0 +1,125 @@
+"""The package's shape: no import circle between its modules (module-level imports, the lazy
+ones inside functions included), no private name imported from another module, and every
+subpackage documented."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parent.parent / "python" / "tokenloom"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules():
+    return {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _imports(path: pathlib.Path, lazy: bool):
+    """(imported module, names) pairs of ``path``; ``lazy`` includes imports inside functions.
+    TYPE_CHECKING blocks are skipped."""
+    tree = ast.parse(path.read_text())
+    out = []
+
+    def visit(node, top):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.ImportFrom) and child.module and (top or lazy):
+                base = child.module
+                if child.level:
+                    pkg = _module_name(path).split(".")
+                    if path.name != "__init__.py":
+                        pkg = pkg[:-1]
+                    pkg = pkg[: len(pkg) - (child.level - 1)]
+                    base = ".".join(pkg + [child.module])
+                out.append((base, [a.name for a in child.names]))
+            elif isinstance(child, ast.Import) and (top or lazy):
+                out.extend((a.name, []) for a in child.names)
+            visit(child, inner)
+
+    visit(tree, True)
+    return out
+
+
+def _graph(lazy: bool):
+    mods = _modules()
+    graph = {m: set() for m in mods}
+    for m, path in mods.items():
+        for base, names in _imports(path, lazy):
+            if not base.startswith("tokenloom"):
+                continue
+            targets = [base] + [f"{base}.{n}" for n in names]
+            for t in targets:
+                if t in mods and t != m:
+                    graph[m].add(t)
+    return graph
+
+
+def _cycle(graph):
+    color, stack = {}, []
+
+    def dfs(u):
+        color[u] = 1
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if color.get(v) == 1:
+                return stack[stack.index(v):] + [v]
+            if v not in color:
+                found = dfs(v)
+                if found:
+                    return found
+        stack.pop()
+        color[u] = 2
+        return None
+
+    for u in sorted(graph):
+        if u not in color:
+            found = dfs(u)
+            if found:
+                return found
+    return None
+
+
+def _strip_packages(graph):
+    """Package ``__init__`` modules re-export their children: an edge to a package is an edge
+    to what it imports, and a child importing its own package's __init__ is not a circle."""
+    mods = set(graph)
+    out = {}
+    for m, targets in graph.items():
+        out[m] = {t for t in targets if not (m.startswith(t + ".") and t in mods)}
+    return out
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["module-level", "with-lazy"])
+def test_no_import_circle(lazy):
+    cycle = _cycle(_strip_packages(_graph(lazy)))
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_private_name_imported_across_modules():
+    bad = []
+    for m, path in _modules().items():
+        for base, names in _imports(path, lazy=True):
+            if not base.startswith("tokenloom"):
+                continue
+            for n in names:
+                if n.startswith("_") and not n.startswith("__") and n not in ("_core",):
+                    bad.append(f"{m} imports {n} from {base}")
+    assert not bad, bad
+
+
+def test_every_subpackage_has_a_docstring():
+    for init in PKG.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc, f"{init.relative_to(PKG)} has no docstring"
