@@ -198,17 +198,18 @@ BUILDER_METHODS = ["reset", "frontier", "expand", "expand_rows", "tree", "node"]
     calls(BUILDER_METHODS),
 )
 def test_dynamic_tree_builder(ctor, kwargs, calls):
-    b = check_call(_core.DynamicTreeBuilder, *ctor, **kwargs)
-    if b is None:
-        b = _core.DynamicTreeBuilder(5, 3, k=2, seed=1, vocab_size=16)
-        b.reset(1)
-    for method, args in calls:
-        check_call(getattr(b, method), *args)
-        t = check_call(b.tree)
-        if t is not None:
-            parents = t[1].tolist()
-            assert parents[0] == -1 and all(0 <= p < j for j, p in enumerate(parents) if j)
-            assert len(parents) <= b.budget + 1
+    for cls in (_core.DynamicTreeBuilder, tokenloom.DynamicTreeBuilder):
+        b = check_call(cls, *ctor, **kwargs)
+        if b is None:
+            b = cls(5, 3, k=2, seed=1, vocab_size=16)
+            b.reset(1)
+        for method, args in calls:
+            check_call(getattr(b, method), *args)
+            t = check_call(b.tree)
+            if t is not None:
+                parents = np.asarray(t[1]).tolist()
+                assert parents[0] == -1 and all(0 <= p < j for j, p in enumerate(parents) if j)
+                assert len(parents) <= b.budget + 1
 
 
 def _index(canonical: bool):
