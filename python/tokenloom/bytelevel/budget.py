@@ -11,8 +11,9 @@ estimates, in bytes,
   since the two share most arrays);
 - one forward of ``r`` rows after ``n`` slots: ``r * kv_bytes_per_slot`` (new KV) +
   ``(n + r) * kv_bytes_per_slot / layers`` (a layer's concatenation copy) +
-  ``r * width * (logit_bytes + 12)`` (logits, their float32 / host copy, the distribution and
-  its softmax temporaries) + ``r * (n + r) * (mask_bytes + 8 * heads)`` (the mask and one
+  ``r * width * (logit_bytes + copy + 8)`` (the logits, their float32 copy when the model
+  is not float32 -- ``copy`` = 4, else 0 --, the distribution and the masked row it is
+  computed from) + ``r * (n + r) * (mask_bytes + 8 * heads)`` (the mask and one
   layer's attention scores and weights, float32),
 
 and raises :class:`MemoryBoundError` *before* a forward whose held + forward estimate exceeds
@@ -55,7 +56,7 @@ def default_max_memory() -> int:
 
 
 def _config_int(model: Any, name: str, default: int) -> int:
-    cfg = getattr(model, "config", None)
+    cfg: Any = getattr(model, "config", None)
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     v = getattr(cfg, name, None)
     return int(v) if isinstance(v, int) and v > 0 else default
@@ -85,7 +86,7 @@ class MemoryBudget:
         self.limit = max_memory_bytes
         self.width = int(width)
         self.dist_bytes = 4 * self.width
-        self.row_bytes = self.width * (elt + 12)
+        self.row_bytes = self.width * (elt + (0 if elt == 4 else 4) + 8)
         self.layers = _config_int(model, "num_hidden_layers", 1)
         self.pair_bytes = elt + 8 * _config_int(model, "num_attention_heads", 1)
 

@@ -21,7 +21,7 @@ a node created later for that prefix adopts the slot. The byte sums (:meth:`mass
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class CoverState:
         intern: ``intern(parent_key, token) -> key`` (``DistCache.key``).
     """
 
-    def __init__(self, index: object, canonical: bool, intern: Callable[[int, int], int]) -> None:
+    def __init__(self, index: Any, canonical: bool, intern: Callable[[int, int], int]) -> None:
         self.tree = CoverTree(index, canonical)
         self.intern = intern
         self.logmass: Dict[int, float] = {0: 0.0}

@@ -207,8 +207,11 @@ class ByteLM:
             byte no token contains) or too many live paths. MemoryBoundError (a ValueError):
             the work would pass ``max_memory_bytes``.
         """
-        prefix = as_bytes(prefix)
-        st = self._sync(prefix)
+        st = self._sync(as_bytes(prefix))
+        return self._probs(st)
+
+    def _probs(self, st: CoverState) -> np.ndarray:
+        """P(. | st.prefix), float64 [257], every pending path expanded first."""
         self._ensure_expanded(st)
         m, _, _ = st.masses(self.special)
         total = m.sum()
@@ -288,12 +291,9 @@ class ByteLM:
         return bytes(out)
 
     def _sample_byte(self, st: CoverState, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-        self._ensure_expanded(st)
-        m, _, _ = st.masses(self.special)
-        total = m.sum()
-        if not total > 0:
-            raise ValueError("the prefix has probability 0 under the model")
-        p = m / total
+        """A byte (or EOS) drawn from P(. | prefix) ** (1 / temperature), renormalised and
+        nucleus-truncated at ``top_p``."""
+        p = self._probs(st)
         if temperature != 1.0:
             with np.errstate(divide="ignore"):
                 lp = np.log(p) / temperature

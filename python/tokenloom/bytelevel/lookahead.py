@@ -91,7 +91,7 @@ class LookaheadPlanner:
         tot = fb.sum()
         if not tot > 0:
             return
-        fb /= tot
+        fb = fb / tot
         self._after[tok] = fb
         self._after.move_to_end(tok)
         if len(self._after) > AFTER_SIZE:

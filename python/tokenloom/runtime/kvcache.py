@@ -157,7 +157,7 @@ def kv_bytes_per_token(model: Any, dtype: Any = None) -> int:
     """
     from tokenloom.runtime.model import model_dtype_device
 
-    cfg = getattr(model, "config", None)
+    cfg: Any = getattr(model, "config", None)
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     layers = getattr(cfg, "num_hidden_layers", None)
     heads = getattr(cfg, "num_attention_heads", None)
