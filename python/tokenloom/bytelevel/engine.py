@@ -4,10 +4,10 @@ batched forwards that give exact paths their next-token distributions.
 
 One step: :meth:`CoverEngine.sync` moves the cover state to a prefix (a new state when the
 prefix does not extend the old one: the context is re-fed or reused, the tokenizer's own
-encoding primes the cache); :meth:`CoverEngine.expand` gives nodes their distributions (from
-the cache, else one forward of their rows plus look-ahead rows, checked against the memory
-bound first) and creates their children; :meth:`CoverEngine.greedy_byte` expands only what can
-change the argmax.
+encoding primes the cache); :meth:`CoverEngine.ensure_expanded` gives every pending node its
+distribution (from the cache, else one forward of their rows plus look-ahead rows, checked
+against the memory bound first) and its children; :meth:`CoverEngine.greedy_byte` expands only
+what can change the argmax.
 """
 
 from __future__ import annotations
