@@ -131,13 +131,14 @@ def test_no_draft_when_trees_never_pay(tiny_llama, monkeypatch):
 
     import tokenloom
     import tokenloom.spec.recycling.drafter as loop
+    import tokenloom.spec.recycling.method as method
     from tokenloom.spec.recycling.recycler import TokenRecycler
 
     steep = StepCost((1, 2, 81), (0.01, 1.0, 2.0))
     stats = _typical_stats()
     paths, info = choose_template(PATHS, stats, steep, loop.AUTO_SIZES)
     assert paths == [] and info["n"] == 0 and info["expected_tokens"] == 1.0
-    monkeypatch.setattr(loop, "calibrate_step_cost", lambda model, k=8: steep)
+    monkeypatch.setattr(method, "calibrate_step_cost", lambda model, k=8: steep)
     ids = torch.randint(3, 49152, (1, 10), generator=torch.Generator().manual_seed(3))
     rec = TokenRecycler(49152)
     out = tokenloom.generate(tiny_llama, ids, method="recycling", recycler=rec, max_new_tokens=20, eos_token_id=[])

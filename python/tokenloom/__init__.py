@@ -16,6 +16,7 @@ need them, so ``import tokenloom`` stays cheap.
 """
 
 from tokenloom._core import __version__
+from tokenloom.bytelevel.budget import MemoryBoundError
 from tokenloom.bytelevel.ensemble import ByteEnsemble
 from tokenloom.bytelevel.lm import ByteLM
 from tokenloom.bytelevel.vocab import ByteVocab
@@ -52,6 +53,7 @@ __all__ = [
     "GenerateOutput",
     "GenerateStats",
     "HFDraft",
+    "MemoryBoundError",
     "Sampler",
     "SpecStats",
     "TokenRecycler",

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tokenloom.bytelevel.lm import EOS, ByteLM, _as_bytes
+from tokenloom.bytelevel.lm import EOS, ByteLM, as_bytes
 
 __all__ = ["ByteEnsemble"]
 
@@ -48,7 +48,7 @@ class ByteEnsemble:
 
     def next_byte_probs(self, prefix: bytes) -> np.ndarray:
         """Combined P(next byte | prefix), shape [257] (index 256 = end-of-text)."""
-        prefix = _as_bytes(prefix)
+        prefix = as_bytes(prefix)
         ps = [lm.next_byte_probs(prefix) for lm in self.lms]
         if self.mode == "mix":
             out = sum(w * p for w, p in zip(self.weights, ps))
@@ -63,7 +63,7 @@ class ByteEnsemble:
 
     def logprob(self, data: bytes) -> float:
         """Chain-rule log P(text starts with data) under the ensemble."""
-        data = _as_bytes(data, "data")
+        data = as_bytes(data, "data")
         total = 0.0
         for i in range(len(data)):
             p = self.next_byte_probs(data[:i])[data[i]]
@@ -74,7 +74,7 @@ class ByteEnsemble:
 
     def generate(self, prefix: bytes, max_bytes: int, temperature: float = 0.0, seed: Optional[int] = None) -> bytes:
         """Greedy (temperature 0) or sampled byte generation from the ensemble."""
-        prefix = _as_bytes(prefix)
+        prefix = as_bytes(prefix)
         rng = np.random.default_rng(seed)
         out = bytearray()
         for _ in range(max_bytes):

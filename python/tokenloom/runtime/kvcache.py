@@ -5,6 +5,10 @@ After a tree step of T nodes the cache holds ``past_len + T`` entries;
 ``compact_cache(cache, past_len, path)`` keeps the prefix and the accepted nodes (in order), so the
 cache again holds one entry per emitted token. Cache layers must be full (``DynamicLayer``);
 sliding-window layers are refused.
+
+Caches whose entries are *slots* of a tree forwarded over many steps (ByteLM's covers) use
+:func:`keep_slots` (keep any ascending set of absolute positions) and :func:`crop_cache`;
+:func:`cache_nbytes` and :func:`kv_bytes_per_token` size a cache before and after it exists.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 from tokenloom._arrays import as_array, as_int
 
-__all__ = ["cache_kv", "cache_length", "compact_cache"]
+__all__ = ["cache_kv", "cache_length", "cache_nbytes", "compact_cache", "crop_cache", "keep_slots", "kv_bytes_per_token"]
 
 
 class _KV:
@@ -110,3 +114,68 @@ def compact_cache(cache: Any, past_len: int, keep: Sequence[int]) -> None:
             k[:, :, past_len : past_len + n] = k.index_select(2, idx)
             v[:, :, past_len : past_len + n] = v.index_select(2, idx)
         kv.set(i, k.narrow(2, 0, past_len + n), v.narrow(2, 0, past_len + n))
+
+
+def keep_slots(cache: Any, slots: Sequence[int]) -> None:
+    """Keep the absolute cache positions ``slots`` (strictly increasing), in that order, and
+    drop every other entry, in place on every layer (:func:`compact_cache` after the longest
+    leading run ``0, 1, ..., p - 1`` of ``slots``, which stays where it is).
+
+    Raises:
+        ValueError: ``slots`` not strictly increasing or outside the cache.
+        TypeError: an unsupported cache object.
+    """
+    keep = as_array(slots, np.int64, "slots", 1).tolist()  # integer positions, never truncated
+    p = 0
+    while p < len(keep) and keep[p] == p:
+        p += 1
+    compact_cache(cache, p, [s - p for s in keep[p:]])
+
+
+def crop_cache(cache: Any, n: int) -> None:
+    """Keep the first ``n`` entries (``0 <= n <= cache_length(cache)``), in place.
+
+    Raises:
+        ValueError: ``n`` outside the cache. TypeError: an unsupported cache object.
+    """
+    compact_cache(cache, n, [])
+
+
+def cache_nbytes(cache: Any) -> int:
+    """Bytes held by the keys and values of every layer (0 for an empty cache)."""
+    total = 0
+    for k, v in cache_kv(cache):
+        for t in (k, v):
+            if t is not None:
+                total += int(t.numel()) * int(t.element_size())
+    return total
+
+
+def kv_bytes_per_token(model: Any, dtype: Any = None) -> int:
+    """Bytes one cached token costs in a full ``DynamicCache`` of ``model``: layers x 2 (keys,
+    values) x key/value heads x head dim x element size, from ``model.config`` (0 when the
+    config does not say; measure with :func:`cache_nbytes` then).
+
+    Args:
+        model: an HF causal LM (its ``config``: ``num_hidden_layers``, ``num_attention_heads``,
+            ``num_key_value_heads``, ``head_dim`` or ``hidden_size``).
+        dtype: the cache dtype (default: the model's float dtype).
+    """
+    from tokenloom.runtime.model import model_dtype_device
+
+    cfg: Any = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    layers = getattr(cfg, "num_hidden_layers", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None)
+    if not head_dim and heads and getattr(cfg, "hidden_size", None):
+        head_dim = int(cfg.hidden_size) // int(heads)
+    if not (isinstance(layers, int) and isinstance(kv_heads, int) and isinstance(head_dim, int)):
+        return 0
+    if dtype is None:
+        dtype, _ = model_dtype_device(model)
+    import torch
+
+    elt = torch.empty((), dtype=dtype).element_size()
+    return 2 * layers * kv_heads * head_dim * elt

@@ -44,6 +44,7 @@ __all__ = [
     "ancestor_matrix",
     "causal_attention_mask",
     "prefix_tree_mask",
+    "slot_attention_mask",
     "tree_attention_mask",
     "tree_bias",
     "tree_forward",
@@ -143,11 +144,41 @@ def prefix_tree_mask(
 
     Row ``j`` sees the prefix, the absolute cache positions ``visible[j]`` (each in
     ``[prefix_len, past_len)``: its tree ancestors already in the cache) and itself
-    (``past_len + j``); nothing else.
+    (``past_len + j``); nothing else. :func:`slot_attention_mask` also lets a row see earlier
+    rows of the same forward.
 
     Raises:
         ValueError: ``prefix_len`` outside ``[0, past_len]`` or a position outside
             ``[prefix_len, past_len)``.
+    """
+    cols = [int(c) for cs in visible for c in cs]
+    if 0 <= prefix_len <= past_len and any(not (prefix_len <= c < past_len) for c in cols):
+        raise ValueError(f"visible: positions must lie in [{prefix_len}, {past_len}), got {cols}")
+    return slot_attention_mask(prefix_len, past_len, visible, dtype, device)
+
+
+def slot_attention_mask(
+    prefix_len: int, past_len: int, visible: Sequence[Sequence[int]], dtype: Any = None, device: Any = "cpu"
+) -> "torch.Tensor":
+    """The 4D additive mask (1, 1, q, past_len + q) of q new rows whose ancestors sit at
+    arbitrary cache *slots*: in the cache (``< past_len``) or among the earlier rows of this
+    same forward (row ``i`` has slot ``past_len + i``). Used when one forward extends many
+    paths of a tree whose nodes were cached by earlier forwards in any order (ByteLM's covers).
+
+    Row ``j`` sees the shared prefix ``[0, prefix_len)``, the slots in ``visible[j]`` (each in
+    ``[prefix_len, past_len + j)``) and itself (``past_len + j``); nothing else. 0 = see,
+    ``finfo(dtype).min`` = hide.
+
+    Args:
+        prefix_len: slots every row sees (e.g. the context), ``0 <= prefix_len <= past_len``.
+        past_len: slots already in the cache.
+        visible: one list of slots per new row.
+        dtype: float dtype of the model's attention (default float32).
+        device: where the model runs.
+
+    Raises:
+        ValueError: ``prefix_len`` outside ``[0, past_len]`` or a slot outside
+            ``[prefix_len, past_len + j)`` in row ``j``.
     """
     import torch
 
@@ -157,8 +188,10 @@ def prefix_tree_mask(
     q = len(visible)
     rows = [j for j, cols in enumerate(visible) for _ in cols]
     cols = [int(c) for cs in visible for c in cs]
-    if any(not (prefix_len <= c < past_len) for c in cols):
-        raise ValueError(f"visible: positions must lie in [{prefix_len}, {past_len}), got {cols}")
+    bad = [(j, c) for j, c in zip(rows, cols) if not (prefix_len <= c < past_len + j)]
+    if bad:
+        j, c = bad[0]
+        raise ValueError(f"visible[{j}]: slots must lie in [{prefix_len}, {past_len + j}), got {c}")
     mask = torch.full((q, past_len + q), torch.finfo(dtype).min, dtype=dtype)
     mask[:, :prefix_len] = 0.0
     if rows:
