@@ -147,3 +147,32 @@ def test_no_draft_when_trees_never_pay(tiny_llama, monkeypatch):
     assert out.sequences.tolist() == hf.tolist()
     assert out.stats.extra["tree_sizes"] == {0: out.stats.steps - 1}
     assert rec.adjacency()[out.sequences[0, -3:]].any(), "rows are still learned"
+
+
+def test_sizing_memory_hands_statistics_to_the_next_request(tiny_llama):
+    """tree="auto": a request's drafter starts from what the last request on the same recycler
+    published; each request owns a copy (no live object is shared)."""
+    import torch
+
+    import tokenloom
+    from tokenloom.spec.recycling.method import SIZING_MEMORY
+    from tokenloom.spec.recycling.recycler import TokenRecycler
+    from tokenloom.spec.sizing import AcceptanceStats, StatsMemory
+
+    rec = TokenRecycler(49152)
+    assert SIZING_MEMORY.load(rec, rec.k).observations == 0
+    ids = torch.randint(3, 49152, (1, 10), generator=torch.Generator().manual_seed(5))
+    tokenloom.generate(tiny_llama, ids, method="recycling", recycler=rec, max_new_tokens=40, eos_token_id=[],
+                       resize_every=2)
+    first = SIZING_MEMORY.load(rec, rec.k)
+    assert first.observations > 0
+    first.observe([0, 0])  # a copy: the memory does not change
+    assert SIZING_MEMORY.load(rec, rec.k).observations == first.observations - 1
+    other = TokenRecycler(49152)
+    assert SIZING_MEMORY.load(other, other.k).observations == 0, "per recycler"
+    mem = StatsMemory()
+    s = AcceptanceStats(k=8)
+    s.observe([1])
+    mem.save(rec, s)
+    assert mem.load(rec, 4).observations == 0, "statistics of another k are not reused"
+    assert np.array_equal(mem.load(rec, 8).counts, s.counts)

@@ -29,6 +29,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -37,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "AcceptanceStats",
+    "StatsMemory",
     "StepCost",
     "calibrate_step_cost",
     "choose_template",
@@ -219,6 +221,14 @@ class AcceptanceStats:
         self.reached = np.zeros(max_depth + 1)
         self.observations = 0
 
+    def copy(self) -> "AcceptanceStats":
+        """An independent copy (same counts, same parameters)."""
+        out = AcceptanceStats(self.k, self.max_depth, self.decay, self.prior_weight)
+        out.counts = self.counts.copy()
+        out.reached = self.reached.copy()
+        out.observations = self.observations
+        return out
+
     def observe(self, ranks: Sequence[int]) -> None:
         """One step: ``ranks[d]`` is the rank of the token that followed the accepted node at
         depth ``d`` in that node's row (-1 when not in the row)."""
@@ -256,6 +266,36 @@ class AcceptanceStats:
         with np.errstate(invalid="ignore", divide="ignore"):
             acc = self.counts.sum(1) / self.reached
         return [float(a) for a in acc[self.reached > 0]]
+
+
+class StatsMemory:
+    """Acceptance statistics remembered from one request to the next, per shared object (e.g. a
+    :class:`~tokenloom.spec.recycling.recycler.TokenRecycler`, held weakly).
+
+    Each request's drafter works on its own copy (:meth:`load`) and publishes a copy back from
+    time to time (:meth:`save`; the last writer wins), so concurrent requests never share a live
+    object. Locked: safe from several threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._store: "weakref.WeakKeyDictionary[Any, AcceptanceStats]" = weakref.WeakKeyDictionary()
+
+    def load(self, key: Any, k: int) -> AcceptanceStats:
+        """A copy of the statistics remembered for ``key`` (fresh ones for another ``k``)."""
+        with self._lock:
+            stats = self._store.get(key)
+            return stats.copy() if stats is not None and stats.k == k else AcceptanceStats(k=k)
+
+    def save(self, key: Any, stats: AcceptanceStats) -> None:
+        """Remember a copy of ``stats`` for ``key``."""
+        snapshot = stats.copy()
+        with self._lock:
+            self._store[key] = snapshot
+
+    def clear(self) -> None:
+        with self._lock:
+            self._store.clear()
 
 
 def order_by_probability(paths: Sequence[Sequence[int]], probs: np.ndarray) -> List[List[int]]:

@@ -14,7 +14,7 @@ of this model on this device and the observed acceptance per depth and rank (see
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -52,6 +52,10 @@ class RecyclingDrafter:
         cost: the calibrated step cost (``tree="auto"`` only; see
             :func:`~tokenloom.spec.sizing.calibrate_step_cost`).
         resize_every: steps between template decisions in auto mode (>= 1).
+        acceptance: the statistics to start from (owned by this drafter from now on; default
+            fresh ones, i.e. the prior).
+        remember: called with this drafter's statistics at every template decision, e.g.
+            :meth:`~tokenloom.spec.sizing.StatsMemory.save` so the next request starts warm.
 
     Raises:
         ValueError: a bad template or one with a rank >= ``recycler.k``; ``tree="auto"``
@@ -68,6 +72,8 @@ class RecyclingDrafter:
         seed_prefill: bool = SEED_FROM_PREFILL,
         cost: Optional[StepCost] = None,
         resize_every: int = RESIZE_EVERY,
+        acceptance: Optional[AcceptanceStats] = None,
+        remember: Optional[Callable[[AcceptanceStats], None]] = None,
     ):
         if isinstance(resize_every, bool) or not isinstance(resize_every, int) or resize_every < 1:
             raise ValueError(f"resize_every: expected an int >= 1, got {resize_every!r}")
@@ -77,7 +83,10 @@ class RecyclingDrafter:
         self.seed_prefill = bool(seed_prefill)
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self.resize_every = resize_every
-        self.acceptance = AcceptanceStats(k=self.k)
+        self.acceptance = acceptance if acceptance is not None else AcceptanceStats(k=self.k)
+        if self.acceptance.k != self.k:
+            raise ValueError(f"acceptance: statistics for k={self.acceptance.k}, recycler k={self.k}")
+        self._remember = remember
         self.cost = cost
         self._step = 0
         self._candidates: List[List[int]] = []
@@ -100,6 +109,8 @@ class RecyclingDrafter:
 
     def _resize(self) -> None:
         assert self.cost is not None
+        if self._remember is not None and self._step:
+            self._remember(self.acceptance)
         paths, _ = choose_template(self._candidates, self.acceptance, self.cost, AUTO_SIZES)
         self.template = compile_template(paths) if paths else None
 

@@ -8,10 +8,14 @@ from typing import Any, Callable, Optional, Union
 from tokenloom.runtime.model import logits_width
 from tokenloom.spec.recycling.drafter import RESIZE_EVERY, SEED_FROM_PREFILL, RecyclingDrafter
 from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler
-from tokenloom.spec.sizing import calibrate_step_cost
+from tokenloom.spec.sizing import StatsMemory, calibrate_step_cost
 from tokenloom.spec.templates import TemplateSpec
 
-__all__ = ["make_recycling_drafter"]
+__all__ = ["SIZING_MEMORY", "make_recycling_drafter"]
+
+#: What ``tree="auto"`` learned about acceptance, per recycler, handed from one request to the
+#: next (each request's drafter owns a copy; see :class:`~tokenloom.spec.sizing.StatsMemory`).
+SIZING_MEMORY = StatsMemory()
 
 
 def make_recycling_drafter(
@@ -32,7 +36,9 @@ def make_recycling_drafter(
         tree: ``"auto"`` (hardware-aware size, default), a template name (``"2.2.2"``,
             ``"2.2.2-N"``) or a list of rank paths.
         seed_prefill: seed rows from the prompt's prefill top-k (default :data:`SEED_FROM_PREFILL`).
-        resize_every: steps between template decisions in auto mode.
+        resize_every: steps between template decisions in auto mode. In auto mode the
+            drafter starts from the acceptance statistics the last request on the same
+            recycler published (:data:`SIZING_MEMORY`).
 
     Stats (``GenerateStats.extra``): ``depth_acceptance`` (estimated P(match | reached depth d)),
     ``calibration`` (auto mode: tree tokens -> seconds), ``seeded``, plus the loop's
@@ -51,4 +57,14 @@ def make_recycling_drafter(
     auto = isinstance(tree, str) and tree == "auto"
     cost = calibrate_step_cost(model, k=rec.k) if auto else None
     seed = SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill)
-    return RecyclingDrafter(rec, tree=tree, seed_prefill=seed, cost=cost, resize_every=resize_every)
+    if not auto:
+        return RecyclingDrafter(rec, tree=tree, seed_prefill=seed, resize_every=resize_every)
+    return RecyclingDrafter(
+        rec,
+        tree=tree,
+        seed_prefill=seed,
+        cost=cost,
+        resize_every=resize_every,
+        acceptance=SIZING_MEMORY.load(rec, rec.k),
+        remember=lambda stats: SIZING_MEMORY.save(rec, stats),
+    )

@@ -44,7 +44,7 @@ class TokenRecycler:
         TypeError: ``vocab_size`` or ``k`` is not an int.
     """
 
-    __slots__ = ("_r",)
+    __slots__ = ("_r", "__weakref__")
 
     def __init__(self, vocab_size: int, k: int = 8, template: TemplateSpec = "2.2.2"):
         # By value: a float or a string is a TypeError, a size out of range a ValueError.
