@@ -146,6 +146,15 @@ def test_bad_drafter_output_is_a_clear_error(tiny_llama):
     with pytest.raises(TypeError, match="DraftTree"):
         tokenloom.generate(tiny_llama, prompt_ids(4), method="test-bad", max_new_tokens=5, eos_token_id=[])
 
+    class WrongDepths(ChainOfRepeats):
+        def propose(self, root, past_len):
+            tree = super().propose(root, past_len)
+            return DraftTree(tree.tokens, tree.parents, np.zeros_like(tree.depths))
+
+    register_drafter("test-wrong-depths", lambda m, c, s: WrongDepths())
+    with pytest.raises(ValueError, match="depths"):
+        tokenloom.generate(tiny_llama, prompt_ids(4), method="test-wrong-depths", max_new_tokens=5, eos_token_id=[])
+
 
 @pytest.mark.parametrize("method", ["lookup", "recycling", "dyspec"])
 def test_every_drafter_equals_hf_greedy_tiny(tiny_llama, method):

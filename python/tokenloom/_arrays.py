@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-__all__ = ["as_array", "as_float_array", "as_int", "is_torch"]
+__all__ = ["as_array", "as_count", "as_float_array", "as_int", "is_torch"]
 
 
 def is_torch(x: Any) -> bool:
@@ -35,6 +35,18 @@ def as_int(x: Any, name: str) -> int:
         except TypeError:
             pass
     raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+
+
+def as_count(x: Any, name: str, lo: int) -> int:
+    """``x`` as a Python int >= ``lo`` (a size, a budget, a count): an int or a numpy integer
+    scalar; bools, floats and strings are refused.
+
+    Raises:
+        ValueError: not such an int, or below ``lo``.
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {x!r}")
+    return int(x)
 
 
 def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:

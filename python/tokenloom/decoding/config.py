@@ -9,6 +9,9 @@ from typing import Any, FrozenSet, Optional, Sequence, Union
 
 import numpy as np
 
+from tokenloom._arrays import as_count
+from tokenloom.sampling.seeds import check_seed
+
 __all__ = ["DecodeConfig", "make_config"]
 
 #: Smallest temperature taken as sampling; anything positive below it is refused (the scaled
@@ -35,12 +38,6 @@ class DecodeConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-
-def _int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
-    return int(v)
 
 
 def _float(name: str, v: Any) -> float:
@@ -70,29 +67,27 @@ def make_config(
         IndexError: an EOS id >= ``vocab_size``.
         TypeError: ``seed`` not an int or None.
     """
-    n = _int("max_new_tokens", max_new_tokens, 0)
+    n = as_count(max_new_tokens, "max_new_tokens", 0)
     t = _float("temperature", temperature)
     if t < 0 or 0 < t < MIN_TEMPERATURE:
         raise ValueError(
             f"temperature: expected 0 (greedy) or a number >= {MIN_TEMPERATURE}, got {temperature!r}"
         )
-    k = None if top_k is None else _int("top_k", top_k, 1)
+    k = None if top_k is None else as_count(top_k, "top_k", 1)
     p = None if top_p is None else _float("top_p", top_p)
     if p is not None and not (0.0 < p <= 1.0):
         raise ValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
     m = None if min_p is None else _float("min_p", min_p)
     if m is not None and not (0.0 <= m <= 1.0):
         raise ValueError(f"min_p: expected a number in [0, 1], got {min_p!r}")
-    if seed is not None and (isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+    seed = check_seed(seed)
     ids = [eos_token_ids] if isinstance(eos_token_ids, (int, np.integer)) else list(eos_token_ids)
     eos = []
     for e in ids:
-        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 0:
-            raise ValueError(f"eos_token_id: expected non-negative int ids, got {e!r}")
+        e = as_count(e, "eos_token_id", 0)
         if vocab_size is not None and e >= vocab_size:
-            raise IndexError(f"eos_token_id: {int(e)} is outside the model's vocabulary [0, {vocab_size})")
-        eos.append(int(e))
+            raise IndexError(f"eos_token_id: {e} is outside the model's vocabulary [0, {vocab_size})")
+        eos.append(e)
     return DecodeConfig(
         max_new_tokens=n,
         eos_token_ids=frozenset(eos),
@@ -100,5 +95,5 @@ def make_config(
         top_k=k,
         top_p=p,
         min_p=m,
-        seed=None if seed is None else int(seed),
+        seed=seed,
     )

@@ -211,6 +211,17 @@ def tree_position_ids(depths: Any, past_len: int, device: Any = "cpu") -> "torch
     return (d.to(device=device, dtype=torch.long) + as_int(past_len, "past_len")).view(1, -1)
 
 
+def _check_depths(depths: Any, parents: np.ndarray) -> np.ndarray:
+    """``depths`` as int64 [T], checked against the (valid) parent array: a wrong depth would
+    put a node at a wrong position silently."""
+    d = as_array(depths, np.int64, "depths", 1)
+    if d.shape != parents.shape:
+        raise ValueError(f"depths: expected shape [{parents.size}] (= len(parents)), got {list(d.shape)}")
+    if d[0] != 0 or (d[1:] != d[parents[1:]] + 1).any():
+        raise ValueError("depths: expected depths[0] == 0 and depths[i] == depths[parents[i]] + 1")
+    return d
+
+
 def _depths_of(parents: np.ndarray) -> np.ndarray:
     d = np.zeros(parents.size, dtype=np.int64)
     for i in range(1, parents.size):
@@ -243,7 +254,8 @@ def tree_forward(
         torch.Tensor [T, V]: the logits after every node (float32 view of the model's output).
 
     Raises:
-        ValueError: bad parents, or tokens / depths of another length.
+        ValueError: bad parents, tokens of another length, depths of another length or not
+            the parents' depths.
     """
     import torch
 
@@ -258,9 +270,9 @@ def tree_forward(
         raise ValueError(f"tokens: expected shape [{p.size}] (= len(parents)), got {list(tok.shape)}")
     if depths is None:
         depths = _depths_of(p)
+    else:
+        depths = _check_depths(depths, p)
     pos = tree_position_ids(depths, past_len, device)
-    if pos.shape[1] != p.size:
-        raise ValueError(f"depths: expected shape [{p.size}] (= len(parents)), got {list(pos.shape)}")
     mask = tree_attention_mask(p, past_len, dtype, device)
     out = model(
         input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),

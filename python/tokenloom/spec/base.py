@@ -117,13 +117,4 @@ def check_tree(tree: Any, who: str = "propose") -> Optional[str]:
         a = getattr(tree, name)
         if not isinstance(a, np.ndarray) or a.dtype != np.int64 or a.shape != (t,):
             return f"{who}: tree.{name} must be int64 [{t}], got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}"
-    p, d = tree.parents, tree.depths
-    if t == 0 or p[0] != -1 or d[0] != 0:
-        return f"{who}: node 0 must be the root (parents[0] == -1, depths[0] == 0)"
-    if t > 1:
-        idx = np.arange(1, t)
-        if ((p[1:] < 0) | (p[1:] >= idx)).any():
-            return f"{who}: parents must satisfy 0 <= parents[i] < i"
-        if (d[1:] != d[p[1:]] + 1).any():
-            return f"{who}: depths must satisfy depths[i] == depths[parents[i]] + 1"
-    return None
+    return None  # parents and depths are checked by the tree forward (runtime.treeattn)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tokenloom._arrays import as_count
 from tokenloom.spec.base import DraftTree
 
 __all__ = ["LookupDrafter", "make_lookup_drafter"]
@@ -25,12 +26,6 @@ DEFAULT_MAX_NGRAM = 2
 DEFAULT_NUM_TOKENS = 10
 DEFAULT_MAX_MATCHES = 4
 DEFAULT_MAX_NODES = 16
-
-
-def _int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
-    return int(v)
 
 
 class LookupDrafter:
@@ -56,10 +51,10 @@ class LookupDrafter:
         max_matches: int = DEFAULT_MAX_MATCHES,
         max_nodes: int = DEFAULT_MAX_NODES,
     ):
-        self.max_ngram = _int("max_ngram", max_ngram, 1)
-        self.num_tokens = _int("num_tokens", num_tokens, 1)
-        self.max_matches = _int("max_matches", max_matches, 1)
-        self.max_nodes = _int("max_nodes", max_nodes, 1)
+        self.max_ngram = as_count(max_ngram, "max_ngram", 1)
+        self.num_tokens = as_count(num_tokens, "num_tokens", 1)
+        self.max_matches = as_count(max_matches, "max_matches", 1)
+        self.max_nodes = as_count(max_nodes, "max_nodes", 1)
         self.seq: List[int] = []
         # n-gram -> end positions (increasing) of its occurrences in ``seq``.
         self._index: Dict[Tuple[int, ...], List[int]] = {}

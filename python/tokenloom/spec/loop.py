@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from tokenloom.decoding.config import DecodeConfig
 from tokenloom.decoding.sink import TokenSink
-from tokenloom.spec.base import Drafter, check_tree
+from tokenloom.spec.base import Drafter, DraftTree, check_tree
 from tokenloom.spec.stats import SpecStats
 from tokenloom.verify.policy import TreeVerifier
 
@@ -55,7 +55,8 @@ def speculative_decode(model: Any, input_ids: Any, cfg: DecodeConfig, sink: Toke
     keep = min(n_prompt, max(1, int(drafter.prefill_positions)))
     out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=keep)
     logits = out.logits[0].float()
-    first = verifier.first_token(logits[-1:], int(input_ids[0, -1]))
+    # The first token: the prefill's last row verifies a root-only tree (argmax or one draw).
+    first = int(verifier(DraftTree.root_only(int(input_ids[0, -1])), logits[-1:]).tokens[-1])
     drafter.prefill(input_ids, first, cache, logits)
     del out, logits
     done = sink.emit([first])

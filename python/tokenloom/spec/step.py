@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import numpy as np
 
+from tokenloom._arrays import as_int
 from tokenloom.spec.base import DraftTree, Drafter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,12 +79,11 @@ class TreeStep:
 
         if isinstance(past_len, bool) or not isinstance(past_len, (int, np.integer)) or past_len < 0:
             raise ValueError(f"past_len: expected an int >= 0 (cache entries), got {past_len!r}")
-        if isinstance(last_token, bool) or not isinstance(last_token, (int, np.integer)):
-            raise TypeError(f"last_token: expected an int token id, got {last_token!r}")
+        last = as_int(last_token, "last_token")
         dtype = torch.float32 if dtype is None else dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype: expected a torch float dtype (the model's), got {dtype!r}")
-        tree = drafter.propose(int(last_token), int(past_len))
+        tree = drafter.propose(last, int(past_len))
         return cls(drafter, tree, int(past_len), device, dtype)
 
     @property
@@ -159,7 +159,7 @@ class TreeStep:
         cfg = make_config(
             max_new_tokens=0, eos_token_ids=(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed
         )
-        res = TreeVerifier(cfg)(self.tree, x if temperature == 0 else x.float())
+        res = TreeVerifier(cfg)(self.tree, x)
         self.drafter.accept(self.tree, res, x)
         self._done = True
         path = np.asarray(res.path, dtype=np.int64)

@@ -19,8 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["TreeVerifier"]
 
-_ROOT = np.array([-1], dtype=np.int64)
-
 
 class TreeVerifier:
     """Verifies draft trees against the target's logits for one request.
@@ -67,14 +65,6 @@ class TreeVerifier:
             seed=self.next_seed(),
             replacement=tree.replacement,
         )
-
-    def first_token(self, logits: "torch.Tensor", last_prompt_token: int) -> int:
-        """The token after the prompt from the prefill's last logits row ``logits`` [1, V]."""
-        if self.cfg.greedy:
-            return int(logits[0].argmax())
-        tokens = np.array([int(last_prompt_token)], dtype=np.int64)
-        res = verify_tree(_ROOT, tokens, self.probs(logits), None, seed=self.next_seed())
-        return int(res.tokens[-1])
 
     def __repr__(self) -> str:
         mode = "greedy" if self.cfg.greedy else f"sampled(T={self.cfg.temperature})"

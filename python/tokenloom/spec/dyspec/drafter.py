@@ -21,8 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-
+from tokenloom._arrays import as_count
 from tokenloom.runtime.model import logits_width
 
 from tokenloom.spec.base import DraftTree
@@ -101,12 +100,6 @@ def make_draft(
         return HFDraft(draft_model, target=model, k=k, temperature=temperature)
     n = default_draft_layers(model) if draft_layers is None else draft_layers
     return EarlyExitDraft(model, n, k=k, temperature=temperature)
-
-
-def _check_int(name: str, v: Any, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
-    return int(v)
 
 
 def _describe(draft: Any) -> str:
@@ -251,9 +244,9 @@ def make_dyspec_drafter(
     Raises:
         ValueError: bad sizes or ``tree``, a draft vocabulary different from the target's.
     """
-    budget = _check_int("budget", budget)
-    max_depth = _check_int("max_depth", max_depth)
-    k = _check_int("k", k)
+    budget = as_count(budget, "budget", 1)
+    max_depth = as_count(max_depth, "max_depth", 1)
+    k = as_count(k, "k", 1)
     if tree not in TREES:
         raise ValueError(f"tree: expected one of {TREES}, got {tree!r}")
     vocab = logits_width(model)
