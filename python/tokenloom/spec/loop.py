@@ -80,4 +80,7 @@ def speculative_decode(model: Any, input_ids: Any, cfg: DecodeConfig, sink: Toke
         done = sink.emit(result.tokens.tolist())
         root = int(result.tokens[-1])
     stats.extra.update(drafter.stats())
+    finish = getattr(drafter, "finish", None)
+    if callable(finish):  # optional: the request ended (e.g. persist what the drafter learned)
+        finish()
     return stats
