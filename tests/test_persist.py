@@ -191,7 +191,8 @@ def test_state_saver_throttles_and_flushes():
     saver.flush()
     assert load_state(KEY, "saver", 1) is None, "nothing changed yet: nothing written"
     rec.update([1], [[2, 3, 4]])
-    saver.changed()  # first change: saved at once
+    saver.changed()  # first change: saved at once (written in the background)
+    saver.flush()  # waits for that write
     assert TokenRecycler.from_bytes(load_state(KEY, "saver", 1), template=[[0]]).adjacency()[1].tolist() == [2, 3, 4]
     rec.update([1], [[5, 6, 7]])
     saver.changed()  # within min_interval: kept dirty
@@ -251,6 +252,7 @@ def test_default_recycler_saved_and_loaded(tiny_llama):
     key = persist.model_key(tiny_llama)
     rec = default_recycler(49152, model=tiny_llama)
     assert rec.adjacency().any()
+    persist.flush_all()  # waits for the background write
     saved = load_state(key, state_name(8), STATE_VERSION)
     assert saved is not None and np.array_equal(TokenRecycler.from_bytes(saved).adjacency(), rec.adjacency())
     reset_default_recyclers()

@@ -326,7 +326,7 @@ class StateSaver:
     Call :meth:`changed` when the object learned something (e.g. after each request): it saves
     at once when the last save is at least ``min_interval`` seconds old, else marks the object
     dirty; dirty objects are saved at process exit (:func:`flush_all`, registered with
-    ``atexit``). The object is held weakly. Thread-safe.
+    ``atexit``, which also waits for background writes). The object is held weakly. Thread-safe.
 
     Args:
         key, name, version: as in :func:`save_state`.
@@ -341,6 +341,7 @@ class StateSaver:
         self.min_interval = float(min_interval)
         self._last = float("-inf")
         self._dirty = False
+        self._pending: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         with _SAVERS_LOCK:
             _SAVERS.add(self)
@@ -350,23 +351,37 @@ class StateSaver:
         return self._obj()
 
     def changed(self) -> None:
-        """The object changed: save now if the last save is ``min_interval`` old, else later."""
+        """The object changed: save it if the last save is ``min_interval`` old (the state is
+        copied here, the file written by a background thread, so a timed request does not
+        wait for the disk), else later."""
         with self._lock:
             self._dirty = True
             due = time.monotonic() - self._last >= self.min_interval
         if due:
-            self.flush()
+            self.flush(background=True)
 
-    def flush(self) -> None:
-        """Save now if anything changed since the last save."""
+    def flush(self, background: bool = False) -> None:
+        """Save now if anything changed since the last save (and wait for a background write)."""
         with self._lock:
+            pending, self._pending = self._pending, None
             obj = self._obj()
-            if not self._dirty or obj is None:
-                return
-            self._dirty = False
-            self._last = time.monotonic()
-            payload = obj.to_bytes()
-        _write(self.path, self.name, _encode(self.key, self.name, self.version, payload))
+            payload = None
+            if self._dirty and obj is not None:
+                self._dirty = False
+                self._last = time.monotonic()
+                payload = obj.to_bytes()
+        if pending is not None:
+            pending.join()
+        if payload is None:
+            return
+        data = _encode(self.key, self.name, self.version, payload)
+        if not background:
+            _write(self.path, self.name, data)
+            return
+        thread = threading.Thread(target=_write, args=(self.path, self.name, data), name=f"tokenloom-save-{self.name}", daemon=True)
+        with self._lock:
+            self._pending = thread
+        thread.start()
 
     def __repr__(self) -> str:
         return f"StateSaver({self.name!r}, key={self.key!r}, dirty={self._dirty})"
