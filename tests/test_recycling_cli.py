@@ -71,7 +71,9 @@ def test_methods_are_extensible():
     opts = config_from_args(args).options
     assert (opts.draft_layers, opts.budget, opts.pack) == (20, 12, False)
     assert method_kwargs("dyspec", opts) == {"draft_layers": 20, "budget": 12, "pack": False}
-    assert method_kwargs("recycling", MethodOptions(tree="2.2.2-16", budget=3)) == {"tree": "2.2.2-16"}
+    assert method_kwargs("recycling", MethodOptions(tree="2.2.2-16", budget=3)) == {"tree": "2.2.2-16", "persist": False}
+    assert method_kwargs("recycling", MethodOptions(persist=None)) == {}, "--saved-state: the method's default"
+    assert config_from_args(build_parser().parse_args(["bench", "--saved-state"])).options.persist is None
 
 
 def test_bad_arguments_fail_before_the_model_loads(tmp_path):

@@ -1,40 +1,62 @@
 """``tokenloom bench``: the command-line front end of the Spec-Bench harness
-(:mod:`tokenloom.eval.specbench`, which has the methods, the runners and the tables)."""
+(:mod:`tokenloom.eval.specbench`, which has the methods, the runners and the tables). Every
+flag is checked while parsing (:mod:`tokenloom.cli.common`), before the model loads."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Union
+
+from tokenloom.cli.common import add_model_args, count, output_file, plot_file, some_of
 
 __all__ = ["add_parser", "config_from_args", "run"]
 
 
-def _csv(text: Optional[str]) -> Optional[List[str]]:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+def _categories() -> Any:
+    from tokenloom.eval.specbench import categories
+
+    return categories()
+
+
+def _methods() -> Any:
+    from tokenloom.eval.specbench import bench_methods
+
+    return bench_methods()
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="Spec-Bench subset: tokens/s, mean accepted tokens, speedup vs HF greedy")
-    p.add_argument("-n", type=int, default=2, help="questions per category (first turn only; default 2)")
-    p.add_argument("--categories", default=None, help="comma-separated categories (default: all 13)")
+    cats = some_of(_categories, "categories")
+    methods = some_of(_methods, "methods")
+    p = sub.add_parser("bench", help="Spec-Bench subset: tokens/s, mean accepted tokens, speedup vs HF greedy",
+                       description="Spec-Bench subset: the methods run interleaved per question after a warm-up; "
+                       "tokens/s, mean accepted tokens (MAT), speedup vs HF greedy, per category and overall.")
+    p.add_argument("-n", type=count(1), default=2, help="questions per category (first turn only; >= 1, default 2)")
+    p.add_argument("--categories", type=cats, default=None,
+                   help=f"comma-separated, from: {', '.join(cats.choices())} (default: all)")  # type: ignore[attr-defined]
     p.add_argument(
-        "--methods", default=None,
-        help="comma-separated methods: HF anchors (hf, hf-pld, hf-packed), dyspec-fixed / dyspec-chain, "
-        "or any tokenloom.methods() name (default: plain decoding, hf, hf-pld, recycling)",
+        "--methods", type=methods, default=None,
+        help=f"comma-separated, from: {', '.join(methods.choices())} "  # type: ignore[attr-defined]
+        "(hf: HF greedy generate, hf-pld: HF prompt lookup, hf-packed: HF greedy on packed linears; "
+        "default: plain decoding, hf, hf-pld, recycling)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--model", default=None, help="a local .gguf file or HF model directory (default: embedded)")
-    p.add_argument("--tree", default=None, help="recycling template (default: recycling's, auto)")
-    p.add_argument("--draft-layers", type=int, default=None, help="layers of the DySpec early-exit draft")
-    p.add_argument("--budget", type=int, default=None, help="DySpec draft nodes per tree")
+    p.add_argument("--max-new-tokens", type=count(1), default=128, help=">= 1, default 128")
+    add_model_args(p)
+    p.add_argument("--tree", default=None, help="recycling template: auto (default), 2.2.2, 2.2.2-N or rank paths")
+    p.add_argument("--draft-layers", type=count(1), default=None, help="layers of the DySpec early-exit draft (>= 1)")
+    p.add_argument("--budget", type=count(1), default=None, help="DySpec draft nodes per tree (>= 1)")
     p.add_argument(
         "--pack", choices=("auto", "on", "off"), default="auto",
         help="packed oneDNN CPU linears for tokenloom's methods (default auto; see tokenloom.runtime.cpupack)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--json", default=None, help="write the raw results here")
-    p.add_argument("--plot", default=None, help="write a PNG of the speedups here")
+    p.add_argument("--threads", type=count(1), default=None, help="torch threads (>= 1; default: torch's)")
+    p.add_argument("--repeat", type=count(1), default=1,
+                   help="rounds over the questions (>= 1, default 1); > 1 adds the median and min-max over rounds")
+    p.add_argument("--saved-state", action="store_true",
+                   help="start Token Recycling from the state saved by earlier runs (default: a fresh recycler per "
+                   "round, so results do not depend on earlier runs)")
+    p.add_argument("--json", type=output_file, default=None, help="write the raw results here")
+    p.add_argument("--plot", type=plot_file, default=None, help="write a PNG of the speedups here (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -46,22 +68,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
     packs: Dict[str, Union[bool, str]] = {"auto": "auto", "on": True, "off": False}
     pack = packs[args.pack]
     return BenchConfig(
-        methods=_csv(args.methods),
+        methods=args.methods,
         n=args.n,
-        categories=_csv(args.categories),
+        categories=args.categories,
         max_new_tokens=args.max_new_tokens,
         model=args.model,
-        options=MethodOptions(tree=args.tree, draft_layers=args.draft_layers, budget=args.budget, pack=pack),
+        options=MethodOptions(tree=args.tree, draft_layers=args.draft_layers, budget=args.budget, pack=pack,
+                              persist=None if args.saved_state else False),
         threads=args.threads,
         json_path=args.json,
         plot_path=args.plot,
         progress=not args.no_progress,
         command="tokenloom " + " ".join(sys.argv[1:]),
+        repeat=args.repeat,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenloom.eval.specbench import format_table, run_bench
+    from tokenloom.eval.specbench import format_spread, format_table, run_bench_rounds
 
-    print(format_table(run_bench(config_from_args(args))))
+    table, spread = run_bench_rounds(config_from_args(args))
+    print(format_table(table))
+    if args.repeat > 1:
+        print(format_spread(spread))
     return 0

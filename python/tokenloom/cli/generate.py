@@ -1,66 +1,185 @@
 """``tokenloom generate "PROMPT"``: chat-templated generation on the embedded model (or
-``--model PATH``), streamed, with a stats line; ``--compare`` also runs plain greedy decoding
-in the same process and prints the speedup."""
+``--model PATH``), streamed, with a stats line.
+
+``--compare`` measures the method against two named baselines on the same prompt, in the same
+process: **HF greedy** (``model.generate``, the reference the README's speedups use) and
+**tokenloom greedy** (``method="plain"`` on tokenloom's packed CPU linears). Every method is
+warmed up first on another prompt (one-time set-up such as the step-cost calibration of
+``tree="auto"`` is timed and reported separately), then the methods run ``--repeat`` rounds,
+alternating (the order rotates every round), and the table gives the median tokens/s, its
+spread (min-max), the mean accepted tokens per forward and whether every run gave exactly HF
+greedy's tokens. The machine load is printed with it (``os.getloadavg``), with a warning when it
+is high.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+import time
+from typing import Any, Dict, List
 
-__all__ = ["add_parser", "run"]
+from tokenloom.cli.common import (
+    add_model_args,
+    add_sampling_args,
+    count,
+    load_model,
+    one_of,
+    sampling_kwargs,
+    warn,
+    warn_unused_sampling,
+)
+
+__all__ = ["add_parser", "load_line", "run"]
+
+#: The baselines of ``--compare``: (bench method name, label).
+BASELINES = (("hf", "HF greedy (model.generate)"), ("plain", "tokenloom greedy (packed)"))
+_WARM_PROMPT = "Say hello."
+
+
+def _methods() -> List[str]:
+    from tokenloom.decoding.generate import methods
+
+    return list(methods())
 
 
 def default_method() -> str:
-    from tokenloom.decoding.generate import methods
-
-    return "recycling" if "recycling" in methods() else "greedy"
+    return "recycling" if "recycling" in _methods() else "greedy"
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("generate", help="generate a reply to PROMPT and print tokens/s")
-    p.add_argument("prompt", help="the user message (the chat template is applied)")
-    p.add_argument("--method", default=None, help="decoding method (default: recycling when available, else greedy)")
-    p.add_argument("--model", default=None, help="a local .gguf file or HF model directory (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    method = one_of(_methods, "method")
+    p = sub.add_parser(
+        "generate", help="generate a reply to PROMPT and print tokens/s (--compare: against HF and tokenloom greedy)",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+    )
+    p.add_argument("prompt", help="the user message (the chat template is applied unless --no-chat)")
+    p.add_argument("--method", type=method, default=None,
+                   help=f"decoding method, one of: {', '.join(method.choices())} (default: recycling)")  # type: ignore[attr-defined]
+    add_model_args(p)
+    p.add_argument("--max-new-tokens", type=count(1), default=128, help="most new tokens (>= 1, default 128)")
+    add_sampling_args(p)
     p.add_argument("--no-chat", action="store_true", help="use the prompt as raw text, no chat template")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
-    p.add_argument("--compare", action="store_true", help="also run plain greedy decoding and print the speedup")
+    p.add_argument("--compare", action="store_true",
+                   help="time the method against HF greedy and tokenloom greedy (warmed up, alternated, repeated; greedy only)")
+    p.add_argument("--repeat", type=count(1), default=3, help="--compare: rounds per method (>= 1, default 3; the median is shown)")
     p.set_defaults(func=run)
 
 
+def load_line() -> str:
+    """The machine load (1-minute average over the CPUs), with a warning when it is high."""
+    from tokenloom.eval.specbench import machine_load
+
+    load = machine_load()
+    line = f"load average {load['load1']:.2f} {load['load5']:.2f} {load['load15']:.2f} on {load['cpus']} CPUs"
+    if load["busy"]:
+        line += " -- the machine is busy: timings are noisy, compare the ratios and rerun when idle"
+    return line
 
 
+def _check(args: argparse.Namespace, method: str) -> None:
+    """What involves several flags (each flag was checked while parsing)."""
+    if args.compare and args.temperature != 0:
+        raise ValueError("--compare times greedy decoding (the same tokens as HF greedy); drop --temperature")
+    if args.compare and method in ("plain", "greedy"):
+        raise ValueError(f"--compare: {method!r} is a baseline itself; choose a speculative method ({', '.join(m for m in _methods() if m not in ('plain', 'greedy'))})")
+    if args.repeat != 3 and not args.compare:
+        warn("--repeat only counts with --compare")
+    warn_unused_sampling(args)
+
+
+def _warm_up(model: Any, tok: Any, method: str, sampling: Dict[str, Any]) -> float:
+    """One short untimed request on another prompt: one-time set-up (step-cost calibration,
+    CPU weight packing, lazy imports) happens here, not in the timed call. Returns its seconds."""
+    from tokenloom.decoding.generate import generate
+    from tokenloom.integrations.hf.chat import chat_input_ids
+
+    start = time.perf_counter()
+    generate(model, chat_input_ids(tok, _WARM_PROMPT), method=method, max_new_tokens=4, **sampling)
+    return time.perf_counter() - start
 
 
 def run(args: argparse.Namespace) -> int:
+    method = args.method or default_method()
+    _check(args, method)
+    model, tokenizer = load_model(args)
+    if args.compare:
+        return compare(args, model, tokenizer, method)
     from transformers import TextStreamer
 
     from tokenloom.decoding.generate import generate
     from tokenloom.integrations.hf.chat import chat_input_ids
-    from tokenloom.integrations.hf.models import load_or_default
 
-    method = args.method or default_method()
-    print(f"[tokenloom] loading {'model ' + args.model if args.model else 'embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
-    model, tokenizer = load_or_default(args.model)
+    sampling = sampling_kwargs(args)
+    setup = _warm_up(model, tokenizer, method, sampling)
+    print(f"[tokenloom] set-up (untimed warm-up, step-cost calibration on a new machine): {setup:.2f} s", file=sys.stderr)
     input_ids = chat_input_ids(tokenizer, args.prompt, chat=not args.no_chat)
-    sampling = dict(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed
-    )
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     out = generate(model, input_ids, method=method, max_new_tokens=args.max_new_tokens, streamer=streamer, **sampling)
     if args.no_stream:
         print(tokenizer.decode(out.sequences[0, input_ids.shape[1]:], skip_special_tokens=True))
     print(out.stats.line(method))
-    if args.compare and method != "greedy":
-        base = generate(model, input_ids, method="greedy", max_new_tokens=args.max_new_tokens, **sampling)
-        print(base.stats.line("greedy"))
-        same = base.sequences.shape == out.sequences.shape and bool((base.sequences == out.sequences).all())
-        speedup = out.stats.tokens_per_second / max(base.stats.tokens_per_second, 1e-9)
-        print(f"[tokenloom] speedup vs greedy: {speedup:.2f}x (same tokens: {same})")
+    return 0
+
+
+def compare(args: argparse.Namespace, model: Any, tok: Any, method: str) -> int:
+    """``--compare``: the method and the two baselines, warmed up, alternated, repeated."""
+    import statistics
+
+    from tqdm import tqdm
+
+    from tokenloom.eval.specbench import count_forwards, resolve
+    from tokenloom.integrations.hf.chat import chat_input_ids
+    from tokenloom.integrations.hf.models import stop_token_ids
+
+    names = [method] + [b for b, _ in BASELINES]
+    labels = {method: method, **dict(BASELINES)}
+    fns = {m: resolve(m) for m in names}
+    eos = stop_token_ids(model, tok)
+    warm = chat_input_ids(tok, _WARM_PROMPT)
+    ids = chat_input_ids(tok, args.prompt, chat=not args.no_chat)
+    setup: Dict[str, float] = {}
+    for m in names:
+        start = time.perf_counter()
+        fns[m](model, warm, 8, eos)
+        setup[m] = time.perf_counter() - start
+    print("[tokenloom] warm-up (untimed, another prompt; one-time set-up such as the step-cost calibration): "
+          + ", ".join(f"{m} {s:.2f} s" for m, s in setup.items()), file=sys.stderr)
+    runs: Dict[str, List[Dict[str, Any]]] = {m: [] for m in names}
+    handle, counter = count_forwards(model)
+    try:
+        bar = tqdm(total=args.repeat * len(names), desc="compare", file=sys.stderr, leave=False)
+        for r in range(args.repeat):
+            for m in names[r % len(names):] + names[: r % len(names)]:
+                counter[0] = 0
+                start = time.perf_counter()
+                new, _ = fns[m](model, ids, args.max_new_tokens, eos)
+                sec = time.perf_counter() - start
+                runs[m].append({"tokens": new, "seconds": sec, "forwards": counter[0]})
+                bar.update(1)
+        bar.close()
+    finally:
+        handle.remove()
+    reference = runs["hf"][0]["tokens"]
+    if not args.no_stream:
+        print(tok.decode(runs[method][0]["tokens"], skip_special_tokens=True))
+    rows = {}
+    for m in names:
+        rates = [len(x["tokens"]) / x["seconds"] for x in runs[m]]
+        fwd = sum(x["forwards"] for x in runs[m])
+        rows[m] = {
+            "median": statistics.median(rates), "lo": min(rates), "hi": max(rates),
+            "mat": sum(len(x["tokens"]) for x in runs[m]) / fwd if fwd else float("nan"),
+            "same": all(x["tokens"] == reference for x in runs[m]),
+        }
+    n_tok = len(runs[method][0]["tokens"])
+    print(f"\n{n_tok} new tokens, {args.repeat} alternated run(s) per method; {load_line()}")
+    print(f"{'method':<28} {'tok/s (median)':>14} {'min-max':>13} {'MAT':>5}  same tokens as HF greedy")
+    for m in names:
+        v = rows[m]
+        print(f"{labels[m]:<28} {v['median']:>14.1f} {v['lo']:>6.1f}-{v['hi']:<6.1f} {v['mat']:>5.2f}  {'yes' if v['same'] else 'NO'}")
+    speed = {b: rows[method]["median"] / max(rows[b]["median"], 1e-9) for b, _ in BASELINES}
+    print(f"[tokenloom] {method}: {speed['hf']:.2f}x HF greedy, {speed['plain']:.2f}x tokenloom greedy "
+          f"(same tokens: {'yes' if rows[method]['same'] else 'NO'})")
     return 0

@@ -43,12 +43,18 @@ __all__ = [
     "categories",
     "check_config",
     "default_methods",
+    "format_spread",
     "format_table",
+    "header",
     "load_questions",
+    "machine_load",
     "plot",
+    "plot_context",
     "register_bench_method",
     "resolve",
+    "round_spread",
     "run_bench",
+    "run_bench_rounds",
     "summarise",
     "write_json",
 ]
@@ -79,23 +85,27 @@ class RunResult:
     forwards: int
     same_as_hf: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    round: int = 0
 
 
 @dataclass(frozen=True)
 class MethodOptions:
     """Command-line options of tokenloom's methods; each reaches only the methods named in
     :data:`OPTION_KEYS` (``pack`` reaches every tokenloom method). ``None`` / ``"auto"``: the
-    method's default."""
+    method's default. ``persist`` (recycling): False (default) starts from a fresh recycler and
+    saves nothing, so a run does not depend on earlier runs; None / True use the state saved
+    in the user cache (:mod:`tokenloom.spec.persist`)."""
 
     tree: Optional[str] = None
     draft_layers: Optional[int] = None
     budget: Optional[int] = None
     pack: Union[bool, str] = "auto"
+    persist: Optional[bool] = False
 
 
 # Which MethodOptions field is passed to which tokenloom method (as a generate keyword).
 OPTION_KEYS: Dict[str, Tuple[str, ...]] = {
-    "recycling": ("tree",),
+    "recycling": ("tree", "persist"),
     "dyspec": ("draft_layers", "budget"),
 }
 
@@ -192,7 +202,7 @@ def method_kwargs(method: str, options: MethodOptions) -> Dict[str, Any]:
         kw["pack"] = options.pack
     for key in OPTION_KEYS.get(method, ()):
         value = getattr(options, key)
-        if value is not None:
+        if value is not None and not (key == "persist" and value is True):
             kw[key] = value
     return kw
 
@@ -259,7 +269,9 @@ def load_questions(n_per_category: int, categories: Optional[Sequence[str]] = No
 class BenchConfig:
     """One ``tokenloom bench`` run. ``methods=None``: :func:`default_methods`;
     ``categories=None``: all 13; ``threads=None``: torch's default; ``model=None``: the
-    embedded SmolLM2-135M-Instruct."""
+    embedded SmolLM2-135M-Instruct; ``repeat``: rounds over the whole question set (each
+    round starts from a fresh recycler unless ``options.persist``), summarised by the median
+    and spread of the per-round results (:func:`round_spread`)."""
 
     methods: Optional[Sequence[str]] = None
     n: int = 2
@@ -272,6 +284,7 @@ class BenchConfig:
     plot_path: Optional[str] = None
     progress: bool = True
     command: str = ""
+    repeat: int = 1
 
 
 def _check_positive(name: str, value: Optional[int]) -> None:
@@ -292,7 +305,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
 
     Raises:
         ValueError: no or unknown methods, a method twice, unknown categories, ``n`` /
-            ``max_new_tokens`` / ``threads`` / ``draft_layers`` / ``budget`` below 1,
+            ``max_new_tokens`` / ``threads`` / ``repeat`` / ``draft_layers`` / ``budget`` below 1,
             ``plot_path`` without matplotlib.
         FileNotFoundError: the directory of ``json_path`` or ``plot_path`` does not exist.
     """
@@ -305,13 +318,14 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     _check_positive("n", cfg.n)
     _check_positive("max_new_tokens", cfg.max_new_tokens)
     _check_positive("threads", cfg.threads)
+    _check_positive("repeat", cfg.repeat)
     _check_positive("draft_layers", cfg.options.draft_layers)
     _check_positive("budget", cfg.options.budget)
     _check_categories(cfg.categories)
     _check_output("json_path", cfg.json_path)
     _check_output("plot_path", cfg.plot_path)
     if cfg.plot_path and importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("plot_path: needs matplotlib (pip install matplotlib)")
+        raise ValueError("plot_path: needs matplotlib, which is not installed: pip install 'tokenloom[plot]' (or: pip install matplotlib)")
     return {m: resolve(m, cfg.options) for m in methods}
 
 
@@ -355,6 +369,46 @@ def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
     return table
 
 
+def round_spread(results: List[RunResult], methods: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Per method, over the rounds of a repeated run: the median, min and max of the overall
+    tokens/s and of the speedup over ``hf`` (NaN without ``hf``), and ``rounds``."""
+    import statistics
+
+    rounds = sorted({r.round for r in results})
+    per: Dict[str, Dict[str, List[float]]] = {m: {"tps": [], "speedup": []} for m in methods}
+    for k in rounds:
+        overall = summarise([r for r in results if r.round == k], methods).get("overall", {})
+        for m in methods:
+            if m in overall:
+                per[m]["tps"].append(overall[m]["tokens_per_s"])
+                per[m]["speedup"].append(overall[m]["speedup"])
+    out: Dict[str, Dict[str, float]] = {}
+    for m, v in per.items():
+        if not v["tps"]:
+            continue
+        row = {"rounds": float(len(v["tps"]))}
+        for key, xs in v.items():
+            row[f"{key}_median"] = statistics.median(xs)
+            row[f"{key}_min"], row[f"{key}_max"] = min(xs), max(xs)
+        out[m] = row
+    return out
+
+
+def format_spread(spread: Dict[str, Dict[str, float]]) -> str:
+    """The :func:`round_spread` block: median [min-max] over the rounds."""
+    if not spread:
+        return ""
+    n = int(next(iter(spread.values()))["rounds"])
+    lines = [f"\n== over {n} rounds: median [min-max] =="]
+    lines.append(f"{'method':<12} {'tok/s':>22} {'speedup vs hf':>24}")
+    for m, v in spread.items():
+        lines.append(
+            f"{m:<12} {v['tps_median']:>8.2f} [{v['tps_min']:.2f}-{v['tps_max']:.2f}]".ljust(36)
+            + f"{v['speedup_median']:>8.2f}x [{v['speedup_min']:.2f}-{v['speedup_max']:.2f}]"
+        )
+    return "\n".join(lines)
+
+
 def _ordered_categories(table: Table) -> List[str]:
     return sorted(c for c in table if c != "overall") + (["overall"] if "overall" in table else [])
 
@@ -373,8 +427,24 @@ def format_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def plot(table: Table, path: str) -> None:
-    """A PNG bar chart of the speedups over HF greedy, per category and overall."""
+def plot_context(meta: Dict[str, Any]) -> str:
+    """One line saying what a plot shows: model, questions, tokens, threads, rounds, load."""
+    load = meta.get("load_before") or {}
+    parts = [
+        str(meta.get("model", "")),
+        f"{meta.get('questions', '?')} questions (n={meta.get('n', '?')} per category)",
+        f"max {meta.get('max_new_tokens', '?')} new tokens",
+        f"{meta.get('torch_threads', '?')} threads",
+        f"{meta.get('repeat', 1)} round(s)",
+    ]
+    if load:
+        parts.append(f"load {load.get('load1', float('nan')):.2f} on {load.get('cpus', '?')} CPUs")
+    return ", ".join(p for p in parts if p)
+
+
+def plot(table: Table, path: str, context: str = "") -> None:
+    """A PNG bar chart of the speedups over HF greedy, per category and overall, titled with
+    ``context`` (:func:`plot_context`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,6 +461,8 @@ def plot(table: Table, path: str) -> None:
     ax.set_xticks([j + 0.4 - w / 2 for j in range(len(cats))])
     ax.set_xticklabels(cats, rotation=30, ha="right")
     ax.set_ylabel("speedup vs HF greedy (tokens/s)")
+    if context:
+        ax.set_title(context, fontsize=8)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -402,6 +474,22 @@ def write_json(path: str, meta: Dict[str, Any], table: Table, results: List[RunR
     tmp = Path(path + ".tmp")
     tmp.write_text(json.dumps({"meta": meta, "summary": table, "results": [asdict(r) for r in results]}, indent=1))
     tmp.replace(path)
+
+
+#: 1-minute load average per CPU from which a machine counts as busy (timings flagged as noisy).
+BUSY_LOAD_PER_CPU = 0.75
+
+
+def machine_load() -> Dict[str, Any]:
+    """``{"load1", "load5", "load15", "cpus", "busy"}`` from ``os.getloadavg`` (NaN where the
+    platform has none); ``busy`` when the 1-minute load is at least
+    :data:`BUSY_LOAD_PER_CPU` per CPU."""
+    cpus = os.cpu_count() or 1
+    try:
+        l1, l5, l15 = os.getloadavg()
+    except (OSError, AttributeError):  # pragma: no cover - platforms without it
+        l1 = l5 = l15 = float("nan")
+    return {"load1": l1, "load5": l5, "load15": l15, "cpus": cpus, "busy": bool(l1 >= BUSY_LOAD_PER_CPU * cpus)}
 
 
 def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
@@ -416,13 +504,38 @@ def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
         "model": cfg.model or "embedded SmolLM2-135M-Instruct (fp32)",
         "max_new_tokens": cfg.max_new_tokens,
         "questions": n_questions,
+        "n": cfg.n,
+        "repeat": cfg.repeat,
+        "persist": cfg.options.persist,
+        "load_before": machine_load(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
+def header(meta: Dict[str, Any]) -> str:
+    """The run's header line (model, sizes, threads, machine load), with a warning line when the
+    machine is busy."""
+    load = meta["load_before"]
+    line = (f"[tokenloom] bench: {meta['model']}; {meta['questions']} questions x {meta['repeat']} round(s), "
+            f"max {meta['max_new_tokens']} new tokens, {meta['torch_threads']} torch threads; "
+            f"load average {load['load1']:.2f} {load['load5']:.2f} {load['load15']:.2f} on {load['cpus']} CPUs")
+    if load["busy"]:
+        line += ("\n[tokenloom] warning: the machine is busy (load >= "
+                 f"{BUSY_LOAD_PER_CPU:g} per CPU): timings are noisy; compare ratios, use --repeat, rerun when idle")
+    return line
+
+
 def run_bench(cfg: BenchConfig) -> Table:
     """Run the bench (checked first with :func:`check_config`, before the model loads), write
-    ``json_path`` after every question and ``plot_path`` at the end; returns the summary."""
+    ``json_path`` after every question and ``plot_path`` at the end; returns the summary (over
+    every round; :func:`round_spread` of the results gives the per-round median and spread).
+    The header (:func:`header`: model, sizes, threads, machine load) goes to stderr first."""
+    table, _ = run_bench_rounds(cfg)
+    return table
+
+
+def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float]]]:
+    """:func:`run_bench`, returning ``(summary, round_spread)``."""
     fns = check_config(cfg)
     methods = list(fns)
     questions = load_questions(cfg.n, cfg.categories)
@@ -432,45 +545,53 @@ def run_bench(cfg: BenchConfig) -> Table:
 
     from tokenloom.integrations.hf.chat import chat_input_ids
     from tokenloom.integrations.hf.models import load_or_default, stop_token_ids
+    from tokenloom.spec.recycling.recycler import reset_default_recyclers
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    print(f"[tokenloom] loading {'model ' + cfg.model if cfg.model else 'embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
+    print(f"[tokenloom] loading {'model ' + cfg.model if cfg.model else 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
     model, tok = load_or_default(cfg.model)
     eos = stop_token_ids(model, tok)
     handle, counter = count_forwards(model)
     results: List[RunResult] = []
     meta = run_meta(cfg, len(questions))
+    print(header(meta), file=sys.stderr)
     quiet = not cfg.progress
     try:
         warm = chat_input_ids(tok, "Say hello.")
         for m in tqdm(methods, desc="warm-up", disable=quiet, file=sys.stderr):
             fns[m](model, warm, 8, eos)
-        bar = tqdm(total=len(questions) * len(methods), desc="bench", disable=quiet, file=sys.stderr)
-        for qi, q in enumerate(questions):
-            ids = chat_input_ids(tok, q["turns"][0])
-            order = methods[qi % len(methods):] + methods[: qi % len(methods)]
-            outs: Dict[str, List[int]] = {}
-            for m in order:
-                counter[0] = 0
-                start = time.perf_counter()
-                new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
-                sec = time.perf_counter() - start
-                outs[m] = new
-                results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra))
-                bar.set_postfix_str(f"{q['category']}/{m}")
-                bar.update(1)
-            if "hf" in outs:
-                for r in results[-len(methods):]:
-                    r.same_as_hf = outs[r.method] == outs["hf"]
-            if cfg.json_path:  # after every question, so an interrupted run still leaves its data
-                write_json(cfg.json_path, meta, summarise(results, methods), results)
+        bar = tqdm(total=len(questions) * len(methods) * cfg.repeat, desc="bench", disable=quiet, file=sys.stderr)
+        for rnd in range(cfg.repeat):
+            if cfg.options.persist is False:
+                reset_default_recyclers()  # every round starts from the same (fresh) drafter state
+            for qi, q in enumerate(questions):
+                ids = chat_input_ids(tok, q["turns"][0])
+                shift = (qi + rnd) % len(methods)
+                order = methods[shift:] + methods[:shift]
+                outs: Dict[str, List[int]] = {}
+                for m in order:
+                    counter[0] = 0
+                    start = time.perf_counter()
+                    new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
+                    sec = time.perf_counter() - start
+                    outs[m] = new
+                    results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra, rnd))
+                    bar.set_postfix_str(f"{q['category']}/{m}")
+                    bar.update(1)
+                if "hf" in outs:
+                    for r in results[-len(methods):]:
+                        r.same_as_hf = outs[r.method] == outs["hf"]
+                if cfg.json_path:  # after every question, so an interrupted run still leaves its data
+                    write_json(cfg.json_path, meta, summarise(results, methods), results)
         bar.close()
     finally:
         handle.remove()
+    meta["load_after"] = machine_load()
     table = summarise(results, methods)
+    spread = round_spread(results, methods)
     if cfg.json_path:
-        write_json(cfg.json_path, meta, table, results)
+        write_json(cfg.json_path, {**meta, "rounds": spread}, table, results)
     if cfg.plot_path:
-        plot(table, cfg.plot_path)
-    return table
+        plot(table, cfg.plot_path, plot_context(meta))
+    return table, spread

