@@ -115,3 +115,94 @@ def test_doc_block_runs(block: Block, tmp_path, monkeypatch):
     linecache.cache[name] = (0, None, block.path.read_text(encoding="utf-8").splitlines(True), name)
     code = compile("\n" * block.line + block.code, name, "exec")
     exec(code, {"__name__": f"docs_block_{block.line}"})
+
+
+FENCE = re.compile(r"^\s*```\s*([A-Za-z0-9_+-]*)")
+#: Fence languages that hold Python but would escape the block runner (which runs ```python).
+PYTHON_ALIASES = {"py", "python3", "py3", "pycon", "ipython", "ipython3", "pytb"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_is_fenced_as_python(path):
+    """A Python block under another fence name (```py, ```pycon, ...) would never run."""
+    bad = [f"{path.name}:{i}: ```{m.group(1)}" for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+           if (m := FENCE.match(line)) and m.group(1).lower() in PYTHON_ALIASES]
+    assert not bad, f"fence these as ```python so test_doc_block_runs runs them: {bad}"
+
+
+def shell_blocks(path: Path) -> List[Block]:
+    """The ```bash / ```sh / ```console blocks of a Markdown file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if m and m.group(1) in ("bash", "sh", "shell", "console"):
+            j = i + 1
+            while j < len(lines) and lines[j].strip() != "```":
+                j += 1
+            out.append(Block(path, i + 1, "\n".join(lines[i + 1 : j]) + "\n", None, ""))
+            i = j + 1
+        else:
+            i += 1
+    return out
+
+
+def tokenloom_commands(code: str) -> List[List[str]]:
+    """The ``tokenloom ...`` command lines of a shell block, split like the shell would
+    (continuation lines joined, ``&&`` / ``;`` / ``|`` chains and comments cut, env assignments
+    and ``python -m tokenloom`` handled)."""
+    import shlex
+
+    text = code.replace("\\\n", " ")
+    cmds = []
+    for line in text.splitlines():
+        line = line.lstrip("$ ").strip()
+        for part in re.split(r"&&|;|\|\|?", line):
+            try:
+                words = shlex.split(part, comments=True)
+            except ValueError:
+                continue
+            while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+                words = words[1:]
+            if words[:3] == ["python", "-m", "tokenloom"]:
+                words = ["tokenloom"] + words[3:]
+            if words and words[0] == "tokenloom" and len(words) > 1:
+                cmds.append(words[1:])
+    return cmds
+
+
+SHELL = [(b, cmd) for f in FILES for b in shell_blocks(f) for cmd in tokenloom_commands(b.code)]
+
+
+def test_shell_commands_found():
+    assert any(cmd[0] == "generate" for _, cmd in SHELL) and any(cmd[0] == "bench" for _, cmd in SHELL)
+
+
+@pytest.mark.parametrize("block,argv", SHELL, ids=[f"{b.id}:{' '.join(c)[:40]}" for b, c in SHELL])
+def test_shell_command_parses(block, argv, tmp_path, monkeypatch):
+    """Every ``tokenloom ...`` command the docs show is accepted by the current CLI (flags,
+    choices and values; parsed only, nothing runs)."""
+    from tokenloom.cli.main import UsageError, build_parser
+
+    # From a clone's root (output folders must exist): the repo's folders, plus what the block
+    # itself creates with mkdir.
+    monkeypatch.chdir(tmp_path)
+    for d in ROOT.iterdir():
+        if d.is_dir() and not d.name.startswith("."):
+            (tmp_path / d.name).symlink_to(d)
+    for m in re.finditer(r"mkdir\s+(?:-p\s+)?([\w./-]+)", block.code):
+        (tmp_path / m.group(1)).mkdir(parents=True, exist_ok=True)
+    try:
+        build_parser().parse_args(argv)
+    except UsageError as e:
+        pytest.fail(f"{block.id}: tokenloom {' '.join(argv)}: {e}")
+
+
+def test_hf_generate_calls_pass_an_attention_mask():
+    """HF warns (and can misbehave with pad == eos) when ``generate`` gets no attention mask."""
+    bad = []
+    for b in BLOCKS:
+        for m in re.finditer(r"model\.generate\(([^()]*(?:\([^()]*\)[^()]*)*)\)", b.code, re.S):
+            if "attention_mask" not in m.group(1) and "**" not in m.group(1):
+                bad.append(f"{b.id}: model.generate({m.group(1)[:40]}...)")
+    assert not bad, bad

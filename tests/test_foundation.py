@@ -115,8 +115,16 @@ def test_model_path_errors(tmp_path):
     (tmp_path / "x.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="gguf"):
         models.load(tmp_path / "x.bin")
-    with pytest.raises(ValueError, match="config.json"):
-        models.load(tmp_path)
+    d = tmp_path / "model"
+    d.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        models.load(d)
+    (d / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no weights: looked for"):
+        models.load(d)
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no tokenizer: looked for tokenizer.json"):
+        models.load(d)
 
 
 def test_default_model_is_installed():

@@ -112,3 +112,46 @@ def test_cli_reports_bad_arguments_without_loading(capsys, monkeypatch):
                  ["bytes", "fim", "--methods", "token,nope"], ["bytes", "fim", "-n", "0"]):
         assert main(argv) == 2, argv
         assert "tokenloom: error:" in capsys.readouterr().err
+
+
+def test_round_spread_and_header():
+    from tokenloom.eval.specbench import format_spread, header, plot_context, round_spread
+
+    rs = []
+    for rnd, (t_hf, t_rec) in enumerate([(10.0, 5.0), (10.0, 4.0), (10.0, 8.0)]):
+        rs += [RunResult(1, "a", "hf", 100, t_hf, 100, None, {}, rnd), RunResult(1, "a", "recycling", 100, t_rec, 50, True, {}, rnd)]
+    spread = round_spread(rs, ["hf", "recycling"])
+    assert spread["recycling"]["rounds"] == 3
+    assert spread["recycling"]["speedup_median"] == pytest.approx(2.0)
+    assert (spread["recycling"]["speedup_min"], spread["recycling"]["speedup_max"]) == (pytest.approx(1.25), pytest.approx(2.5))
+    assert spread["recycling"]["tps_median"] == pytest.approx(20.0)
+    assert "over 3 rounds" in format_spread(spread) and "2.00x [1.25-2.50]" in format_spread(spread)
+    meta = {"model": "m", "questions": 13, "n": 1, "max_new_tokens": 64, "torch_threads": 2, "repeat": 3,
+            "load_before": {"load1": 5.0, "load5": 1.0, "load15": 1.0, "cpus": 2, "busy": True}}
+    text = header(meta)
+    assert "load average 5.00" in text and "warning: the machine is busy" in text and "13 questions x 3 round(s)" in text
+    meta["load_before"]["busy"] = False
+    assert "warning" not in header(meta)
+    ctx = plot_context(meta)
+    assert all(x in ctx for x in ("m", "13 questions (n=1 per category)", "max 64 new tokens", "2 threads", "3 round(s)", "load 5.00"))
+
+
+def test_bench_repeat_end_to_end(tiny_llama, tokenizer, monkeypatch, tmp_path, capsys):
+    """Two rounds on a tiny model: every round in the results, the spread over rounds, the run
+    context in the JSON and the plot, the header with the load on stderr."""
+    import json
+
+    from tokenloom.eval import specbench
+    from tokenloom.integrations.hf import models
+
+    monkeypatch.setattr(models, "load_or_default", lambda *a, **k: (tiny_llama, tokenizer))
+    cfg = BenchConfig(methods=["hf", "recycling"], n=1, categories=["rag", "qa"], max_new_tokens=6, repeat=2,
+                      json_path=str(tmp_path / "r.json"), plot_path=str(tmp_path / "r.png"), progress=False)
+    table, spread = specbench.run_bench_rounds(cfg)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert sorted({r["round"] for r in data["results"]}) == [0, 1] and len(data["results"]) == 2 * 2 * 2
+    assert data["meta"]["repeat"] == 2 and "load_before" in data["meta"] and "load_after" in data["meta"]
+    assert data["meta"]["rounds"]["recycling"]["rounds"] == 2 and spread["hf"]["speedup_median"] == pytest.approx(1.0)
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert table["overall"]["recycling"]["same_as_hf"] == 1.0
+    assert "[tokenloom] bench:" in capsys.readouterr().err
