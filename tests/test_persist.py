@@ -320,3 +320,25 @@ def test_second_process_starts_hot(_private_cache_dir):
     assert runs[0]["tokens"] == runs[1]["tokens"]
     assert runs[1]["mat"] > runs[0]["mat"], runs
     assert state_path(runs[0]["key"], state_name(8)).is_file()
+
+
+def test_first_call_reports_calibration_apart(tiny_llama, monkeypatch):
+    """The step-cost calibration of tree="auto" (first call on a machine) is set-up, reported in
+    stats.setup_seconds, not inside the decoding seconds; later calls have none."""
+    import time
+
+    from tokenloom.spec.sizing import clear_step_cost_cache
+
+    monkeypatch.setenv("TOKENLOOM_NO_DISK_CACHE", "1")
+    clear_step_cost_cache()
+    start = time.perf_counter()
+    first = tokenloom.generate(tiny_llama, _prompt(7), method="recycling", max_new_tokens=6, eos_token_id=[], persist=False)
+    wall = time.perf_counter() - start
+    assert first.stats.setup_seconds > 0 and first.stats.extra["setup_seconds"] == first.stats.setup_seconds
+    assert first.stats.seconds + first.stats.setup_seconds <= wall
+    assert "setup_seconds=" in first.stats.line("recycling")
+    again = tokenloom.generate(tiny_llama, _prompt(7), method="recycling", max_new_tokens=6, eos_token_id=[], persist=False)
+    assert again.stats.setup_seconds < first.stats.setup_seconds, "cached: no second calibration"
+    plain = tokenloom.generate(tiny_llama, _prompt(7), method="plain", max_new_tokens=6, eos_token_id=[])
+    assert plain.stats.setup_seconds == 0.0 and "setup_seconds" not in plain.stats.line("plain")
+    clear_step_cost_cache()

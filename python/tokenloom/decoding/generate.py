@@ -130,4 +130,6 @@ def generate(
     if spec is not None:
         stats.spec = spec
         stats.extra.update(spec.as_dict())
+        setup = float(stats.extra.get("setup_seconds", 0.0) or 0.0)
+        stats.setup_seconds, stats.seconds = setup, max(seconds - setup, 0.0)
     return GenerateOutput(sequences=torch.cat([input_ids, new.view(1, -1)], dim=1), stats=stats)

@@ -23,11 +23,15 @@ class GenerateStats:
     ``spec`` holds the typed speculative statistics (:class:`~tokenloom.spec.stats.SpecStats`)
     of a speculative method, None for plain decoding; ``extra`` is their flat dictionary form
     (``tree_sizes``, ``accepted_hist``, ... and the drafter's own entries).
+    ``seconds`` is decoding time; one-time set-up inside the call (the step-cost calibration of
+    ``tree="auto"`` the first time a model runs on a machine) is ``setup_seconds``, reported
+    apart so that a first call's tokens/s is not distorted by it.
     """
 
     steps: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
+    setup_seconds: float = 0.0
     spec: Optional["SpecStats"] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -45,6 +49,7 @@ class GenerateStats:
             f"[tokenloom] method={method} tokens={self.new_tokens} steps={self.steps} "
             f"seconds={self.seconds:.2f} tokens/s={self.tokens_per_second:.1f} "
             f"mean_accepted={self.mean_accepted:.2f}"
+            + (f" setup_seconds={self.setup_seconds:.2f} (one-time calibration, not in seconds)" if self.setup_seconds >= 0.005 else "")
         )
 
 

@@ -58,6 +58,8 @@ class RecyclingDrafter:
             :meth:`~tokenloom.spec.sizing.StatsMemory.save` so the next request starts warm.
         finish: called once when the request ends (:meth:`finish`), e.g. to persist the
             recycler (:func:`~tokenloom.spec.recycling.recycler.recycler_changed`).
+        setup_seconds: one-time set-up spent building this drafter (the step-cost
+            calibration), reported in :meth:`stats` so ``generate`` can count it apart.
 
     Raises:
         ValueError: a bad template or one with a rank >= ``recycler.k``; ``tree="auto"``
@@ -77,6 +79,7 @@ class RecyclingDrafter:
         acceptance: Optional[AcceptanceStats] = None,
         remember: Optional[Callable[[AcceptanceStats], None]] = None,
         finish: Optional[Callable[[], None]] = None,
+        setup_seconds: float = 0.0,
     ):
         if isinstance(resize_every, bool) or not isinstance(resize_every, int) or resize_every < 1:
             raise ValueError(f"resize_every: expected an int >= 1, got {resize_every!r}")
@@ -91,6 +94,7 @@ class RecyclingDrafter:
             raise ValueError(f"acceptance: statistics for k={self.acceptance.k}, recycler k={self.k}")
         self._remember = remember
         self._finish = finish
+        self.setup_seconds = float(setup_seconds)
         self.cost = cost
         self._step = 0
         self._candidates: List[List[int]] = []
@@ -143,4 +147,5 @@ class RecyclingDrafter:
         out: Dict[str, Any] = {"seeded": self.seed_prefill, "depth_acceptance": self.acceptance.depth_acceptance()}
         if self.cost is not None:
             out["calibration"] = dict(zip(self.cost.tokens, self.cost.seconds))
+            out["setup_seconds"] = self.setup_seconds
         return out

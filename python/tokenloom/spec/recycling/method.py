@@ -3,6 +3,7 @@ request (the recycler, the template or ``tree="auto"`` with this machine's step 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional, Union
 
 from tokenloom.runtime.model import logits_width
@@ -47,7 +48,8 @@ def make_recycling_drafter(
             Ignored when ``recycler`` is given.
 
     Stats (``GenerateStats.extra``): ``depth_acceptance`` (estimated P(match | reached depth d)),
-    ``calibration`` (auto mode: tree tokens -> seconds), ``seeded``, plus the loop's
+    ``calibration`` (auto mode: tree tokens -> seconds), ``setup_seconds`` (auto mode: time
+    spent getting the calibration, reported apart by ``generate``), ``seeded``, plus the loop's
     ``tree_sizes`` / ``accepted_hist``.
 
     Raises:
@@ -63,7 +65,9 @@ def make_recycling_drafter(
     if rec.vocab_size < vocab:
         raise ValueError(f"recycler: vocab_size {rec.vocab_size} is smaller than the model's {vocab}")
     auto = isinstance(tree, str) and tree == "auto"
+    start = time.perf_counter()
     cost = calibrate_step_cost(model, k=rec.k) if auto else None
+    setup = time.perf_counter() - start  # measured once per model and machine, then cached
     seed = SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill)
     if not auto:
         return RecyclingDrafter(rec, tree=tree, seed_prefill=seed, resize_every=resize_every, finish=finish)
@@ -76,4 +80,5 @@ def make_recycling_drafter(
         acceptance=SIZING_MEMORY.load(rec, rec.k),
         remember=lambda stats: SIZING_MEMORY.save(rec, stats),
         finish=finish,
+        setup_seconds=setup,
     )
