@@ -55,6 +55,7 @@ class CoverState:
         self.parent: Dict[int, int] = {0: -1}
         self.end: Dict[int, int] = {0: 0}
         self.spec_slot: Dict[int, int] = {}
+        self.primed: Optional[bytes] = None  # the prefix the tokenizer's encoding was primed for
 
     # ------------------------------------------------------------------ growth
     @property
