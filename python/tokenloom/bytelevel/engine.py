@@ -19,7 +19,7 @@ import numpy as np
 
 from tokenloom.bytelevel.budget import MemoryBudget
 from tokenloom.bytelevel.covers import CoverState
-from tokenloom.bytelevel.distcache import DistCache, RawLogits, masked_softmax
+from tokenloom.bytelevel.distcache import DistCache, RawLogits, masked_softmax, softmax
 from tokenloom.bytelevel.lookahead import LookaheadPlanner
 from tokenloom.bytelevel.slots import KVSlots
 
@@ -307,8 +307,6 @@ class CoverEngine:
     def _forward(self, st: CoverState, nodes: List[int], deep: Sequence[Tuple[int, int, int]] = ()) -> None:
         """One batched forward computing the distributions of ``nodes``, of the exact paths
         ``deep`` below them (:meth:`_plan_deep`) and of look-ahead rows."""
-        import torch
-
         rows = st.rows_for(nodes)
         self._maybe_compact(st, len(rows))
         base = self.kv.n
@@ -335,6 +333,7 @@ class CoverEngine:
             positions.append(row.position)
             visible.append(row.visible)
         logits = self.kv.forward(tokens, positions, visible, prefix_len=c)
+        rows_np = logits.numpy()
         self.forwards += 1
         self.forward_rows += len(tokens)
         self.lookahead_rows += len(spec)
@@ -349,12 +348,12 @@ class CoverEngine:
                     self.planner.note(st.token[r], q)
         for j, key in enumerate(dk):
             i = n_node_rows + j
-            self.cache.put(key, RawLogits(logits[i].clone(), dt[j], dprev[j]))
+            self.cache.put(key, RawLogits(rows_np[i].copy(), dt[j], dprev[j]))
             st.spec_slot[key] = base + i
         for k, row in enumerate(spec):
             i = n_node_rows + len(dk) + k
-            self.cache.put(row.key, RawLogits(logits[i].clone(), row.token, row.parent_token), lookahead=True)
-            self.planner.note(row.token, torch.softmax(logits[i], dim=-1).numpy())
+            self.cache.put(row.key, RawLogits(rows_np[i].copy(), row.token, row.parent_token), lookahead=True)
+            self.planner.note(row.token, softmax(rows_np[i]))
             st.spec_slot[row.key] = base + i
 
     def _maybe_compact(self, st: CoverState, incoming: int) -> None:
