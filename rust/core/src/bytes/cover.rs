@@ -346,7 +346,15 @@ impl CoverTree {
                     }
                 }
             }
-            F { j, pprev, prev, row, steps, next: 0, live }
+            F {
+                j,
+                pprev,
+                prev,
+                row,
+                steps,
+                next: 0,
+                live,
+            }
         };
         let key = |j: usize, pprev: u32, prev: u32| match canon {
             Some(_) => (j, pprev, prev),
@@ -739,7 +747,13 @@ mod tests {
     /// (tokens decoding to a prefix of it) that has an exact extension (itself included)
     /// ending at the end of `data` or followed by a token starting with the rest.
     fn mattering_paths(idx: &ByteIndex, data: &[u8]) -> Vec<Vec<u32>> {
-        fn walk(idx: &ByteIndex, data: &[u8], j: usize, path: &mut Vec<u32>, out: &mut Vec<Vec<u32>>) -> bool {
+        fn walk(
+            idx: &ByteIndex,
+            data: &[u8],
+            j: usize,
+            path: &mut Vec<u32>,
+            out: &mut Vec<Vec<u32>>,
+        ) -> bool {
             let rest = &data[j..];
             let mut m = j == data.len()
                 || (0..idx.n_tokens() as u32).any(|t| {
