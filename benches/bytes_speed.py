@@ -1,8 +1,7 @@
 """ByteLM against token-level generation on the embedded model, in one run on the same prefixes:
 token-level greedy bytes/s (``tokenloom.generate``), ByteLM greedy bytes/s, ``next_byte_probs``
-per second, and ``logprob`` of a whole text against one token-level forward over it (plus
-genlm-bytes' greedy bytes/s and next-byte distributions per second when it is importable; see
-``benches/genlm_compare.py`` for its venv).
+per second, and ``logprob`` of a whole text against one token-level forward over it. The peer
+comparison with genlm-bytes (its own venv) is ``benches/genlm_compare.py``.
 
 Methods run interleaved per prefix and per repeat, so load from other jobs on a shared machine
 hits them alike; the script reports ratios per repeat and the load average before and after.

@@ -4,9 +4,11 @@ batched forwards that give exact paths their next-token distributions.
 
 One step: :meth:`CoverEngine.sync` moves the cover state to a prefix (a new state when the
 prefix does not extend the old one: the context is re-fed or reused, the tokenizer's own
-encoding primes the cache); :meth:`CoverEngine.ensure_expanded` gives every pending node its
-distribution (from the cache, else one forward of their rows plus look-ahead rows, checked
-against the memory bound first) and its children; :meth:`CoverEngine.greedy_byte` expands only
+encoding primes the cache only when the plan below does not fit);
+:meth:`CoverEngine.ensure_expanded` gives every pending node its distribution (from the cache,
+else one forward of their rows, the exact paths below them inside the prefix that can still
+matter -- ``CoverTree.extension_plan`` -- and look-ahead rows, checked against the memory bound
+first) and its children; :meth:`CoverEngine.greedy_byte` expands only
 what can change the argmax.
 """
 
@@ -17,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom.bytelevel.budget import MemoryBudget
+from tokenloom.bytelevel.budget import MemoryBoundError, MemoryBudget
 from tokenloom.bytelevel.covers import CoverState
 from tokenloom.bytelevel.distcache import DistCache, RawLogits, masked_softmax, softmax
 from tokenloom.bytelevel.lookahead import LookaheadPlanner
@@ -319,11 +321,17 @@ class CoverEngine:
         fresh = [i for i, r in enumerate(rows) if r in want]
         dk, dt, dp, dv, dprev = self._deep_rows(st, list(deep), new_slot, base + len(rows))
         n_node_rows = len(rows)
+        what = f"{len(st.tree.active())} live paths, {self._mode()} mode, prefix of {len(st.prefix)} bytes"
+        try:
+            held = self._check_memory(st, len(tokens) + len(dt), what)
+        except MemoryBoundError:  # the planned rows are a shortcut: go level by level instead
+            if not dt:
+                raise
+            dk, dt, dp, dv, dprev = [], [], [], [], []
+            held = self._check_memory(st, len(tokens), what)
         tokens += dt
         positions += dp
         visible += dv
-        what = f"{len(st.tree.active())} live paths, {self._mode()} mode, prefix of {len(st.prefix)} bytes"
-        held = self._check_memory(st, len(tokens), what)
         room = self.lookahead - len(tokens)
         if room > 0:
             room = self.budget.affordable_rows(held, len(rows), room, base, self.kv.bytes_per_slot)
