@@ -69,3 +69,25 @@ def test_extension_plan_refuses_past_limit(tiny_llama, tokenizer):
     tree.expand(0)
     with pytest.raises(ValueError, match="already expanded"):
         tree.extension_plan([0], 10)
+
+
+def test_plan_dropped_when_past_the_memory_bound(tiny_llama, tokenizer):
+    """When the planned rows would pass the memory bound, the forward goes level by level."""
+    from tokenloom import MemoryBoundError
+
+    data = TEXTS[0]
+    ref = ByteLM(tiny_llama, tokenizer, lookahead=0).logprob(data)
+    lm = ByteLM(tiny_llama, tokenizer, lookahead=0)
+    eng = lm._engine
+    check = eng._check_memory
+    refused = []
+
+    def tight(st, rows, what):
+        if st is not None and not refused:
+            refused.append(rows)
+            raise MemoryBoundError("test bound")
+        return check(st, rows, what)
+
+    eng._check_memory = tight
+    assert abs(lm.logprob(data) - ref) < 1e-5
+    assert refused and lm.forwards > 2
