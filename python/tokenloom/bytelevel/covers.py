@@ -13,8 +13,9 @@ root, is the empty path). Per node, :class:`CoverState` keeps
   :meth:`CoverState.prune` drops the rest;
 - ``slot``: the node's KV-cache slot once a forward has fed its token.
 
-``spec_slot`` maps token-prefix ids of look-ahead rows already in the KV cache to their slots;
-a node created later for that prefix adopts the slot. The byte sums (:meth:`masses`,
+``spec_slot`` maps token-prefix ids of rows fed before their node exists (look-ahead rows, and
+the exact paths a planned forward computed ahead of their parents' expansion) to their KV
+slots; a node created later for that prefix adopts the slot. The byte sums (:meth:`masses`,
 :meth:`logprob`) run over the tree's active nodes in the Rust core.
 """
 
@@ -55,6 +56,7 @@ class CoverState:
         self.parent: Dict[int, int] = {0: -1}
         self.end: Dict[int, int] = {0: 0}
         self.spec_slot: Dict[int, int] = {}
+        self.primed: Optional[bytes] = None  # the prefix the tokenizer's encoding was primed for
 
     # ------------------------------------------------------------------ growth
     @property

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Set, Tuple
 
 import numpy as np
 
-__all__ = ["DistCache", "KEYS_PER_DIST", "RawLogits", "masked_softmax"]
+__all__ = ["DistCache", "KEYS_PER_DIST", "RawLogits", "masked_softmax", "softmax"]
 
 #: Interned token prefixes kept per cached distribution (a cover state interns every node,
 #: most of which never get a distribution of their own).
@@ -40,7 +40,7 @@ class RawLogits:
     of a new previous token costs milliseconds).
 
     Attributes:
-        logits: torch.float32 [width] on the host.
+        logits: np.ndarray[float32] [width] (a copy of the forward's row).
         prev, pprev: the row's last and second-to-last tokens (-1: none), for the mask.
     """
 
@@ -50,6 +50,18 @@ class RawLogits:
         self.logits, self.prev, self.pprev = logits, prev, pprev
 
 
+def softmax(row: Any) -> np.ndarray:
+    """Softmax (fp32, max-shifted) of a float32 row, np.ndarray or CPU tensor [width].
+
+    NumPy rather than torch: these are single-row operations between model forwards, and on a
+    loaded machine torch's intra-op thread pool made each one cost milliseconds."""
+    x = np.array(row, dtype=np.float32)
+    x -= x.max()
+    np.exp(x, out=x)
+    x /= x.sum(dtype=np.float32)
+    return x
+
+
 def masked_softmax(vocab: Any, canonical: bool, logits_row: Any, prev: int, pprev: int = -1) -> np.ndarray:
     """``Q(. | path)`` from a logits row of a path ending ``[.., pprev, prev]``: the softmax
     (fp32, max-shifted) of the row plus the vocabulary's allowed-next-token bias.
@@ -57,15 +69,13 @@ def masked_softmax(vocab: Any, canonical: bool, logits_row: Any, prev: int, ppre
     Args:
         vocab: the ``ByteVocab`` (its ``next_token_bias`` masks are cached and shared).
         canonical: the mode of the mask.
-        logits_row: torch.float32 [width] on the host.
+        logits_row: float32 [width] on the host (np.ndarray or torch tensor).
         prev, pprev: the path's last two tokens (-1: none).
 
     Returns:
         np.ndarray[float32], shape [width], sums to 1 over the allowed rows.
     """
-    import torch
-
-    return torch.softmax(logits_row + vocab.next_token_bias(prev, canonical, pprev), dim=-1).numpy()
+    return softmax(np.asarray(logits_row, dtype=np.float32) + vocab.next_token_bias(prev, canonical, pprev).numpy())
 
 
 class DistCache:

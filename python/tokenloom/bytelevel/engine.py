@@ -4,22 +4,24 @@ batched forwards that give exact paths their next-token distributions.
 
 One step: :meth:`CoverEngine.sync` moves the cover state to a prefix (a new state when the
 prefix does not extend the old one: the context is re-fed or reused, the tokenizer's own
-encoding primes the cache); :meth:`CoverEngine.ensure_expanded` gives every pending node its
-distribution (from the cache, else one forward of their rows plus look-ahead rows, checked
-against the memory bound first) and its children; :meth:`CoverEngine.greedy_byte` expands only
+encoding primes the cache only when the plan below does not fit);
+:meth:`CoverEngine.ensure_expanded` gives every pending node its distribution (from the cache,
+else one forward of their rows, the exact paths below them inside the prefix that can still
+matter -- ``CoverTree.extension_plan`` -- and look-ahead rows, checked against the memory bound
+first) and its children; :meth:`CoverEngine.greedy_byte` expands only
 what can change the argmax.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom.bytelevel.budget import MemoryBudget
+from tokenloom.bytelevel.budget import MemoryBoundError, MemoryBudget
 from tokenloom.bytelevel.covers import CoverState
-from tokenloom.bytelevel.distcache import DistCache, RawLogits, masked_softmax
+from tokenloom.bytelevel.distcache import DistCache, RawLogits, masked_softmax, softmax
 from tokenloom.bytelevel.lookahead import LookaheadPlanner
 from tokenloom.bytelevel.slots import KVSlots
 
@@ -177,7 +179,6 @@ class CoverEngine:
         st = self.state
         if st is None or not prefix.startswith(st.prefix):
             self.state = None  # the old covers are garbage before the new ones grow
-            self._prime(prefix)
             st = self.state = self._new_state()
         for b in prefix[len(st.prefix) :]:
             st.push(b)
@@ -211,18 +212,103 @@ class CoverEngine:
             st.q[n] = q
             if self.cache.take_lookahead(key):
                 self.lookahead_hits += 1
+        deep: List[Tuple[int, int, int]] = []
         if todo:
-            self._forward(st, todo)
+            kept, deep = self._plan_deep(st, todo)
+            dropped = set(todo) - set(kept)  # paths that cannot matter: expanded without mass
+            nodes = [n for n in nodes if n not in dropped]
+            todo = kept
+        if todo:
+            self._forward(st, todo, deep)
         for n in nodes:
             st.expand(n)
         for n in st.pending():
             if st.logmass[n] == -math.inf:
                 st.kill(n)
 
-    def _forward(self, st: CoverState, nodes: List[int]) -> None:
-        """One batched forward computing the distributions of ``nodes`` (plus look-ahead rows)."""
-        import torch
+    def _plan_deep(self, st: CoverState, todo: List[int]) -> Tuple[List[int], List[Tuple[int, int, int]]]:
+        """Before a forward for ``todo``: drop the paths that can no longer matter (they get an
+        empty distribution without a row: ``CoverTree.extension_plan`` proves nothing below
+        them can carry mass), and list the exact paths below the others, inside the prefix,
+        that will need a distribution, so the same forward computes them (a whole prefix given
+        at once costs one forward instead of one per token level).
 
+        Returns:
+            (todo, deep): the nodes still to forward, and ``(node, parent row, token)`` rows
+            below them (parent row -1: the node itself), a row after its parent. ``deep`` is
+            empty when the rows would pass the distribution cache's room (half its size); the
+            tokenizer's own encoding is then primed instead, once per prefix.
+        """
+        limit = self.cache.size // 2
+        plan = st.tree.extension_plan(todo, limit)
+        if plan is None:  # too many: one level at a time, as without a plan
+            if st.primed != st.prefix:
+                st.primed = st.prefix
+                self._prime(st.prefix)
+            return todo, []
+        matters, rows = plan
+        keep = []
+        for n, m in zip(todo, matters):
+            if m:
+                keep.append(n)
+            else:
+                st.kill(n)
+        return keep, [(todo[i], parent, tok) for i, parent, tok in rows]
+
+    def _deep_rows(
+        self, st: CoverState, deep: List[Tuple[int, int, int]], slot_of: Dict[int, int], base: int
+    ) -> Tuple[List[int], List[int], List[int], List[List[int]], List[int]]:
+        """The rows of ``deep`` this forward must feed: those whose distribution is not cached,
+        and their ancestors without a KV slot. ``slot_of`` maps the forward's node rows to their
+        slots; fed rows get slots from ``base`` on.
+
+        Returns:
+            (keys, tokens, positions, visible, prev tokens) of the fed rows, in order.
+        """
+        c = len(self.context_ids)
+        keys = []
+        for node, parent, tok in deep:
+            keys.append(self.cache.key(st.key[node] if parent < 0 else keys[parent], tok))
+        need = [k not in self.cache for k in keys]
+        for i in range(len(deep) - 1, -1, -1):
+            parent = deep[i][1]
+            if need[i] and parent >= 0:
+                need[parent] = True
+        feed = [need[i] and (keys[i] not in self.cache or keys[i] not in st.spec_slot) for i in range(len(deep))]
+        out_k: List[int] = []
+        out_t: List[int] = []
+        out_p: List[int] = []
+        out_v: List[List[int]] = []
+        out_prev: List[int] = []
+        vis: List[List[int]] = [[] for _ in deep]
+        depth = [0] * len(deep)
+        slot = [-1] * len(deep)
+        for i, (node, parent, tok) in enumerate(deep):
+            if not need[i]:
+                continue
+            if parent < 0:
+                pv = st.path_slots(node, slot_of)
+                depth[i] = st.depth[node] + 1
+                ptok = st.token[node]
+            else:
+                pv = vis[parent] + [slot[parent]]
+                depth[i] = depth[parent] + 1
+                ptok = deep[parent][2]
+            vis[i] = pv
+            if feed[i]:
+                slot[i] = base + len(out_k)
+                out_k.append(keys[i])
+                out_t.append(tok)
+                out_p.append(c - 1 + depth[i])
+                out_v.append(pv)
+                out_prev.append(ptok)
+            else:
+                slot[i] = st.spec_slot[keys[i]]
+        return out_k, out_t, out_p, out_v, out_prev
+
+    def _forward(self, st: CoverState, nodes: List[int], deep: Sequence[Tuple[int, int, int]] = ()) -> None:
+        """One batched forward computing the distributions of ``nodes``, of the exact paths
+        ``deep`` below them (:meth:`_plan_deep`) and of look-ahead rows."""
         rows = st.rows_for(nodes)
         self._maybe_compact(st, len(rows))
         base = self.kv.n
@@ -233,17 +319,29 @@ class CoverEngine:
         positions = [c - 1 + st.depth[r] for r in rows]
         want = set(nodes)
         fresh = [i for i, r in enumerate(rows) if r in want]
+        dk, dt, dp, dv, dprev = self._deep_rows(st, list(deep), new_slot, base + len(rows))
+        n_node_rows = len(rows)
         what = f"{len(st.tree.active())} live paths, {self._mode()} mode, prefix of {len(st.prefix)} bytes"
-        held = self._check_memory(st, len(rows), what)
-        room = self.lookahead - len(rows)
+        try:
+            held = self._check_memory(st, len(tokens) + len(dt), what)
+        except MemoryBoundError:  # the planned rows are a shortcut: go level by level instead
+            if not dt:
+                raise
+            dk, dt, dp, dv, dprev = [], [], [], [], []
+            held = self._check_memory(st, len(tokens), what)
+        tokens += dt
+        positions += dp
+        visible += dv
+        room = self.lookahead - len(tokens)
         if room > 0:
             room = self.budget.affordable_rows(held, len(rows), room, base, self.kv.bytes_per_slot)
-        spec = self.planner.plan(st, rows, fresh, visible, room, self.cache, base, c)
+        spec = self.planner.plan(st, rows, fresh, visible[:n_node_rows], room, self.cache, base, c, len(dk))
         for row in spec:
             tokens.append(row.token)
             positions.append(row.position)
             visible.append(row.visible)
         logits = self.kv.forward(tokens, positions, visible, prefix_len=c)
+        rows_np = logits.numpy()
         self.forwards += 1
         self.forward_rows += len(tokens)
         self.lookahead_rows += len(spec)
@@ -256,10 +354,14 @@ class CoverEngine:
                 self.cache.put(st.key[r], q)
                 if note:
                     self.planner.note(st.token[r], q)
+        for j, key in enumerate(dk):
+            i = n_node_rows + j
+            self.cache.put(key, RawLogits(rows_np[i].copy(), dt[j], dprev[j]))
+            st.spec_slot[key] = base + i
         for k, row in enumerate(spec):
-            i = len(rows) + k
-            self.cache.put(row.key, RawLogits(logits[i].clone(), row.token, row.parent_token), lookahead=True)
-            self.planner.note(row.token, torch.softmax(logits[i], dim=-1).numpy())
+            i = n_node_rows + len(dk) + k
+            self.cache.put(row.key, RawLogits(rows_np[i].copy(), row.token, row.parent_token), lookahead=True)
+            self.planner.note(row.token, softmax(rows_np[i]))
             st.spec_slot[row.key] = base + i
 
     def _maybe_compact(self, st: CoverState, incoming: int) -> None:

@@ -28,7 +28,9 @@ Efficiency: the covers of the growing prefix are kept in a Rust tree of *exact p
 sequences decoding to exactly ``x[:j]``; :mod:`.covers`); a path needs a model forward only once
 its last token ends exactly at the current position. All such paths are scored in one batched
 forward with a tree attention mask over a shared KV cache (:mod:`.slots`), filled up with
-look-ahead rows (:mod:`.lookahead`). Token-level distributions are cached by token prefix in a
+look-ahead rows (:mod:`.lookahead`). A prefix given at once (``logprob`` of a text, a new
+prompt) is planned first: every exact path inside it that can still matter goes into the same
+forward, so it costs one forward, not one per token level. Token-level distributions are cached by token prefix in a
 bounded LRU cache (:mod:`.distcache`). Greedy generation expands a path lazily, only when its
 (known) probability mass could change the argmax, so it costs about one forward per token
 rather than per byte. Every forward is checked against a memory bound first (:mod:`.budget`).

@@ -117,6 +117,7 @@ class LookaheadPlanner:
         cache: Any,
         base: int,
         context_len: int,
+        skip: int = 0,
     ) -> List[LookaheadRow]:
         """Up to ``room`` look-ahead rows for a forward, most likely to be needed first. Rows
         whose distribution is cached or already in the KV cache are skipped.
@@ -130,6 +131,7 @@ class LookaheadPlanner:
             cache: the ``DistCache`` (interning and membership).
             base: slots in the KV cache before the forward.
             context_len: context ids before every path (positions start after them).
+            skip: other rows fed after ``rows`` and before the look-ahead rows.
         """
         if room <= 0:
             return []
@@ -169,7 +171,7 @@ class LookaheadPlanner:
                 continue
             taken.add(key)
             out.append(LookaheadRow(t, pos, vis, key, ptok))
-            slot = base + len(rows) + len(out) - 1
+            slot = base + len(rows) + skip + len(out) - 1
             tie = self._push_second(heap, tie, -neg, t, key, pos + 1, vis + [slot], pq, push=True)
         return out
 

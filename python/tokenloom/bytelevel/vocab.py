@@ -176,8 +176,9 @@ class ByteVocab:
         key = (int(prev), bool(canonical))
         m = self._mask_cache.get(key)
         if m is None:
-            allowed = torch.from_numpy(self.index.next_mask(prev, canonical))
-            m = torch.zeros(allowed.shape[0], dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
+            # numpy, not small torch ops: on a loaded machine torch's thread pool made these
+            # two 49k-element fills cost more than the Rust mask itself.
+            m = torch.from_numpy(np.where(self.index.next_mask(prev, canonical), np.float32(0), np.float32(-np.inf)))
             self._mask_cache[key] = m
             if len(self._mask_cache) > MASK_CACHE_SIZE:
                 self._mask_cache.popitem(last=False)
@@ -191,7 +192,7 @@ class ByteVocab:
             c = self._context_cache[ckey]
         else:
             ctx = self.index.context_mask(pprev, prev)
-            c = None if ctx is None else m.masked_fill(~torch.from_numpy(ctx), float("-inf"))
+            c = None if ctx is None else torch.from_numpy(np.where(ctx, m.numpy(), np.float32(-np.inf)))
             self._context_cache[ckey] = c
             if len(self._context_cache) > CONTEXT_CACHE_SIZE:
                 self._context_cache.popitem(last=False)

@@ -611,6 +611,37 @@ impl CoverTree {
         py.detach(|| self.lock()?.top_straddling(index, &ids, &views, &scales, k).map_err(to_py))
     }
 
+    /// Which unexpanded nodes can still matter and the exact paths below them, inside the
+    /// prefix, that will need a distribution (so one forward can compute them all). A path
+    /// matters when it ends at the prefix end, a token starts with the rest of the prefix after
+    /// it, or an allowed token leads to a path that matters; one that does not never will.
+    ///
+    /// Args:
+    ///     nodes (list[int]): unexpanded node ids.
+    ///     limit (int): most rows to list (>= 0).
+    ///
+    /// Returns:
+    ///     tuple[list[bool], list[tuple[int, int, int]]] | None: ``matters`` per node, and rows
+    ///     ``(i, parent, token)`` below ``nodes[i]`` (``parent`` -1: a child of ``nodes[i]``,
+    ///     else an earlier row index), a row after its parent; None past ``limit`` rows.
+    ///
+    /// Raises:
+    ///     IndexError: unknown node. ValueError: an expanded node or a negative limit.
+    ///     TypeError: a non-int node or limit.
+    #[pyo3(signature = (nodes, limit))]
+    #[allow(clippy::type_complexity)]
+    fn extension_plan(
+        &self,
+        py: Python<'_>,
+        nodes: &Bound<'_, PyAny>,
+        limit: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(Vec<bool>, Vec<(u32, i64, u32)>)>> {
+        let ids = self.node_ids(nodes)?;
+        let limit = args::uint("limit", limit, 0, u32::MAX as u64)? as usize;
+        let index = &self.index;
+        py.detach(|| self.lock()?.extension_plan(index, &ids, limit).map_err(to_py))
+    }
+
     /// Next-byte masses: out[b] = sum_i scales[i] * (mass of tokens whose bytes start with
     /// prefix[end_i:] + [b]) under the distribution q_i, for every byte b; out[256] = the same
     /// for tokens whose bytes are exactly prefix[end_i:].

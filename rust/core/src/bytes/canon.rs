@@ -240,24 +240,34 @@ impl Canon {
             Pretok::None => PairSplit::Whole,
             Pretok::Gpt2 { classes } => {
                 let (sa, sb) = (&self.token_bytes[a as usize], &self.token_bytes[b as usize]);
-                let mut s = Vec::with_capacity(sa.len() + sb.len() + follow.len() + 2);
-                s.extend(precede);
-                let begin = s.len();
-                s.extend_from_slice(sa);
-                let boundary = s.len();
-                s.extend_from_slice(sb);
-                let end = s.len();
-                s.extend_from_slice(follow);
-                s.extend(tail);
-                let mut split = PairSplit::Whole;
-                for p in gpt2_piece_starts(&s, classes) {
-                    if p == boundary {
-                        split = PairSplit::AtBoundary;
-                    } else if p > begin && p < end {
-                        return PairSplit::Inside;
+                // Reused buffers: `next_mask` runs this for every token of the vocabulary, and
+                // three allocations per call were most of its time.
+                SCRATCH.with(|cell| {
+                    let mut scratch = cell.borrow_mut();
+                    let (s, chars) = &mut *scratch;
+                    s.clear();
+                    s.extend(precede);
+                    let begin = s.len();
+                    s.extend_from_slice(sa);
+                    let boundary = s.len();
+                    s.extend_from_slice(sb);
+                    let end = s.len();
+                    s.extend_from_slice(follow);
+                    s.extend(tail);
+                    classify_into(s, classes, chars);
+                    let mut split = PairSplit::Whole;
+                    let mut i = 0;
+                    while i < chars.len() {
+                        let p = chars[i].2;
+                        if p == boundary {
+                            split = PairSplit::AtBoundary;
+                        } else if p > begin && p < end {
+                            return PairSplit::Inside;
+                        }
+                        i = gpt2_match(chars, i);
                     }
-                }
-                split
+                    split
+                })
             }
         }
     }
@@ -452,8 +462,20 @@ fn class_of(c: char, classes: &HashMap<u32, u8>) -> u8 {
 }
 
 /// Decodes UTF-8 into (class, char, byte offset); undecodable bytes become single letters.
+thread_local! {
+    /// Scratch buffers of [`Canon::pair_split_with`]: the text and its classified characters.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<(u8, char, usize)>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 fn classify(s: &[u8], classes: &HashMap<u32, u8>) -> Vec<(u8, char, usize)> {
     let mut out = Vec::with_capacity(s.len());
+    classify_into(s, classes, &mut out);
+    out
+}
+
+/// [`classify`] into `out` (cleared first).
+fn classify_into(s: &[u8], classes: &HashMap<u32, u8>, out: &mut Vec<(u8, char, usize)>) {
+    out.clear();
     let mut i = 0;
     while i < s.len() {
         match std::str::from_utf8(&s[i..]) {
@@ -481,7 +503,6 @@ fn classify(s: &[u8], classes: &HashMap<u32, u8>) -> Vec<(u8, char, usize)> {
             }
         }
     }
-    out
 }
 
 /// Byte offsets where the GPT-2 pre-tokenizer regex starts a piece (always starts with 0 for a

@@ -287,6 +287,129 @@ impl CoverTree {
         Ok(out)
     }
 
+    /// Which unexpanded nodes can still matter, and the exact paths below them that will need a
+    /// distribution, so one forward can compute all of them at once (a prefix given in one
+    /// call -- `logprob` of a text, a new prompt -- then costs one batched forward instead of
+    /// one forward per token level).
+    ///
+    /// An exact path ending at byte `j` of the prefix `x` *matters* when `j == |x|` (its
+    /// distribution gives the end-of-text mass and the next byte), or a token starts with
+    /// `x[j..]` (its trie state is live: it carries covers), or an allowed token ending inside
+    /// `x[j..]` leads to an exact path that matters. A path that does not matter never will:
+    /// appending bytes only shortens what can follow it (a DEAD state stays DEAD, and its
+    /// children are the tokens that are prefixes of `x[j..]`, all known now), so its
+    /// distribution is never read and the path can be dropped without one.
+    ///
+    /// For every node in `nodes` (unexpanded) this walks the exact paths below it inside the
+    /// prefix (allowed tokens only, with the same canonical rule as [`Self::expand`]),
+    /// remembering positions (with the last two tokens in canonical mode) that lead to nothing.
+    ///
+    /// Returns `None` when more than `limit` rows would be listed (all-covers mode grows
+    /// exponentially), else `(matters, rows)`: `matters[i]` for `nodes[i]`, and the exact paths
+    /// that matter strictly below them as `(i, parent, token)` -- `parent` is -1 for a child of
+    /// `nodes[i]`, else the index of an earlier row -- in depth-first order (a row after its
+    /// parent).
+    pub fn extension_plan(
+        &self,
+        index: &ByteIndex,
+        nodes: &[u32],
+        limit: usize,
+    ) -> Result<Option<(Vec<bool>, Vec<(u32, i64, u32)>)>> {
+        let canon = index.canon_for(self.canonical)?;
+        let trie = &index.trie;
+        let x = &self.prefix;
+        let len = x.len();
+        // Frame: (position, pprev, prev, row index of the path (-1: nodes[i]), steps, next,
+        // rows before the path's own row).
+        struct F {
+            j: usize,
+            pprev: u32,
+            prev: u32,
+            row: i64,
+            steps: Vec<(u32, usize)>,
+            next: usize,
+            live: bool,
+        }
+        let frame = |j: usize, pprev: u32, prev: u32, row: i64| -> F {
+            let mut steps = Vec::new();
+            let mut s = 0u32;
+            let mut live = true;
+            for (k, &b) in x[j..].iter().enumerate() {
+                s = trie.child(s, b);
+                if s == DEAD {
+                    live = false;
+                    break;
+                }
+                for &t in trie.ending_at(s) {
+                    if index.allowed_after(canon, pprev, prev, t) {
+                        steps.push((t, j + k + 1));
+                    }
+                }
+            }
+            F {
+                j,
+                pprev,
+                prev,
+                row,
+                steps,
+                next: 0,
+                live,
+            }
+        };
+        let key = |j: usize, pprev: u32, prev: u32| match canon {
+            Some(_) => (j, pprev, prev),
+            None => (j, ROOT, ROOT),
+        };
+        let mut dead: HashSet<(usize, u32, u32)> = HashSet::new();
+        let mut matters = Vec::with_capacity(nodes.len());
+        let mut rows: Vec<(u32, i64, u32)> = Vec::new();
+        for (i, &n) in nodes.iter().enumerate() {
+            let node = *self.node(n)?;
+            if node.expanded {
+                return Err(CoreError::value(format!("node {n} is already expanded")));
+            }
+            let pprev = self.parent_token(&node);
+            let start_rows = rows.len();
+            // A frame "matters" once it is live, ends at the prefix end, or a child row stayed.
+            let mut stack = vec![frame(node.end as usize, pprev, node.token, -1)];
+            let mut kept: Vec<bool> = vec![false];
+            while let Some(top) = stack.last_mut() {
+                if let Some(&(t, end)) = top.steps.get(top.next) {
+                    top.next += 1;
+                    if dead.contains(&key(end, top.prev, t)) {
+                        continue;
+                    }
+                    let (prev, parent) = (top.prev, top.row);
+                    rows.push((i as u32, parent, t));
+                    if rows.len() > limit {
+                        return Ok(None);
+                    }
+                    stack.push(frame(end, prev, t, (rows.len() - 1) as i64));
+                    kept.push(false);
+                    continue;
+                }
+                let f = stack.pop().expect("non-empty stack");
+                let child_kept = kept.pop().expect("one flag per frame");
+                let m = f.j == len || f.live || child_kept;
+                if !m {
+                    dead.insert(key(f.j, f.pprev, f.prev));
+                    if f.row >= 0 {
+                        rows.truncate(f.row as usize);
+                    }
+                } else if let Some(k) = kept.last_mut() {
+                    *k = true;
+                }
+                if stack.is_empty() {
+                    matters.push(m);
+                    if !m {
+                        rows.truncate(start_rows);
+                    }
+                }
+            }
+        }
+        Ok(Some((matters, rows)))
+    }
+
     /// Token path of node `n` from the root (root excluded).
     pub fn path(&self, n: u32) -> Result<Vec<u32>> {
         let mut i = check_index("node", n as i64, self.nodes.len())? as u32;
@@ -620,7 +743,79 @@ mod tests {
         all
     }
 
+    /// Brute force of [`CoverTree::extension_plan`] from the root: every exact path of `data`
+    /// (tokens decoding to a prefix of it) that has an exact extension (itself included)
+    /// ending at the end of `data` or followed by a token starting with the rest.
+    fn mattering_paths(idx: &ByteIndex, data: &[u8]) -> Vec<Vec<u32>> {
+        fn walk(
+            idx: &ByteIndex,
+            data: &[u8],
+            j: usize,
+            path: &mut Vec<u32>,
+            out: &mut Vec<Vec<u32>>,
+        ) -> bool {
+            let rest = &data[j..];
+            let mut m = j == data.len()
+                || (0..idx.n_tokens() as u32).any(|t| {
+                    let tb = idx.trie.token_bytes(t);
+                    !tb.is_empty() && tb.starts_with(rest)
+                });
+            let at = out.len();
+            for t in 0..idx.n_tokens() as u32 {
+                let tb = idx.trie.token_bytes(t);
+                if tb.is_empty() || !rest.starts_with(tb) {
+                    continue;
+                }
+                path.push(t);
+                m |= walk(idx, data, j + tb.len(), path, out);
+                path.pop();
+            }
+            if m {
+                out.insert(at, path.clone());
+            } else {
+                out.truncate(at);
+            }
+            m
+        }
+        let mut out = Vec::new();
+        walk(idx, data, 0, &mut Vec::new(), &mut out);
+        out.sort();
+        out
+    }
+
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn extension_plan_is_the_mattering_paths(data in prop::collection::vec(prop::sample::select(vec![b'a', b'b', b'c']), 0..9)) {
+            let idx = index();
+            let mut tree = CoverTree::new(&idx, false).unwrap();
+            for &b in &data {
+                tree.push(&idx, b).unwrap();
+            }
+            let (matters, rows) = tree.extension_plan(&idx, &[0], 100_000).unwrap().unwrap();
+            let mut paths: Vec<Vec<u32>> = Vec::new();
+            for (k, &(i, parent, t)) in rows.iter().enumerate() {
+                prop_assert_eq!(i, 0);
+                prop_assert!(parent < k as i64);
+                let mut p = if parent < 0 { Vec::new() } else { paths[parent as usize].clone() };
+                p.push(t);
+                paths.push(p);
+            }
+            let mut want = mattering_paths(&idx, &data);
+            prop_assert_eq!(matters[0], !want.is_empty());
+            if !want.is_empty() {
+                want.remove(0); // the empty path: the node itself
+            }
+            let mut got = paths.clone();
+            got.sort();
+            prop_assert_eq!(got, want);
+            // Too many rows: refused, never truncated.
+            if !rows.is_empty() {
+                prop_assert!(tree.extension_plan(&idx, &[0], rows.len() - 1).unwrap().is_none());
+            }
+        }
+    }
 
     proptest! {
         #[test]
