@@ -1,0 +1,28 @@
+"""Per-token uncertainty from one forward: token log-probabilities, entropies, ranks
+(:func:`token_stats`, batched, any length through a sliding window), the training-data
+detection scores Min-K% Prob, Min-K%++ and DC-PDD (:mod:`tokenloom.scores.detect`; DC-PDD's
+token-frequency table :class:`TokenFrequency` lives in Rust) and the turn-wise drift KL between
+two models (:mod:`tokenloom.scores.drift`).
+
+Torch is imported only inside the functions that run a model.
+"""
+
+from tokenloom.scores.detect import SCORES, dc_pdd, detection_scores, min_k_plus_plus, min_k_prob, zscores
+from tokenloom.scores.frequency import TokenFrequency, count_tokens, read_documents
+from tokenloom.scores.tokens import TokenStats, row_stats, token_stats, tokenize
+
+__all__ = [
+    "SCORES",
+    "TokenFrequency",
+    "TokenStats",
+    "count_tokens",
+    "dc_pdd",
+    "detection_scores",
+    "min_k_plus_plus",
+    "min_k_prob",
+    "read_documents",
+    "row_stats",
+    "token_stats",
+    "tokenize",
+    "zscores",
+]
