@@ -258,3 +258,56 @@ def test_scores_on_the_embedded_model(smollm):
     for name in ("mean_logprob", "min_k", "min_k_pp"):
         assert rows[0][name] > rows[1][name]
     assert set(rows[0]) == {"mean_logprob", "min_k", "min_k_pp", "dc_pdd"}
+
+
+# ---- the CLI ---------------------------------------------------------------------------------
+def test_score_cli_checks_flags_before_the_model(tmp_path, capsys):
+    from tokenloom.cli.main import main
+
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"text": "a b c", "label": 1}\n{"text": "d e f"}\n')
+    assert main(["score", "texts", str(texts)]) == 2
+    assert "label" in capsys.readouterr().err
+    good = tmp_path / "g.txt"
+    good.write_text("one text\nanother text\n")
+    for argv, msg in [
+        (["score", "texts", str(good), "--k", "0"], "--k"),
+        (["score", "texts", str(good), "--window", "8", "--stride", "8"], "stride"),
+        (["score", "texts", str(good), "--a", "-1"], "--a"),
+        (["score", "texts", str(good), "--freq", str(good)], "magic"),
+        (["score", "texts", str(tmp_path / "missing.txt")], "no such file"),
+        (["score", "count", str(good)], "--out"),
+    ]:
+        assert main(argv) == 2, argv
+        assert msg in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_score_cli_end_to_end(tmp_path, capsys):
+    import json
+
+    from tokenloom.cli.main import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\nthe dog ran\n")
+    freq = tmp_path / "ref.tlfreq"
+    assert main(["score", "count", str(corpus), "--out", str(freq), "--per-line"]) == 0
+    texts = tmp_path / "t.jsonl"
+    texts.write_text(
+        "\n".join(json.dumps({"text": t, "label": lab}) for t, lab in [("The cat sat on the mat.", 1), ("Qx vlorp zib.", 0)])
+    )
+    out = tmp_path / "out.json"
+    assert main(["score", "texts", str(texts), "--freq", str(freq), "--json", str(out), "--window", "8"]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["auroc"]) == {"mean_logprob", "min_k", "min_k_pp", "dc_pdd"} and len(res["scores"]) == 2
+    assert "AUROC" in capsys.readouterr().out
+
+
+def test_auroc_matches_pairwise_count():
+    from tokenloom.scores import auroc
+
+    assert auroc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
+    assert auroc([0, 1], [1, 0]) == 0.0
+    assert auroc([1, 1, 1], [1, 0, 0]) == 0.5
+    with pytest.raises(ValueError, match="both classes"):
+        auroc([1, 2], [1, 1])

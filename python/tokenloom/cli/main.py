@@ -10,7 +10,7 @@ from typing import List, Optional
 
 __all__ = ["main"]
 
-_SUBCOMMANDS = ("generate", "bench", "bytes")
+_SUBCOMMANDS = ("generate", "bench", "bytes", "score")
 
 
 def build_parser() -> argparse.ArgumentParser:

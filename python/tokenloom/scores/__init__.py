@@ -7,7 +7,7 @@ two models (:mod:`tokenloom.scores.drift`).
 Torch is imported only inside the functions that run a model.
 """
 
-from tokenloom.scores.detect import SCORES, dc_pdd, detection_scores, min_k_plus_plus, min_k_prob, zscores
+from tokenloom.scores.detect import SCORES, auroc, dc_pdd, detection_scores, min_k_plus_plus, min_k_prob, zscores
 from tokenloom.scores.frequency import TokenFrequency, count_tokens, read_documents
 from tokenloom.scores.tokens import TokenStats, row_stats, token_stats, tokenize
 
@@ -15,6 +15,7 @@ __all__ = [
     "SCORES",
     "TokenFrequency",
     "TokenStats",
+    "auroc",
     "count_tokens",
     "dc_pdd",
     "detection_scores",

@@ -25,7 +25,7 @@ from tokenloom import _core
 from tokenloom._arrays import as_array
 from tokenloom.scores.tokens import TokenStats
 
-__all__ = ["SCORES", "detection_scores", "dc_pdd", "min_k_count", "min_k_plus_plus", "min_k_prob", "zscores"]
+__all__ = ["SCORES", "auroc", "detection_scores", "dc_pdd", "min_k_count", "min_k_plus_plus", "min_k_prob", "zscores"]
 
 #: Names of the per-text scores of :func:`detection_scores`.
 SCORES = ("mean_logprob", "min_k", "min_k_pp", "dc_pdd")
@@ -146,3 +146,25 @@ def detection_scores(
             row["dc_pdd"] = dc_pdd(s.targets, s.logprobs, f, a)
         out.append(row)
     return out
+
+
+def auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve of ``scores`` for ``labels`` (1 = member, 0 = non-member): the
+    probability that a random member outscores a random non-member, ties counting half
+    (Mann-Whitney U / (n1 * n0)).
+
+    Raises:
+        ValueError: lengths differ, labels other than 0 / 1, or a class without examples.
+    """
+    x = as_array(scores, np.float64, "scores", 1)
+    y = as_array(labels, np.int64, "labels", 1)
+    if x.shape != y.shape:
+        raise ValueError(f"scores, labels: expected one length, got {x.size} and {y.size}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels: expected 0 (non-member) or 1 (member)")
+    pos, neg = x[y == 1], x[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"labels: expected both classes, got {pos.size} members and {neg.size} non-members")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
