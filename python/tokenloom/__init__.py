@@ -76,6 +76,7 @@ __all__ = [
 _LAZY = {
     "packed_linears": "tokenloom.runtime.cpupack",
     "pack_available": "tokenloom.runtime.cpupack",
+    "kl_drift": "tokenloom.scores.drift",
 }
 
 

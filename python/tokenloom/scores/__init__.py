@@ -8,16 +8,20 @@ Torch is imported only inside the functions that run a model.
 """
 
 from tokenloom.scores.detect import SCORES, auroc, dc_pdd, detection_scores, min_k_plus_plus, min_k_prob, zscores
+from tokenloom.scores.drift import DriftResult, TurnDrift, kl_drift
 from tokenloom.scores.frequency import TokenFrequency, count_tokens, read_documents
 from tokenloom.scores.tokens import TokenStats, row_stats, token_stats, tokenize
 
 __all__ = [
+    "DriftResult",
     "SCORES",
     "TokenFrequency",
     "TokenStats",
+    "TurnDrift",
     "auroc",
     "count_tokens",
     "dc_pdd",
+    "kl_drift",
     "detection_scores",
     "min_k_plus_plus",
     "min_k_prob",
