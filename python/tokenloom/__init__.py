@@ -9,6 +9,7 @@ Package map (each subpackage's docstring says more):
 * ``runtime``: tree attention, KV-cache operations, pre-packed CPU linears;
 * ``bytelevel``: exact byte-level probabilities from token-level models;
 * ``scores``: per-token uncertainty (log-probs, entropy, ranks), detection scores, drift KL;
+* ``cascades``: small-to-large deferral on token-level uncertainty, cost-quality curves;
 * ``integrations``: Hugging Face (``integrations.hf``: custom_generate, model loading, chat);
 * ``cli`` and ``eval``: the command line and the benchmark harnesses.
 
@@ -77,6 +78,7 @@ _LAZY = {
     "packed_linears": "tokenloom.runtime.cpupack",
     "pack_available": "tokenloom.runtime.cpupack",
     "kl_drift": "tokenloom.scores.drift",
+    "cascade": "tokenloom.cascades.run",
 }
 
 
