@@ -5,7 +5,7 @@ whole model (fp32, dequantised from its Q4_1 GGUF). Both answer every task greed
 deferral rules are scored on the small model's token log-probabilities; the post-hoc rule is
 fitted on a seeded half of the tasks and every curve is measured on the other half.
 
-    python benches/cascade_curve.py -n 164 --small-layers 20 --json benches/results/cascade_curve.json \\
+    python benches/cascade_curve.py -n 40 --small-layers 20 --json benches/results/cascade_curve.json \\
         --plot docs/cascade_curve.png
 """
 
@@ -26,7 +26,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=164)
     ap.add_argument("--small-layers", type=int, default=20)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
@@ -38,14 +38,13 @@ def main() -> int:
 
     import tokenloom
     from tokenloom.cascades import SequenceMean, SequenceSum, Quantile, deferral_curve, early_exit_model, fit_posthoc, output_logprobs
-    from tokenloom.eval.nextline import exact_match, make_line_tasks, wilson
+    from tokenloom.eval.nextline import exact_match, line_tokens, make_line_tasks, wilson
     from tokenloom.integrations.hf.models import load_default
 
     torch.set_num_threads(args.threads)
     large, tok = load_default()
     small = early_exit_model(large, args.small_layers)
     tasks = make_line_tasks(args.n, args.seed)
-    nl = tok.encode("\n", add_special_tokens=False)
     rows: List[Dict[str, Any]] = []
     secs = {"small": 0.0, "large": 0.0}
     uptime0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -54,13 +53,17 @@ def main() -> int:
         row: Dict[str, Any] = {"task_id": t.task_id}
         for name, model in (("small", small), ("large", large)):
             t0 = time.perf_counter()
-            out = tokenloom.generate(model, ids, max_new_tokens=args.max_new_tokens, eos_token_id=nl + [2])
+            out = tokenloom.generate(model, ids, max_new_tokens=args.max_new_tokens, eos_token_id=2)
             secs[name] += time.perf_counter() - t0
             text = tok.decode(out.sequences[0, ids.shape[1]:])
             row[name] = bool(exact_match(text, t))
             if name == "small":
-                row["logprobs"] = output_logprobs(small, out.sequences, ids.shape[1]).tolist()
+                new = out.sequences[0, ids.shape[1]:].tolist()
+                lp = output_logprobs(small, out.sequences, ids.shape[1])
+                row["logprobs"] = lp[: line_tokens(tok, new)].tolist()  # the answer line's tokens
         rows.append(row)
+        if args.json:  # checkpoint: a crash later still leaves the raw rows
+            Path(args.json + ".partial").write_text(json.dumps({"rows": rows, "seconds": secs}, default=str))
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(rows))
     train, test = perm[: len(rows) // 2], perm[len(rows) // 2 :]

@@ -25,7 +25,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--max-trials", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -43,7 +43,6 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model, tok = load_default()
     tasks = make_line_tasks(args.n, args.seed)
-    nl = tok.encode("\n", add_special_tokens=False)
     methods = ("greedy", "plain", "cautious")
     rows: List[Dict[str, Any]] = []
     totals = {m: {"seconds": 0.0, "tokens": 0, "forwards": 0} for m in methods}
@@ -52,7 +51,7 @@ def main() -> int:
         ids = tok(t.prompt, return_tensors="pt").input_ids
         row: Dict[str, Any] = {"task_id": t.task_id}
         for m in methods:
-            kw: Dict[str, Any] = dict(max_new_tokens=args.max_new_tokens, eos_token_id=nl + [2])
+            kw: Dict[str, Any] = dict(max_new_tokens=args.max_new_tokens, eos_token_id=2)
             rec = CautiousRecord()
             if m != "greedy":
                 kw.update(temperature=args.temperature, top_p=args.top_p, seed=args.seed * 1000 + i)
@@ -70,6 +69,8 @@ def main() -> int:
                 row["triggered"] = rec.triggered
                 row["mean_trials"] = rec.as_dict()["mean_trials"]
         rows.append(row)
+        if args.json:  # checkpoint: a crash later still leaves the raw rows
+            Path(args.json + ".partial").write_text(json.dumps({"rows": rows, "totals": totals}, default=str))
     n = len(rows)
     acc = {m: sum(r[m] for r in rows) for m in methods}
     both = {

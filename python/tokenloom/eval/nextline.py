@@ -3,9 +3,12 @@ small exact-match task the embedded 135M model solves part of the time, used to 
 cautious decoding's accuracy and the cascades' cost-quality curves.
 
 Each problem gives one task: a seeded random non-blank line of the canonical solution; the
-prompt is the problem's prompt plus the solution lines before it (ending with a newline), the
-target is that whole line (indentation included). A completion is the generated text up to its
-first newline; it is correct when it equals the target after stripping trailing whitespace.
+prompt is the problem's prompt plus the solution lines before it, *without* the last newline
+(a byte-level BPE merges a newline with the next line's indentation, so a prompt ending in a
+newline would end mid-token); the target is the next line (indentation included). The
+completion is the generated text after its first newline, up to the next newline; it is correct
+when it equals the target after stripping trailing whitespace (a generation that does not
+start with a newline continued the previous line and is wrong).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Any, List, Sequence, Tuple
 
 from tokenloom.eval.fim import load_humaneval
 
-__all__ = ["LineTask", "completion", "exact_match", "make_line_tasks", "wilson"]
+__all__ = ["LineTask", "completion", "exact_match", "line_tokens", "make_line_tasks", "wilson"]
 
 
 @dataclass
@@ -42,13 +45,27 @@ def make_line_tasks(n: int, seed: int = 0) -> List[LineTask]:
         lines = p["canonical_solution"].split("\n")
         ok = [i for i, line in enumerate(lines) if line.strip()]
         i = rng.choice(ok)
-        out.append(LineTask(p["task_id"], p["prompt"] + "".join(line + "\n" for line in lines[:i]), lines[i]))
+        text = p["prompt"] + "".join(line + "\n" for line in lines[:i])
+        out.append(LineTask(p["task_id"], text[:-1] if text.endswith("\n") else text, lines[i]))
     return out
 
 
 def completion(text: str) -> str:
-    """The generated line: ``text`` up to its first newline."""
-    return text.split("\n", 1)[0]
+    """The generated line: ``text`` after its leading newline, up to the next one (``""`` when
+    ``text`` does not start with a newline)."""
+    if not text.startswith("\n"):
+        return ""
+    return text[1:].split("\n", 1)[0]
+
+
+def line_tokens(tokenizer: Any, new_ids: Sequence[int]) -> int:
+    """How many of the generated tokens ``new_ids`` it takes to finish the completed line (all of
+    them when the line never ends)."""
+    for k in range(1, len(new_ids) + 1):
+        text = tokenizer.decode(list(new_ids[:k]))
+        if text.startswith("\n") and "\n" in text[1:]:
+            return k
+    return len(new_ids)
 
 
 def exact_match(text: str, task: LineTask) -> bool:
