@@ -31,7 +31,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--from-partial", default=None, help="summarise the rows of a stopped run's .partial file")
     args = ap.parse_args()
+    if args.from_partial:
+        saved = json.loads(Path(args.from_partial).read_text())
+        summarize(saved["rows"], saved["seconds"], args, saved.get("uptime_before", ""), saved.get("total_layers", 30))
+        return 0
 
     import torch
     from tqdm import tqdm
@@ -63,7 +68,16 @@ def main() -> int:
                 row["logprobs"] = lp[: line_tokens(tok, new)].tolist()  # the answer line's tokens
         rows.append(row)
         if args.json:  # checkpoint: a crash later still leaves the raw rows
-            Path(args.json + ".partial").write_text(json.dumps({"rows": rows, "seconds": secs}, default=str))
+            Path(args.json + ".partial").write_text(json.dumps(
+                {"rows": rows, "seconds": secs, "uptime_before": uptime0, "total_layers": len(large.model.layers)}))
+    summarize(rows, secs, args, uptime0, len(large.model.layers))
+    return 0
+
+
+def summarize(rows: List[Dict[str, Any]], secs: Dict[str, float], args: Any, uptime0: str, total_layers: int) -> None:
+    from tokenloom.cascades import SequenceMean, SequenceSum, Quantile, deferral_curve, fit_posthoc
+    from tokenloom.eval.nextline import wilson
+
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(rows))
     train, test = perm[: len(rows) // 2], perm[len(rows) // 2 :]
@@ -82,7 +96,7 @@ def main() -> int:
     curves["random"] = {"area": float((qs[test].mean() + ql[test].mean()) / 2)}
     n_small, n_large = int(qs.sum()), int(ql.sum())
     result = {
-        "n": len(rows), "test_n": len(test), "small_layers": args.small_layers, "total_layers": len(large.model.layers),
+        "n": len(rows), "test_n": len(test), "small_layers": args.small_layers, "total_layers": total_layers,
         "small_exact": [n_small, list(wilson(n_small, len(rows)))], "large_exact": [n_large, list(wilson(n_large, len(rows)))],
         "seconds": secs, "curves": curves, "posthoc": {"weights": posthoc.weights.tolist(), "bias": posthoc.bias},
         "uptime_before": uptime0, "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
@@ -105,11 +119,10 @@ def main() -> int:
         ax.plot([0, 1], [qs[test].mean(), ql[test].mean()], ":", color="gray", label=f"random ({curves['random']['area']:.3f})")
         ax.set_xlabel("deferral rate (share answered by the large model)")
         ax.set_ylabel("exact match of the cascade")
-        ax.set_title(f"HumanEval next line, {len(test)} held-out tasks; small = {args.small_layers}/{len(large.model.layers)} layers", fontsize=9)
+        ax.set_title(f"HumanEval next line, {len(test)} held-out tasks; small = {args.small_layers}/{total_layers} layers", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
-    return 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--from-partial", default=None, help="summarise the rows of a stopped run's .partial file")
     args = ap.parse_args()
+    if args.from_partial:
+        saved = json.loads(Path(args.from_partial).read_text())
+        summarize(saved["rows"], saved["totals"], args, saved.get("uptime_before", ""))
+        return 0
 
     import torch
     from tqdm import tqdm
@@ -70,7 +75,15 @@ def main() -> int:
                 row["mean_trials"] = rec.as_dict()["mean_trials"]
         rows.append(row)
         if args.json:  # checkpoint: a crash later still leaves the raw rows
-            Path(args.json + ".partial").write_text(json.dumps({"rows": rows, "totals": totals}, default=str))
+            Path(args.json + ".partial").write_text(json.dumps({"rows": rows, "totals": totals, "uptime_before": uptime0}))
+    summarize(rows, totals, args, uptime0)
+    return 0
+
+
+def summarize(rows: List[Dict[str, Any]], totals: Dict[str, Any], args: Any, uptime0: str) -> None:
+    from tokenloom.eval.nextline import wilson
+
+    methods = ("greedy", "plain", "cautious")
     n = len(rows)
     acc = {m: sum(r[m] for r in rows) for m in methods}
     both = {
@@ -97,7 +110,6 @@ def main() -> int:
     print(f"cautious - plain: {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] (only cautious {both['cautious_only']}, only plain {both['plain_only']})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
