@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--max-trials", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="keep only the prompt's last tokens (0: all); cheaper prefills")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--from-partial", default=None, help="summarise the rows of a stopped run's .partial file")
@@ -54,6 +55,8 @@ def main() -> int:
     uptime0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     for i, t in enumerate(tqdm(tasks, desc="tasks")):
         ids = tok(t.prompt, return_tensors="pt").input_ids
+        if args.prompt_tokens > 0:
+            ids = ids[:, -args.prompt_tokens :]
         row: Dict[str, Any] = {"task_id": t.task_id}
         for m in methods:
             kw: Dict[str, Any] = dict(max_new_tokens=args.max_new_tokens, eos_token_id=2)
