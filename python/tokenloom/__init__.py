@@ -8,6 +8,8 @@ Package map (each subpackage's docstring says more):
 * ``verify`` and ``sampling``: lossless verification kernels and the exact sampler;
 * ``runtime``: tree attention, KV-cache operations, pre-packed CPU linears;
 * ``bytelevel``: exact byte-level probabilities from token-level models;
+* ``scores``: per-token uncertainty (log-probs, entropy, ranks), detection scores, drift KL;
+* ``cascades``: small-to-large deferral on token-level uncertainty, cost-quality curves;
 * ``integrations``: Hugging Face (``integrations.hf``: custom_generate, model loading, chat);
 * ``cli`` and ``eval``: the command line and the benchmark harnesses.
 
@@ -75,6 +77,8 @@ __all__ = [
 _LAZY = {
     "packed_linears": "tokenloom.runtime.cpupack",
     "pack_available": "tokenloom.runtime.cpupack",
+    "kl_drift": "tokenloom.scores.drift",
+    "cascade": "tokenloom.cascades.run",
 }
 
 
@@ -83,6 +87,8 @@ def __getattr__(name: str):  # lazy: tokenloom.hf / tokenloom.packed_linears imp
 
     if name == "hf":
         return importlib.import_module("tokenloom.integrations.hf")
+    if name == "scores":
+        return importlib.import_module("tokenloom.scores")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Type stubs of the compiled extension ``tokenloom._core`` (hand-written; checked with
 ``mypy.stubtest``). Arrays are numpy arrays; shapes are given in the docstrings of the Rust
 functions and of the Python wrappers. Grouped as ``rust/core`` is: verify, sampling and rng,
-spec (templates, recycling, dynamic trees), bytes."""
+spec (templates, recycling, dynamic trees), bytes, scores."""
 
 from os import PathLike
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, final
@@ -16,8 +16,11 @@ __all__ = [
     "DraftTree",
     "DynamicTreeBuilder",
     "Template",
+    "TokenCounts",
     "TokenRecycler",
     "__version__",
+    "dcpdd_score",
+    "first_occurrences",
     "nested_template_order",
     "probs_from_logits",
     "sample_logits",
@@ -38,6 +41,7 @@ _F64 = npt.NDArray[np.float64]
 _F32 = npt.NDArray[np.float32]
 _F = npt.NDArray[np.floating[Any]]
 _U32 = npt.NDArray[np.uint32]
+_U64 = npt.NDArray[np.uint64]
 _B = npt.NDArray[np.bool_]
 _Template = Union[str, Sequence[Sequence[int]]]
 
@@ -247,3 +251,24 @@ class CoverTree:
     def top_straddling(
         self, nodes: List[int], qs: List[_F32], scales: List[float], k: int
     ) -> List[Tuple[int, int, float]]: ...
+
+# --- scores: token-frequency tables and DC-PDD (core scores) ------------------------------------
+@final
+class TokenCounts:
+    def __new__(cls, vocab_size: int) -> "TokenCounts": ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def docs(self) -> int: ...
+    def add(self, ids: _I64, max_per_doc: Optional[int] = None) -> None: ...
+    def merge(self, other: "TokenCounts") -> None: ...
+    def counts(self) -> _U64: ...
+    def smoothed(self) -> _F64: ...
+    def save(self, path: Union[str, "PathLike[str]"]) -> None: ...
+    @staticmethod
+    def load(path: Union[str, "PathLike[str]"], vocab_size: Optional[int] = None) -> "TokenCounts": ...
+
+def dcpdd_score(ids: _I64, probs: _F64, freq: _F64, a: float = 0.01) -> float: ...
+def first_occurrences(ids: _I64) -> _I64: ...

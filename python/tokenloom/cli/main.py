@@ -22,7 +22,7 @@ from typing import Any, List, Optional
 __all__ = ["SUBCOMMANDS", "Parser", "UsageError", "build_parser", "main"]
 
 #: The subcommands, each a module ``tokenloom.cli.<name>`` with ``add_parser(sub)``.
-SUBCOMMANDS = ("generate", "bench", "bytes")
+SUBCOMMANDS = ("generate", "bench", "bytes", "score")
 
 _INTERRUPTED = [False]
 

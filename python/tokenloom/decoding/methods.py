@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
+from tokenloom.decoding.cautious import decode_cautious
 from tokenloom.decoding.plain import decode_plain
 from tokenloom.spec.dyspec.drafter import make_dyspec_drafter
 from tokenloom.spec.lookup import make_lookup_drafter
@@ -59,6 +60,7 @@ def check_kwargs(name: str, fn: MethodFn, kwargs: Dict[str, Any]) -> None:
 _LOCK = threading.Lock()
 _METHODS: Dict[str, MethodFn] = {
     "plain": decode_plain,
+    "cautious": decode_cautious,
     "recycling": speculative_method(make_recycling_drafter),
     "dyspec": speculative_method(make_dyspec_drafter),
     "lookup": speculative_method(make_lookup_drafter),
