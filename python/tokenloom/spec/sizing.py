@@ -128,6 +128,7 @@ def calibrate_step_cost(
     import torch
     from transformers import DynamicCache
 
+    from tokenloom.runtime.kvcache import crop_cache
     from tokenloom.runtime.treeattn import tree_forward
 
     key = calibration_key(model)
@@ -168,7 +169,7 @@ def calibrate_step_cost(
                 if param.device.type == "cuda":
                     torch.cuda.synchronize(param.device)
                 elapsed = time.perf_counter() - start
-                cache.crop(past_len)
+                crop_cache(cache, past_len)
                 if rnd > 0:
                     times[t].append(elapsed)
     cost = StepCost(tuple(sizes), tuple(monotone([min(times[t]) for t in sizes])), key)

@@ -23,6 +23,7 @@ __all__ = [
     "load_default",
     "load_default_tokenizer",
     "load_or_default",
+    "gguf_tokenizer_facts",
     "load_tokenizer",
     "stop_token_ids",
 ]
@@ -66,12 +67,40 @@ def _from_pretrained_args(path: Union[str, os.PathLike]) -> Tuple[str, dict]:
     raise ValueError(f"{p} holds no config.json; expected a model directory or a .gguf file")
 
 
+@functools.lru_cache(maxsize=8)
+def gguf_tokenizer_facts(path: Union[str, os.PathLike]) -> Tuple[bool, Optional[int]]:
+    """``(add_bos, eos_token_id)`` as the GGUF file's metadata states them
+    (``tokenizer.ggml.add_bos_token``, False when absent; ``tokenizer.ggml.eos_token_id``, None
+    when absent). Cached per path."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(os.fspath(path)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return None if field is None else field.contents()
+
+    eos = value("tokenizer.ggml.eos_token_id")
+    return bool(value("tokenizer.ggml.add_bos_token") or False), (None if eos is None else int(eos))
+
+
 def load_tokenizer(path: Union[str, os.PathLike]) -> Any:
-    """The tokenizer alone, from a local GGUF file or model directory."""
+    """The tokenizer alone, from a local GGUF file or model directory.
+
+    A GGUF tokenizer is brought to what the file states (BOS added or not, the EOS token) on
+    every transformers line (:func:`tokenloom.runtime.compat.normalize_gguf_tokenizer`): the
+    embedded SmolLM2 encodes without BOS and reports ``<|im_end|>`` (id 2) as EOS.
+    """
     from transformers import AutoTokenizer
 
+    from tokenloom.runtime.compat import normalize_gguf_tokenizer
+
     directory, kwargs = _from_pretrained_args(path)
-    return AutoTokenizer.from_pretrained(directory, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    if "gguf_file" in kwargs:
+        add_bos, eos = gguf_tokenizer_facts(Path(path))
+        normalize_gguf_tokenizer(tokenizer, add_bos=add_bos, eos_token_id=eos)
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,8 +154,9 @@ def stop_token_ids(model: Any, tokenizer: Any = None) -> List[int]:
     """Stop tokens as HF ``generate`` takes them: from ``model.generation_config``, falling back
     to the model config and then to the tokenizer.
 
-    The embedded GGUF's tokenizer wrongly reports ``<|im_start|>`` as EOS; its generation config
-    holds the right one (``<|im_end|>``, id 2), which is why the config comes first.
+    transformers 4.57's conversion of a GGUF tokenizer reports the BOS token as EOS
+    (:func:`load_tokenizer` corrects that); the generation config holds the file's EOS, which
+    is why the config comes first.
     """
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         eos = getattr(source, "eos_token_id", None)

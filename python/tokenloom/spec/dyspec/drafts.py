@@ -420,6 +420,8 @@ class EarlyExitDraft(TreeDraft):
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
+        from tokenloom.runtime.compat import init_cache_layer
+
         if self._cache is None:
             raise ValueError("draft has no sequence: call prefill(input_ids) first")
         if not self._pending:
@@ -433,9 +435,7 @@ class EarlyExitDraft(TreeDraft):
         cache = DynamicCache()
         for src in target_cache.layers[: self.n_layers]:
             layer = DynamicLayer()
-            layer.lazy_initialization(src.keys)
-            layer.keys = src.keys[..., :length, :]
-            layer.values = src.values[..., :length, :]
+            init_cache_layer(layer, src.keys[..., :length, :], src.values[..., :length, :])
             cache.layers.append(layer)
         self._pending = self._pending[length - lo :]
         self._cache = cache
