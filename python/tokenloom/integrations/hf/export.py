@@ -26,7 +26,7 @@ __all__ = ["PROBE_TEXT", "export_hf"]
 
 #: Text whose encoding and decoding the exported tokenizer must reproduce (spaces, tabs,
 #: newlines, accents, an emoji, code, the chat markers).
-PROBE_TEXT = "Hello world!  Tabs\tand\nnew lines, café ☕ <|im_start|>user\ndef f(n):\n    return n<|im_end|>"
+PROBE_TEXT = "Hello world , ok . Tabs\tand\nnew lines, café ☕ <|im_start|>user\ndef f(n):\n    return n<|im_end|>"
 
 
 def export_hf(
@@ -61,6 +61,8 @@ def export_hf(
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     cfg["tokenizer_class"] = TOKENIZER_CLASS
     cfg["add_bos_token"] = False if not _adds_prefix(tokenizer) else cfg.get("add_bos_token", True)
+    # Byte-level BPE decodes exactly; the WordPiece clean-up would strip spaces before punctuation.
+    cfg["clean_up_tokenization_spaces"] = False
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
     saved = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
