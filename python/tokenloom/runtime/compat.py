@@ -7,6 +7,12 @@ The rest of tokenloom calls these functions instead of testing versions itself:
 * Cropping a ``DynamicCache``: ``cache.crop(n)`` keeps ``n`` tokens on 4.57, warns on early 5.x and
   refuses ``n > 0`` from 5.2x on (there it means "remove -n tokens"). tokenloom never calls it:
   :func:`tokenloom.runtime.kvcache.crop_cache` writes the layers' tensors itself on every line.
+* :func:`cache_arg` / :func:`output_cache` — the KV-cache keyword of a forward: ``past_key_values``
+  on 4.57, ``cache`` from 5.2x on (``past_key_values`` still accepted there with a deprecation
+  warning, and due to go away); the same for the output field.
+* :func:`chat_ids` — ``apply_chat_template(..., return_tensors="pt")`` returns the ids tensor on
+  4.57 and a ``BatchEncoding`` on 5.x.
+* ``custom_generate`` callables get the cache as ``cache=`` on newer 5.x (:data:`CACHE_KWARGS`).
 * :func:`is_default_position_ids` — transformers 5 hands ``custom_generate`` callables the
   ``position_ids`` it built (``arange`` for an unpadded prompt); 4.57 does not.
 * :func:`normalize_gguf_tokenizer` — the tokenizer converted from a GGUF file: 4.57 builds a
@@ -26,10 +32,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 __all__ = [
+    "CACHE_KWARGS",
     "SUPPORTED_TRANSFORMERS",
+    "cache_arg",
+    "chat_ids",
+    "output_cache",
     "TOKENIZER_CLASS",
     "init_cache_layer",
     "is_default_position_ids",
@@ -43,6 +53,44 @@ SUPPORTED_TRANSFORMERS = ">=4.57,<6"
 #: ``tokenizer_class`` of an exported tokenizer: loads ``tokenizer.json`` as it is on 4.57
 #: (``PreTrainedTokenizerFast``) and 5.x (an alias of ``TokenizersBackend``).
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+#: Names under which transformers hands a ``custom_generate`` callable the KV cache.
+CACHE_KWARGS = ("past_key_values", "cache")
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(cls: type) -> str:
+    try:
+        params = inspect.signature(cls.forward).parameters  # follows deprecate_kwarg's __wrapped__
+    except (TypeError, ValueError, AttributeError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_arg(module: Any, cache: Any) -> Dict[str, Any]:
+    """``{name: cache}`` for ``module(**inputs, **cache_arg(module, cache))``: the keyword its
+    ``forward`` takes (``cache`` on transformers >= 5.2x, else ``past_key_values``). Works for a
+    whole model and for one decoder layer."""
+    return {_cache_kwarg_of(type(module)): cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a model output (``out.cache`` on newer 5.x, ``out.past_key_values``
+    before), without tripping the deprecated alias."""
+    cache = out.get("cache") if hasattr(out, "get") else getattr(out, "cache", None)
+    if cache is not None:
+        return cache
+    return out.get("past_key_values") if hasattr(out, "get") else getattr(out, "past_key_values", None)
+
+
+def chat_ids(tokenizer: Any, messages: Any) -> Any:
+    """LongTensor [1, n]: ``messages`` through the tokenizer's chat template with the generation
+    prompt added (4.57 returns the tensor; 5.x a ``BatchEncoding`` holding it)."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    if not hasattr(out, "shape") and hasattr(out, "__getitem__"):
+        out = out["input_ids"]
+    return out
 
 
 @functools.lru_cache(maxsize=None)

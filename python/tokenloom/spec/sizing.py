@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tokenloom.runtime.compat import cache_arg
+
 __all__ = [
     "AcceptanceStats",
     "StatsMemory",
@@ -155,7 +157,7 @@ def calibrate_step_cost(
     times: Dict[int, List[float]] = {t: [] for t in sizes}
     with torch.inference_mode():
         cache = DynamicCache()
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prefix, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
         for rnd in range(repeats + 1):
             for t in sizes:
                 toks = torch.randint(0, vocab, (t,), generator=gen)

@@ -98,7 +98,7 @@ class RecyclingChains:
         vocab_size = as_count(vocab_size, "vocab_size", 1)
         self.num_tokens = as_count(num_tokens, "num_tokens", 1)
         if recycler is None:
-            recycler = TokenRecycler(vocab_size, as_count(k, "k", 1))
+            recycler = TokenRecycler(vocab_size, as_count(k, "k", 1), template=chain_paths(self.num_tokens))
         elif not isinstance(recycler, TokenRecycler):
             raise TypeError(f"recycler: expected a tokenloom.TokenRecycler, got {type(recycler).__name__}")
         elif recycler.vocab_size != vocab_size:
@@ -118,17 +118,16 @@ class RecyclingChains:
         return self.recycler.draft(int(token), self._row).tokens[1:]
 
     def _move_to_front(self, tokens: Sequence[int], successors: Sequence[int], only_unknown: bool) -> None:
-        rows, new = [], []
+        new: Dict[int, List[int]] = {}  # rows written so far in this call, in order
         for t, s in zip(tokens, successors):
             t, s = int(t), int(s)
-            if only_unknown and self._known[t]:
+            if only_unknown and self._known[t] and t not in new:
                 continue
-            old = self.row(t).tolist() if self._known[t] else []
-            rows.append(t)
-            new.append(([s] + [x for x in old if x != s] + [s] * self.k)[: self.k])
+            old = new[t] if t in new else (self.row(t).tolist() if self._known[t] else [])
+            new[t] = ([s] + [x for x in old if x != s] + [s] * self.k)[: self.k]
             self._known[t] = True
-        if rows:
-            self.recycler.update(np.asarray(rows, dtype=np.int64), np.asarray(new, dtype=np.int64))
+        if new:
+            self.recycler.update(np.asarray(list(new), dtype=np.int64), np.asarray(list(new.values()), dtype=np.int64))
 
     def start(self, history: np.ndarray) -> None:
         if self.seed_prompt and len(history) > 1:

@@ -33,7 +33,8 @@ capture off (move-to-front updates from committed tokens only).
 Choosing the drafter: by name, ``TOKENLOOM_VLLM_DRAFTER`` (default ``recycling``, any
 :func:`~tokenloom.integrations.vllm.chains.chain_drafters` name), or a per-name class such as
 ``tokenloom.integrations.vllm.proposer.RecyclingProposer``. ``TOKENLOOM_VLLM_STATS=path`` writes
-the proposer's statistics (JSON) there about once a second and at exit.
+the proposer's statistics (JSON) there about once a second and at exit; in-process engines
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) can read them from :func:`live_proposers`.
 
 This module imports neither vLLM nor torch at import time.
 """
@@ -45,6 +46,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -59,6 +61,7 @@ __all__ = [
     "RecyclingProposer",
     "SUPPORTED_VLLM",
     "check_vllm_version",
+    "live_proposers",
     "proposer_class",
 ]
 
@@ -103,6 +106,15 @@ def check_vllm_version(version: Optional[str] = None) -> str:
             "was checked on 0.32 only; install a supported vLLM"
         )
     return version
+
+
+_LIVE: "weakref.WeakSet[Proposer]" = weakref.WeakSet()
+
+
+def live_proposers() -> List["Proposer"]:
+    """The proposers alive in this process (with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` vLLM runs
+    its engine, and so the proposer, in the caller's process: read ``stats()`` directly)."""
+    return list(_LIVE)
 
 
 def _key(history: np.ndarray) -> Tuple[int, int]:
@@ -177,6 +189,7 @@ class Proposer:
         self._lock = threading.Lock()
         if self._stats_path:
             atexit.register(self.write_stats)
+        _LIVE.add(self)
 
     # --- vLLM's interface -----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.model import logits_width
 
 from tokenloom.runtime.kvcache import cache_length, compact_cache
@@ -319,9 +320,9 @@ class HFDraft(TreeDraft):
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=self._cache,
             cache_position=cache_position,
             use_cache=True,
+            **cache_arg(self.model, self._cache),
         )
         return out.logits[0]
 
@@ -379,10 +380,10 @@ class EarlyExitDraft(TreeDraft):
                 h,
                 attention_mask=mask,
                 position_ids=position_ids,
-                past_key_values=self._cache,
                 use_cache=True,
                 cache_position=cache_position,
                 position_embeddings=rope,
+                **cache_arg(layer, self._cache),
             )
             if isinstance(h, tuple):  # older decoder layers return (hidden, ...)
                 h = h[0]
