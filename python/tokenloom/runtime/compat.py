@@ -21,6 +21,8 @@ The rest of tokenloom calls these functions instead of testing versions itself:
   ``TokenizersBackend`` that follows the file. Both are brought to what the file says (the
   embedded SmolLM2: no BOS added, EOS ``<|im_end|>``) and decode exactly, so a text encodes to
   the same ids and decodes back to itself on both lines.
+* :func:`drop_gguf_quantizer` — 5.x keeps a GGUF "quantizer" on a model loaded from a GGUF file
+  although its weights are dequantised, and ``save_pretrained`` refuses to save it.
 * :data:`TOKENIZER_CLASS` — the class name written into an exported ``tokenizer_config.json``
   that both lines load verbatim from ``tokenizer.json`` (see
   :mod:`tokenloom.integrations.hf.export`): a ``LlamaTokenizer`` name makes 5.x rebuild a
@@ -37,6 +39,7 @@ from typing import Any, Dict, Optional, Tuple
 
 __all__ = [
     "CACHE_KWARGS",
+    "drop_gguf_quantizer",
     "SUPPORTED_TRANSFORMERS",
     "cache_arg",
     "chat_ids",
@@ -183,3 +186,27 @@ def _prefix_len(tokenizer: Any) -> int:
     with_sp = tokenizer("a", add_special_tokens=True)["input_ids"]
     without = tokenizer("a", add_special_tokens=False)["input_ids"]
     return len(with_sp) - len(without)
+
+
+def drop_gguf_quantizer(model: Any) -> Any:
+    """Forget the GGUF "quantizer" transformers 5.x attaches to a model loaded from a GGUF file
+    (its weights are already dequantised to the load dtype), so that ``save_pretrained`` writes
+    plain weights and a config without ``quantization_config``; a no-op on 4.57 and for models
+    quantized any other way (those are left alone). Returns the model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return model
+    model.hf_quantizer = None
+    for obj in (model.config, getattr(model, "generation_config", None)):
+        if obj is not None and hasattr(obj, "quantization_config"):
+            try:
+                delattr(obj, "quantization_config")
+            except AttributeError:
+                obj.quantization_config = None
+    if hasattr(model, "is_quantized") and not isinstance(type(model).__dict__.get("is_quantized"), property):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    return model

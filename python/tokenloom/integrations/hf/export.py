@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 from tokenloom.integrations.hf.models import default_model_path, load
-from tokenloom.runtime.compat import TOKENIZER_CLASS
+from tokenloom.runtime.compat import TOKENIZER_CLASS, drop_gguf_quantizer
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -55,6 +55,7 @@ def export_hf(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load(model_path if model_path is not None else default_model_path(), dtype=dtype)
+    drop_gguf_quantizer(model)  # 5.x: dequantised weights, but a GGUF quantizer that refuses to save
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     cfg_path = out / "tokenizer_config.json"
