@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 import tokenloom
+from tokenloom.runtime.compat import cache_arg  # past_key_values= (4.57) or cache= (5.x)
 from tokenloom.spec.recycling.drafter import RecyclingDrafter
 from tokenloom.spec.step import TreeStep
 
@@ -14,12 +15,12 @@ def own_loop(model, input_ids, max_new_tokens=64, eos=2, recycler=None):
     rec = recycler or tokenloom.TokenRecycler(model.config.vocab_size)
     drafter = RecyclingDrafter(rec, tree="2.2.2-16", seed_prefill=False)  # owns its template
     cache = DynamicCache()
-    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
+    logits = model(input_ids=input_ids, **cache_arg(model, cache), use_cache=True).logits
     out, past = [int(logits[0, -1].argmax())], input_ids.shape[1]  # prefill: cache = prompt
     while len(out) < max_new_tokens and out[-1] != eos:
         step = TreeStep.propose(drafter, out[-1], past, device=model.device, dtype=model.dtype)
         logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
-                       position_ids=step.position_ids, past_key_values=cache, use_cache=True).logits
+                       position_ids=step.position_ids, **cache_arg(model, cache), use_cache=True).logits
         new, keep = step.accept(logits)  # emitted tokens; cache positions to keep
         for layer in cache.layers:  # keep the prefix + the accepted path, drop the rest
             layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)

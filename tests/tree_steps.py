@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tokenloom.runtime.compat import cache_arg
+
 
 def record_forward_inputs(model):
     """Register a pre-hook recording (cache length, input_ids, position_ids, attention_mask) of
@@ -9,7 +11,8 @@ def record_forward_inputs(model):
     calls = []
 
     def hook(module, args, kwargs):
-        calls.append((kwargs["past_key_values"].get_seq_length(), kwargs["input_ids"].clone(),
+        (cache,) = cache_arg(module, None)  # the cache keyword of this transformers line
+        calls.append((kwargs[cache].get_seq_length(), kwargs["input_ids"].clone(),
                       kwargs.get("position_ids"), kwargs.get("attention_mask")))
 
     return calls, model.register_forward_pre_hook(hook, with_kwargs=True)

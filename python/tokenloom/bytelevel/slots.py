@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, List, Sequence
 
+from tokenloom.runtime.compat import cache_arg, output_cache
 from tokenloom.runtime.kvcache import cache_length, cache_nbytes, crop_cache, keep_slots, kv_bytes_per_token
 from tokenloom.runtime.model import model_dtype_device
 from tokenloom.runtime.treeattn import causal_attention_mask, slot_attention_mask, tree_position_ids
@@ -133,10 +134,10 @@ class KVSlots:
                 input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
                 position_ids=tree_position_ids(positions, 0, self.device),
                 attention_mask=mask,
-                past_key_values=self.cache,
                 use_cache=True,
+                **cache_arg(self.model, self.cache),
             )
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         self.n += len(tokens)
         if self.n:
             self.bytes_per_slot = cache_nbytes(self.cache) // max(cache_length(self.cache), 1) or self.bytes_per_slot

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from tokenloom.decoding.config import DecodeConfig
 from tokenloom.decoding.sink import TokenSink
+from tokenloom.runtime.compat import cache_arg
 
 __all__ = ["decode_plain", "next_token_chooser"]
 
@@ -31,10 +32,10 @@ def decode_plain(model: Any, input_ids: Any, cfg: DecodeConfig, sink: TokenSink)
 
     choose = next_token_chooser(cfg)
     cache = DynamicCache()
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
     while True:
         token = choose(out.logits[:, -1, :].float())
         if sink.emit([token]):
             return
         step = torch.tensor([[token]], dtype=torch.long, device=input_ids.device)
-        out = model(input_ids=step, past_key_values=cache, use_cache=True)
+        out = model(input_ids=step, use_cache=True, **cache_arg(model, cache))

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 import numpy as np
 
 from tokenloom._arrays import as_array, as_int
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.model import model_dtype_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -278,8 +279,8 @@ def tree_forward(
         input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),
         attention_mask=mask,
         position_ids=pos,
-        past_key_values=cache,
         use_cache=True,
+        **cache_arg(model, cache),
     )
     logits = out.logits[0]
     return logits if logits.dtype == torch.float32 else logits.float()

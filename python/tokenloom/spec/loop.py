@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from tokenloom.decoding.config import DecodeConfig
 from tokenloom.decoding.sink import TokenSink
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.base import Drafter, DraftTree, check_tree
 from tokenloom.spec.stats import SpecStats
 from tokenloom.verify.policy import TreeVerifier
@@ -53,7 +54,7 @@ def speculative_decode(model: Any, input_ids: Any, cfg: DecodeConfig, sink: Toke
     cache = DynamicCache()
     n_prompt = int(input_ids.shape[1])
     keep = min(n_prompt, max(1, int(drafter.prefill_positions)))
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=keep)
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=keep, **cache_arg(model, cache))
     logits = out.logits[0].float()
     # The first token: the prefill's last row verifies a root-only tree (argmax or one draw).
     first = int(verifier(DraftTree.root_only(int(input_ids[0, -1])), logits[-1:]).tokens[-1])

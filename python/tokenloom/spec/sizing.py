@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tokenloom.spec.persist import cache_dir
+from tokenloom.runtime.compat import cache_arg
 
 __all__ = [
     "AcceptanceStats",
@@ -121,6 +122,7 @@ def calibrate_step_cost(
     import torch
     from transformers import DynamicCache
 
+    from tokenloom.runtime.kvcache import crop_cache
     from tokenloom.runtime.treeattn import tree_forward
 
     key = calibration_key(model)
@@ -147,7 +149,7 @@ def calibrate_step_cost(
     times: Dict[int, List[float]] = {t: [] for t in sizes}
     with torch.inference_mode():
         cache = DynamicCache()
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prefix, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
         for rnd in range(repeats + 1):
             for t in sizes:
                 toks = torch.randint(0, vocab, (t,), generator=gen)
@@ -161,7 +163,7 @@ def calibrate_step_cost(
                 if param.device.type == "cuda":
                     torch.cuda.synchronize(param.device)
                 elapsed = time.perf_counter() - start
-                cache.crop(past_len)
+                crop_cache(cache, past_len)
                 if rnd > 0:
                     times[t].append(elapsed)
     cost = StepCost(tuple(sizes), tuple(monotone([min(times[t]) for t in sizes])), key)

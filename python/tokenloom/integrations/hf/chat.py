@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenloom.runtime.compat import chat_ids
+
 __all__ = ["chat_input_ids"]
 
 
@@ -17,7 +19,5 @@ def chat_input_ids(tokenizer: Any, prompt: str, chat: bool = True) -> Any:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
     if chat and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
-        )
+        return chat_ids(tokenizer, [{"role": "user", "content": prompt}])
     return tokenizer(prompt, return_tensors="pt").input_ids

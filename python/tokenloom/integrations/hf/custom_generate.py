@@ -1,4 +1,4 @@
-"""Token Recycling inside Hugging Face transformers' own ``generate`` (4.57).
+"""Token Recycling inside Hugging Face transformers' own ``generate`` (4.57 and 5.x).
 
 Two ways in:
 
@@ -39,6 +39,7 @@ try:
 except ImportError as e:  # pragma: no cover - the hf extra is missing
     raise ImportError("tokenloom.hf needs torch and transformers: pip install 'tokenloom[hf]'") from e
 
+from tokenloom.runtime.compat import CACHE_KWARGS, is_default_position_ids
 from tokenloom.runtime.model import logits_width
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.recycling.drafter import RecyclingDrafter
@@ -56,7 +57,7 @@ DEFAULT_NUM_TOKENS = 6
 
 # model_kwargs that HF's generate adds itself and that carry no request semantics for us.
 _BENIGN_MODEL_KWARGS = frozenset(
-    {"attention_mask", "past_key_values", "use_cache", "logits_to_keep", "cache_position", "return_dict"}
+    {"attention_mask", *CACHE_KWARGS, "use_cache", "logits_to_keep", "cache_position", "return_dict"}
 )
 
 
@@ -253,10 +254,15 @@ def recycling_generate(
             if getattr(generation_config, flag, False):
                 raise ValueError(f"{who}: {flag}=True is not supported (only sequences are returned)")
     _check_attention_mask(model_kwargs, who)
-    cache = model_kwargs.get("past_key_values")
-    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
-        raise ValueError(f"{who}: an incoming past_key_values with cached tokens is not supported")
-    extra = sorted(k for k, v in model_kwargs.items() if k not in _BENIGN_MODEL_KWARGS and v is not None)
+    for name in CACHE_KWARGS:
+        cache = model_kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+            raise ValueError(f"{who}: an incoming {name} with cached tokens is not supported")
+    if not is_default_position_ids(model_kwargs.get("position_ids"), int(input_ids.shape[1])):
+        raise ValueError(f"{who}: custom position_ids are not supported (only the prompt's arange(n))")
+    extra = sorted(
+        k for k, v in model_kwargs.items() if k not in _BENIGN_MODEL_KWARGS and k != "position_ids" and v is not None
+    )
     if extra:
         raise ValueError(f"{who}: unsupported model kwargs {extra} (decoder-only text models, input_ids only)")
     if model_kwargs.get("use_cache") is False:

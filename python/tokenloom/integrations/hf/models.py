@@ -25,6 +25,7 @@ __all__ = [
     "load_default",
     "load_default_tokenizer",
     "load_or_default",
+    "gguf_tokenizer_facts",
     "load_tokenizer",
     "quiet_transformers",
     "stop_token_ids",
@@ -102,13 +103,41 @@ def _from_pretrained_args(path: Union[str, os.PathLike]) -> Tuple[str, dict]:
     return str(p), kwargs
 
 
+@functools.lru_cache(maxsize=8)
+def gguf_tokenizer_facts(path: Union[str, os.PathLike]) -> Tuple[bool, Optional[int]]:
+    """``(add_bos, eos_token_id)`` as the GGUF file's metadata states them
+    (``tokenizer.ggml.add_bos_token``, False when absent; ``tokenizer.ggml.eos_token_id``, None
+    when absent). Cached per path."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(os.fspath(path)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return None if field is None else field.contents()
+
+    eos = value("tokenizer.ggml.eos_token_id")
+    return bool(value("tokenizer.ggml.add_bos_token") or False), (None if eos is None else int(eos))
+
+
 def load_tokenizer(path: Union[str, os.PathLike], *, verbose: bool = False) -> Any:
-    """The tokenizer alone, from a local GGUF file or model directory (quiet unless ``verbose``)."""
+    """The tokenizer alone, from a local GGUF file or model directory (quiet unless ``verbose``).
+
+    A GGUF tokenizer is brought to what the file states (BOS added or not, the EOS token) on
+    every transformers line (:func:`tokenloom.runtime.compat.normalize_gguf_tokenizer`): the
+    embedded SmolLM2 encodes without BOS and reports ``<|im_end|>`` (id 2) as EOS.
+    """
     from transformers import AutoTokenizer
+
+    from tokenloom.runtime.compat import normalize_gguf_tokenizer
 
     directory, kwargs = _from_pretrained_args(path)
     with quiet_transformers(verbose):
-        return AutoTokenizer.from_pretrained(directory, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    if "gguf_file" in kwargs:
+        add_bos, eos = gguf_tokenizer_facts(Path(path))
+        normalize_gguf_tokenizer(tokenizer, add_bos=add_bos, eos_token_id=eos)
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,8 +196,9 @@ def stop_token_ids(model: Any, tokenizer: Any = None) -> List[int]:
     """Stop tokens as HF ``generate`` takes them: from ``model.generation_config``, falling back
     to the model config and then to the tokenizer.
 
-    The embedded GGUF's tokenizer wrongly reports ``<|im_start|>`` as EOS; its generation config
-    holds the right one (``<|im_end|>``, id 2), which is why the config comes first.
+    transformers 4.57's conversion of a GGUF tokenizer reports the BOS token as EOS
+    (:func:`load_tokenizer` corrects that); the generation config holds the file's EOS, which
+    is why the config comes first.
     """
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         eos = getattr(source, "eos_token_id", None)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.model import logits_width
 
 from tokenloom.runtime.kvcache import cache_length, compact_cache
@@ -319,9 +320,9 @@ class HFDraft(TreeDraft):
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=self._cache,
             cache_position=cache_position,
             use_cache=True,
+            **cache_arg(self.model, self._cache),
         )
         return out.logits[0]
 
@@ -379,10 +380,10 @@ class EarlyExitDraft(TreeDraft):
                 h,
                 attention_mask=mask,
                 position_ids=position_ids,
-                past_key_values=self._cache,
                 use_cache=True,
                 cache_position=cache_position,
                 position_embeddings=rope,
+                **cache_arg(layer, self._cache),
             )
             if isinstance(h, tuple):  # older decoder layers return (hidden, ...)
                 h = h[0]
@@ -420,6 +421,8 @@ class EarlyExitDraft(TreeDraft):
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
+        from tokenloom.runtime.compat import init_cache_layer
+
         if self._cache is None:
             raise ValueError("draft has no sequence: call prefill(input_ids) first")
         if not self._pending:
@@ -433,9 +436,7 @@ class EarlyExitDraft(TreeDraft):
         cache = DynamicCache()
         for src in target_cache.layers[: self.n_layers]:
             layer = DynamicLayer()
-            layer.lazy_initialization(src.keys)
-            layer.keys = src.keys[..., :length, :]
-            layer.values = src.values[..., :length, :]
+            init_cache_layer(layer, src.keys[..., :length, :], src.values[..., :length, :])
             cache.layers.append(layer)
         self._pending = self._pending[length - lo :]
         self._cache = cache
