@@ -225,7 +225,7 @@ def test_model_loads_quietly(tmp_path):
     assert "de-quantizing" in _stderr_of(code.format(True), tmp_path)
 
 
-def test_compare_names_baselines_and_checks_tokens(tiny_llama, tokenizer, capsys):
+def test_compare_names_baselines_and_checks_tokens(tiny_llama, tokenizer, capsys, _private_cache_dir):
     """--compare on a tiny model: the method and both named baselines, the same tokens as HF
     greedy, median and spread, the machine load."""
     from tokenloom.cli.generate import compare
@@ -240,6 +240,10 @@ def test_compare_names_baselines_and_checks_tokens(tiny_llama, tokenizer, capsys
         assert row.rstrip().endswith("yes"), row
     assert "x HF greedy" in out and "x tokenloom greedy (same tokens: yes)" in out
     assert "warm-up (untimed" in captured.err
+    from tokenloom.spec import persist
+
+    persist.flush_all()
+    assert list((_private_cache_dir / "state").glob("*-recycler-k8.bin")), "--compare keeps the recycler's state (hot next run)"
 
 
 def test_load_line_warns_when_busy(monkeypatch):

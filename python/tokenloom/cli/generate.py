@@ -129,13 +129,14 @@ def compare(args: argparse.Namespace, model: Any, tok: Any, method: str) -> int:
 
     from tqdm import tqdm
 
-    from tokenloom.eval.specbench import count_forwards, resolve
+    from tokenloom.eval.specbench import MethodOptions, count_forwards, resolve
     from tokenloom.integrations.hf.chat import chat_input_ids
     from tokenloom.integrations.hf.models import stop_token_ids
 
     names = [method] + [b for b, _ in BASELINES]
     labels = {method: method, **dict(BASELINES)}
-    fns = {m: resolve(m) for m in names}
+    options = MethodOptions(persist=None)  # the user's experience: the saved drafter state (TOKENLOOM_PERSIST)
+    fns = {m: resolve(m, options) for m in names}
     eos = stop_token_ids(model, tok)
     warm = chat_input_ids(tok, _WARM_PROMPT)
     ids = chat_input_ids(tok, args.prompt, chat=not args.no_chat)
