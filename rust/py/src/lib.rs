@@ -1,5 +1,5 @@
 //! `tokenloom._core`: PyO3 bindings of tokenloom-core. One file per exposed area (verify,
-//! sampling, recycling, dyntree, bytes), each registering its functions and classes in
+//! sampling, recycling, dyntree, suffix, bytes), each registering its functions and classes in
 //! `register`; `args`, `floats` and `error` convert arguments, float arrays and errors.
 //!
 //! Classes with state are `frozen` and keep it behind a lock, taken without the GIL around the
@@ -13,6 +13,7 @@ mod error;
 mod floats;
 mod recycling;
 mod sampling;
+mod suffix;
 mod verify;
 
 use pyo3::prelude::*;
@@ -28,6 +29,7 @@ mod _core {
         dyntree::register(m)?;
         sampling::register(m)?;
         recycling::register(m)?;
+        suffix::register(m)?;
         bytes::register(m)?;
         Ok(())
     }
