@@ -1,0 +1,316 @@
+"""``generate(method="merged")`` and ``generate(method="suffix")``: one budgeted draft tree from
+suffix matches (this request's tokens, earlier requests' outputs) and recycled candidates.
+
+Each step:
+
+1. the longest earlier match of the context's end in this request's :class:`SuffixIndex` and
+   in the cross-request :class:`SuffixCache` each give a continuation tree with count ratios;
+   their trie union is the *suffix trie* of this step;
+2. the tree is grown by the DySpec dynamic-tree builder (:class:`tokenloom.DynamicTreeBuilder`,
+   the one best-first heap of tokenloom) fed by a model-free draft distribution: the "draft
+   row" of a node lists the suffix children of its suffix-trie node and (``merged``) the
+   recycler's candidates after its token, each with its calibrated probability of being the
+   target's next token (:class:`~tokenloom.spec.suffix.calibration.Calibration`; a candidate
+   offered by both gets ``1 - (1 - p_s)(1 - p_r)``; a row summing above 1 is scaled to 1). A
+   node's score is the product of these along its path, its estimated acceptance probability;
+   the builder keeps the ``budget`` best (a subtree-closed set). A long suffix match so
+   becomes a deep chain, a miss falls back to recycled candidates, and both can share a tree;
+3. with ``budget="auto"`` the builder grows up to ``max_budget`` nodes and the tree is cut to
+   the N best maximising ``(1 + sum of the N best scores) / cost(N + 1)`` with this machine's
+   calibrated step cost (:func:`tokenloom.spec.sizing.calibrate_step_cost`); N = 0 is a plain
+   step.
+
+After verification the calibration learns at every accepted node (whose next token the
+verification revealed) from every candidate offered there; the index takes the emitted
+tokens, the recycler the target's top-k at every tree position; when the request ends its
+output joins the cross-request cache. The draft is deterministic (``draft_probs=None``):
+greedy output is exactly the target's greedy output, and sampling is lossless through the
+deterministic-draft tree rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from tokenloom import _core
+from tokenloom._arrays import as_count
+from tokenloom.spec.base import DraftTree
+from tokenloom.spec.sizing import StepCost
+from tokenloom.spec.suffix.calibration import Calibration
+from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, SuffixCache, SuffixIndex
+
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "subtree"]
+
+#: Draft nodes per tree with a fixed budget.
+DEFAULT_BUDGET = 16
+#: Most draft nodes ``budget="auto"`` considers.
+DEFAULT_MAX_BUDGET = 32
+#: Deepest draft node.
+DEFAULT_TREE_DEPTH = 16
+#: Longest context suffix matched.
+DEFAULT_MAX_MATCH = 16
+#: Most children per node.
+DEFAULT_CHILDREN = 8
+#: Most prompt positions used to seed recycler rows.
+SEED_MAX_POSITIONS = 1024
+
+
+def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.ndarray:
+    """The nodes to keep of a scored tree (node 0 the root, BFS order, a child never scored
+    above its parent): the root and the N best draft nodes, N maximising
+    ``(1 + sum of their scores) / cost(N + 1)``.
+
+    Returns:
+        int64 [N + 1], increasing (so parents stay before children).
+    """
+    t = int(scores.shape[0])
+    order = sorted(range(1, t), key=lambda i: (-scores[i], depths[i], i))
+    cum = np.concatenate([[0.0], np.cumsum(scores[order])])
+    n = int(np.argmax([(1.0 + cum[n]) / cost(n + 1) for n in range(t)]))
+    return np.array(sorted([0] + order[:n]), dtype=np.int64)
+
+
+def subtree(keep: np.ndarray, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray) -> DraftTree:
+    """The tree of the nodes ``keep`` (increasing, subtree-closed) of a flat tree."""
+    remap = np.full(tokens.shape[0], -1, dtype=np.int64)
+    remap[keep] = np.arange(keep.size)
+    new_parents = parents[keep].copy()
+    new_parents[1:] = remap[new_parents[1:]]
+    return DraftTree(tokens[keep].copy(), new_parents, depths[keep].copy())
+
+
+class MergedDrafter:
+    """Suffix matches and recycled candidates in one budgeted tree (see the module docs).
+
+    Args:
+        recycler: the :class:`~tokenloom.spec.recycling.recycler.TokenRecycler` whose rows
+            give recycled candidates and that learns the target's top-k (None: suffix only).
+        cache: the cross-request :class:`SuffixCache` to draft from and to add this request's
+            output to (None: none).
+        budget: draft nodes per tree (int >= 1), or ``"auto"`` (needs ``cost``).
+        cost: the calibrated step cost (``budget="auto"``).
+        max_budget: most draft nodes ``"auto"`` considers (>= 1).
+        max_depth: deepest draft node (>= 1).
+        max_match: longest context suffix matched (>= 1).
+        children: most children per node (>= 1).
+        index_depth: longest substring this request's index stores (match + continuation).
+        calibration: the acceptance calibration to start from (owned by this drafter; default
+            fresh, i.e. the prior).
+        remember: called with the calibration when the request ends (hand it to the next).
+        seed_prefill: seed recycler rows from the prompt's prefill top-k.
+        cache_output: add this request's output to ``cache`` when it ends.
+
+    Raises:
+        ValueError: a size below 1, ``budget`` neither an int nor ``"auto"``, ``"auto"``
+            without ``cost``, a calibration for another recycler ``k``.
+        TypeError: ``recycler`` / ``cache`` of the wrong type.
+    """
+
+    def __init__(
+        self,
+        *,
+        recycler: Any = None,
+        cache: Optional[SuffixCache] = None,
+        budget: Union[int, str] = DEFAULT_BUDGET,
+        cost: Optional[StepCost] = None,
+        max_budget: int = DEFAULT_MAX_BUDGET,
+        max_depth: int = DEFAULT_TREE_DEPTH,
+        max_match: int = DEFAULT_MAX_MATCH,
+        children: int = DEFAULT_CHILDREN,
+        index_depth: int = DEFAULT_MAX_DEPTH,
+        calibration: Optional[Calibration] = None,
+        remember: Optional[Callable[[Calibration], None]] = None,
+        seed_prefill: bool = True,
+        cache_output: bool = True,
+    ):
+        from tokenloom.spec.recycling.recycler import TokenRecycler
+
+        if recycler is not None and not isinstance(recycler, TokenRecycler):
+            raise TypeError(f"recycler: expected a tokenloom.TokenRecycler or None, got {type(recycler).__name__}")
+        if cache is not None and not isinstance(cache, SuffixCache):
+            raise TypeError(f"cache: expected a SuffixCache or None, got {type(cache).__name__}")
+        self.auto = isinstance(budget, str) and budget == "auto"
+        if self.auto:
+            if cost is None:
+                raise ValueError('budget="auto" needs the calibrated step cost (cost=calibrate_step_cost(model))')
+            self.budget = as_count(max_budget, "max_budget", 1)
+        elif isinstance(budget, str):
+            raise ValueError(f'budget: expected an int >= 1 or "auto", got {budget!r}')
+        else:
+            self.budget = as_count(budget, "budget", 1)
+        self.max_depth = as_count(max_depth, "max_depth", 1)
+        self.max_match = as_count(max_match, "max_match", 1)
+        self.children = as_count(children, "children", 1)
+        self.index_depth = as_count(index_depth, "index_depth", 2)
+        self.recycler = recycler
+        self.cache = cache
+        self.cost = cost
+        self.k = recycler.k if recycler is not None else 0
+        self.calibration = calibration if calibration is not None else Calibration(k=self.k)
+        if self.calibration.k != self.k:
+            raise ValueError(f"calibration: made for k={self.calibration.k}, the recycler has k={self.k}")
+        self._remember = remember
+        self.seed_prefill = bool(seed_prefill) and recycler is not None
+        self.cache_output = bool(cache_output)
+        self.name = "merged" if recycler is not None else "suffix"
+        self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
+        self._builder = _core.DynamicTreeBuilder(self.budget, self.max_depth, k=self.children)
+        self.index = SuffixIndex(self.index_depth)
+        self.seq: List[int] = []
+        self._n_prompt = 0
+        self._rows: Dict[int, Tuple[List[int], List[List[int]]]] = {}
+        self._tree_bids: np.ndarray = np.zeros(1, dtype=np.int64)
+        self._counts = {"steps": 0, "request_matched": 0, "cache_matched": 0, "nodes": 0}
+        self._finished = False
+
+    # -- the Drafter protocol --------------------------------------------------------------
+    def prefill(self, input_ids: Any, first_token: int, cache: Any, logits: Any) -> None:
+        """Index the prompt and the first token; seed recycler rows from the prefill top-k."""
+        prompt = [int(t) for t in input_ids[0].tolist()]
+        self.seq = prompt + [int(first_token)]
+        self._n_prompt = len(prompt)
+        self.index = SuffixIndex(self.index_depth)
+        self.index.extend(np.asarray(self.seq, dtype=np.int64))
+        if self.seed_prefill:
+            m = int(logits.shape[0])
+            topk = logits.topk(self.k, dim=-1).indices.cpu()
+            self.recycler.seed_from_prefill(input_ids[0, -m:].cpu(), topk)
+
+    def propose(self, root: int, past_len: int) -> DraftTree:
+        """The merged tree below ``root`` (a root-only tree when nothing pays)."""
+        if not self.seq or self.seq[-1] != int(root):
+            raise ValueError(f"propose: root {root} is not the newest token of the indexed sequence")
+        self._counts["steps"] += 1
+        kids, cls = self._suffix_trie()
+        tokens, parents, depths, scores, bids = self._grow(int(root), kids, cls)
+        if self.auto and tokens.shape[0] > 1:
+            keep = best_nodes(scores, depths, self.cost)  # type: ignore[arg-type]
+            tree = subtree(keep, tokens, parents, depths)
+            bids = bids[keep]
+        else:
+            tree = DraftTree(tokens, parents, depths)
+        self._tree_bids = bids
+        self._counts["nodes"] += tree.size - 1
+        return tree
+
+    def accept(self, tree: DraftTree, result: Any, logits: Any) -> None:
+        """Learn the calibration at the accepted nodes; index the emitted tokens; update the
+        recycler rows of every tree position with the target's top-k."""
+        path = result.path.tolist()
+        emitted = result.tokens.tolist()
+        offered: List[List[int]] = []
+        hits: List[List[bool]] = []
+        for j, node in enumerate(path):
+            info = self._rows.get(int(self._tree_bids[node]))
+            if info is None:
+                continue
+            toks, classes = info
+            nxt = emitted[j]
+            flat_c: List[int] = []
+            flat_h: List[bool] = []
+            for t, cl in zip(toks, classes):
+                flat_c.extend(cl)
+                flat_h.extend([t == nxt] * len(cl))
+            offered.append(flat_c)
+            hits.append(flat_h)
+        self.calibration.observe(offered, hits)
+        self.seq.extend(emitted)
+        self.index.extend(result.tokens)
+        if self.recycler is not None:
+            topk = logits.topk(self.k, dim=-1).indices.cpu()
+            self.recycler.update(tree.tokens, topk)
+
+    def finish(self) -> None:
+        """The request ended: its output joins the cross-request cache; the calibration is
+        handed on (``remember``). Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.cache is not None and self.cache_output and len(self.seq) > self._n_prompt:
+            self.cache.insert(np.asarray(self.seq[self._n_prompt:], dtype=np.int64))
+        if self._remember is not None:
+            self._remember(self.calibration)
+
+    def stats(self) -> Dict[str, Any]:
+        req, cache, rec = self.calibration.summary()
+        out: Dict[str, Any] = {f"{self.name}_{k}": v for k, v in self._counts.items()}
+        out[f"{self.name}_hit_rates"] = {"request": req, "cache": cache, "recycled": rec}
+        if self.cache is not None:
+            out[f"{self.name}_cache"] = {"requests": len(self.cache), "tokens": self.cache.num_tokens, "bytes": self.cache.memory_bytes}
+        return out
+
+    # -- one step ----------------------------------------------------------------------------
+    def _suffix_trie(self) -> Tuple[List[Dict[int, int]], List[Dict[int, List[int]]]]:
+        """The trie union of this step's suffix continuations: ``kids[n]`` token -> child and
+        ``cls[n]`` token -> calibration classes of that child (one per source offering it)."""
+        kids: List[Dict[int, int]] = [{}]
+        cls: List[Dict[int, List[int]]] = [{}]
+        ctx = np.asarray(self.seq[-self.max_match:], dtype=np.int64)
+        sources = [(0, self.index)] + ([(1, self.cache)] if self.cache is not None else [])
+        cal = self.calibration
+        for src, store in sources:
+            toks, pars, probs, support, m = store.speculate(ctx, self.max_match, self.budget)
+            if not m:
+                continue
+            self._counts["request_matched" if src == 0 else "cache_matched"] += 1
+            local: List[int] = []
+            depth: List[int] = []
+            for i, (t, p) in enumerate(zip(toks.tolist(), pars.tolist())):
+                mp = 0 if p < 0 else local[p]
+                d = 1 if p < 0 else depth[p] + 1
+                child = kids[mp].get(t)
+                if child is None:
+                    child = kids[mp][t] = len(kids)
+                    kids.append({})
+                    cls.append({})
+                cls[mp].setdefault(t, []).append(cal.suffix_class(src, m + d - 1, float(probs[i]), int(support[i])))
+                local.append(child)
+                depth.append(d)
+        return kids, cls
+
+    def _grow(self, root: int, kids: List[Dict[int, int]], cls: List[Dict[int, List[int]]]) -> Tuple[np.ndarray, ...]:
+        """Grow the tree with the builder, one frontier (one depth) per round."""
+        b = self._builder
+        b.reset(root)
+        cal = self.calibration
+        est, ns = cal.estimates(), cal.n_suffix
+        rec = self.recycler
+        sid: Dict[int, int] = {0: 0}
+        self._rows = {}
+        while not b.done:
+            ids, toks, pars, deps = b.frontier()
+            rows = rec.rows(toks) if rec is not None else None
+            cand_rows: List[Tuple[List[int], List[float]]] = []
+            width = 1
+            for r, bid in enumerate(ids.tolist()):
+                s = sid.get(bid)
+                if s is None:
+                    ps = sid.get(int(pars[r]), -1)
+                    s = kids[ps].get(int(toks[r]), -1) if ps >= 0 else -1
+                    sid[bid] = s
+                cand: Dict[int, List[int]] = {t: list(c) for t, c in cls[s].items()} if s >= 0 else {}
+                if rows is not None and rows[r].any():  # an all-zero row was never written
+                    d = int(deps[r])
+                    for rank, t in enumerate(rows[r].tolist()):
+                        c = cand.setdefault(t, [])
+                        if not c or c[-1] < ns:  # a token's first rank only
+                            c.append(cal.recycle_class(rank, d))
+                tl = list(cand)
+                pl = [1.0 - float(np.prod([1.0 - est[c] for c in cand[t]])) for t in tl]
+                total = sum(pl)
+                if total > 1.0:
+                    pl = [p / total for p in pl]
+                self._rows[bid] = (tl, [cand[t] for t in tl])
+                cand_rows.append((tl, pl))
+                width = max(width, len(tl))
+            n = len(cand_rows)
+            tid = np.zeros((n, width), dtype=np.int64)
+            tp = np.zeros((n, width), dtype=np.float64)
+            for r, (tl, pl) in enumerate(cand_rows):
+                tid[r, : len(tl)] = tl
+                tp[r, : len(pl)] = pl
+            b.expand(ids, tid, tp)
+        tokens, parents, depths, scores, _rows, node_ids = b.tree()
+        return tokens, parents, depths, scores, node_ids
