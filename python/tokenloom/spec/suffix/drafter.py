@@ -30,7 +30,7 @@ deterministic-draft tree rule.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from tokenloom import _core
 from tokenloom._arrays import as_count
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
-from tokenloom.spec.suffix.calibration import Calibration
+from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS, Calibration
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, SuffixCache, SuffixIndex
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "subtree"]
@@ -68,7 +68,8 @@ def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.nda
     t = int(scores.shape[0])
     order = sorted(range(1, t), key=lambda i: (-scores[i], depths[i], i))
     cum = np.concatenate([[0.0], np.cumsum(scores[order])])
-    n = int(np.argmax([(1.0 + cum[n]) / cost(n + 1) for n in range(t)]))
+    seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
+    n = int(np.argmax((1.0 + cum) / seconds))
     return np.array(sorted([0] + order[:n]), dtype=np.int64)
 
 
@@ -101,6 +102,8 @@ class MergedDrafter:
         remember: called with the calibration when the request ends (hand it to the next).
         seed_prefill: seed recycler rows from the prompt's prefill top-k.
         cache_output: add this request's output to ``cache`` when it ends.
+        max_output, eos_token_ids: the request's token budget and stop tokens: the output
+            cached is what the request emitted (the last step may verify tokens past them).
 
     Raises:
         ValueError: a size below 1, ``budget`` neither an int nor ``"auto"``, ``"auto"``
@@ -124,6 +127,8 @@ class MergedDrafter:
         remember: Optional[Callable[[Calibration], None]] = None,
         seed_prefill: bool = True,
         cache_output: bool = True,
+        max_output: Optional[int] = None,
+        eos_token_ids: Sequence[int] = (),
     ):
         from tokenloom.spec.recycling.recycler import TokenRecycler
 
@@ -154,8 +159,11 @@ class MergedDrafter:
         self._remember = remember
         self.seed_prefill = bool(seed_prefill) and recycler is not None
         self.cache_output = bool(cache_output)
+        self.max_output = None if max_output is None else as_count(max_output, "max_output", 0)
+        self.eos = frozenset(int(t) for t in eos_token_ids)
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
+        self._upper = np.triu(np.ones((self.k, self.k), dtype=bool), 1)  # [i, j]: i < j
         self._builder = _core.DynamicTreeBuilder(self.budget, self.max_depth, k=self.children)
         self.index = SuffixIndex(self.index_depth)
         self.seq: List[int] = []
@@ -228,8 +236,13 @@ class MergedDrafter:
         if self._finished:
             return
         self._finished = True
-        if self.cache is not None and self.cache_output and len(self.seq) > self._n_prompt:
-            self.cache.insert(np.asarray(self.seq[self._n_prompt:], dtype=np.int64))
+        out = self.seq[self._n_prompt:][: self.max_output]
+        for i, t in enumerate(out):
+            if t in self.eos:
+                out = out[: i + 1]
+                break
+        if self.cache is not None and self.cache_output and out:
+            self.cache.insert(np.asarray(out, dtype=np.int64))
         if self._remember is not None:
             self._remember(self.calibration)
 
@@ -275,42 +288,85 @@ class MergedDrafter:
         b = self._builder
         b.reset(root)
         cal = self.calibration
-        est, ns = cal.estimates(), cal.n_suffix
+        est = cal.estimates()
         rec = self.recycler
         sid: Dict[int, int] = {0: 0}
         self._rows = {}
         while not b.done:
             ids, toks, pars, deps = b.frontier()
-            rows = rec.rows(toks) if rec is not None else None
-            cand_rows: List[Tuple[List[int], List[float]]] = []
-            width = 1
-            for r, bid in enumerate(ids.tolist()):
+            tid, tp, classes = self._recycled_rows(toks, deps, est) if rec is not None else (None, None, None)
+            bids = ids.tolist()
+            suffix_rows: Dict[int, Tuple[List[int], List[float], List[List[int]]]] = {}
+            for r, bid in enumerate(bids):
                 s = sid.get(bid)
                 if s is None:
                     ps = sid.get(int(pars[r]), -1)
                     s = kids[ps].get(int(toks[r]), -1) if ps >= 0 else -1
                     sid[bid] = s
-                cand: Dict[int, List[int]] = {t: list(c) for t, c in cls[s].items()} if s >= 0 else {}
-                if rows is not None and rows[r].any():  # an all-zero row was never written
-                    d = int(deps[r])
-                    for rank, t in enumerate(rows[r].tolist()):
-                        c = cand.setdefault(t, [])
-                        if not c or c[-1] < ns:  # a token's first rank only
-                            c.append(cal.recycle_class(rank, d))
-                tl = list(cand)
-                pl = [1.0 - float(np.prod([1.0 - est[c] for c in cand[t]])) for t in tl]
-                total = sum(pl)
-                if total > 1.0:
-                    pl = [p / total for p in pl]
-                self._rows[bid] = (tl, [cand[t] for t in tl])
-                cand_rows.append((tl, pl))
-                width = max(width, len(tl))
-            n = len(cand_rows)
-            tid = np.zeros((n, width), dtype=np.int64)
-            tp = np.zeros((n, width), dtype=np.float64)
-            for r, (tl, pl) in enumerate(cand_rows):
-                tid[r, : len(tl)] = tl
-                tp[r, : len(pl)] = pl
+                if s >= 0 and cls[s]:
+                    suffix_rows[r] = self._merge_row(cls[s], tid, classes, r, est)
+                elif tid is not None:
+                    keep = tp[r] > 0.0
+                    self._rows[bid] = (tid[r][keep].tolist(), [[c] for c in classes[r][keep].tolist()])
+            if suffix_rows:
+                width = max([len(t) for t, _, _ in suffix_rows.values()] + [0 if tid is None else tid.shape[1]])
+                n = len(bids)
+                new_ids = np.zeros((n, width), dtype=np.int64)
+                new_p = np.zeros((n, width), dtype=np.float64)
+                if tid is not None:
+                    new_ids[:, : tid.shape[1]] = tid
+                    new_p[:, : tid.shape[1]] = tp
+                for r, (tl, pl, cl) in suffix_rows.items():
+                    new_ids[r] = 0
+                    new_p[r] = 0.0
+                    new_ids[r, : len(tl)] = tl
+                    new_p[r, : len(pl)] = pl
+                    self._rows[bids[r]] = (tl, cl)
+                tid, tp = new_ids, new_p
+            elif tid is None:
+                tid = np.zeros((len(bids), 1), dtype=np.int64)
+                tp = np.zeros((len(bids), 1), dtype=np.float64)
             b.expand(ids, tid, tp)
         tokens, parents, depths, scores, _rows, node_ids = b.tree()
         return tokens, parents, depths, scores, node_ids
+
+    def _recycled_rows(self, toks: np.ndarray, deps: np.ndarray, est: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The recycled candidates of the frontier tokens: ids int64 [F, k], calibrated
+        probabilities [F, k] (0 for a repeated token and for rows never written) and classes."""
+        rows = self.recycler.rows(toks).astype(np.int64)
+        cal = self.calibration
+        ranks = np.arange(self.k)
+        classes = cal.n_suffix + ranks[None, :] * RECYCLE_DEPTHS + np.minimum(deps, RECYCLE_DEPTHS - 1)[:, None]
+        probs = est[classes]
+        # a token's first rank only; an all-zero row was never written
+        dup = ((rows[:, :, None] == rows[:, None, :]) & self._upper).any(axis=1)
+        probs[dup] = 0.0
+        probs[~rows.any(axis=1)] = 0.0
+        total = probs.sum(axis=1, keepdims=True)
+        probs = np.where(total > 1.0, probs / np.maximum(total, 1e-30), probs)
+        return rows, probs, classes
+
+    @staticmethod
+    def _merge_row(
+        suffix: Dict[int, List[int]], tid: Optional[np.ndarray], classes: Optional[np.ndarray], r: int, est: np.ndarray
+    ) -> Tuple[List[int], List[float], List[List[int]]]:
+        """One row offering suffix candidates (and the recycled ones of row ``r``): tokens,
+        probabilities (``1 - prod(1 - p)`` over the sources, scaled to sum <= 1), classes."""
+        cand: Dict[int, List[int]] = {t: list(c) for t, c in suffix.items()}
+        if tid is not None and classes is not None and tid[r].any():
+            first = int(classes[r, 0])  # recycled classes of this row are >= it, suffix ones below
+            for t, c in zip(tid[r].tolist(), classes[r].tolist()):
+                lst = cand.setdefault(t, [])
+                if not lst or lst[-1] < first:  # a token's first rank only
+                    lst.append(c)
+        tl = list(cand)
+        pl = []
+        for t in tl:
+            miss = 1.0
+            for c in cand[t]:
+                miss *= 1.0 - est[c]
+            pl.append(1.0 - miss)
+        total = sum(pl)
+        if total > 1.0:
+            pl = [p / total for p in pl]
+        return tl, pl, [cand[t] for t in tl]

@@ -33,6 +33,7 @@ def _cache_arg(cache: Any, vocab: int) -> Optional[SuffixCache]:
 def _build(
     name: str,
     model: Any,
+    cfg: Any,
     recycler: Optional[TokenRecycler],
     cache: Optional[SuffixCache],
     budget: Union[int, str],
@@ -45,7 +46,10 @@ def _build(
     k = recycler.k if recycler is not None else 0
     calibration = memory.load(key, k, fresh=lambda: Calibration(k=k)) if key is not None else None
     remember = (lambda c: memory.save(key, c)) if key is not None else None
-    return MergedDrafter(recycler=recycler, cache=cache, budget=budget, cost=cost, calibration=calibration, remember=remember, **kwargs)
+    return MergedDrafter(
+        recycler=recycler, cache=cache, budget=budget, cost=cost, calibration=calibration, remember=remember,
+        max_output=cfg.max_new_tokens, eos_token_ids=cfg.eos_token_ids, **kwargs,
+    )
 
 
 def make_merged_drafter(
@@ -85,7 +89,7 @@ def make_merged_drafter(
     if rec.vocab_size < vocab:
         raise ValueError(f"recycler: vocab_size {rec.vocab_size} is smaller than the model's {vocab}")
     return _build(
-        "merged", model, rec, _cache_arg(cache, vocab), budget,
+        "merged", model, cfg, rec, _cache_arg(cache, vocab), budget,
         max_budget=max_budget, max_depth=max_depth, max_match=max_match, seed_prefill=seed_prefill,
     )
 
@@ -105,6 +109,6 @@ def make_suffix_drafter(
     tokens and the cross-request cache), keywords as :func:`make_merged_drafter`."""
     vocab = logits_width(model)
     return _build(
-        "suffix", model, None, _cache_arg(cache, vocab), budget,
+        "suffix", model, cfg, None, _cache_arg(cache, vocab), budget,
         max_budget=max_budget, max_depth=max_depth, max_match=max_match,
     )

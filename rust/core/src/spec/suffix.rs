@@ -27,6 +27,12 @@ use crate::limits::MAX_VOCAB;
 /// Deepest substring a trie may store (match + continuation).
 pub const MAX_SUFFIX_DEPTH: usize = 256;
 const NONE: u32 = u32::MAX;
+/// Bytes of one child-index slot: key, value and the hash table's control byte.
+const MAP_ENTRY_BYTES: usize = std::mem::size_of::<(u64, u32)>() + 1;
+/// Upper bound of the bytes one node costs in a trie reserved for it: its slot, at most four
+/// child-index slots (the table is kept at most half full, and its load factor) and a
+/// free-list entry.
+const NODE_BYTES_RESERVED: usize = 20 + 4 * MAP_ENTRY_BYTES + 4;
 
 #[derive(Debug, Clone, Copy)]
 struct Node {
@@ -134,7 +140,7 @@ impl SuffixTrie {
     /// Bytes held: node slots (live and free), the child index and the free list.
     pub fn memory_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.children.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+            + self.children.capacity() * MAP_ENTRY_BYTES
             + self.free.capacity() * 4
     }
 
@@ -192,13 +198,18 @@ impl SuffixTrie {
     }
 
     /// Bytes [`memory_bytes`](Self::memory_bytes) can reach after `add` more nodes, once
-    /// [`reserve`](Self::reserve) made room for them (the child index at most doubles past
-    /// its need).
+    /// [`reserve`](Self::reserve) made room for them: node slots grow exactly, the child index
+    /// (a hash table) to less than twice the larger of its need and its old capacity once the
+    /// need passes half of it.
     pub fn bytes_after(&self, add: usize) -> usize {
         let slots = self.nodes.len() + add.saturating_sub(self.free.len());
         let entries = self.live - 1 + add;
+        let cap = self.children.capacity();
+        // A reserve may double the table whenever the need passes half its capacity
+        // (deleted entries can use up the rest).
+        let map = if 2 * entries <= cap { cap } else { 2 * entries.max(cap + 1) + 8 };
         self.nodes.capacity().max(slots) * std::mem::size_of::<Node>()
-            + self.children.capacity().max(2 * entries + 1) * (std::mem::size_of::<(u64, u32)>() + 1)
+            + map * MAP_ENTRY_BYTES
             + self.free.capacity() * 4
     }
 
@@ -207,6 +218,13 @@ impl SuffixTrie {
         let slots = add.saturating_sub(self.free.len());
         self.nodes.reserve_exact(slots);
         self.children.reserve(add);
+    }
+
+    /// Room for `total` nodes in all: node slots, child index and free list (a fresh trie).
+    fn reserve_total(&mut self, total: usize) {
+        self.nodes.reserve_exact(total.saturating_sub(self.nodes.len()));
+        self.children.reserve((2 * total).saturating_sub(self.children.len()));
+        self.free.reserve_exact(total.saturating_sub(self.free.len()));
     }
 
     fn unlink(&mut self, id: u32) {
@@ -441,11 +459,19 @@ impl SuffixCache {
         Ok(())
     }
 
-    /// Rebuilds the trie from the kept documents with exact room (drops the slack that
-    /// evicted nodes leave in the node slots and the child index).
-    fn compact(&mut self) {
+    /// Most nodes a compacted trie may reserve next to the documents and one more of `n`
+    /// tokens.
+    fn target_nodes(&self, n: usize) -> usize {
+        let avail = self.cfg.max_bytes.saturating_sub(self.docs_bytes_after(n) + 16 * MAP_ENTRY_BYTES);
+        avail / NODE_BYTES_RESERVED
+    }
+
+    /// Rebuilds the trie from the kept documents in one reserved for `total` nodes (drops the
+    /// slack that evicted nodes leave in the node slots and the child index; later inserts
+    /// then grow nothing until `total` nodes are live).
+    fn compact(&mut self, total: usize) {
         let mut trie = SuffixTrie::new(self.cfg.max_depth).expect("depth checked at creation");
-        trie.reserve(self.trie.num_nodes());
+        trie.reserve_total(total.max(self.trie.num_nodes()));
         for d in &self.docs {
             trie.extend(&mut Cursor::default(), d);
         }
@@ -455,33 +481,45 @@ impl SuffixCache {
         self.docs = docs;
     }
 
+    fn fits(&self, n: usize) -> bool {
+        self.bytes_after(n) <= self.cfg.max_bytes && self.cfg.max_docs.is_none_or(|m| self.docs.len() < m)
+    }
+
     /// Inserts one document (its last tokens when it alone could exceed the cap), evicting
     /// the oldest documents first so that [`memory_bytes`](Self::memory_bytes) stays within
-    /// `max_bytes`. O(len * max_depth) plus the evictions.
+    /// `max_bytes`. O(len * max_depth) plus the evictions; when the cache first fills up the
+    /// trie is rebuilt once, reserved for as many nodes as the cap allows.
     pub fn insert(&mut self, tokens: &[i64]) -> Result<()> {
         let mut doc = Vec::with_capacity(tokens.len());
         for &t in tokens {
             doc.push(check_token("tokens", t)?);
         }
-        let fits = |c: &SuffixCache, n: usize| {
-            c.bytes_after(n) <= c.cfg.max_bytes && c.cfg.max_docs.is_none_or(|m| c.docs.len() < m)
-        };
-        while !self.docs.is_empty() && !fits(self, doc.len()) {
+        let depth = self.cfg.max_depth;
+        let mut compacted = false;
+        while !self.fits(doc.len()) {
+            let target = self.target_nodes(doc.len());
+            let needed = self.trie.num_nodes() + doc.len() * depth;
+            let count_ok = self.cfg.max_docs.is_none_or(|m| self.docs.len() < m);
+            if !compacted && (self.docs.is_empty() || (count_ok && needed <= target)) {
+                self.compact(target);
+                compacted = true;
+                continue;
+            }
+            if self.docs.is_empty() {
+                break;
+            }
             self.evict_oldest()?;
-        }
-        if !fits(self, doc.len()) {
-            self.compact();
         }
         // A document too large for the cap on its own keeps its last tokens.
         let mut keep = doc.len();
-        while keep > 0 && !fits(self, keep) {
+        while keep > 0 && !self.fits(keep) {
             keep /= 2;
         }
         if keep == 0 {
             return Ok(());
         }
         let doc = doc[doc.len() - keep..].to_vec();
-        self.trie.reserve(keep * self.cfg.max_depth);
+        self.trie.reserve(keep * depth);
         self.doc_tokens += doc.len();
         self.trie.extend(&mut Cursor::default(), &doc);
         self.docs.push_back(doc);

@@ -173,3 +173,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn memory_bound_over_configs() {
+    for (depth, cap, vocab) in [(12usize, 256usize << 10, 300u64), (4, 16 << 10, 20), (24, 1 << 20, 5000), (64, 64 << 10, 3)] {
+        let cfg = CacheConfig { max_depth: depth, max_bytes: cap, max_docs: None };
+        let mut c = SuffixCache::new(cfg).unwrap();
+        let mut state = depth as u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        let mut all = Vec::new();
+        for _ in 0..300 {
+            let n = 1 + next() as usize % 250;
+            let doc: Vec<i64> = (0..n).map(|_| (next() % vocab) as i64).collect();
+            c.insert(&doc).unwrap();
+            all.push(doc);
+            assert!(c.memory_bytes() <= cap, "depth {depth}: {} > {cap}", c.memory_bytes());
+        }
+        assert!(c.evicted() > 0);
+        let kept: Vec<Vec<u32>> = c.docs().map(|d| d.to_vec()).collect();
+        assert_eq!(trie_counts(c.trie()), brute_counts(&kept, depth));
+    }
+}
