@@ -207,7 +207,7 @@ impl PySuffixCache {
 #[pymethods]
 impl PySuffixCache {
     #[new]
-    #[pyo3(signature = (max_depth = 24, max_bytes = 64 << 20, max_requests = None))]
+    #[pyo3(signature = (max_depth = 24, max_bytes = 67108864, max_requests = None))]
     fn new(
         #[pyo3(from_py_with = depth_arg)] max_depth: usize,
         #[pyo3(from_py_with = max_bytes_arg)] max_bytes: usize,
@@ -273,7 +273,7 @@ impl PySuffixCache {
     ///     ValueError: not suffix cache bytes, another version, truncated or corrupt data, or
     ///         a different max_depth than the data's when max_depth is given.
     #[staticmethod]
-    #[pyo3(signature = (data, *, max_bytes = 64 << 20, max_requests = None))]
+    #[pyo3(signature = (data, *, max_bytes = 67108864, max_requests = None))]
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],
