@@ -3,7 +3,25 @@ random-weight Llama built from a config, with the embedded model's real tokenize
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+
+def pytest_configure(config):
+    """The suite never writes to the user's cache: drafter states and step-cost calibrations
+    go to a temporary folder (per test, see ``_private_cache_dir``; this one covers session
+    fixtures and what is saved at exit)."""
+    os.environ["TOKENLOOM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tokenloom-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path, monkeypatch):
+    """Each test gets its own cache folder (persisted drafter states do not leak between tests)."""
+    path = tmp_path / "tokenloom-cache"
+    monkeypatch.setenv("TOKENLOOM_CACHE_DIR", str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

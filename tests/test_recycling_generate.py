@@ -94,9 +94,11 @@ def test_default_recycler_is_shared(tiny_llama):
     reset_default_recyclers()
     ids = _prompt(13)
     tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=20, tree="2.2.2-8", eos_token_id=[])
-    assert default_recycler(49152).adjacency().any()
+    assert default_recycler(49152, model=tiny_llama).adjacency().any(), "one recycler per model"
+    assert not default_recycler(49152).adjacency().any(), "the model-less default is another one"
     reset_default_recyclers()
-    assert not default_recycler(49152).adjacency().any()
+    assert not default_recycler(49152, model=tiny_llama, persist=False).adjacency().any()
+    reset_default_recyclers()
 
 
 def test_seed_from_prefill(tiny_llama):

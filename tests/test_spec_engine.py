@@ -267,7 +267,7 @@ def test_two_threads_share_one_recycler(tiny_llama):
             t.join()
         assert not errors, errors
         assert [got[j] for j in range(len(prompts))] == want
-        matrix = (rec or default_recycler(49152)).adjacency()
+        matrix = (rec or default_recycler(49152, model=tiny_llama)).adjacency()
         assert int(matrix.max()) < 49152
 
 

@@ -80,6 +80,9 @@ class Drafter(Protocol):
         name: a short name for statistics.
         prefill_positions: how many of the prompt's last positions' logits :meth:`prefill`
             wants (>= 1; the loop asks the prefill forward for that many).
+
+    Optional: a ``finish()`` method, called once after the last step of a request (after
+    :meth:`stats`), e.g. to persist what the drafter learned (:mod:`tokenloom.spec.persist`).
     """
 
     name: str

@@ -79,8 +79,8 @@ def speculative_decode(model: Any, input_ids: Any, cfg: DecodeConfig, sink: Toke
         stats.observe(tree, result)
         done = sink.emit(result.tokens.tolist())
         root = int(result.tokens[-1])
-    finish = getattr(drafter, "finish", None)
-    if callable(finish):  # optional: the request ended (e.g. cache what it produced)
-        finish()
     stats.extra.update(drafter.stats())
+    finish = getattr(drafter, "finish", None)
+    if callable(finish):  # optional: the request ended (e.g. persist what the drafter learned)
+        finish()
     return stats

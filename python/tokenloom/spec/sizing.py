@@ -31,10 +31,11 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from tokenloom.spec.persist import cache_dir
 
 __all__ = [
     "AcceptanceStats",
@@ -76,14 +77,6 @@ def clear_step_cost_cache() -> None:
     """Forget the in-process calibrations (the disk cache is kept)."""
     with _COSTS_LOCK:
         _COSTS.clear()
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("TOKENLOOM_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tokenloom"
 
 
 def calibration_key(model: Any) -> str:
@@ -136,7 +129,7 @@ def calibrate_step_cost(
             return _COSTS[key]
     if disk is None:
         disk = os.environ.get("TOKENLOOM_NO_DISK_CACHE", "") not in ("1", "true", "yes")
-    path = _cache_dir() / f"stepcost-{key}.json"
+    path = cache_dir() / f"stepcost-{key}.json"
     if disk and not force and path.is_file():
         try:
             data = json.loads(path.read_text())

@@ -446,6 +446,44 @@ impl PyTokenRecycler {
         Self::with(rec, template)
     }
 
+    /// The matrix (not the template) as bytes: the same versioned format as `save`.
+    ///
+    /// Returns:
+    ///     bytes: header (magic "TLRECYCL", version, vocab, k) then vocab * k u32.
+    #[pyo3(signature = ())]
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let data = py.detach(|| -> PyResult<Vec<u8>> { Ok(self.read()?.rec.to_bytes()) })?;
+        Ok(pyo3::types::PyBytes::new(py, &data))
+    }
+
+    /// A recycler from `to_bytes` output, validated like `load` (header, sizes, length, every
+    /// entry < vocab_size) before the matrix is allocated.
+    ///
+    /// Args:
+    ///     data (bytes): the serialised matrix.
+    ///     vocab_size (int | None): when given, must equal the data's vocabulary size.
+    ///     k (int | None): when given, must equal the data's k.
+    ///     template (str | list[list[int]]): drafting template (default "2.2.2").
+    ///
+    /// Returns:
+    ///     TokenRecycler.
+    ///
+    /// Raises:
+    ///     ValueError: not recycler data, unsupported version, truncated, corrupt, or a
+    ///         vocab_size / k mismatch; bad template.
+    #[staticmethod]
+    #[pyo3(signature = (data, vocab_size = None, k = None, template = None))]
+    fn from_bytes(
+        py: Python<'_>,
+        data: &[u8],
+        #[pyo3(from_py_with = args::opt_vocab_size)] vocab_size: Option<usize>,
+        #[pyo3(from_py_with = args::opt_k_candidates)] k: Option<usize>,
+        template: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let rec = py.detach(|| TokenRecycler::from_bytes(data, vocab_size, k)).map_err(to_py)?;
+        Self::with(rec, template)
+    }
+
     fn __repr__(&self) -> PyResult<String> {
         let st = self.read()?;
         Ok(format!(

@@ -42,7 +42,7 @@ except ImportError as e:  # pragma: no cover - the hf extra is missing
 from tokenloom.runtime.model import logits_width
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.recycling.drafter import RecyclingDrafter
-from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler
+from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler, recycler_changed
 from tokenloom.spec.templates import chain_paths
 from tokenloom.verify.kernels import VerifyResult
 
@@ -421,7 +421,7 @@ def recycling_assisted_generate(
     _check_batch(input_ids, who)
     gen = candidate_generator
     if gen is None:
-        rec = recycler if recycler is not None else default_recycler(logits_width(model))
+        rec = recycler if recycler is not None else default_recycler(logits_width(model), model=model)
         gen = RecyclingCandidateGenerator(
             rec,
             num_tokens,
@@ -442,7 +442,7 @@ def recycling_assisted_generate(
         saved = vars(model).get("_get_candidate_generator")
         model._get_candidate_generator = _candidate_generator
         try:
-            return model._assisted_decoding(
+            out = model._assisted_decoding(
                 input_ids,
                 logits_processor=logits_processor,
                 stopping_criteria=stopping_criteria,
@@ -457,6 +457,9 @@ def recycling_assisted_generate(
                 model._get_candidate_generator = saved
             else:
                 del model._get_candidate_generator
+    if candidate_generator is None and recycler is None:
+        recycler_changed(gen.recycler, model)  # persist the per-model default recycler (throttled)
+    return out
 
 
 _PATCH_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()

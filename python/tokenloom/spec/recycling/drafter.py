@@ -56,6 +56,8 @@ class RecyclingDrafter:
             fresh ones, i.e. the prior).
         remember: called with this drafter's statistics at every template decision, e.g.
             :meth:`~tokenloom.spec.sizing.StatsMemory.save` so the next request starts warm.
+        finish: called once when the request ends (:meth:`finish`), e.g. to persist the
+            recycler (:func:`~tokenloom.spec.recycling.recycler.recycler_changed`).
 
     Raises:
         ValueError: a bad template or one with a rank >= ``recycler.k``; ``tree="auto"``
@@ -74,6 +76,7 @@ class RecyclingDrafter:
         resize_every: int = RESIZE_EVERY,
         acceptance: Optional[AcceptanceStats] = None,
         remember: Optional[Callable[[AcceptanceStats], None]] = None,
+        finish: Optional[Callable[[], None]] = None,
     ):
         if isinstance(resize_every, bool) or not isinstance(resize_every, int) or resize_every < 1:
             raise ValueError(f"resize_every: expected an int >= 1, got {resize_every!r}")
@@ -87,6 +90,7 @@ class RecyclingDrafter:
         if self.acceptance.k != self.k:
             raise ValueError(f"acceptance: statistics for k={self.acceptance.k}, recycler k={self.k}")
         self._remember = remember
+        self._finish = finish
         self.cost = cost
         self._step = 0
         self._candidates: List[List[int]] = []
@@ -129,6 +133,11 @@ class RecyclingDrafter:
         tokens = tree.tokens
         self.acceptance.observe(self.recycler.ranks_of(tokens[result.path], result.tokens).tolist())
         self.recycler.update(tokens, topk)
+
+    def finish(self) -> None:
+        """The request ended: run the ``finish`` callback (persisting the recycler)."""
+        if self._finish is not None:
+            self._finish()
 
     def stats(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"seeded": self.seed_prefill, "depth_acceptance": self.acceptance.depth_acceptance()}

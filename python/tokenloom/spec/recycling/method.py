@@ -7,7 +7,8 @@ from typing import Any, Callable, Optional, Union
 
 from tokenloom.runtime.model import logits_width
 from tokenloom.spec.recycling.drafter import RESIZE_EVERY, SEED_FROM_PREFILL, RecyclingDrafter
-from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler
+from tokenloom.spec.persist import resolve_persist
+from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler, recycler_changed
 from tokenloom.spec.sizing import StatsMemory, calibrate_step_cost
 from tokenloom.spec.templates import TemplateSpec
 
@@ -27,6 +28,7 @@ def make_recycling_drafter(
     tree: Union[str, TemplateSpec] = "auto",
     seed_prefill: Optional[bool] = None,
     resize_every: int = RESIZE_EVERY,
+    persist: Optional[bool] = None,
 ) -> RecyclingDrafter:
     """The drafter of ``generate(method="recycling")``.
 
@@ -39,6 +41,10 @@ def make_recycling_drafter(
         resize_every: steps between template decisions in auto mode. In auto mode the
             drafter starts from the acceptance statistics the last request on the same
             recycler published (:data:`SIZING_MEMORY`).
+        persist: keep the default recycler's matrix across processes (load it when the
+            per-model default recycler is created, save it after the request, throttled; see
+            :mod:`tokenloom.spec.persist`). None (default): on unless ``TOKENLOOM_PERSIST=0``.
+            Ignored when ``recycler`` is given.
 
     Stats (``GenerateStats.extra``): ``depth_acceptance`` (estimated P(match | reached depth d)),
     ``calibration`` (auto mode: tree tokens -> seconds), ``seeded``, plus the loop's
@@ -51,14 +57,16 @@ def make_recycling_drafter(
     vocab = logits_width(model)
     if recycler is not None and not isinstance(recycler, TokenRecycler):
         raise TypeError(f"recycler: expected a tokenloom.TokenRecycler, got {type(recycler).__name__}")
-    rec = recycler if recycler is not None else default_recycler(vocab)
+    keep = resolve_persist(persist)
+    rec = recycler if recycler is not None else default_recycler(vocab, model=model, persist=keep)
+    finish = None if recycler is not None or not keep else (lambda: recycler_changed(rec, model, True))
     if rec.vocab_size < vocab:
         raise ValueError(f"recycler: vocab_size {rec.vocab_size} is smaller than the model's {vocab}")
     auto = isinstance(tree, str) and tree == "auto"
     cost = calibrate_step_cost(model, k=rec.k) if auto else None
     seed = SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill)
     if not auto:
-        return RecyclingDrafter(rec, tree=tree, seed_prefill=seed, resize_every=resize_every)
+        return RecyclingDrafter(rec, tree=tree, seed_prefill=seed, resize_every=resize_every, finish=finish)
     return RecyclingDrafter(
         rec,
         tree=tree,
@@ -67,4 +75,5 @@ def make_recycling_drafter(
         resize_every=resize_every,
         acceptance=SIZING_MEMORY.load(rec, rec.k),
         remember=lambda stats: SIZING_MEMORY.save(rec, stats),
+        finish=finish,
     )

@@ -5,7 +5,9 @@ token. ``draft(root)`` expands a static template by BFS (node ``i`` gets ``A[tok
 rank(i)]``); ``update(tokens, topk_ids)`` overwrites the row of every verified tree position with
 the target's top-k after it (**last position wins among duplicated tokens**). Rows start at zero
 and are never reset, so one recycler carries its "hot start" across requests;
-``save``/``load`` carry it across processes.
+``save``/``load`` (or ``to_bytes``/``from_bytes``) carry it across processes, and the per-model
+default recycler of ``generate(method="recycling")`` is persisted in the user cache directory
+(:mod:`tokenloom.spec.persist`; ``persist=False`` or ``TOKENLOOM_PERSIST=0`` opts out).
 
 Templates: see :mod:`tokenloom.spec.templates`. ``draft(root, template=...)`` drafts with a
 given compiled template, so each drafter owns its template and the recycler shares only the
@@ -23,11 +25,12 @@ import numpy as np
 from tokenloom import _core
 from tokenloom._arrays import as_array, as_int
 from tokenloom.spec.base import DraftTree
+from tokenloom.spec.persist import StateSaver, load_object, model_key, resolve_persist
 from tokenloom.spec.recycling.drafter import RecyclingDrafter
 from tokenloom.spec.step import TreeStep
 from tokenloom.spec.templates import Template, TemplateSpec, compile_template, template_arg
 
-__all__ = ["DraftTree", "TokenRecycler", "default_recycler", "reset_default_recyclers"]
+__all__ = ["STATE_VERSION", "DraftTree", "TokenRecycler", "default_recycler", "recycler_changed", "reset_default_recyclers", "state_name"]
 
 
 class TokenRecycler:
@@ -158,6 +161,28 @@ class TokenRecycler:
         """A copy of the matrix, uint32 [vocab_size, k]."""
         return self._r.adjacency()
 
+    def to_bytes(self) -> bytes:
+        """The matrix (not the template) as bytes, in the format of :meth:`save`."""
+        return self._r.to_bytes()
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        vocab_size: Optional[int] = None,
+        k: Optional[int] = None,
+        template: TemplateSpec = "2.2.2",
+    ) -> "TokenRecycler":
+        """A recycler from :meth:`to_bytes` output (checked like :meth:`load`).
+
+        Raises:
+            TypeError: ``data`` is not bytes. ValueError: not recycler data, bad version,
+            truncated, corrupt, or ``vocab_size`` / ``k`` differ from the data's.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expected bytes, got {type(data).__name__}")
+        return cls._wrap(_core.TokenRecycler.from_bytes(bytes(data), vocab_size, k, template_arg(template)))
+
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write the matrix (not the template) to ``path`` (versioned binary, see ``_core``)."""
         self._r.save(os.fspath(path))
@@ -182,20 +207,63 @@ class TokenRecycler:
         return f"TokenRecycler(vocab_size={self.vocab_size}, k={self.k}, tree_size={self.tree_size})"
 
 
-_DEFAULTS: Dict[Tuple[int, int], TokenRecycler] = {}
+#: Version of the persisted matrix (the payload is :meth:`TokenRecycler.to_bytes`, which carries
+#: its own format version too).
+STATE_VERSION = 1
+
+_DEFAULTS: Dict[Tuple[Optional[str], int, int], TokenRecycler] = {}
+_SAVERS: Dict[Tuple[str, int], StateSaver] = {}
 _DEFAULTS_LOCK = threading.Lock()
 
 
-def default_recycler(vocab_size: int, k: int = 8) -> TokenRecycler:
-    """The process-wide recycler for ``vocab_size`` (created on first use, then kept: hot start)."""
+def state_name(k: int) -> str:
+    """The name the default recycler's matrix is persisted under (:mod:`tokenloom.spec.persist`)."""
+    return f"recycler-k{k}"
+
+
+def default_recycler(vocab_size: int, k: int = 8, *, model: Any = None, persist: Optional[bool] = None) -> TokenRecycler:
+    """The process-wide recycler (created on first use, then kept: hot start across calls).
+
+    With ``model`` there is one recycler per model (:func:`tokenloom.spec.persist.model_key`),
+    and, when persistence is on (``persist=True``, or None and ``TOKENLOOM_PERSIST`` not 0), it
+    starts from the matrix the last process saved for that model (hot start across processes;
+    a corrupted or outdated file gives one warning and a cold start). Without ``model``: one
+    recycler per ``vocab_size``, never persisted.
+
+    Raises:
+        TypeError: ``persist`` is not None or a bool.
+    """
+    want = resolve_persist(persist) if model is not None else False
+    key = model_key(model) if model is not None else None
     with _DEFAULTS_LOCK:
-        rec = _DEFAULTS.get((vocab_size, k))
+        rec = _DEFAULTS.get((key, vocab_size, k))
+        if rec is not None:
+            return rec
+        rec = None
+        if key is not None and want:
+            rec = load_object(key, state_name(k), STATE_VERSION, lambda b: TokenRecycler.from_bytes(b, vocab_size, k))
         if rec is None:
-            rec = _DEFAULTS[(vocab_size, k)] = TokenRecycler(vocab_size, k)
+            rec = TokenRecycler(vocab_size, k)
+        _DEFAULTS[(key, vocab_size, k)] = rec
+        if key is not None:
+            _SAVERS[(key, k)] = StateSaver(key, state_name(k), STATE_VERSION, rec)
         return rec
 
 
+def recycler_changed(recycler: TokenRecycler, model: Any, persist: Optional[bool] = None) -> None:
+    """After a request on ``default_recycler(..., model=model)``: save its matrix (throttled,
+    atomic; see :class:`~tokenloom.spec.persist.StateSaver`) when persistence is on. A no-op for
+    any other recycler."""
+    if not resolve_persist(persist):
+        return
+    with _DEFAULTS_LOCK:
+        saver = _SAVERS.get((model_key(model), recycler.k))
+    if saver is not None and saver.obj() is recycler:
+        saver.changed()
+
+
 def reset_default_recyclers() -> None:
-    """Forget the process-wide recyclers (the next call starts cold)."""
+    """Forget the process-wide recyclers (the next call starts from the saved state, or cold)."""
     with _DEFAULTS_LOCK:
         _DEFAULTS.clear()
+        _SAVERS.clear()

@@ -1,0 +1,391 @@
+"""Drafter state persisted per model across processes (the one home for every persisted state).
+
+A drafter that learns while it runs (Token Recycling's adjacency matrix, a cross-request suffix
+cache, ...) starts the next process where the last one stopped: its state is saved in the user
+cache directory under ``(model key, name)`` and loaded when the state is created again.
+
+* :func:`cache_dir`: ``$TOKENLOOM_CACHE_DIR``, else ``$XDG_CACHE_HOME/tokenloom``, else
+  ``~/.cache/tokenloom``. Drafter states live in its ``state/`` folder, one file per model and
+  name: ``<model key>-<name>.bin``.
+* :func:`persistence_enabled`: False when ``TOKENLOOM_PERSIST=0`` (opt-out); a ``persist=``
+  keyword of the public entry points overrides it per call (:func:`resolve_persist`).
+* :func:`model_key`: the model's config and a cheap fingerprint of its embedding weights,
+  the same in every process that loads the same model.
+* :func:`load_state` / :func:`save_state`: bytes in and out. The file carries a header (magic,
+  format version, the state's own version, name, key, payload length, SHA-256 of the payload);
+  a missing file is a cold start, a corrupted or wrong-version file gives ONE warning
+  (:class:`PersistWarning`) and a cold start. Saving writes a temporary file in the same folder,
+  fsyncs it and renames it over the old one (``os.replace``), so a reader or a second writer
+  never sees half a file; a failed write warns once and never raises into generation.
+* :class:`StateSaver`: throttled saving of one live object (``obj.to_bytes()``): ``changed()``
+  after each request saves at most every ``min_interval`` seconds, and whatever changed since
+  the last save is written when the process exits.
+
+A persisted object exposes ``to_bytes() -> bytes`` and a ``from_bytes(data)`` that validates its
+input (bad data -> ValueError, which :func:`load_object` turns into the one warning). The layout::
+
+    magic b"TLSTATE1" | u32 header version | u32 state version | u16 len + name | u16 len + key
+    | u64 payload length | 32-byte SHA-256 of the payload | payload        (little-endian)
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import struct
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Optional, Set, TypeVar
+
+__all__ = [
+    "MIN_SAVE_INTERVAL",
+    "PersistWarning",
+    "StateSaver",
+    "cache_dir",
+    "flush_all",
+    "load_object",
+    "load_state",
+    "model_key",
+    "persistence_enabled",
+    "resolve_persist",
+    "save_state",
+    "state_path",
+]
+
+MAGIC = b"TLSTATE1"
+HEADER_VERSION = 1
+#: Seconds between two saves of one object by :meth:`StateSaver.changed` (the last change is
+#: always written at process exit).
+MIN_SAVE_INTERVAL = 30.0
+_FIXED = struct.Struct("<8sII")
+_LEN = struct.Struct("<Q")
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+T = TypeVar("T")
+
+
+class PersistWarning(UserWarning):
+    """A persisted state could not be read (cold start) or written (kept in memory only)."""
+
+
+def cache_dir() -> Path:
+    """``$TOKENLOOM_CACHE_DIR``, else ``$XDG_CACHE_HOME/tokenloom``, else ``~/.cache/tokenloom``."""
+    env = os.environ.get("TOKENLOOM_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tokenloom"
+
+
+def persistence_enabled() -> bool:
+    """False when the environment opts out (``TOKENLOOM_PERSIST`` = ``0``/``false``/``no``/``off``)."""
+    return os.environ.get("TOKENLOOM_PERSIST", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def resolve_persist(persist: Optional[bool]) -> bool:
+    """A call's ``persist=`` keyword (True / False) or, when None, :func:`persistence_enabled`.
+
+    Raises:
+        TypeError: ``persist`` is neither None nor a bool.
+    """
+    if persist is None:
+        return persistence_enabled()
+    if not isinstance(persist, bool):
+        raise TypeError(f"persist: expected True, False or None (use TOKENLOOM_PERSIST), got {persist!r}")
+    return persist
+
+
+_KEYS: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+_KEYS_LOCK = threading.Lock()
+
+
+def _embedding(model: Any) -> Any:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    weight = getattr(emb, "weight", None)
+    if weight is None:  # not an HF model: the first parameter
+        params = getattr(model, "parameters", None)
+        weight = next(iter(params()), None) if callable(params) else None
+    return weight
+
+
+def model_key(model: Any) -> str:
+    """A stable key of ``model``: its config (architecture, sizes, vocabulary) and a fingerprint
+    of its input-embedding weights (4,096 evenly spaced values, their dtype and shape).
+
+    The same model loaded in another process gets the same key; a model with other weights or
+    another config gets another. Independent of device, threads and CPU packing. Cached per
+    model object (recomputed when the embedding is edited in place).
+
+    Returns:
+        str: 24 hex digits.
+    """
+    import torch
+
+    weight = _embedding(model)
+    stamp = (id(weight), getattr(weight, "_version", 0))
+    try:
+        with _KEYS_LOCK:
+            hit = _KEYS.get(model)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    except TypeError:  # not weak-referenceable
+        pass
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        cfg = config.to_json_string(use_diff=False)
+    else:
+        cfg = type(model).__qualname__
+    h = hashlib.sha256(cfg.encode())
+    if weight is not None:
+        with torch.no_grad():
+            flat = weight.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step][:4096].to("cpu", torch.float64).numpy()
+        h.update(f"|{weight.dtype}|{tuple(weight.shape)}|".encode())
+        h.update(sample.tobytes())
+    key = h.hexdigest()[:24]
+    try:
+        with _KEYS_LOCK:
+            _KEYS[model] = (stamp, key)
+    except TypeError:
+        pass
+    return key
+
+
+def _check_name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 100 or not set(value) <= _NAME_OK:
+        raise ValueError(f"{what}: expected 1-100 characters of [a-z0-9-_.], got {value!r}")
+    return value
+
+
+def _check_version(version: Any) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**32:
+        raise ValueError(f"version: expected an int in [0, 2**32), got {version!r}")
+    return version
+
+
+def state_path(key: str, name: str) -> Path:
+    """Where the state ``name`` of the model ``key`` lives: ``cache_dir()/state/<key>-<name>.bin``.
+
+    Raises:
+        ValueError: ``key`` or ``name`` is empty, too long or has characters outside
+            ``[a-z0-9-_.]``.
+    """
+    return cache_dir() / "state" / f"{_check_name('key', key)}-{_check_name('name', name)}.bin"
+
+
+_WARNED: Set[str] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _warn_once(path: Path, message: str) -> None:
+    with _WARNED_LOCK:
+        if str(path) in _WARNED:
+            return
+        _WARNED.add(str(path))
+    warnings.warn(message, PersistWarning, stacklevel=3)
+
+
+def _encode(key: str, name: str, version: int, payload: bytes) -> bytes:
+    nb, kb = name.encode(), key.encode()
+    return b"".join(
+        (
+            _FIXED.pack(MAGIC, HEADER_VERSION, version),
+            struct.pack("<H", len(nb)), nb,
+            struct.pack("<H", len(kb)), kb,
+            _LEN.pack(len(payload)),
+            hashlib.sha256(payload).digest(),
+            payload,
+        )
+    )
+
+
+def _decode(data: bytes, key: str, name: str, version: int) -> bytes:
+    """The payload of a state file, or ValueError saying what is wrong with it."""
+    mv = memoryview(data)
+    if len(data) < _FIXED.size or bytes(mv[:8]) != MAGIC:
+        raise ValueError("not a tokenloom state file (bad magic)")
+    _, header_version, got_version = _FIXED.unpack_from(data, 0)
+    if header_version != HEADER_VERSION:
+        raise ValueError(f"state file header version {header_version}, expected {HEADER_VERSION}")
+    if got_version != version:
+        raise ValueError(f"state {name!r} has version {got_version}, this tokenloom reads version {version}")
+    off = _FIXED.size
+    fields = []
+    for what in ("name", "key"):
+        if off + 2 > len(data):
+            raise ValueError(f"state file truncated in its {what}")
+        (n,) = struct.unpack_from("<H", data, off)
+        off += 2
+        fields.append(bytes(mv[off:off + n]).decode("utf-8", "replace"))
+        off += n
+    if fields != [name, key]:
+        raise ValueError(f"state file is for {fields[0]!r} of model {fields[1]!r}, not {name!r} of {key!r}")
+    if off + _LEN.size + 32 > len(data):
+        raise ValueError("state file truncated in its header")
+    (length,) = _LEN.unpack_from(data, off)
+    off += _LEN.size
+    digest = bytes(mv[off:off + 32])
+    off += 32
+    if len(data) - off != length:
+        raise ValueError(f"state file truncated or padded: payload of {len(data) - off} bytes, header says {length}")
+    payload = bytes(mv[off:])
+    if hashlib.sha256(payload).digest() != digest:
+        raise ValueError("state file checksum mismatch (corrupted)")
+    return payload
+
+
+def load_state(key: str, name: str, version: int) -> Optional[bytes]:
+    """The payload saved for ``(key, name)`` at ``version``.
+
+    Returns:
+        bytes, or None when there is no file (cold start) or it cannot be used: unreadable,
+        corrupted, another version, another model or name -- then ONE :class:`PersistWarning`
+        per file and process says why and where.
+
+    Raises:
+        ValueError: a malformed ``key`` / ``name`` / ``version`` (a caller's bug).
+    """
+    path = state_path(key, name)
+    _check_version(version)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _warn_once(path, f"tokenloom: cannot read the saved {name} state ({e}); starting cold")
+        return None
+    try:
+        return _decode(data, key, name, version)
+    except ValueError as e:
+        _warn_once(path, f"tokenloom: ignoring the saved {name} state at {path}: {e}; starting cold (it is overwritten on the next save)")
+        return None
+
+
+def save_state(key: str, name: str, version: int, payload: bytes) -> None:
+    """Save ``payload`` for ``(key, name)`` at ``version``, atomically: a temporary file in the
+    same folder, fsync, then ``os.replace`` over the old file (concurrent writers: the last one
+    wins, no reader ever sees a partial file). A failure to write gives ONE
+    :class:`PersistWarning` per file and process and is otherwise ignored.
+
+    Raises:
+        ValueError: a malformed ``key`` / ``name`` / ``version``. TypeError: ``payload`` is not
+        bytes-like.
+    """
+    path = state_path(key, name)
+    _check_version(version)
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload: expected bytes, got {type(payload).__name__}")
+    _write(path, name, _encode(key, name, version, bytes(payload)))
+
+
+def _write(path: Path, name: str, data: bytes) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        _warn_once(path, f"tokenloom: cannot save the {name} state to {path} ({e}); it stays in memory only")
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def load_object(key: str, name: str, version: int, from_bytes: Callable[[bytes], T]) -> Optional[T]:
+    """``from_bytes(load_state(...))``, or None on a cold start; a ValueError from
+    ``from_bytes`` (data that passed the checksum but not the object's own checks, e.g. another
+    vocabulary) becomes the one :class:`PersistWarning` and a cold start."""
+    data = load_state(key, name, version)
+    if data is None:
+        return None
+    try:
+        return from_bytes(data)
+    except ValueError as e:
+        _warn_once(state_path(key, name), f"tokenloom: ignoring the saved {name} state at {state_path(key, name)}: {e}; starting cold")
+        return None
+
+
+class StateSaver:
+    """Throttled, atomic saving of one live object's state (``obj.to_bytes()``).
+
+    Call :meth:`changed` when the object learned something (e.g. after each request): it saves
+    at once when the last save is at least ``min_interval`` seconds old, else marks the object
+    dirty; dirty objects are saved at process exit (:func:`flush_all`, registered with
+    ``atexit``). The object is held weakly. Thread-safe.
+
+    Args:
+        key, name, version: as in :func:`save_state`.
+        obj: anything with ``to_bytes() -> bytes``.
+        min_interval: seconds between two saves by :meth:`changed` (default :data:`MIN_SAVE_INTERVAL`).
+    """
+
+    def __init__(self, key: str, name: str, version: int, obj: Any, *, min_interval: float = MIN_SAVE_INTERVAL):
+        self.path = state_path(key, name)  # fixed now: a later change of the cache dir does not move it
+        self.key, self.name, self.version = key, name, _check_version(version)
+        self._obj = weakref.ref(obj)
+        self.min_interval = float(min_interval)
+        self._last = float("-inf")
+        self._dirty = False
+        self._lock = threading.Lock()
+        with _SAVERS_LOCK:
+            _SAVERS.add(self)
+
+    def obj(self) -> Any:
+        """The saved object (None once it is gone)."""
+        return self._obj()
+
+    def changed(self) -> None:
+        """The object changed: save now if the last save is ``min_interval`` old, else later."""
+        with self._lock:
+            self._dirty = True
+            due = time.monotonic() - self._last >= self.min_interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Save now if anything changed since the last save."""
+        with self._lock:
+            obj = self._obj()
+            if not self._dirty or obj is None:
+                return
+            self._dirty = False
+            self._last = time.monotonic()
+            payload = obj.to_bytes()
+        _write(self.path, self.name, _encode(self.key, self.name, self.version, payload))
+
+    def __repr__(self) -> str:
+        return f"StateSaver({self.name!r}, key={self.key!r}, dirty={self._dirty})"
+
+
+_SAVERS: "weakref.WeakSet[StateSaver]" = weakref.WeakSet()
+_SAVERS_LOCK = threading.Lock()
+
+
+def flush_all() -> None:
+    """Save every :class:`StateSaver` with unsaved changes (run at process exit)."""
+    with _SAVERS_LOCK:
+        savers = list(_SAVERS)
+    for saver in savers:
+        try:
+            saver.flush()
+        except Exception as e:  # noqa: BLE001 - never fail an exit over a cache
+            warnings.warn(f"tokenloom: could not save the {saver.name} state: {e}", PersistWarning, stacklevel=2)
+
+
+atexit.register(flush_all)
+
