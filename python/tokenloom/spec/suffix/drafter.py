@@ -104,6 +104,8 @@ class MergedDrafter:
         cache_output: add this request's output to ``cache`` when it ends.
         max_output, eos_token_ids: the request's token budget and stop tokens: the output
             cached is what the request emitted (the last step may verify tokens past them).
+        finish: called when the request ends, after the output is cached (e.g. to persist the
+            recycler and the cache).
 
     Raises:
         ValueError: a size below 1, ``budget`` neither an int nor ``"auto"``, ``"auto"``
@@ -129,6 +131,7 @@ class MergedDrafter:
         cache_output: bool = True,
         max_output: Optional[int] = None,
         eos_token_ids: Sequence[int] = (),
+        finish: Optional[Callable[[], None]] = None,
     ):
         from tokenloom.spec.recycling.recycler import TokenRecycler
 
@@ -161,6 +164,7 @@ class MergedDrafter:
         self.cache_output = bool(cache_output)
         self.max_output = None if max_output is None else as_count(max_output, "max_output", 0)
         self.eos = frozenset(int(t) for t in eos_token_ids)
+        self._on_finish = finish
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self._upper = np.triu(np.ones((self.k, self.k), dtype=bool), 1)  # [i, j]: i < j
@@ -245,6 +249,8 @@ class MergedDrafter:
             self.cache.insert(np.asarray(out, dtype=np.int64))
         if self._remember is not None:
             self._remember(self.calibration)
+        if self._on_finish is not None:
+            self._on_finish()
 
     def stats(self) -> Dict[str, Any]:
         req, cache, rec = self.calibration.summary()

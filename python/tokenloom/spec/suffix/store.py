@@ -5,7 +5,8 @@
   of at most ``max_depth`` tokens with its occurrence count; appending a token is O(max_depth).
 * :class:`SuffixCache` — earlier requests' outputs in one trie, bounded by ``max_bytes`` (and
   optionally ``max_requests``); the oldest sequences are evicted first. Thread-safe: one cache
-  may serve several requests. ``to_bytes`` / ``from_bytes`` carry it across processes.
+  may serve several requests. ``to_bytes`` / ``from_bytes`` carry it across processes; the per-model default cache
+  (:func:`default_suffix_cache`) is persisted through :mod:`tokenloom.spec.persist`.
 
 ``speculate(context)`` finds the longest suffix of ``context`` (at most ``max_match`` tokens)
 that occurred before with a continuation and returns the continuation tree best first by path
@@ -24,6 +25,7 @@ import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_array
+from tokenloom.spec.persist import StateSaver, load_object, model_key, resolve_persist
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -31,8 +33,11 @@ __all__ = [
     "SuffixCache",
     "SuffixDraft",
     "SuffixIndex",
+    "STATE_NAME",
+    "STATE_VERSION",
     "default_suffix_cache",
     "reset_default_suffix_caches",
+    "suffix_cache_changed",
 ]
 
 #: Longest substring stored (match + continuation), as arctic-inference's default tree depth.
@@ -173,21 +178,59 @@ class SuffixCache:
         return repr(self._c)
 
 
-_DEFAULTS: Dict[Any, SuffixCache] = {}
+#: Version of the persisted cache (the payload is :meth:`SuffixCache.to_bytes`, which carries
+#: its own format version too).
+STATE_VERSION = 1
+#: The name the default cache is persisted under (:mod:`tokenloom.spec.persist`).
+STATE_NAME = "suffix-cache"
+
+_DEFAULTS: Dict[Tuple[Optional[str], int], SuffixCache] = {}
+_SAVERS: Dict[str, StateSaver] = {}
 _DEFAULTS_LOCK = threading.Lock()
 
 
-def default_suffix_cache(key: Any) -> SuffixCache:
-    """The process-wide cross-request cache for ``key`` (e.g. the model's vocabulary size;
-    created on first use with the default caps, then kept)."""
+def default_suffix_cache(vocab_size: int, *, model: Any = None, persist: Optional[bool] = None) -> SuffixCache:
+    """The process-wide cross-request cache (created on first use with the default caps, then
+    kept).
+
+    With ``model`` there is one cache per model (:func:`tokenloom.spec.persist.model_key`) and,
+    when persistence is on (``persist=True``, or None and ``TOKENLOOM_PERSIST`` not 0), it
+    starts from the sequences the last process saved for that model (a corrupted or outdated
+    file gives one warning and a cold start). Without ``model``: one cache per ``vocab_size``,
+    never persisted.
+
+    Raises:
+        TypeError: ``persist`` is not None or a bool.
+    """
+    want = resolve_persist(persist) if model is not None else False
+    key = model_key(model) if model is not None else None
     with _DEFAULTS_LOCK:
-        cache = _DEFAULTS.get(key)
+        cache = _DEFAULTS.get((key, vocab_size))
+        if cache is not None:
+            return cache
+        cache = load_object(key, STATE_NAME, STATE_VERSION, SuffixCache.from_bytes) if key is not None and want else None
         if cache is None:
-            cache = _DEFAULTS[key] = SuffixCache()
+            cache = SuffixCache()
+        _DEFAULTS[(key, vocab_size)] = cache
+        if key is not None:
+            _SAVERS[key] = StateSaver(key, STATE_NAME, STATE_VERSION, cache)
         return cache
 
 
+def suffix_cache_changed(cache: SuffixCache, model: Any, persist: Optional[bool] = None) -> None:
+    """After a request on ``default_suffix_cache(..., model=model)``: save it (throttled,
+    atomic; see :class:`~tokenloom.spec.persist.StateSaver`) when persistence is on. A no-op for
+    any other cache."""
+    if not resolve_persist(persist):
+        return
+    with _DEFAULTS_LOCK:
+        saver = _SAVERS.get(model_key(model))
+    if saver is not None and saver.obj() is cache:
+        saver.changed()
+
+
 def reset_default_suffix_caches() -> None:
-    """Forget the process-wide caches (the next request starts cold)."""
+    """Forget the process-wide caches (the next request starts from the saved state, or cold)."""
     with _DEFAULTS_LOCK:
         _DEFAULTS.clear()
+        _SAVERS.clear()
