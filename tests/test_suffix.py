@@ -350,3 +350,34 @@ def test_equals_hf_greedy_embedded(smollm, method):
     same, out = count_same_as_hf(model, tok, PROMPTS, 48, method=method, cache=SuffixCache(max_bytes=1 << 22))
     assert same >= len(PROMPTS) - 1
     assert out.stats.spec.drafter == method
+
+
+def test_default_cache_persisted_across_processes(tiny_llama):
+    """generate(method="suffix") with the per-model default cache saves it through
+    tokenloom.spec.persist; a fresh start (the in-process defaults forgotten) loads the same
+    sequences; persist=False starts cold; a corrupted file is one warning and a cold start."""
+    import warnings
+
+    from tokenloom.spec import persist
+    from tokenloom.spec.suffix.store import STATE_NAME, STATE_VERSION, default_suffix_cache, reset_default_suffix_caches
+
+    reset_default_suffix_caches()
+    ids = prompt_ids(5)
+    out = tokenloom.generate(tiny_llama, ids, method="suffix", max_new_tokens=12, eos_token_id=[], budget=4)
+    cache = default_suffix_cache(49152, model=tiny_llama)
+    assert [s.tolist() for s in cache.sequences()] == [out.sequences[0, ids.shape[1]:].tolist()]
+    persist.flush_all()
+    reset_default_suffix_caches()
+    loaded = default_suffix_cache(49152, model=tiny_llama)
+    assert loaded is not cache and [s.tolist() for s in loaded.sequences()] == [s.tolist() for s in cache.sequences()]
+    reset_default_suffix_caches()
+    assert len(default_suffix_cache(49152, model=tiny_llama, persist=False)) == 0
+    reset_default_suffix_caches()
+    path = persist.state_path(persist.model_key(tiny_llama), STATE_NAME)
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(default_suffix_cache(49152, model=tiny_llama)) == 0
+    assert sum(issubclass(w.category, persist.PersistWarning) for w in caught) == 1
+    assert persist.load_state(persist.model_key(tiny_llama), STATE_NAME, STATE_VERSION) is None
+    reset_default_suffix_caches()
