@@ -23,6 +23,11 @@ def add_parser(sub: Any) -> None:
         help="comma-separated methods: HF anchors (hf, hf-pld, hf-packed), dyspec-fixed / dyspec-chain, "
         "or any tokenloom.methods() name (default: plain decoding, hf, hf-pld, recycling)",
     )
+    p.add_argument(
+        "--workloads", default=None,
+        help="comma-separated workloads among specbench, multiturn, code-edit, repeat (default: specbench; "
+        "see tokenloom.eval.workloads)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--model", default=None, help="a local .gguf file or HF model directory (default: embedded)")
     p.add_argument("--tree", default=None, help="recycling template (default: recycling's, auto)")
@@ -57,6 +62,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         plot_path=args.plot,
         progress=not args.no_progress,
         command="tokenloom " + " ".join(sys.argv[1:]),
+        workloads=_csv(args.workloads),
     )
 
 

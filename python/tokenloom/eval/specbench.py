@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from tokenloom.eval.workloads import build_workloads, check_workloads
+
 __all__ = [
     "BENCH_METHODS",
     "BenchConfig",
@@ -79,6 +81,7 @@ class RunResult:
     forwards: int
     same_as_hf: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    workload: str = "specbench"
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ BENCH_METHODS: Dict[str, BenchFn] = {
     # HF greedy on tokenloom's packed CPU linears: the anchor that isolates what speculative
     # decoding adds on top of the faster layers.
     "hf-packed": hf_method(pack=True),
+    # HF prompt lookup on the same packed linears (the fair prompt-lookup anchor).
+    "hf-pld-packed": hf_method(prompt_lookup=10, pack=True),
 }
 
 # DySpec vs a fixed tree of the same node budget vs a chain of the same depth: the same loop,
@@ -171,10 +176,13 @@ def _generate_methods() -> List[str]:
 
 
 def bench_methods() -> List[str]:
-    """Every name :func:`resolve` accepts."""
+    """Every name :func:`resolve` accepts (``<peer>-<budget>`` stands for the budgeted peers of
+    :mod:`tokenloom.eval.peers`, e.g. ``merged-16``)."""
+    from tokenloom.eval.peers import PEER_KINDS
+
     tl = _generate_methods()
     variants = [v for v, (base, _) in VARIANTS.items() if base in tl]
-    return sorted(set(BENCH_METHODS) | set(variants) | set(tl))
+    return sorted(set(BENCH_METHODS) | set(variants) | set(tl) | {f"{k}-<budget>" for k in PEER_KINDS})
 
 
 def default_methods() -> List[str]:
@@ -205,6 +213,11 @@ def resolve(name: str, options: MethodOptions = MethodOptions()) -> BenchFn:
     """
     if name in BENCH_METHODS:
         return BENCH_METHODS[name]
+    from tokenloom.eval.peers import peer_method
+
+    peer = peer_method(name)
+    if peer is not None:
+        return peer
     tl = _generate_methods()
     if name in VARIANTS and VARIANTS[name][0] in tl:
         base, fixed = VARIANTS[name]
@@ -272,6 +285,7 @@ class BenchConfig:
     plot_path: Optional[str] = None
     progress: bool = True
     command: str = ""
+    workloads: Optional[Sequence[str]] = None
 
 
 def _check_positive(name: str, value: Optional[int]) -> None:
@@ -291,7 +305,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     """Everything that can be checked without the model; returns ``{method: bench fn}``.
 
     Raises:
-        ValueError: no or unknown methods, a method twice, unknown categories, ``n`` /
+        ValueError: no or unknown methods, a method twice, unknown categories or workloads, ``n`` /
             ``max_new_tokens`` / ``threads`` / ``draft_layers`` / ``budget`` below 1,
             ``plot_path`` without matplotlib.
         FileNotFoundError: the directory of ``json_path`` or ``plot_path`` does not exist.
@@ -310,6 +324,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     _check_categories(cfg.categories)
     _check_output("json_path", cfg.json_path)
     _check_output("plot_path", cfg.plot_path)
+    check_workloads(cfg.workloads)
     if cfg.plot_path and importlib.util.find_spec("matplotlib") is None:
         raise ValueError("plot_path: needs matplotlib (pip install matplotlib)")
     return {m: resolve(m, cfg.options) for m in methods}
@@ -329,9 +344,12 @@ def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
     """{category or "overall": {method: {tokens, seconds, tokens_per_s, mat, same_as_hf,
     speedup}}}; ``speedup`` is tokens/s over ``hf``'s (NaN without ``hf``)."""
     groups: Dict[str, List[RunResult]] = defaultdict(list)
+    workloads = {r.workload for r in results}
     for r in results:
         groups[r.category].append(r)
         groups["overall"].append(r)
+        if len(workloads) > 1:
+            groups[f"overall/{r.workload}"].append(r)
     table: Table = {}
     for cat, rs in groups.items():
         row: Dict[str, Dict[str, float]] = {}
@@ -356,7 +374,8 @@ def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
 
 
 def _ordered_categories(table: Table) -> List[str]:
-    return sorted(c for c in table if c != "overall") + (["overall"] if "overall" in table else [])
+    tail = sorted(c for c in table if c.startswith("overall/")) + (["overall"] if "overall" in table else [])
+    return sorted(c for c in table if not c.startswith("overall")) + tail
 
 
 def format_table(table: Table) -> str:
@@ -420,11 +439,24 @@ def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
     }
 
 
+def _first_answer(model: Any, max_new_tokens: int, eos: List[int]) -> Callable[[Any], List[int]]:
+    """The model's greedy answer to a prompt (untimed; the multi-turn workload's first turns)."""
+
+    def answer(ids: Any) -> List[int]:
+        from tokenloom.decoding.generate import generate
+
+        out = generate(model, ids, method="plain", max_new_tokens=max_new_tokens, eos_token_id=eos)
+        return out.sequences[0, ids.shape[1]:].tolist()
+
+    return answer
+
+
 def run_bench(cfg: BenchConfig) -> Table:
     """Run the bench (checked first with :func:`check_config`, before the model loads), write
     ``json_path`` after every question and ``plot_path`` at the end; returns the summary."""
     fns = check_config(cfg)
     methods = list(fns)
+    workloads = check_workloads(cfg.workloads)
     questions = load_questions(cfg.n, cfg.categories)
 
     import torch
@@ -438,17 +470,19 @@ def run_bench(cfg: BenchConfig) -> Table:
     print(f"[tokenloom] loading {'model ' + cfg.model if cfg.model else 'embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
     model, tok = load_or_default(cfg.model)
     eos = stop_token_ids(model, tok)
+    items = build_workloads(workloads, cfg.n, tok, questions, _all_questions(), _first_answer(model, cfg.max_new_tokens, eos))
     handle, counter = count_forwards(model)
     results: List[RunResult] = []
-    meta = run_meta(cfg, len(questions))
+    meta = run_meta(cfg, len(items))
+    meta["workloads"] = workloads
     quiet = not cfg.progress
     try:
         warm = chat_input_ids(tok, "Say hello.")
         for m in tqdm(methods, desc="warm-up", disable=quiet, file=sys.stderr):
             fns[m](model, warm, 8, eos)
-        bar = tqdm(total=len(questions) * len(methods), desc="bench", disable=quiet, file=sys.stderr)
-        for qi, q in enumerate(questions):
-            ids = chat_input_ids(tok, q["turns"][0])
+        bar = tqdm(total=len(items) * len(methods), desc="bench", disable=quiet, file=sys.stderr)
+        for qi, q in enumerate(items):
+            ids = q["ids"]
             order = methods[qi % len(methods):] + methods[: qi % len(methods)]
             outs: Dict[str, List[int]] = {}
             for m in order:
@@ -457,7 +491,7 @@ def run_bench(cfg: BenchConfig) -> Table:
                 new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
                 sec = time.perf_counter() - start
                 outs[m] = new
-                results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra))
+                results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra, q["workload"]))
                 bar.set_postfix_str(f"{q['category']}/{m}")
                 bar.update(1)
             if "hf" in outs:
