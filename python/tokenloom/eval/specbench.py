@@ -342,7 +342,8 @@ def count_forwards(model: Any) -> Tuple[Any, List[int]]:
 
 def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
     """{category or "overall": {method: {tokens, seconds, tokens_per_s, mat, same_as_hf,
-    speedup}}}; ``speedup`` is tokens/s over ``hf``'s (NaN without ``hf``)."""
+    speedup}}}; ``speedup`` is tokens/s over ``hf``'s (``hf-packed``'s without ``hf``; NaN
+    without either)."""
     groups: Dict[str, List[RunResult]] = defaultdict(list)
     workloads = {r.workload for r in results}
     for r in results:
@@ -366,7 +367,7 @@ def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
                 "mat": tok / fwd if fwd else 0.0,
                 "same_as_hf": (sum(same) / len(same)) if same else float("nan"),
             }
-        base = row.get("hf", {}).get("tokens_per_s")
+        base = row.get("hf", row.get("hf-packed", {})).get("tokens_per_s")
         for m in row:
             row[m]["speedup"] = row[m]["tokens_per_s"] / base if base else float("nan")
         table[cat] = row
