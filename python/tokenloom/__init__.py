@@ -4,7 +4,8 @@ Package map (each subpackage's docstring says more):
 
 * ``decoding``: :func:`generate`, the request config, token sink, statistics, the method table;
 * ``spec``: speculative decoding — the Drafter protocol, one draft-tree type, one tree-step loop,
-  drafters (``recycling``, ``dyspec``, ``lookup``), tree templates and sizing, the step API;
+  drafters (``recycling``, ``dyspec``, ``lookup``, ``suffix``, ``merged``), tree templates and sizing,
+  the step API;
 * ``verify`` and ``sampling``: lossless verification kernels and the exact sampler;
 * ``runtime``: tree attention, KV-cache operations, pre-packed CPU linears;
 * ``bytelevel``: exact byte-level probabilities from token-level models;

@@ -25,9 +25,21 @@ def _methods() -> Any:
     return bench_methods()
 
 
+def _is_peer(name: str) -> bool:
+    from tokenloom.eval.peers import is_peer
+
+    return is_peer(name)
+
+
+def _workloads() -> Any:
+    from tokenloom.eval.workloads import WORKLOADS
+
+    return WORKLOADS
+
+
 def add_parser(sub: Any) -> None:
     cats = some_of(_categories, "categories")
-    methods = some_of(_methods, "methods")
+    methods = some_of(_methods, "methods", also=_is_peer)
     p = sub.add_parser("bench", help="Spec-Bench subset: tokens/s, mean accepted tokens, speedup vs HF greedy",
                        description="Spec-Bench subset: the methods run interleaved per question after a warm-up; "
                        "tokens/s, mean accepted tokens (MAT), speedup vs HF greedy, per category and overall.")
@@ -38,8 +50,12 @@ def add_parser(sub: Any) -> None:
         "--methods", type=methods, default=None,
         help=f"comma-separated, from: {', '.join(methods.choices())} "  # type: ignore[attr-defined]
         "(hf: HF greedy generate, hf-pld: HF prompt lookup, hf-packed: HF greedy on packed linears; "
-        "default: plain decoding, hf, hf-pld, recycling)",
+        "or a budgeted peer <kind>-<nodes|auto> with kind in recycling, suffix, merged, sam, arctic "
+        "(e.g. merged-16); default: plain decoding, hf, hf-pld, recycling)",
     )
+    p.add_argument("--workloads", type=some_of(_workloads, "workloads"), default=None,
+                   help="comma-separated, from: specbench, multiturn, code-edit, repeat (default: specbench; "
+                   "see tokenloom.eval.workloads)")
     p.add_argument("--max-new-tokens", type=count(1), default=128, help=">= 1, default 128")
     add_model_args(p)
     p.add_argument("--tree", default=None, help="recycling template: auto (default), 2.2.2, 2.2.2-N or rank paths")
@@ -81,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         progress=not args.no_progress,
         command="tokenloom " + " ".join(sys.argv[1:]),
         repeat=args.repeat,
+        workloads=args.workloads,
     )
 
 

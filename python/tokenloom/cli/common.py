@@ -125,14 +125,15 @@ def one_of(valid: Names, what: str = "value") -> Callable[[str], str]:
     return parse
 
 
-def some_of(valid: Names, what: str = "values") -> Callable[[str], List[str]]:
-    """An argparse type: a comma-separated list of distinct names of ``valid`` (at least one).
-    ``.choices()`` lists them for ``help=``."""
+def some_of(valid: Names, what: str = "values", also: Optional[Callable[[str], bool]] = None) -> Callable[[str], List[str]]:
+    """An argparse type: a comma-separated list of distinct names of ``valid`` (at least one), or
+    names ``also`` accepts (a family such as ``merged-16``). ``.choices()`` lists ``valid`` for
+    ``help=``."""
 
     def parse(text: str) -> List[str]:
         names = _names(valid)
         items = [x.strip() for x in text.split(",") if x.strip()]
-        unknown = [x for x in items if x not in names]
+        unknown = [x for x in items if x not in names and not (also is not None and also(x))]
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from: {', '.join(names)}")
         if not items:

@@ -15,6 +15,7 @@ from tokenloom.decoding.plain import decode_plain
 from tokenloom.spec.dyspec.drafter import make_dyspec_drafter
 from tokenloom.spec.lookup import make_lookup_drafter
 from tokenloom.spec.recycling.method import make_recycling_drafter
+from tokenloom.spec.suffix.method import make_merged_drafter, make_suffix_drafter
 
 __all__ = ["MethodFn", "check_kwargs", "methods", "register_drafter", "register_method", "resolve_method", "speculative_method"]
 
@@ -64,6 +65,8 @@ _METHODS: Dict[str, MethodFn] = {
     "recycling": speculative_method(make_recycling_drafter),
     "dyspec": speculative_method(make_dyspec_drafter),
     "lookup": speculative_method(make_lookup_drafter),
+    "suffix": speculative_method(make_suffix_drafter),
+    "merged": speculative_method(make_merged_drafter),
 }
 #: Names that cannot be registered again.
 BUILTIN = frozenset(_METHODS)

@@ -1,1 +1,3 @@
-"""Evaluation harnesses (not the library): Spec-Bench questions and HumanEval fill-in-the-middle."""
+"""Evaluation harnesses (not the library): Spec-Bench questions and the other bench workloads
+(multi-turn, code editing, repeated requests), benchmark-only peer drafters, and HumanEval
+fill-in-the-middle."""

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from tokenloom.eval.workloads import build_workloads, check_workloads
+
 __all__ = [
     "BENCH_METHODS",
     "BenchConfig",
@@ -86,13 +88,14 @@ class RunResult:
     same_as_hf: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict)
     round: int = 0
+    workload: str = "specbench"
 
 
 @dataclass(frozen=True)
 class MethodOptions:
     """Command-line options of tokenloom's methods; each reaches only the methods named in
     :data:`OPTION_KEYS` (``pack`` reaches every tokenloom method). ``None`` / ``"auto"``: the
-    method's default. ``persist`` (recycling): False (default) starts from a fresh recycler and
+    method's default. ``persist`` (recycling, suffix, merged): False (default) starts from a fresh recycler and
     saves nothing, so a run does not depend on earlier runs; None / True use the state saved
     in the user cache (:mod:`tokenloom.spec.persist`)."""
 
@@ -106,6 +109,8 @@ class MethodOptions:
 # Which MethodOptions field is passed to which tokenloom method (as a generate keyword).
 OPTION_KEYS: Dict[str, Tuple[str, ...]] = {
     "recycling": ("tree", "persist"),
+    "suffix": ("persist",),
+    "merged": ("persist",),
     "dyspec": ("draft_layers", "budget"),
 }
 
@@ -152,6 +157,8 @@ BENCH_METHODS: Dict[str, BenchFn] = {
     # HF greedy on tokenloom's packed CPU linears: the anchor that isolates what speculative
     # decoding adds on top of the faster layers.
     "hf-packed": hf_method(pack=True),
+    # HF prompt lookup on the same packed linears (the fair prompt-lookup anchor).
+    "hf-pld-packed": hf_method(prompt_lookup=10, pack=True),
 }
 
 # DySpec vs a fixed tree of the same node budget vs a chain of the same depth: the same loop,
@@ -181,10 +188,13 @@ def _generate_methods() -> List[str]:
 
 
 def bench_methods() -> List[str]:
-    """Every name :func:`resolve` accepts."""
+    """Every name :func:`resolve` accepts (``<peer>-<budget>`` stands for the budgeted peers of
+    :mod:`tokenloom.eval.peers`, e.g. ``merged-16``)."""
+    from tokenloom.eval.peers import PEER_KINDS
+
     tl = _generate_methods()
     variants = [v for v, (base, _) in VARIANTS.items() if base in tl]
-    return sorted(set(BENCH_METHODS) | set(variants) | set(tl))
+    return sorted(set(BENCH_METHODS) | set(variants) | set(tl) | {f"{k}-<budget>" for k in PEER_KINDS})
 
 
 def default_methods() -> List[str]:
@@ -215,6 +225,11 @@ def resolve(name: str, options: MethodOptions = MethodOptions()) -> BenchFn:
     """
     if name in BENCH_METHODS:
         return BENCH_METHODS[name]
+    from tokenloom.eval.peers import peer_method
+
+    peer = peer_method(name)
+    if peer is not None:
+        return peer
     tl = _generate_methods()
     if name in VARIANTS and VARIANTS[name][0] in tl:
         base, fixed = VARIANTS[name]
@@ -285,6 +300,7 @@ class BenchConfig:
     progress: bool = True
     command: str = ""
     repeat: int = 1
+    workloads: Optional[Sequence[str]] = None
 
 
 def _check_positive(name: str, value: Optional[int]) -> None:
@@ -304,7 +320,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     """Everything that can be checked without the model; returns ``{method: bench fn}``.
 
     Raises:
-        ValueError: no or unknown methods, a method twice, unknown categories, ``n`` /
+        ValueError: no or unknown methods, a method twice, unknown categories or workloads, ``n`` /
             ``max_new_tokens`` / ``threads`` / ``repeat`` / ``draft_layers`` / ``budget`` below 1,
             ``plot_path`` without matplotlib.
         FileNotFoundError: the directory of ``json_path`` or ``plot_path`` does not exist.
@@ -324,6 +340,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     _check_categories(cfg.categories)
     _check_output("json_path", cfg.json_path)
     _check_output("plot_path", cfg.plot_path)
+    check_workloads(cfg.workloads)
     if cfg.plot_path and importlib.util.find_spec("matplotlib") is None:
         raise ValueError("plot_path: needs matplotlib, which is not installed: pip install 'tokenloom[plot]' (or: pip install matplotlib)")
     return {m: resolve(m, cfg.options) for m in methods}
@@ -341,11 +358,15 @@ def count_forwards(model: Any) -> Tuple[Any, List[int]]:
 
 def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
     """{category or "overall": {method: {tokens, seconds, tokens_per_s, mat, same_as_hf,
-    speedup}}}; ``speedup`` is tokens/s over ``hf``'s (NaN without ``hf``)."""
+    speedup}}}; ``speedup`` is tokens/s over ``hf``'s (``hf-packed``'s without ``hf``; NaN
+    without either)."""
     groups: Dict[str, List[RunResult]] = defaultdict(list)
+    workloads = {r.workload for r in results}
     for r in results:
         groups[r.category].append(r)
         groups["overall"].append(r)
+        if len(workloads) > 1:
+            groups[f"overall/{r.workload}"].append(r)
     table: Table = {}
     for cat, rs in groups.items():
         row: Dict[str, Dict[str, float]] = {}
@@ -362,7 +383,7 @@ def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
                 "mat": tok / fwd if fwd else 0.0,
                 "same_as_hf": (sum(same) / len(same)) if same else float("nan"),
             }
-        base = row.get("hf", {}).get("tokens_per_s")
+        base = row.get("hf", row.get("hf-packed", {})).get("tokens_per_s")
         for m in row:
             row[m]["speedup"] = row[m]["tokens_per_s"] / base if base else float("nan")
         table[cat] = row
@@ -410,7 +431,8 @@ def format_spread(spread: Dict[str, Dict[str, float]]) -> str:
 
 
 def _ordered_categories(table: Table) -> List[str]:
-    return sorted(c for c in table if c != "overall") + (["overall"] if "overall" in table else [])
+    tail = sorted(c for c in table if c.startswith("overall/")) + (["overall"] if "overall" in table else [])
+    return sorted(c for c in table if not c.startswith("overall")) + tail
 
 
 def format_table(table: Table) -> str:
@@ -525,6 +547,18 @@ def header(meta: Dict[str, Any]) -> str:
     return line
 
 
+def _first_answer(model: Any, max_new_tokens: int, eos: List[int]) -> Callable[[Any], List[int]]:
+    """The model's greedy answer to a prompt (untimed; the multi-turn workload's first turns)."""
+
+    def answer(ids: Any) -> List[int]:
+        from tokenloom.decoding.generate import generate
+
+        out = generate(model, ids, method="plain", max_new_tokens=max_new_tokens, eos_token_id=eos)
+        return out.sequences[0, ids.shape[1]:].tolist()
+
+    return answer
+
+
 def run_bench(cfg: BenchConfig) -> Table:
     """Run the bench (checked first with :func:`check_config`, before the model loads), write
     ``json_path`` after every question and ``plot_path`` at the end; returns the summary (over
@@ -538,6 +572,7 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     """:func:`run_bench`, returning ``(summary, round_spread)``."""
     fns = check_config(cfg)
     methods = list(fns)
+    workloads = check_workloads(cfg.workloads)
     questions = load_questions(cfg.n, cfg.categories)
 
     import torch
@@ -552,21 +587,23 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     print(f"[tokenloom] loading {'model ' + cfg.model if cfg.model else 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
     model, tok = load_or_default(cfg.model)
     eos = stop_token_ids(model, tok)
+    items = build_workloads(workloads, cfg.n, tok, questions, _all_questions(), _first_answer(model, cfg.max_new_tokens, eos))
     handle, counter = count_forwards(model)
     results: List[RunResult] = []
-    meta = run_meta(cfg, len(questions))
+    meta = run_meta(cfg, len(items))
+    meta["workloads"] = workloads
     print(header(meta), file=sys.stderr)
     quiet = not cfg.progress
     try:
         warm = chat_input_ids(tok, "Say hello.")
         for m in tqdm(methods, desc="warm-up", disable=quiet, file=sys.stderr):
             fns[m](model, warm, 8, eos)
-        bar = tqdm(total=len(questions) * len(methods) * cfg.repeat, desc="bench", disable=quiet, file=sys.stderr)
+        bar = tqdm(total=len(items) * len(methods) * cfg.repeat, desc="bench", disable=quiet, file=sys.stderr)
         for rnd in range(cfg.repeat):
             if cfg.options.persist is False:
                 reset_default_recyclers()  # every round starts from the same (fresh) drafter state
-            for qi, q in enumerate(questions):
-                ids = chat_input_ids(tok, q["turns"][0])
+            for qi, q in enumerate(items):
+                ids = q["ids"]
                 shift = (qi + rnd) % len(methods)
                 order = methods[shift:] + methods[:shift]
                 outs: Dict[str, List[int]] = {}
@@ -576,7 +613,8 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
                     new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
                     sec = time.perf_counter() - start
                     outs[m] = new
-                    results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra, rnd))
+                    results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra,
+                                             round=rnd, workload=q["workload"]))
                     bar.set_postfix_str(f"{q['category']}/{m}")
                     bar.update(1)
                 if "hf" in outs:

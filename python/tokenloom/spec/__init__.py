@@ -2,4 +2,5 @@
 type (:mod:`.base`), the one tree-step loop (:mod:`.loop`), its statistics (:mod:`.stats`), tree
 templates (:mod:`.templates`), hardware-aware sizing (:mod:`.sizing`), the step API for
 hand-written loops (:mod:`.step`) and one drafter per file or subpackage: :mod:`.recycling`,
-:mod:`.dyspec`, :mod:`.lookup`."""
+:mod:`.dyspec`, :mod:`.lookup`, :mod:`.suffix` (suffix drafting and the merged drafter); drafter
+state kept across processes: :mod:`.persist`."""

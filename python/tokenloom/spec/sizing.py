@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -274,15 +274,19 @@ class StatsMemory:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._store: "weakref.WeakKeyDictionary[Any, AcceptanceStats]" = weakref.WeakKeyDictionary()
+        self._store: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
-    def load(self, key: Any, k: int) -> AcceptanceStats:
-        """A copy of the statistics remembered for ``key`` (fresh ones for another ``k``)."""
+    def load(self, key: Any, k: int, fresh: Optional[Callable[[], Any]] = None) -> Any:
+        """A copy of the statistics remembered for ``key`` (fresh ones for another ``k``:
+        ``fresh()``, default ``AcceptanceStats(k=k)``). Any object with ``k`` and ``copy()``
+        can be remembered."""
         with self._lock:
             stats = self._store.get(key)
-            return stats.copy() if stats is not None and stats.k == k else AcceptanceStats(k=k)
+            if stats is not None and stats.k == k:
+                return stats.copy()
+        return fresh() if fresh is not None else AcceptanceStats(k=k)
 
-    def save(self, key: Any, stats: AcceptanceStats) -> None:
+    def save(self, key: Any, stats: Any) -> None:
         """Remember a copy of ``stats`` for ``key``."""
         snapshot = stats.copy()
         with self._lock:

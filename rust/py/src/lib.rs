@@ -1,5 +1,5 @@
 //! `tokenloom._core`: PyO3 bindings of tokenloom-core. One file per exposed area (verify,
-//! sampling, recycling, dyntree, bytes, scores), each registering its functions and classes in
+//! sampling, recycling, dyntree, suffix, bytes, scores), each registering its functions and classes in
 //! `register`; `args`, `floats` and `error` convert arguments, float arrays and errors.
 //!
 //! Classes with state are `frozen` and keep it behind a lock, taken without the GIL around the
@@ -14,6 +14,7 @@ mod floats;
 mod recycling;
 mod sampling;
 mod scores;
+mod suffix;
 mod verify;
 
 use pyo3::prelude::*;
@@ -29,6 +30,7 @@ mod _core {
         dyntree::register(m)?;
         sampling::register(m)?;
         recycling::register(m)?;
+        suffix::register(m)?;
         bytes::register(m)?;
         scores::register(m)?;
         Ok(())

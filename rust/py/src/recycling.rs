@@ -371,6 +371,26 @@ impl PyTokenRecycler {
         Ok(ranks.into_pyarray(py))
     }
 
+    /// The rows of some tokens (their candidate next tokens, best first).
+    ///
+    /// Args:
+    ///     tokens (np.ndarray[int64], shape [n]): token ids.
+    ///
+    /// Returns:
+    ///     np.ndarray[uint32], shape [n, k].
+    ///
+    /// Raises:
+    ///     IndexError: an id outside [0, vocab_size).
+    #[pyo3(signature = (tokens))]
+    fn rows<'py>(&self, py: Python<'py>, tokens: PyReadonlyArray1<'py, i64>) -> PyResult<Bound<'py, PyArray2<u32>>> {
+        let t = slice1("tokens", &tokens)?;
+        let (flat, k) = py.detach(|| -> PyResult<_> {
+            let st = self.read()?;
+            Ok((st.rec.rows(t).map_err(to_py)?, st.rec.k()))
+        })?;
+        flat.into_pyarray(py).reshape([t.len(), k])
+    }
+
     /// A copy of the adjacency matrix.
     ///
     /// Returns:

@@ -149,6 +149,14 @@ class TokenRecycler:
             as_array(tokens, np.int64, "tokens", 1), as_array(next_tokens, np.int64, "next_tokens", 1)
         )
 
+    def rows(self, tokens: Any) -> np.ndarray:
+        """uint32 [n, k]: the rows of ``tokens`` (int [n]), best candidate first.
+
+        Raises:
+            IndexError: an id outside ``[0, vocab_size)``.
+        """
+        return self._r.rows(as_array(tokens, np.int64, "tokens", 1))
+
     def adjacency(self) -> np.ndarray:
         """A copy of the matrix, uint32 [vocab_size, k]."""
         return self._r.adjacency()

@@ -89,6 +89,16 @@ impl TokenRecycler {
         &self.adj
     }
 
+    /// The rows of `tokens`, row-major [tokens.len(), k], best candidate first.
+    pub fn rows(&self, tokens: &[i64]) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(tokens.len() * self.k);
+        for &t in tokens {
+            let r = check_index("tokens", t, self.vocab)? * self.k;
+            out.extend_from_slice(&self.adj[r..r + self.k]);
+        }
+        Ok(out)
+    }
+
     /// Checks that `template` only uses ranks below `k`.
     pub fn check_template(&self, template: &Template) -> Result<()> {
         if template.max_rank() as usize >= self.k {

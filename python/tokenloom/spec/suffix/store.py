@@ -1,0 +1,236 @@
+"""Suffix tries over token ids (thin wrappers over the Rust ``_core.SuffixIndex`` /
+``_core.SuffixCache``).
+
+* :class:`SuffixIndex` — one growing sequence (a request's prompt and output): every substring
+  of at most ``max_depth`` tokens with its occurrence count; appending a token is O(max_depth).
+* :class:`SuffixCache` — earlier requests' outputs in one trie, bounded by ``max_bytes`` (and
+  optionally ``max_requests``); the oldest sequences are evicted first. Thread-safe: one cache
+  may serve several requests. ``to_bytes`` / ``from_bytes`` carry it across processes; the per-model default cache
+  (:func:`default_suffix_cache`) is persisted through :mod:`tokenloom.spec.persist`.
+
+``speculate(context)`` finds the longest suffix of ``context`` (at most ``max_match`` tokens)
+that occurred before with a continuation and returns the continuation tree best first by path
+probability, ``P(child) = count(child) / sum of its siblings' counts``::
+
+    tokens int64 [m], parents int64 [m] (-1: below the root = context[-1]), probs float64 [m],
+    support int64 [m] (the siblings' total count), match_len int (0: no match, m == 0)
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tokenloom import _core
+from tokenloom._arrays import as_array
+from tokenloom.spec.persist import StateSaver, load_object, model_key, resolve_persist
+
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "DEFAULT_MAX_DEPTH",
+    "SuffixCache",
+    "SuffixDraft",
+    "SuffixIndex",
+    "STATE_NAME",
+    "STATE_VERSION",
+    "default_suffix_cache",
+    "reset_default_suffix_caches",
+    "suffix_cache_changed",
+]
+
+#: Longest substring stored (match + continuation), as arctic-inference's default tree depth.
+DEFAULT_MAX_DEPTH = 24
+#: Default memory cap of a cross-request cache.
+DEFAULT_CACHE_BYTES = 64 << 20
+
+SuffixDraft = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
+
+
+class SuffixIndex:
+    """Suffix trie of one growing sequence.
+
+    Args:
+        max_depth: longest substring stored, in [1, 256].
+
+    Raises:
+        ValueError: ``max_depth`` out of range. TypeError: not an int.
+    """
+
+    __slots__ = ("_i",)
+
+    def __init__(self, max_depth: int = DEFAULT_MAX_DEPTH):
+        self._i = _core.SuffixIndex(max_depth)
+
+    def extend(self, tokens: Any) -> None:
+        """Append ``tokens`` (int [n], ids in [0, 2**24)). Raises IndexError for a bad id."""
+        self._i.extend(as_array(tokens, np.int64, "tokens", 1))
+
+    def speculate(self, context: Any, max_match: int = 16, max_nodes: int = 16, min_prob: float = 0.0) -> SuffixDraft:
+        """The continuation tree of the longest earlier match of ``context``'s end (module docs).
+
+        Raises:
+            ValueError: ``max_match`` / ``max_nodes`` < 1, ``min_prob`` outside [0, 1].
+            IndexError: a bad token id. TypeError: a size that is not an int.
+        """
+        return self._i.speculate(as_array(context, np.int64, "context", 1), max_match, max_nodes, min_prob)
+
+    def __len__(self) -> int:
+        return len(self._i)
+
+    @property
+    def max_depth(self) -> int:
+        return int(self._i.max_depth)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self._i.num_nodes)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self._i.memory_bytes)
+
+    def __repr__(self) -> str:
+        return repr(self._i)
+
+
+class SuffixCache:
+    """Earlier requests' outputs in one bounded suffix trie (oldest evicted first).
+
+    Args:
+        max_depth: longest substring stored, in [1, 256].
+        max_bytes: memory cap in bytes (>= 4096): trie nodes, child index and stored
+            sequences; :attr:`memory_bytes` never exceeds it after an insert.
+        max_requests: most sequences kept (None: only the memory cap).
+
+    Raises:
+        ValueError: a size out of range. TypeError: a size that is not an int.
+    """
+
+    __slots__ = ("_c", "__weakref__")
+
+    def __init__(self, max_depth: int = DEFAULT_MAX_DEPTH, max_bytes: int = DEFAULT_CACHE_BYTES, max_requests: Optional[int] = None):
+        self._c = _core.SuffixCache(max_depth, max_bytes, max_requests)
+
+    def insert(self, tokens: Any) -> None:
+        """Cache one sequence (int [n]); O(n * max_depth) plus evictions. Raises IndexError for
+        a bad id (nothing is inserted)."""
+        self._c.insert(as_array(tokens, np.int64, "tokens", 1))
+
+    def speculate(self, context: Any, max_match: int = 16, max_nodes: int = 16, min_prob: float = 0.0) -> SuffixDraft:
+        """As :meth:`SuffixIndex.speculate`, over the cached sequences."""
+        return self._c.speculate(as_array(context, np.int64, "context", 1), max_match, max_nodes, min_prob)
+
+    def clear(self) -> None:
+        self._c.clear()
+
+    def sequences(self) -> List[np.ndarray]:
+        """The cached sequences, oldest first."""
+        return list(self._c.sequences())
+
+    def to_bytes(self) -> bytes:
+        """The cached sequences as versioned bytes (the caps are the loader's)."""
+        return bytes(self._c.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_bytes: int = DEFAULT_CACHE_BYTES, max_requests: Optional[int] = None) -> "SuffixCache":
+        """A cache holding the sequences of ``data`` under the caps given here.
+
+        Raises:
+            ValueError: not suffix-cache bytes, another version, truncated or corrupt data.
+            TypeError: ``data`` is not bytes.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expected bytes, got {type(data).__name__}")
+        obj = cls.__new__(cls)
+        obj._c = _core.SuffixCache.from_bytes(bytes(data), max_bytes=max_bytes, max_requests=max_requests)
+        return obj
+
+    def __len__(self) -> int:
+        return len(self._c)
+
+    @property
+    def max_depth(self) -> int:
+        return int(self._c.max_depth)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._c.max_bytes)
+
+    @property
+    def max_requests(self) -> Optional[int]:
+        return self._c.max_requests
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self._c.memory_bytes)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._c.num_tokens)
+
+    @property
+    def evicted(self) -> int:
+        return int(self._c.evicted)
+
+    def __repr__(self) -> str:
+        return repr(self._c)
+
+
+#: Version of the persisted cache (the payload is :meth:`SuffixCache.to_bytes`, which carries
+#: its own format version too).
+STATE_VERSION = 1
+#: The name the default cache is persisted under (:mod:`tokenloom.spec.persist`).
+STATE_NAME = "suffix-cache"
+
+_DEFAULTS: Dict[Tuple[Optional[str], int], SuffixCache] = {}
+_SAVERS: Dict[str, StateSaver] = {}
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_suffix_cache(vocab_size: int, *, model: Any = None, persist: Optional[bool] = None) -> SuffixCache:
+    """The process-wide cross-request cache (created on first use with the default caps, then
+    kept).
+
+    With ``model`` there is one cache per model (:func:`tokenloom.spec.persist.model_key`) and,
+    when persistence is on (``persist=True``, or None and ``TOKENLOOM_PERSIST`` not 0), it
+    starts from the sequences the last process saved for that model (a corrupted or outdated
+    file gives one warning and a cold start). Without ``model``: one cache per ``vocab_size``,
+    never persisted.
+
+    Raises:
+        TypeError: ``persist`` is not None or a bool.
+    """
+    want = resolve_persist(persist) if model is not None else False
+    key = model_key(model) if model is not None else None
+    with _DEFAULTS_LOCK:
+        cache = _DEFAULTS.get((key, vocab_size))
+        if cache is not None:
+            return cache
+        cache = load_object(key, STATE_NAME, STATE_VERSION, SuffixCache.from_bytes) if key is not None and want else None
+        if cache is None:
+            cache = SuffixCache()
+        _DEFAULTS[(key, vocab_size)] = cache
+        if key is not None:
+            _SAVERS[key] = StateSaver(key, STATE_NAME, STATE_VERSION, cache)
+        return cache
+
+
+def suffix_cache_changed(cache: SuffixCache, model: Any, persist: Optional[bool] = None) -> None:
+    """After a request on ``default_suffix_cache(..., model=model)``: save it (throttled,
+    atomic; see :class:`~tokenloom.spec.persist.StateSaver`) when persistence is on. A no-op for
+    any other cache."""
+    if not resolve_persist(persist):
+        return
+    with _DEFAULTS_LOCK:
+        saver = _SAVERS.get(model_key(model))
+    if saver is not None and saver.obj() is cache:
+        saver.changed()
+
+
+def reset_default_suffix_caches() -> None:
+    """Forget the process-wide caches (the next request starts from the saved state, or cold)."""
+    with _DEFAULTS_LOCK:
+        _DEFAULTS.clear()
+        _SAVERS.clear()
