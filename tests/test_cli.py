@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 
+import tokenloom
 from tokenloom.cli import common
 from tokenloom.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The folder holding the tokenloom this test imports (python/ in a checkout, site-packages when
+#: the wheel is installed), for the subprocesses.
+SRC = str(Path(tokenloom.__file__).resolve().parents[1])
 
 
 @pytest.fixture
@@ -160,6 +164,7 @@ def test_other_load_failures_are_one_line(monkeypatch, capsys):
 
 
 def test_ctrl_c_exits_130(monkeypatch, capsys):
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup, default_int_handler otherwise
     from tokenloom.cli import generate
 
     def interrupted(args):
@@ -185,12 +190,12 @@ def test_ctrl_c_exits_130(monkeypatch, capsys):
             action.set_defaults(func=wrapped)
     assert main(["generate", "hi"]) == 130
     assert "interrupted" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is restored"
+    assert signal.getsignal(signal.SIGINT) is before, "the handler is restored"
 
 
 def test_ctrl_c_while_loading_exits_130_quietly(tmp_path):
     """A real process interrupted while it imports and loads: exit 130, no traceback."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), TOKENLOOM_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=SRC, TOKENLOOM_CACHE_DIR=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "tokenloom", "generate", "hi"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -205,7 +210,7 @@ def test_ctrl_c_while_loading_exits_130_quietly(tmp_path):
 
 
 def _stderr_of(code: str, tmp_path) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), TOKENLOOM_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=SRC, TOKENLOOM_CACHE_DIR=str(tmp_path))
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stderr

@@ -28,6 +28,9 @@ from tokenloom.spec.recycling.recycler import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The folder holding the tokenloom this test imports (python/ in a checkout, site-packages when
+#: the wheel is installed), for the subprocesses.
+SRC = str(Path(tokenloom.__file__).resolve().parents[1])
 KEY = "0123456789abcdef01234567"
 
 
@@ -167,7 +170,7 @@ def test_concurrent_writers_never_corrupt():
     for t in threads:
         t.join()
     code = (
-        "import sys; sys.path.insert(0, 'python'); from tokenloom.spec.persist import save_state\n"
+        f"import sys; sys.path.insert(0, {SRC!r}); from tokenloom.spec.persist import save_state\n"
         f"for j in range(40): save_state({KEY!r}, 'race', 1, bytes([int(sys.argv[1])]) * (2000 + j))\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(10 + i)], cwd=ROOT) for i in range(3)]
@@ -293,7 +296,7 @@ def test_corrupted_recycler_file_cold_start(tiny_llama):
 
 _SECOND_PROCESS = r"""
 import json, sys
-sys.path.insert(0, "python"); sys.path.insert(0, ".")
+sys.path.insert(0, "."); sys.path.insert(0, sys.argv[1])
 import torch, tokenloom
 from tests.conftest import make_tiny_llama
 from tokenloom.spec.persist import model_key
@@ -312,7 +315,7 @@ def test_second_process_starts_hot(_private_cache_dir):
     env = dict(os.environ, TOKENLOOM_CACHE_DIR=str(_private_cache_dir), OMP_NUM_THREADS="1")
     runs = []
     for _ in range(2):
-        res = subprocess.run([sys.executable, "-c", _SECOND_PROCESS], cwd=ROOT, env=env, capture_output=True, text=True,
+        res = subprocess.run([sys.executable, "-c", _SECOND_PROCESS, SRC], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]
         runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
