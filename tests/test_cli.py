@@ -219,7 +219,10 @@ def _stderr_of(code: str, tmp_path) -> str:
 def test_tokenizer_loads_quietly(tmp_path):
     code = "from tokenloom.integrations.hf.models import load_tokenizer, default_model_path as p; load_tokenizer(p(), verbose={})"
     assert "legacy" not in _stderr_of(code.format(False), tmp_path)
-    assert "legacy" in _stderr_of(code.format(True), tmp_path), "--verbose restores transformers' warnings"
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:  # transformers 5 no longer gives this warning
+        assert "legacy" in _stderr_of(code.format(True), tmp_path), "--verbose restores transformers' warnings"
 
 
 @pytest.mark.model
