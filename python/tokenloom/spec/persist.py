@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional, Set, TypeVar
 
 __all__ = [
     "MIN_SAVE_INTERVAL",
+    "PerModelStates",
     "PersistWarning",
     "StateSaver",
     "cache_dir",
@@ -404,3 +405,51 @@ def flush_all() -> None:
 
 atexit.register(flush_all)
 
+
+class PerModelStates:
+    """Process-wide drafter states, one per (model, extra key), each loaded from and saved
+    through one persisted name (the registry behind ``default_recycler`` and
+    ``default_suffix_cache``). Without a model: one state per extra key, never persisted."""
+
+    def __init__(self) -> None:
+        self._objs: dict = {}
+        self._savers: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: Any, extra: tuple, name: str, version: int, persist: Optional[bool],
+            make: Callable[[], T], load: Callable[[bytes], T]) -> T:
+        """The state of ``(model, *extra)``: kept, else loaded (persistence on and a model given),
+        else ``make()``.
+
+        Raises:
+            TypeError: ``persist`` is not None or a bool (with a model).
+        """
+        want = resolve_persist(persist) if model is not None else False
+        key = model_key(model) if model is not None else None
+        with self._lock:
+            obj = self._objs.get((key, *extra))
+            if obj is not None:
+                return obj
+            obj = load_object(key, name, version, load) if key is not None and want else None
+            if obj is None:
+                obj = make()
+            self._objs[(key, *extra)] = obj
+            if key is not None:
+                self._savers[(key, name)] = StateSaver(key, name, version, obj)
+            return obj
+
+    def changed(self, obj: Any, model: Any, name: str, persist: Optional[bool]) -> None:
+        """After a request on ``obj``: save it (throttled, atomic) when persistence is on and it is
+        the kept state of ``model`` under ``name``; a no-op for any other object."""
+        if not resolve_persist(persist):
+            return
+        with self._lock:
+            saver = self._savers.get((model_key(model), name))
+        if saver is not None and saver.obj() is obj:
+            saver.changed()
+
+    def reset(self) -> None:
+        """Forget every kept state (the next call starts from the saved state, or cold)."""
+        with self._lock:
+            self._objs.clear()
+            self._savers.clear()

@@ -17,15 +17,14 @@ matrix. The matrix is locked inside the Rust object: one recycler may serve seve
 from __future__ import annotations
 
 import os
-import threading
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Union
 
 import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_array, as_int
 from tokenloom.spec.base import DraftTree
-from tokenloom.spec.persist import StateSaver, load_object, model_key, resolve_persist
+from tokenloom.spec.persist import PerModelStates
 from tokenloom.spec.recycling.drafter import RecyclingDrafter
 from tokenloom.spec.step import TreeStep
 from tokenloom.spec.templates import Template, TemplateSpec, compile_template, template_arg
@@ -211,9 +210,7 @@ class TokenRecycler:
 #: its own format version too).
 STATE_VERSION = 1
 
-_DEFAULTS: Dict[Tuple[Optional[str], int, int], TokenRecycler] = {}
-_SAVERS: Dict[Tuple[str, int], StateSaver] = {}
-_DEFAULTS_LOCK = threading.Lock()
+_DEFAULTS = PerModelStates()
 
 
 def state_name(k: int) -> str:
@@ -233,37 +230,18 @@ def default_recycler(vocab_size: int, k: int = 8, *, model: Any = None, persist:
     Raises:
         TypeError: ``persist`` is not None or a bool.
     """
-    want = resolve_persist(persist) if model is not None else False
-    key = model_key(model) if model is not None else None
-    with _DEFAULTS_LOCK:
-        rec = _DEFAULTS.get((key, vocab_size, k))
-        if rec is not None:
-            return rec
-        rec = None
-        if key is not None and want:
-            rec = load_object(key, state_name(k), STATE_VERSION, lambda b: TokenRecycler.from_bytes(b, vocab_size, k))
-        if rec is None:
-            rec = TokenRecycler(vocab_size, k)
-        _DEFAULTS[(key, vocab_size, k)] = rec
-        if key is not None:
-            _SAVERS[(key, k)] = StateSaver(key, state_name(k), STATE_VERSION, rec)
-        return rec
+    return _DEFAULTS.get(model, (vocab_size, k), state_name(k), STATE_VERSION, persist,
+                         lambda: TokenRecycler(vocab_size, k),
+                         lambda b: TokenRecycler.from_bytes(b, vocab_size, k))
 
 
 def recycler_changed(recycler: TokenRecycler, model: Any, persist: Optional[bool] = None) -> None:
     """After a request on ``default_recycler(..., model=model)``: save its matrix (throttled,
     atomic; see :class:`~tokenloom.spec.persist.StateSaver`) when persistence is on. A no-op for
     any other recycler."""
-    if not resolve_persist(persist):
-        return
-    with _DEFAULTS_LOCK:
-        saver = _SAVERS.get((model_key(model), recycler.k))
-    if saver is not None and saver.obj() is recycler:
-        saver.changed()
+    _DEFAULTS.changed(recycler, model, state_name(recycler.k), persist)
 
 
 def reset_default_recyclers() -> None:
     """Forget the process-wide recyclers (the next call starts from the saved state, or cold)."""
-    with _DEFAULTS_LOCK:
-        _DEFAULTS.clear()
-        _SAVERS.clear()
+    _DEFAULTS.reset()

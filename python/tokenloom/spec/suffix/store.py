@@ -18,14 +18,13 @@ probability, ``P(child) = count(child) / sum of its siblings' counts``::
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_array
-from tokenloom.spec.persist import StateSaver, load_object, model_key, resolve_persist
+from tokenloom.spec.persist import PerModelStates
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -184,9 +183,7 @@ STATE_VERSION = 1
 #: The name the default cache is persisted under (:mod:`tokenloom.spec.persist`).
 STATE_NAME = "suffix-cache"
 
-_DEFAULTS: Dict[Tuple[Optional[str], int], SuffixCache] = {}
-_SAVERS: Dict[str, StateSaver] = {}
-_DEFAULTS_LOCK = threading.Lock()
+_DEFAULTS = PerModelStates()
 
 
 def default_suffix_cache(vocab_size: int, *, model: Any = None, persist: Optional[bool] = None) -> SuffixCache:
@@ -202,35 +199,16 @@ def default_suffix_cache(vocab_size: int, *, model: Any = None, persist: Optiona
     Raises:
         TypeError: ``persist`` is not None or a bool.
     """
-    want = resolve_persist(persist) if model is not None else False
-    key = model_key(model) if model is not None else None
-    with _DEFAULTS_LOCK:
-        cache = _DEFAULTS.get((key, vocab_size))
-        if cache is not None:
-            return cache
-        cache = load_object(key, STATE_NAME, STATE_VERSION, SuffixCache.from_bytes) if key is not None and want else None
-        if cache is None:
-            cache = SuffixCache()
-        _DEFAULTS[(key, vocab_size)] = cache
-        if key is not None:
-            _SAVERS[key] = StateSaver(key, STATE_NAME, STATE_VERSION, cache)
-        return cache
+    return _DEFAULTS.get(model, (vocab_size,), STATE_NAME, STATE_VERSION, persist, SuffixCache, SuffixCache.from_bytes)
 
 
 def suffix_cache_changed(cache: SuffixCache, model: Any, persist: Optional[bool] = None) -> None:
     """After a request on ``default_suffix_cache(..., model=model)``: save it (throttled,
     atomic; see :class:`~tokenloom.spec.persist.StateSaver`) when persistence is on. A no-op for
     any other cache."""
-    if not resolve_persist(persist):
-        return
-    with _DEFAULTS_LOCK:
-        saver = _SAVERS.get(model_key(model))
-    if saver is not None and saver.obj() is cache:
-        saver.changed()
+    _DEFAULTS.changed(cache, model, STATE_NAME, persist)
 
 
 def reset_default_suffix_caches() -> None:
     """Forget the process-wide caches (the next request starts from the saved state, or cold)."""
-    with _DEFAULTS_LOCK:
-        _DEFAULTS.clear()
-        _SAVERS.clear()
+    _DEFAULTS.reset()
