@@ -16,7 +16,7 @@ import tokenloom
 from tokenloom.spec.recycling.recycler import TokenRecycler
 from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.calibration import Calibration
-from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, subtree
+from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, cap_rows, subtree
 from tokenloom.spec.suffix.store import SuffixCache, SuffixIndex
 
 from .greedy_compare import count_same_as_hf, hf_greedy
@@ -250,6 +250,35 @@ def test_best_nodes_is_optimal(seed):
     assert (1 + sum(scores[i] for i in keep[1:])) / cost(len(keep)) == pytest.approx(rate)
     tree = subtree(keep, np.arange(t, dtype=np.int64) + 100, np.array(parents, dtype=np.int64), np.array(depths, dtype=np.int64))
     assert all(tree.parents[i] < i for i in range(1, tree.size))
+
+
+@given(st.lists(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6), min_size=1, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_cap_rows_matches_reference(rows):
+    """cap_rows against a loop: in decreasing order (ties by position) each estimate keeps
+    min(p, 1 - what was kept before); rows summing to <= 1 are unchanged."""
+    width = max(len(r) for r in rows)
+    p = np.zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        p[i, : len(r)] = r
+    got = cap_rows(p)
+    for i in range(len(rows)):
+        order = sorted(range(width), key=lambda j: (-p[i, j], j))
+        kept = 0.0
+        for j in order:
+            want = max(0.0, min(p[i, j], 1.0 - kept))
+            assert got[i, j] == pytest.approx(want, abs=1e-12)
+            kept += want
+        assert got[i].sum() <= 1.0 + 1e-9
+        if p[i].sum() <= 1.0:
+            assert np.allclose(got[i], p[i])
+    assert np.allclose(cap_rows(p[0]), got[0])
+
+
+def test_cap_rows_keeps_a_confident_candidate():
+    """A near-certain suffix candidate beside recycled ones keeps its estimate (proportional
+    scaling would have shrunk it to 0.95 / 1.55)."""
+    assert cap_rows(np.array([0.3, 0.95, 0.2, 0.1])).tolist() == pytest.approx([0.05, 0.95, 0.0, 0.0])
 
 
 def test_merged_tree_is_a_union_of_both_sources():

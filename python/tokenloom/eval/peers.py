@@ -28,7 +28,16 @@ from tokenloom.spec.suffix.drafter import MergedDrafter
 from tokenloom.spec.suffix.store import SuffixCache
 from tokenloom.spec.templates import compile_template
 
-__all__ = ["ArcticDrafter", "PEER_KINDS", "SamSwitchDrafter", "arctic_available", "best_chain", "is_peer", "peer_method"]
+__all__ = [
+    "ArcticDrafter",
+    "PEER_KINDS",
+    "SamSwitchDrafter",
+    "arctic_available",
+    "best_chain",
+    "is_peer",
+    "peer_method",
+    "reset_peer_states",
+]
 
 #: SAM-Decoding's switch threshold: a suffix match of at least this many tokens drafts the chain.
 SAM_THRESHOLD = 5
@@ -170,6 +179,15 @@ PEER_KINDS = ("recycling", "suffix", "merged", "sam", "arctic")
 _PEER = re.compile(r"^(recycling|suffix|merged|sam|arctic)-(\d+|auto)$")
 _REGISTER = threading.Lock()
 _REGISTERED = {"sam": ("bench-sam-switch", make_sam_drafter), "arctic": ("bench-arctic-suffix", make_arctic_drafter)}
+#: The state tables of every peer function made (cleared by :func:`reset_peer_states`).
+_STATES: List[Dict[Tuple[int, int], Dict[str, Any]]] = []
+
+
+def reset_peer_states() -> None:
+    """Forget every peer's recycler and caches: the next request of each starts cold (the bench
+    calls it before each round, so rounds are independent repeats)."""
+    for table in _STATES:
+        table.clear()
 
 
 def _state(kind: str, vocab: int) -> Dict[str, Any]:
@@ -224,6 +242,7 @@ def peer_method(name: str) -> Any:
             if method not in methods():
                 register_drafter(method, factory)
     state: Dict[Tuple[int, int], Dict[str, Any]] = {}
+    _STATES.append(state)
 
     def fn(model: Any, ids: Any, n: int, eos: List[int]) -> Tuple[List[int], Dict[str, Any]]:
         from tokenloom.decoding.generate import generate

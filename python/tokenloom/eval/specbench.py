@@ -580,7 +580,9 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
 
     from tokenloom.integrations.hf.chat import chat_input_ids
     from tokenloom.integrations.hf.models import load_or_default, stop_token_ids
+    from tokenloom.eval.peers import reset_peer_states
     from tokenloom.spec.recycling.recycler import reset_default_recyclers
+    from tokenloom.spec.suffix.store import reset_default_suffix_caches
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -601,7 +603,10 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
         bar = tqdm(total=len(items) * len(methods) * cfg.repeat, desc="bench", disable=quiet, file=sys.stderr)
         for rnd in range(cfg.repeat):
             if cfg.options.persist is False:
-                reset_default_recyclers()  # every round starts from the same (fresh) drafter state
+                # every round starts from the same (fresh) drafter state: an independent repeat
+                reset_default_recyclers()
+                reset_default_suffix_caches()
+                reset_peer_states()
             for qi, q in enumerate(items):
                 ids = q["ids"]
                 shift = (qi + rnd) % len(methods)

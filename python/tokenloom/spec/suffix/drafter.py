@@ -11,7 +11,8 @@ Each step:
    row" of a node lists the suffix children of its suffix-trie node and (``merged``) the
    recycler's candidates after its token, each with its calibrated probability of being the
    target's next token (:class:`~tokenloom.spec.suffix.calibration.Calibration`; a candidate
-   offered by both gets ``1 - (1 - p_s)(1 - p_r)``; a row summing above 1 is scaled to 1). A
+   offered by both gets ``1 - (1 - p_s)(1 - p_r)``; a row summing above 1 is capped by
+   :func:`cap_rows`, which keeps the most confident estimates). A
    node's score is the product of these along its path, its estimated acceptance probability;
    the builder keeps the ``budget`` best (a subtree-closed set). A long suffix match so
    becomes a deep chain, a miss falls back to recycled candidates, and both can share a tree;
@@ -41,7 +42,7 @@ from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS, Calibration
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, SuffixCache, SuffixIndex
 
-__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "subtree"]
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "cap_rows", "subtree"]
 
 #: Draft nodes per tree with a fixed budget.
 DEFAULT_BUDGET = 16
@@ -71,6 +72,33 @@ def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.nda
     seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
     n = int(np.argmax((1.0 + cum) / seconds))
     return np.array(sorted([0] + order[:n]), dtype=np.int64)
+
+
+def cap_rows(probs: np.ndarray) -> np.ndarray:
+    """Make each row a sub-distribution by keeping the most confident candidates' estimates.
+
+    The candidates of a row are exclusive events (at most one is the target's next token), but
+    their calibrated estimates come from separate classes and can sum above 1. Scaling the whole
+    row down would also shrink a near-certain candidate (a long suffix match at 0.95 offered
+    beside recycled candidates would drop to ~0.6); instead, in decreasing order, each keeps
+    ``min(p, 1 - sum of those kept before it)``, so the row sums to at most 1 and the best
+    candidate keeps its estimate.
+
+    Args:
+        probs: float [rows, width] (or [width]), each in [0, 1].
+
+    Returns:
+        float, the same shape: the capped estimates.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    flat = p.reshape(1, -1) if p.ndim == 1 else p
+    order = np.argsort(-flat, axis=1, kind="stable")
+    srt = np.take_along_axis(flat, order, axis=1)
+    before = np.cumsum(srt, axis=1) - srt
+    capped = np.clip(np.minimum(srt, 1.0 - before), 0.0, None)
+    out = np.empty_like(flat)
+    np.put_along_axis(out, order, capped, axis=1)
+    return out.reshape(p.shape)
 
 
 def subtree(keep: np.ndarray, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray) -> DraftTree:
@@ -348,16 +376,15 @@ class MergedDrafter:
         dup = ((rows[:, :, None] == rows[:, None, :]) & self._upper).any(axis=1)
         probs[dup] = 0.0
         probs[~rows.any(axis=1)] = 0.0
-        total = probs.sum(axis=1, keepdims=True)
-        probs = np.where(total > 1.0, probs / np.maximum(total, 1e-30), probs)
-        return rows, probs, classes
+        return rows, cap_rows(probs), classes
 
     @staticmethod
     def _merge_row(
         suffix: Dict[int, List[int]], tid: Optional[np.ndarray], classes: Optional[np.ndarray], r: int, est: np.ndarray
     ) -> Tuple[List[int], List[float], List[List[int]]]:
         """One row offering suffix candidates (and the recycled ones of row ``r``): tokens,
-        probabilities (``1 - prod(1 - p)`` over the sources, scaled to sum <= 1), classes."""
+        probabilities (``1 - prod(1 - p)`` over the sources, capped to sum <= 1 by
+        :func:`cap_rows`), classes."""
         cand: Dict[int, List[int]] = {t: list(c) for t, c in suffix.items()}
         if tid is not None and classes is not None and tid[r].any():
             first = int(classes[r, 0])  # recycled classes of this row are >= it, suffix ones below
@@ -372,7 +399,4 @@ class MergedDrafter:
             for c in cand[t]:
                 miss *= 1.0 - est[c]
             pl.append(1.0 - miss)
-        total = sum(pl)
-        if total > 1.0:
-            pl = [p / total for p in pl]
-        return tl, pl, [cand[t] for t in tl]
+        return tl, cap_rows(np.asarray(pl)).tolist(), [cand[t] for t in tl]
