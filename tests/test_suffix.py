@@ -255,30 +255,30 @@ def test_best_nodes_is_optimal(seed):
 @given(st.lists(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6), min_size=1, max_size=4))
 @settings(max_examples=200, deadline=None)
 def test_cap_rows_matches_reference(rows):
-    """cap_rows against a loop: in decreasing order (ties by position) each estimate keeps
-    min(p, 1 - what was kept before); rows summing to <= 1 are unchanged."""
+    """cap_rows against a loop: the first largest estimate is kept, the others are scaled by
+    one factor into 1 - max when they sum above it; rows summing to <= 1 are unchanged."""
     width = max(len(r) for r in rows)
     p = np.zeros((len(rows), width))
     for i, r in enumerate(rows):
         p[i, : len(r)] = r
     got = cap_rows(p)
     for i in range(len(rows)):
-        order = sorted(range(width), key=lambda j: (-p[i, j], j))
-        kept = 0.0
-        for j in order:
-            want = max(0.0, min(p[i, j], 1.0 - kept))
-            assert got[i, j] == pytest.approx(want, abs=1e-12)
-            kept += want
+        row = [float(x) for x in p[i]]
+        top = row.index(max(row))
+        others = sum(row) - row[top]
+        factor = (1.0 - row[top]) / others if others > 1.0 - row[top] else 1.0
+        want = [x if j == top else x * factor for j, x in enumerate(row)]
+        assert got[i].tolist() == pytest.approx(want, abs=1e-12)
         assert got[i].sum() <= 1.0 + 1e-9
-        if p[i].sum() <= 1.0:
+        if sum(row) <= 1.0:
             assert np.allclose(got[i], p[i])
     assert np.allclose(cap_rows(p[0]), got[0])
 
 
 def test_cap_rows_keeps_a_confident_candidate():
     """A near-certain suffix candidate beside recycled ones keeps its estimate (proportional
-    scaling would have shrunk it to 0.95 / 1.55)."""
-    assert cap_rows(np.array([0.3, 0.95, 0.2, 0.1])).tolist() == pytest.approx([0.05, 0.95, 0.0, 0.0])
+    scaling would have shrunk it to 0.95 / 1.55); the others share 0.05 in proportion."""
+    assert cap_rows(np.array([0.3, 0.95, 0.2, 0.1])).tolist() == pytest.approx([0.025, 0.95, 1 / 60, 1 / 120])
 
 
 def test_merged_tree_is_a_union_of_both_sources():

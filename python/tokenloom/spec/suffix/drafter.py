@@ -11,8 +11,8 @@ Each step:
    row" of a node lists the suffix children of its suffix-trie node and (``merged``) the
    recycler's candidates after its token, each with its calibrated probability of being the
    target's next token (:class:`~tokenloom.spec.suffix.calibration.Calibration`; a candidate
-   offered by both gets ``1 - (1 - p_s)(1 - p_r)``; a row summing above 1 is capped by
-   :func:`cap_rows`, which keeps the most confident estimates). A
+   offered by both gets ``1 - (1 - p_s)(1 - p_r)``; a row summing above 1 keeps its
+   largest estimate and scales the others into the rest, :func:`cap_rows`). A
    node's score is the product of these along its path, its estimated acceptance probability;
    the builder keeps the ``budget`` best (a subtree-closed set). A long suffix match so
    becomes a deep chain, a miss falls back to recycled candidates, and both can share a tree;
@@ -75,14 +75,14 @@ def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.nda
 
 
 def cap_rows(probs: np.ndarray) -> np.ndarray:
-    """Make each row a sub-distribution by keeping the most confident candidates' estimates.
+    """Make each row a sub-distribution while keeping its most confident estimate.
 
     The candidates of a row are exclusive events (at most one is the target's next token), but
     their calibrated estimates come from separate classes and can sum above 1. Scaling the whole
     row down would also shrink a near-certain candidate (a long suffix match at 0.95 offered
-    beside recycled candidates would drop to ~0.6); instead, in decreasing order, each keeps
-    ``min(p, 1 - sum of those kept before it)``, so the row sums to at most 1 and the best
-    candidate keeps its estimate.
+    beside recycled candidates would drop to ~0.6); instead the largest estimate is kept and
+    the others share what is left, ``1 - max``, in their proportions (scaled down only when
+    they sum above it). A row summing to at most 1 is unchanged.
 
     Args:
         probs: float [rows, width] (or [width]), each in [0, 1].
@@ -92,12 +92,12 @@ def cap_rows(probs: np.ndarray) -> np.ndarray:
     """
     p = np.asarray(probs, dtype=np.float64)
     flat = p.reshape(1, -1) if p.ndim == 1 else p
-    order = np.argsort(-flat, axis=1, kind="stable")
-    srt = np.take_along_axis(flat, order, axis=1)
-    before = np.cumsum(srt, axis=1) - srt
-    capped = np.clip(np.minimum(srt, 1.0 - before), 0.0, None)
-    out = np.empty_like(flat)
-    np.put_along_axis(out, order, capped, axis=1)
+    top = flat.argmax(axis=1)
+    best = flat[np.arange(flat.shape[0]), top][:, None]
+    rest = flat.sum(axis=1, keepdims=True) - best
+    scale = np.where(rest > 1.0 - best, (1.0 - best) / np.maximum(rest, 1e-300), 1.0)
+    out = flat * scale
+    out[np.arange(flat.shape[0]), top] = best[:, 0]
     return out.reshape(p.shape)
 
 
