@@ -1,5 +1,5 @@
-"""Byte-level benchmarks: the covering kernel and the look-ahead candidate kernel vs their
-pure-Python references, and ByteLM on the embedded model (greedy bytes/s, next_byte_probs) with
+"""Byte-level benchmarks: the covering kernel, the look-ahead candidate kernel and the extension
+plan (``CoverTree.extension_plan``) vs their pure-Python references, and ByteLM on the embedded model (greedy bytes/s, next_byte_probs) with
 and without look-ahead rows. genlm-bytes is compared in a separate venv
 (see docs/bytes.md) since it is not a dependency of tokenloom."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bytes_oracle import allowed_canonical, expanded_tree, ref_covers, ref_top_straddling
+from tests.bytes_oracle import allowed_canonical, expanded_tree, plan_paths, ref_covers, ref_extension_plan, ref_top_straddling
 
 PREFIXES = [b"def fibonac", b"https:/", b"    return"]
 
@@ -46,6 +46,37 @@ def test_lookahead_kernel(benchmark, vocab, impl):
         benchmark(lambda: tree.top_straddling(nodes, qs, scales, 8))
     else:
         benchmark.pedantic(lambda: ref_top_straddling(vocab, tree, nodes, qs, scales, 8), rounds=1, iterations=1)
+
+
+#: Byte prefixes with many exact paths (all covers): 8,603 and 1,515 plan rows with SmolLM2's vocabulary.
+PLAN_PREFIXES = [b"def fibonacci(n):", b"    return x"]
+
+
+@pytest.mark.parametrize("impl", ["rust", "python"])
+def test_extension_plan(benchmark, vocab, impl):
+    """The exact paths below the root of each prefix (all covers): the Rust plan vs the
+    reference (the exact prefixes of every cover); the same paths either way."""
+    from tokenloom._core import CoverTree
+
+    benchmark.group = f"extension plan (all covers) of {len(PLAN_PREFIXES)} prefixes"
+    trees = []
+    for p in PLAN_PREFIXES:
+        trees.append(CoverTree(vocab.index, False))
+        for b in p:
+            trees[-1].push(b)
+
+    def rust():
+        return [t.extension_plan([0], 10**7) for t in trees]
+
+    def python():
+        return [ref_extension_plan(vocab.token_bytes, p) for p in PLAN_PREFIXES]
+
+    if impl == "rust":
+        plans, refs = benchmark(rust), python()
+    else:
+        plans, refs = rust(), benchmark.pedantic(python, rounds=2, iterations=1)
+    for (matters, rows), want in zip(plans, refs):
+        assert matters == [bool(want)] and sorted(plan_paths(rows)) == [p for p in want if p]
 
 
 @pytest.fixture(scope="module")

@@ -130,3 +130,25 @@ class BruteForce:
                 np.add.at(out, first[first >= 0], p * q[first >= 0])
                 out[256] += p * q[: len(tb)][special].sum()
         return out / out.sum(), total
+
+
+def ref_extension_plan(token_bytes: Sequence[bytes], data: bytes) -> List[Tuple[int, ...]]:
+    """Pure Python: the exact paths that ``CoverTree.extension_plan`` lists below the root of
+    ``data`` (all covers), sorted, with the empty path (the root) first when it matters: every
+    token path decoding to a prefix of ``data`` from which a cover can still be completed, i.e.
+    the exact prefixes of the covers (an exact path that is no cover's prefix is never read)."""
+    out = set()
+    for c in ref_covers(token_bytes, data):
+        for i in range(len(c) + 1):
+            if i < len(c) or sum(len(token_bytes[t]) for t in c) == len(data):
+                out.add(c[:i])
+    return sorted(out)
+
+
+def plan_paths(rows) -> List[Tuple[int, ...]]:
+    """The token paths of ``extension_plan``'s rows below one node (a row after its parent)."""
+    paths: List[Tuple[int, ...]] = []
+    for k, (_, parent, t) in enumerate(rows):
+        assert parent < k, "a row after its parent"
+        paths.append((paths[parent] if parent >= 0 else ()) + (t,))
+    return paths

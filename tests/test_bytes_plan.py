@@ -11,7 +11,7 @@ import pytest
 
 from tokenloom import ByteLM
 
-from .bytes_oracle import BruteForce
+from .bytes_oracle import BruteForce, plan_paths, ref_extension_plan
 
 TEXTS = [b"def f(x):\n    return x + 1", b"Hello, world! It's a test.", b"a  b\n\n  c"]
 
@@ -51,6 +51,23 @@ def test_jump_matches_brute_force(tiny_llama, tokenizer, canonical):
         q, total = bf.next_byte_probs(x)
         assert np.abs(p - q).max() < 1e-5, x
         assert abs(lm.logprob(x) - math.log(total)) < 1e-5, x
+
+
+@pytest.mark.parametrize("data", [b"", b"a", b"https://", b"    return", b"def fib"])
+def test_extension_plan_matches_reference(tokenizer, data):
+    """From the root (all covers): the listed rows are exactly the exact prefixes of the covers
+    (the pure-Python reference), and the root matters when any does."""
+    from tokenloom import ByteVocab
+    from tokenloom._core import CoverTree
+
+    vocab = ByteVocab.from_tokenizer(tokenizer)
+    tree = CoverTree(vocab.index, False)
+    for b in data:
+        tree.push(b)
+    matters, rows = tree.extension_plan([0], 10**6)
+    want = ref_extension_plan(vocab.token_bytes, data)
+    assert matters == [bool(want)] and all(i == 0 for i, _, _ in rows)
+    assert sorted(plan_paths(rows)) == [p for p in want if p]
 
 
 def test_extension_plan_refuses_past_limit(tiny_llama, tokenizer):

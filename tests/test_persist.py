@@ -23,6 +23,7 @@ from tokenloom.spec.recycling.recycler import (
     STATE_VERSION,
     TokenRecycler,
     default_recycler,
+    recycler_changed,
     reset_default_recyclers,
     state_name,
 )
@@ -266,6 +267,53 @@ def test_default_recycler_saved_and_loaded(tiny_llama):
     reset_default_recyclers()
     assert not default_recycler(49152, model=tiny_llama, persist=False).adjacency().any()
     reset_default_recyclers()
+
+
+def test_kept_states_follow_the_cache_folder(tiny_llama, monkeypatch, tmp_path):
+    """A kept default state belongs to the cache folder it was loaded from: after
+    TOKENLOOM_CACHE_DIR changes, the next call gets the new folder's saved state, saves go to
+    the new folder, and the first folder keeps its own state (never overwritten by the other)."""
+    from tokenloom.spec.suffix import store
+
+    reset_default_recyclers()
+    store.reset_default_suffix_caches()
+    key, name = persist.model_key(tiny_llama), state_name(8)
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    def saved(folder):
+        monkeypatch.setenv("TOKENLOOM_CACHE_DIR", str(folder))
+        return TokenRecycler.from_bytes(load_state(key, name, STATE_VERSION)).adjacency()
+
+    monkeypatch.setenv("TOKENLOOM_CACHE_DIR", str(b))
+    in_b = TokenRecycler(49152, 8)
+    in_b.update([7], [[1, 2, 3, 4, 5, 6, 7, 8]])
+    save_state(key, name, STATE_VERSION, in_b.to_bytes())  # folder b holds a state of its own
+
+    monkeypatch.setenv("TOKENLOOM_CACHE_DIR", str(a))
+    rec_a = default_recycler(49152, model=tiny_llama)
+    assert not rec_a.adjacency().any(), "folder a: a cold start"
+    rec_a.update([5], [[9] * 8])
+    recycler_changed(rec_a, tiny_llama)
+    cache_a = store.default_suffix_cache(49152, model=tiny_llama)
+    cache_a.insert([1, 2, 3])
+
+    monkeypatch.setenv("TOKENLOOM_CACHE_DIR", str(b))
+    # a request that started in folder a ends after the change: saved into a, not b
+    store.suffix_cache_changed(cache_a, tiny_llama)
+    rec_b = default_recycler(49152, model=tiny_llama)
+    assert rec_b is not rec_a and np.array_equal(rec_b.adjacency(), in_b.adjacency()), "folder b's own state"
+    assert store.default_suffix_cache(49152, model=tiny_llama) is not cache_a
+    rec_b.update([6], [[4] * 8])
+    recycler_changed(rec_b, tiny_llama)
+    persist.flush_all()
+    assert np.array_equal(saved(b), rec_b.adjacency())
+    assert np.array_equal(saved(a), rec_a.adjacency()), "folder a keeps its own state"
+    got = store.SuffixCache.from_bytes(load_state(key, store.STATE_NAME, store.STATE_VERSION)).sequences()  # folder a (set by saved)
+    assert [s.tolist() for s in got] == [[1, 2, 3]]
+    monkeypatch.setenv("TOKENLOOM_CACHE_DIR", str(b))
+    assert load_state(key, store.STATE_NAME, store.STATE_VERSION) is None, "folder a's suffix cache never reaches folder b"
+    reset_default_recyclers()
+    store.reset_default_suffix_caches()
 
 
 def test_persist_opt_outs_write_nothing(tiny_llama, monkeypatch, _private_cache_dir):

@@ -21,78 +21,12 @@ from tokenloom.spec.suffix.store import SuffixCache, SuffixIndex
 
 from .greedy_compare import count_same_as_hf, hf_greedy
 from .spec_reference import joint_chi2, prompt_ids
+from .suffix_reference import check_against_reference, paths_of, ref_counts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# --- the suffix trie against a pure-Python reference --------------------------------------------
-
-
-def ref_counts(docs, depth):
-    """Occurrences of every substring of at most ``depth`` tokens."""
-    c = {}
-    for d in docs:
-        for s in range(len(d)):
-            for e in range(s + 1, min(len(d), s + depth) + 1):
-                c[tuple(d[s:e])] = c.get(tuple(d[s:e]), 0) + 1
-    return c
-
-
-def ref_speculate(docs, depth, context, max_match, max_nodes):
-    """The rule of ``speculate``, written plainly: the longest suffix (<= max_match, < depth)
-    with a stored continuation; its continuations best first by path probability (ties: the
-    node pushed first, children in the trie's order are not compared here), as a dict
-    path -> (prob, support) plus the match length."""
-    c = ref_counts(docs, depth)
-    vocab = sorted({t for d in docs for t in d})
-    top = min(max_match, len(context), depth - 1)
-    for m in range(top, 0, -1):
-        s = tuple(context[len(context) - m:])
-        if any(s + (t,) in c for t in vocab):
-            out = {}
-            frontier = [((), 1.0)]
-            # every continuation path with its path probability
-            allp = {}
-            while frontier:
-                path, p = frontier.pop()
-                total = sum(c.get(s + path + (t,), 0) for t in vocab)
-                for t in vocab:
-                    n = c.get(s + path + (t,), 0)
-                    if n:
-                        allp[path + (t,)] = (p * n / total, n / total, total)
-                        frontier.append((path + (t,), p * n / total))
-            best = sorted(allp.items(), key=lambda kv: -kv[1][0])[:max_nodes]
-            for path, (_, q, total) in best:
-                out[path] = (q, total)
-            return out, m, sorted((v[0] for v in allp.values()), reverse=True)
-    return {}, 0, []
-
-
-def paths_of(tokens, parents):
-    paths = []
-    for t, p in zip(tokens.tolist(), parents.tolist()):
-        paths.append((paths[p] if p >= 0 else ()) + (t,))
-    return paths
-
-
-def check_against_reference(docs, context, depth, max_match, max_nodes, got):
-    toks, pars, probs, support, m = got
-    ref, ref_m, ref_sorted = ref_speculate(docs, depth, context, max_match, max_nodes)
-    assert m == ref_m
-    paths = paths_of(toks, pars)
-    assert len(paths) == min(max_nodes, len(ref_sorted))
-    c = ref_counts(docs, depth)
-    s = tuple(context[len(context) - m:]) if m else ()
-    path_probs = []
-    for path, q, n in zip(paths, probs.tolist(), support.tolist()):
-        total = sum(v for k, v in c.items() if len(k) == len(s) + len(path) and k[:-1] == s + path[:-1])
-        assert n == total and q == pytest.approx(c[s + path] / total)
-        pp = np.prod([c[s + path[:i + 1]] / sum(v for k, v in c.items() if len(k) == len(s) + i + 1 and k[:-1] == s + path[:i])
-                      for i in range(len(path))])
-        path_probs.append(pp)
-    # best first: the returned set's path probabilities are the top ones (ties may differ)
-    assert sorted(path_probs, reverse=True) == pytest.approx(ref_sorted[: len(path_probs)])
-    assert all(pars[i] < i for i in range(len(pars)))
+# --- the suffix trie against a pure-Python reference (tests/suffix_reference.py) ----------------
 
 
 @settings(max_examples=150, deadline=None)
@@ -110,7 +44,7 @@ def test_index_matches_reference(doc, ctx_len, depth, max_match, max_nodes):
     assert len(idx) == len(doc)
     context = doc[-ctx_len:]
     got = idx.speculate(np.array(context), max_match, max_nodes)
-    check_against_reference([doc], context, depth, max_match, max_nodes, got)
+    check_against_reference(ref_counts([doc], depth), depth, context, max_match, max_nodes, got)
 
 
 @settings(max_examples=80, deadline=None)
@@ -122,7 +56,7 @@ def test_cache_matches_reference(docs, context):
     cache = SuffixCache(max_depth=5, max_bytes=1 << 20)
     for d in docs:
         cache.insert(np.array(d, dtype=np.int64))
-    check_against_reference(docs, context, 5, 4, 12, cache.speculate(np.array(context), 4, 12))
+    check_against_reference(ref_counts(docs, 5), 5, context, 4, 12, cache.speculate(np.array(context), 4, 12))
 
 
 def test_speculate_small_example():

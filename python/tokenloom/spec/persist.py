@@ -19,7 +19,10 @@ cache directory under ``(model key, name)`` and loaded when the state is created
   never sees half a file; a failed write warns once and never raises into generation.
 * :class:`StateSaver`: throttled saving of one live object (``obj.to_bytes()``): ``changed()``
   after each request saves at most every ``min_interval`` seconds, and whatever changed since
-  the last save is written when the process exits.
+  the last save is written when the process exits. Its file is fixed when it is created: a
+  state is never written into a cache folder other than the one it came from.
+* :class:`PerModelStates`: the kept per-model states, per cache folder (a changed
+  ``TOKENLOOM_CACHE_DIR`` gives the states saved in the new folder, or cold ones).
 
 A persisted object exposes ``to_bytes() -> bytes`` and a ``from_bytes(data)`` that validates its
 input (bad data -> ValueError, which :func:`load_object` turns into the one warning). The layout::
@@ -336,7 +339,9 @@ class StateSaver:
     """
 
     def __init__(self, key: str, name: str, version: int, obj: Any, *, min_interval: float = MIN_SAVE_INTERVAL):
-        self.path = state_path(key, name)  # fixed now: a later change of the cache dir does not move it
+        # Fixed now (absolute): the object is saved where it was created or loaded, never into
+        # a folder set later (PerModelStates gives a changed folder states of its own).
+        self.path = state_path(key, name).absolute()
         self.key, self.name, self.version = key, name, _check_version(version)
         self._obj = weakref.ref(obj)
         self.min_interval = float(min_interval)
@@ -409,17 +414,36 @@ atexit.register(flush_all)
 class PerModelStates:
     """Process-wide drafter states, one per (model, extra key), each loaded from and saved
     through one persisted name (the registry behind ``default_recycler`` and
-    ``default_suffix_cache``). Without a model: one state per extra key, never persisted."""
+    ``default_suffix_cache``). Without a model: one state per extra key, never persisted.
+
+    The states of models are kept per cache folder (:func:`cache_dir`): a state is only ever
+    saved into the folder it was loaded from or created under. When the folder changes (e.g.
+    ``TOKENLOOM_CACHE_DIR`` set later), the next :meth:`get` saves the kept states' unsaved
+    changes into their own folder, forgets them, and loads (or creates) the states of the new
+    folder; a request still running on a forgotten state saves nothing more.
+    """
 
     def __init__(self) -> None:
         self._objs: dict = {}
         self._savers: dict = {}
+        self._folder: Optional[Path] = None
         self._lock = threading.Lock()
+
+    def _follow_folder(self) -> None:
+        """Under the lock: forget the model states of another cache folder (saved first)."""
+        folder = cache_dir().absolute()
+        if folder == self._folder:
+            return
+        for saver in self._savers.values():
+            saver.flush()
+        self._objs = {k: v for k, v in self._objs.items() if k[0] is None}
+        self._savers.clear()
+        self._folder = folder
 
     def get(self, model: Any, extra: tuple, name: str, version: int, persist: Optional[bool],
             make: Callable[[], T], load: Callable[[bytes], T]) -> T:
-        """The state of ``(model, *extra)``: kept, else loaded (persistence on and a model given),
-        else ``make()``.
+        """The state of ``(model, *extra)`` in the current cache folder: kept, else loaded
+        (persistence on and a model given), else ``make()``.
 
         Raises:
             TypeError: ``persist`` is not None or a bool (with a model).
@@ -427,6 +451,8 @@ class PerModelStates:
         want = resolve_persist(persist) if model is not None else False
         key = model_key(model) if model is not None else None
         with self._lock:
+            if key is not None:
+                self._follow_folder()
             obj = self._objs.get((key, *extra))
             if obj is not None:
                 return obj
@@ -439,8 +465,9 @@ class PerModelStates:
             return obj
 
     def changed(self, obj: Any, model: Any, name: str, persist: Optional[bool]) -> None:
-        """After a request on ``obj``: save it (throttled, atomic) when persistence is on and it is
-        the kept state of ``model`` under ``name``; a no-op for any other object."""
+        """After a request on ``obj``: save it (throttled, atomic) into its own cache folder when
+        persistence is on and it is the kept state of ``model`` under ``name``; a no-op for any
+        other object (a state forgotten on a folder change included)."""
         if not resolve_persist(persist):
             return
         with self._lock:
@@ -453,3 +480,4 @@ class PerModelStates:
         with self._lock:
             self._objs.clear()
             self._savers.clear()
+            self._folder = None
