@@ -25,7 +25,10 @@ import numpy as np
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=164)
-    ap.add_argument("--small-layers", type=int, default=20)
+    ap.add_argument("--small-layers", type=int, default=20, help="small model: the first N layers (early exit)")
+    ap.add_argument("--small-bits", type=int, default=0,
+                    help="small model: decoder weights rounded to this many bits instead (tokenloom.cascades.quantized_model; 0: early exit)")
+    ap.add_argument("--group-size", type=int, default=64, help="weight-rounding group (with --small-bits)")
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-tokens", type=int, default=0, help="keep only the prompt's last tokens (0: all); cheaper prefills")
@@ -43,13 +46,13 @@ def main() -> int:
     from tqdm import tqdm
 
     import tokenloom
-    from tokenloom.cascades import SequenceMean, SequenceSum, Quantile, deferral_curve, early_exit_model, fit_posthoc, output_logprobs
+    from tokenloom.cascades import early_exit_model, output_logprobs, quantized_model
     from tokenloom.eval.nextline import exact_match, line_tokens, make_line_tasks, wilson
     from tokenloom.integrations.hf.models import load_default
 
     torch.set_num_threads(args.threads)
     large, tok = load_default()
-    small = early_exit_model(large, args.small_layers)
+    small = quantized_model(large, args.small_bits, args.group_size) if args.small_bits else early_exit_model(large, args.small_layers)
     tasks = make_line_tasks(args.n, args.seed)
     rows: List[Dict[str, Any]] = []
     secs = {"small": 0.0, "large": 0.0}
@@ -77,6 +80,13 @@ def main() -> int:
     return 0
 
 
+def small_name(args: Any, total_layers: int) -> str:
+    """How the small model was made (for the results and the plot)."""
+    if getattr(args, "small_bits", 0):
+        return f"{args.small_bits}-bit weights (groups of {args.group_size})"
+    return f"{args.small_layers}/{total_layers} layers"
+
+
 def summarize(rows: List[Dict[str, Any]], secs: Dict[str, float], args: Any, uptime0: str, total_layers: int) -> None:
     from tokenloom.cascades import SequenceMean, SequenceSum, Quantile, deferral_curve, fit_posthoc
     from tokenloom.eval.nextline import wilson
@@ -99,7 +109,7 @@ def summarize(rows: List[Dict[str, Any]], secs: Dict[str, float], args: Any, upt
     curves["random"] = {"area": float((qs[test].mean() + ql[test].mean()) / 2)}
     n_small, n_large = int(qs.sum()), int(ql.sum())
     result = {
-        "n": len(rows), "test_n": len(test), "small_layers": args.small_layers, "total_layers": total_layers,
+        "n": len(rows), "test_n": len(test), "small": small_name(args, total_layers), "total_layers": total_layers,
         "small_exact": [n_small, list(wilson(n_small, len(rows)))], "large_exact": [n_large, list(wilson(n_large, len(rows)))],
         "seconds": secs, "curves": curves, "posthoc": {"weights": posthoc.weights.tolist(), "bias": posthoc.bias},
         "uptime_before": uptime0, "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
@@ -122,7 +132,7 @@ def summarize(rows: List[Dict[str, Any]], secs: Dict[str, float], args: Any, upt
         ax.plot([0, 1], [qs[test].mean(), ql[test].mean()], ":", color="gray", label=f"random ({curves['random']['area']:.3f})")
         ax.set_xlabel("deferral rate (share answered by the large model)")
         ax.set_ylabel("exact match of the cascade")
-        ax.set_title(f"HumanEval next line, {len(test)} held-out tasks; small = {args.small_layers}/{total_layers} layers", fontsize=9)
+        ax.set_title(f"HumanEval next line, {len(test)} held-out tasks; small = {small_name(args, total_layers)}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)

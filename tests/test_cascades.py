@@ -19,7 +19,9 @@ from tokenloom.cascades import (
     features,
     fit_posthoc,
     make_rule,
+    quantized_model,
 )
+from tokenloom.cascades.models import round_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,6 +105,45 @@ def test_early_exit_model_is_a_prefix_of_the_layers(tiny_llama):
     assert torch.allclose(got, want, atol=1e-4)
     with pytest.raises(ValueError, match="n_layers"):
         early_exit_model(tiny_llama, 3)
+
+
+def round_reference(w, bits, group):
+    """Element by element: each group's symmetric grid of 2**bits levels, nearest level."""
+    qmax = 2 ** (bits - 1) - 1
+    out = np.empty_like(w)
+    for r in range(w.shape[0]):
+        for g in range(0, w.shape[1], group):
+            seg = w[r, g : g + group]
+            scale = max(float(np.abs(seg).max()) / qmax, 1e-12)
+            for j, x in enumerate(seg):
+                q = min(max(np.round(x / scale), -qmax - 1), qmax)
+                out[r, g + j] = q * scale
+    return out
+
+
+@pytest.mark.parametrize("bits,group", [(2, 4), (3, 8), (4, 16), (8, 32)])
+def test_round_weights_matches_reference(bits, group):
+    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(bits * 100 + group))
+    w[0, :group] = 0.0  # an all-zero group stays zero
+    got = round_weights(w, bits, group).numpy()
+    assert np.allclose(got, round_reference(w.numpy().astype(np.float64), bits, group), atol=1e-6)
+    levels = [len(np.unique(np.round(got[r, g : g + group] / np.abs(got[r, g : g + group]).max(), 6))) for r in range(1, 6) for g in range(0, 32, group)]
+    assert max(levels) <= 2**bits
+
+
+def test_quantized_model_rounds_only_decoder_linears(tiny_llama):
+    small = quantized_model(tiny_llama, bits=3, group_size=8)
+    lin = tiny_llama.model.layers[0].self_attn.q_proj.weight
+    got = small.model.layers[0].self_attn.q_proj.weight
+    assert torch.allclose(got, round_weights(lin, 3, 8)) and not torch.equal(got, lin)
+    assert torch.equal(small.lm_head.weight, tiny_llama.lm_head.weight)
+    assert torch.equal(small.model.embed_tokens.weight, tiny_llama.model.embed_tokens.weight)
+    assert not torch.equal(tiny_llama.model.layers[0].self_attn.q_proj.weight, got)  # the original is unchanged
+    ids = torch.tensor([[5, 6, 7]])
+    assert small(ids).logits.shape == tiny_llama(ids).logits.shape
+    for bad, err in [(dict(bits=1), "bits"), (dict(bits=9), "bits"), (dict(group_size=5), "group_size"), (dict(group_size=0), "group_size")]:
+        with pytest.raises(ValueError, match=err):
+            quantized_model(tiny_llama, **bad)
 
 
 def test_cascade_defers_below_the_threshold(tiny_llama):

@@ -2,11 +2,11 @@
 a small model and defers to a large one when a rule over the small model's token
 log-probabilities (:mod:`tokenloom.cascades.rules`: sequence sum / mean, quantiles, a fitted
 post-hoc rule) says it is unsure; :func:`deferral_curve` gives the cost-quality curve of a rule;
-:func:`early_exit_model` makes a cheaper sibling of a model when no smaller one shares its
-tokenizer."""
+:func:`early_exit_model` and :func:`quantized_model` make a cheaper sibling of a model when no
+smaller one shares its tokenizer."""
 
 from tokenloom.cascades.curve import DeferralCurve, deferral_curve
-from tokenloom.cascades.models import early_exit_model
+from tokenloom.cascades.models import early_exit_model, quantized_model
 from tokenloom.cascades.rules import (
     FEATURE_NAMES,
     QUANTILES,
@@ -36,4 +36,5 @@ __all__ = [
     "fit_posthoc",
     "make_rule",
     "output_logprobs",
+    "quantized_model",
 ]
