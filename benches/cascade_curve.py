@@ -1,12 +1,13 @@
 """Cascade cost-quality curves on HumanEval next-line completion (tokenloom.eval.nextline):
 small = the embedded SmolLM2-135M's first ``--small-layers`` decoder layers (an early exit of
-the same model: no smaller model sharing its tokenizer ships in a package here), large = the
+the same model) or, with ``--small-bits``, the model with its decoder weights rounded to that
+many bits (no smaller model sharing its tokenizer ships in a package here), large = the
 whole model (fp32, dequantised from its Q4_1 GGUF). Both answer every task greedily; the
 deferral rules are scored on the small model's token log-probabilities; the post-hoc rule is
 fitted on a seeded half of the tasks and every curve is measured on the other half.
 
-    python benches/cascade_curve.py -n 40 --small-layers 20 --json benches/results/cascade_curve.json \\
-        --plot docs/cascade_curve.png
+    python benches/cascade_curve.py -n 164 --small-bits 4 --threads 1 \\
+        --json benches/results/cascade_curve.json --plot docs/cascade_curve.png
 """
 
 from __future__ import annotations
