@@ -38,9 +38,14 @@ __all__ = [
 #: shared machine.
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
-#: Method names: ``none`` (no speculation), ``tokenloom`` (the proposer, top-k update),
-#: ``tokenloom-accepted`` (the proposer updating from committed tokens only), ``ngram``, ``suffix``.
-METHODS = ("none", "tokenloom", "tokenloom-accepted", "ngram", "suffix")
+#: Method names: ``none`` (no speculation), ``tokenloom`` (the proposer with its default drafter,
+#: top-k update), ``tokenloom-accepted`` (the proposer updating from committed tokens only),
+#: ``tokenloom-recycling`` / ``tokenloom-suffix`` / ``tokenloom-merged`` (the proposer with that
+#: chain drafter, top-k update), vLLM's ``ngram`` and ``suffix``.
+METHODS = ("none", "tokenloom", "tokenloom-accepted", "tokenloom-recycling", "tokenloom-suffix", "tokenloom-merged",
+           "ngram", "suffix")
+#: The chain drafter of each ``tokenloom-<drafter>`` method.
+_DRAFTER_METHODS = {"tokenloom-recycling": "recycling", "tokenloom-suffix": "suffix", "tokenloom-merged": "merged"}
 
 _LOREM = (
     "def moving_average(values, window):\n"
@@ -70,7 +75,7 @@ def speculative_config(method: str, num_tokens: int = 5) -> Optional[Dict[str, A
     """
     if method == "none":
         return None
-    if method in ("tokenloom", "tokenloom-accepted"):
+    if method in ("tokenloom", "tokenloom-accepted") or method in _DRAFTER_METHODS:
         return {
             "method": "custom_class",
             "model": "tokenloom.integrations.vllm.proposer.Proposer",
@@ -179,6 +184,8 @@ def run_method(
     spec = speculative_config(method, num_tokens)
     if method.startswith("tokenloom"):
         os.environ["TOKENLOOM_VLLM_UPDATE"] = "accepted" if method == "tokenloom-accepted" else "topk"
+        if method in _DRAFTER_METHODS:
+            os.environ["TOKENLOOM_VLLM_DRAFTER"] = _DRAFTER_METHODS[method]
     from vllm import LLM, SamplingParams
 
     from tokenloom.integrations.vllm.proposer import live_proposers
