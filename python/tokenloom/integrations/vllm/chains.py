@@ -196,13 +196,14 @@ class RecyclingChains:
 
 class _Request:
     """One request's state in :class:`MergedChains`: its merged drafter (history, suffix index,
-    last proposal) and the history length that proposal was made for (-1: none)."""
+    last proposal), the history length that proposal was made for (-1: none) and its chain."""
 
-    __slots__ = ("drafter", "proposed_at")
+    __slots__ = ("drafter", "proposed_at", "chain")
 
     def __init__(self, drafter: MergedDrafter):
         self.drafter = drafter
         self.proposed_at = -1
+        self.chain: List[int] = []
 
 
 class MergedChains:
@@ -296,7 +297,10 @@ class MergedChains:
         return _Request(self._drafter(history, max(len(history) - 1, 0)))
 
     def observe(self, verified: np.ndarray, emitted: np.ndarray, topk: Optional[np.ndarray], state: Any = None) -> None:
+        verified = as_array(verified, np.int64, "verified", 1)
         emitted = as_array(emitted, np.int64, "emitted", 1)
+        if not 1 <= emitted.shape[0] <= verified.shape[0]:
+            raise ValueError(f"emitted: expected 1 to {verified.shape[0]} tokens (one per verified token), got {emitted.shape[0]}")
         if self.recycling is not None:
             self.recycling.observe(verified, emitted, topk)
         if state is None:
@@ -304,8 +308,9 @@ class MergedChains:
         d = state.drafter
         with self._lock:
             # The calibration learns from the proposal this step verified (none: the row
-            # proposed nothing last step); the request's tokens always extend its index.
-            fresh = state.proposed_at == len(d.seq)
+            # proposed nothing for this history); the request's tokens always extend its index.
+            m = verified.shape[0] - 1
+            fresh = state.proposed_at == len(d.seq) and verified[1:].tolist() == state.chain[:m]
             d.learn(range(emitted.shape[0]) if fresh else [], emitted)
             state.proposed_at = -1
 
@@ -323,7 +328,8 @@ class MergedChains:
                 self._counts["resynced"] += 1
             tree = d.propose(int(history[-1]), len(history))
             state.proposed_at = len(d.seq)
-        return [int(t) for t in tree.tokens[1 : n + 1]]
+            state.chain = [int(t) for t in tree.tokens[1:]]
+        return state.chain[:n]
 
     def finish(self, state: Any) -> None:
         """The request left the batch: its output (the history after its first ``start``)
