@@ -107,6 +107,7 @@ def _reference_best(d: MergedChains, history, cache_seqs):
             probs = {t: p / total for t, p in probs.items()}
         return {t: p for t, p in probs.items() if p > 0.0}
 
+    cost = d.token_cost
     best, paths = 0.0, [()]
     stack = [((), int(history[-1]), 1.0, 0.0)]
     while stack:
@@ -114,7 +115,7 @@ def _reference_best(d: MergedChains, history, cache_seqs):
         if len(path) >= n:
             continue
         for t, p in row(path, token).items():
-            s, g = score * p, gain + score * p
+            s, g = score * p, gain + score * p - cost
             child = path + (t,)
             if g > best + 1e-12 or (abs(g - best) <= 1e-12 and len(child) < len(paths[0])):
                 best, paths = g, [child]
@@ -154,13 +155,14 @@ def test_top_path_is_the_best_chain():
         assert len(path) == min(len(nodes(i)) for i in range(t) if abs(gains[i] - best) < 1e-12)
 
 
-@pytest.mark.parametrize("name", ["suffix", "merged"])
-def test_chains_match_brute_force_reference(name):
+@pytest.mark.parametrize("name,token_cost", [("suffix", 0.0), ("merged", 0.0), ("suffix", 0.3), ("merged", 0.25)])
+def test_chains_match_brute_force_reference(name, token_cost):
     """Random small-alphabet requests, a noisy periodic target; every step's chain is one of the
     reference's best paths (ties: the shortest), the calibration and the cache learning as the
     requests go on."""
     rng = np.random.default_rng(7 if name == "suffix" else 8)
-    d = make_chain_drafter(name, V, 4, budget=400, **({"k": 3} if name == "merged" else {}))
+    options = {"k": 3} if name == "merged" else {}
+    d = make_chain_drafter(name, V, 4, budget=400, token_cost=token_cost, **options)
     checked = 0
     for req in range(4):
         period = rng.integers(0, 4, int(rng.integers(2, 5))).tolist()
@@ -170,7 +172,7 @@ def test_chains_match_brute_force_reference(name):
             cache_seqs = d.cache.sequences() if d.cache is not None else []
             best, paths = _reference_best(d, history, cache_seqs)
             chain = d.propose(np.array(history), 4, state)
-            if best == 0.0:
+            if paths == [()]:
                 assert chain == []
             else:
                 assert tuple(chain) in paths, (req, step, chain, paths, best)
@@ -258,6 +260,9 @@ def test_bad_options_are_clear_errors(monkeypatch):
         make_chain_drafter("recycling", V, 3, budget=4)
     with pytest.raises(ValueError, match="budget"):
         make_chain_drafter("merged", V, 3, budget=0)
+    for bad in (-0.1, 1.5, "0.2", True):
+        with pytest.raises(ValueError, match="token_cost"):
+            make_chain_drafter("merged", V, 3, token_cost=bad)
     with pytest.raises(ValueError, match="cache_bytes"):
         make_chain_drafter("suffix", V, 3, cache_bytes=0)
     with pytest.raises(TypeError, match="cache"):

@@ -228,6 +228,10 @@ class MergedChains:
         seed_prompt: seed unknown recycler rows from each new request's prompt bigrams.
         budget: tree nodes grown per step before the best path is taken (default
             ``4 * num_tokens``).
+        token_cost: the expected accepted tokens a draft token must be worth to be proposed
+            (in [0, 1]; 0, the default: the chain of the most expected accepted tokens; higher
+            values give shorter, surer chains, for targets whose verification cost grows with
+            the chain).
         max_match: longest context suffix matched. index_depth: longest substring indexed.
         cache: a :class:`SuffixCache` to share; None (default) a new one with the caps below;
             False: no cross-request cache.
@@ -251,6 +255,7 @@ class MergedChains:
         recycler: Optional[TokenRecycler] = None,
         seed_prompt: bool = True,
         budget: Optional[int] = None,
+        token_cost: float = 0.0,
         max_match: int = DEFAULT_MAX_MATCH,
         index_depth: int = DEFAULT_MAX_DEPTH,
         cache: Any = None,
@@ -266,6 +271,9 @@ class MergedChains:
             raise ValueError("recycler: the suffix chain drafter uses no recycler (use 'merged')")
         self.k = self.recycling.k if self.recycling is not None else 0
         self.budget = as_count(4 * self.num_tokens if budget is None else budget, "budget", 1)
+        if isinstance(token_cost, bool) or not isinstance(token_cost, (int, float)) or not 0.0 <= token_cost <= 1.0:
+            raise ValueError(f"token_cost: expected a number in [0, 1], got {token_cost!r}")
+        self.token_cost = float(token_cost)
         self.max_match = as_count(max_match, "max_match", 1)
         self.index_depth = as_count(index_depth, "index_depth", 2)
         if cache is None:
@@ -283,7 +291,7 @@ class MergedChains:
         d = MergedDrafter(
             recycler=self.recycling.recycler if self.recycling is not None else None, cache=self.cache,
             budget=self.budget, max_depth=self.num_tokens, max_match=self.max_match, index_depth=self.index_depth,
-            calibration=self.calibration, seed_prefill=False, chain=True,
+            calibration=self.calibration, seed_prefill=False, chain=True, token_cost=self.token_cost,
         )
         d.begin(history.tolist(), n_prompt)
         return d

@@ -73,11 +73,13 @@ def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.nda
     return np.array(sorted([0] + order[:n]), dtype=np.int64)
 
 
-def top_path(scores: np.ndarray, parents: np.ndarray) -> np.ndarray:
+def top_path(scores: np.ndarray, parents: np.ndarray, token_cost: float = 0.0) -> np.ndarray:
     """The best chain of a scored tree (node 0 the root, parents before children, a node's
     score its estimated probability of being reached and accepted): the root-to-node path with
-    the largest sum of scores, i.e. the most expected accepted tokens of one chain. Ties go to
-    the shorter path, then the lower node index.
+    the largest sum of ``score - token_cost`` over its draft nodes, i.e. the most expected
+    accepted tokens of one chain, less ``token_cost`` per token proposed (0: the longest gain;
+    a draft token must be worth more than ``token_cost`` accepted tokens). Ties go to the
+    shorter path, then the lower node index.
 
     Returns:
         int64 [L + 1]: the path's nodes, root first (``[0]`` when no draft node scores above 0).
@@ -85,7 +87,7 @@ def top_path(scores: np.ndarray, parents: np.ndarray) -> np.ndarray:
     t = int(scores.shape[0])
     gain = np.zeros(t)
     for i in range(1, t):
-        gain[i] = gain[int(parents[i])] + float(scores[i])
+        gain[i] = gain[int(parents[i])] + float(scores[i]) - token_cost
     depth = np.zeros(t, dtype=np.int64)
     for i in range(1, t):
         depth[i] = depth[int(parents[i])] + 1
@@ -131,6 +133,8 @@ class MergedDrafter:
             recycler and the cache).
         chain: propose one chain, the best path (:func:`top_path`) of the tree grown with
             ``budget`` nodes (serving stacks that verify chains, e.g. vLLM).
+        token_cost: with ``chain``, the expected accepted tokens a draft token must be worth
+            (:func:`top_path`; 0: the chain of the most expected accepted tokens).
 
     Raises:
         ValueError: a size below 1, ``budget`` neither an int nor ``"auto"``, ``"auto"``
@@ -158,6 +162,7 @@ class MergedDrafter:
         eos_token_ids: Sequence[int] = (),
         finish: Optional[Callable[[], None]] = None,
         chain: bool = False,
+        token_cost: float = 0.0,
     ):
         from tokenloom.spec.recycling.recycler import TokenRecycler
 
@@ -192,6 +197,9 @@ class MergedDrafter:
         self.eos = frozenset(int(t) for t in eos_token_ids)
         self._on_finish = finish
         self.chain = bool(chain)
+        if isinstance(token_cost, bool) or not isinstance(token_cost, (int, float)) or not 0.0 <= token_cost <= 1.0:
+            raise ValueError(f"token_cost: expected a number in [0, 1], got {token_cost!r}")
+        self.token_cost = float(token_cost)
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self._upper = np.triu(np.ones((self.k, self.k), dtype=bool), 1)  # [i, j]: i < j
@@ -234,7 +242,7 @@ class MergedDrafter:
         kids, cls = self._suffix_trie()
         tokens, parents, depths, scores, bids = self._grow(int(root), kids, cls)
         if self.chain and tokens.shape[0] > 1:
-            keep = top_path(scores, parents)
+            keep = top_path(scores, parents, self.token_cost)
             tree = subtree(keep, tokens, parents, depths)
             bids = bids[keep]
         elif self.auto and tokens.shape[0] > 1:
