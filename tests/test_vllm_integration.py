@@ -24,8 +24,8 @@ if importlib.util.find_spec("vllm") is None:
 
 MAX_TOKENS = 24
 BATCHES = (1, 8)
-#: tokenloom's proposer with its default drafter, then with each other chain drafter.
-OURS = ("tokenloom", "tokenloom-suffix", "tokenloom-merged")
+#: tokenloom's proposer with its default drafter (merged), then with each other chain drafter.
+OURS = ("tokenloom", "tokenloom-recycling", "tokenloom-suffix")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,8 @@ def test_proposer_drafts_and_top_k_capture_line_up(runs, method):
     if stats["update"] == "topk":
         assert stats["topk_steps"] > 0 and stats["topk_misaligned_steps"] == 0, stats
     assert stats["unmatched_rows"] == 0, stats
-    if method != "tokenloom":
+    assert stats["drafter"] == {"tokenloom": "merged", "tokenloom-recycling": "recycling", "tokenloom-suffix": "suffix"}[method]
+    if method != "tokenloom-recycling":
         # Every request of batch 1 left the batch before batch 8 started: its output was cached.
         assert stats["finished_requests"] >= len(r.tokens[str(BATCHES[0])]), stats
         assert stats["drafter_stats"]["cache"]["requests"] >= len(r.tokens[str(BATCHES[0])]), stats

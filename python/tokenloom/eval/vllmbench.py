@@ -41,7 +41,7 @@ CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 #: Method names: ``none`` (no speculation), ``tokenloom`` (the proposer with its default drafter,
 #: top-k update), ``tokenloom-accepted`` (the proposer updating from committed tokens only),
 #: ``tokenloom-recycling`` / ``tokenloom-suffix`` / ``tokenloom-merged`` (the proposer with that
-#: chain drafter, top-k update), vLLM's ``ngram`` and ``suffix``.
+#: chain drafter, top-k update where it has one), vLLM's ``ngram`` and ``suffix``.
 METHODS = ("none", "tokenloom", "tokenloom-accepted", "tokenloom-recycling", "tokenloom-suffix", "tokenloom-merged",
            "ngram", "suffix")
 #: The chain drafter of each ``tokenloom-<drafter>`` method.
@@ -182,10 +182,30 @@ def run_method(
     if in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     spec = speculative_config(method, num_tokens)
+    saved = {k: os.environ.get(k) for k in ("TOKENLOOM_VLLM_UPDATE", "TOKENLOOM_VLLM_DRAFTER")}
     if method.startswith("tokenloom"):
         os.environ["TOKENLOOM_VLLM_UPDATE"] = "accepted" if method == "tokenloom-accepted" else "topk"
         if method in _DRAFTER_METHODS:
             os.environ["TOKENLOOM_VLLM_DRAFTER"] = _DRAFTER_METHODS[method]
+    try:
+        return _run(method, spec, model_dir, prompts, batch_sizes, max_tokens, max_model_len)
+    finally:  # the next run in this process sees the caller's settings
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(
+    method: str,
+    spec: Optional[Dict[str, Any]],
+    model_dir: str,
+    prompts: Sequence[Dict[str, Any]],
+    batch_sizes: Sequence[int],
+    max_tokens: int,
+    max_model_len: int,
+) -> MethodRun:
     from vllm import LLM, SamplingParams
 
     from tokenloom.integrations.vllm.proposer import live_proposers

@@ -38,8 +38,8 @@ drafter updates from the committed tokens instead. Checked on vLLM 0.32 (CPU bui
 parallel 1); ``SUPPORTED_VLLM`` is the range accepted. ``TOKENLOOM_VLLM_UPDATE=accepted`` turns the
 capture off (move-to-front updates from committed tokens only).
 
-Choosing the drafter: by name, ``TOKENLOOM_VLLM_DRAFTER`` (default ``recycling``; ``suffix``,
-``merged``, any
+Choosing the drafter: by name, ``TOKENLOOM_VLLM_DRAFTER`` (default ``merged``; ``suffix``,
+``recycling``, any
 :func:`~tokenloom.integrations.vllm.chains.chain_drafters` name), or a per-name class such as
 ``tokenloom.integrations.vllm.proposer.RecyclingProposer`` (``SuffixProposer``,
 ``MergedProposer``); the drafter's options as a JSON object in ``TOKENLOOM_VLLM_OPTIONS`` (e.g.
@@ -65,6 +65,7 @@ import numpy as np
 from tokenloom.integrations.vllm.chains import ChainDrafter, chain_drafters, make_chain_drafter
 
 __all__ = [
+    "DEFAULT_DRAFTER",
     "ENV_DRAFTER",
     "ENV_OPTIONS",
     "ENV_STATS",
@@ -85,6 +86,9 @@ SUPPORTED_VLLM = ">=0.32,<0.33"
 _VLLM_MIN = (0, 32)
 _VLLM_BELOW = (0, 33)
 ENV_DRAFTER = "TOKENLOOM_VLLM_DRAFTER"
+#: The chain drafter of ``Proposer`` when ``TOKENLOOM_VLLM_DRAFTER`` is unset (the most tokens
+#: per target step in docs/vllm.md's measurement).
+DEFAULT_DRAFTER = "merged"
 ENV_UPDATE = "TOKENLOOM_VLLM_UPDATE"
 ENV_STATS = "TOKENLOOM_VLLM_STATS"
 ENV_OPTIONS = "TOKENLOOM_VLLM_OPTIONS"
@@ -220,12 +224,13 @@ class Proposer:
         ValueError: an unknown drafter name or update mode (the message lists the known ones).
     """
 
-    #: Drafter name of this class; None reads ``TOKENLOOM_VLLM_DRAFTER`` (default "recycling").
+    #: Drafter name of this class; None reads ``TOKENLOOM_VLLM_DRAFTER`` (default
+    #: :data:`DEFAULT_DRAFTER`).
     drafter_name: ClassVar[Optional[str]] = None
 
     def __init__(self, vllm_config: Any):
         self.vllm_version = check_vllm_version()
-        name = self.drafter_name or os.environ.get(ENV_DRAFTER, "recycling")
+        name = self.drafter_name or os.environ.get(ENV_DRAFTER, DEFAULT_DRAFTER)
         update = os.environ.get(ENV_UPDATE, "topk")
         if update not in _UPDATES:
             raise ValueError(f"{ENV_UPDATE}={update!r}: expected one of {list(_UPDATES)}")
