@@ -16,7 +16,7 @@ from tokenloom.integrations.vllm.chains import MergedChains, chain_drafters, mak
 from tokenloom.integrations.vllm.proposer import MergedProposer, Proposer, SuffixProposer, drafter_options
 from tokenloom.spec.suffix.drafter import top_path
 
-from tests.test_vllm_proposer import Batch
+from .test_vllm_proposer import Batch
 
 V = 40
 
