@@ -221,7 +221,10 @@ class Proposer:
 
     Raises:
         ImportError: vLLM is missing. RuntimeError: an unsupported vLLM version.
-        ValueError: an unknown drafter name or update mode (the message lists the known ones).
+        ValueError: an unknown drafter name or update mode (the message lists the known ones),
+            ``TOKENLOOM_VLLM_OPTIONS`` not a JSON object, an option the drafter does not take
+            (the message lists those it takes) or a bad option value.
+        TypeError: an option value of the wrong type.
     """
 
     #: Drafter name of this class; None reads ``TOKENLOOM_VLLM_DRAFTER`` (default
