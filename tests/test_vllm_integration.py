@@ -24,6 +24,8 @@ if importlib.util.find_spec("vllm") is None:
 
 MAX_TOKENS = 24
 BATCHES = (1, 8)
+#: tokenloom's proposer with its default drafter (merged), then with each other chain drafter.
+OURS = ("tokenloom", "tokenloom-recycling", "tokenloom-suffix")
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +54,34 @@ def runs(model_dir, prompts):
 
     return {
         m: run_method(m, model_dir, prompts, batch_sizes=BATCHES, max_tokens=MAX_TOKENS, max_model_len=1024)
-        for m in ("none", "tokenloom")
+        for m in ("none",) + OURS
     }
 
 
+@pytest.mark.parametrize("method", OURS)
 @pytest.mark.parametrize("batch", BATCHES)
-def test_proposer_tokens_equal_no_speculation(runs, prompts, batch):
+def test_proposer_tokens_equal_no_speculation(runs, prompts, batch, method):
     key = str(batch)
-    base, ours = runs["none"].tokens[key], runs["tokenloom"].tokens[key]
+    base, ours = runs["none"].tokens[key], runs[method].tokens[key]
     assert len(base) == len(prompts) and all(len(t) > 0 for t in base)
     for p, a, b in zip(prompts, base, ours):
-        assert b == a, f"{p['name']}: tokens differ with tokenloom's proposer at batch {batch}"
+        assert b == a, f"{p['name']}: tokens differ with tokenloom's proposer ({method}) at batch {batch}"
 
 
-def test_proposer_drafts_and_top_k_capture_line_up(runs):
-    r = runs["tokenloom"]
+@pytest.mark.parametrize("method", OURS)
+def test_proposer_drafts_and_top_k_capture_line_up(runs, method):
+    r = runs[method]
     for key in map(str, BATCHES):
         acc = r.acceptance[key]
         assert acc["drafts"] > 0 and acc["accepted_tokens"] > 0, acc
         assert acc["tokens_per_step"] > 1.0
     stats = r.proposer[str(BATCHES[-1])]["cumulative"]
-    assert stats["update"] == "topk"
-    assert stats["topk_steps"] > 0 and stats["topk_misaligned_steps"] == 0, stats
+    assert stats["update"] == ("accepted" if method == "tokenloom-suffix" else "topk")
+    if stats["update"] == "topk":
+        assert stats["topk_steps"] > 0 and stats["topk_misaligned_steps"] == 0, stats
     assert stats["unmatched_rows"] == 0, stats
+    assert stats["drafter"] == {"tokenloom": "merged", "tokenloom-recycling": "recycling", "tokenloom-suffix": "suffix"}[method]
+    if method != "tokenloom-recycling":
+        # Every request of batch 1 left the batch before batch 8 started: its output was cached.
+        assert stats["finished_requests"] >= len(r.tokens[str(BATCHES[0])]), stats
+        assert stats["drafter_stats"]["cache"]["requests"] >= len(r.tokens[str(BATCHES[0])]), stats

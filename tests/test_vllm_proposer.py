@@ -38,8 +38,9 @@ def fake_vllm(monkeypatch):
     mod = types.ModuleType("vllm")
     mod.__version__ = "0.32.0"
     monkeypatch.setitem(sys.modules, "vllm", mod)
-    monkeypatch.delenv("TOKENLOOM_VLLM_DRAFTER", raising=False)
+    monkeypatch.setenv("TOKENLOOM_VLLM_DRAFTER", "recycling")  # these tests are about recycling's chains
     monkeypatch.delenv("TOKENLOOM_VLLM_UPDATE", raising=False)
+    monkeypatch.delenv("TOKENLOOM_VLLM_OPTIONS", raising=False)
     monkeypatch.delenv("TOKENLOOM_VLLM_STATS", raising=False)
     return mod
 

@@ -38,9 +38,14 @@ __all__ = [
 #: shared machine.
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
-#: Method names: ``none`` (no speculation), ``tokenloom`` (the proposer, top-k update),
-#: ``tokenloom-accepted`` (the proposer updating from committed tokens only), ``ngram``, ``suffix``.
-METHODS = ("none", "tokenloom", "tokenloom-accepted", "ngram", "suffix")
+#: Method names: ``none`` (no speculation), ``tokenloom`` (the proposer with its default drafter,
+#: top-k update), ``tokenloom-accepted`` (the proposer updating from committed tokens only),
+#: ``tokenloom-recycling`` / ``tokenloom-suffix`` / ``tokenloom-merged`` (the proposer with that
+#: chain drafter, top-k update where it has one), vLLM's ``ngram`` and ``suffix``.
+METHODS = ("none", "tokenloom", "tokenloom-accepted", "tokenloom-recycling", "tokenloom-suffix", "tokenloom-merged",
+           "ngram", "suffix")
+#: The chain drafter of each ``tokenloom-<drafter>`` method.
+_DRAFTER_METHODS = {"tokenloom-recycling": "recycling", "tokenloom-suffix": "suffix", "tokenloom-merged": "merged"}
 
 _LOREM = (
     "def moving_average(values, window):\n"
@@ -70,7 +75,7 @@ def speculative_config(method: str, num_tokens: int = 5) -> Optional[Dict[str, A
     """
     if method == "none":
         return None
-    if method in ("tokenloom", "tokenloom-accepted"):
+    if method in ("tokenloom", "tokenloom-accepted") or method in _DRAFTER_METHODS:
         return {
             "method": "custom_class",
             "model": "tokenloom.integrations.vllm.proposer.Proposer",
@@ -177,8 +182,30 @@ def run_method(
     if in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     spec = speculative_config(method, num_tokens)
+    saved = {k: os.environ.get(k) for k in ("TOKENLOOM_VLLM_UPDATE", "TOKENLOOM_VLLM_DRAFTER")}
     if method.startswith("tokenloom"):
         os.environ["TOKENLOOM_VLLM_UPDATE"] = "accepted" if method == "tokenloom-accepted" else "topk"
+        if method in _DRAFTER_METHODS:
+            os.environ["TOKENLOOM_VLLM_DRAFTER"] = _DRAFTER_METHODS[method]
+    try:
+        return _run(method, spec, model_dir, prompts, batch_sizes, max_tokens, max_model_len)
+    finally:  # the next run in this process sees the caller's settings
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(
+    method: str,
+    spec: Optional[Dict[str, Any]],
+    model_dir: str,
+    prompts: Sequence[Dict[str, Any]],
+    batch_sizes: Sequence[int],
+    max_tokens: int,
+    max_model_len: int,
+) -> MethodRun:
     from vllm import LLM, SamplingParams
 
     from tokenloom.integrations.vllm.proposer import live_proposers

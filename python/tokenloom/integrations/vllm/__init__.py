@@ -13,10 +13,13 @@ from typing import Any
 
 __all__ = [
     "CHAIN_DRAFTERS",
+    "MergedChains",
+    "MergedProposer",
     "Proposer",
     "RecyclingChains",
     "RecyclingProposer",
     "SUPPORTED_VLLM",
+    "SuffixProposer",
     "chain_drafters",
     "check_vllm_version",
     "make_chain_drafter",
@@ -26,12 +29,15 @@ __all__ = [
 
 _HOME = {
     "CHAIN_DRAFTERS": "chains",
+    "MergedChains": "chains",
     "RecyclingChains": "chains",
     "chain_drafters": "chains",
     "make_chain_drafter": "chains",
     "register_chain_drafter": "chains",
     "Proposer": "proposer",
+    "MergedProposer": "proposer",
     "RecyclingProposer": "proposer",
+    "SuffixProposer": "proposer",
     "SUPPORTED_VLLM": "proposer",
     "check_vllm_version": "proposer",
     "proposer_class": "proposer",

@@ -15,9 +15,17 @@ its worker process, calls:
   condensed between steps.
 
 **Per-request state survives row reordering**: it is keyed by the token history, never by the
-row index. The chain proposed for a history is stored under ``(length, hash(history))``; the next
-step finds it under the history minus the tokens just committed. Identical histories share an
-entry, which is harmless: the drafters are deterministic functions of history and global state.
+row index. The chain proposed for a history and the drafter's state for that request (what its
+``start`` returned) are stored under ``(length, hash(history))``; the next step finds them under
+the history minus the tokens just committed (a row that did not sample: under its unchanged
+history). Rows with identical histories each claim their own entry.
+
+**A request left the batch** when no row of a step continues an entry of the step before
+(vLLM removes finished, aborted and preempted requests from its rows before the next step): the
+drafter's ``finish(state)`` runs then (``suffix`` / ``merged``: the request's output joins the
+cross-request suffix cache). A preempted request that comes back is a new request to the
+drafter, started from its whole history (its output so far was cached already; the cache only
+offers drafts, so this costs a duplicate entry, never correctness).
 
 **Target top-k (Token Recycling's update)**: ``load_model`` wraps the target's
 ``compute_logits`` on the instance; the first call after each ``propose`` is the step's sampling
@@ -30,9 +38,12 @@ drafter updates from the committed tokens instead. Checked on vLLM 0.32 (CPU bui
 parallel 1); ``SUPPORTED_VLLM`` is the range accepted. ``TOKENLOOM_VLLM_UPDATE=accepted`` turns the
 capture off (move-to-front updates from committed tokens only).
 
-Choosing the drafter: by name, ``TOKENLOOM_VLLM_DRAFTER`` (default ``recycling``, any
+Choosing the drafter: by name, ``TOKENLOOM_VLLM_DRAFTER`` (default ``merged``; ``suffix``,
+``recycling``, any
 :func:`~tokenloom.integrations.vllm.chains.chain_drafters` name), or a per-name class such as
-``tokenloom.integrations.vllm.proposer.RecyclingProposer``. ``TOKENLOOM_VLLM_STATS=path`` writes
+``tokenloom.integrations.vllm.proposer.RecyclingProposer`` (``SuffixProposer``,
+``MergedProposer``); the drafter's options as a JSON object in ``TOKENLOOM_VLLM_OPTIONS`` (e.g.
+``{"cache_bytes": 16777216}``). ``TOKENLOOM_VLLM_STATS=path`` writes
 the proposer's statistics (JSON) there about once a second and at exit; in-process engines
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) can read them from :func:`live_proposers`.
 
@@ -54,13 +65,18 @@ import numpy as np
 from tokenloom.integrations.vllm.chains import ChainDrafter, chain_drafters, make_chain_drafter
 
 __all__ = [
+    "DEFAULT_DRAFTER",
     "ENV_DRAFTER",
+    "ENV_OPTIONS",
     "ENV_STATS",
     "ENV_UPDATE",
     "Proposer",
+    "MergedProposer",
     "RecyclingProposer",
     "SUPPORTED_VLLM",
+    "SuffixProposer",
     "check_vllm_version",
+    "drafter_options",
     "live_proposers",
     "proposer_class",
 ]
@@ -70,8 +86,12 @@ SUPPORTED_VLLM = ">=0.32,<0.33"
 _VLLM_MIN = (0, 32)
 _VLLM_BELOW = (0, 33)
 ENV_DRAFTER = "TOKENLOOM_VLLM_DRAFTER"
+#: The chain drafter of ``Proposer`` when ``TOKENLOOM_VLLM_DRAFTER`` is unset (the most tokens
+#: per target step in docs/vllm.md's measurement).
+DEFAULT_DRAFTER = "merged"
 ENV_UPDATE = "TOKENLOOM_VLLM_UPDATE"
 ENV_STATS = "TOKENLOOM_VLLM_STATS"
+ENV_OPTIONS = "TOKENLOOM_VLLM_OPTIONS"
 _UPDATES = ("topk", "accepted")
 
 
@@ -108,6 +128,26 @@ def check_vllm_version(version: Optional[str] = None) -> str:
     return version
 
 
+def drafter_options(text: Optional[str] = None) -> Dict[str, Any]:
+    """The chain drafter's options from ``TOKENLOOM_VLLM_OPTIONS`` (or ``text``): a JSON object,
+    e.g. ``{"cache_bytes": 16777216}`` (empty or unset: none).
+
+    Raises:
+        ValueError: not JSON, or not an object.
+    """
+    if text is None:
+        text = os.environ.get(ENV_OPTIONS, "")
+    if not text.strip():
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{ENV_OPTIONS}: expected a JSON object of drafter options, got {text!r} ({e})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{ENV_OPTIONS}: expected a JSON object of drafter options, got {text!r}")
+    return options
+
+
 _LIVE: "weakref.WeakSet[Proposer]" = weakref.WeakSet()
 
 
@@ -119,6 +159,29 @@ def live_proposers() -> List["Proposer"]:
 
 def _key(history: np.ndarray) -> Tuple[int, int]:
     return int(history.shape[0]), hash(history.tobytes())
+
+
+class _Entry:
+    """One request between two steps: the chain proposed for it, the drafter's state for it
+    (what ``start`` returned) and whether it has started (sampled a token)."""
+
+    __slots__ = ("chain", "state", "started")
+
+    def __init__(self, state: Any, started: bool = True):
+        self.chain: List[int] = []
+        self.state = state
+        self.started = started
+
+
+def _claim(entries: Dict[Tuple[int, int], List[_Entry]], key: Tuple[int, int]) -> Optional[_Entry]:
+    """Take one entry stored under ``key`` (rows with identical histories each get their own)."""
+    found = entries.get(key)
+    if not found:
+        return None
+    entry = found.pop(0)
+    if not found:
+        del entries[key]
+    return entry
 
 
 class _TopkCapture:
@@ -158,15 +221,19 @@ class Proposer:
 
     Raises:
         ImportError: vLLM is missing. RuntimeError: an unsupported vLLM version.
-        ValueError: an unknown drafter name or update mode (the message lists the known ones).
+        ValueError: an unknown drafter name or update mode (the message lists the known ones),
+            ``TOKENLOOM_VLLM_OPTIONS`` not a JSON object, an option the drafter does not take
+            (the message lists those it takes) or a bad option value.
+        TypeError: an option value of the wrong type.
     """
 
-    #: Drafter name of this class; None reads ``TOKENLOOM_VLLM_DRAFTER`` (default "recycling").
+    #: Drafter name of this class; None reads ``TOKENLOOM_VLLM_DRAFTER`` (default
+    #: :data:`DEFAULT_DRAFTER`).
     drafter_name: ClassVar[Optional[str]] = None
 
     def __init__(self, vllm_config: Any):
         self.vllm_version = check_vllm_version()
-        name = self.drafter_name or os.environ.get(ENV_DRAFTER, "recycling")
+        name = self.drafter_name or os.environ.get(ENV_DRAFTER, DEFAULT_DRAFTER)
         update = os.environ.get(ENV_UPDATE, "topk")
         if update not in _UPDATES:
             raise ValueError(f"{ENV_UPDATE}={update!r}: expected one of {list(_UPDATES)}")
@@ -174,13 +241,13 @@ class Proposer:
         self.num_tokens = int(spec.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         vocab = int(vllm_config.model_config.get_vocab_size())
-        self.drafter: ChainDrafter = make_chain_drafter(name, vocab, self.num_tokens)
+        self.drafter: ChainDrafter = make_chain_drafter(name, vocab, self.num_tokens, **drafter_options())
         self.update = update if self.drafter.wants_topk else "accepted"
         self._capture: Optional[_TopkCapture] = None
-        self._proposals: Dict[Tuple[int, int], List[int]] = {}
+        self._rows: Dict[Tuple[int, int], List[_Entry]] = {}
         self._counts = {
             "steps": 0, "rows": 0, "proposed_rows": 0, "proposed_tokens": 0, "committed_tokens": 0,
-            "accepted_tokens": 0, "verified_rows": 0, "new_rows": 0, "topk_steps": 0,
+            "accepted_tokens": 0, "verified_rows": 0, "new_rows": 0, "finished_requests": 0, "topk_steps": 0,
             "topk_misaligned_steps": 0, "unmatched_rows": 0,
         }
         self._seconds = 0.0
@@ -229,23 +296,35 @@ class Proposer:
         topk = self._capture.take() if self._capture is not None else None
         rows = len(sampled)
         c["rows"] += rows
-        # 1. Each row's previous proposal, found by its history before this step's tokens.
-        plans: List[Tuple[np.ndarray, List[int], Optional[List[int]]]] = []
+        last = self._rows
+        # 1. Each row's request (its previous proposal and state), found by its history before
+        #    this step's tokens (unchanged when the row did not sample).
+        plans: List[Tuple[np.ndarray, List[int], Optional[List[int]], Optional[_Entry]]] = []
         verify_rows = 0
         aligned = True
         for i in range(rows):
             s = [int(t) for t in sampled[i]]
             history = tokens[i, : int(lengths[i])]
             prev = None
-            if s:
-                before = history[: len(history) - len(s)]
-                prev = self._proposals.get(_key(before)) if len(before) else None
-                if prev is not None and (len(s) > len(prev) + 1 or s[:-1] != prev[: len(s) - 1]):
-                    aligned = False  # the committed tokens do not continue our proposal
-                    c["unmatched_rows"] += 1
-                    prev = None
+            before = history[: len(history) - len(s)]
+            entry = _claim(last, _key(before)) if len(before) else None
+            if s and entry is not None:
+                if not entry.started:
+                    entry = None  # its prefill just completed: a new request
+                else:
+                    prev = entry.chain
+                    if len(s) > len(prev) + 1 or s[:-1] != prev[: len(s) - 1]:
+                        aligned = False  # the committed tokens do not continue our proposal
+                        c["unmatched_rows"] += 1
+                        self._finish(entry)
+                        prev, entry = None, None
             verify_rows += 1 + (len(prev) if prev is not None else 0)
-            plans.append((history, s, prev))
+            plans.append((history, s, prev, entry))
+        # Requests of the last step that no row continues left the batch (finished, aborted
+        # or preempted): their drafter state ends here.
+        for entries in last.values():
+            for entry in entries:
+                self._finish(entry)
         if topk is not None and (not aligned or topk.shape[0] != verify_rows):
             c["topk_misaligned_steps"] += 1
             topk = None
@@ -253,33 +332,43 @@ class Proposer:
             c["topk_steps"] += 1
         # 2. Learn from every verified step, then 3. propose for every row.
         offset = 0
-        for history, s, prev in plans:
+        for j, (history, s, prev, entry) in enumerate(plans):
             n_rows = 1 + (len(prev) if prev is not None else 0)
             if s:
                 c["committed_tokens"] += len(s)
-                if prev is None:
+                if prev is None or entry is None:
                     c["new_rows"] += 1
-                    self.drafter.start(history)
+                    entry = _Entry(self.drafter.start(history))
                 else:
                     c["verified_rows"] += 1
                     c["accepted_tokens"] += len(s) - 1
                     root = int(history[len(history) - len(s) - 1])
                     verified = np.asarray([root] + prev, dtype=np.int64)
                     rows_topk = topk[offset : offset + n_rows] if topk is not None else None
-                    self.drafter.observe(verified, np.asarray(s, dtype=np.int64), rows_topk)
+                    self.drafter.observe(verified, np.asarray(s, dtype=np.int64), rows_topk, entry.state)
+            elif entry is None:
+                entry = _Entry(None, started=False)  # not sampling yet (e.g. a chunked prefill)
+            plans[j] = (history, s, prev, entry)
             offset += n_rows
-        proposals: Dict[Tuple[int, int], List[int]] = {}
+        current: Dict[Tuple[int, int], List[_Entry]] = {}
         out: List[List[int]] = []
-        for history, s, _ in plans:
+        for history, s, _, entry in plans:
+            assert entry is not None
             room = min(self.num_tokens, self.max_model_len - len(history) - 1)
-            chain = self.drafter.propose(history, room) if s and room > 0 else []
-            proposals[_key(history)] = chain
+            chain = self.drafter.propose(history, room, entry.state) if s and room > 0 else []
+            entry.chain = chain
+            current.setdefault(_key(history), []).append(entry)
             out.append(chain)
             if chain:
                 c["proposed_rows"] += 1
                 c["proposed_tokens"] += len(chain)
-        self._proposals = proposals
+        self._rows = current
         return out
+
+    def _finish(self, entry: "_Entry") -> None:
+        if entry.started:
+            self._counts["finished_requests"] += 1
+            self.drafter.finish(entry.state)
 
     # --- statistics -----------------------------------------------------------------------------
 
@@ -326,3 +415,7 @@ def proposer_class(name: str) -> type:
 
 #: ``speculative_config["model"] = "tokenloom.integrations.vllm.proposer.RecyclingProposer"``.
 RecyclingProposer = proposer_class("recycling")
+#: ``speculative_config["model"] = "tokenloom.integrations.vllm.proposer.SuffixProposer"``.
+SuffixProposer = proposer_class("suffix")
+#: ``speculative_config["model"] = "tokenloom.integrations.vllm.proposer.MergedProposer"``.
+MergedProposer = proposer_class("merged")

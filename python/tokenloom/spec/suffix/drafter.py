@@ -42,7 +42,7 @@ from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS, Calibration
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, SuffixCache, SuffixIndex
 
-__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "cap_rows", "subtree"]
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "cap_rows", "subtree", "top_path"]
 
 #: Draft nodes per tree with a fixed budget.
 DEFAULT_BUDGET = 16
@@ -101,6 +101,31 @@ def cap_rows(probs: np.ndarray) -> np.ndarray:
     return out.reshape(p.shape)
 
 
+def top_path(scores: np.ndarray, parents: np.ndarray, token_cost: float = 0.0) -> np.ndarray:
+    """The best chain of a scored tree (node 0 the root, parents before children, a node's
+    score its estimated probability of being reached and accepted): the root-to-node path with
+    the largest sum of ``score - token_cost`` over its draft nodes, i.e. the most expected
+    accepted tokens of one chain, less ``token_cost`` per token proposed (0: the longest gain;
+    a draft token must be worth more than ``token_cost`` accepted tokens). Ties go to the
+    shorter path, then the lower node index.
+
+    Returns:
+        int64 [L + 1]: the path's nodes, root first (``[0]`` when no draft node scores above 0).
+    """
+    t = int(scores.shape[0])
+    gain = np.zeros(t)
+    for i in range(1, t):
+        gain[i] = gain[int(parents[i])] + float(scores[i]) - token_cost
+    depth = np.zeros(t, dtype=np.int64)
+    for i in range(1, t):
+        depth[i] = depth[int(parents[i])] + 1
+    best = min(range(t), key=lambda i: (-gain[i], depth[i], i))
+    path = [best]
+    while path[-1] != 0:
+        path.append(int(parents[path[-1]]))
+    return np.array(path[::-1], dtype=np.int64)
+
+
 def subtree(keep: np.ndarray, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray) -> DraftTree:
     """The tree of the nodes ``keep`` (increasing, subtree-closed) of a flat tree."""
     remap = np.full(tokens.shape[0], -1, dtype=np.int64)
@@ -134,6 +159,10 @@ class MergedDrafter:
             cached is what the request emitted (the last step may verify tokens past them).
         finish: called when the request ends, after the output is cached (e.g. to persist the
             recycler and the cache).
+        chain: propose one chain, the best path (:func:`top_path`) of the tree grown with
+            ``budget`` nodes (serving stacks that verify chains, e.g. vLLM).
+        token_cost: with ``chain``, the expected accepted tokens a draft token must be worth
+            (:func:`top_path`; 0: the chain of the most expected accepted tokens).
 
     Raises:
         ValueError: a size below 1, ``budget`` neither an int nor ``"auto"``, ``"auto"``
@@ -160,6 +189,8 @@ class MergedDrafter:
         max_output: Optional[int] = None,
         eos_token_ids: Sequence[int] = (),
         finish: Optional[Callable[[], None]] = None,
+        chain: bool = False,
+        token_cost: float = 0.0,
     ):
         from tokenloom.spec.recycling.recycler import TokenRecycler
 
@@ -193,6 +224,10 @@ class MergedDrafter:
         self.max_output = None if max_output is None else as_count(max_output, "max_output", 0)
         self.eos = frozenset(int(t) for t in eos_token_ids)
         self._on_finish = finish
+        self.chain = bool(chain)
+        if isinstance(token_cost, bool) or not isinstance(token_cost, (int, float)) or not 0.0 <= token_cost <= 1.0:
+            raise ValueError(f"token_cost: expected a number in [0, 1], got {token_cost!r}")
+        self.token_cost = float(token_cost)
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self._upper = np.triu(np.ones((self.k, self.k), dtype=bool), 1)  # [i, j]: i < j
@@ -208,15 +243,24 @@ class MergedDrafter:
     # -- the Drafter protocol --------------------------------------------------------------
     def prefill(self, input_ids: Any, first_token: int, cache: Any, logits: Any) -> None:
         """Index the prompt and the first token; seed recycler rows from the prefill top-k."""
-        prompt = [int(t) for t in input_ids[0].tolist()]
-        self.seq = prompt + [int(first_token)]
-        self._n_prompt = len(prompt)
-        self.index = SuffixIndex(self.index_depth)
-        self.index.extend(np.asarray(self.seq, dtype=np.int64))
+        self.begin([int(t) for t in input_ids[0].tolist()] + [int(first_token)], int(input_ids.shape[1]))
         if self.seed_prefill:
             m = int(logits.shape[0])
             topk = logits.topk(self.k, dim=-1).indices.cpu()
             self.recycler.seed_from_prefill(input_ids[0, -m:].cpu(), topk)
+
+    def begin(self, tokens: Sequence[int], n_prompt: int) -> None:
+        """Start the request from its tokens so far (``tokens`` int [n]: the prompt, its first
+        ``n_prompt`` tokens, then any output), indexed for suffix matches."""
+        self.seq = [int(t) for t in tokens]
+        self._n_prompt = int(n_prompt)
+        self.index = SuffixIndex(self.index_depth)
+        self.index.extend(np.asarray(self.seq, dtype=np.int64))
+
+    @property
+    def n_prompt(self) -> int:
+        """Tokens of the prompt (the output, cached at the end, follows them)."""
+        return self._n_prompt
 
     def propose(self, root: int, past_len: int) -> DraftTree:
         """The merged tree below ``root`` (a root-only tree when nothing pays)."""
@@ -225,7 +269,11 @@ class MergedDrafter:
         self._counts["steps"] += 1
         kids, cls = self._suffix_trie()
         tokens, parents, depths, scores, bids = self._grow(int(root), kids, cls)
-        if self.auto and tokens.shape[0] > 1:
+        if self.chain and tokens.shape[0] > 1:
+            keep = top_path(scores, parents, self.token_cost)
+            tree = subtree(keep, tokens, parents, depths)
+            bids = bids[keep]
+        elif self.auto and tokens.shape[0] > 1:
             keep = best_nodes(scores, depths, self.cost)  # type: ignore[arg-type]
             tree = subtree(keep, tokens, parents, depths)
             bids = bids[keep]
@@ -238,8 +286,17 @@ class MergedDrafter:
     def accept(self, tree: DraftTree, result: Any, logits: Any) -> None:
         """Learn the calibration at the accepted nodes; index the emitted tokens; update the
         recycler rows of every tree position with the target's top-k."""
-        path = result.path.tolist()
-        emitted = result.tokens.tolist()
+        self.learn(result.path.tolist(), result.tokens)
+        if self.recycler is not None:
+            topk = logits.topk(self.k, dim=-1).indices.cpu()
+            self.recycler.update(tree.tokens, topk)
+
+    def learn(self, path: Sequence[int], emitted: Any) -> None:
+        """The verification of the last proposed tree: ``path`` int [a + 1] its accepted nodes
+        (root first), ``emitted`` int [a + 1] the tokens they emitted (the accepted drafts, then
+        the target's own). Learns the calibration at every accepted node, indexes the tokens
+        (the recycler is updated by the caller)."""
+        emitted = [int(t) for t in emitted]
         offered: List[List[int]] = []
         hits: List[List[bool]] = []
         for j, node in enumerate(path):
@@ -257,10 +314,7 @@ class MergedDrafter:
             hits.append(flat_h)
         self.calibration.observe(offered, hits)
         self.seq.extend(emitted)
-        self.index.extend(result.tokens)
-        if self.recycler is not None:
-            topk = logits.topk(self.k, dim=-1).indices.cpu()
-            self.recycler.update(tree.tokens, topk)
+        self.index.extend(np.asarray(emitted, dtype=np.int64))
 
     def finish(self) -> None:
         """The request ended: its output joins the cross-request cache; the calibration is
