@@ -103,8 +103,13 @@ def _reference_best(d: MergedChains, history, cache_seqs):
         else:
             probs = {t: float(est[c]) for t, c in recycled}
         total = sum(probs.values())
-        if total > 1.0:
-            probs = {t: p / total for t, p in probs.items()}
+        if total > 1.0:  # the largest estimates kept (ties share), the others share the rest
+            best = max(probs.values())
+            n_best = sum(1 for p in probs.values() if p == best)
+            keep = min(best, 1.0 / n_best)
+            others, room = total - n_best * best, 1.0 - n_best * keep
+            factor = room / others if others > room else 1.0
+            probs = {t: keep if p == best else p * factor for t, p in probs.items()}
         return {t: p for t, p in probs.items() if p > 0.0}
 
     cost = d.token_cost
