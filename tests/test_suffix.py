@@ -303,11 +303,16 @@ def test_cross_request_cache_raises_acceptance(tiny_llama):
     assert second.stats.extra["suffix_cache_matched"] > 0
     none = tokenloom.generate(tiny_llama, ids, method="suffix", max_new_tokens=40, eos_token_id=[], budget=8, cache=False)
     assert none.stats.extra["suffix_cache_matched"] == 0
+    fresh = SuffixCache(max_bytes=1 << 20)
+    for method in ("suffix", "merged"):  # cache_output=False: drafts from the cache, never grows it
+        out = tokenloom.generate(tiny_llama, ids, method=method, max_new_tokens=40, eos_token_id=[], budget=8, cache=fresh, cache_output=False)
+        assert out.sequences.tolist() == first.sequences.tolist() and len(fresh) == 0
 
 
 @pytest.mark.parametrize("kw, err", [
     ({"budget": "x"}, ValueError), ({"budget": 0}, ValueError), ({"cache": 3}, TypeError),
     ({"recycler": 3}, TypeError), ({"max_match": 0}, ValueError), ({"nope": 1}, TypeError),
+    ({"cache_output": "no"}, TypeError),
 ])
 def test_generate_bad_keywords(tiny_llama, kw, err):
     with pytest.raises(err):

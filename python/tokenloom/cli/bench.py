@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
         help=f"comma-separated, from: {', '.join(methods.choices())} "  # type: ignore[attr-defined]
         "(hf: HF greedy generate, hf-pld: HF prompt lookup, hf-packed: HF greedy on packed linears; "
         "or a budgeted peer <kind>-<nodes|auto> with kind in recycling, suffix, merged, sam, arctic "
-        "(e.g. merged-16); default: plain decoding, hf, hf-pld, recycling)",
+        "(e.g. merged-16); default: plain decoding, hf, hf-pld, recycling, merged)",
     )
     p.add_argument("--workloads", type=some_of(_workloads, "workloads"), default=None,
                    help="comma-separated, from: specbench, multiturn, code-edit, repeat (default: specbench; "

@@ -44,7 +44,11 @@ def _methods() -> List[str]:
 
 
 def default_method() -> str:
-    return "recycling" if "recycling" in _methods() else "greedy"
+    """``merged`` (suffix matches + recycled candidates in one tree; the fastest of tokenloom's
+    methods on every workload of ``tokenloom bench``, see docs/suffix.md), else ``recycling``,
+    else ``greedy``."""
+    known = _methods()
+    return next((m for m in ("merged", "recycling") if m in known), "greedy")
 
 
 def add_parser(sub: Any) -> None:
@@ -55,7 +59,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("prompt", help="the user message (the chat template is applied unless --no-chat)")
     p.add_argument("--method", type=method, default=None,
-                   help=f"decoding method, one of: {', '.join(method.choices())} (default: recycling)")  # type: ignore[attr-defined]
+                   help=f"decoding method, one of: {', '.join(method.choices())} (default: merged)")  # type: ignore[attr-defined]
     add_model_args(p)
     p.add_argument("--max-new-tokens", type=count(1), default=128, help="most new tokens (>= 1, default 128)")
     add_sampling_args(p)
@@ -135,7 +139,9 @@ def compare(args: argparse.Namespace, model: Any, tok: Any, method: str) -> int:
 
     names = [method] + [b for b, _ in BASELINES]
     labels = {method: method, **dict(BASELINES)}
-    options = MethodOptions(persist=None)  # the user's experience: the saved drafter state (TOKENLOOM_PERSIST)
+    # the user's experience: the saved drafter state (TOKENLOOM_PERSIST); the rounds time the same
+    # prompt, so a cross-request cache must not answer a round from an earlier round's output
+    options = MethodOptions(persist=None, cache_output=False)
     fns = {m: resolve(m, options) for m in names}
     eos = stop_token_ids(model, tok)
     warm = chat_input_ids(tok, _WARM_PROMPT)

@@ -97,20 +97,23 @@ class MethodOptions:
     :data:`OPTION_KEYS` (``pack`` reaches every tokenloom method). ``None`` / ``"auto"``: the
     method's default. ``persist`` (recycling, suffix, merged): False (default) starts from a fresh recycler and
     saves nothing, so a run does not depend on earlier runs; None / True use the state saved
-    in the user cache (:mod:`tokenloom.spec.persist`)."""
+    in the user cache (:mod:`tokenloom.spec.persist`). ``cache_output`` (suffix, merged): False
+    keeps each request's output out of the cross-request cache (``--compare`` times the same
+    prompt several times, which such a cache would otherwise answer from the earlier rounds)."""
 
     tree: Optional[str] = None
     draft_layers: Optional[int] = None
     budget: Optional[int] = None
     pack: Union[bool, str] = "auto"
     persist: Optional[bool] = False
+    cache_output: Optional[bool] = None
 
 
 # Which MethodOptions field is passed to which tokenloom method (as a generate keyword).
 OPTION_KEYS: Dict[str, Tuple[str, ...]] = {
     "recycling": ("tree", "persist"),
-    "suffix": ("persist",),
-    "merged": ("persist",),
+    "suffix": ("persist", "cache_output"),
+    "merged": ("persist", "cache_output"),
     "dyspec": ("draft_layers", "budget"),
 }
 
@@ -199,10 +202,10 @@ def bench_methods() -> List[str]:
 
 def default_methods() -> List[str]:
     """Plain decoding (``plain`` when registered, else ``greedy``), the HF anchors ``hf`` and
-    ``hf-pld``, and ``recycling`` when registered."""
+    ``hf-pld``, and ``recycling`` and ``merged`` when registered."""
     tl = _generate_methods()
     plain = "plain" if "plain" in tl else "greedy"
-    return [m for m in (plain, "hf", "hf-pld", "recycling") if m in tl or m in BENCH_METHODS]
+    return [m for m in (plain, "hf", "hf-pld", "recycling", "merged") if m in tl or m in BENCH_METHODS]
 
 
 def method_kwargs(method: str, options: MethodOptions) -> Dict[str, Any]:

@@ -21,6 +21,12 @@ __all__ = ["CALIBRATION_MEMORY", "make_merged_drafter", "make_suffix_drafter"]
 CALIBRATION_MEMORY = {"merged": StatsMemory(), "suffix": StatsMemory()}
 
 
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
 def _cache_arg(cache: Any, vocab: int, model: Any, persist: bool) -> Optional[SuffixCache]:
     if cache is None:
         return default_suffix_cache(vocab, model=model, persist=persist)
@@ -82,6 +88,7 @@ def make_merged_drafter(
     max_match: int = DEFAULT_MAX_MATCH,
     seed_prefill: bool = True,
     persist: Optional[bool] = None,
+    cache_output: bool = True,
 ) -> MergedDrafter:
     """The drafter of ``generate(method="merged")``: suffix matches and recycled candidates in
     one budgeted tree.
@@ -98,6 +105,9 @@ def make_merged_drafter(
         persist: keep the default recycler and cache across processes (loaded when created,
             saved after the request, throttled; :mod:`tokenloom.spec.persist`). None
             (default): on unless ``TOKENLOOM_PERSIST=0``. Ignored for a given recycler / cache.
+        cache_output: add this request's output to the cross-request cache when it ends
+            (default True; False: draft from the cache without growing it, e.g. when timing the
+            same prompt repeatedly).
 
     Raises:
         TypeError: ``recycler`` / ``cache`` of the wrong type.
@@ -114,6 +124,7 @@ def make_merged_drafter(
     return _build(
         "merged", model, cfg, rec, store, budget, _persisted(model, keep, rec, store),
         max_budget=max_budget, max_depth=max_depth, max_match=max_match, seed_prefill=seed_prefill,
+        cache_output=_flag(cache_output, "cache_output"),
     )
 
 
@@ -128,6 +139,7 @@ def make_suffix_drafter(
     max_depth: int = DEFAULT_TREE_DEPTH,
     max_match: int = DEFAULT_MAX_MATCH,
     persist: Optional[bool] = None,
+    cache_output: bool = True,
 ) -> MergedDrafter:
     """The drafter of ``generate(method="suffix")``: suffix matches alone (this request's
     tokens and the cross-request cache), keywords as :func:`make_merged_drafter`."""
@@ -137,4 +149,5 @@ def make_suffix_drafter(
     return _build(
         "suffix", model, cfg, None, store, budget, _persisted(model, keep, None, store),
         max_budget=max_budget, max_depth=max_depth, max_match=max_match,
+        cache_output=_flag(cache_output, "cache_output"),
     )
