@@ -1,6 +1,6 @@
 """Pure-Python reference of the suffix trie (``tokenloom.spec.suffix.store``) for its parity
 tests and benchmarks: substring counts and the ``speculate`` rule, written plainly, and the
-check of a kernel's draft against them."""
+check of a kernel's draft against them; and the merged drafter's row cap (``cap_rows``)."""
 
 from __future__ import annotations
 
@@ -71,3 +71,18 @@ def check_against_reference(counts, depth, context, max_match, max_nodes, got, r
     assert sorted((allp[p][0] for p in paths), reverse=True) == pytest.approx(best[: len(paths)])
     assert all(pars[i] < i for i in range(len(pars)))
     return paths
+
+
+def cap_reference(row):
+    """One row, element by element: unchanged when it sums to <= 1; else the n candidates tied
+    at the largest estimate keep min(max, 1/n) each and the others share the rest in proportion."""
+    total = sum(row)
+    if total <= 1.0:
+        return list(row)
+    best = max(row)
+    n = sum(1 for x in row if x == best)
+    keep = min(best, 1.0 / n)
+    others = total - n * best
+    room = 1.0 - n * keep
+    factor = room / others if others > room else 1.0
+    return [keep if x == best else x * factor for x in row]

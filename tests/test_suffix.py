@@ -21,7 +21,7 @@ from tokenloom.spec.suffix.store import SuffixCache, SuffixIndex
 
 from .greedy_compare import count_same_as_hf, hf_greedy
 from .spec_reference import joint_chi2, prompt_ids
-from .suffix_reference import check_against_reference, paths_of, ref_counts
+from .suffix_reference import cap_reference, check_against_reference, paths_of, ref_counts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -186,25 +186,10 @@ def test_best_nodes_is_optimal(seed):
     assert all(tree.parents[i] < i for i in range(1, tree.size))
 
 
-def cap_reference(row):
-    """One row, element by element: unchanged when it sums to <= 1; else the n candidates tied
-    at the largest estimate keep min(max, 1/n) each and the others share the rest in proportion."""
-    total = sum(row)
-    if total <= 1.0:
-        return list(row)
-    best = max(row)
-    n = sum(1 for x in row if x == best)
-    keep = min(best, 1.0 / n)
-    others = total - n * best
-    room = 1.0 - n * keep
-    factor = room / others if others > room else 1.0
-    return [keep if x == best else x * factor for x in row]
-
-
 @given(st.lists(st.lists(st.floats(0.0, 1.0) | st.sampled_from([0.0, 0.5, 0.6, 1.0]), min_size=1, max_size=6), min_size=1, max_size=4))
 @settings(max_examples=300, deadline=None)
 def test_cap_rows_matches_reference(rows):
-    """cap_rows (array and list paths) against the element-wise reference; rows become
+    """cap_rows (2-D and 1-D) against the element-wise reference; rows become
     sub-distributions, keep their largest estimate when it is unique, and do not depend on order."""
     width = max(len(r) for r in rows)
     p = np.zeros((len(rows), width))
@@ -214,11 +199,11 @@ def test_cap_rows_matches_reference(rows):
     for i in range(len(rows)):
         row = [float(x) for x in p[i]]
         assert got[i].tolist() == pytest.approx(cap_reference(row), abs=1e-12)
-        assert cap_rows(row) == pytest.approx(cap_reference(row), abs=1e-12)
+        assert cap_rows(np.array(row)).tolist() == pytest.approx(cap_reference(row), abs=1e-12)
         assert got[i].sum() <= 1.0 + 1e-9
         if row.count(max(row)) == 1:
             assert got[i].max() == max(row)
-        assert sorted(cap_rows(row[::-1])) == pytest.approx(sorted(cap_rows(row)), abs=1e-12)
+        assert sorted(cap_rows(np.array(row[::-1]))) == pytest.approx(sorted(cap_rows(np.array(row))), abs=1e-12)
     assert np.allclose(cap_rows(p[0]), got[0])
 
 
@@ -227,7 +212,7 @@ def test_cap_rows_keeps_a_confident_candidate():
     scaling would have shrunk it to 0.95 / 1.55); the others share 0.05 in proportion; two
     tied at 0.6 share the row equally."""
     assert cap_rows(np.array([0.3, 0.95, 0.2, 0.1])).tolist() == pytest.approx([0.025, 0.95, 1 / 60, 1 / 120])
-    assert cap_rows([0.6, 0.2, 0.6]) == pytest.approx([0.5, 0.0, 0.5])
+    assert cap_rows(np.array([0.6, 0.2, 0.6])).tolist() == pytest.approx([0.5, 0.0, 0.5])
 
 
 def test_merged_tree_is_a_union_of_both_sources():

@@ -16,6 +16,7 @@ from tokenloom.integrations.vllm.chains import MergedChains, chain_drafters, mak
 from tokenloom.integrations.vllm.proposer import MergedProposer, Proposer, SuffixProposer, drafter_options
 from tokenloom.spec.suffix.drafter import top_path
 
+from .suffix_reference import cap_reference
 from .test_vllm_proposer import Batch
 
 V = 40
@@ -102,14 +103,7 @@ def _reference_best(d: MergedChains, history, cache_seqs):
             probs = {t: 1.0 - float(np.prod([1.0 - est[c] for c in cl])) for t, cl in cand.items()}
         else:
             probs = {t: float(est[c]) for t, c in recycled}
-        total = sum(probs.values())
-        if total > 1.0:  # the largest estimates kept (ties share), the others share the rest
-            best = max(probs.values())
-            n_best = sum(1 for p in probs.values() if p == best)
-            keep = min(best, 1.0 / n_best)
-            others, room = total - n_best * best, 1.0 - n_best * keep
-            factor = room / others if others > room else 1.0
-            probs = {t: keep if p == best else p * factor for t, p in probs.items()}
+        probs = dict(zip(probs, cap_reference(list(probs.values()))))
         return {t: p for t, p in probs.items() if p > 0.0}
 
     cost = d.token_cost

@@ -5,9 +5,25 @@ rounded to a few bits (weight-only round-to-nearest), each as a regular Hugging 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Tuple
 
 __all__ = ["early_exit_model", "quantized_model", "round_weights"]
+
+
+def _decoder(model: Any, who: str) -> Tuple[str, Any, Any]:
+    """``(prefix, base model, its layers ModuleList)`` of a Llama-style decoder.
+
+    Raises:
+        ValueError: no ``layers`` ModuleList under ``model.<base_model_prefix>``.
+    """
+    import torch
+
+    prefix = getattr(model, "base_model_prefix", "model")
+    base = getattr(model, prefix, None)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"{who} needs a decoder with a 'layers' ModuleList, got {type(model).__name__}")
+    return prefix, base, layers
 
 
 def early_exit_model(model: Any, n_layers: int) -> Any:
@@ -21,11 +37,7 @@ def early_exit_model(model: Any, n_layers: int) -> Any:
     """
     import torch
 
-    prefix = getattr(model, "base_model_prefix", "model")
-    base = getattr(model, prefix, None)
-    layers = getattr(base, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(f"early_exit_model needs a decoder with a 'layers' ModuleList, got {type(model).__name__}")
+    prefix, base, layers = _decoder(model, "early_exit_model")
     total = len(layers)
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not (1 <= n_layers <= total):
         raise ValueError(f"n_layers: expected an int in [1, {total}], got {n_layers!r}")
@@ -84,10 +96,7 @@ def quantized_model(model: Any, bits: int = 4, group_size: int = 64) -> Any:
     """
     import torch
 
-    prefix = getattr(model, "base_model_prefix", "model")
-    layers = getattr(getattr(model, prefix, None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(f"quantized_model needs a decoder with a 'layers' ModuleList, got {type(model).__name__}")
+    prefix, _base, _layers = _decoder(model, "quantized_model")
     out = copy.deepcopy(model)
     with torch.no_grad():
         for mod in getattr(out, prefix).layers.modules():
