@@ -8,6 +8,7 @@
 
 pub mod bytes;
 pub mod error;
+pub mod files;
 pub mod limits;
 pub mod rng;
 pub mod sampling;

@@ -7,10 +7,11 @@
 //!   [`MAGIC`]; the header is checked (magic, version, sizes, the stored total equal to the sum
 //!   of the counts) before anything is trusted.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use crate::error::{check_index, CoreError, Result};
+use crate::files::{open_with_header, write_atomic};
 use crate::limits::{check_size, try_filled, MAX_VOCAB};
 
 /// File magic of saved counts (8 bytes), followed by `version: u32`, `reserved: u32` (0),
@@ -114,33 +115,23 @@ impl TokenCounts {
 
     /// Writes the table to `path` (through a temporary file and a rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |e: std::io::Error| CoreError::Io(format!("cannot write {}: {e}", path.display()));
-        let tmp = path.with_extension("tmp-tokenloom");
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&self.to_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        write_atomic(path, &self.to_bytes())
     }
 
     /// Reads a table written by [`save`](Self::save); the header and the file length are
     /// checked before the counts are read.
     pub fn load(path: &Path, expect_vocab: Option<usize>) -> Result<Self> {
-        let io = |e: std::io::Error| CoreError::Io(format!("cannot read {}: {e}", path.display()));
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        (&mut f).take(HEADER_LEN as u64).read_to_end(&mut header).map_err(io)?;
+        let (mut f, header, got) = open_with_header(path, HEADER_LEN)?;
         let (vocab, total, docs) = parse_header(&header, expect_vocab)?;
         let want = HEADER_LEN as u64 + vocab as u64 * 8;
-        let got = f.metadata().map_err(io)?.len();
         if got != want {
             return Err(CoreError::value(format!(
                 "token-frequency file is truncated or padded: expected {want} bytes, got {got}"
             )));
         }
         let mut body = try_filled("token-frequency file", vocab * 8, 0u8)?;
-        f.read_exact(&mut body).map_err(io)?;
+        f.read_exact(&mut body)
+            .map_err(|e| CoreError::Io(format!("cannot read {}: {e}", path.display())))?;
         from_body(&body, vocab, total, docs)
     }
 }

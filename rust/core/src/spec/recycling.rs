@@ -13,10 +13,11 @@
 //! * [`TokenRecycler::save`] / [`TokenRecycler::load`]: a small little-endian binary format,
 //!   see [`MAGIC`].
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use crate::error::{check_index, CoreError, Result};
+use crate::files::{open_with_header, write_atomic};
 use crate::limits::{check_size, try_filled, MAX_RECYCLER_CELLS, MAX_VOCAB};
 use crate::spec::template::Template;
 
@@ -301,28 +302,14 @@ impl TokenRecycler {
 
     /// Writes the matrix to `path` (through a temporary file and a rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |e: std::io::Error| CoreError::Io(format!("cannot write {}: {e}", path.display()));
-        let tmp = path.with_extension("tmp-tokenloom");
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&self.to_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        write_atomic(path, &self.to_bytes())
     }
 
     /// Reads a matrix written by [`save`](Self::save). The header is read and checked first,
     /// and the body is read only when the file length matches it.
     pub fn load(path: &Path, expect_vocab: Option<usize>, expect_k: Option<usize>) -> Result<Self> {
-        let io = |e: std::io::Error| CoreError::Io(format!("cannot read {}: {e}", path.display()));
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        (&mut f)
-            .take(HEADER_LEN as u64)
-            .read_to_end(&mut header)
-            .map_err(io)?;
+        let (mut f, header, file_len) = open_with_header(path, HEADER_LEN)?;
         let (vocab, k, want) = Self::parse_header(&header, expect_vocab, expect_k)?;
-        let file_len = f.metadata().map_err(io)?.len();
         if file_len != HEADER_LEN as u64 + want {
             return Err(CoreError::value(format!(
                 "recycler file is truncated or padded: expected {} bytes, got {file_len}",
