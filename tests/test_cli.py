@@ -190,6 +190,23 @@ def test_ctrl_c_exits_130(monkeypatch, capsys):
             action.set_defaults(func=wrapped)
     assert main(["generate", "hi"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+    def swallowed(args):  # an availability check catching that ImportError: the command runs on
+        try:
+            wrapped(args)
+        except ImportError:
+            pass
+        return 0
+
+    for action in parser._subparsers._group_actions[0].choices.values():  # noqa: SLF001
+        if action.prog.endswith("generate"):
+            action.set_defaults(func=swallowed)
+    assert main(["generate", "hi"]) == 130, "a swallowed Ctrl-C still ends the command with 130"
+    assert "interrupted" in capsys.readouterr().err
+    for action in parser._subparsers._group_actions[0].choices.values():  # noqa: SLF001
+        if action.prog.endswith("generate"):
+            action.set_defaults(func=lambda args: 0)
+    assert main(["generate", "hi"]) == 0, "the next command starts uninterrupted"
     assert signal.getsignal(signal.SIGINT) is before, "the handler is restored"
 
 
@@ -205,7 +222,10 @@ def test_ctrl_c_while_loading_exits_130_quietly(tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
+    # 130, or death by SIGINT (-2; a shell shows 130 too): CPython ends that way when the interrupt
+    # hit a C extension's PyRun_String while it imported, even though main() caught it
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]
+    assert "tokenloom: interrupted" in err, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
 
 

@@ -219,8 +219,12 @@ def load_model(args: argparse.Namespace) -> Tuple[Any, Any]:
     path = getattr(args, "model", None)
     verbose = bool(getattr(args, "verbose", False))
     print(f"[tokenloom] loading {'model ' + str(path) if path else 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
+    from tokenloom.cli.main import raise_if_interrupted
+
     try:
-        return load_or_default(path, verbose=verbose)
+        loaded = load_or_default(path, verbose=verbose)
+        raise_if_interrupted()  # Ctrl-C that a loader swallowed: stop now, not after the command
+        return loaded
     except KeyboardInterrupt:
         raise
     except (FileNotFoundError, ValueError) as e:

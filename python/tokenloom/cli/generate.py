@@ -29,6 +29,7 @@ from tokenloom.cli.common import (
     warn,
     warn_unused_sampling,
 )
+from tokenloom.cli.main import raise_if_interrupted
 
 __all__ = ["add_parser", "load_line", "run"]
 
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     sampling = sampling_kwargs(args)
     setup = _warm_up(model, tokenizer, method, sampling)
+    raise_if_interrupted()
     print(f"[tokenloom] set-up (untimed warm-up, step-cost calibration on a new machine): {setup:.2f} s", file=sys.stderr)
     input_ids = chat_input_ids(tokenizer, args.prompt, chat=not args.no_chat)
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

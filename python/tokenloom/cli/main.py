@@ -7,7 +7,10 @@ Exit codes: 0 success; 2 bad input (argparse usage errors, and ValueError / Type
 IndexError / FileNotFoundError / :class:`~tokenloom.cli.common.ModelLoadError` raised by a
 command: one ``tokenloom: error: ...`` line, the traceback with ``--verbose``); 130 Ctrl-C at
 any point, also when a library turned the interrupt into another exception (transformers'
-lazy imports report an interrupted import as an ImportError).
+lazy imports report an interrupted import as an ImportError) or swallowed it (an availability
+check catching that ImportError: the command stops at its next :func:`raise_if_interrupted`).
+A process may instead die by SIGINT, which a shell also shows as 130: CPython does that at exit
+when the interrupt hit a C extension running Python code while it was imported.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import traceback
 from typing import Any, List, Optional
 
-__all__ = ["SUBCOMMANDS", "Parser", "UsageError", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "Parser", "UsageError", "build_parser", "main", "raise_if_interrupted"]
 
 #: The subcommands, each a module ``tokenloom.cli.<name>`` with ``add_parser(sub)``.
 SUBCOMMANDS = ("generate", "bench", "bytes", "score")
@@ -30,6 +33,14 @@ _INTERRUPTED = [False]
 def _on_sigint(signum: int, frame: Any) -> None:
     _INTERRUPTED[0] = True
     raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came while a library swallowed it: some availability
+    checks turn the interrupt into an ImportError and catch that, so the command would run on.
+    :func:`main` checks after the command; long commands check at their own checkpoints too."""
+    if _INTERRUPTED[0]:
+        raise KeyboardInterrupt
 
 
 class UsageError(Exception):
@@ -75,7 +86,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        raise_if_interrupted()
+        return code
     except KeyboardInterrupt:
         print("tokenloom: interrupted", file=sys.stderr)
         return 130
