@@ -29,6 +29,7 @@ __all__ = [
     "template_names",
     "template_parents",
     "template_paths",
+    "top_k_rows",
     "uniforms",
     "verify_chain",
     "verify_chain_batch",
@@ -74,7 +75,8 @@ def verify_chain_batch(
     draft_tokens: _I64, draft_probs: _F, target_probs: _F, lengths: _I64, seed: int = 0
 ) -> List[Tuple[_I64, _I64]]: ...
 
-# --- sampling and rng (core sampling, rng) -----------------------------------------------------
+# --- sampling and rng (core sampling, rng, topk) -----------------------------------------------
+def top_k_rows(logits: _F, k: int) -> _I64: ...
 def probs_from_logits(
     logits: _F,
     temperature: float = 1.0,

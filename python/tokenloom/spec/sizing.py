@@ -37,6 +37,7 @@ import numpy as np
 
 from tokenloom.spec.persist import cache_dir
 from tokenloom.runtime.compat import cache_arg
+from tokenloom.spec.topk import top_k_ids
 
 __all__ = [
     "AcceptanceStats",
@@ -158,8 +159,7 @@ def calibrate_step_cost(
                 start = time.perf_counter()
                 logits = tree_forward(model, cache, toks, _chain_parents(t), past_len=past_len)
                 logits.argmax(-1)
-                idx = logits.topk(min(k, vocab), dim=-1).indices
-                idx.cpu()
+                top_k_ids(logits, min(k, vocab))  # what a recycling drafter does after each step
                 if param.device.type == "cuda":
                     torch.cuda.synchronize(param.device)
                 elapsed = time.perf_counter() - start

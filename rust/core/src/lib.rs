@@ -3,7 +3,7 @@
 //! Layout (mirrors the Python package): [`verify`] (greedy / tree / chain verification),
 //! [`sampling`] and [`rng`] (transforms, probability rows, the counter-based generator),
 //! [`tree`] (flat parent arrays), [`limits`] (size caps), [`spec`] (drafters: templates, recycling, dynamic trees) and
-//! [`bytes`] (trie, canonicality, byte index, covers), [`scores`] (token-frequency tables, DC-PDD). Every fallible function returns
+//! [`bytes`] (trie, canonicality, byte index, covers), [`scores`] (token-frequency tables, DC-PDD), [`topk`] (the k best columns of logit rows). Every fallible function returns
 //! [`error::Result`].
 
 pub mod bytes;
@@ -14,6 +14,7 @@ pub mod rng;
 pub mod sampling;
 pub mod scores;
 pub mod spec;
+pub mod topk;
 pub mod tree;
 pub mod verify;
 

@@ -142,7 +142,42 @@ pub fn uniforms<'py>(
     Ok(out.into_pyarray(py))
 }
 
+/// The ``k`` best columns of each logit row, best first: larger values first, NaN above every
+/// number, ties by the lower column. One pass over each row (``torch.topk`` costs several).
+///
+/// Args:
+///     logits (np.ndarray[float32 | float64], shape [n, V]): C-contiguous rows.
+///     k (int): in [1, V].
+///
+/// Returns:
+///     np.ndarray[int64], shape [n, k].
+///
+/// Raises:
+///     ValueError: k outside [1, V], a wrong dtype or layout.  TypeError: k is not an int.
+#[pyfunction]
+#[pyo3(signature = (logits, k))]
+pub fn top_k_rows<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    #[pyo3(from_py_with = args::k_candidates)] k: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    fn run<R: Real + PartialOrd + numpy::Element>(
+        py: Python<'_>,
+        a: &PyReadonlyArray2<'_, R>,
+        k: usize,
+    ) -> PyResult<(Vec<i64>, usize)> {
+        let (d, rows, v) = slice2("logits", a)?;
+        Ok((py.detach(|| tokenloom_core::topk::top_k_rows(d, v, k)).map_err(to_py)?, rows))
+    }
+    let (ids, rows) = match F2::new("logits", logits)? {
+        F2::F32(a) => run(py, &a, k)?,
+        F2::F64(a) => run(py, &a, k)?,
+    };
+    Ok(ids.into_pyarray(py).reshape([rows, k])?.into_any())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(top_k_rows, m)?)?;
     m.add_function(wrap_pyfunction!(probs_from_logits, m)?)?;
     m.add_function(wrap_pyfunction!(sample_logits, m)?)?;
     m.add_function(wrap_pyfunction!(uniforms, m)?)?;

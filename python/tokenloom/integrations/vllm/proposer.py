@@ -63,6 +63,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tokenloom.integrations.vllm.chains import ChainDrafter, chain_drafters, make_chain_drafter
+from tokenloom.spec.topk import top_k_ids
 
 __all__ = [
     "DEFAULT_DRAFTER",
@@ -200,7 +201,7 @@ class _TopkCapture:
         logits = self.original(hidden_states, *args, **kwargs)
         if self._armed and logits is not None:
             start = time.perf_counter()
-            self._rows = logits.topk(self.k, dim=-1).indices.cpu().numpy().astype(np.int64)
+            self._rows = top_k_ids(logits, self.k)
             self._armed = False
             self.seconds += time.perf_counter() - start
         return logits

@@ -21,6 +21,7 @@ import numpy as np
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import AcceptanceStats, StepCost, choose_template
 from tokenloom.spec.templates import NESTED_SIZES, Template, TemplateSpec, compile_template, template_paths
+from tokenloom.spec.topk import top_k_ids
 
 __all__ = ["AUTO_SIZES", "RESIZE_EVERY", "SEED_FROM_PREFILL", "SEED_MAX_POSITIONS", "RecyclingDrafter"]
 
@@ -112,7 +113,7 @@ class RecyclingDrafter:
         """Seed the rows of the prompt's last tokens with the top-k after each (when on)."""
         if self.seed_prefill:
             m = int(logits.shape[0])
-            topk = logits.topk(self.k, dim=-1).indices.cpu()
+            topk = top_k_ids(logits, self.k)
             self.recycler.seed_from_prefill(input_ids[0, -m:].cpu(), topk)
 
     def _resize(self) -> None:
@@ -133,7 +134,7 @@ class RecyclingDrafter:
 
     def accept(self, tree: DraftTree, result: Any, logits: Any) -> None:
         """Update every tree position's row with the target's top-k; learn the acceptance."""
-        topk = logits.topk(self.k, dim=-1).indices.cpu()
+        topk = top_k_ids(logits, self.k)
         tokens = tree.tokens
         self.acceptance.observe(self.recycler.ranks_of(tokens[result.path], result.tokens).tolist())
         self.recycler.update(tokens, topk)

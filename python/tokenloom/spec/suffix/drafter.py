@@ -41,6 +41,7 @@ from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS, Calibration
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, SuffixCache, SuffixIndex
+from tokenloom.spec.topk import top_k_ids
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "cap_rows", "subtree", "top_path"]
 
@@ -251,7 +252,7 @@ class MergedDrafter:
         self.begin([int(t) for t in input_ids[0].tolist()] + [int(first_token)], int(input_ids.shape[1]))
         if self.seed_prefill:
             m = int(logits.shape[0])
-            topk = logits.topk(self.k, dim=-1).indices.cpu()
+            topk = top_k_ids(logits, self.k)
             self.recycler.seed_from_prefill(input_ids[0, -m:].cpu(), topk)
 
     def begin(self, tokens: Sequence[int], n_prompt: int) -> None:
@@ -293,7 +294,7 @@ class MergedDrafter:
         recycler rows of every tree position with the target's top-k."""
         self.learn(result.path.tolist(), result.tokens)
         if self.recycler is not None:
-            topk = logits.topk(self.k, dim=-1).indices.cpu()
+            topk = top_k_ids(logits, self.k)
             self.recycler.update(tree.tokens, topk)
 
     def learn(self, path: Sequence[int], emitted: Any) -> None:
