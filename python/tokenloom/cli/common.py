@@ -15,6 +15,8 @@ line is parsed -- before any model loads -- with what was wrong and what is allo
 * :func:`prefix_bytes`: a byte argument exactly as typed (``os.fsencode`` keeps non-UTF-8 bytes)
   or, with escapes on, ``\\xNN`` / ``\\n`` / ``\\t`` / ``\\r`` / ``\\0`` / ``\\\\``.
 * :func:`warn`: one ``tokenloom: warning: ...`` line on stderr.
+* :func:`note_interrupt` / :func:`interrupted` / :func:`raise_if_interrupted`: Ctrl-C as seen by
+  ``main``'s handler, so an interrupt a library swallowed still stops the command.
 * Exit codes (:func:`tokenloom.cli.main.main`): 0 ok, 2 bad input (usage, ValueError,
   TypeError, IndexError, FileNotFoundError, :class:`ModelLoadError`), 130 Ctrl-C anywhere.
 
@@ -45,12 +47,15 @@ __all__ = [
     "add_model_args",
     "add_sampling_args",
     "count",
+    "interrupted",
     "load_model",
+    "note_interrupt",
     "number",
     "one_of",
     "output_file",
     "plot_file",
     "prefix_bytes",
+    "raise_if_interrupted",
     "sampling_kwargs",
     "some_of",
     "warn",
@@ -207,6 +212,28 @@ def warn_unused_sampling(args: argparse.Namespace) -> List[str]:
     return []
 
 
+_INTERRUPTED = [False]
+
+
+def note_interrupt(on: bool = True) -> None:
+    """Record that Ctrl-C came (``main``'s SIGINT handler), or with ``False`` clear it (a new
+    command starts)."""
+    _INTERRUPTED[0] = bool(on)
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C came during this command, even if a library swallowed the interrupt."""
+    return _INTERRUPTED[0]
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came while a library swallowed it: some availability
+    checks turn the interrupt into an ImportError and catch that, so the command would run on.
+    ``main`` checks after the command; long commands check at their own checkpoints too."""
+    if _INTERRUPTED[0]:
+        raise KeyboardInterrupt
+
+
 def load_model(args: argparse.Namespace) -> Tuple[Any, Any]:
     """``(model, tokenizer)`` of ``--model`` (default: the embedded model), announced on stderr,
     quiet unless ``--verbose``.
@@ -219,8 +246,6 @@ def load_model(args: argparse.Namespace) -> Tuple[Any, Any]:
     path = getattr(args, "model", None)
     verbose = bool(getattr(args, "verbose", False))
     print(f"[tokenloom] loading {'model ' + str(path) if path else 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
-    from tokenloom.cli.main import raise_if_interrupted
-
     try:
         loaded = load_or_default(path, verbose=verbose)
         raise_if_interrupted()  # Ctrl-C that a loader swallowed: stop now, not after the command

@@ -25,11 +25,11 @@ from tokenloom.cli.common import (
     count,
     load_model,
     one_of,
+    raise_if_interrupted,
     sampling_kwargs,
     warn,
     warn_unused_sampling,
 )
-from tokenloom.cli.main import raise_if_interrupted
 
 __all__ = ["add_parser", "load_line", "run"]
 

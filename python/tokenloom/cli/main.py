@@ -8,7 +8,7 @@ IndexError / FileNotFoundError / :class:`~tokenloom.cli.common.ModelLoadError` r
 command: one ``tokenloom: error: ...`` line, the traceback with ``--verbose``); 130 Ctrl-C at
 any point, also when a library turned the interrupt into another exception (transformers'
 lazy imports report an interrupted import as an ImportError) or swallowed it (an availability
-check catching that ImportError: the command stops at its next :func:`raise_if_interrupted`).
+check catching that ImportError: the command stops at its next :func:`~tokenloom.cli.common.raise_if_interrupted`).
 A process may instead die by SIGINT, which a shell also shows as 130: CPython does that at exit
 when the interrupt hit a C extension running Python code while it was imported.
 """
@@ -22,25 +22,17 @@ import sys
 import traceback
 from typing import Any, List, Optional
 
-__all__ = ["SUBCOMMANDS", "Parser", "UsageError", "build_parser", "main", "raise_if_interrupted"]
+from tokenloom.cli.common import ModelLoadError, interrupted, note_interrupt, raise_if_interrupted
+
+__all__ = ["SUBCOMMANDS", "Parser", "UsageError", "build_parser", "main"]
 
 #: The subcommands, each a module ``tokenloom.cli.<name>`` with ``add_parser(sub)``.
 SUBCOMMANDS = ("generate", "bench", "bytes", "score")
 
-_INTERRUPTED = [False]
-
 
 def _on_sigint(signum: int, frame: Any) -> None:
-    _INTERRUPTED[0] = True
+    note_interrupt()
     raise KeyboardInterrupt
-
-
-def raise_if_interrupted() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C came while a library swallowed it: some availability
-    checks turn the interrupt into an ImportError and catch that, so the command would run on.
-    :func:`main` checks after the command; long commands check at their own checkpoints too."""
-    if _INTERRUPTED[0]:
-        raise KeyboardInterrupt
 
 
 class UsageError(Exception):
@@ -78,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``tokenloom ARGS`` (``argv`` default: ``sys.argv[1:]``); returns the exit code."""
-    _INTERRUPTED[0] = False
+    note_interrupt(False)
     try:
         previous = signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread: keep Python's handler
@@ -95,11 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 - the one place that turns errors into exit codes
-        if _INTERRUPTED[0]:
+        if interrupted():
             print("tokenloom: interrupted", file=sys.stderr)
             return 130
-        from tokenloom.cli.common import ModelLoadError
-
         if not isinstance(e, (ValueError, TypeError, IndexError, FileNotFoundError, ModelLoadError, UsageError)):
             raise
         if getattr(args, "verbose", False):
