@@ -220,3 +220,14 @@ def _merge_row(suffix, tid: Optional[np.ndarray], classes: Optional[np.ndarray],
             miss *= 1.0 - est[c]
         pl.append(1.0 - miss)
     return tl, pl, [cand[t] for t in tl]
+
+
+def best_nodes_reference(scores, depths, cost):
+    """``best_nodes`` written plainly: the draft nodes by score (ties: shallower, then lower
+    index), the count N maximising ``(1 + sum of the N best) / cost(N + 1)``, root included."""
+    t = len(scores)
+    order = sorted(range(1, t), key=lambda i: (-scores[i], depths[i], i))
+    cum = np.concatenate([[0.0], np.cumsum([scores[i] for i in order])])
+    seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
+    n = int(np.argmax((1.0 + cum) / seconds))
+    return sorted([0] + order[:n])

@@ -17,7 +17,7 @@ from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, PROB_BUCKETS, C
 from tokenloom.spec.suffix.drafter import MergedDrafter, cap_rows
 from tokenloom.spec.suffix.store import SuffixCache
 
-from .suffix_reference import cap_reference, grow_reference
+from .suffix_reference import best_nodes_reference, cap_reference, grow_reference
 
 VOCAB = 12
 
@@ -64,6 +64,21 @@ def test_class_map_is_the_calibrations(source, match_len, prob, support, rank, d
     assert CANDIDATE_CLASSES.num_classes(8) == cal.estimates().size
     assert CANDIDATE_CLASSES.suffix_class(source, match_len, prob, support) == cal.suffix_class(source, match_len, prob, support)
     assert CANDIDATE_CLASSES.recycle_class(rank, depth) == cal.recycle_class(rank, depth)
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9]) | st.floats(0.0, 1.0), st.integers(1, 4)), max_size=40),
+       st.lists(st.floats(1.0, 3.0), min_size=2, max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_best_nodes_matches_reference(nodes, seconds):
+    """best_nodes (numpy) against its plain form, ties in score and depth included."""
+    from tokenloom.spec.sizing import StepCost
+    from tokenloom.spec.suffix.drafter import best_nodes
+
+    scores = np.array([1.0] + [s for s, _ in nodes])
+    depths = np.array([0] + [d for _, d in nodes], dtype=np.int64)
+    cost = StepCost(tuple(range(1, len(seconds) + 1)), tuple(sorted(seconds)))
+    got = best_nodes(scores, depths, cost)
+    assert got.dtype == np.int64 and got.tolist() == best_nodes_reference(scores, depths, cost)
 
 
 # --- whole trees ----------------------------------------------------------------------------------

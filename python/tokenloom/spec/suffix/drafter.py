@@ -70,11 +70,12 @@ def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.nda
         int64 [N + 1], increasing (so parents stay before children).
     """
     t = int(scores.shape[0])
-    order = sorted(range(1, t), key=lambda i: (-scores[i], depths[i], i))
+    rest = np.arange(1, t)
+    order = rest[np.lexsort((rest, depths[1:], -scores[1:]))]  # by score down, then depth, then index
     cum = np.concatenate([[0.0], np.cumsum(scores[order])])
     seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
     n = int(np.argmax((1.0 + cum) / seconds))
-    return np.array(sorted([0] + order[:n]), dtype=np.int64)
+    return np.concatenate([[0], np.sort(order[:n])]).astype(np.int64)
 
 
 def cap_rows(probs: np.ndarray) -> np.ndarray:
