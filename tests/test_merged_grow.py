@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from tokenloom import _core
 from tokenloom.spec.recycling.recycler import TokenRecycler
 from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, PROB_BUCKETS, Calibration
-from tokenloom.spec.suffix.drafter import MergedDrafter, cap_rows
+from tokenloom.spec.sizing import StepCost
+from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, cap_rows, cost_curve, subtree, top_path
 from tokenloom.spec.suffix.store import SuffixCache
 
 from .suffix_reference import best_nodes_reference, cap_reference, grow_reference
@@ -71,9 +72,6 @@ def test_class_map_is_the_calibrations(source, match_len, prob, support, rank, d
 @settings(max_examples=200, deadline=None)
 def test_best_nodes_matches_reference(nodes, seconds):
     """best_nodes (numpy) against its plain form, ties in score and depth included."""
-    from tokenloom.spec.sizing import StepCost
-    from tokenloom.spec.suffix.drafter import best_nodes
-
     scores = np.array([1.0] + [s for s, _ in nodes])
     depths = np.array([0] + [d for _, d in nodes], dtype=np.int64)
     cost = StepCost(tuple(range(1, len(seconds) + 1)), tuple(sorted(seconds)))
@@ -122,13 +120,15 @@ def drafter_states(draw):
     return d
 
 
-def grow_core(d):
-    """``_core.grow_merged`` on the drafter's stores with a fresh builder of its sizes."""
+def grow_core(d, cost=None):
+    """``_core.grow_merged`` on the drafter's stores with a fresh builder of its sizes (cut
+    for ``cost`` when given)."""
     b = _core.DynamicTreeBuilder(d.budget, d.max_depth, k=d.children)
+    tokens, seconds = cost_curve(cost) if cost is not None else (None, None)
     return _core.grow_merged(
         b, d.seq[-1], np.array(d.seq[-d.max_match:], dtype=np.int64), d.calibration.estimates(), CANDIDATE_CLASSES,
         d.index.core, None if d.cache is None else d.cache.core, None if d.recycler is None else d.recycler.core,
-        max_match=d.max_match, max_nodes=d.budget,
+        max_match=d.max_match, max_nodes=d.budget, cost_tokens=tokens, cost_seconds=seconds,
     )
 
 
@@ -188,6 +188,15 @@ def test_grow_is_the_python_rule_on_large_trees(seed):
     assert tokens.tolist() == ref["tokens"].tolist() and parents.tolist() == ref["parents"].tolist()
     assert node_ids.tolist() == ref["node_ids"].tolist() and bits(scores) == bits(ref["scores"])
     assert offered_rows(row_nodes, offsets, toks, classes) == ref["rows"] and matched == ref["matched"]
+    # Cut for a step cost (auto): the reference's tree cut by the plain best_nodes.
+    knots = np.unique(rng.integers(1, 70, 5))
+    cost = StepCost(tuple(int(x) for x in knots), tuple(np.sort(rng.random(knots.size)) + 1.0))
+    keep = np.array(best_nodes_reference(ref["scores"], ref["depths"], cost))
+    want = subtree(keep, ref["tokens"], ref["parents"], ref["depths"])
+    tokens, parents, depths, scores, rows, node_ids, *_ = grow_core(d, cost)
+    assert tokens.tolist() == want.tokens.tolist() and parents.tolist() == want.parents.tolist()
+    assert depths.tolist() == want.depths.tolist() and bits(scores) == bits(ref["scores"][keep])
+    assert node_ids.tolist() == ref["node_ids"][keep].tolist()
 
 
 @given(drafter_states(), st.data())
@@ -219,16 +228,13 @@ def test_propose_and_learn_match_the_python_rule(d, data):
 def test_chain_and_auto_cut_the_same_tree():
     """Chain mode keeps the best path, auto mode the best nodes of the core's tree; learn maps
     the cut tree's nodes to their rows."""
-    from tokenloom.spec.sizing import StepCost
-    from tokenloom.spec.suffix.drafter import best_nodes, top_path
-
     rec = TokenRecycler(64, 4, template=[[0]])
     rec.update(np.array([5, 6]), np.array([[40, 41, 40, 0], [7, 9, 10, 11]]))
     for kw in ({"chain": True}, {"budget": "auto", "cost": StepCost((1, 4, 16), (1.0, 1.1, 1.6))}):
         d = MergedDrafter(recycler=rec, seed_prefill=False, **kw)
         d.begin([5, 6, 7, 8, 1, 5, 6, 7, 8, 2, 5], 11)
         ref = grow_reference(d, 5)
-        keep = top_path(ref["scores"], ref["parents"]) if "chain" in kw else best_nodes(ref["scores"], ref["depths"], kw["cost"])
+        keep = top_path(ref["scores"], ref["parents"]) if "chain" in kw else best_nodes_reference(ref["scores"], ref["depths"], kw["cost"])
         tree = d.propose(5, 10)
         assert tree.tokens.tolist() == ref["tokens"][keep].tolist() and tree.size > 2
         before = d.calibration.offers.sum()
@@ -269,6 +275,16 @@ def test_grow_bad_input():
         call(root=VOCAB + 3)
     with pytest.raises(ValueError, match="max_match"):
         call(max_match=0)
+    with pytest.raises(ValueError, match="both or neither"):
+        call(cost_tokens=np.array([1.0]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        call(cost_tokens=np.array([2.0, 1.0]), cost_seconds=np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="times > 0"):
+        call(cost_tokens=np.array([1.0]), cost_seconds=np.array([0.0]))
+    with pytest.raises(ValueError, match="cost"):
+        call(cost_tokens=np.array([1.0, 2.0]), cost_seconds=np.array([1.0]))
+    with pytest.raises(ValueError, match="depths"):
+        _core.best_nodes(np.ones(3), np.zeros(2, dtype=np.int64), np.array([1.0]), np.array([1.0]))
     with pytest.raises(TypeError):
         call(builder="builder")
     with pytest.raises(TypeError):

@@ -2,6 +2,7 @@
 //! (`grow_merged`) and the candidate classes it scores with (`CandidateClasses`).
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use tokenloom_core::spec::merged::{self, ClassMap, MergedInput};
 
@@ -67,7 +68,7 @@ impl PyCandidateClasses {
     #[pyo3(signature = (source, match_len, prob, support))]
     fn suffix_class(&self, source: usize, match_len: i64, prob: f64, support: i64) -> PyResult<usize> {
         if source >= self.inner.sources() {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            return Err(PyValueError::new_err(format!(
                 "source: expected one of 0..{}, got {source}",
                 self.inner.sources()
             )));
@@ -135,6 +136,9 @@ type Grown<'py> = (
 ///     recycler (TokenRecycler | None): the recycler whose rows give recycled candidates.
 ///     max_match (int): longest context suffix matched (>= 1).
 ///     max_nodes (int): most nodes of each source's continuation draft (>= 1).
+///     cost_tokens, cost_seconds (np.ndarray[float64], shape [m] | None): the step-cost curve
+///         (``StepCost.tokens`` / ``.seconds``); when given, the tree is cut to the root and its
+///         N best nodes (``best_nodes``); the rows still cover every expanded node.
 ///
 /// Returns:
 ///     tuple: (tokens, parents, depths, scores, draft_rows, node_ids) of the tree, each [T]
@@ -147,11 +151,12 @@ type Grown<'py> = (
 ///
 /// Raises:
 ///     ValueError: ``est`` of the wrong length or outside [0, 1], ``classes`` with one source
-///         and a cache, a size below 1.
+///         and a cache, a size below 1, a bad cost curve (lengths, not increasing, seconds <= 0)
+///         or only one of its arrays.
 ///     IndexError: a token id out of range (root, context, a recycler row).
 ///     TypeError: an argument of the wrong type.
 #[pyfunction]
-#[pyo3(signature = (builder, root, context, est, classes, index, cache = None, recycler = None, *, max_match = 16, max_nodes = 16))]
+#[pyo3(signature = (builder, root, context, est, classes, index, cache = None, recycler = None, *, max_match = 16, max_nodes = 16, cost_tokens = None, cost_seconds = None))]
 #[allow(clippy::too_many_arguments)]
 fn grow_merged<'py>(
     py: Python<'py>,
@@ -165,10 +170,17 @@ fn grow_merged<'py>(
     recycler: Option<&Bound<'py, PyTokenRecycler>>,
     #[pyo3(from_py_with = max_match_arg)] max_match: usize,
     #[pyo3(from_py_with = max_nodes_arg)] max_nodes: usize,
+    cost_tokens: Option<PyReadonlyArray1<'py, f64>>,
+    cost_seconds: Option<PyReadonlyArray1<'py, f64>>,
 ) -> PyResult<Grown<'py>> {
     let root = args::id_i64("root", root)?;
     let ctx = to_ids("context", slice1("context", &context)?)?;
     let est = slice1("est", &est)?;
+    let cost = match (&cost_tokens, &cost_seconds) {
+        (Some(t), Some(s)) => Some((slice1("cost_tokens", t)?, slice1("cost_seconds", s)?)),
+        (None, None) => None,
+        _ => return Err(PyValueError::new_err("cost_tokens and cost_seconds: expected both or neither")),
+    };
     let (b, cm, idx) = (builder.get(), &classes.get().inner, index.get());
     let (cache, rec) = (cache.map(|c| c.get()), recycler.map(|r| r.get()));
     let out = py.detach(|| -> PyResult<_> {
@@ -177,7 +189,7 @@ fn grow_merged<'py>(
             drafts.push((1, c.lock()?.trie().speculate(&ctx, max_match, max_nodes, 0.0)));
         }
         let rec = rec.map(|r| r.read()).transpose()?;
-        let input = MergedInput { root, drafts: &drafts, recycler: rec.as_ref().map(|s| &s.rec), est, classes: cm };
+        let input = MergedInput { root, drafts: &drafts, recycler: rec.as_ref().map(|s| &s.rec), est, classes: cm, cost };
         merged::grow_merged(&mut *b.lock()?, &input).map_err(to_py)
     })?;
     let t = out.tree;
@@ -207,7 +219,7 @@ fn grow_merged<'py>(
 fn cap_rows<'py>(py: Python<'py>, probs: numpy::PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
     let (p, rows, width) = crate::error::slice2("probs", &probs)?;
     if let Some(i) = p.iter().position(|x| !(0.0..=1.0).contains(x)) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+        return Err(PyValueError::new_err(format!(
             "probs[{}, {}] = {}: expected an estimate in [0, 1]",
             i / width.max(1),
             i % width.max(1),
@@ -219,7 +231,48 @@ fn cap_rows<'py>(py: Python<'py>, probs: numpy::PyReadonlyArray2<'py, f64>) -> P
     numpy::PyArrayMethods::reshape(&out.into_pyarray(py), [rows, width])
 }
 
+/// The nodes to keep of a scored tree for a step-cost curve (``best_nodes`` of
+/// ``tokenloom.spec.suffix.drafter``).
+///
+/// Args:
+///     scores (np.ndarray[float64], shape [T]): node scores (node 0 the root, BFS order, a
+///         child never above its parent).
+///     depths (np.ndarray[int64], shape [T]): node depths.
+///     cost_tokens, cost_seconds (np.ndarray[float64], shape [m]): the step-cost curve.
+///
+/// Returns:
+///     np.ndarray[int64], shape [N + 1]: the root and the N best nodes, increasing.
+///
+/// Raises:
+///     ValueError: shapes differ, a bad cost curve, a NaN score.
+#[pyfunction]
+#[pyo3(signature = (scores, depths, cost_tokens, cost_seconds))]
+fn best_nodes<'py>(
+    py: Python<'py>,
+    scores: PyReadonlyArray1<'py, f64>,
+    depths: PyReadonlyArray1<'py, i64>,
+    cost_tokens: PyReadonlyArray1<'py, f64>,
+    cost_seconds: PyReadonlyArray1<'py, f64>,
+) -> PyResult<I64Array<'py>> {
+    let (s, d) = (slice1("scores", &scores)?, slice1("depths", &depths)?);
+    let (t, c) = (slice1("cost_tokens", &cost_tokens)?, slice1("cost_seconds", &cost_seconds)?);
+    if s.len() != d.len() {
+        return Err(PyValueError::new_err(format!(
+            "depths: expected {} entries (= len(scores)), got {}",
+            s.len(),
+            d.len()
+        )));
+    }
+    if s.iter().any(|x| x.is_nan()) {
+        return Err(PyValueError::new_err("scores: expected numbers, got NaN"));
+    }
+    merged::check_cost(t, c).map_err(to_py)?;
+    let keep = if s.is_empty() { vec![] } else { merged::best_nodes(s, d, t, c) };
+    Ok(keep.into_iter().map(|i| i as i64).collect::<Vec<i64>>().into_pyarray(py))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(best_nodes, m)?)?;
     m.add_class::<PyCandidateClasses>()?;
     m.add_function(wrap_pyfunction!(grow_merged, m)?)?;
     m.add_function(wrap_pyfunction!(cap_rows, m)?)?;

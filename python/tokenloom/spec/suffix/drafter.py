@@ -33,12 +33,12 @@ deterministic-draft tree rule.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from tokenloom import _core
-from tokenloom._arrays import as_count
+from tokenloom._arrays import as_array, as_count
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, Calibration
@@ -66,16 +66,19 @@ def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.nda
     above its parent): the root and the N best draft nodes, N maximising
     ``(1 + sum of their scores) / cost(N + 1)``.
 
+    The draft nodes are taken by score (ties: the shallower, then the lower index) and N is the
+    first maximum; the Rust core computes it (``_core.best_nodes``, in numpy's arithmetic).
+
     Returns:
         int64 [N + 1], increasing (so parents stay before children).
     """
-    t = int(scores.shape[0])
-    rest = np.arange(1, t)
-    order = rest[np.lexsort((rest, depths[1:], -scores[1:]))]  # by score down, then depth, then index
-    cum = np.concatenate([[0.0], np.cumsum(scores[order])])
-    seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
-    n = int(np.argmax((1.0 + cum) / seconds))
-    return np.concatenate([[0], np.sort(order[:n])]).astype(np.int64)
+    tokens, seconds = cost_curve(cost)
+    return _core.best_nodes(as_array(scores, np.float64, "scores", 1), as_array(depths, np.int64, "depths", 1), tokens, seconds)
+
+
+def cost_curve(cost: StepCost) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 [m] token counts and seconds of a step-cost curve (the core's arguments)."""
+    return np.asarray(cost.tokens, dtype=np.float64), np.asarray(cost.seconds, dtype=np.float64)
 
 
 def cap_rows(probs: np.ndarray) -> np.ndarray:
@@ -240,6 +243,8 @@ class MergedDrafter:
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self._builder = _core.DynamicTreeBuilder(self.budget, self.max_depth, k=self.children)
+        # auto (not chain): the core cuts the tree to its best nodes for this cost curve.
+        self._cut = cost_curve(cost) if self.auto and not self.chain else (None, None)  # type: ignore[arg-type]
         self.index = SuffixIndex(self.index_depth)
         self.seq: List[int] = []
         self._n_prompt = 0
@@ -281,7 +286,7 @@ class MergedDrafter:
             self._builder, int(root), np.asarray(self.seq[-self.max_match:], dtype=np.int64),
             self.calibration.estimates(), CANDIDATE_CLASSES, self.index.core,
             None if self.cache is None else self.cache.core, None if self.recycler is None else self.recycler.core,
-            max_match=self.max_match, max_nodes=self.budget,
+            max_match=self.max_match, max_nodes=self.budget, cost_tokens=self._cut[0], cost_seconds=self._cut[1],
         )
         self._counts["request_matched"] += matched[0]
         self._counts["cache_matched"] += matched[1]
@@ -289,11 +294,7 @@ class MergedDrafter:
             keep = top_path(scores, parents, self.token_cost)
             tree = subtree(keep, tokens, parents, depths)
             rows = rows[keep]
-        elif self.auto and tokens.shape[0] > 1:
-            keep = best_nodes(scores, depths, self.cost)  # type: ignore[arg-type]
-            tree = subtree(keep, tokens, parents, depths)
-            rows = rows[keep]
-        else:
+        else:  # auto: cut in the core already
             tree = DraftTree(tokens, parents, depths)
         self._tree_rows = rows
         self._offered = (offsets, offered_t, offered_c)

@@ -17,7 +17,9 @@
 //!    recycled candidates (a token's first rank only; an all-zero row offers nothing), each
 //!    with `1 - prod(1 - est[class])` over its classes. When a frontier has merged rows, all
 //!    its rows are laid in one matrix (zero-padded to the widest) and capped again;
-//! 4. the builder expands the frontier with these rows.
+//! 4. the builder expands the frontier with these rows;
+//! 5. optionally (`budget="auto"`), the tree is cut to the root and its N best nodes for this
+//!    machine's step cost ([`best_nodes`], [`subtree`]).
 //!
 //! Every float is computed in the order of the Python rule (f64; the row sums in numpy's
 //! pairwise order, [`numpy_sum`]), so the trees are identical, not merely close.
@@ -217,6 +219,9 @@ pub struct MergedInput<'a> {
     /// recycler's, 0 without one).
     pub est: &'a [f64],
     pub classes: &'a ClassMap,
+    /// When given, the step-cost curve (token counts, seconds) the tree is cut with
+    /// ([`best_nodes`]); None: the builder's whole tree.
+    pub cost: Option<(&'a [f64], &'a [f64])>,
 }
 
 /// A grown tree and the candidates each of its rows offered.
@@ -282,10 +287,11 @@ fn suffix_trie(input: &MergedInput<'_>, matched: &mut [bool]) -> Trie {
 }
 
 /// Grows this step's tree with `builder` (reset to `input.root`; its budget, depth and
-/// children per node are the builder's) and returns it with the offered candidates.
+/// children per node are the builder's), cuts it to its best nodes when `input.cost` is given,
+/// and returns it with the offered candidates (of every row, kept nodes or not).
 ///
 /// Errors: a source not below `classes.sources()`, `est` of the wrong length or with an entry
-/// outside [0, 1], a draft whose arrays differ in length or whose parents are not earlier
+/// outside [0, 1], a bad cost curve ([`check_cost`]), a draft whose arrays differ in length or whose parents are not earlier
 /// nodes, a bad root token (the builder's check).
 pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) -> Result<MergedTree> {
     let cm = input.classes;
@@ -328,6 +334,9 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
                 "suffix draft: every parent must be an earlier node or -1",
             ));
         }
+    }
+    if let Some((tokens, seconds)) = input.cost {
+        check_cost(tokens, seconds)?;
     }
     let est = input.est;
     let mut out = MergedTree {
@@ -463,6 +472,12 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
         }
     }
     out.tree = builder.tree()?;
+    if let Some((tokens, seconds)) = input.cost {
+        if out.tree.tokens.len() > 1 {
+            let keep = best_nodes(&out.tree.scores, &out.tree.depths, tokens, seconds);
+            out.tree = subtree(&out.tree, &keep);
+        }
+    }
     Ok(out)
 }
 
@@ -505,6 +520,100 @@ fn merge_row(
         })
         .collect();
     (tl, pl, cl)
+}
+
+/// `np.interp(x, xp, fp)` for one point, in numpy's arithmetic: `fp[0]` left of `xp[0]`,
+/// `fp[-1]` from `xp[-1]` on, `fp[j]` at a knot, else `slope * (x - xp[j]) + fp[j]`.
+/// `xp` strictly increasing, as long as `fp`, not empty (unchecked).
+pub fn interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
+    let last = xp.len() - 1;
+    if x < xp[0] {
+        return fp[0];
+    }
+    if x >= xp[last] {
+        return fp[last];
+    }
+    let j = xp.partition_point(|&v| v <= x) - 1; // xp[j] <= x < xp[j + 1]
+    if xp[j] == x {
+        return fp[j];
+    }
+    let slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]);
+    slope * (x - xp[j]) + fp[j]
+}
+
+/// Checks a step-cost curve: as many seconds as token counts (at least one), the counts
+/// strictly increasing and finite, the seconds finite and positive.
+pub fn check_cost(tokens: &[f64], seconds: &[f64]) -> Result<()> {
+    if tokens.is_empty() || tokens.len() != seconds.len() {
+        return Err(CoreError::shape(
+            "cost",
+            "as many seconds as token counts (at least one)",
+            format!("{} token counts, {} seconds", tokens.len(), seconds.len()),
+        ));
+    }
+    if tokens.iter().any(|t| !t.is_finite()) || tokens.windows(2).any(|w| !(w[0] < w[1])) {
+        return Err(CoreError::value(format!(
+            "cost tokens: expected strictly increasing finite counts, got {tokens:?}"
+        )));
+    }
+    if seconds.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(CoreError::value(format!(
+            "cost seconds: expected finite times > 0, got {seconds:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The nodes to keep of a scored tree (node 0 the root, BFS order, a child never scored above
+/// its parent): the root and the N best draft nodes (by score, ties to the shallower, then the
+/// lower index), N maximising `(1 + sum of their scores) / cost(N + 1)` (the first maximum),
+/// `cost` the curve `tokens` -> `seconds` ([`interp`]). The rule and float order of
+/// `tokenloom.spec.suffix.drafter.best_nodes`. Increasing node indices.
+pub fn best_nodes(scores: &[f64], depths: &[i64], tokens: &[f64], seconds: &[f64]) -> Vec<usize> {
+    let t = scores.len();
+    let mut order: Vec<usize> = (1..t).collect();
+    order.sort_by(|&a, &b| {
+        scores[b]
+            .partial_cmp(&scores[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(depths[a].cmp(&depths[b]))
+            .then(a.cmp(&b))
+    });
+    let (mut best, mut n, mut cum) = (f64::NEG_INFINITY, 0, 0.0f64);
+    for i in 0..t {
+        if i > 0 {
+            cum += scores[order[i - 1]];
+        }
+        let rate = (1.0 + cum) / interp((i + 1) as f64, tokens, seconds);
+        if rate > best {
+            best = rate;
+            n = i;
+        }
+    }
+    let mut keep: Vec<usize> = std::iter::once(0).chain(order[..n].iter().copied()).collect();
+    keep.sort_unstable();
+    keep
+}
+
+/// The tree of the nodes `keep` (increasing, subtree-closed, root first) of `tree`, parents
+/// remapped; every other field carried over.
+pub fn subtree(tree: &DynamicTree, keep: &[usize]) -> DynamicTree {
+    let mut pos = vec![-1i64; tree.tokens.len()];
+    for (p, &i) in keep.iter().enumerate() {
+        pos[i] = p as i64;
+    }
+    let pick_i = |v: &[i64]| keep.iter().map(|&i| v[i]).collect::<Vec<i64>>();
+    DynamicTree {
+        tokens: pick_i(&tree.tokens),
+        parents: keep
+            .iter()
+            .map(|&i| if tree.parents[i] < 0 { -1 } else { pos[tree.parents[i] as usize] })
+            .collect(),
+        depths: pick_i(&tree.depths),
+        scores: keep.iter().map(|&i| tree.scores[i]).collect(),
+        draft_rows: pick_i(&tree.draft_rows),
+        node_ids: pick_i(&tree.node_ids),
+    }
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ fn suffix_chain_and_recycled_candidates_share_a_tree() {
     let mut est = vec![0.9; cm.num_classes(2)];
     est[cm.n_suffix()..].fill(0.3);
     let drafts = vec![(0, draft(vec![6, 7], vec![-1, 0], vec![1.0, 1.0], vec![3, 3], 4))];
-    let input = MergedInput { root: 5, drafts: &drafts, recycler: Some(&rec), est: &est, classes: &cm };
+    let input = MergedInput { root: 5, drafts: &drafts, recycler: Some(&rec), est: &est, classes: &cm, cost: None };
     let mut b = DynamicTreeBuilder::new(BuilderConfig::new(3, 4, 8)).unwrap();
     let out = grow_merged(&mut b, &input).unwrap();
     // Root row: 6 (suffix, 0.9), 40, 41 (recycled, 0.3), capped to [0.9, 0.05, 0.05]; then
@@ -87,9 +87,33 @@ fn suffix_chain_and_recycled_candidates_share_a_tree() {
 fn nothing_to_offer_is_a_root_only_tree() {
     let cm = class_map();
     let est = vec![0.5; cm.num_classes(0)];
-    let input = MergedInput { root: 3, drafts: &[], recycler: None, est: &est, classes: &cm };
+    let input = MergedInput { root: 3, drafts: &[], recycler: None, est: &est, classes: &cm, cost: None };
     let mut b = DynamicTreeBuilder::new(BuilderConfig::new(4, 4, 8)).unwrap();
     let out = grow_merged(&mut b, &input).unwrap();
     assert_eq!(out.tree.tokens, vec![3]);
     assert_eq!(out.row_offsets, vec![0, 0]);
+}
+
+#[test]
+fn interp_is_numpys() {
+    let (xp, fp) = ([1.0, 2.0, 5.0], [1.0, 1.5, 3.0]);
+    assert_eq!(interp(0.0, &xp, &fp), 1.0);
+    assert_eq!(interp(2.0, &xp, &fp), 1.5);
+    assert_eq!(interp(4.0, &xp, &fp), 0.5 * (4.0 - 2.0) + 1.5);
+    assert_eq!(interp(9.0, &xp, &fp), 3.0);
+    assert_eq!(interp(3.0, &[3.0], &[7.0]), 7.0);
+}
+
+#[test]
+fn best_nodes_keeps_what_pays() {
+    // Flat cost: every node pays; steep cost: none does.
+    let scores = [1.0, 0.5, 0.5, 0.2];
+    let depths = [0, 1, 1, 2];
+    assert_eq!(best_nodes(&scores, &depths, &[1.0, 4.0], &[1.0, 1.0]), vec![0, 1, 2, 3]);
+    assert_eq!(best_nodes(&scores, &depths, &[1.0, 2.0], &[1.0, 100.0]), vec![0]);
+    // cost(2) = 1.6: 1.5 / 1.6 < 1; cost(3) = 1.7: 2 / 1.7 > 1 (ties: the lower index first).
+    assert_eq!(best_nodes(&scores, &depths, &[1.0, 2.0, 3.0, 4.0], &[1.0, 1.6, 1.7, 9.0]), vec![0, 1, 2]);
+    assert!(check_cost(&[1.0, 1.0], &[1.0, 2.0]).is_err());
+    assert!(check_cost(&[1.0], &[0.0]).is_err());
+    assert!(check_cost(&[1.0, 2.0], &[1.0]).is_err());
 }
