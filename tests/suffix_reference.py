@@ -231,3 +231,19 @@ def best_nodes_reference(scores, depths, cost):
     seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
     n = int(np.argmax((1.0 + cum) / seconds))
     return sorted([0] + order[:n])
+
+
+def top_path_reference(scores, parents, token_cost=0.0):
+    """``top_path`` written plainly: the root-to-node path with the largest sum of
+    ``score - token_cost`` (ties: the shallower, then the lower index), root first."""
+    t = len(scores)
+    gain = [0.0] * t
+    depth = [0] * t
+    for i in range(1, t):
+        gain[i] = gain[int(parents[i])] + float(scores[i]) - token_cost
+        depth[i] = depth[int(parents[i])] + 1
+    best = min(range(t), key=lambda i: (-gain[i], depth[i], i))
+    path = [best]
+    while path[-1] != 0:
+        path.append(int(parents[path[-1]]))
+    return path[::-1]

@@ -18,7 +18,7 @@ from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, cap_rows, cost_curve, subtree, top_path
 from tokenloom.spec.suffix.store import SuffixCache
 
-from .suffix_reference import best_nodes_reference, cap_reference, grow_reference
+from .suffix_reference import best_nodes_reference, cap_reference, grow_reference, top_path_reference
 
 VOCAB = 12
 
@@ -79,6 +79,23 @@ def test_best_nodes_matches_reference(nodes, seconds):
     assert got.dtype == np.int64 and got.tolist() == best_nodes_reference(scores, depths, cost)
 
 
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9]) | st.floats(0.0, 1.0), st.integers(0, 40)), max_size=40),
+       st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]))
+@settings(max_examples=200, deadline=None)
+def test_top_path_matches_reference(nodes, token_cost):
+    """top_path (core) against its plain form, ties in gain and depth included."""
+    scores = np.array([1.0] + [s for s, _ in nodes])
+    parents = np.array([-1] + [p % (i + 1) for i, (_, p) in enumerate(nodes)], dtype=np.int64)
+    assert top_path(scores, parents, token_cost).tolist() == top_path_reference(scores, parents, token_cost)
+
+
+def test_top_path_bad_input():
+    for scores, parents, cost in (([1.0, 0.5], [-1, 1], 0.0), ([1.0, 0.5], [0, 0], 0.0), ([1.0], [-1, 0], 0.0),
+                                  ([1.0, np.nan], [-1, 0], 0.0), ([1.0], [-1], 1.5), ([], [], 0.0)):
+        with pytest.raises(ValueError):
+            _core.top_path(np.array(scores, dtype=np.float64), np.array(parents, dtype=np.int64), cost)
+
+
 # --- whole trees ----------------------------------------------------------------------------------
 
 tokens = st.integers(0, VOCAB - 1)
@@ -120,15 +137,16 @@ def drafter_states(draw):
     return d
 
 
-def grow_core(d, cost=None):
+def grow_core(d, cost=None, token_cost=None):
     """``_core.grow_merged`` on the drafter's stores with a fresh builder of its sizes (cut
-    for ``cost`` when given)."""
+    for ``cost`` or to a chain for ``token_cost`` when given)."""
     b = _core.DynamicTreeBuilder(d.budget, d.max_depth, k=d.children)
     tokens, seconds = cost_curve(cost) if cost is not None else (None, None)
     return _core.grow_merged(
         b, d.seq[-1], np.array(d.seq[-d.max_match:], dtype=np.int64), d.calibration.estimates(), CANDIDATE_CLASSES,
         d.index.core, None if d.cache is None else d.cache.core, None if d.recycler is None else d.recycler.core,
         max_match=d.max_match, max_nodes=d.budget, cost_tokens=tokens, cost_seconds=seconds,
+        token_cost=token_cost,
     )
 
 
@@ -197,6 +215,13 @@ def test_grow_is_the_python_rule_on_large_trees(seed):
     assert tokens.tolist() == want.tokens.tolist() and parents.tolist() == want.parents.tolist()
     assert depths.tolist() == want.depths.tolist() and bits(scores) == bits(ref["scores"][keep])
     assert node_ids.tolist() == ref["node_ids"][keep].tolist()
+    # Cut to the best chain (chain mode).
+    token_cost = float(rng.choice([0.0, 0.05, 0.3]))
+    keep = np.array(top_path_reference(ref["scores"], ref["parents"], token_cost))
+    want = subtree(keep, ref["tokens"], ref["parents"], ref["depths"])
+    tokens, parents, depths, scores, rows, node_ids, *_ = grow_core(d, token_cost=token_cost)
+    assert tokens.tolist() == want.tokens.tolist() and parents.tolist() == want.parents.tolist()
+    assert node_ids.tolist() == ref["node_ids"][keep].tolist()
 
 
 @given(drafter_states(), st.data())
@@ -234,7 +259,7 @@ def test_chain_and_auto_cut_the_same_tree():
         d = MergedDrafter(recycler=rec, seed_prefill=False, **kw)
         d.begin([5, 6, 7, 8, 1, 5, 6, 7, 8, 2, 5], 11)
         ref = grow_reference(d, 5)
-        keep = top_path(ref["scores"], ref["parents"]) if "chain" in kw else best_nodes_reference(ref["scores"], ref["depths"], kw["cost"])
+        keep = top_path_reference(ref["scores"], ref["parents"]) if "chain" in kw else best_nodes_reference(ref["scores"], ref["depths"], kw["cost"])
         tree = d.propose(5, 10)
         assert tree.tokens.tolist() == ref["tokens"][keep].tolist() and tree.size > 2
         before = d.calibration.offers.sum()
@@ -275,6 +300,10 @@ def test_grow_bad_input():
         call(root=VOCAB + 3)
     with pytest.raises(ValueError, match="max_match"):
         call(max_match=0)
+    with pytest.raises(ValueError, match="one cut at most"):
+        call(cost_tokens=np.array([1.0]), cost_seconds=np.array([1.0]), token_cost=0.0)
+    with pytest.raises(ValueError, match="token_cost"):
+        call(token_cost=2.0)
     with pytest.raises(ValueError, match="both or neither"):
         call(cost_tokens=np.array([1.0]))
     with pytest.raises(ValueError, match="strictly increasing"):

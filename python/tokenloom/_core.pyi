@@ -34,6 +34,7 @@ __all__ = [
     "template_parents",
     "template_paths",
     "top_k_rows",
+    "top_path",
     "uniforms",
     "verify_chain",
     "verify_chain_batch",
@@ -259,9 +260,11 @@ def grow_merged(
     builder: DynamicTreeBuilder, root: int, context: _I64, est: _F64, classes: CandidateClasses, index: SuffixIndex,
     cache: Optional[SuffixCache] = None, recycler: Optional[TokenRecycler] = None, *, max_match: int = 16,
     max_nodes: int = 16, cost_tokens: Optional[_F64] = None, cost_seconds: Optional[_F64] = None,
+    token_cost: Optional[float] = None,
 ) -> Tuple[_I64, _I64, _I64, _F64, _I64, _I64, _I64, _I64, _I64, _I64, List[bool]]: ...
 def cap_rows(probs: _F64) -> _F64: ...
 def best_nodes(scores: _F64, depths: _I64, cost_tokens: _F64, cost_seconds: _F64) -> _I64: ...
+def top_path(scores: _F64, parents: _I64, token_cost: float = 0.0) -> _I64: ...
 
 # --- bytes (core bytes::{trie, canon, index, cover}) --------------------------------------------
 @final

@@ -4,7 +4,7 @@
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use tokenloom_core::spec::merged::{self, ClassMap, MergedInput};
+use tokenloom_core::spec::merged::{self, ClassMap, Cut, MergedInput};
 
 use crate::args;
 use crate::dyntree::PyDynamicTreeBuilder;
@@ -139,6 +139,8 @@ type Grown<'py> = (
 ///     cost_tokens, cost_seconds (np.ndarray[float64], shape [m] | None): the step-cost curve
 ///         (``StepCost.tokens`` / ``.seconds``); when given, the tree is cut to the root and its
 ///         N best nodes (``best_nodes``); the rows still cover every expanded node.
+///     token_cost (float | None): when given (in [0, 1]), the tree is cut to its best chain
+///         (``top_path``) instead.
 ///
 /// Returns:
 ///     tuple: (tokens, parents, depths, scores, draft_rows, node_ids) of the tree, each [T]
@@ -152,11 +154,11 @@ type Grown<'py> = (
 /// Raises:
 ///     ValueError: ``est`` of the wrong length or outside [0, 1], ``classes`` with one source
 ///         and a cache, a size below 1, a bad cost curve (lengths, not increasing, seconds <= 0)
-///         or only one of its arrays.
+///         or only one of its arrays, both cuts, a token_cost outside [0, 1].
 ///     IndexError: a token id out of range (root, context, a recycler row).
 ///     TypeError: an argument of the wrong type.
 #[pyfunction]
-#[pyo3(signature = (builder, root, context, est, classes, index, cache = None, recycler = None, *, max_match = 16, max_nodes = 16, cost_tokens = None, cost_seconds = None))]
+#[pyo3(signature = (builder, root, context, est, classes, index, cache = None, recycler = None, *, max_match = 16, max_nodes = 16, cost_tokens = None, cost_seconds = None, token_cost = None))]
 #[allow(clippy::too_many_arguments)]
 fn grow_merged<'py>(
     py: Python<'py>,
@@ -172,13 +174,18 @@ fn grow_merged<'py>(
     #[pyo3(from_py_with = max_nodes_arg)] max_nodes: usize,
     cost_tokens: Option<PyReadonlyArray1<'py, f64>>,
     cost_seconds: Option<PyReadonlyArray1<'py, f64>>,
+    token_cost: Option<f64>,
 ) -> PyResult<Grown<'py>> {
     let root = args::id_i64("root", root)?;
     let ctx = to_ids("context", slice1("context", &context)?)?;
     let est = slice1("est", &est)?;
-    let cost = match (&cost_tokens, &cost_seconds) {
-        (Some(t), Some(s)) => Some((slice1("cost_tokens", t)?, slice1("cost_seconds", s)?)),
-        (None, None) => None,
+    let cut = match (&cost_tokens, &cost_seconds, token_cost) {
+        (Some(t), Some(s), None) => Cut::Best(slice1("cost_tokens", t)?, slice1("cost_seconds", s)?),
+        (None, None, Some(c)) => Cut::Chain(c),
+        (None, None, None) => Cut::Whole,
+        (Some(_), Some(_), Some(_)) => {
+            return Err(PyValueError::new_err("cost_tokens / cost_seconds and token_cost: one cut at most"))
+        }
         _ => return Err(PyValueError::new_err("cost_tokens and cost_seconds: expected both or neither")),
     };
     let (b, cm, idx) = (builder.get(), &classes.get().inner, index.get());
@@ -189,7 +196,7 @@ fn grow_merged<'py>(
             drafts.push((1, c.lock()?.trie().speculate(&ctx, max_match, max_nodes, 0.0)));
         }
         let rec = rec.map(|r| r.read()).transpose()?;
-        let input = MergedInput { root, drafts: &drafts, recycler: rec.as_ref().map(|s| &s.rec), est, classes: cm, cost };
+        let input = MergedInput { root, drafts: &drafts, recycler: rec.as_ref().map(|s| &s.rec), est, classes: cm, cut };
         merged::grow_merged(&mut *b.lock()?, &input).map_err(to_py)
     })?;
     let t = out.tree;
@@ -271,7 +278,49 @@ fn best_nodes<'py>(
     Ok(keep.into_iter().map(|i| i as i64).collect::<Vec<i64>>().into_pyarray(py))
 }
 
+/// The best chain of a scored tree (``top_path`` of ``tokenloom.spec.suffix.drafter``).
+///
+/// Args:
+///     scores (np.ndarray[float64], shape [T]): node scores (node 0 the root).
+///     parents (np.ndarray[int64], shape [T]): parents[0] == -1, 0 <= parents[i] < i.
+///     token_cost (float): in [0, 1].
+///
+/// Returns:
+///     np.ndarray[int64], shape [L + 1]: the path's nodes, root first.
+///
+/// Raises:
+///     ValueError: shapes differ, bad parents, a NaN score, token_cost outside [0, 1], T == 0.
+#[pyfunction]
+#[pyo3(signature = (scores, parents, token_cost = 0.0))]
+fn top_path<'py>(
+    py: Python<'py>,
+    scores: PyReadonlyArray1<'py, f64>,
+    parents: PyReadonlyArray1<'py, i64>,
+    token_cost: f64,
+) -> PyResult<I64Array<'py>> {
+    let (s, p) = (slice1("scores", &scores)?, slice1("parents", &parents)?);
+    if s.len() != p.len() || s.is_empty() {
+        return Err(PyValueError::new_err(format!(
+            "parents: expected {} entries (= len(scores) >= 1), got {}",
+            s.len(),
+            p.len()
+        )));
+    }
+    if p[0] != -1 || p.iter().enumerate().skip(1).any(|(i, &q)| q < 0 || q >= i as i64) {
+        return Err(PyValueError::new_err("parents: expected parents[0] == -1 and 0 <= parents[i] < i"));
+    }
+    if s.iter().any(|x| x.is_nan()) {
+        return Err(PyValueError::new_err("scores: expected numbers, got NaN"));
+    }
+    if !(0.0..=1.0).contains(&token_cost) {
+        return Err(PyValueError::new_err(format!("token_cost: expected a number in [0, 1], got {token_cost}")));
+    }
+    let path = merged::top_path(s, p, token_cost);
+    Ok(path.into_iter().map(|i| i as i64).collect::<Vec<i64>>().into_pyarray(py))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(top_path, m)?)?;
     m.add_function(wrap_pyfunction!(best_nodes, m)?)?;
     m.add_class::<PyCandidateClasses>()?;
     m.add_function(wrap_pyfunction!(grow_merged, m)?)?;

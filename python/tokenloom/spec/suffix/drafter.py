@@ -121,21 +121,12 @@ def top_path(scores: np.ndarray, parents: np.ndarray, token_cost: float = 0.0) -
     a draft token must be worth more than ``token_cost`` accepted tokens). Ties go to the
     shorter path, then the lower node index.
 
+    Computed in the Rust core (``_core.top_path``).
+
     Returns:
         int64 [L + 1]: the path's nodes, root first (``[0]`` when no draft node scores above 0).
     """
-    t = int(scores.shape[0])
-    gain = np.zeros(t)
-    for i in range(1, t):
-        gain[i] = gain[int(parents[i])] + float(scores[i]) - token_cost
-    depth = np.zeros(t, dtype=np.int64)
-    for i in range(1, t):
-        depth[i] = depth[int(parents[i])] + 1
-    best = min(range(t), key=lambda i: (-gain[i], depth[i], i))
-    path = [best]
-    while path[-1] != 0:
-        path.append(int(parents[path[-1]]))
-    return np.array(path[::-1], dtype=np.int64)
+    return _core.top_path(as_array(scores, np.float64, "scores", 1), as_array(parents, np.int64, "parents", 1), float(token_cost))
 
 
 def subtree(keep: np.ndarray, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray) -> DraftTree:
@@ -243,8 +234,11 @@ class MergedDrafter:
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self._builder = _core.DynamicTreeBuilder(self.budget, self.max_depth, k=self.children)
-        # auto (not chain): the core cuts the tree to its best nodes for this cost curve.
-        self._cut = cost_curve(cost) if self.auto and not self.chain else (None, None)  # type: ignore[arg-type]
+        # The core cuts the tree: to its best chain (chain), to its best nodes for this cost
+        # curve (auto), or not at all.
+        self._cut: Dict[str, Any] = {"token_cost": self.token_cost} if self.chain else {}
+        if self.auto and not self.chain:
+            self._cut = dict(zip(("cost_tokens", "cost_seconds"), cost_curve(cost)))  # type: ignore[arg-type]
         self.index = SuffixIndex(self.index_depth)
         self.seq: List[int] = []
         self._n_prompt = 0
@@ -282,20 +276,15 @@ class MergedDrafter:
         if not self.seq or self.seq[-1] != int(root):
             raise ValueError(f"propose: root {root} is not the newest token of the indexed sequence")
         self._counts["steps"] += 1
-        tokens, parents, depths, scores, rows, _ids, _row_nodes, offsets, offered_t, offered_c, matched = _core.grow_merged(
+        tokens, parents, depths, _scores, rows, _ids, _row_nodes, offsets, offered_t, offered_c, matched = _core.grow_merged(
             self._builder, int(root), np.asarray(self.seq[-self.max_match:], dtype=np.int64),
             self.calibration.estimates(), CANDIDATE_CLASSES, self.index.core,
             None if self.cache is None else self.cache.core, None if self.recycler is None else self.recycler.core,
-            max_match=self.max_match, max_nodes=self.budget, cost_tokens=self._cut[0], cost_seconds=self._cut[1],
+            max_match=self.max_match, max_nodes=self.budget, **self._cut,
         )
         self._counts["request_matched"] += matched[0]
         self._counts["cache_matched"] += matched[1]
-        if self.chain and tokens.shape[0] > 1:
-            keep = top_path(scores, parents, self.token_cost)
-            tree = subtree(keep, tokens, parents, depths)
-            rows = rows[keep]
-        else:  # auto: cut in the core already
-            tree = DraftTree(tokens, parents, depths)
+        tree = DraftTree(tokens, parents, depths)
         self._tree_rows = rows
         self._offered = (offsets, offered_t, offered_c)
         self._counts["nodes"] += tree.size - 1

@@ -18,8 +18,9 @@
 //!    with `1 - prod(1 - est[class])` over its classes. When a frontier has merged rows, all
 //!    its rows are laid in one matrix (zero-padded to the widest) and capped again;
 //! 4. the builder expands the frontier with these rows;
-//! 5. optionally (`budget="auto"`), the tree is cut to the root and its N best nodes for this
-//!    machine's step cost ([`best_nodes`], [`subtree`]).
+//! 5. optionally, the tree is cut ([`Cut`]): to the root and its N best nodes for this
+//!    machine's step cost ([`best_nodes`], `budget="auto"`) or to its best chain
+//!    ([`top_path`], chain mode).
 //!
 //! Every float is computed in the order of the Python rule (f64; the row sums in numpy's
 //! pairwise order, [`numpy_sum`]), so the trees are identical, not merely close.
@@ -219,9 +220,20 @@ pub struct MergedInput<'a> {
     /// recycler's, 0 without one).
     pub est: &'a [f64],
     pub classes: &'a ClassMap,
-    /// When given, the step-cost curve (token counts, seconds) the tree is cut with
-    /// ([`best_nodes`]); None: the builder's whole tree.
-    pub cost: Option<(&'a [f64], &'a [f64])>,
+    /// How the grown tree is cut.
+    pub cut: Cut<'a>,
+}
+
+/// How [`grow_merged`] cuts the grown tree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cut<'a> {
+    /// The builder's whole tree.
+    Whole,
+    /// The root and its best nodes for the step-cost curve (token counts, seconds):
+    /// [`best_nodes`] (`budget="auto"`).
+    Best(&'a [f64], &'a [f64]),
+    /// The best chain for a token cost: [`top_path`] (chain mode).
+    Chain(f64),
 }
 
 /// A grown tree and the candidates each of its rows offered.
@@ -287,7 +299,7 @@ fn suffix_trie(input: &MergedInput<'_>, matched: &mut [bool]) -> Trie {
 }
 
 /// Grows this step's tree with `builder` (reset to `input.root`; its budget, depth and
-/// children per node are the builder's), cuts it to its best nodes when `input.cost` is given,
+/// children per node are the builder's), cuts it as `input.cut` says,
 /// and returns it with the offered candidates (of every row, kept nodes or not).
 ///
 /// Errors: a source not below `classes.sources()`, `est` of the wrong length or with an entry
@@ -335,8 +347,12 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
             ));
         }
     }
-    if let Some((tokens, seconds)) = input.cost {
-        check_cost(tokens, seconds)?;
+    match input.cut {
+        Cut::Best(tokens, seconds) => check_cost(tokens, seconds)?,
+        Cut::Chain(c) if !(0.0..=1.0).contains(&c) => {
+            return Err(CoreError::value(format!("token_cost: expected a number in [0, 1], got {c}")))
+        }
+        _ => {}
     }
     let est = input.est;
     let mut out = MergedTree {
@@ -472,9 +488,14 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
         }
     }
     out.tree = builder.tree()?;
-    if let Some((tokens, seconds)) = input.cost {
-        if out.tree.tokens.len() > 1 {
-            let keep = best_nodes(&out.tree.scores, &out.tree.depths, tokens, seconds);
+    if out.tree.tokens.len() > 1 {
+        let t = &out.tree;
+        let keep = match input.cut {
+            Cut::Whole => None,
+            Cut::Best(tokens, seconds) => Some(best_nodes(&t.scores, &t.depths, tokens, seconds)),
+            Cut::Chain(token_cost) => Some(top_path(&t.scores, &t.parents, token_cost)),
+        };
+        if let Some(keep) = keep {
             out.tree = subtree(&out.tree, &keep);
         }
     }
@@ -593,6 +614,31 @@ pub fn best_nodes(scores: &[f64], depths: &[i64], tokens: &[f64], seconds: &[f64
     let mut keep: Vec<usize> = std::iter::once(0).chain(order[..n].iter().copied()).collect();
     keep.sort_unstable();
     keep
+}
+
+/// The best chain of a scored tree (node 0 the root, parents before children): the
+/// root-to-node path with the largest sum of `score - token_cost` over its draft nodes (ties:
+/// the shallower, then the lower index), root first. The rule and float order of
+/// `tokenloom.spec.suffix.drafter.top_path`.
+pub fn top_path(scores: &[f64], parents: &[i64], token_cost: f64) -> Vec<usize> {
+    let t = scores.len();
+    let mut gain = vec![0.0f64; t];
+    let mut depth = vec![0usize; t];
+    let mut best = 0;
+    for i in 1..t {
+        let p = parents[i] as usize;
+        gain[i] = gain[p] + scores[i] - token_cost;
+        depth[i] = depth[p] + 1;
+        if gain[i] > gain[best] || (gain[i] == gain[best] && depth[i] < depth[best]) {
+            best = i;
+        }
+    }
+    let mut path = vec![best];
+    while path[path.len() - 1] != 0 {
+        path.push(parents[path[path.len() - 1]] as usize);
+    }
+    path.reverse();
+    path
 }
 
 /// The tree of the nodes `keep` (increasing, subtree-closed, root first) of `tree`, parents

@@ -64,7 +64,7 @@ fn suffix_chain_and_recycled_candidates_share_a_tree() {
     let mut est = vec![0.9; cm.num_classes(2)];
     est[cm.n_suffix()..].fill(0.3);
     let drafts = vec![(0, draft(vec![6, 7], vec![-1, 0], vec![1.0, 1.0], vec![3, 3], 4))];
-    let input = MergedInput { root: 5, drafts: &drafts, recycler: Some(&rec), est: &est, classes: &cm, cost: None };
+    let input = MergedInput { root: 5, drafts: &drafts, recycler: Some(&rec), est: &est, classes: &cm, cut: Cut::Whole };
     let mut b = DynamicTreeBuilder::new(BuilderConfig::new(3, 4, 8)).unwrap();
     let out = grow_merged(&mut b, &input).unwrap();
     // Root row: 6 (suffix, 0.9), 40, 41 (recycled, 0.3), capped to [0.9, 0.05, 0.05]; then
@@ -87,7 +87,7 @@ fn suffix_chain_and_recycled_candidates_share_a_tree() {
 fn nothing_to_offer_is_a_root_only_tree() {
     let cm = class_map();
     let est = vec![0.5; cm.num_classes(0)];
-    let input = MergedInput { root: 3, drafts: &[], recycler: None, est: &est, classes: &cm, cost: None };
+    let input = MergedInput { root: 3, drafts: &[], recycler: None, est: &est, classes: &cm, cut: Cut::Whole };
     let mut b = DynamicTreeBuilder::new(BuilderConfig::new(4, 4, 8)).unwrap();
     let out = grow_merged(&mut b, &input).unwrap();
     assert_eq!(out.tree.tokens, vec![3]);
@@ -116,4 +116,14 @@ fn best_nodes_keeps_what_pays() {
     assert!(check_cost(&[1.0, 1.0], &[1.0, 2.0]).is_err());
     assert!(check_cost(&[1.0], &[0.0]).is_err());
     assert!(check_cost(&[1.0, 2.0], &[1.0]).is_err());
+}
+
+#[test]
+fn top_path_is_the_best_chain() {
+    // 0 -> 1 (0.9) -> 3 (0.8); 0 -> 2 (0.95): the deeper path gains more unless tokens cost.
+    let (scores, parents) = ([1.0, 0.9, 0.95, 0.8], [-1, 0, 0, 1]);
+    assert_eq!(top_path(&scores, &parents, 0.0), vec![0, 1, 3]);
+    assert_eq!(top_path(&scores, &parents, 0.85), vec![0, 2]);
+    assert_eq!(top_path(&scores, &parents, 1.0), vec![0]);
+    assert_eq!(top_path(&[1.0], &[-1], 0.0), vec![0]);
 }
