@@ -305,7 +305,10 @@ fn suffix_trie(input: &MergedInput<'_>, matched: &mut [bool]) -> Trie {
 /// Errors: a source not below `classes.sources()`, `est` of the wrong length or with an entry
 /// outside [0, 1], a bad cost curve ([`check_cost`]), a draft whose arrays differ in length or whose parents are not earlier
 /// nodes, a bad root token (the builder's check).
-pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) -> Result<MergedTree> {
+pub fn grow_merged(
+    builder: &mut DynamicTreeBuilder,
+    input: &MergedInput<'_>,
+) -> Result<MergedTree> {
     let cm = input.classes;
     let k = input.recycler.map_or(0, |r| r.k());
     if input.est.len() != cm.num_classes(k) {
@@ -338,7 +341,12 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
             return Err(CoreError::shape(
                 "suffix draft",
                 format!("{n} parents, probs and support"),
-                format!("{}, {}, {}", d.parents.len(), d.probs.len(), d.support.len()),
+                format!(
+                    "{}, {}, {}",
+                    d.parents.len(),
+                    d.probs.len(),
+                    d.support.len()
+                ),
             ));
         }
         if d.parents.iter().enumerate().any(|(i, &p)| p >= i as i64) {
@@ -350,7 +358,9 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
     match input.cut {
         Cut::Best(tokens, seconds) => check_cost(tokens, seconds)?,
         Cut::Chain(c) if !(0.0..=1.0).contains(&c) => {
-            return Err(CoreError::value(format!("token_cost: expected a number in [0, 1], got {c}")))
+            return Err(CoreError::value(format!(
+                "token_cost: expected a number in [0, 1], got {c}"
+            )))
         }
         _ => {}
     }
@@ -366,7 +376,8 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
     let mut sid: Vec<i64> = vec![0];
     let mut ids: Vec<i64> = Vec::new();
     let (mut toks, mut pars, mut deps) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut tid, mut classes, mut tp) = (Vec::<i64>::new(), Vec::<usize>::new(), Vec::<f64>::new());
+    let (mut tid, mut classes, mut tp) =
+        (Vec::<i64>::new(), Vec::<usize>::new(), Vec::<f64>::new());
     let mut merged: Vec<Option<(Vec<i64>, Vec<f64>, Vec<Vec<usize>>)>> = Vec::new();
     while !builder.is_done() {
         ids.clear();
@@ -423,9 +434,13 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
             sid[bid] = s;
             row_nodes.push(bid as i64);
             if s >= 0 && !trie[s as usize].is_empty() {
-                merged.push(Some(merge_row(&trie[s as usize], input.recycler.map(|_| {
-                    (&tid[r * k..(r + 1) * k], &classes[r * k..(r + 1) * k])
-                }), est)));
+                merged.push(Some(merge_row(
+                    &trie[s as usize],
+                    input
+                        .recycler
+                        .map(|_| (&tid[r * k..(r + 1) * k], &classes[r * k..(r + 1) * k])),
+                    est,
+                )));
             } else {
                 merged.push(None);
             }
@@ -466,7 +481,10 @@ pub fn grow_merged(builder: &mut DynamicTreeBuilder, input: &MergedInput<'_>) ->
             let mut new_ids = vec![0i64; f * width];
             let mut new_p = vec![0.0f64; f * width];
             for r in 0..f {
-                let (ri, rp) = (&mut new_ids[r * width..(r + 1) * width], &mut new_p[r * width..(r + 1) * width]);
+                let (ri, rp) = (
+                    &mut new_ids[r * width..(r + 1) * width],
+                    &mut new_p[r * width..(r + 1) * width],
+                );
                 match &merged[r] {
                     Some((tl, pl, _)) => {
                         ri[..tl.len()].copy_from_slice(tl);
@@ -611,7 +629,9 @@ pub fn best_nodes(scores: &[f64], depths: &[i64], tokens: &[f64], seconds: &[f64
             n = i;
         }
     }
-    let mut keep: Vec<usize> = std::iter::once(0).chain(order[..n].iter().copied()).collect();
+    let mut keep: Vec<usize> = std::iter::once(0)
+        .chain(order[..n].iter().copied())
+        .collect();
     keep.sort_unstable();
     keep
 }
@@ -653,7 +673,13 @@ pub fn subtree(tree: &DynamicTree, keep: &[usize]) -> DynamicTree {
         tokens: pick_i(&tree.tokens),
         parents: keep
             .iter()
-            .map(|&i| if tree.parents[i] < 0 { -1 } else { pos[tree.parents[i] as usize] })
+            .map(|&i| {
+                if tree.parents[i] < 0 {
+                    -1
+                } else {
+                    pos[tree.parents[i] as usize]
+                }
+            })
             .collect(),
         depths: pick_i(&tree.depths),
         scores: keep.iter().map(|&i| tree.scores[i]).collect(),
