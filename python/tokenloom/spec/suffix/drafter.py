@@ -15,13 +15,14 @@ Each step:
    largest estimate and scales the others into the rest, :func:`cap_rows`). A
    node's score is the product of these along its path, its estimated acceptance probability;
    the builder keeps the ``budget`` best (a subtree-closed set). A long suffix match so
-   becomes a deep chain, a miss falls back to recycled candidates, and both can share a tree.
-   Steps 1-2 run in the Rust core in one call (``_core.grow_merged``; its pure-Python form is
-   the parity reference of the tests);
+   becomes a deep chain, a miss falls back to recycled candidates, and both can share a tree;
 3. with ``budget="auto"`` the builder grows up to ``max_budget`` nodes and the tree is cut to
    the N best maximising ``(1 + sum of the N best scores) / cost(N + 1)`` with this machine's
    calibrated step cost (:func:`tokenloom.spec.sizing.calibrate_step_cost`); N = 0 is a plain
    step.
+
+Steps 1-3 (and chain mode's cut, :func:`top_path`) run in the Rust core in one call per step
+(``_core.grow_merged``; its pure-Python form is the parity reference of the tests).
 
 After verification the calibration learns at every accepted node (whose next token the
 verification revealed) from every candidate offered there; the index takes the emitted
