@@ -1,10 +1,19 @@
 """Pure-Python reference of the suffix trie (``tokenloom.spec.suffix.store``) for its parity
 tests and benchmarks: substring counts and the ``speculate`` rule, written plainly, and the
-check of a kernel's draft against them; and the merged drafter's row cap (``cap_rows``)."""
+check of a kernel's draft against them; the merged drafter's row cap (``cap_rows``); and the
+merged drafter's per-step tree (``_core.grow_merged``) as it was grown in Python, one builder
+round at a time (:func:`grow_reference`)."""
 
 from __future__ import annotations
 
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
 import pytest
+
+from tokenloom import _core
+from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS
+from tokenloom.spec.suffix.drafter import cap_rows
 
 
 def ref_counts(docs, depth):
@@ -86,3 +95,155 @@ def cap_reference(row):
     room = 1.0 - n * keep
     factor = room / others if others > room else 1.0
     return [keep if x == best else x * factor for x in row]
+
+
+# --- the merged drafter's tree of one step, grown in Python ------------------------------------
+
+
+def grow_reference(d, root):
+    """The tree ``MergedDrafter.propose`` grows before any cut (chain / auto), for the drafter
+    ``d`` in its current state, with a fresh builder of its sizes: the trie union of the suffix
+    continuations, grown one frontier per round, each row the suffix children of the node's
+    trie node with the recycled candidates of its token, ``1 - prod(1 - p)`` per token, capped.
+
+    Returns:
+        dict: tokens, parents, depths, scores, node_ids (the builder's tree), rows {builder id:
+        (tokens, classes per token)} of every row that offered something, matched [request,
+        cache].
+    """
+    kids, cls, matched = _suffix_trie(d)
+    b = _core.DynamicTreeBuilder(d.budget, d.max_depth, k=d.children)
+    b.reset(int(root))
+    est = d.calibration.estimates()
+    upper = np.triu(np.ones((d.k, d.k), dtype=bool), 1)
+    sid: Dict[int, int] = {0: 0}
+    rows: Dict[int, Tuple[List[int], List[List[int]]]] = {}
+    while not b.done:
+        ids, toks, pars, deps = b.frontier()
+        tid, tp, classes = _recycled_rows(d, upper, toks, deps, est) if d.recycler is not None else (None, None, None)
+        bids = ids.tolist()
+        suffix_rows = {}
+        for r, bid in enumerate(bids):
+            s = sid.get(bid)
+            if s is None:
+                ps = sid.get(int(pars[r]), -1)
+                s = kids[ps].get(int(toks[r]), -1) if ps >= 0 else -1
+                sid[bid] = s
+            if s >= 0 and cls[s]:
+                suffix_rows[r] = _merge_row(cls[s], tid, classes, r, est)
+            elif tid is not None:
+                keep = tp[r] > 0.0
+                rows[bid] = (tid[r][keep].tolist(), [[c] for c in classes[r][keep].tolist()])
+        if suffix_rows:
+            width = max([len(t) for t, _, _ in suffix_rows.values()] + [0 if tid is None else tid.shape[1]])
+            n = len(bids)
+            new_ids = np.zeros((n, width), dtype=np.int64)
+            new_p = np.zeros((n, width), dtype=np.float64)
+            if tid is not None:
+                new_ids[:, : tid.shape[1]] = tid
+                new_p[:, : tid.shape[1]] = tp
+            for r, (tl, pl, cl) in suffix_rows.items():
+                new_ids[r] = 0
+                new_p[r] = 0.0
+                new_ids[r, : len(tl)] = tl
+                new_p[r, : len(pl)] = pl
+                rows[bids[r]] = (tl, cl)
+            tid, tp = new_ids, cap_rows(new_p)  # the merged rows (recycled-only rows are capped already)
+        elif tid is None:
+            tid = np.zeros((len(bids), 1), dtype=np.int64)
+            tp = np.zeros((len(bids), 1), dtype=np.float64)
+        b.expand(ids, tid, tp)
+    tokens, parents, depths, scores, _rows, node_ids = b.tree()
+    rows = {bid: row for bid, row in rows.items() if row[0]}
+    return {"tokens": tokens, "parents": parents, "depths": depths, "scores": scores, "node_ids": node_ids,
+            "rows": rows, "matched": matched}
+
+
+def _suffix_trie(d):
+    """``kids[n]`` token -> child and ``cls[n]`` token -> calibration classes of that child (one
+    per source offering it) of the trie union of this step's suffix continuations."""
+    kids: List[Dict[int, int]] = [{}]
+    cls: List[Dict[int, List[int]]] = [{}]
+    matched = [False, False]
+    ctx = np.asarray(d.seq[-d.max_match:], dtype=np.int64)
+    sources = [(0, d.index)] + ([(1, d.cache)] if d.cache is not None else [])
+    cal = d.calibration
+    for src, store in sources:
+        toks, pars, probs, support, m = store.speculate(ctx, d.max_match, d.budget)
+        if not m:
+            continue
+        matched[src] = True
+        local: List[int] = []
+        depth: List[int] = []
+        for i, (t, p) in enumerate(zip(toks.tolist(), pars.tolist())):
+            mp = 0 if p < 0 else local[p]
+            dd = 1 if p < 0 else depth[p] + 1
+            child = kids[mp].get(t)
+            if child is None:
+                child = kids[mp][t] = len(kids)
+                kids.append({})
+                cls.append({})
+            cls[mp].setdefault(t, []).append(cal.suffix_class(src, m + dd - 1, float(probs[i]), int(support[i])))
+            local.append(child)
+            depth.append(dd)
+    return kids, cls, matched
+
+
+def _recycled_rows(d, upper, toks, deps, est):
+    """ids int64 [F, k], calibrated probabilities [F, k] (0 for a repeated token and for rows
+    never written), capped, and classes of the recycled candidates of the frontier tokens."""
+    rows = d.recycler.rows(toks).astype(np.int64)
+    ranks = np.arange(d.k)
+    classes = d.calibration.n_suffix + ranks[None, :] * RECYCLE_DEPTHS + np.minimum(deps, RECYCLE_DEPTHS - 1)[:, None]
+    probs = est[classes]
+    dup = ((rows[:, :, None] == rows[:, None, :]) & upper).any(axis=1)  # a token's first rank only
+    probs[dup] = 0.0
+    probs[~rows.any(axis=1)] = 0.0  # an all-zero row was never written
+    return rows, cap_rows(probs), classes
+
+
+def _merge_row(suffix, tid: Optional[np.ndarray], classes: Optional[np.ndarray], r: int, est: np.ndarray):
+    """Tokens, probabilities (``1 - prod(1 - p)`` over the sources) and classes of one row
+    offering suffix candidates and the recycled ones of row ``r``."""
+    cand: Dict[int, List[int]] = {t: list(c) for t, c in suffix.items()}
+    if tid is not None and classes is not None and tid[r].any():
+        first = int(classes[r, 0])  # recycled classes of this row are >= it, suffix ones below
+        for t, c in zip(tid[r].tolist(), classes[r].tolist()):
+            lst = cand.setdefault(t, [])
+            if not lst or lst[-1] < first:  # a token's first rank only
+                lst.append(c)
+    tl = list(cand)
+    pl = []
+    for t in tl:
+        miss = 1.0
+        for c in cand[t]:
+            miss *= 1.0 - est[c]
+        pl.append(1.0 - miss)
+    return tl, pl, [cand[t] for t in tl]
+
+
+def best_nodes_reference(scores, depths, cost):
+    """``best_nodes`` written plainly: the draft nodes by score (ties: shallower, then lower
+    index), the count N maximising ``(1 + sum of the N best) / cost(N + 1)``, root included."""
+    t = len(scores)
+    order = sorted(range(1, t), key=lambda i: (-scores[i], depths[i], i))
+    cum = np.concatenate([[0.0], np.cumsum([scores[i] for i in order])])
+    seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
+    n = int(np.argmax((1.0 + cum) / seconds))
+    return sorted([0] + order[:n])
+
+
+def top_path_reference(scores, parents, token_cost=0.0):
+    """``top_path`` written plainly: the root-to-node path with the largest sum of
+    ``score - token_cost`` (ties: the shallower, then the lower index), root first."""
+    t = len(scores)
+    gain = [0.0] * t
+    depth = [0] * t
+    for i in range(1, t):
+        gain[i] = gain[int(parents[i])] + float(scores[i]) - token_cost
+        depth[i] = depth[int(parents[i])] + 1
+    best = min(range(t), key=lambda i: (-gain[i], depth[i], i))
+    path = [best]
+    while path[-1] != 0:
+        path.append(int(parents[path[-1]]))
+    return path[::-1]

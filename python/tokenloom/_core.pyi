@@ -1,7 +1,7 @@
 """Type stubs of the compiled extension ``tokenloom._core`` (hand-written; checked with
 ``mypy.stubtest``). Arrays are numpy arrays; shapes are given in the docstrings of the Rust
 functions and of the Python wrappers. Grouped as ``rust/core`` is: verify, sampling and rng,
-spec (templates, recycling, dynamic trees, suffix tries), bytes, scores."""
+spec (templates, recycling, dynamic trees, suffix tries, the merged tree), bytes, scores."""
 
 from os import PathLike
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, final
@@ -12,6 +12,7 @@ import numpy.typing as npt
 __version__: str
 __all__ = [
     "ByteIndex",
+    "CandidateClasses",
     "CoverTree",
     "DraftTree",
     "DynamicTreeBuilder",
@@ -21,8 +22,11 @@ __all__ = [
     "TokenCounts",
     "TokenRecycler",
     "__version__",
+    "best_nodes",
+    "cap_rows",
     "dcpdd_score",
     "first_occurrences",
+    "grow_merged",
     "nested_template_order",
     "probs_from_logits",
     "sample_logits",
@@ -30,6 +34,7 @@ __all__ = [
     "template_parents",
     "template_paths",
     "top_k_rows",
+    "top_path",
     "uniforms",
     "verify_chain",
     "verify_chain_batch",
@@ -237,6 +242,29 @@ class SuffixCache:
     def num_tokens(self) -> int: ...
     @property
     def evicted(self) -> int: ...
+
+# --- spec: the merged drafter's tree (core spec::merged) ----------------------------------------
+@final
+class CandidateClasses:
+    def __new__(
+        cls, match_buckets: Sequence[int], prob_buckets: Sequence[float], support_buckets: Sequence[int],
+        recycle_depths: int, sources: int = 2,
+    ) -> "CandidateClasses": ...
+    def suffix_class(self, source: int, match_len: int, prob: float, support: int) -> int: ...
+    def recycle_class(self, rank: int, depth: int) -> int: ...
+    def num_classes(self, k: int) -> int: ...
+    @property
+    def n_suffix(self) -> int: ...
+
+def grow_merged(
+    builder: DynamicTreeBuilder, root: int, context: _I64, est: _F64, classes: CandidateClasses, index: SuffixIndex,
+    cache: Optional[SuffixCache] = None, recycler: Optional[TokenRecycler] = None, *, max_match: int = 16,
+    max_nodes: int = 16, cost_tokens: Optional[_F64] = None, cost_seconds: Optional[_F64] = None,
+    token_cost: Optional[float] = None,
+) -> Tuple[_I64, _I64, _I64, _F64, _I64, _I64, _I64, _I64, _I64, _I64, List[bool]]: ...
+def cap_rows(probs: _F64) -> _F64: ...
+def best_nodes(scores: _F64, depths: _I64, cost_tokens: _F64, cost_seconds: _F64) -> _I64: ...
+def top_path(scores: _F64, parents: _I64, token_cost: float = 0.0) -> _I64: ...
 
 # --- bytes (core bytes::{trie, canon, index, cover}) --------------------------------------------
 @final

@@ -85,13 +85,12 @@ class SamSwitchDrafter(MergedDrafter):
             draft = store.speculate(ctx, self.max_match, 4 * self.budget)
             if draft[4] and (best is None or draft[4] > best[4]):
                 best = draft
-        self._rows = {}
         if best is not None and best[4] >= self.threshold:
             self._chains += 1
             tree = _chain_tree(int(root), best_chain(best[0], best[1], best[2], self.budget))
         else:
             tree = self.recycler.draft(int(root), self.template)
-        self._tree_bids = np.full(tree.size, -1, dtype=np.int64)
+        self._tree_rows = np.full(tree.size, -1, dtype=np.int64)  # no offered rows: learn indexes only
         return tree
 
     def stats(self) -> Dict[str, Any]:

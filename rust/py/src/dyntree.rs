@@ -56,7 +56,7 @@ pub struct PyDynamicTreeBuilder {
 }
 
 impl PyDynamicTreeBuilder {
-    fn lock(&self) -> PyResult<MutexGuard<'_, DynamicTreeBuilder>> {
+    pub(crate) fn lock(&self) -> PyResult<MutexGuard<'_, DynamicTreeBuilder>> {
         self.inner.lock().map_err(|_| {
             PyRuntimeError::new_err("DynamicTreeBuilder: a previous call panicked; the state is unusable")
         })

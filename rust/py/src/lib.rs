@@ -1,5 +1,5 @@
 //! `tokenloom._core`: PyO3 bindings of tokenloom-core. One file per exposed area (verify,
-//! sampling, recycling, dyntree, suffix, bytes, scores), each registering its functions and classes in
+//! sampling, recycling, dyntree, suffix, merged, bytes, scores), each registering its functions and classes in
 //! `register`; `args`, `floats` and `error` convert arguments, float arrays and errors.
 //!
 //! Classes with state are `frozen` and keep it behind a lock, taken without the GIL around the
@@ -11,6 +11,7 @@ mod bytes;
 mod dyntree;
 mod error;
 mod floats;
+mod merged;
 mod recycling;
 mod sampling;
 mod scores;
@@ -31,6 +32,7 @@ mod _core {
         sampling::register(m)?;
         recycling::register(m)?;
         suffix::register(m)?;
+        merged::register(m)?;
         bytes::register(m)?;
         scores::register(m)?;
         Ok(())

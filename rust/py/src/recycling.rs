@@ -175,8 +175,8 @@ pub struct PyTokenRecycler {
     state: RwLock<State>,
 }
 
-struct State {
-    rec: TokenRecycler,
+pub(crate) struct State {
+    pub(crate) rec: TokenRecycler,
     template: Template,
 }
 
@@ -185,7 +185,7 @@ fn poisoned() -> PyErr {
 }
 
 impl PyTokenRecycler {
-    fn read(&self) -> PyResult<RwLockReadGuard<'_, State>> {
+    pub(crate) fn read(&self) -> PyResult<RwLockReadGuard<'_, State>> {
         self.state.read().map_err(|_| poisoned())
     }
 

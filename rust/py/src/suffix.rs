@@ -38,15 +38,15 @@ fn opt_requests_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     args::unnamed("max_requests", args::size("max_requests", obj, 1, usize::MAX >> 1)).map(Some)
 }
 
-fn to_ids(what: &'static str, xs: &[i64]) -> PyResult<Vec<u32>> {
+pub(crate) fn to_ids(what: &'static str, xs: &[i64]) -> PyResult<Vec<u32>> {
     xs.iter().map(|&t| check_token(what, t).map_err(to_py)).collect()
 }
 
-fn max_match_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+pub(crate) fn max_match_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::unnamed("max_match", args::size("max_match", obj, 1, MAX_SUFFIX_DEPTH))
 }
 
-fn max_nodes_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+pub(crate) fn max_nodes_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::unnamed("max_nodes", args::size("max_nodes", obj, 1, MAX_TREE_NODES))
 }
 
@@ -90,7 +90,7 @@ pub struct PySuffixIndex {
 }
 
 impl PySuffixIndex {
-    fn lock(&self) -> PyResult<MutexGuard<'_, (SuffixTrie, Cursor)>> {
+    pub(crate) fn lock(&self) -> PyResult<MutexGuard<'_, (SuffixTrie, Cursor)>> {
         self.inner.lock().map_err(|_| poisoned("SuffixIndex"))
     }
 }
@@ -199,7 +199,7 @@ pub struct PySuffixCache {
 }
 
 impl PySuffixCache {
-    fn lock(&self) -> PyResult<MutexGuard<'_, SuffixCache>> {
+    pub(crate) fn lock(&self) -> PyResult<MutexGuard<'_, SuffixCache>> {
         self.inner.lock().map_err(|_| poisoned("SuffixCache"))
     }
 }

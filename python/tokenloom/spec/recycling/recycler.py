@@ -67,6 +67,11 @@ class TokenRecycler:
         return int(self._r.k)
 
     @property
+    def core(self) -> Any:
+        """The ``_core.TokenRecycler`` under this recycler (for kernels that read it directly)."""
+        return self._r
+
+    @property
     def template(self) -> List[List[int]]:
         """The template's rank paths in canonical order."""
         return [list(p) for p in self._r.template]

@@ -19,9 +19,10 @@ from typing import List, Sequence
 
 import numpy as np
 
+from tokenloom import _core
 from tokenloom.spec.sizing import RANK_PRIOR
 
-__all__ = ["Calibration", "MATCH_BUCKETS", "PROB_BUCKETS", "SUPPORT_BUCKETS", "SOURCES"]
+__all__ = ["CANDIDATE_CLASSES", "Calibration", "MATCH_BUCKETS", "PROB_BUCKETS", "SUPPORT_BUCKETS", "SOURCES"]
 
 #: Suffix sources: this request's own tokens, the cross-request cache.
 SOURCES = ("request", "cache")
@@ -33,6 +34,9 @@ PROB_BUCKETS = (0.2, 0.4, 0.6, 0.8, 0.999, 1.0)
 SUPPORT_BUCKETS = (1, 3, 1 << 62)
 #: Deepest recycling depth told apart (deeper nodes pool into it).
 RECYCLE_DEPTHS = 8
+#: The class map of these constants in the Rust core (the merged drafter's tree kernel,
+#: ``_core.grow_merged``): :meth:`Calibration.suffix_class` / :meth:`Calibration.recycle_class`.
+CANDIDATE_CLASSES = _core.CandidateClasses(MATCH_BUCKETS, PROB_BUCKETS, SUPPORT_BUCKETS, RECYCLE_DEPTHS, len(SOURCES))
 
 
 def _bucket(x: float, bounds: Sequence[float], inclusive: bool = True) -> int:
@@ -96,7 +100,7 @@ class Calibration:
         return self._suffix_index(
             source,
             _bucket(match_len, MATCH_BUCKETS),
-            _bucket(prob, PROB_BUCKETS[:-1], inclusive=False) if prob < 0.999 else len(PROB_BUCKETS) - 1,
+            _bucket(prob, PROB_BUCKETS[:-1], inclusive=False) if prob < PROB_BUCKETS[-2] else len(PROB_BUCKETS) - 1,
             _bucket(support, SUPPORT_BUCKETS),
         )
 

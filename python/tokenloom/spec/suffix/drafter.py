@@ -21,6 +21,9 @@ Each step:
    calibrated step cost (:func:`tokenloom.spec.sizing.calibrate_step_cost`); N = 0 is a plain
    step.
 
+Steps 1-3 (and chain mode's cut, :func:`top_path`) run in the Rust core in one call per step
+(``_core.grow_merged``; its pure-Python form is the parity reference of the tests).
+
 After verification the calibration learns at every accepted node (whose next token the
 verification revealed) from every candidate offered there; the index takes the emitted
 tokens, the recycler the target's top-k at every tree position; when the request ends its
@@ -36,10 +39,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tokenloom import _core
-from tokenloom._arrays import as_count
+from tokenloom._arrays import as_array, as_count
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
-from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS, Calibration
+from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, Calibration
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, SuffixCache, SuffixIndex
 from tokenloom.spec.topk import top_k_ids
 
@@ -64,15 +67,19 @@ def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.nda
     above its parent): the root and the N best draft nodes, N maximising
     ``(1 + sum of their scores) / cost(N + 1)``.
 
+    The draft nodes are taken by score (ties: the shallower, then the lower index) and N is the
+    first maximum; the Rust core computes it (``_core.best_nodes``, in numpy's arithmetic).
+
     Returns:
         int64 [N + 1], increasing (so parents stay before children).
     """
-    t = int(scores.shape[0])
-    order = sorted(range(1, t), key=lambda i: (-scores[i], depths[i], i))
-    cum = np.concatenate([[0.0], np.cumsum(scores[order])])
-    seconds = np.interp(np.arange(1, t + 1), cost.tokens, cost.seconds)
-    n = int(np.argmax((1.0 + cum) / seconds))
-    return np.array(sorted([0] + order[:n]), dtype=np.int64)
+    tokens, seconds = cost_curve(cost)
+    return _core.best_nodes(as_array(scores, np.float64, "scores", 1), as_array(depths, np.int64, "depths", 1), tokens, seconds)
+
+
+def cost_curve(cost: StepCost) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 [m] token counts and seconds of a step-cost curve (the core's arguments)."""
+    return np.asarray(cost.tokens, dtype=np.float64), np.asarray(cost.seconds, dtype=np.float64)
 
 
 def cap_rows(probs: np.ndarray) -> np.ndarray:
@@ -115,21 +122,12 @@ def top_path(scores: np.ndarray, parents: np.ndarray, token_cost: float = 0.0) -
     a draft token must be worth more than ``token_cost`` accepted tokens). Ties go to the
     shorter path, then the lower node index.
 
+    Computed in the Rust core (``_core.top_path``).
+
     Returns:
         int64 [L + 1]: the path's nodes, root first (``[0]`` when no draft node scores above 0).
     """
-    t = int(scores.shape[0])
-    gain = np.zeros(t)
-    for i in range(1, t):
-        gain[i] = gain[int(parents[i])] + float(scores[i]) - token_cost
-    depth = np.zeros(t, dtype=np.int64)
-    for i in range(1, t):
-        depth[i] = depth[int(parents[i])] + 1
-    best = min(range(t), key=lambda i: (-gain[i], depth[i], i))
-    path = [best]
-    while path[-1] != 0:
-        path.append(int(parents[path[-1]]))
-    return np.array(path[::-1], dtype=np.int64)
+    return _core.top_path(as_array(scores, np.float64, "scores", 1), as_array(parents, np.int64, "parents", 1), float(token_cost))
 
 
 def subtree(keep: np.ndarray, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray) -> DraftTree:
@@ -236,13 +234,19 @@ class MergedDrafter:
         self.token_cost = float(token_cost)
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
-        self._upper = np.triu(np.ones((self.k, self.k), dtype=bool), 1)  # [i, j]: i < j
         self._builder = _core.DynamicTreeBuilder(self.budget, self.max_depth, k=self.children)
+        # The core cuts the tree: to its best chain (chain), to its best nodes for this cost
+        # curve (auto), or not at all.
+        self._cut: Dict[str, Any] = {"token_cost": self.token_cost} if self.chain else {}
+        if self.auto and not self.chain:
+            self._cut = dict(zip(("cost_tokens", "cost_seconds"), cost_curve(cost)))  # type: ignore[arg-type]
         self.index = SuffixIndex(self.index_depth)
         self.seq: List[int] = []
         self._n_prompt = 0
-        self._rows: Dict[int, Tuple[List[int], List[List[int]]]] = {}
-        self._tree_bids: np.ndarray = np.zeros(1, dtype=np.int64)
+        # The last proposed tree: the row of each node (-1: not expanded) into the offered
+        # (token, class) pairs of every row (``_core.grow_merged``), which ``learn`` uses.
+        self._tree_rows: np.ndarray = np.full(1, -1, dtype=np.int64)
+        self._offered = (np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         self._counts = {"steps": 0, "request_matched": 0, "cache_matched": 0, "nodes": 0}
         self._finished = False
 
@@ -273,19 +277,17 @@ class MergedDrafter:
         if not self.seq or self.seq[-1] != int(root):
             raise ValueError(f"propose: root {root} is not the newest token of the indexed sequence")
         self._counts["steps"] += 1
-        kids, cls = self._suffix_trie()
-        tokens, parents, depths, scores, bids = self._grow(int(root), kids, cls)
-        if self.chain and tokens.shape[0] > 1:
-            keep = top_path(scores, parents, self.token_cost)
-            tree = subtree(keep, tokens, parents, depths)
-            bids = bids[keep]
-        elif self.auto and tokens.shape[0] > 1:
-            keep = best_nodes(scores, depths, self.cost)  # type: ignore[arg-type]
-            tree = subtree(keep, tokens, parents, depths)
-            bids = bids[keep]
-        else:
-            tree = DraftTree(tokens, parents, depths)
-        self._tree_bids = bids
+        tokens, parents, depths, _scores, rows, _ids, _row_nodes, offsets, offered_t, offered_c, matched = _core.grow_merged(
+            self._builder, int(root), np.asarray(self.seq[-self.max_match:], dtype=np.int64),
+            self.calibration.estimates(), CANDIDATE_CLASSES, self.index.core,
+            None if self.cache is None else self.cache.core, None if self.recycler is None else self.recycler.core,
+            max_match=self.max_match, max_nodes=self.budget, **self._cut,
+        )
+        self._counts["request_matched"] += matched[0]
+        self._counts["cache_matched"] += matched[1]
+        tree = DraftTree(tokens, parents, depths)
+        self._tree_rows = rows
+        self._offered = (offsets, offered_t, offered_c)
         self._counts["nodes"] += tree.size - 1
         return tree
 
@@ -303,21 +305,16 @@ class MergedDrafter:
         the target's own). Learns the calibration at every accepted node, indexes the tokens
         (the recycler is updated by the caller)."""
         emitted = [int(t) for t in emitted]
-        offered: List[List[int]] = []
-        hits: List[List[bool]] = []
+        offsets, toks, classes = self._offered
+        offered: List[np.ndarray] = []
+        hits: List[np.ndarray] = []
         for j, node in enumerate(path):
-            info = self._rows.get(int(self._tree_bids[node]))
-            if info is None:
+            r = int(self._tree_rows[node])
+            if r < 0:
                 continue
-            toks, classes = info
-            nxt = emitted[j]
-            flat_c: List[int] = []
-            flat_h: List[bool] = []
-            for t, cl in zip(toks, classes):
-                flat_c.extend(cl)
-                flat_h.extend([t == nxt] * len(cl))
-            offered.append(flat_c)
-            hits.append(flat_h)
+            a, b = int(offsets[r]), int(offsets[r + 1])
+            offered.append(classes[a:b])
+            hits.append(toks[a:b] == emitted[j])
         self.calibration.observe(offered, hits)
         self.seq.extend(emitted)
         self.index.extend(np.asarray(emitted, dtype=np.int64))
@@ -347,116 +344,3 @@ class MergedDrafter:
         if self.cache is not None:
             out[f"{self.name}_cache"] = {"requests": len(self.cache), "tokens": self.cache.num_tokens, "bytes": self.cache.memory_bytes}
         return out
-
-    # -- one step ----------------------------------------------------------------------------
-    def _suffix_trie(self) -> Tuple[List[Dict[int, int]], List[Dict[int, List[int]]]]:
-        """The trie union of this step's suffix continuations: ``kids[n]`` token -> child and
-        ``cls[n]`` token -> calibration classes of that child (one per source offering it)."""
-        kids: List[Dict[int, int]] = [{}]
-        cls: List[Dict[int, List[int]]] = [{}]
-        ctx = np.asarray(self.seq[-self.max_match:], dtype=np.int64)
-        sources = [(0, self.index)] + ([(1, self.cache)] if self.cache is not None else [])
-        cal = self.calibration
-        for src, store in sources:
-            toks, pars, probs, support, m = store.speculate(ctx, self.max_match, self.budget)
-            if not m:
-                continue
-            self._counts["request_matched" if src == 0 else "cache_matched"] += 1
-            local: List[int] = []
-            depth: List[int] = []
-            for i, (t, p) in enumerate(zip(toks.tolist(), pars.tolist())):
-                mp = 0 if p < 0 else local[p]
-                d = 1 if p < 0 else depth[p] + 1
-                child = kids[mp].get(t)
-                if child is None:
-                    child = kids[mp][t] = len(kids)
-                    kids.append({})
-                    cls.append({})
-                cls[mp].setdefault(t, []).append(cal.suffix_class(src, m + d - 1, float(probs[i]), int(support[i])))
-                local.append(child)
-                depth.append(d)
-        return kids, cls
-
-    def _grow(self, root: int, kids: List[Dict[int, int]], cls: List[Dict[int, List[int]]]) -> Tuple[np.ndarray, ...]:
-        """Grow the tree with the builder, one frontier (one depth) per round."""
-        b = self._builder
-        b.reset(root)
-        cal = self.calibration
-        est = cal.estimates()
-        rec = self.recycler
-        sid: Dict[int, int] = {0: 0}
-        self._rows = {}
-        while not b.done:
-            ids, toks, pars, deps = b.frontier()
-            tid, tp, classes = self._recycled_rows(toks, deps, est) if rec is not None else (None, None, None)
-            bids = ids.tolist()
-            suffix_rows: Dict[int, Tuple[List[int], List[float], List[List[int]]]] = {}
-            for r, bid in enumerate(bids):
-                s = sid.get(bid)
-                if s is None:
-                    ps = sid.get(int(pars[r]), -1)
-                    s = kids[ps].get(int(toks[r]), -1) if ps >= 0 else -1
-                    sid[bid] = s
-                if s >= 0 and cls[s]:
-                    suffix_rows[r] = self._merge_row(cls[s], tid, classes, r, est)
-                elif tid is not None:
-                    keep = tp[r] > 0.0
-                    self._rows[bid] = (tid[r][keep].tolist(), [[c] for c in classes[r][keep].tolist()])
-            if suffix_rows:
-                width = max([len(t) for t, _, _ in suffix_rows.values()] + [0 if tid is None else tid.shape[1]])
-                n = len(bids)
-                new_ids = np.zeros((n, width), dtype=np.int64)
-                new_p = np.zeros((n, width), dtype=np.float64)
-                if tid is not None:
-                    new_ids[:, : tid.shape[1]] = tid
-                    new_p[:, : tid.shape[1]] = tp
-                for r, (tl, pl, cl) in suffix_rows.items():
-                    new_ids[r] = 0
-                    new_p[r] = 0.0
-                    new_ids[r, : len(tl)] = tl
-                    new_p[r, : len(pl)] = pl
-                    self._rows[bids[r]] = (tl, cl)
-                tid, tp = new_ids, cap_rows(new_p)  # the merged rows (recycled-only rows are capped already)
-            elif tid is None:
-                tid = np.zeros((len(bids), 1), dtype=np.int64)
-                tp = np.zeros((len(bids), 1), dtype=np.float64)
-            b.expand(ids, tid, tp)
-        tokens, parents, depths, scores, _rows, node_ids = b.tree()
-        return tokens, parents, depths, scores, node_ids
-
-    def _recycled_rows(self, toks: np.ndarray, deps: np.ndarray, est: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The recycled candidates of the frontier tokens: ids int64 [F, k], calibrated
-        probabilities [F, k] (0 for a repeated token and for rows never written) and classes."""
-        rows = self.recycler.rows(toks).astype(np.int64)
-        cal = self.calibration
-        ranks = np.arange(self.k)
-        classes = cal.n_suffix + ranks[None, :] * RECYCLE_DEPTHS + np.minimum(deps, RECYCLE_DEPTHS - 1)[:, None]
-        probs = est[classes]
-        # a token's first rank only; an all-zero row was never written
-        dup = ((rows[:, :, None] == rows[:, None, :]) & self._upper).any(axis=1)
-        probs[dup] = 0.0
-        probs[~rows.any(axis=1)] = 0.0
-        return rows, cap_rows(probs), classes
-
-    @staticmethod
-    def _merge_row(
-        suffix: Dict[int, List[int]], tid: Optional[np.ndarray], classes: Optional[np.ndarray], r: int, est: np.ndarray
-    ) -> Tuple[List[int], List[float], List[List[int]]]:
-        """One row offering suffix candidates (and the recycled ones of row ``r``): tokens,
-        probabilities (``1 - prod(1 - p)`` over the sources; the caller caps the row with
-        :func:`cap_rows`), classes."""
-        cand: Dict[int, List[int]] = {t: list(c) for t, c in suffix.items()}
-        if tid is not None and classes is not None and tid[r].any():
-            first = int(classes[r, 0])  # recycled classes of this row are >= it, suffix ones below
-            for t, c in zip(tid[r].tolist(), classes[r].tolist()):
-                lst = cand.setdefault(t, [])
-                if not lst or lst[-1] < first:  # a token's first rank only
-                    lst.append(c)
-        tl = list(cand)
-        pl = []
-        for t in tl:
-            miss = 1.0
-            for c in cand[t]:
-                miss *= 1.0 - est[c]
-            pl.append(1.0 - miss)
-        return tl, pl, [cand[t] for t in tl]

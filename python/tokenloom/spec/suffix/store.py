@@ -79,6 +79,11 @@ class SuffixIndex:
         return len(self._i)
 
     @property
+    def core(self) -> Any:
+        """The ``_core.SuffixIndex`` under this index (for kernels that read it directly)."""
+        return self._i
+
+    @property
     def max_depth(self) -> int:
         return int(self._i.max_depth)
 
@@ -148,6 +153,11 @@ class SuffixCache:
 
     def __len__(self) -> int:
         return len(self._c)
+
+    @property
+    def core(self) -> Any:
+        """The ``_core.SuffixCache`` under this cache (for kernels that read it directly)."""
+        return self._c
 
     @property
     def max_depth(self) -> int:
