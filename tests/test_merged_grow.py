@@ -171,7 +171,7 @@ def offered_rows(row_nodes, offsets, toks, classes):
 @settings(max_examples=400, deadline=None)
 def test_grow_is_the_python_rule(d):
     ref = grow_reference(d, d.seq[-1])
-    tokens, parents, depths, scores, draft_rows, node_ids, row_nodes, offsets, toks, classes, matched = grow_core(d)
+    (tokens, parents, depths, scores, draft_rows, node_ids), (row_nodes, offsets, toks, classes), matched = grow_core(d)
     for name, got in (("tokens", tokens), ("parents", parents), ("depths", depths), ("node_ids", node_ids)):
         assert got.tolist() == ref[name].tolist(), name
     assert bits(scores) == bits(ref["scores"])
@@ -202,7 +202,7 @@ def test_grow_is_the_python_rule_on_large_trees(seed):
                       children=int(rng.integers(2, 9)), calibration=cal, seed_prefill=False)
     d.begin(sum((chunks[i] for i in rng.integers(0, 6, 10)), []), 20)
     ref = grow_reference(d, d.seq[-1])
-    tokens, parents, depths, scores, _, node_ids, row_nodes, offsets, toks, classes, matched = grow_core(d)
+    (tokens, parents, depths, scores, _, node_ids), (row_nodes, offsets, toks, classes), matched = grow_core(d)
     assert tokens.tolist() == ref["tokens"].tolist() and parents.tolist() == ref["parents"].tolist()
     assert node_ids.tolist() == ref["node_ids"].tolist() and bits(scores) == bits(ref["scores"])
     assert offered_rows(row_nodes, offsets, toks, classes) == ref["rows"] and matched == ref["matched"]
@@ -211,7 +211,7 @@ def test_grow_is_the_python_rule_on_large_trees(seed):
     cost = StepCost(tuple(int(x) for x in knots), tuple(np.sort(rng.random(knots.size)) + 1.0))
     keep = np.array(best_nodes_reference(ref["scores"], ref["depths"], cost))
     want = subtree(keep, ref["tokens"], ref["parents"], ref["depths"])
-    tokens, parents, depths, scores, rows, node_ids, *_ = grow_core(d, cost)
+    (tokens, parents, depths, scores, rows, node_ids), *_ = grow_core(d, cost)
     assert tokens.tolist() == want.tokens.tolist() and parents.tolist() == want.parents.tolist()
     assert depths.tolist() == want.depths.tolist() and bits(scores) == bits(ref["scores"][keep])
     assert node_ids.tolist() == ref["node_ids"][keep].tolist()
@@ -219,7 +219,7 @@ def test_grow_is_the_python_rule_on_large_trees(seed):
     token_cost = float(rng.choice([0.0, 0.05, 0.3]))
     keep = np.array(top_path_reference(ref["scores"], ref["parents"], token_cost))
     want = subtree(keep, ref["tokens"], ref["parents"], ref["depths"])
-    tokens, parents, depths, scores, rows, node_ids, *_ = grow_core(d, token_cost=token_cost)
+    (tokens, parents, depths, scores, rows, node_ids), *_ = grow_core(d, token_cost=token_cost)
     assert tokens.tolist() == want.tokens.tolist() and parents.tolist() == want.parents.tolist()
     assert node_ids.tolist() == ref["node_ids"][keep].tolist()
 

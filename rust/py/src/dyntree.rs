@@ -9,12 +9,34 @@ use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use tokenloom_core::limits::MAX_TREE_NODES;
-use tokenloom_core::spec::dyntree::{BuilderConfig, DynamicTreeBuilder};
+use tokenloom_core::spec::dyntree::{BuilderConfig, DynamicTree, DynamicTreeBuilder};
 
 use crate::args;
 use crate::error::{slice1, slice2, to_py};
 
 type I64Array<'py> = Bound<'py, PyArray1<i64>>;
+
+/// (tokens, parents, depths, scores, draft_rows, node_ids) of a built tree, each [T].
+pub(crate) type TreeArrays<'py> = (
+    I64Array<'py>,
+    I64Array<'py>,
+    I64Array<'py>,
+    Bound<'py, PyArray1<f64>>,
+    I64Array<'py>,
+    I64Array<'py>,
+);
+
+/// The arrays of a built tree, in the order of ``DynamicTreeBuilder.tree``.
+pub(crate) fn tree_arrays(py: Python<'_>, t: DynamicTree) -> TreeArrays<'_> {
+    (
+        t.tokens.into_pyarray(py),
+        t.parents.into_pyarray(py),
+        t.depths.into_pyarray(py),
+        t.scores.into_pyarray(py),
+        t.draft_rows.into_pyarray(py),
+        t.node_ids.into_pyarray(py),
+    )
+}
 
 fn budget_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::unnamed("budget", args::size("budget", obj, 1, MAX_TREE_NODES))
@@ -214,23 +236,8 @@ impl PyDynamicTreeBuilder {
     fn tree<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<(
-        I64Array<'py>,
-        I64Array<'py>,
-        I64Array<'py>,
-        Bound<'py, PyArray1<f64>>,
-        I64Array<'py>,
-        I64Array<'py>,
-    )> {
-        let t = self.lock()?.tree().map_err(to_py)?;
-        Ok((
-            t.tokens.into_pyarray(py),
-            t.parents.into_pyarray(py),
-            t.depths.into_pyarray(py),
-            t.scores.into_pyarray(py),
-            t.draft_rows.into_pyarray(py),
-            t.node_ids.into_pyarray(py),
-        ))
+    ) -> PyResult<TreeArrays<'py>> {
+        Ok(tree_arrays(py, self.lock()?.tree().map_err(to_py)?))
     }
 
     /// Token, parent id and depth of a created node.

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use tokenloom_core::spec::merged::{self, ClassMap, Cut, MergedInput};
 
 use crate::args;
-use crate::dyntree::PyDynamicTreeBuilder;
+use crate::dyntree::{tree_arrays, PyDynamicTreeBuilder, TreeArrays};
 use crate::error::{slice1, to_py};
 use crate::recycling::PyTokenRecycler;
 use crate::suffix::{max_match_arg, max_nodes_arg, to_ids, PySuffixCache, PySuffixIndex};
@@ -104,17 +104,10 @@ impl PyCandidateClasses {
     }
 }
 
+/// (the tree's arrays, (row_nodes, row_offsets, offered_tokens, offered_classes), matched).
 type Grown<'py> = (
-    I64Array<'py>,
-    I64Array<'py>,
-    I64Array<'py>,
-    Bound<'py, PyArray1<f64>>,
-    I64Array<'py>,
-    I64Array<'py>,
-    I64Array<'py>,
-    I64Array<'py>,
-    I64Array<'py>,
-    I64Array<'py>,
+    TreeArrays<'py>,
+    (I64Array<'py>, I64Array<'py>, I64Array<'py>, I64Array<'py>),
     Vec<bool>,
 );
 
@@ -143,13 +136,14 @@ type Grown<'py> = (
 ///         (``top_path``) instead.
 ///
 /// Returns:
-///     tuple: (tokens, parents, depths, scores, draft_rows, node_ids) of the tree, each [T]
-///     (as ``DynamicTreeBuilder.tree``; ``draft_rows[i]`` is node i's row below, -1 if never
-///     expanded), then the rows handed to the builder: ``row_nodes`` int64 [R] (builder id of
-///     each row's node), ``row_offsets`` int64 [R + 1], ``offered_tokens`` and
-///     ``offered_classes`` int64 [P] (row r offered the (token, class) pairs
-///     ``row_offsets[r]:row_offsets[r + 1]``; a candidate of both sources has two pairs,
-///     adjacent), and ``matched`` list[bool] (whether the index, the cache matched).
+///     tuple: ``(tree, rows, matched)``.
+///     ``tree``: (tokens, parents, depths, scores, draft_rows, node_ids), each [T], as
+///     ``DynamicTreeBuilder.tree`` (``draft_rows[i]`` is node i's row below, -1 if never expanded).
+///     ``rows``: the rows handed to the builder, (row_nodes int64 [R]: the builder id of each
+///     row's node; row_offsets int64 [R + 1]; offered_tokens, offered_classes int64 [P]): row r
+///     offered the (token, class) pairs ``row_offsets[r]:row_offsets[r + 1]``; a candidate of
+///     both sources has two pairs, adjacent.
+///     ``matched``: list[bool], whether the index and the cache matched.
 ///
 /// Raises:
 ///     ValueError: ``est`` of the wrong length or outside [0, 1], ``classes`` with one source
@@ -199,18 +193,14 @@ fn grow_merged<'py>(
         let input = MergedInput { root, drafts: &drafts, recycler: rec.as_ref().map(|s| &s.rec), est, classes: cm, cut };
         merged::grow_merged(&mut *b.lock()?, &input).map_err(to_py)
     })?;
-    let t = out.tree;
     Ok((
-        t.tokens.into_pyarray(py),
-        t.parents.into_pyarray(py),
-        t.depths.into_pyarray(py),
-        t.scores.into_pyarray(py),
-        t.draft_rows.into_pyarray(py),
-        t.node_ids.into_pyarray(py),
-        out.row_nodes.into_pyarray(py),
-        out.row_offsets.into_pyarray(py),
-        out.offered_tokens.into_pyarray(py),
-        out.offered_classes.into_pyarray(py),
+        tree_arrays(py, out.tree),
+        (
+            out.row_nodes.into_pyarray(py),
+            out.row_offsets.into_pyarray(py),
+            out.offered_tokens.into_pyarray(py),
+            out.offered_classes.into_pyarray(py),
+        ),
         out.matched,
     ))
 }

@@ -277,7 +277,7 @@ class MergedDrafter:
         if not self.seq or self.seq[-1] != int(root):
             raise ValueError(f"propose: root {root} is not the newest token of the indexed sequence")
         self._counts["steps"] += 1
-        tokens, parents, depths, _scores, rows, _ids, _row_nodes, offsets, offered_t, offered_c, matched = _core.grow_merged(
+        (tokens, parents, depths, _scores, rows, _ids), (_row_nodes, offsets, offered_t, offered_c), matched = _core.grow_merged(
             self._builder, int(root), np.asarray(self.seq[-self.max_match:], dtype=np.int64),
             self.calibration.estimates(), CANDIDATE_CLASSES, self.index.core,
             None if self.cache is None else self.cache.core, None if self.recycler is None else self.recycler.core,
