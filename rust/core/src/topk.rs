@@ -79,7 +79,7 @@ pub fn top_k_rows<T: Real + PartialOrd>(data: &[T], cols: usize, k: usize) -> Re
     if k == 0 || k > cols {
         return Err(CoreError::value(format!("top-k: k must be in [1, {cols}] (the row length), got {k}")));
     }
-    if data.len() % cols != 0 {
+    if !data.chunks_exact(cols).remainder().is_empty() {
         return Err(CoreError::value(format!(
             "top-k: {} entries do not make rows of {cols}",
             data.len()

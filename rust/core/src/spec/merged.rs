@@ -62,7 +62,7 @@ fn check_increasing<T: PartialOrd + Copy + std::fmt::Debug>(
             xs.len()
         )));
     }
-    if xs.windows(2).any(|w| !(w[0] < w[1])) {
+    if xs.windows(2).any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less)) {
         return Err(CoreError::value(format!(
             "{what}: expected strictly increasing bounds, got {xs:?}"
         )));
@@ -187,7 +187,7 @@ pub fn cap_rows(probs: &mut [f64], width: usize) {
     }
     for row in probs.chunks_mut(width) {
         let total = numpy_sum(row);
-        if !(total > 1.0) {
+        if total.partial_cmp(&1.0) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         let best = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -298,6 +298,9 @@ fn suffix_trie(input: &MergedInput<'_>, matched: &mut [bool]) -> Trie {
     trie
 }
 
+/// A frontier row offering suffix candidates: tokens, merged estimates, classes per token.
+type MergedRow = (Vec<i64>, Vec<f64>, Vec<Vec<usize>>);
+
 /// Grows this step's tree with `builder` (reset to `input.root`; its budget, depth and
 /// children per node are the builder's), cuts it as `input.cut` says,
 /// and returns it with the offered candidates (of every row, kept nodes or not).
@@ -378,7 +381,7 @@ pub fn grow_merged(
     let (mut toks, mut pars, mut deps) = (Vec::new(), Vec::new(), Vec::new());
     let (mut tid, mut classes, mut tp) =
         (Vec::<i64>::new(), Vec::<usize>::new(), Vec::<f64>::new());
-    let mut merged: Vec<Option<(Vec<i64>, Vec<f64>, Vec<Vec<usize>>)>> = Vec::new();
+    let mut merged: Vec<Option<MergedRow>> = Vec::new();
     while !builder.is_done() {
         ids.clear();
         toks.clear();
@@ -590,7 +593,7 @@ pub fn check_cost(tokens: &[f64], seconds: &[f64]) -> Result<()> {
             format!("{} token counts, {} seconds", tokens.len(), seconds.len()),
         ));
     }
-    if tokens.iter().any(|t| !t.is_finite()) || tokens.windows(2).any(|w| !(w[0] < w[1])) {
+    if tokens.iter().any(|t| !t.is_finite()) || tokens.windows(2).any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less)) {
         return Err(CoreError::value(format!(
             "cost tokens: expected strictly increasing finite counts, got {tokens:?}"
         )));
