@@ -17,7 +17,7 @@ from tokenloom.integrations.vllm.proposer import MergedProposer, Proposer, Suffi
 from tokenloom.spec.suffix.drafter import top_path
 
 from .suffix_reference import cap_reference
-from .test_vllm_proposer import Batch
+from .test_vllm_proposer import committed, drive_reordered
 
 V = 40
 
@@ -124,13 +124,6 @@ def _reference_best(d: MergedChains, history, cache_seqs):
     return best, paths
 
 
-def _committed(proposal, truth):
-    a = 0
-    while a < len(proposal) and proposal[a] == truth[a]:
-        a += 1
-    return truth[: a + 1]
-
-
 def test_top_path_is_the_best_chain():
     rng = np.random.default_rng(1)
     for _ in range(200):
@@ -178,7 +171,7 @@ def test_chains_match_brute_force_reference(name, token_cost):
                 checked += 1
             truth = [period[(len(history) + j) % len(period)] if rng.random() > 0.15 else int(rng.integers(0, 4))
                      for j in range(5)]
-            emitted = _committed(chain, truth)
+            emitted = committed(chain, truth)
             d.observe(np.array([history[-1]] + chain), np.array(emitted), None, state)
             history += emitted
         d.finish(state)
@@ -200,26 +193,14 @@ def test_proposer_suffix_merged_state_across_row_reordering(monkeypatch):
         p = cls(_config(num_tokens=3))
         seqs = {"a": [1, 2, 3, 4] * 2, "b": [10, 11, 12] * 2, "c": [20, 21, 22] * 2, "d": [1, 2, 3, 4] * 2}
         period = {"a": [1, 2, 3, 4], "b": [10, 11, 12], "c": [20, 21, 22], "d": [1, 2, 3, 4]}
-        sampled, proposals = {}, {}
-        for step in range(10):
-            order = ["a", "d", "b"] if step % 2 else ["b", "d", "a"]
-            if step <= 4:
-                order.insert(1, "c")
-            histories, samp = [], []
-            for r in order:
-                if r in sampled:
-                    seqs[r] = seqs[r] + sampled[r]
-                histories.append(seqs[r])
-                samp.append(sampled.get(r, [seqs[r][-1]]))
-            b = Batch(histories)
-            out = p.propose(samp, b.lengths, b.tokens)
-            for r, chain in zip(order, out):
-                proposals[r] = chain
-                n = len(seqs[r])
-                sampled[r] = _committed(chain, [period[r][(n + j) % len(period[r])] for j in range(5)])
-            if step == 4:
-                sampled.pop("c")
+        orders = [["a", "d", "b"] if step % 2 else ["b", "d", "a"] for step in range(10)]
+        for step in range(5):
+            orders[step].insert(1, "c")
+
+        def rows_follow_the_batch(order):
             assert sum(len(v) for v in p._rows.values()) == len(order)
+
+        proposals = drive_reordered(p, seqs, period, orders, {4: "c"}, rows_follow_the_batch)
         s = p.stats()
         assert s["unmatched_rows"] == 0 and s["new_rows"] == 4 and s["finished_requests"] == 1, s
         assert s["drafter_stats"]["resynced"] == 0 and s["drafter_stats"]["finished"] == 1
@@ -238,7 +219,7 @@ def test_cache_is_bounded():
         state = d.start(np.array(h))
         while len(h) < 40:
             chain = d.propose(np.array(h), 3, state)
-            emitted = _committed(chain, rng.integers(0, V, 4).tolist())
+            emitted = committed(chain, rng.integers(0, V, 4).tolist())
             d.observe(np.array(h[-1:] + chain), np.array(emitted), None, state)
             h += emitted
         d.finish(state)

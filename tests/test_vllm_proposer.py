@@ -122,7 +122,7 @@ def test_chain_drafter_table():
 # --- the proposer --------------------------------------------------------------------------------
 
 
-def _committed(history, proposal, truth):
+def committed(proposal, truth):
     """What greedy verification commits: the longest prefix of ``proposal`` that ``truth``
     (the target's continuation) starts with, then the target's own token."""
     a = 0
@@ -131,19 +131,16 @@ def _committed(history, proposal, truth):
     return truth[: a + 1]
 
 
-def test_state_follows_requests_across_row_reordering(fake_vllm):
-    """Two requests with periodic continuations; rows swap every step and a third request comes
-    and goes. Every step's committed tokens must be learnt under the right request: the
-    proposals become exact and the proposer never loses a request."""
-    p = Proposer(_config(num_tokens=3))
-    seqs = {"a": [1, 2, 3, 4] * 3, "b": [10, 11, 12] * 4, "c": [20, 21]}
-    period = {"a": [1, 2, 3, 4], "b": [10, 11, 12], "c": [20, 21, 22]}
-    proposals = {}
-    sampled = {}
-    for step in range(12):
-        order = ["a", "b"] if step % 2 else ["b", "a"]
-        if 3 <= step <= 6:
-            order.insert(1, "c")
+def drive_reordered(p, seqs, period, orders, leaves, after_step=None):
+    """Run proposer ``p`` one step per entry of ``orders`` (the requests of that step's rows, in
+    row order) on periodic requests: ``seqs[r]`` the history of request ``r`` (grown in place by
+    what each step commits), ``period[r]`` its true continuation cycle. ``leaves[step]``: the
+    request that leaves after that step; ``after_step(order)`` runs after every step.
+
+    Returns:
+        dict: each request's last proposal."""
+    sampled, proposals = {}, {}
+    for step, order in enumerate(orders):
         histories, samp = [], []
         for r in order:
             if r in sampled:
@@ -155,12 +152,26 @@ def test_state_follows_requests_across_row_reordering(fake_vllm):
         assert len(out) == len(order)
         for r, chain in zip(order, out):
             proposals[r] = chain
-            per = period[r]
             n = len(seqs[r])
-            truth = [per[(n + j) % len(per)] for j in range(5)]
-            sampled[r] = _committed(seqs[r], chain, truth)
-        if step == 6:
-            sampled.pop("c")
+            sampled[r] = committed(chain, [period[r][(n + j) % len(period[r])] for j in range(5)])
+        if step in leaves:
+            sampled.pop(leaves[step])
+        if after_step is not None:
+            after_step(order)
+    return proposals
+
+
+def test_state_follows_requests_across_row_reordering(fake_vllm):
+    """Two requests with periodic continuations; rows swap every step and a third request comes
+    and goes. Every step's committed tokens must be learnt under the right request: the
+    proposals become exact and the proposer never loses a request."""
+    p = Proposer(_config(num_tokens=3))
+    seqs = {"a": [1, 2, 3, 4] * 3, "b": [10, 11, 12] * 4, "c": [20, 21]}
+    period = {"a": [1, 2, 3, 4], "b": [10, 11, 12], "c": [20, 21, 22]}
+    orders = [["a", "b"] if step % 2 else ["b", "a"] for step in range(12)]
+    for step in range(3, 7):
+        orders[step].insert(1, "c")
+    proposals = drive_reordered(p, seqs, period, orders, {6: "c"})
     s = p.stats()
     assert s["unmatched_rows"] == 0 and s["new_rows"] == 3
     assert s["accepted_tokens"] > 0 and s["verified_rows"] == s["rows"] - s["new_rows"]
