@@ -13,7 +13,6 @@ import pytest
 
 from tokenloom import _core
 from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS
-from tokenloom.spec.suffix.drafter import cap_rows
 
 
 def ref_counts(docs, depth):
@@ -97,6 +96,25 @@ def cap_reference(row):
     return [keep if x == best else x * factor for x in row]
 
 
+def cap_rows_reference(probs):
+    """The row cap in numpy, the form the Rust core follows float for float (its sums in
+    numpy's order): each row of ``probs`` (float [rows, width] or [width]) capped as
+    :func:`cap_reference`, vectorised."""
+    p = np.asarray(probs, dtype=np.float64)
+    flat = p.reshape(1, -1) if p.ndim == 1 else p
+    total = flat.sum(axis=1, keepdims=True)
+    if not (total > 1.0).any():
+        return p.copy()
+    best = flat.max(axis=1, keepdims=True)
+    is_best = flat == best
+    n = is_best.sum(axis=1, keepdims=True)
+    keep = np.minimum(best, 1.0 / n)
+    rest, room = total - n * best, 1.0 - n * keep
+    factor = np.where(rest > room, room / np.maximum(rest, 1e-300), 1.0)
+    out = np.where(total > 1.0, np.where(is_best, keep, flat * factor), flat)
+    return out.reshape(p.shape)
+
+
 # --- the merged drafter's tree of one step, grown in Python ------------------------------------
 
 
@@ -148,7 +166,7 @@ def grow_reference(d, root):
                 new_ids[r, : len(tl)] = tl
                 new_p[r, : len(pl)] = pl
                 rows[bids[r]] = (tl, cl)
-            tid, tp = new_ids, cap_rows(new_p)  # the merged rows (recycled-only rows are capped already)
+            tid, tp = new_ids, cap_rows_reference(new_p)  # the merged rows (recycled-only rows are capped already)
         elif tid is None:
             tid = np.zeros((len(bids), 1), dtype=np.int64)
             tp = np.zeros((len(bids), 1), dtype=np.float64)
@@ -199,7 +217,7 @@ def _recycled_rows(d, upper, toks, deps, est):
     dup = ((rows[:, :, None] == rows[:, None, :]) & upper).any(axis=1)  # a token's first rank only
     probs[dup] = 0.0
     probs[~rows.any(axis=1)] = 0.0  # an all-zero row was never written
-    return rows, cap_rows(probs), classes
+    return rows, cap_rows_reference(probs), classes
 
 
 def _merge_row(suffix, tid: Optional[np.ndarray], classes: Optional[np.ndarray], r: int, est: np.ndarray):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tokenloom import _core
+from tokenloom._arrays import as_int
 
 __all__ = ["top_k_ids"]
 
@@ -37,8 +38,7 @@ def top_k_ids(logits: Any, k: int) -> np.ndarray:
         if logits.dim() != 2:
             raise ValueError(f"logits: expected [n, V], got shape {tuple(logits.shape)}")
         if logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float64):
-            if isinstance(k, bool) or not isinstance(k, int):
-                raise TypeError(f"k must be an int, got {type(k).__name__}")
+            k = as_int(k, "k")
             if not 1 <= k <= logits.shape[-1]:
                 raise ValueError(f"top-k: k must be in [1, {logits.shape[-1]}] (the row length), got {k}")
             return logits.topk(k, dim=-1).indices.cpu().numpy().astype(np.int64, copy=False)

@@ -205,9 +205,10 @@ fn grow_merged<'py>(
     ))
 }
 
-/// ``cap_rows`` of ``tokenloom.spec.suffix.drafter`` in the core (numpy's summation order, so
-/// the results are bit-identical): each row of ``probs`` (float64 [rows, width], entries in
-/// [0, 1]) made a sub-distribution keeping its largest estimate. Returns a new array.
+/// The merged drafter's row cap (``tokenloom.spec.suffix.drafter.cap_rows`` calls it): each row
+/// of ``probs`` (float64 [rows, width], entries in [0, 1]) made a sub-distribution keeping its
+/// largest estimate. Sums in numpy's order: bit-identical to the numpy form the tests keep.
+/// Returns a new array.
 ///
 /// Raises:
 ///     ValueError: a NaN, infinite or negative entry, or one above 1; not C-contiguous.

@@ -93,25 +93,21 @@ def cap_rows(probs: np.ndarray) -> np.ndarray:
     others share what is left in their proportions (scaled down only when they sum above it).
     A row summing to at most 1 is unchanged. The result does not depend on the order of a row.
 
+    Computed in the Rust core (``_core.cap_rows``; its numpy form is the tests' reference).
+
     Args:
         probs: float [rows, width] (or [width]), each in [0, 1].
 
     Returns:
-        float, the same shape: the capped estimates.
+        float64, the same shape: the capped estimates.
+
+    Raises:
+        ValueError: an entry outside [0, 1] (or NaN), not 1-D or 2-D.
     """
-    p = np.asarray(probs, dtype=np.float64)
-    flat = p.reshape(1, -1) if p.ndim == 1 else p
-    total = flat.sum(axis=1, keepdims=True)
-    if not (total > 1.0).any():
-        return p.copy()
-    best = flat.max(axis=1, keepdims=True)
-    is_best = flat == best
-    n = is_best.sum(axis=1, keepdims=True)
-    keep = np.minimum(best, 1.0 / n)
-    rest, room = total - n * best, 1.0 - n * keep
-    factor = np.where(rest > room, room / np.maximum(rest, 1e-300), 1.0)
-    out = np.where(total > 1.0, np.where(is_best, keep, flat * factor), flat)
-    return out.reshape(p.shape)
+    p = np.ascontiguousarray(probs, dtype=np.float64)
+    if p.ndim not in (1, 2):
+        raise ValueError(f"probs: expected [rows, width] or [width], got shape {p.shape}")
+    return _core.cap_rows(p.reshape(1, -1) if p.ndim == 1 else p).reshape(p.shape)
 
 
 def top_path(scores: np.ndarray, parents: np.ndarray, token_cost: float = 0.0) -> np.ndarray:
