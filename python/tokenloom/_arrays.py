@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-__all__ = ["as_array", "as_count", "as_float_array", "as_int", "is_torch"]
+__all__ = ["as_array", "as_count", "as_float_array", "as_fraction", "as_int", "is_torch"]
 
 
 def is_torch(x: Any) -> bool:
@@ -47,6 +47,18 @@ def as_count(x: Any, name: str, lo: int) -> int:
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo:
         raise ValueError(f"{name}: expected an int >= {lo}, got {x!r}")
     return int(x)
+
+
+def as_fraction(x: Any, name: str) -> float:
+    """``x`` as a float in [0, 1] (a weight, a cost in accepted tokens): an int or a float;
+    bools, strings and NaN are refused.
+
+    Raises:
+        ValueError: not such a number.
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {x!r}")
+    return float(x)
 
 
 def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from tokenloom._arrays import as_array
+from tokenloom._arrays import as_array, as_fraction
 
 __all__ = [
     "FEATURE_NAMES",
@@ -91,9 +91,7 @@ class Quantile:
     alpha: float = 0.0
 
     def __post_init__(self) -> None:
-        a = self.alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not (0.0 <= a <= 1.0):
-            raise ValueError(f"alpha: expected a number in [0, 1], got {a!r}")
+        as_fraction(self.alpha, "alpha")
 
     @property
     def name(self) -> str:

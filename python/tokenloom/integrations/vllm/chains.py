@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-from tokenloom._arrays import as_array, as_count
+from tokenloom._arrays import as_array, as_count, as_fraction
 from tokenloom.spec.recycling.recycler import TokenRecycler
 from tokenloom.spec.suffix.calibration import Calibration
 from tokenloom.spec.suffix.drafter import DEFAULT_MAX_MATCH, MergedDrafter
@@ -271,9 +271,7 @@ class MergedChains:
             raise ValueError("recycler: the suffix chain drafter uses no recycler (use 'merged')")
         self.k = self.recycling.k if self.recycling is not None else 0
         self.budget = as_count(4 * self.num_tokens if budget is None else budget, "budget", 1)
-        if isinstance(token_cost, bool) or not isinstance(token_cost, (int, float)) or not 0.0 <= token_cost <= 1.0:
-            raise ValueError(f"token_cost: expected a number in [0, 1], got {token_cost!r}")
-        self.token_cost = float(token_cost)
+        self.token_cost = as_fraction(token_cost, "token_cost")
         self.max_match = as_count(max_match, "max_match", 1)
         self.index_depth = as_count(index_depth, "index_depth", 2)
         if cache is None:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tokenloom import _core
-from tokenloom._arrays import as_array, as_count
+from tokenloom._arrays import as_array, as_count, as_fraction
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, Calibration
@@ -225,9 +225,7 @@ class MergedDrafter:
         self.eos = frozenset(int(t) for t in eos_token_ids)
         self._on_finish = finish
         self.chain = bool(chain)
-        if isinstance(token_cost, bool) or not isinstance(token_cost, (int, float)) or not 0.0 <= token_cost <= 1.0:
-            raise ValueError(f"token_cost: expected a number in [0, 1], got {token_cost!r}")
-        self.token_cost = float(token_cost)
+        self.token_cost = as_fraction(token_cost, "token_cost")
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self._builder = _core.DynamicTreeBuilder(self.budget, self.max_depth, k=self.children)
