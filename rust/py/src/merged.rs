@@ -297,9 +297,7 @@ fn top_path<'py>(
             p.len()
         )));
     }
-    if p[0] != -1 || p.iter().enumerate().skip(1).any(|(i, &q)| q < 0 || q >= i as i64) {
-        return Err(PyValueError::new_err("parents: expected parents[0] == -1 and 0 <= parents[i] < i"));
-    }
+    tokenloom_core::tree::validate_parents(p).map_err(to_py)?;
     if s.iter().any(|x| x.is_nan()) {
         return Err(PyValueError::new_err("scores: expected numbers, got NaN"));
     }
