@@ -6,7 +6,7 @@ kernel ``tokenloom.spec.topk.top_k_ids`` (after).
 
     TOKENLOOM_PERSIST=0 python benches/step_overhead.py --rounds 2 --json benches/results/suffix/steptime.json
 """
-import argparse, time, torch, sys, collections, json
+import argparse, time, torch, collections, json
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--threads", type=int, default=2)
