@@ -120,3 +120,32 @@ def test_cache_speculate(benchmark, cache_case, impl):
     else:
         drafts, refs = rust(), benchmark.pedantic(python, rounds=1, iterations=1)
     check_drafts(counts, contexts, drafts, refs)
+
+
+@pytest.mark.parametrize("impl", ["rust", "python"])
+def test_merged_grow(benchmark, cache_case, impl):
+    """One step of the merged drafter's tree (budget 16; the whole grown tree, before any cut):
+    ``_core.grow_merged`` vs its Python form (``grow_reference``), for a request 256 tokens
+    into a source file, with the cross-request cache of EARLIER requests and a recycler whose
+    rows hold the source's next tokens. Both give the same tree."""
+    from tests.suffix_reference import grow_core, grow_reference
+    from tokenloom.spec.recycling.recycler import TokenRecycler
+    from tokenloom.spec.suffix.drafter import MergedDrafter
+
+    docs, contexts = cache_case
+    benchmark.group = "merged drafter: one step's tree (budget 16) vs its Python form"
+    vocab = int(max(max(d.max() for d in docs), max(c.max() for c in contexts))) + 1
+    rec = TokenRecycler(vocab, 8)
+    seen = np.concatenate(docs)
+    rec.update(seen[:-8], np.stack([seen[j + 1 : len(seen) - 7 + j] for j in range(8)], axis=1))
+    d = MergedDrafter(recycler=rec, cache=build_cache(docs), budget=MAX_NODES, seed_prefill=False)
+    d.begin(contexts[0].tolist(), len(contexts[0]) // 2)
+    root = d.seq[-1]
+    if impl == "rust":
+        (tokens, parents, *_), _, _ = benchmark(grow_core, d)
+        ref = grow_reference(d, root)
+    else:
+        ref = benchmark(grow_reference, d, root)
+        (tokens, parents, *_), _, _ = grow_core(d)
+    assert tokens.tolist() == ref["tokens"].tolist() and parents.tolist() == ref["parents"].tolist()
+    assert len(tokens) > 1

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tokenloom import _core
-from tokenloom.spec.suffix.calibration import RECYCLE_DEPTHS
+from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, RECYCLE_DEPTHS
+from tokenloom.spec.suffix.drafter import cost_curve
 
 
 def ref_counts(docs, depth):
@@ -116,6 +117,19 @@ def cap_rows_reference(probs):
 
 
 # --- the merged drafter's tree of one step, grown in Python ------------------------------------
+
+
+def grow_core(d, cost=None, token_cost=None):
+    """``_core.grow_merged`` on the drafter's stores with a fresh builder of its sizes (cut
+    for ``cost`` or to a chain for ``token_cost`` when given)."""
+    b = _core.DynamicTreeBuilder(d.budget, d.max_depth, k=d.children)
+    tokens, seconds = cost_curve(cost) if cost is not None else (None, None)
+    return _core.grow_merged(
+        b, d.seq[-1], np.array(d.seq[-d.max_match:], dtype=np.int64), d.calibration.estimates(), CANDIDATE_CLASSES,
+        d.index.core, None if d.cache is None else d.cache.core, None if d.recycler is None else d.recycler.core,
+        max_match=d.max_match, max_nodes=d.budget, cost_tokens=tokens, cost_seconds=seconds,
+        token_cost=token_cost,
+    )
 
 
 def grow_reference(d, root):

@@ -15,10 +15,17 @@ from tokenloom import _core
 from tokenloom.spec.recycling.recycler import TokenRecycler
 from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, PROB_BUCKETS, Calibration
 from tokenloom.spec.sizing import StepCost
-from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, cap_rows, cost_curve, subtree, top_path
+from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, cap_rows, subtree, top_path
 from tokenloom.spec.suffix.store import SuffixCache
 
-from .suffix_reference import best_nodes_reference, cap_reference, cap_rows_reference, grow_reference, top_path_reference
+from .suffix_reference import (
+    best_nodes_reference,
+    cap_reference,
+    cap_rows_reference,
+    grow_core,
+    grow_reference,
+    top_path_reference,
+)
 
 VOCAB = 12
 
@@ -136,19 +143,6 @@ def drafter_states(draw):
     seq = draw(st.lists(st.integers(0, 5) | tokens, min_size=1, max_size=60))
     d.begin(seq, draw(st.integers(0, len(seq))))
     return d
-
-
-def grow_core(d, cost=None, token_cost=None):
-    """``_core.grow_merged`` on the drafter's stores with a fresh builder of its sizes (cut
-    for ``cost`` or to a chain for ``token_cost`` when given)."""
-    b = _core.DynamicTreeBuilder(d.budget, d.max_depth, k=d.children)
-    tokens, seconds = cost_curve(cost) if cost is not None else (None, None)
-    return _core.grow_merged(
-        b, d.seq[-1], np.array(d.seq[-d.max_match:], dtype=np.int64), d.calibration.estimates(), CANDIDATE_CLASSES,
-        d.index.core, None if d.cache is None else d.cache.core, None if d.recycler is None else d.recycler.core,
-        max_match=d.max_match, max_nodes=d.budget, cost_tokens=tokens, cost_seconds=seconds,
-        token_cost=token_cost,
-    )
 
 
 def offered_rows(row_nodes, offsets, toks, classes):
