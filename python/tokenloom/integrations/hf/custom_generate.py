@@ -381,6 +381,12 @@ class RecyclingCandidateGenerator(CandidateGenerator):  # type: ignore[misc]
         self.matches += a
 
     @property
+    def num_drafting_tokens(self) -> int:
+        """Most candidate tokens proposed per step (``num_tokens``): transformers >= 5.2x reads
+        it to size the cache's past recording before its assisted loop starts."""
+        return self.num_tokens
+
+    @property
     def mean_accepted(self) -> float:
         """Mean tokens emitted per verify forward (accepted candidates + 1)."""
         return 1.0 + self.matches / self.steps if self.steps else 0.0
