@@ -25,6 +25,7 @@ def test_tree_step(benchmark, smollm, t, packed):
     import torch
     from transformers import DynamicCache
 
+    from tokenloom.runtime.compat import cache_arg
     from tokenloom.runtime.cpupack import pack_available, packed_linears
     from tokenloom.runtime.kvcache import compact_cache
     from tokenloom.runtime.treeattn import tree_forward
@@ -39,7 +40,7 @@ def test_tree_step(benchmark, smollm, t, packed):
     parents = np.arange(-1, t - 1, dtype=np.int64)
     with torch.inference_mode(), packed_linears(model, packed):
         cache = DynamicCache()
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prefix, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
 
         def step():
             logits = tree_forward(model, cache, toks, parents, past_len=128)

@@ -96,6 +96,7 @@ def test_step_overhead(benchmark, state, smollm_model, part):
     import torch
     from transformers import DynamicCache
 
+    from tokenloom.runtime.compat import cache_arg
     from tokenloom.runtime.treeattn import tree_forward
 
     adj, rng = state
@@ -116,7 +117,7 @@ def test_step_overhead(benchmark, state, smollm_model, part):
     else:
         cache = DynamicCache()
         with torch.inference_mode():
-            smollm_model(input_ids=torch.randint(0, VOCAB, (1, 256)), past_key_values=cache)
+            smollm_model(input_ids=torch.randint(0, VOCAB, (1, 256)), **cache_arg(smollm_model, cache))
 
         def fwd():
             with torch.inference_mode():

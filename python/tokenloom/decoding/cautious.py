@@ -35,6 +35,7 @@ import numpy as np
 from tokenloom._arrays import as_count
 from tokenloom.decoding.config import DecodeConfig
 from tokenloom.decoding.sink import TokenSink
+from tokenloom.runtime.compat import cache_arg
 
 __all__ = [
     "PUNCTUATION",
@@ -185,8 +186,8 @@ def _forward_nodes(model: Any, cache: Any, tree: _Tree, nodes: List[int], prefix
         input_ids=torch.tensor([[tree.token[n] for n in nodes]], dtype=torch.long, device=device),
         position_ids=torch.tensor([[prefix_len + d for d in depth]], dtype=torch.long, device=device),
         attention_mask=mask,
-        past_key_values=cache,
         use_cache=True,
+        **cache_arg(model, cache),
     )
     for j, n in enumerate(nodes):
         tree.slot[n] = past + j
@@ -286,7 +287,7 @@ def decode_cautious(
     sampler = None if cfg.greedy else Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, cfg.seed)
     choose = next_token_chooser(cfg) if sampler is None else None
     cache = DynamicCache()
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
     record.forwards += 1
     logits = out.logits[:, -1, :].float()
     while True:
@@ -303,7 +304,7 @@ def decode_cautious(
         if sink.emit(tokens):
             return
         step = torch.tensor([[tokens[-1]]], dtype=torch.long, device=input_ids.device)
-        out = model(input_ids=step, past_key_values=cache, use_cache=True)
+        out = model(input_ids=step, use_cache=True, **cache_arg(model, cache))
         record.forwards += 1
         record.rows += 1
         logits = out.logits[:, -1, :].float()

@@ -10,7 +10,7 @@ prompt after a prefill) and ``last`` the newest token, not yet in the cache::
     drafter = RecyclingDrafter(recycler, tree="2.2.2-16")   # once; any Drafter works
     step = TreeStep.propose(drafter, last, past, device=model.device, dtype=model.dtype)
     logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
-                   position_ids=step.position_ids, past_key_values=cache).logits
+                   position_ids=step.position_ids, **cache_arg(model, cache)).logits
     new_tokens, keep = step.accept(logits)              # keep: LongTensor [past + len(new)]
     for layer in cache.layers:                          # or kvcache.compact_cache(cache, past, step.path)
         layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)
