@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tokenloom.bytelevel.slots import KVSlots
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.kvcache import cache_kv, cache_length, cache_nbytes, crop_cache, keep_slots, kv_bytes_per_token
 from tokenloom.runtime.treeattn import prefix_tree_mask, slot_attention_mask
 
@@ -43,7 +44,7 @@ def _filled_cache(model, n=7):
 
     cache = DynamicCache()
     with torch.no_grad():
-        model(torch.arange(5, 5 + n).view(1, -1), past_key_values=cache, use_cache=True)
+        model(torch.arange(5, 5 + n).view(1, -1), **cache_arg(model, cache), use_cache=True)
     return cache
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import tokenloom
 import tokenloom.integrations.hf.custom_generate as tlhf
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.recycling.recycler import TokenRecycler
 
 from .greedy_compare import same_or_near_tie as _same_or_near_tie
@@ -182,7 +183,7 @@ def test_step_fields_and_keep(tiny_llama):
                        tree="2.2.2-8")
     cache = DynamicCache()
     with torch.inference_mode():
-        logits = tiny_llama(input_ids=ids, past_key_values=cache).logits
+        logits = tiny_llama(input_ids=ids, **cache_arg(tiny_llama, cache)).logits
         last, past = int(logits[0, -1].argmax()), ids.shape[1]
         step = _propose(rec, last, past)
         t = step.size
@@ -191,7 +192,7 @@ def test_step_fields_and_keep(tiny_llama):
         assert torch.equal(step.attention_mask, tree_attention_mask(step.tree.parents, past))
         assert torch.equal(step.position_ids, tree_position_ids(step.tree.depths, past))
         out = tiny_llama(input_ids=step.input_ids, attention_mask=step.attention_mask,
-                         position_ids=step.position_ids, past_key_values=cache).logits
+                         position_ids=step.position_ids, **cache_arg(tiny_llama, cache)).logits
         new, keep = step.accept(out)
     assert len(new) == len(step.path) >= 1 and step.path[0] == 0
     assert keep.tolist() == list(range(past)) + [past + int(i) for i in step.path]
@@ -220,12 +221,12 @@ def _step_sampling_joint(model, ids, rec, temperature, top_k, trials, depth=3):
     with torch.inference_mode():
         for i in range(trials):
             cache = DynamicCache()
-            model(input_ids=ids[:, :-1], past_key_values=cache)
+            model(input_ids=ids[:, :-1], **cache_arg(model, cache))
             out, last, past, steps = [], int(ids[0, -1]), ids.shape[1] - 1, 0
             while len(out) < depth:
                 step = _propose(rec, last, past)
                 logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
-                               position_ids=step.position_ids, past_key_values=cache).logits
+                               position_ids=step.position_ids, **cache_arg(model, cache)).logits
                 new, keep = step.accept(logits, temperature=temperature, top_k=top_k, seed=1000 * i + steps)
                 for layer in cache.layers:
                     layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)

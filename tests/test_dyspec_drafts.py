@@ -11,6 +11,7 @@ import torch
 
 from tokenloom import DynamicTreeBuilder, EarlyExitDraft, HFDraft
 from tokenloom.spec.dyspec.drafts import check_vocab
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.kvcache import compact_cache
 from tokenloom.runtime.treeattn import causal_attention_mask, prefix_tree_mask
 
@@ -144,7 +145,7 @@ def test_early_exit_adopts_target_cache(tiny4):
     # The target's cache on the committed sequence minus the bonus token (as after a verify).
     cache = DynamicCache()
     with torch.inference_mode():
-        tiny4(torch.tensor([seq[:-1]]), past_key_values=cache, use_cache=True)
+        tiny4(torch.tensor([seq[:-1]]), **cache_arg(tiny4, cache), use_cache=True)
     draft.adopt_cache(cache)
     assert draft.pending == [4242] and draft.cache_len == len(seq) - 1
     # Views of the target's tensors, not copies.

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.kvcache import cache_kv, cache_length, compact_cache
 from tokenloom.runtime.treeattn import (
     ancestor_matrix,
@@ -84,7 +85,7 @@ def test_tree_forward_equals_plain_forward_per_path(tiny_llama):
     tokens = rng.integers(3, 49152, len(PARENTS)).tolist()
     with torch.inference_mode():
         cache = DynamicCache()
-        tiny_llama(input_ids=torch.tensor([prefix]), past_key_values=cache)
+        tiny_llama(input_ids=torch.tensor([prefix]), **cache_arg(tiny_llama, cache))
         logits = tree_forward(tiny_llama, cache, tokens, PARENTS)
     assert logits.shape == (len(PARENTS), 49152)
     assert cache_length(cache) == len(prefix) + len(PARENTS)
@@ -107,17 +108,17 @@ def test_compact_cache_equals_plain_cache(tiny_llama, keep):
     assert all(PARENTS[b] == a for a, b in zip(keep, keep[1:])), "keep is a root path"
     with torch.inference_mode():
         cache = DynamicCache()
-        tiny_llama(input_ids=torch.tensor([prefix]), past_key_values=cache)
+        tiny_llama(input_ids=torch.tensor([prefix]), **cache_arg(tiny_llama, cache))
         tree_forward(tiny_llama, cache, tokens, PARENTS)
         compact_cache(cache, len(prefix), keep)
         seq = prefix + [tokens[j] for j in keep]
         assert cache_length(cache) == len(seq)
         ref = DynamicCache()
-        tiny_llama(input_ids=torch.tensor([seq]), past_key_values=ref)
+        tiny_llama(input_ids=torch.tensor([seq]), **cache_arg(tiny_llama, ref))
         for (k, v), (rk, rv) in zip(cache_kv(cache), cache_kv(ref)):
             torch.testing.assert_close(k, rk, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(v, rv, atol=1e-4, rtol=1e-4)
-        nxt = tiny_llama(input_ids=torch.tensor([[5]]), past_key_values=cache).logits[0, -1]
+        nxt = tiny_llama(input_ids=torch.tensor([[5]]), **cache_arg(tiny_llama, cache)).logits[0, -1]
     torch.testing.assert_close(nxt, _plain_logits(tiny_llama, seq + [5])[-1], atol=1e-4, rtol=1e-4)
 
 
@@ -157,7 +158,7 @@ def test_tree_forward_bad_shapes(tiny_llama):
 
     with torch.inference_mode():
         cache = DynamicCache()
-        tiny_llama(input_ids=torch.tensor([[5, 6]]), past_key_values=cache)
+        tiny_llama(input_ids=torch.tensor([[5, 6]]), **cache_arg(tiny_llama, cache))
         with pytest.raises(ValueError, match=r"tokens: expected shape \[3\]"):
             tree_forward(tiny_llama, cache, [1, 2], [-1, 0, 0])
         with pytest.raises(ValueError, match=r"depths: expected shape \[2\]"):

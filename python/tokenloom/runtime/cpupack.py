@@ -14,6 +14,14 @@ puts the original modules back afterwards. Packed weights are cached per module 
 weight's storage and version, so an edited weight is repacked) and cost one extra copy of the
 linear weights in memory; :func:`clear_packed` frees them.
 
+Bounded memory: oneDNN builds (and keeps, in its primitive cache) a kernel per input shape, about
+2.7 MB per distinct row count for the embedded model's linears, so a long-running process that
+sees every prompt length and tree size would grow by hundreds of MB. :func:`packed_rows` maps a
+row count to one of :data:`PACKED_ROW_SIZES` (exact up to 16 rows, tree steps; then padded to
+multiples of 8 up to 64 and of 32 up to 256); larger inputs (long prompts, compute-bound
+anyway) run through the original ``nn.Linear``. So at most ``len(PACKED_ROW_SIZES)`` shapes per
+linear are ever built (``benches/soak.py`` measures RSS over long runs).
+
 Numerics: oneDNN sums in another order than MKL, so logits differ at float32 rounding level
 (~1e-5 on the embedded model); greedy outputs can differ from an unpacked run only at
 floating-point near-ties (tested in tests/test_cpupack.py). Pass ``pack=False`` to
@@ -30,7 +38,20 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple, Union
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["PackedLinear", "clear_packed", "is_packed", "pack_available", "packed_linears", "resolve_pack"]
+__all__ = [
+    "PACKED_ROW_SIZES",
+    "PackedLinear",
+    "clear_packed",
+    "is_packed",
+    "pack_available",
+    "packed_linears",
+    "packed_rows",
+    "resolve_pack",
+]
+
+#: The row counts a packed linear ever runs oneDNN with (inputs are padded up to the next one);
+#: more rows than the last go through the original ``nn.Linear``.
+PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 17)) + tuple(range(24, 65, 8)) + tuple(range(96, 257, 32))
 
 # nn.Linear -> (weight storage pointer, weight version, its PackedLinear)
 _CACHE: "weakref.WeakKeyDictionary[Any, Tuple[int, int, Any]]" = weakref.WeakKeyDictionary()
@@ -62,6 +83,19 @@ def pack_available() -> bool:
     return ok
 
 
+def packed_rows(m: int) -> int:
+    """The row count an input of ``m`` rows (>= 1) runs with: the smallest of
+    :data:`PACKED_ROW_SIZES` that holds it, or 0 when ``m`` exceeds them all (the caller then
+    runs the original, unpacked linear)."""
+    if m <= 16:
+        return m
+    if m <= 64:
+        return -(-m // 8) * 8
+    if m <= PACKED_ROW_SIZES[-1]:
+        return -(-m // 32) * 32
+    return 0
+
+
 def _module_base() -> Any:
     import torch
 
@@ -90,9 +124,16 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
         if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled():
             return self.original[0](x)
         shape = x.shape
-        y = torch.ops.mkldnn._linear_pointwise(
-            x.reshape(-1, shape[-1]).contiguous(), self.packed_weight, self.bias, "none", [], ""
-        )
+        rows = x.reshape(-1, shape[-1])
+        m = rows.shape[0]
+        padded = packed_rows(m) if m else 0
+        if padded == 0:  # no rows, or more than the packed shapes cover: the original linear
+            return self.original[0](x)
+        if padded != m:
+            rows = torch.cat([rows, rows.new_zeros(padded - m, rows.shape[1])])
+        y = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self.packed_weight, self.bias, "none", [], "")
+        if padded != m:
+            y = y[:m]
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
