@@ -120,8 +120,8 @@ def generate(
     start = time.perf_counter()
     spec = None
     with torch.inference_mode(), packed_linears(model, use_pack):
-        if not sink.done:
-            spec = fn(model, input_ids, cfg, sink, **method_kwargs)
+        # Called even with nothing to generate: a method checks its arguments first.
+        spec = fn(model, input_ids, cfg, sink, **method_kwargs)
     seconds = time.perf_counter() - start
     if streamer is not None:
         streamer.end()

@@ -49,8 +49,10 @@ def speculative_decode(model: Any, input_ids: Any, cfg: DecodeConfig, sink: Toke
     from tokenloom.runtime.treeattn import tree_forward
 
     verifier = TreeVerifier(cfg)
-    drafter = factory(model, cfg, verifier.next_seed)
+    drafter = factory(model, cfg, verifier.next_seed)  # checks the method's arguments
     stats = SpecStats(drafter=getattr(drafter, "name", type(drafter).__name__))
+    if sink.done:  # nothing to generate (max_new_tokens=0): no forward
+        return stats
     cache = DynamicCache()
     n_prompt = int(input_ids.shape[1])
     keep = min(n_prompt, max(1, int(drafter.prefill_positions)))

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom.spec.persist import cache_dir
+from tokenloom.spec.persist import cache_dir, read_regular_file
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.topk import top_k_ids
 
@@ -70,8 +70,33 @@ class StepCost:
     def to_json(self) -> Dict[str, Any]:
         return {"tokens": list(self.tokens), "seconds": list(self.seconds), "key": self.key}
 
+    @classmethod
+    def from_json(cls, data: Any, key: str) -> "StepCost":
+        """The curve :meth:`to_json` wrote for ``key``, checked as a measured curve is: tree
+        sizes increasing ints >= 1, as many finite, positive, non-decreasing seconds.
+
+        Raises:
+            ValueError: anything else (a file from elsewhere, edited or corrupted).
+        """
+        if not isinstance(data, dict) or data.get("key", key) != key:
+            raise ValueError(f"step cost: expected the calibration of {key!r}")
+        tokens, seconds = data.get("tokens"), data.get("seconds")
+        if not isinstance(tokens, list) or not isinstance(seconds, list) or not tokens or len(tokens) != len(seconds):
+            raise ValueError("step cost: expected equally long, non-empty 'tokens' and 'seconds' lists")
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in tokens) or tokens[0] < 1 or any(
+            b <= a for a, b in zip(tokens, tokens[1:])
+        ):
+            raise ValueError(f"step cost: expected increasing int tree sizes >= 1, got {tokens!r}")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < float("inf") for x in seconds) or any(
+            b < a for a, b in zip(seconds, seconds[1:])
+        ):
+            raise ValueError(f"step cost: expected finite, positive, non-decreasing seconds, got {seconds!r}")
+        return cls(tuple(tokens), tuple(float(x) for x in seconds), key)
+
 
 _COSTS: Dict[str, StepCost] = {}
+#: Largest step-cost file read (a curve of a few dozen sizes is a few hundred bytes).
+_MAX_COST_FILE_BYTES = 1 << 20
 _COSTS_LOCK = threading.Lock()
 
 
@@ -133,15 +158,14 @@ def calibrate_step_cost(
     if disk is None:
         disk = os.environ.get("TOKENLOOM_NO_DISK_CACHE", "") not in ("1", "true", "yes")
     path = cache_dir() / f"stepcost-{key}.json"
-    if disk and not force and path.is_file():
+    if disk and not force:
         try:
-            data = json.loads(path.read_text())
-            cost = StepCost(tuple(data["tokens"]), tuple(float(s) for s in data["seconds"]), key)
+            cost = StepCost.from_json(json.loads(read_regular_file(path, _MAX_COST_FILE_BYTES)), key)
             with _COSTS_LOCK:
                 _COSTS[key] = cost
             return cost
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable: measure again
+        except (OSError, ValueError, RecursionError):
+            pass  # missing, not a regular file, too large or not a valid curve: measure again
     param = next(model.parameters())
     vocab = int(model.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
