@@ -1,5 +1,6 @@
 """Input adapters: numpy arrays, torch tensors (CPU or CUDA) and sequences to the contiguous
-numpy arrays the Rust kernels take. Torch is never imported here unless a tensor is passed."""
+numpy arrays the Rust kernels take. Torch is never imported here unless a tensor is passed (or
+asked for, :func:`as_int_tensor`)."""
 
 from __future__ import annotations
 
