@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom._core import CoverTree
+from tokenloom import _core
 
 __all__ = ["CoverState", "NODE_BYTES"]
 
@@ -45,7 +45,7 @@ class CoverState:
     """
 
     def __init__(self, index: Any, canonical: bool, intern: Callable[[int, int], int]) -> None:
-        self.tree = CoverTree(index, canonical)
+        self.tree = _core.CoverTree(index, canonical)
         self.intern = intern
         self.logmass: Dict[int, float] = {0: 0.0}
         self.depth: Dict[int, int] = {0: 0}

@@ -33,8 +33,8 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tup
 import numpy as np
 
 from tokenloom._arrays import as_count, as_ids
-from tokenloom.decoding.config import DecodeConfig
-from tokenloom.decoding.sink import TokenSink
+from tokenloom.request.config import DecodeConfig
+from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
 
 __all__ = [

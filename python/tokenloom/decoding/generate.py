@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from tokenloom.decoding.config import DecodeConfig, make_config
+from tokenloom.request.config import DecodeConfig, make_config
 from tokenloom.decoding.methods import check_kwargs, methods, register_method, resolve_method
-from tokenloom.decoding.sink import TokenSink
-from tokenloom.decoding.stats import GenerateOutput, GenerateStats
+from tokenloom.request.sink import TokenSink
+from tokenloom.request.stats import GenerateOutput, GenerateStats
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,7 +40,7 @@ def _check_input_ids(input_ids: Any, vocab: int) -> "torch.Tensor":
 
 
 def _eos_ids(model: Any, eos_token_id: Union[None, int, Sequence[int]]) -> Any:
-    from tokenloom.integrations.hf.models import stop_token_ids
+    from tokenloom.runtime.model import stop_token_ids
 
     return stop_token_ids(model) if eos_token_id is None else eos_token_id
 

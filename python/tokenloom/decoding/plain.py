@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tokenloom.decoding.config import DecodeConfig
-from tokenloom.decoding.sink import TokenSink
+from tokenloom.request.config import DecodeConfig
+from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
 
 __all__ = ["decode_plain", "next_token_chooser"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from tokenloom.decoding.config import DecodeConfig
-from tokenloom.decoding.sink import TokenSink
+from tokenloom.request.config import DecodeConfig
+from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.base import Drafter, DraftTree, check_tree
 from tokenloom.spec.stats import SpecStats
