@@ -29,13 +29,14 @@ import json
 import os
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom.spec.persist import cache_dir, read_regular_file
+from tokenloom.spec.persist import PersistWarning, load_state, save_state
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.topk import top_k_ids
 
@@ -95,8 +96,9 @@ class StepCost:
 
 
 _COSTS: Dict[str, StepCost] = {}
-#: Largest step-cost file read (a curve of a few dozen sizes is a few hundred bytes).
-_MAX_COST_FILE_BYTES = 1 << 20
+#: The step-cost curve's name and format version in :mod:`tokenloom.spec.persist`'s state folder
+#: (one on-disk format for every state: checksummed, atomic writes with unique temporary names).
+STEP_COST_STATE, STEP_COST_VERSION = "stepcost", 1
 _COSTS_LOCK = threading.Lock()
 
 
@@ -143,7 +145,9 @@ def calibrate_step_cost(
     time per size is kept (the least disturbed by other processes on a shared machine) and the
     curve is made non-decreasing in T (:func:`monotone`). The result is cached per
     :func:`calibration_key` in the process and, unless ``disk`` is False or
-    ``TOKENLOOM_NO_DISK_CACHE=1``, as JSON in the user cache directory.
+    ``TOKENLOOM_NO_DISK_CACHE=1``, on disk as the persisted state ``stepcost`` of
+    :mod:`tokenloom.spec.persist` (checksummed; a corrupted or foreign file is measured again with one
+    warning).
     """
     import torch
     from transformers import DynamicCache
@@ -157,15 +161,16 @@ def calibrate_step_cost(
             return _COSTS[key]
     if disk is None:
         disk = os.environ.get("TOKENLOOM_NO_DISK_CACHE", "") not in ("1", "true", "yes")
-    path = cache_dir() / f"stepcost-{key}.json"
     if disk and not force:
-        try:
-            cost = StepCost.from_json(json.loads(read_regular_file(path, _MAX_COST_FILE_BYTES)), key)
-            with _COSTS_LOCK:
-                _COSTS[key] = cost
-            return cost
-        except (OSError, ValueError, RecursionError):
-            pass  # missing, not a regular file, too large or not a valid curve: measure again
+        data = load_state(key, STEP_COST_STATE, STEP_COST_VERSION)  # None: missing or unusable (warned)
+        if data is not None:
+            try:
+                cost = StepCost.from_json(json.loads(data), key)
+                with _COSTS_LOCK:
+                    _COSTS[key] = cost
+                return cost
+            except (ValueError, RecursionError) as e:
+                warnings.warn(f"tokenloom: the saved step-cost curve is not a valid curve ({e}); measuring again", PersistWarning, stacklevel=2)
     param = next(model.parameters())
     vocab = int(model.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
@@ -194,13 +199,7 @@ def calibrate_step_cost(
     with _COSTS_LOCK:
         _COSTS[key] = cost
     if disk:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cost.to_json()))
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home is not an error
+        save_state(key, STEP_COST_STATE, STEP_COST_VERSION, json.dumps(cost.to_json()).encode())  # a failure warns once
     return cost
 
 
