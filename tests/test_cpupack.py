@@ -9,11 +9,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tokenloom.runtime.cpupack import (  # noqa: E402
+    PACKED_ROW_SIZES,
     PackedLinear,
     clear_packed,
     is_packed,
     pack_available,
     packed_linears,
+    packed_rows,
     resolve_pack,
 )
 
@@ -44,6 +46,47 @@ def test_packed_linear_matches_linear_on_every_shape():
         assert got.shape == ref.shape
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     assert seq[0] is lin
+
+
+def test_row_counts_map_to_a_bounded_set_of_shapes():
+    """Every row count runs oneDNN at one of PACKED_ROW_SIZES (the smallest that holds it), or
+    through the original linear past the last: a long process builds a bounded set of kernels."""
+    assert list(PACKED_ROW_SIZES) == sorted(set(PACKED_ROW_SIZES)) and PACKED_ROW_SIZES[0] == 1
+    for m in range(1, 3 * PACKED_ROW_SIZES[-1]):
+        p = packed_rows(m)
+        if m > PACKED_ROW_SIZES[-1]:
+            assert p == 0
+        else:
+            assert p == min(s for s in PACKED_ROW_SIZES if s >= m)
+
+
+def test_padded_and_unpacked_row_counts_match_linear(monkeypatch):
+    """Padded rows (17 -> 24, 57 -> 64) and the unpacked path (past the last size) give the
+    original linear's output, and oneDNN only ever sees row counts of PACKED_ROW_SIZES."""
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(32, 48, bias=True)
+    seq = torch.nn.Sequential(lin)
+    seen = []
+    ns = torch.ops.mkldnn
+
+    class Spy:  # torch.ops.mkldnn, counting the rows each packed call gets
+        def __getattr__(self, name):
+            return getattr(ns, name)
+
+        def _linear_pointwise(self, x, *a):
+            seen.append(int(x.shape[0]))
+            return ns._linear_pointwise(x, *a)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", Spy())
+    for m in (1, 16, 17, 57, PACKED_ROW_SIZES[-1], PACKED_ROW_SIZES[-1] + 1, 200):
+        x = torch.randn(1, m, 32)
+        with torch.inference_mode():
+            ref = lin(x)
+            with packed_linears(seq):
+                got = seq(x)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert seen == [1, 16, 24, 64, PACKED_ROW_SIZES[-1]]
 
 
 def test_model_logits_close_and_modules_restored():

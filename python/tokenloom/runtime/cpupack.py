@@ -18,9 +18,10 @@ Bounded memory: oneDNN builds (and keeps, in its primitive cache) a kernel per i
 2.7 MB per distinct row count for the embedded model's linears, so a long-running process that
 sees every prompt length and tree size would grow by hundreds of MB. :func:`packed_rows` maps a
 row count to one of :data:`PACKED_ROW_SIZES` (exact up to 16 rows, tree steps; then padded to
-multiples of 8 up to 64 and of 32 up to 256); larger inputs (long prompts, compute-bound
-anyway) run through the original ``nn.Linear``. So at most ``len(PACKED_ROW_SIZES)`` shapes per
-linear are ever built (``benches/soak.py`` measures RSS over long runs).
+multiples of 8 up to 64); larger inputs (prompts, compute-bound, where packing gains nothing and
+each shape would cost 3-5 MB) run through the original ``nn.Linear``. So at most
+``len(PACKED_ROW_SIZES)`` = 22 shapes per linear are ever built (``benches/soak.py`` measures RSS
+over long runs).
 
 Numerics: oneDNN sums in another order than MKL, so logits differ at float32 rounding level
 (~1e-5 on the embedded model); greedy outputs can differ from an unpacked run only at
@@ -51,7 +52,7 @@ __all__ = [
 
 #: The row counts a packed linear ever runs oneDNN with (inputs are padded up to the next one);
 #: more rows than the last go through the original ``nn.Linear``.
-PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 17)) + tuple(range(24, 65, 8)) + tuple(range(96, 257, 32))
+PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 17)) + tuple(range(24, 65, 8))
 
 # nn.Linear -> (weight storage pointer, weight version, its PackedLinear)
 _CACHE: "weakref.WeakKeyDictionary[Any, Tuple[int, int, Any]]" = weakref.WeakKeyDictionary()
@@ -89,10 +90,8 @@ def packed_rows(m: int) -> int:
     runs the original, unpacked linear)."""
     if m <= 16:
         return m
-    if m <= 64:
-        return -(-m // 8) * 8
     if m <= PACKED_ROW_SIZES[-1]:
-        return -(-m // 32) * 32
+        return -(-m // 8) * 8
     return 0
 
 
