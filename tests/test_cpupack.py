@@ -61,7 +61,7 @@ def test_row_counts_map_to_a_bounded_set_of_shapes():
 
 
 def test_padded_and_unpacked_row_counts_match_linear(monkeypatch):
-    """Padded rows (17 -> 24, 57 -> 64) and the unpacked path (past the last size) give the
+    """Padded rows (33 -> 40, 57 -> 64) and the unpacked path (past the last size) give the
     original linear's output, and oneDNN only ever sees row counts of PACKED_ROW_SIZES."""
     torch.manual_seed(1)
     lin = torch.nn.Linear(32, 48, bias=True)
@@ -78,7 +78,7 @@ def test_padded_and_unpacked_row_counts_match_linear(monkeypatch):
             return ns._linear_pointwise(x, *a)
 
     monkeypatch.setattr(torch.ops, "mkldnn", Spy())
-    for m in (1, 16, 17, 57, PACKED_ROW_SIZES[-1], PACKED_ROW_SIZES[-1] + 1, 200):
+    for m in (1, 17, 33, 57, PACKED_ROW_SIZES[-1], PACKED_ROW_SIZES[-1] + 1, 200):
         x = torch.randn(1, m, 32)
         with torch.inference_mode():
             ref = lin(x)
@@ -86,7 +86,7 @@ def test_padded_and_unpacked_row_counts_match_linear(monkeypatch):
                 got = seq(x)
         assert got.shape == ref.shape
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    assert seen == [1, 16, 24, 64, PACKED_ROW_SIZES[-1]]
+    assert seen == [1, 17, 40, 64, PACKED_ROW_SIZES[-1]]
 
 
 def test_model_logits_close_and_modules_restored():

@@ -17,10 +17,11 @@ linear weights in memory; :func:`clear_packed` frees them.
 Bounded memory: oneDNN builds (and keeps, in its primitive cache) a kernel per input shape, about
 2.7 MB per distinct row count for the embedded model's linears, so a long-running process that
 sees every prompt length and tree size would grow by hundreds of MB. :func:`packed_rows` maps a
-row count to one of :data:`PACKED_ROW_SIZES` (exact up to 16 rows, tree steps; then padded to
-multiples of 8 up to 64); larger inputs (prompts, compute-bound, where packing gains nothing and
+row count to one of :data:`PACKED_ROW_SIZES`: exact up to 32 rows (tree steps: a padded row is
+not free, 17 rows padded to 24 measured ~1.15x 17 exact on the 2-core AMD machine), then padded to
+multiples of 8 up to 64; larger inputs (prompts, compute-bound, where packing gains nothing and
 each shape would cost 3-5 MB) run through the original ``nn.Linear``. So at most
-``len(PACKED_ROW_SIZES)`` = 22 shapes per linear are ever built (``benches/soak.py`` measures RSS
+``len(PACKED_ROW_SIZES)`` = 36 shapes per linear are ever built (``benches/soak.py`` measures RSS
 over long runs).
 
 Numerics: oneDNN sums in another order than MKL, so logits differ at float32 rounding level
@@ -52,7 +53,7 @@ __all__ = [
 
 #: The row counts a packed linear ever runs oneDNN with (inputs are padded up to the next one);
 #: more rows than the last go through the original ``nn.Linear``.
-PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 17)) + tuple(range(24, 65, 8))
+PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8))
 
 # nn.Linear -> (weight storage pointer, weight version, its PackedLinear)
 _CACHE: "weakref.WeakKeyDictionary[Any, Tuple[int, int, Any]]" = weakref.WeakKeyDictionary()
@@ -88,7 +89,7 @@ def packed_rows(m: int) -> int:
     """The row count an input of ``m`` rows (>= 1) runs with: the smallest of
     :data:`PACKED_ROW_SIZES` that holds it, or 0 when ``m`` exceeds them all (the caller then
     runs the original, unpacked linear)."""
-    if m <= 16:
+    if m <= 32:
         return m
     if m <= PACKED_ROW_SIZES[-1]:
         return -(-m // 8) * 8
