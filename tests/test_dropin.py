@@ -86,14 +86,17 @@ def test_custom_generate_maps_sampling(tiny_llama, monkeypatch):
     fixed draft tree; tree="auto" re-sizes drafts from measured step times)."""
     import torch
 
+    import importlib
+
+    gen_module = importlib.import_module("tokenloom.decoding.generate")  # where custom_generate finds it
     seen = []
-    real = tokenloom.generate
+    real = gen_module.generate
 
     def spy(*args, **kw):
         seen.append(kw)
         return real(*args, **kw)
 
-    monkeypatch.setattr(tokenloom, "generate", spy)
+    monkeypatch.setattr(gen_module, "generate", spy)
     ids = _prompt(3)
     runs = []
     for _ in range(2):
