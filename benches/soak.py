@@ -73,7 +73,7 @@ def soak_one(method: str, calls: int, threads: int) -> dict:
         from tokenloom.runtime.model import logits_width
         from tokenloom.spec.suffix.store import default_suffix_cache
 
-        state_mb = default_suffix_cache(logits_width(model), model=model).memory_bytes() / 2**20
+        state_mb = default_suffix_cache(logits_width(model), model=model).memory_bytes / 2**20
     return {"method": method, "calls": calls, "rss": rss, "state_mb": round(state_mb, 1), "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown methods {unknown}; choose from {tokenloom.methods()}")
     cmd = [sys.executable, __file__, "--calls", str(args.calls), "--threads", str(args.threads), "--one"]
-    pending, running, results = list(methods), [], []
+    pending, running, results, failed = list(methods), [], [], []
     while pending or running:
         while pending and len(running) < max(1, args.jobs):
             m = pending.pop(0)
@@ -107,7 +107,9 @@ def main() -> None:
         m, p = running.pop(0)
         out, _ = p.communicate()
         if p.returncode != 0:
-            sys.exit(f"soak: method {m} failed with exit code {p.returncode}")
+            failed.append(m)
+            print(f"soak: method {m} failed with exit code {p.returncode}", file=sys.stderr)
+            continue
         results.append(json.loads(out.strip().splitlines()[-1]))
     base = 50 if args.calls >= 50 else 0
     cols = [c for c in CHECKPOINTS if base < c < args.calls] + [args.calls]
@@ -119,7 +121,9 @@ def main() -> None:
         print(f"| {r['method']} | {rss[0]:.0f} | {rss[base]:.0f} | {cells} | {rss[args.calls] - rss[base]:+.0f} | {r.get('state_mb', 0):.1f} | {r['seconds']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"calls": args.calls, "threads": args.threads, "results": results}, f, indent=1)
+            json.dump({"calls": args.calls, "threads": args.threads, "results": results, "failed": failed}, f, indent=1)
+    if failed:
+        sys.exit(f"soak: {len(failed)} method(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
