@@ -41,6 +41,11 @@ DEVICE_MASKS = 64
 Masses = Tuple[np.ndarray, float, float]
 
 
+def _numpy(row: Any) -> Any:
+    """A host tensor's numpy view (no copy); numpy arrays as they are."""
+    return row.numpy() if hasattr(row, "detach") else row
+
+
 def rows_for(device: Any, vocab: Any, canonical: bool) -> "HostRows":
     """:class:`DeviceRows` for a model on an accelerator (or with the accelerator branches
     forced), else :class:`HostRows`."""
@@ -61,7 +66,7 @@ class HostRows:
 
     def dist(self, logits_row: Any, prev: int, pprev: int = -1) -> Any:
         """``Q(. | path)`` from the logits row of a path ending ``[.., pprev, prev]``."""
-        return masked_softmax(self.vocab, self.canonical, logits_row, prev, pprev)
+        return masked_softmax(self.vocab, self.canonical, _numpy(logits_row), prev, pprev)
 
     def raw(self, logits: Any, i: int) -> Any:
         """A copy of row ``i`` of a forward's logits [q, width], kept for later."""
@@ -69,7 +74,7 @@ class HostRows:
 
     def softmax(self, logits_row: Any) -> Any:
         """The unmasked softmax of a logits row (float32)."""
-        return softmax(logits_row)
+        return softmax(_numpy(logits_row))
 
     def probs_at(self, pairs: Sequence[Tuple[Any, int]]) -> List[float]:
         """``q[t]`` for each ``(q, t)`` (0.0 for a dead, empty ``q``)."""
