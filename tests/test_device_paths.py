@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import pathlib
 import re
-import weakref
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from tokenloom.runtime.device import FORCE_ENV, force_accelerator_path, forced, 
 
 from .conftest import make_tiny_llama
 from .greedy_compare import hf_greedy
+from .host_copies import HostCopies
 from .spec_reference import joint_chi2, prompt_ids
 
 torch = pytest.importorskip("torch")
@@ -26,47 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PKG = pathlib.Path(__file__).resolve().parent.parent / "python" / "tokenloom"
 LOSSLESS = [m for m in tokenloom.methods() if m not in ("cautious", "greedy")]  # greedy: plain's alias
-
-
-class HostCopies:
-    """Counts the elements that tensors hand to the host (``.cpu()``, ``.numpy()``,
-    ``.tolist()``, ``.item()``, ``float()``, ``int()``, ``bool()``, ``index()``) inside the
-    block, and the largest single crossing. On CPU tensors these are no copies at all; on an
-    accelerator each one is a device-to-host transfer. A tensor ``.cpu()`` returned is on the
-    host: reading it again (``.cpu().numpy()``) is not counted twice."""
-
-    NAMES = ("cpu", "numpy", "tolist", "item", "__float__", "__int__", "__bool__", "__index__")
-
-    def __init__(self):
-        self.total = 0
-        self.largest = 0
-        self.by = collections.Counter()
-        self._host = weakref.WeakValueDictionary()
-
-    def __enter__(self):
-        self._saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
-        for name, fn in self._saved.items():
-            setattr(torch.Tensor, name, self._wrap(name, fn))
-        return self
-
-    def _wrap(self, name, fn):
-        def counted(t, *args, **kwargs):
-            out = fn(t, *args, **kwargs)
-            if self._host.get(id(t)) is t:
-                return out
-            n = t.numel()
-            self.total += n
-            self.largest = max(self.largest, n)
-            self.by[name] += n
-            if name == "cpu":
-                self._host[id(out)] = out
-            return out
-
-        return counted
-
-    def __exit__(self, *exc):
-        for name, fn in self._saved.items():
-            setattr(torch.Tensor, name, fn)
 
 
 def _method_kwargs(method):

@@ -2,7 +2,9 @@
 
 Code that can run two ways -- a Rust kernel reading a tensor's memory on the host, or torch ops
 where the tensor is with only ids and a few numbers crossing to the host -- asks
-:func:`is_accelerator`. Nothing else in the package looks at ``device.type``.
+:func:`is_accelerator`. Nothing else in the package looks at ``device.type``: the other facts
+that differ per device live here too (:func:`synchronize` for timing, :func:`device_name`,
+:func:`require_device`, :func:`peak_memory`).
 
 CI has no accelerator, so the accelerator branches can be forced onto CPU tensors: set
 ``TOKENLOOM_FORCE_ACCELERATOR_PATH=1`` in the environment, or run the code inside
@@ -17,9 +19,20 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Tuple
 
-__all__ = ["FORCE_ENV", "device_name", "force_accelerator_path", "forced", "is_accelerator", "synchronize"]
+__all__ = [
+    "DeviceUnavailable",
+    "FORCE_ENV",
+    "device_name",
+    "force_accelerator_path",
+    "forced",
+    "is_accelerator",
+    "peak_memory",
+    "require_device",
+    "reset_peak_memory",
+    "synchronize",
+]
 
 #: The environment variable that forces the accelerator branches (``1``, ``true`` or ``yes``).
 FORCE_ENV = "TOKENLOOM_FORCE_ACCELERATOR_PATH"
@@ -91,3 +104,56 @@ def device_name(device: Any) -> str:
 
         name += ":" + torch.cuda.get_device_name(device)
     return name
+
+
+class DeviceUnavailable(RuntimeError):
+    """A device that this machine does not have."""
+
+
+def require_device(name: Any) -> Any:
+    """``torch.device(name)``, checked to exist on this machine.
+
+    Raises:
+        DeviceUnavailable: not a device name, or a device this machine does not have.
+    """
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceUnavailable(f"{name!r} is not a torch device ({e})") from e
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise DeviceUnavailable(
+            f"no {dev.type} device on this machine (torch.{dev.type}.is_available() is False)"
+        )
+    try:
+        torch.zeros(1, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise DeviceUnavailable(f"cannot allocate on {dev} ({e})") from e
+    return dev
+
+
+def reset_peak_memory(device: Any) -> None:
+    """Start counting :func:`peak_memory` afresh (CUDA only; the host's peak RSS cannot be reset)."""
+    if _device_type(device) == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: Any) -> Tuple[str, int]:
+    """``(what was measured, bytes)``: the CUDA allocator's peak on a CUDA device, else the
+    process's peak resident set (Linux reports it in KiB, macOS in bytes)."""
+    if _device_type(device) == "cuda":
+        import torch
+
+        return "CUDA max_memory_allocated", int(torch.cuda.max_memory_allocated(device))
+    import resource
+    import sys
+
+    rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return "host peak RSS", rss if sys.platform == "darwin" else rss * 1024
