@@ -45,52 +45,6 @@ def ref_top_straddling(vocab, tree, nodes, qs, scales, k):
     return out[:k]
 
 
-class BruteForce:
-    """P(b | x) by enumerating every cover and scoring it with uncached forwards."""
-
-    def __init__(self, model, vocab, context_ids, canonical: bool):
-        self.model, self.vocab, self.ctx, self.canonical = model, vocab, list(context_ids), canonical
-        self._dist = lru_cache(maxsize=None)(self._dist_uncached)
-
-    def _dist_uncached(self, path: Tuple[int, ...]) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            logits = self.model(torch.tensor([self.ctx + list(path)])).logits[0, -1].double()
-        prev = path[-1] if path else -1
-        pprev = path[-2] if len(path) > 1 else -1
-        m = torch.from_numpy(self.vocab.index.next_mask_after(pprev, prev, self.canonical))
-        return torch.softmax(logits.masked_fill(~m, float("-inf")), -1).numpy()
-
-    def allowed(self, path: Tuple[int, ...], t: int) -> bool:
-        return allowed_canonical(self.vocab, path, t) if self.canonical else True
-
-    def cover_prob(self, cover: Tuple[int, ...]) -> float:
-        p = 1.0
-        for i, t in enumerate(cover):
-            p *= float(self._dist(cover[:i])[t])
-        return p
-
-    def next_byte_probs(self, x: bytes) -> Tuple[np.ndarray, float]:
-        tb = self.vocab.token_bytes
-        special = self.vocab.special
-        out = np.zeros(257)
-        first = np.array([b[0] if b else -1 for b in tb] + [-1] * (self.vocab.width - len(tb)))
-        covers = ref_covers(tb, x, self.allowed) if x else [()]
-        total = 0.0
-        for c in covers:
-            p = self.cover_prob(c)
-            total += p
-            d = self.vocab.decode(c)
-            if len(d) > len(x):
-                out[d[len(x)]] += p
-            else:
-                q = self._dist(c)
-                np.add.at(out, first[first >= 0], p * q[first >= 0])
-                out[256] += p * q[: len(tb)][special].sum()
-        return out / out.sum(), total
-
-
 def ref_extension_plan(token_bytes: Sequence[bytes], data: bytes) -> List[Tuple[int, ...]]:
     """Pure Python: the exact paths that ``CoverTree.extension_plan`` lists below the root of
     ``data`` (all covers), sorted, with the empty path (the root) first when it matters: every
