@@ -14,8 +14,8 @@ It reports
 - peak memory (the device's allocator on CUDA, the process's peak RSS on the CPU);
 
 and exits 1, loudly, on any mismatch (2 when the device is absent). ``--device cpu`` runs small
-settings (``--quick``, its default) in about two minutes on two cores; other devices run the
-full settings (about five minutes on one GPU). With ``TOKENLOOM_FORCE_ACCELERATOR_PATH=1`` a
+settings (``--quick``, its default) on one torch thread (``--threads``) in about two minutes on
+two cores; other devices run the full settings (about five minutes on one GPU). With ``TOKENLOOM_FORCE_ACCELERATOR_PATH=1`` a
 CPU run takes the accelerator branches (:mod:`tokenloom.runtime.device`). The chi-square needs
 scipy (the ``test`` extra).
 """
@@ -59,7 +59,7 @@ class Settings:
     curve_repeats: int
 
 
-QUICK = Settings(greedy_tokens=8, greedy_prompts=1, chi_trials=200, byte_prefixes=4, speed_tokens=16, speed_prompts=1, curve_repeats=1)
+QUICK = Settings(greedy_tokens=16, greedy_prompts=1, chi_trials=300, byte_prefixes=4, speed_tokens=32, speed_prompts=1, curve_repeats=2)
 FULL = Settings(greedy_tokens=64, greedy_prompts=3, chi_trials=1000, byte_prefixes=len(BYTE_PREFIXES), speed_tokens=128, speed_prompts=3, curve_repeats=3)
 
 
@@ -94,10 +94,11 @@ def _tiny_prompt(vocab: int, device: Any, seed: int = 3) -> Any:
 
 def _method_kwargs(method: str, tokenizer: Any) -> Dict[str, Any]:
     """A method's ``generate`` keywords here: nothing persisted (each run starts from the
-    in-process drafter states, never the user's cache), the tokenizer for ``cautious``."""
+    in-process drafter states, never the user's cache), no output cached for later requests (a
+    repeated prompt is not answered from the cache), the tokenizer for ``cautious``."""
     from tokenloom.eval.specbench import MethodOptions, method_kwargs
 
-    kw = method_kwargs(method, MethodOptions())
+    kw = method_kwargs(method, MethodOptions(cache_output=False))
     if method == "cautious":
         kw.update({"tokenizer": tokenizer} if tokenizer is not None else {"punctuation": [13, 30]})
     return kw
@@ -243,7 +244,8 @@ def format_table(report: Dict[str, Any]) -> str:
         f"## Device check: {m['device_name']} ({'quick' if report['quick'] else 'full'}"
         f"{', accelerator branches forced' if m['forced_accelerator_path'] else ''})",
         "",
-        f"CPU: {m['cpu']}; torch {m['torch']}, transformers {m['transformers']}, tokenloom {m['tokenloom']}; "
+        f"CPU: {m['cpu']} ({m.get('torch_threads', '?')} torch threads); torch {m['torch']}, "
+        f"transformers {m['transformers']}, tokenloom {m['tokenloom']}; "
         f"{report['seconds']:.0f} s ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["section_seconds"].items())
         + f"); {'PASS' if not report['failures'] else 'FAIL'}",
@@ -314,6 +316,7 @@ def run_checks(device: Any, s: Settings, embedded: Optional[Tuple[Any, Any]] = N
             "device": str(device), "device_name": device_name(device), "cpu": cpu_model(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "tokenloom": tokenloom.__version__, "forced_accelerator_path": forced(),
+            "torch_threads": torch.get_num_threads(),
         },
         "quick": s == QUICK,
         "settings": s.__dict__,
@@ -322,12 +325,14 @@ def run_checks(device: Any, s: Settings, embedded: Optional[Tuple[Any, Any]] = N
         ("SmolLM2-135M", model, tok, chat[: s.greedy_prompts]),
         ("tiny Llama", tiny, tok, [_tiny_prompt(49152, device)]),
     ]
-    sections = {  # the tree-step curve first: tree="auto" drafters reuse it as their calibration
+    # The tree-step curve first: tree="auto" drafters reuse it as their calibration; then speed,
+    # before the greedy runs have taught the drafters these prompts' continuations.
+    sections = {
         "tree_steps": lambda: measure_tree_steps(model, s),
+        "speed": lambda: measure_speed(model, tok, chat, device, s),
         "greedy": lambda: check_greedy(models, s, failures),
         "chi_square": lambda: check_chi_square(small, device, s, failures),
         "bytelm": lambda: check_bytelm(tiny, tok, s, failures),
-        "speed": lambda: measure_speed(model, tok, chat, device, s),
     }
     report["section_seconds"] = {"load": time.perf_counter() - start}
     for key, fn in sections.items():
@@ -350,6 +355,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     size.add_argument("--quick", action="store_true", default=None, help="small settings (the default on cpu)")
     size.add_argument("--full", action="store_true", help="full settings (the default elsewhere)")
     ap.add_argument("--out", default="device_check.json", help="the JSON report (the table goes next to it, .md)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default on --device cpu: 1; on a shared machine a busy thread pool "
+                         "made each forward up to 20x slower)")
     args = ap.parse_args(argv)
     import torch
 
@@ -361,7 +369,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DeviceUnavailable as e:
         print(f"device_check: --device {name}: {e}; run with --device cpu, or on a machine that has one", file=sys.stderr)
         return 2
-    quick = not args.full and (args.quick or str(device) == "cpu")
+    on_cpu = str(device) == "cpu"
+    if args.threads is not None or on_cpu:
+        torch.set_num_threads(args.threads or 1)
+    quick = not args.full and (args.quick or on_cpu)
     report = run_checks(device, QUICK if quick else FULL)
     md = write_report(report, args.out)
     print(format_table(report))
