@@ -79,6 +79,16 @@ def _rows(rng, n, v):
     return torch.from_numpy(rng.dirichlet(np.ones(v), size=n))
 
 
+def _case(seed, n=10, v=7):
+    """A random tree with duplicate siblings (parents, tokens), target and draft rows, a chain."""
+    from .verify_stats import random_tree
+
+    rng = np.random.default_rng(seed)
+    parents, tokens = random_tree(n, v, seed)
+    t = len(parents)
+    return parents, tokens, _rows(rng, t, v), _rows(rng, t, v), rng.integers(0, v, 4)
+
+
 def test_verify_takes_the_device_branch_and_agrees(monkeypatch):
     import tokenloom.verify.device as dev
 
@@ -86,13 +96,8 @@ def test_verify_takes_the_device_branch_and_agrees(monkeypatch):
     for name in ("verify_tree_torch", "verify_chain_torch", "verify_tree_batch_torch", "verify_chain_batch_torch"):
         fn = getattr(dev, name)
         monkeypatch.setattr(dev, name, lambda *a, _fn=fn, _n=name: (calls.update([_n]), _fn(*a))[1])
-    rng = np.random.default_rng(0)
     for seed in range(25):
-        n, v = 10, 7
-        parents = [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
-        tokens = [0] + rng.integers(0, v, n - 1).tolist()
-        p, q = _rows(rng, n, v), _rows(rng, n, v)
-        x = rng.integers(0, v, 4)
+        parents, tokens, p, q, x = _case(seed)
         for d in (None, q):
             host = tokenloom.verify_tree(parents, tokens, p, d, seed=seed)
             with force_accelerator_path():
@@ -105,9 +110,9 @@ def test_verify_takes_the_device_branch_and_agrees(monkeypatch):
     pb, qb = torch.stack([p, p]), torch.stack([q, q])
     par = np.array([parents, parents])
     tok = np.array([tokens, tokens])
-    host = tokenloom.verify_tree_batch(par, tok, pb, qb, [n, 6], seed=4)
+    host = tokenloom.verify_tree_batch(par, tok, pb, qb, [len(parents), 6], seed=4)
     with force_accelerator_path():
-        acc = tokenloom.verify_tree_batch(par, tok, pb, qb, [n, 6], seed=4)
+        acc = tokenloom.verify_tree_batch(par, tok, pb, qb, [len(parents), 6], seed=4)
         acc_chain = tokenloom.verify_chain_batch(np.stack([x, x]), qb[:, :4], pb[:, :5], [4, 2], seed=4)
     assert [r.tokens.tolist() for r in host] == [r.tokens.tolist() for r in acc]
     host_chain = tokenloom.verify_chain_batch(np.stack([x, x]), qb[:, :4], pb[:, :5], [4, 2], seed=4)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["exact_joint", "first_diff", "hf_greedy", "joint_chi2", "near_tie", "ref_probs_from_logits"]
+__all__ = ["chi2_pvalue", "exact_joint", "first_diff", "hf_greedy", "joint_chi2", "near_tie", "ref_probs_from_logits"]
 
 #: Largest top-2 logit gap a greedy difference may sit on to count as a floating-point near-tie.
 TIE_GAP = 1e-3
@@ -82,8 +82,6 @@ def joint_chi2(
     """Chi-square p-value of ``trials`` samples of the next ``depth`` tokens against their exact
     joint law. ``run(i) -> (tokens, accepted)`` draws sample ``i`` (seeded by ``i``); returns
     ``(pvalue, number of runs where accepted is true)``. Rare cells (expected < 5) are pooled."""
-    from scipy.stats import chisquare
-
     exact = exact_joint(model, ids, temperature, top_k, depth)
     counts = {key: 0 for key in exact}
     accepted = 0
@@ -91,13 +89,22 @@ def joint_chi2(
         toks, acc = run(i)
         counts[tuple(toks)] += 1
         accepted += bool(acc)
+    return chi2_pvalue(exact, counts), accepted
+
+
+def chi2_pvalue(exact: Dict[Tuple[int, ...], float], counts: Dict[Tuple[int, ...], int]) -> float:
+    """Chi-square p-value of observed ``counts`` against the law ``exact`` (keys absent from
+    ``counts`` were never seen); cells expected fewer than 5 times are pooled into one."""
+    from scipy.stats import chisquare
+
+    trials = sum(counts.values())
     keys = sorted(exact, key=lambda k: -exact[k])
     f_exp = np.array([exact[k] for k in keys]) * trials
-    f_obs = np.array([counts[k] for k in keys], dtype=float)
+    f_obs = np.array([counts.get(k, 0) for k in keys], dtype=float)
     big = f_exp >= 5
     f_obs = np.append(f_obs[big], f_obs[~big].sum())
     f_exp = np.append(f_exp[big], f_exp[~big].sum())
     if f_exp[-1] == 0:
         f_obs, f_exp = f_obs[:-1], f_exp[:-1]
     f_exp = f_exp * f_obs.sum() / f_exp.sum()
-    return float(chisquare(f_obs, f_exp).pvalue), accepted
+    return float(chisquare(f_obs, f_exp).pvalue)
