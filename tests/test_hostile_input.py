@@ -6,14 +6,22 @@ exception (OverflowError, PanicException, "Already borrowed")."""
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 import threading
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import tokenloom
 from tokenloom import _core
+from tokenloom.spec import persist
+from tokenloom.spec.persist import PersistWarning
+
+from .conftest import make_tiny_llama
 
 HUGE = [2**31, 2**32 - 1, 2**40, 2**63, 2**64, 2**70, 10**5000]
 
@@ -375,3 +383,424 @@ def test_wrappers_refuse_float_tree_arrays():
     with pytest.raises(ValueError, match="integer"):
         tree_position_ids([0, 1.5], 2)
     assert tree_position_ids(np.array([0, 1]), np.int64(3)).tolist() == [[3, 4]]
+
+
+# == issue 26: hostile input at the package's edges ===========================================
+# Ids are ints in [0, vocab) everywhere (one check: tokenloom._arrays.as_ids), a whole input is
+# checked before any state changes, persisted state is checked against the model it is bound
+# to, and a state path is read only when it is a regular file of bounded size.
+
+
+def _gen(model, **kw):
+    ids = torch.tensor([[1, 2, 3, 4, 1, 2, 3]])
+    kw.setdefault("max_new_tokens", 6)
+    return tokenloom.generate(model, ids, **kw)
+
+
+@pytest.fixture(scope="module")
+def small_llama():
+    return make_tiny_llama(vocab_size=64, layers=1)
+
+
+# -- 1. persisted state bound to a model ------------------------------------------------------
+@pytest.mark.parametrize("method", ["suffix", "merged"])
+def test_a_persisted_cache_holding_an_id_past_the_vocabulary_starts_cold(small_llama, method):
+    from tokenloom.spec.suffix import store
+
+    store.reset_default_suffix_caches()
+    key = persist.model_key(small_llama)
+    bad = store.SuffixCache()
+    bad.insert(np.array([1, 2, 3, 4, 100]))  # 100 >= the model's 64 ids; the file's checksum is valid
+    persist.save_state(key, store.STATE_NAME, store.STATE_VERSION, bad.to_bytes())
+    with pytest.warns(PersistWarning, match="outside the vocabulary") as got:
+        first = _gen(small_llama, method=method, budget=4, persist=True)
+    assert len([w for w in got if issubclass(w.category, PersistWarning)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PersistWarning)  # one warning per file and process
+        again = _gen(small_llama, method=method, budget=4, persist=True)
+    assert first.sequences.tolist() == again.sequences.tolist()
+    assert store.default_suffix_cache(64, model=small_llama).max_token < 64
+    store.reset_default_suffix_caches()
+
+
+def test_the_default_cache_holds_only_the_vocabulary(small_llama):
+    from tokenloom.spec.suffix import store
+
+    cache = store.default_suffix_cache(64, model=small_llama, persist=False)
+    with pytest.raises(IndexError, match=r"\[0, 64\)"):
+        cache.insert(np.array([1, 64]))
+    assert cache.max_token is None or cache.max_token < 64
+    store.reset_default_suffix_caches()
+
+
+def test_a_given_cache_or_recycler_is_checked_when_bound_to_the_model(small_llama):
+    from tokenloom.spec.suffix.store import SuffixCache
+
+    cache = SuffixCache()
+    cache.insert(np.array([1, 2, 3, 4, 99]))
+    for method in ("suffix", "merged"):
+        with pytest.raises(ValueError, match=r"cache: holds token id 99, outside the model's vocabulary \[0, 64\)"):
+            _gen(small_llama, method=method, cache=cache, budget=4, persist=False)
+    cache.clear()
+    _gen(small_llama, method="suffix", cache=cache, budget=4, persist=False)  # cleared: usable again
+    rec = tokenloom.TokenRecycler(128)  # more rows than the model's ids: allowed, if no candidate is past them
+    rec.update(np.array([1]), np.array([[100, 3, 4, 5, 6, 7, 8, 9]]))
+    for method in ("recycling", "merged"):
+        with pytest.raises(ValueError, match="recycler: holds candidate id 100"):
+            _gen(small_llama, method=method, recycler=rec, persist=False, **({"tree": "2.2.2"} if method == "recycling" else {"budget": 4}))
+    with pytest.raises(ValueError, match="smaller than the model's 64"):
+        _gen(small_llama, method="recycling", recycler=tokenloom.TokenRecycler(32), tree="2.2.2", persist=False)
+    rec.update(np.array([1]), np.array([[10, 3, 4, 5, 6, 7, 8, 9]]))
+    _gen(small_llama, method="recycling", recycler=rec, tree="2.2.2", persist=False)
+
+
+def test_suffix_cache_bytes_are_checked_against_the_loaders_vocabulary():
+    from tokenloom.spec.suffix.store import SuffixCache
+
+    c = SuffixCache()
+    c.insert(np.array([5, 70, 6]))
+    with pytest.raises(ValueError, match=r"token 70 is outside the vocabulary \[0, 64\)"):
+        SuffixCache.from_bytes(c.to_bytes(), vocab_size=64)
+    assert SuffixCache.from_bytes(c.to_bytes(), vocab_size=71).max_token == 70
+    for bad in (0, 2**24 + 1, 1.5):
+        with pytest.raises((ValueError, TypeError), match="vocab_size"):
+            SuffixCache(vocab_size=bad)
+
+
+# -- 2. state paths are regular files, read with a size bound ---------------------------------
+def _no_hang(fn, seconds=20.0):
+    """``fn()``'s result, failing (instead of hanging the suite) when it blocks."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "blocked on a named pipe"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+
+
+@needs_fifo
+def test_a_named_pipe_as_a_state_file_starts_cold(small_llama):
+    from tokenloom.spec.suffix import store
+
+    store.reset_default_suffix_caches()
+    key = persist.model_key(small_llama)
+    path = persist.state_path(key, store.STATE_NAME)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    with pytest.warns(PersistWarning, match="expected a regular file, got a named pipe"):
+        assert _no_hang(lambda: persist.load_state(key, store.STATE_NAME, store.STATE_VERSION)) is None
+    _no_hang(lambda: _gen(small_llama, method="suffix", budget=4, persist=True))
+    store.reset_default_suffix_caches()
+
+
+@needs_fifo
+def test_core_state_loaders_refuse_a_named_pipe(tmp_path):
+    fifo = tmp_path / "state.bin"
+    os.mkfifo(fifo)
+    for load in (lambda: tokenloom.TokenRecycler.load(fifo), lambda: _core.TokenCounts.load(fifo)):
+        with pytest.raises(OSError, match="not a regular file"):
+            _no_hang(load)
+    with pytest.raises(OSError, match="a folder"):
+        _core.TokenCounts.load(tmp_path)
+
+
+def test_state_reads_are_bounded(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 100)
+    assert persist.read_regular_file(path, 100) == b"x" * 100
+    with pytest.raises(ValueError, match="at most 99 bytes"):
+        persist.read_regular_file(path, 99)
+    with pytest.raises(ValueError, match="a folder"):
+        persist.read_regular_file(tmp_path, 99)
+
+
+@needs_fifo
+def test_step_cost_file_that_is_a_pipe_or_hostile_is_measured_again(small_llama):
+    from tokenloom.spec import sizing
+
+    key = sizing.calibration_key(small_llama)
+    name, version = sizing.STEP_COST_STATE, sizing.STEP_COST_VERSION
+    path = persist.state_path(key, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # well-formed files (valid checksum) holding curves that are not measured curves
+    for bad in ({"tokens": [1, 2], "seconds": [-1.0, 0.5], "key": key}, {"tokens": [2.5], "seconds": [1.0]}, [1, 2]):
+        sizing.clear_step_cost_cache()
+        persist.save_state(key, name, version, json.dumps(bad).encode())
+        with pytest.warns(persist.PersistWarning, match="not a valid curve"):
+            cost = sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1)
+        assert cost.tokens == (1, 2) and all(s > 0 for s in cost.seconds)
+    # a corrupted file (checksum): measured again too
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+    sizing.clear_step_cost_cache()
+    cost = sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1)
+    assert cost.tokens == (1, 2)
+    path.unlink()
+    os.mkfifo(path)
+    sizing.clear_step_cost_cache()
+    cost = _no_hang(lambda: sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1, disk=True))
+    assert cost.tokens == (1, 2)
+    sizing.clear_step_cost_cache()
+
+
+# -- 3. chain drafters: a history is checked whole before any state changes -------------------
+def test_recycling_chains_check_the_whole_history_first():
+    from tokenloom.integrations.vllm.chains import RecyclingChains
+
+    d = RecyclingChains(16, 3)
+    with pytest.raises(IndexError, match=r"history: token id -1 is outside the vocabulary \[0, 16\)"):
+        d.start(np.array([5, -1, 7]))
+    assert d.stats()["known_rows"] == 0 and d.propose(np.array([5]), 3) == []
+    with pytest.raises(IndexError, match="token id 64"):
+        d.start([3, 64, 3, 64])
+    assert d.propose([3], 3) == []
+    with pytest.raises(ValueError, match="integer ids"):
+        d.start(np.array([1.5, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="integer ids"):
+        d.propose(np.array([3.7]), 3)
+    for max_tokens in (0, -1):  # no chain wanted: the history is still checked
+        with pytest.raises(IndexError):
+            d.propose([3, 99], max_tokens)
+    with pytest.raises(ValueError, match="max_tokens"):
+        d.propose([3], -1)
+    with pytest.raises(IndexError, match="emitted"):
+        d.observe([3, 4], [4, 16], None)
+    with pytest.raises(IndexError, match="topk"):
+        d.observe([3, 4], [4], np.array([[1] * 8, [16] * 8]))
+    assert d.stats() == {"known_rows": 0, "topk_updates": 0, "move_to_front_updates": 0}
+    d.start([3, 4, 3, 5])
+    assert d.propose([3], 3) == [5] and d.stats()["known_rows"] == 2
+
+
+@pytest.mark.parametrize("recycled", [True, False])
+def test_merged_chains_check_histories_and_their_cache(recycled):
+    from tokenloom.integrations.vllm.chains import MergedChains
+    from tokenloom.spec.suffix.store import SuffixCache
+
+    d = MergedChains(16, 3, recycled=recycled)
+    for bad, err in (([5, -1, 7], IndexError), ([3, 64, 3], IndexError), (np.array([1.5, 2.0]), ValueError)):
+        with pytest.raises(err):
+            d.start(bad)
+        with pytest.raises(err):
+            d.propose(bad, 0)
+    assert d.stats()["requests"] == 0
+    assert d.cache.vocab_size == 16
+    big = SuffixCache()
+    big.insert([1, 2, 40])
+    with pytest.raises(ValueError, match="holds token id 40"):
+        MergedChains(16, 3, recycled=recycled, cache=big)
+    with pytest.raises(ValueError, match=r"max_match: expected an int in \[1, 256\]"):
+        MergedChains(16, 3, recycled=recycled, max_match=257)
+
+
+# -- 4. tree attention: sizes, positions and tokens are ints ----------------------------------
+def test_tree_attention_refuses_floats():
+    from tokenloom.runtime.treeattn import causal_attention_mask, prefix_tree_mask, slot_attention_mask, tree_position_ids
+
+    with pytest.raises(TypeError, match="q_len: expected an int, got float"):
+        causal_attention_mask(1.5, 4)
+    with pytest.raises(TypeError, match="past_len"):
+        causal_attention_mask(2, 4.0)
+    with pytest.raises(TypeError, match=r"visible\[0\]: expected an int, got float"):
+        prefix_tree_mask(2, 5, [[2.5]])
+    with pytest.raises(TypeError, match="prefix_len"):
+        slot_attention_mask(2.0, 5, [[3]])
+    with pytest.raises(ValueError, match="depths: expected integer ids"):
+        tree_position_ids(torch.tensor([0.0, 1.0]), 3)
+    assert causal_attention_mask(np.int64(2), 4).shape == (1, 1, 2, 6)
+    assert prefix_tree_mask(2, 5, [[np.int64(2)]]).shape == (1, 1, 1, 6)
+
+
+def test_tree_forward_refuses_float_tokens_and_a_wrong_past_len(small_llama):
+    from transformers import DynamicCache
+
+    from tokenloom.runtime.treeattn import tree_forward
+
+    cache = DynamicCache()
+    for tokens in ([9.5, 3.7], torch.tensor([9.5, 3.7]), np.array([9.5, 3.7])):
+        with pytest.raises(ValueError, match="tokens: expected integer ids"):
+            tree_forward(small_llama, cache, tokens, [-1, 0])
+    with pytest.raises(ValueError, match="past_len: expected the cache's length 0, got 3"):
+        tree_forward(small_llama, cache, [9, 3], [-1, 0], past_len=3)
+    with pytest.raises(TypeError, match="past_len"):
+        tree_forward(small_llama, cache, [9, 3], [-1, 0], past_len=0.0)
+    assert tree_forward(small_llama, cache, torch.tensor([9, 3], dtype=torch.int32), [-1, 0], past_len=0).shape == (2, 64)
+    with pytest.raises(ValueError, match="past_len: expected the cache's length 2, got 0"):
+        tree_forward(small_llama, cache, [9, 3], [-1, 0], past_len=0)
+
+
+# -- 5. argument checks on every branch -------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, kw, match",
+    [
+        ("merged", {"budget": 4, "max_budget": -1}, "max_budget"),
+        ("suffix", {"budget": 4, "max_budget": 0}, "max_budget"),
+        ("merged", {"max_match": 257}, "max_match"),
+        ("dyspec", {"tree": "fixed", "max_frontier": -1}, "max_frontier"),
+        ("recycling", {"tree": "2.2", "resize_every": 0}, "resize_every"),
+    ],
+)
+def test_arguments_are_checked_whatever_the_other_arguments(small_llama, method, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _gen(small_llama, method=method, persist=False, **kw) if method != "dyspec" else _gen(small_llama, method=method, **kw)
+
+
+@pytest.mark.parametrize(
+    "method, kw, err",
+    [
+        ("merged", {"budget": 0}, ValueError),
+        ("suffix", {"budget": 0}, ValueError),
+        ("recycling", {"tree": "nope"}, ValueError),
+        ("dyspec", {"budget": 0}, ValueError),
+        ("lookup", {"max_ngram": 0}, ValueError),
+        ("cautious", {"punctuation": [1.5]}, ValueError),
+        ("cautious", {"punctuation": [13], "record": "x"}, TypeError),
+    ],
+)
+def test_arguments_are_checked_with_nothing_to_generate(small_llama, method, kw, err):
+    with pytest.raises(err):
+        _gen(small_llama, method=method, max_new_tokens=0, **kw)
+
+
+def test_nothing_to_generate_runs_no_forward(small_llama):
+    calls = []
+    handle = small_llama.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for method, kw in (("plain", {}), ("merged", {"budget": 4, "persist": False}), ("cautious", {"punctuation": [13]})):
+            out = _gen(small_llama, method=method, max_new_tokens=0, **kw)
+            assert out.sequences.shape[1] == 7
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_cautious_punctuation_ids_are_checked(small_llama):
+    with pytest.raises(ValueError, match="punctuation: expected integer ids"):
+        _gen(small_llama, method="cautious", punctuation=[1.5])
+    with pytest.raises(IndexError, match=r"punctuation: token id 64 is outside the vocabulary \[0, 64\)"):
+        _gen(small_llama, method="cautious", punctuation={13, 64})
+    with pytest.raises(TypeError, match="punctuation"):
+        _gen(small_llama, method="cautious", punctuation=".")
+    with pytest.raises(TypeError, match="record: expected a CautiousRecord or None, got str"):
+        _gen(small_llama, method="cautious", punctuation=[13], record="x")
+
+
+def test_top_k_ids_takes_float_rows_only():
+    from tokenloom.spec.topk import top_k_ids
+
+    for ints in (np.arange(6).reshape(2, 3), torch.arange(6).reshape(2, 3), torch.ones(2, 3, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="float"):
+            top_k_ids(ints, 1)
+    assert top_k_ids(torch.tensor([[0.0, 2.0, 1.0]], dtype=torch.float16), 2).tolist() == [[1, 2]]
+
+
+def test_a_sequence_longer_than_the_cache_keeps_its_last_tokens():
+    from tokenloom.spec.suffix.store import SuffixCache
+
+    for depth in (256, 24):
+        c = SuffixCache(depth, 4096)
+        c.insert(np.arange(1000))
+        (kept,) = c.sequences()
+        assert 0 < len(kept) < 1000 and kept.tolist() == list(range(1000 - len(kept), 1000))
+        assert c.memory_bytes <= 4096
+
+
+def _freq_file(tmp_path):
+    t = _core.TokenCounts(6)
+    t.add(np.array([1, 2, 2, 5]))
+    t.add(np.array([0]))
+    path = tmp_path / "f.tlfreq"
+    t.save(path)
+    return t, path
+
+
+def test_token_frequency_file_detects_any_flipped_bit(tmp_path):
+    t, path = _freq_file(tmp_path)
+    good = path.read_bytes()
+    docs_at = 8 + 4 + 4 + 8 + 8
+    for at in range(len(good)):
+        bad = bytearray(good)
+        bad[at] ^= 1 << (at % 8)
+        path.write_bytes(bytes(bad))
+        with pytest.raises(ValueError):
+            _core.TokenCounts.load(path)
+    bad = bytearray(good)
+    bad[docs_at] ^= 1  # the document count: no other check covers it
+    path.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="CRC-32 mismatch"):
+        _core.TokenCounts.load(path)
+    path.write_bytes(good)
+    back = _core.TokenCounts.load(path, 6)
+    assert (back.total, back.docs) == (t.total, t.docs) == (5, 2)
+
+
+def test_token_frequency_version_1_files_are_still_read(tmp_path):
+    _, path = _freq_file(tmp_path)
+    v1 = bytearray(path.read_bytes()[:-4])
+    v1[8:12] = struct.pack("<I", 1)
+    path.write_bytes(bytes(v1))
+    back = _core.TokenCounts.load(path)
+    assert (back.total, back.docs) == (5, 2)
+    v9 = bytearray(v1)
+    v9[8:12] = struct.pack("<I", 9)
+    path.write_bytes(bytes(v9))
+    with pytest.raises(ValueError, match="version 9 is not supported"):
+        _core.TokenCounts.load(path)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int16, np.uint8, np.uint64, np.dtype(">i8")])
+def test_core_integer_arrays_convert_by_value(dtype):
+    p, t = np.array([-1, 0, 1]), np.array([5, 2, 3])
+    argmax = np.array([2, 3, 4]).astype(dtype)
+    path, tokens = _core.verify_greedy(p, t, argmax)
+    assert path.tolist() == [0, 1, 2] and tokens.tolist() == [2, 3, 4]
+    path, tokens = _core.verify_greedy(p.astype(np.int32), t.astype(np.int32), argmax)
+    assert tokens.tolist() == [2, 3, 4]
+    res = _core.verify_greedy_batch(p[None].astype(np.int32), t[None], argmax[None], np.array([3], np.int32))
+    assert res[0][1].tolist() == [2, 3, 4]
+
+
+@pytest.mark.parametrize("bad", [np.array([2.0, 3.0, 4.0]), np.array([2, 3, 4], np.float32), [2, 3, 4], np.zeros((1, 3), np.int64)])
+def test_core_integer_arrays_refuse_floats_by_name(bad):
+    p, t = np.array([-1, 0, 1]), np.array([5, 2, 3])
+    with pytest.raises(TypeError, match=r"argument 'target_argmax': expected a 1-D int64 numpy array"):
+        _core.verify_greedy(p, t, bad)
+    c = _core.SuffixCache()
+    with pytest.raises(TypeError, match=r"argument 'tokens': expected a 1-D int64"):
+        c.insert(bad)
+    assert len(c) == 0
+
+
+# -- 6. the documented float dtypes and caps --------------------------------------------------
+def test_probs_from_logits_converts_float16_as_documented():
+    logits = np.array([[0.0, 1.0, 2.0]], np.float16)
+    p = _core.probs_from_logits(logits)
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p, _core.probs_from_logits(logits.astype(np.float32)), rtol=1e-6)
+    assert "float16" in _core.probs_from_logits.__doc__
+
+
+def test_suffix_caps_are_documented_and_enforced():
+    from tokenloom.spec.suffix.store import MAX_MATCH, MAX_NODES, SuffixIndex
+
+    idx = SuffixIndex(4)
+    idx.extend([1, 2, 3])
+    idx.speculate([1, 2], max_match=MAX_MATCH, max_nodes=MAX_NODES)
+    for kw in ({"max_match": MAX_MATCH + 1}, {"max_nodes": MAX_NODES + 1}):
+        with pytest.raises(ValueError, match=r"max_(match|nodes): expected an int <= (256|16777216)"):
+            idx.speculate([1, 2], **kw)
+    for doc in (_core.SuffixIndex.speculate.__doc__, SuffixIndex.speculate.__doc__):
+        assert "256" in doc and "2**24" in doc

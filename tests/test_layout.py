@@ -123,3 +123,82 @@ def test_every_subpackage_has_a_docstring():
     for init in PKG.rglob("__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc, f"{init.relative_to(PKG)} has no docstring"
+
+
+#: The package's layers, lowest first: a module may import from its own layer and the ones
+#: below, never from a layer above (lazy imports inside functions included). The request types
+#: sit under everything that decodes; ``generate`` and the method table sit on top of the loop.
+LAYERS = [
+    ["tokenloom._core", "tokenloom._arrays"],
+    ["tokenloom.sampling"],
+    ["tokenloom.request", "tokenloom.runtime"],
+    ["tokenloom.verify", "tokenloom.bytelevel"],
+    ["tokenloom.spec", "tokenloom.scores"],
+    ["tokenloom.decoding"],
+    ["tokenloom.integrations", "tokenloom.cascades"],
+    ["tokenloom.eval"],
+    ["tokenloom.cli", "tokenloom.__main__", "tokenloom"],
+]
+
+
+def _unit(module: str) -> str:
+    """The layer unit of a module: its top subpackage (``tokenloom.spec.loop`` -> ``tokenloom.spec``)."""
+    return ".".join(module.split(".")[:2])
+
+
+def _layer_of(unit: str) -> int:
+    for i, units in enumerate(LAYERS):
+        if unit in units:
+            return i
+    raise AssertionError(f"{unit} has no layer in tests/test_layout.py LAYERS: add it")
+
+
+def _layer_edges():
+    """``{module: imported modules}``, lazy imports included; ``from pkg import sub`` (a
+    submodule, or the compiled ``_core``) is an edge to ``pkg.sub`` alone, not to ``pkg``'s
+    ``__init__``."""
+    mods = _modules()
+    edges = {}
+    for m, path in mods.items():
+        out = edges.setdefault(m, set())
+        for base, names in _imports(path, lazy=True):
+            if not base.startswith("tokenloom"):
+                continue
+            subs = [f"{base}.{n}" for n in names if f"{base}.{n}" in mods or f"{base}.{n}" == "tokenloom._core"]
+            if names and len(subs) == len(names):
+                out.update(subs)
+            else:
+                out.update(t for t in [base] + subs if t in mods and t != m)
+    return edges
+
+
+def test_no_import_points_up_a_layer():
+    up = []
+    for m, targets in _layer_edges().items():
+        for t in targets:
+            a, b = _layer_of(_unit(m)), _layer_of(_unit(t))
+            if b > a:
+                up.append(f"{m} (layer {a}) imports {t} (layer {b})")
+    assert not up, "\n".join(up)
+
+
+def test_no_circle_between_subpackages():
+    units = {}
+    for m, targets in _strip_packages(_graph(lazy=True)).items():
+        units.setdefault(_unit(m), set()).update(_unit(t) for t in targets if _unit(t) != _unit(m))
+    for u in list(units):
+        for v in units[u]:
+            units.setdefault(v, set())
+    cycle = _cycle({u: {v for v in vs if v != "tokenloom"} for u, vs in units.items()})
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_core_is_imported_in_one_spelling():
+    """``from tokenloom import _core`` everywhere; no ``from tokenloom._core import X``."""
+    other = [
+        f"{m}: from {base} import {', '.join(names)}"
+        for m, path in _modules().items()
+        for base, names in _imports(path, lazy=True)
+        if base == "tokenloom._core"
+    ]
+    assert not other, other

@@ -112,7 +112,7 @@ def test_calibration_is_cached(tiny_llama, tmp_path, monkeypatch):
         cost = calibrate_step_cost(tiny_llama, tokens=(1, 5, 17), past_len=16, repeats=1, force=True)
         assert cost.tokens == (1, 5, 17) and all(s > 0 for s in cost.seconds)
         assert list(cost.seconds) == sorted(cost.seconds)
-        files = list(tmp_path.glob("stepcost-*.json"))
+        files = list((tmp_path / "state").glob("*-stepcost.bin"))
         assert len(files) == 1 and cost.key in files[0].name
         clear_step_cost_cache()
         again = calibrate_step_cost(tiny_llama, tokens=(1, 5, 17))  # read back from disk

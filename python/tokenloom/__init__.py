@@ -2,7 +2,9 @@
 
 Package map (each subpackage's docstring says more):
 
-* ``decoding``: :func:`generate`, the request config, token sink, statistics, the method table;
+* ``request``: what a request is and returns (the validated config, the token sink, statistics),
+  below everything that decodes;
+* ``decoding``: :func:`generate` and the method table, on top;
 * ``spec``: speculative decoding — the Drafter protocol, one draft-tree type, one tree-step loop,
   drafters (``recycling``, ``dyspec``, ``lookup``, ``suffix``, ``merged``), tree templates and sizing,
   the step API;
@@ -18,7 +20,7 @@ Heavy dependencies (torch, transformers) are imported lazily, inside the functio
 need them, so ``import tokenloom`` stays cheap.
 """
 
-from tokenloom._core import __version__
+from tokenloom import _core
 from tokenloom.bytelevel.budget import MemoryBoundError
 from tokenloom.bytelevel.ensemble import ByteEnsemble
 from tokenloom.bytelevel.lm import ByteLM
@@ -41,6 +43,8 @@ from tokenloom.verify.kernels import (
     verify_tree,
     verify_tree_batch,
 )
+
+__version__ = _core.__version__
 
 __all__ = [
     "models",

@@ -1,15 +1,16 @@
 """Input adapters: numpy arrays, torch tensors (CPU or CUDA) and sequences to the contiguous
-numpy arrays the Rust kernels take. Torch is never imported here unless a tensor is passed."""
+numpy arrays the Rust kernels take. Torch is never imported here unless a tensor is passed (or
+asked for, :func:`as_int_tensor`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import operator
 
 import numpy as np
 
-__all__ = ["as_array", "as_count", "as_float_array", "as_fraction", "as_int", "is_torch"]
+__all__ = ["as_array", "as_count", "as_float_array", "as_fraction", "as_ids", "as_int", "as_int_tensor", "is_torch"]
 
 
 def is_torch(x: Any) -> bool:
@@ -37,15 +38,16 @@ def as_int(x: Any, name: str) -> int:
     raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
 
 
-def as_count(x: Any, name: str, lo: int) -> int:
-    """``x`` as a Python int >= ``lo`` (a size, a budget, a count): an int or a numpy integer
-    scalar; bools, floats and strings are refused.
+def as_count(x: Any, name: str, lo: int, hi: Optional[int] = None) -> int:
+    """``x`` as a Python int >= ``lo`` (and <= ``hi`` when given: a documented cap) -- a size, a
+    budget, a count: an int or a numpy integer scalar; bools, floats and strings are refused.
 
     Raises:
-        ValueError: not such an int, or below ``lo``.
+        ValueError: not such an int, or out of range.
     """
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {x!r}")
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo or (hi is not None and x > hi):
+        want = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected an int {want}, got {x!r}")
     return int(x)
 
 
@@ -93,6 +95,42 @@ def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
     if want.kind == "f" and arr.dtype.kind not in "fiub":
         raise ValueError(f"{name}: expected a float array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=want)
+
+
+def as_ids(x: Any, name: str, vocab_size: int, ndim: int = 1) -> np.ndarray:
+    """``x`` as token ids: a C-contiguous int64 array of ``ndim`` dimensions (:func:`as_array`:
+    floats refused, never truncated), every id in ``[0, vocab_size)``. Check a whole input with
+    it before changing any state.
+
+    Raises:
+        ValueError: wrong number of dimensions, or not integers. TypeError: not array-like.
+        IndexError: an id outside ``[0, vocab_size)`` (the first one is named).
+    """
+    arr = as_array(x, np.int64, name, ndim)
+    if arr.size:
+        bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))
+        if bad.size:
+            raise IndexError(f"{name}: token id {int(arr.flat[bad[0]])} is outside the vocabulary [0, {vocab_size})")
+    return arr
+
+
+def as_int_tensor(x: Any, name: str, ndim: int = 1) -> Any:
+    """``x`` as an integer torch tensor of ``ndim`` dimensions, left where it is (a tensor on
+    an accelerator stays there; anything else goes through :func:`as_array`). Float, complex
+    and bool tensors are refused, never truncated.
+
+    Raises:
+        ValueError: wrong number of dimensions, or not integers. TypeError: not array-like.
+    """
+    import torch
+
+    if not is_torch(x):
+        return torch.from_numpy(as_array(x, np.int64, name, ndim))
+    if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+        raise ValueError(f"{name}: expected integer ids, got dtype {x.dtype}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {tuple(x.shape)}")
+    return x
 
 
 def as_float_array(x: Any, name: str, ndim: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom._core import CoverTree
+from tokenloom import _core
 
 __all__ = ["CoverState", "NODE_BYTES"]
 
@@ -49,7 +49,7 @@ class CoverState:
     """
 
     def __init__(self, index: Any, canonical: bool, intern: Callable[[int, int], int], rows: Any) -> None:
-        self.tree = CoverTree(index, canonical)
+        self.tree = _core.CoverTree(index, canonical)
         self.intern = intern
         self.rows = rows
         self.logmass: Dict[int, float] = {0: 0.0}

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom._core import ByteIndex
+from tokenloom import _core
 
 __all__ = ["ByteVocab", "bytes_to_unicode"]
 
@@ -122,7 +122,7 @@ class ByteVocab:
         self.canonical_ok = base is not None and merges is not None
         self.canonical_note = canonical_note
         self.char_classes = char_classes
-        self.index = ByteIndex(
+        self.index = _core.ByteIndex(
             self.token_bytes,
             self.special,
             self.width,

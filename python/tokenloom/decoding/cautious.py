@@ -32,9 +32,9 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tup
 
 import numpy as np
 
-from tokenloom._arrays import as_count
-from tokenloom.decoding.config import DecodeConfig
-from tokenloom.decoding.sink import TokenSink
+from tokenloom._arrays import as_count, as_ids
+from tokenloom.request.config import DecodeConfig
+from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.device import is_accelerator
 from tokenloom.runtime.compat import cache_arg
 
@@ -136,6 +136,13 @@ def _check(
     hi = as_count(max_trials, "max_trials", lo)
     cap = None if max_trial_tokens is None else as_count(max_trial_tokens, "max_trial_tokens", 1)
     return float(low), float(high), lo, hi, cap
+
+
+def _stop_ids(punctuation: Any, vocab_size: int) -> FrozenSet[int]:
+    """The punctuation ids as ints in ``[0, vocab_size)`` (floats refused, never truncated)."""
+    if isinstance(punctuation, (str, bytes)) or not hasattr(punctuation, "__iter__"):
+        raise TypeError(f"punctuation: expected token ids (an iterable of ints), got {type(punctuation).__name__}")
+    return frozenset(as_ids(list(punctuation), "punctuation", vocab_size).tolist())
 
 
 def _probs(sampler: Any, logits: Any) -> np.ndarray:
@@ -294,23 +301,30 @@ def decode_cautious(
         record: a :class:`CautiousRecord` to fill (forwards, rows, triggered steps).
 
     Raises:
-        ValueError: no tokenizer nor punctuation, bad thresholds or counts.
+        ValueError: no tokenizer nor punctuation, bad thresholds or counts, punctuation ids
+            that are not ints. IndexError: a punctuation id outside the model's vocabulary.
+        TypeError: ``record`` is not a CautiousRecord, ``punctuation`` not an iterable of ids.
     """
     import torch
     from transformers import DynamicCache
 
     from tokenloom.decoding.plain import next_token_chooser
+    from tokenloom.runtime.model import logits_width
     from tokenloom.sampling.sampler import Sampler
 
     low, high, lo, hi, cap = _check(
         entropy_threshold_low, entropy_threshold_high, min_trials, max_trials, max_trial_tokens
     )
+    if record is not None and not isinstance(record, CautiousRecord):
+        raise TypeError(f"record: expected a CautiousRecord or None, got {type(record).__name__}")
     if punctuation is None:
         if tokenizer is None:
             raise ValueError("method 'cautious': pass tokenizer= (or punctuation= token ids) to find the punctuation tokens")
         punctuation = punctuation_ids(tokenizer)
-    stop = frozenset(int(p) for p in punctuation) | cfg.eos_token_ids
+    stop = _stop_ids(punctuation, logits_width(model)) | cfg.eos_token_ids
     record = CautiousRecord() if record is None else record
+    if sink.done:  # nothing to generate: the arguments are checked, no model work
+        return
     sampler = None if cfg.greedy else Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, cfg.seed)
     choose = next_token_chooser(cfg) if sampler is None else None
     cache = DynamicCache()

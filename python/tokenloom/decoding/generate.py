@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from tokenloom.decoding.config import DecodeConfig, make_config
+from tokenloom.request.config import DecodeConfig, make_config
 from tokenloom.decoding.methods import check_kwargs, methods, register_method, resolve_method
-from tokenloom.decoding.sink import TokenSink
-from tokenloom.decoding.stats import GenerateOutput, GenerateStats
+from tokenloom.request.sink import TokenSink
+from tokenloom.request.stats import GenerateOutput, GenerateStats
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -45,7 +45,7 @@ def _check_input_ids(input_ids: Any, vocab: int, device: Any) -> "torch.Tensor":
 
 
 def _eos_ids(model: Any, eos_token_id: Union[None, int, Sequence[int]]) -> Any:
-    from tokenloom.integrations.hf.models import stop_token_ids
+    from tokenloom.runtime.model import stop_token_ids
 
     return stop_token_ids(model) if eos_token_id is None else eos_token_id
 
@@ -126,8 +126,8 @@ def generate(
     start = time.perf_counter()
     spec = None
     with torch.inference_mode(), packed_linears(model, use_pack):
-        if not sink.done:
-            spec = fn(model, input_ids, cfg, sink, **method_kwargs)
+        # Called even with nothing to generate: a method checks its arguments first.
+        spec = fn(model, input_ids, cfg, sink, **method_kwargs)
     seconds = time.perf_counter() - start
     if streamer is not None:
         streamer.end()

@@ -1,6 +1,8 @@
 """The explicit table of decoding methods behind ``generate(method=...)``.
 
-A method is ``fn(model, input_ids, cfg, sink, **kwargs) -> Optional[SpecStats]``. Speculative
+A method is ``fn(model, input_ids, cfg, sink, **kwargs) -> Optional[SpecStats]``. It is called
+even when there is nothing to generate (``max_new_tokens=0``: ``sink.done`` is already True), so
+that it checks its arguments every time; it then returns before any forward. Speculative
 methods are drafter factories run by the one loop (:func:`tokenloom.spec.loop.speculative_decode`);
 :func:`register_method` adds a method or a drafter explicitly (never by import side effect).
 """

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tokenloom.decoding.config import DecodeConfig
-from tokenloom.decoding.sink import TokenSink
+from tokenloom.request.config import DecodeConfig
+from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
 
 __all__ = ["decode_plain", "next_token_chooser"]
@@ -31,6 +31,8 @@ def decode_plain(model: Any, input_ids: Any, cfg: DecodeConfig, sink: TokenSink)
     from transformers import DynamicCache
 
     choose = next_token_chooser(cfg)
+    if sink.done:  # nothing to generate
+        return
     cache = DynamicCache()
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
     while True:

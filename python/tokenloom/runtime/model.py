@@ -1,11 +1,11 @@
 """Facts about a Hugging Face causal LM that every part of tokenloom needs: the width of its
-logits rows and the dtype / device its forwards run in. One home for each."""
+logits rows, the dtype / device its forwards run in and its stop tokens. One home for each."""
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, List, Tuple
 
-__all__ = ["logits_width", "model_dtype_device"]
+__all__ = ["logits_width", "model_dtype_device", "stop_token_ids"]
 
 
 def logits_width(model: Any) -> int:
@@ -27,3 +27,20 @@ def model_dtype_device(model: Any) -> Tuple[Any, Any]:
         return (param.dtype if param.dtype.is_floating_point else torch.float32), param.device
     except (StopIteration, AttributeError):
         return torch.float32, torch.device("cpu")
+
+
+def stop_token_ids(model: Any, tokenizer: Any = None) -> List[int]:
+    """Stop tokens as HF ``generate`` takes them: from ``model.generation_config``, falling back
+    to the model config and then to the tokenizer.
+
+    transformers 4.57's conversion of a GGUF tokenizer reports the BOS token as EOS
+    (:func:`tokenloom.integrations.hf.models.load_tokenizer` corrects that); the generation config holds the file's EOS, which
+    is why the config comes first.
+    """
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(source, "eos_token_id", None)
+        if eos is not None:
+            return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        return [int(tokenizer.eos_token_id)]
+    return []

@@ -25,6 +25,8 @@ rotary/absolute-position decoder models in transformers). Cache layers must be f
 (``DynamicLayer``); sliding-window layers are refused by :func:`compact_cache`.
 
 Everything here works on CPU and CUDA; masks are cached per tree shape, dtype and device.
+Sizes, positions and token ids are ints everywhere (:func:`tokenloom._arrays.as_int`,
+:func:`~tokenloom._arrays.as_int_tensor`): a float is refused, never truncated.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom._arrays import as_array, as_int
+from tokenloom._arrays import as_array, as_int, as_int_tensor
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.model import model_dtype_device
 
@@ -130,7 +132,13 @@ def tree_attention_mask(parents: Any, past_len: int, dtype: Any = None, device: 
 
 def causal_attention_mask(q_len: int, past_len: int, dtype: Any = None, device: Any = "cpu") -> "torch.Tensor":
     """The 4D additive mask (1, 1, q_len, past_len + q_len) of a plain causal chain of
-    ``q_len`` tokens after ``past_len`` cached ones (the tree mask of a chain)."""
+    ``q_len`` tokens after ``past_len`` cached ones (the tree mask of a chain).
+
+    Raises:
+        TypeError: ``q_len`` or ``past_len`` is not an int. ValueError: ``q_len < 1`` or
+        ``past_len < 0``.
+    """
+    q_len = as_int(q_len, "q_len")
     if q_len < 1:
         raise ValueError(f"q_len: expected >= 1, got {q_len}")
     return tree_attention_mask(np.arange(-1, q_len - 1, dtype=np.int64), past_len, dtype, device)
@@ -150,12 +158,22 @@ def prefix_tree_mask(
 
     Raises:
         ValueError: ``prefix_len`` outside ``[0, past_len]`` or a position outside
-            ``[prefix_len, past_len)``.
+            ``[prefix_len, past_len)``. TypeError: a size or a position that is not an int.
     """
-    cols = [int(c) for cs in visible for c in cs]
+    prefix_len, past_len, visible = _slot_args(prefix_len, past_len, visible)
+    cols = [c for cs in visible for c in cs]
     if 0 <= prefix_len <= past_len and any(not (prefix_len <= c < past_len) for c in cols):
         raise ValueError(f"visible: positions must lie in [{prefix_len}, {past_len}), got {cols}")
-    return slot_attention_mask(prefix_len, past_len, visible, dtype, device)
+    return _slot_mask(prefix_len, past_len, visible, dtype, device)
+
+
+def _slot_args(prefix_len: Any, past_len: Any, visible: Any) -> Tuple[int, int, List[List[int]]]:
+    """The sizes and slots of a slot mask as ints (floats refused, never truncated)."""
+    if isinstance(visible, (str, bytes)):
+        raise TypeError(f"visible: expected one list of slots per row, got {type(visible).__name__}")
+    rows = [list(cs) for cs in visible]
+    slots = [[as_int(c, f"visible[{j}]") for c in cs] for j, cs in enumerate(rows)]
+    return as_int(prefix_len, "prefix_len"), as_int(past_len, "past_len"), slots
 
 
 def slot_attention_mask(
@@ -179,8 +197,14 @@ def slot_attention_mask(
 
     Raises:
         ValueError: ``prefix_len`` outside ``[0, past_len]`` or a slot outside
-            ``[prefix_len, past_len + j)`` in row ``j``.
+            ``[prefix_len, past_len + j)`` in row ``j``. TypeError: a size or a slot that is
+            not an int.
     """
+    return _slot_mask(*_slot_args(prefix_len, past_len, visible), dtype, device)
+
+
+def _slot_mask(prefix_len: int, past_len: int, visible: List[List[int]], dtype: Any, device: Any) -> "torch.Tensor":
+    """:func:`slot_attention_mask` of checked ints."""
     import torch
 
     if not (0 <= prefix_len <= past_len):
@@ -188,7 +212,7 @@ def slot_attention_mask(
     dtype = dtype or torch.float32
     q = len(visible)
     rows = [j for j, cols in enumerate(visible) for _ in cols]
-    cols = [int(c) for cs in visible for c in cs]
+    cols = [c for cs in visible for c in cs]
     bad = [(j, c) for j, c in zip(rows, cols) if not (prefix_len <= c < past_len + j)]
     if bad:
         j, c = bad[0]
@@ -206,9 +230,7 @@ def tree_position_ids(depths: Any, past_len: int, device: Any = "cpu") -> "torch
     """LongTensor [1, T]: ``past_len + depths``."""
     import torch
 
-    if hasattr(depths, "detach") and depths.is_floating_point():
-        raise ValueError(f"depths: expected integer depths, got dtype {depths.dtype}")
-    d = depths if hasattr(depths, "detach") else torch.from_numpy(as_array(depths, np.int64, "depths", 1))
+    d = as_int_tensor(depths, "depths")
     return (d.to(device=device, dtype=torch.long) + as_int(past_len, "past_len")).view(1, -1)
 
 
@@ -249,25 +271,31 @@ def tree_forward(
         tokens: int [T] node tokens, root first (numpy, torch or a sequence).
         parents: int [T] parent array.
         depths: int [T] node depths (computed from ``parents`` when None).
-        past_len: tokens in the cache (read from ``cache`` when negative).
+        past_len: tokens in the cache (read from ``cache`` when negative; else it must be the
+            cache's length).
 
     Returns:
         torch.Tensor [T, V]: the logits after every node (float32 view of the model's output).
 
     Raises:
-        ValueError: bad parents, tokens of another length, depths of another length or not
-            the parents' depths.
+        ValueError: bad parents, tokens that are not ints or of another length, depths of
+            another length or not the parents' depths, a ``past_len`` that is not the cache's
+            length. TypeError: ``past_len`` is not an int.
     """
     import torch
 
+    from tokenloom.runtime.kvcache import cache_length
+
     p = _parents_array(parents)
     dtype, device = model_dtype_device(model)
+    past_len = as_int(past_len, "past_len")
+    held = cache_length(cache)
     if past_len < 0:
-        from tokenloom.runtime.kvcache import cache_length
-
-        past_len = cache_length(cache)
-    tok = torch.as_tensor(tokens if hasattr(tokens, "detach") else np.asarray(tokens, dtype=np.int64))
-    if tok.dim() != 1 or tok.shape[0] != p.size:
+        past_len = held
+    elif past_len != held:
+        raise ValueError(f"past_len: expected the cache's length {held}, got {past_len}")
+    tok = as_int_tensor(tokens, "tokens")
+    if tok.shape[0] != p.size:
         raise ValueError(f"tokens: expected shape [{p.size}] (= len(parents)), got {list(tok.shape)}")
     if depths is None:
         depths = _depths_of(p)

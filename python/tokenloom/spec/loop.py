@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from tokenloom.decoding.config import DecodeConfig
-from tokenloom.decoding.sink import TokenSink
+from tokenloom.request.config import DecodeConfig
+from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.base import Drafter, DraftTree, check_tree
 from tokenloom.spec.stats import SpecStats
@@ -49,8 +49,10 @@ def speculative_decode(model: Any, input_ids: Any, cfg: DecodeConfig, sink: Toke
     from tokenloom.runtime.treeattn import tree_forward
 
     verifier = TreeVerifier(cfg)
-    drafter = factory(model, cfg, verifier.next_seed)
+    drafter = factory(model, cfg, verifier.next_seed)  # checks the method's arguments
     stats = SpecStats(drafter=getattr(drafter, "name", type(drafter).__name__))
+    if sink.done:  # nothing to generate (max_new_tokens=0): no forward
+        return stats
     cache = DynamicCache()
     n_prompt = int(input_ids.shape[1])
     keep = min(n_prompt, max(1, int(drafter.prefill_positions)))

@@ -13,8 +13,10 @@ cache directory under ``(model key, name)`` and loaded when the state is created
   the same in every process that loads the same model.
 * :func:`load_state` / :func:`save_state`: bytes in and out. The file carries a header (magic,
   format version, the state's own version, name, key, payload length, SHA-256 of the payload);
-  a missing file is a cold start, a corrupted or wrong-version file gives ONE warning
-  (:class:`PersistWarning`) and a cold start. Saving writes a temporary file in the same folder,
+  a missing file is a cold start, a corrupted or wrong-version file -- or anything but a
+  regular file of at most :data:`MAX_STATE_BYTES`, e.g. a named pipe, which is never waited on
+  -- gives ONE warning (:class:`PersistWarning`) and a cold start. :func:`read_regular_file`
+  is that bounded read, for every loader of a state file. Saving writes a temporary file in the same folder,
   fsyncs it and renames it over the old one (``os.replace``), so a reader or a second writer
   never sees half a file; a failed write warns once and never raises into generation.
 * :class:`StateSaver`: throttled saving of one live object (``obj.to_bytes()``): ``changed()``
@@ -36,6 +38,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Set, TypeVar
 
 __all__ = [
+    "MAX_STATE_BYTES",
     "MIN_SAVE_INTERVAL",
     "PerModelStates",
     "PersistWarning",
@@ -56,6 +60,7 @@ __all__ = [
     "load_state",
     "model_key",
     "persistence_enabled",
+    "read_regular_file",
     "resolve_persist",
     "save_state",
     "state_path",
@@ -66,6 +71,8 @@ HEADER_VERSION = 1
 #: Seconds between two saves of one object by :meth:`StateSaver.changed` (the last change is
 #: always written at process exit).
 MIN_SAVE_INTERVAL = 30.0
+#: Largest state file read (2 GiB: the largest recycler matrix, 1 GiB, with room to spare).
+MAX_STATE_BYTES = 2 << 30
 _FIXED = struct.Struct("<8sII")
 _LEN = struct.Struct("<Q")
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -245,13 +252,53 @@ def _decode(data: bytes, key: str, name: str, version: int) -> bytes:
     return payload
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device or another special file"
+
+
+def read_regular_file(path: "os.PathLike[str] | str", max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` of them. The file is
+    opened without blocking and checked on the open descriptor, so a named pipe (or a folder,
+    a device) put where a state file is expected is refused at once, never waited on.
+
+    Raises:
+        FileNotFoundError: no such file. OSError: unreadable.
+        ValueError: not a regular file, or larger than ``max_bytes``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: expected a regular file, got {_kind(st.st_mode)}")
+        if st.st_size > max_bytes:
+            raise ValueError(f"{path}: expected at most {max_bytes} bytes, the file has {st.st_size}")
+        f = os.fdopen(fd, "rb")
+        fd = -1  # closed with f
+        with f:
+            data = f.read(max_bytes + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > max_bytes:  # grew since the check
+        raise ValueError(f"{path}: expected at most {max_bytes} bytes, the file has more")
+    return data
+
+
 def load_state(key: str, name: str, version: int) -> Optional[bytes]:
     """The payload saved for ``(key, name)`` at ``version``.
 
     Returns:
-        bytes, or None when there is no file (cold start) or it cannot be used: unreadable,
-        corrupted, another version, another model or name -- then ONE :class:`PersistWarning`
-        per file and process says why and where.
+        bytes, or None when there is no file (cold start) or it cannot be used: unreadable, not
+        a regular file (a named pipe is not waited on), larger than :data:`MAX_STATE_BYTES`,
+        corrupted, another version, another model or name -- then ONE
+        :class:`PersistWarning` per file and process says why and where.
 
     Raises:
         ValueError: a malformed ``key`` / ``name`` / ``version`` (a caller's bug).
@@ -259,10 +306,10 @@ def load_state(key: str, name: str, version: int) -> Optional[bytes]:
     path = state_path(key, name)
     _check_version(version)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         return None
-    except OSError as e:
+    except (OSError, ValueError) as e:
         _warn_once(path, f"tokenloom: cannot read the saved {name} state ({e}); starting cold")
         return None
     try:

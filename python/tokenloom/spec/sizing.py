@@ -29,13 +29,14 @@ import json
 import os
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom.spec.persist import cache_dir
+from tokenloom.spec.persist import PersistWarning, load_state, save_state
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.device import device_name, synchronize
 from tokenloom.spec.topk import top_k_ids
@@ -71,8 +72,34 @@ class StepCost:
     def to_json(self) -> Dict[str, Any]:
         return {"tokens": list(self.tokens), "seconds": list(self.seconds), "key": self.key}
 
+    @classmethod
+    def from_json(cls, data: Any, key: str) -> "StepCost":
+        """The curve :meth:`to_json` wrote for ``key``, checked as a measured curve is: tree
+        sizes increasing ints >= 1, as many finite, positive, non-decreasing seconds.
+
+        Raises:
+            ValueError: anything else (a file from elsewhere, edited or corrupted).
+        """
+        if not isinstance(data, dict) or data.get("key", key) != key:
+            raise ValueError(f"step cost: expected the calibration of {key!r}")
+        tokens, seconds = data.get("tokens"), data.get("seconds")
+        if not isinstance(tokens, list) or not isinstance(seconds, list) or not tokens or len(tokens) != len(seconds):
+            raise ValueError("step cost: expected equally long, non-empty 'tokens' and 'seconds' lists")
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in tokens) or tokens[0] < 1 or any(
+            b <= a for a, b in zip(tokens, tokens[1:])
+        ):
+            raise ValueError(f"step cost: expected increasing int tree sizes >= 1, got {tokens!r}")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < float("inf") for x in seconds) or any(
+            b < a for a, b in zip(seconds, seconds[1:])
+        ):
+            raise ValueError(f"step cost: expected finite, positive, non-decreasing seconds, got {seconds!r}")
+        return cls(tuple(tokens), tuple(float(x) for x in seconds), key)
+
 
 _COSTS: Dict[str, StepCost] = {}
+#: The step-cost curve's name and format version in :mod:`tokenloom.spec.persist`'s state folder
+#: (one on-disk format for every state: checksummed, atomic writes with unique temporary names).
+STEP_COST_STATE, STEP_COST_VERSION = "stepcost", 1
 _COSTS_LOCK = threading.Lock()
 
 
@@ -116,7 +143,9 @@ def calibrate_step_cost(
     time per size is kept (the least disturbed by other processes on a shared machine) and the
     curve is made non-decreasing in T (:func:`monotone`). The result is cached per
     :func:`calibration_key` in the process and, unless ``disk`` is False or
-    ``TOKENLOOM_NO_DISK_CACHE=1``, as JSON in the user cache directory.
+    ``TOKENLOOM_NO_DISK_CACHE=1``, on disk as the persisted state ``stepcost`` of
+    :mod:`tokenloom.spec.persist` (checksummed; a corrupted or foreign file is measured again with one
+    warning).
     """
     import torch
     from transformers import DynamicCache
@@ -130,16 +159,16 @@ def calibrate_step_cost(
             return _COSTS[key]
     if disk is None:
         disk = os.environ.get("TOKENLOOM_NO_DISK_CACHE", "") not in ("1", "true", "yes")
-    path = cache_dir() / f"stepcost-{key}.json"
-    if disk and not force and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            cost = StepCost(tuple(data["tokens"]), tuple(float(s) for s in data["seconds"]), key)
-            with _COSTS_LOCK:
-                _COSTS[key] = cost
-            return cost
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable: measure again
+    if disk and not force:
+        data = load_state(key, STEP_COST_STATE, STEP_COST_VERSION)  # None: missing or unusable (warned)
+        if data is not None:
+            try:
+                cost = StepCost.from_json(json.loads(data), key)
+                with _COSTS_LOCK:
+                    _COSTS[key] = cost
+                return cost
+            except (ValueError, RecursionError) as e:
+                warnings.warn(f"tokenloom: the saved step-cost curve is not a valid curve ({e}); measuring again", PersistWarning, stacklevel=2)
     param = next(model.parameters())
     vocab = int(model.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
@@ -166,13 +195,7 @@ def calibrate_step_cost(
     with _COSTS_LOCK:
         _COSTS[key] = cost
     if disk:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cost.to_json()))
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home is not an error
+        save_state(key, STEP_COST_STATE, STEP_COST_VERSION, json.dumps(cost.to_json()).encode())  # a failure warns once
     return cost
 
 

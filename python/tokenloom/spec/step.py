@@ -150,7 +150,7 @@ class TreeStep:
         """
         import torch
 
-        from tokenloom.decoding.config import make_config
+        from tokenloom.request.config import make_config
         from tokenloom.verify.policy import TreeVerifier
 
         if self._done:

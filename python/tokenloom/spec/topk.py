@@ -23,7 +23,9 @@ def top_k_ids(logits: Any, k: int) -> np.ndarray:
     """The ``k`` best ids of each row, best first.
 
     Args:
-        logits: float [n, V], a torch tensor (any device, any float dtype) or a numpy array.
+        logits: float [n, V], a torch tensor (any device, any float dtype) or a numpy array
+            (float32 / float64, other float dtypes by value); integer rows are refused, from
+            numpy and torch alike.
         k: ids per row, in ``[1, V]``.
 
     Returns:
@@ -38,6 +40,8 @@ def top_k_ids(logits: Any, k: int) -> np.ndarray:
 
         if logits.dim() != 2:
             raise ValueError(f"logits: expected [n, V], got shape {tuple(logits.shape)}")
+        if not logits.is_floating_point():  # as the numpy path: logits are float rows
+            raise ValueError(f"logits: expected a float tensor [n, V], got dtype {logits.dtype}")
         if is_accelerator(logits) or logits.dtype not in (torch.float32, torch.float64):
             k = as_int(k, "k")
             if not 1 <= k <= logits.shape[-1]:

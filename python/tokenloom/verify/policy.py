@@ -14,7 +14,7 @@ from tokenloom.verify.kernels import VerifyResult, verify_greedy, verify_tree
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from tokenloom.decoding.config import DecodeConfig
+    from tokenloom.request.config import DecodeConfig
     from tokenloom.spec.base import DraftTree
 
 __all__ = ["TreeVerifier"]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -15,6 +15,7 @@ use tokenloom_core::bytes::trie::DEAD;
 use tokenloom_core::limits::MAX_VOCAB;
 
 use crate::args;
+use crate::ints::{Ids2};
 use crate::error::{slice1, slice2, to_py};
 
 /// A merge id in [0, n_tokens) (the core checks it again against the table it builds).
@@ -90,7 +91,7 @@ impl ByteIndex {
         special: PyReadonlyArray1<'_, bool>,
         #[pyo3(from_py_with = width_arg)] width: usize,
         base: Option<&Bound<'_, PyAny>>,
-        merges: Option<PyReadonlyArray2<'_, i64>>,
+        merges: Option<Ids2<'_>>,
         pretok: &str,
         char_classes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {

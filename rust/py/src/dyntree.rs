@@ -5,13 +5,14 @@ use std::hash::BuildHasher;
 
 use std::sync::{Mutex, MutexGuard};
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray2};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use tokenloom_core::limits::MAX_TREE_NODES;
 use tokenloom_core::spec::dyntree::{BuilderConfig, DynamicTree, DynamicTreeBuilder};
 
 use crate::args;
+use crate::ints::{Ids1, Ids2};
 use crate::error::{slice1, slice2, to_py};
 
 type I64Array<'py> = Bound<'py, PyArray1<i64>>;
@@ -173,8 +174,8 @@ impl PyDynamicTreeBuilder {
     fn expand<'py>(
         &self,
         py: Python<'py>,
-        node_ids: PyReadonlyArray1<'py, i64>,
-        topk_ids: PyReadonlyArray2<'py, i64>,
+        node_ids: Ids1<'py>,
+        topk_ids: Ids2<'py>,
         topk_probs: PyReadonlyArray2<'py, f64>,
     ) -> PyResult<()> {
         let n = slice1("node_ids", &node_ids)?;
@@ -207,7 +208,7 @@ impl PyDynamicTreeBuilder {
     fn expand_rows<'py>(
         &self,
         py: Python<'py>,
-        node_ids: PyReadonlyArray1<'py, i64>,
+        node_ids: Ids1<'py>,
         probs: PyReadonlyArray2<'py, f64>,
     ) -> PyResult<()> {
         let n = slice1("node_ids", &node_ids)?;

@@ -11,6 +11,7 @@ mod bytes;
 mod dyntree;
 mod error;
 mod floats;
+mod ints;
 mod merged;
 mod recycling;
 mod sampling;

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use tokenloom_core::spec::merged::{self, ClassMap, Cut, MergedInput};
 
 use crate::args;
+use crate::ints::{Ids1};
 use crate::dyntree::{tree_arrays, PyDynamicTreeBuilder, TreeArrays};
 use crate::error::{slice1, to_py};
 use crate::recycling::PyTokenRecycler;
@@ -127,8 +128,8 @@ type Grown<'py> = (
 ///     index (SuffixIndex): this request's index (source 0).
 ///     cache (SuffixCache | None): the cross-request cache (source 1).
 ///     recycler (TokenRecycler | None): the recycler whose rows give recycled candidates.
-///     max_match (int): longest context suffix matched (>= 1).
-///     max_nodes (int): most nodes of each source's continuation draft (>= 1).
+///     max_match (int): longest context suffix matched, in [1, 256].
+///     max_nodes (int): most nodes of each source's continuation draft, in [1, 2**24].
 ///     cost_tokens, cost_seconds (np.ndarray[float64], shape [m] | None): the step-cost curve
 ///         (``StepCost.tokens`` / ``.seconds``); when given, the tree is cut to the root and its
 ///         N best nodes (``best_nodes``); the rows still cover every expanded node.
@@ -147,7 +148,7 @@ type Grown<'py> = (
 ///
 /// Raises:
 ///     ValueError: ``est`` of the wrong length or outside [0, 1], ``classes`` with one source
-///         and a cache, a size below 1, a bad cost curve (lengths, not increasing, seconds <= 0)
+///         and a cache, a size outside its range, a bad cost curve (lengths, not increasing, seconds <= 0)
 ///         or only one of its arrays, both cuts, a token_cost outside [0, 1].
 ///     IndexError: a token id out of range (root, context, a recycler row).
 ///     TypeError: an argument of the wrong type.
@@ -158,7 +159,7 @@ fn grow_merged<'py>(
     py: Python<'py>,
     builder: &Bound<'py, PyDynamicTreeBuilder>,
     root: &Bound<'py, PyAny>,
-    context: PyReadonlyArray1<'py, i64>,
+    context: Ids1<'py>,
     est: PyReadonlyArray1<'py, f64>,
     classes: &Bound<'py, PyCandidateClasses>,
     index: &Bound<'py, PySuffixIndex>,
@@ -248,7 +249,7 @@ fn cap_rows<'py>(py: Python<'py>, probs: numpy::PyReadonlyArray2<'py, f64>) -> P
 fn best_nodes<'py>(
     py: Python<'py>,
     scores: PyReadonlyArray1<'py, f64>,
-    depths: PyReadonlyArray1<'py, i64>,
+    depths: Ids1<'py>,
     cost_tokens: PyReadonlyArray1<'py, f64>,
     cost_seconds: PyReadonlyArray1<'py, f64>,
 ) -> PyResult<I64Array<'py>> {
@@ -286,7 +287,7 @@ fn best_nodes<'py>(
 fn top_path<'py>(
     py: Python<'py>,
     scores: PyReadonlyArray1<'py, f64>,
-    parents: PyReadonlyArray1<'py, i64>,
+    parents: Ids1<'py>,
     token_cost: f64,
 ) -> PyResult<I64Array<'py>> {
     let (s, p) = (slice1("scores", &scores)?, slice1("parents", &parents)?);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use tokenloom_core::limits::{MAX_RECYCLER_CELLS, MAX_VOCAB};
@@ -12,6 +12,7 @@ use tokenloom_core::spec::recycling::{DraftTree, TokenRecycler};
 use tokenloom_core::spec::template::{self, Template};
 
 use crate::args;
+use crate::ints::{Ids1, Ids2};
 use crate::error::{slice1, slice2, to_py};
 
 /// A template argument: a name (str) or a list of rank paths (ints only; a rank too large for
@@ -318,8 +319,8 @@ impl PyTokenRecycler {
     fn update(
         &self,
         py: Python<'_>,
-        tokens: PyReadonlyArray1<'_, i64>,
-        topk_ids: PyReadonlyArray2<'_, i64>,
+        tokens: Ids1<'_>,
+        topk_ids: Ids2<'_>,
     ) -> PyResult<()> {
         let t = slice1("tokens", &tokens)?;
         let (ids, _, width) = slice2("topk_ids", &topk_ids)?;
@@ -339,8 +340,8 @@ impl PyTokenRecycler {
     fn seed_from_prefill(
         &self,
         py: Python<'_>,
-        tokens: PyReadonlyArray1<'_, i64>,
-        topk_ids: PyReadonlyArray2<'_, i64>,
+        tokens: Ids1<'_>,
+        topk_ids: Ids2<'_>,
     ) -> PyResult<()> {
         let t = slice1("tokens", &tokens)?;
         let (ids, _, width) = slice2("topk_ids", &topk_ids)?;
@@ -362,8 +363,8 @@ impl PyTokenRecycler {
     fn ranks_of<'py>(
         &self,
         py: Python<'py>,
-        tokens: PyReadonlyArray1<'py, i64>,
-        next_tokens: PyReadonlyArray1<'py, i64>,
+        tokens: Ids1<'py>,
+        next_tokens: Ids1<'py>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let t = slice1("tokens", &tokens)?;
         let n = slice1("next_tokens", &next_tokens)?;
@@ -382,7 +383,7 @@ impl PyTokenRecycler {
     /// Raises:
     ///     IndexError: an id outside [0, vocab_size).
     #[pyo3(signature = (tokens))]
-    fn rows<'py>(&self, py: Python<'py>, tokens: PyReadonlyArray1<'py, i64>) -> PyResult<Bound<'py, PyArray2<u32>>> {
+    fn rows<'py>(&self, py: Python<'py>, tokens: Ids1<'py>) -> PyResult<Bound<'py, PyArray2<u32>>> {
         let t = slice1("tokens", &tokens)?;
         let (flat, k) = py.detach(|| -> PyResult<_> {
             let st = self.read()?;

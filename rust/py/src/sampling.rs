@@ -30,8 +30,8 @@ fn probs_impl<'py, R: Real + numpy::Element>(
 /// Probabilities from logits: temperature, then top-k, then top-p, then min-p, in f64.
 ///
 /// Args:
-///     logits (np.ndarray[float32 | float64], shape [B, V]): -inf masks a token; NaN and +inf
-///         are errors.
+///     logits (np.ndarray[float32 | float64; other floats, e.g. float16, convert by value],
+///         shape [B, V]): -inf masks a token; NaN and +inf are errors.
 ///     temperature (float): >= 0; 0 gives the one-hot row of the argmax (ties -> lowest id).
 ///         Logits are divided by it, so a subnormal temperature gives the T -> 0+ limit
 ///         exactly: uniform over the tied maxima.
@@ -68,7 +68,8 @@ pub fn probs_from_logits<'py>(
 /// Row r uses the uniform ``uniforms(seed, stream0 + r, counter)`` and the inverse CDF.
 ///
 /// Args:
-///     logits (np.ndarray[float32 | float64], shape [B, V]).
+///     logits (np.ndarray[float32 | float64; other floats, e.g. float16, convert by value],
+///         shape [B, V]).
 ///     temperature, top_k, top_p, min_p: as in ``probs_from_logits``.
 ///     seed (int): 64-bit seed.
 ///     counter (int): 64-bit draw counter (a sampler increments it per call).
@@ -146,7 +147,8 @@ pub fn uniforms<'py>(
 /// number, ties by the lower column. One pass over each row (``torch.topk`` costs several).
 ///
 /// Args:
-///     logits (np.ndarray[float32 | float64], shape [n, V]): C-contiguous rows.
+///     logits (np.ndarray[float32 | float64; other floats, e.g. float16, convert by value],
+///         shape [n, V]): C-contiguous rows.
 ///     k (int): in [1, V].
 ///
 /// Returns:

@@ -10,6 +10,7 @@ use tokenloom_core::limits::MAX_VOCAB;
 use tokenloom_core::scores::{dcpdd, TokenCounts};
 
 use crate::args;
+use crate::ints::{Ids1};
 use crate::error::{slice1, to_py};
 
 /// Token counts of a reference corpus (DC-PDD's token-frequency table).
@@ -89,7 +90,7 @@ impl PyTokenCounts {
     fn add(
         &self,
         py: Python<'_>,
-        ids: PyReadonlyArray1<'_, i64>,
+        ids: Ids1<'_>,
         #[pyo3(from_py_with = opt_max_per_doc)] max_per_doc: Option<usize>,
     ) -> PyResult<()> {
         let ids = slice1("ids", &ids)?;
@@ -122,7 +123,8 @@ impl PyTokenCounts {
         Ok(self.read()?.smoothed().into_pyarray(py))
     }
 
-    /// Write the table to `path` (versioned little-endian binary, through a temporary file).
+    /// Write the table to `path` (versioned little-endian binary with a CRC-32, through a
+    /// temporary file).
     ///
     /// Raises:
     ///     OSError: the file cannot be written.
@@ -131,16 +133,18 @@ impl PyTokenCounts {
         py.detach(|| self.read()?.save(&path).map_err(to_py))
     }
 
-    /// Load a table written by `save`; header, length and the stored total are checked.
+    /// Load a table written by `save`: header, length, the stored total and the CRC-32 of the
+    /// whole file (format version 2; version 1 files, without it, are still read) are checked.
     ///
     /// Args:
-    ///     path (str | os.PathLike): the file.
+    ///     path (str | os.PathLike): the file (a regular file: a named pipe is refused, never
+    ///         waited on).
     ///     vocab_size (int | None): when given, must equal the file's vocabulary size.
     ///
     /// Raises:
-    ///     OSError: the file cannot be read.
-    ///     ValueError: not such a file, another format version, truncated, corrupt, or a
-    ///         vocab_size mismatch.
+    ///     OSError: the file cannot be read or is not a regular file.
+    ///     ValueError: not such a file, another format version, truncated, corrupt (a CRC-32
+    ///         mismatch: any flipped bit), or a vocab_size mismatch.
     #[staticmethod]
     #[pyo3(signature = (path, vocab_size = None))]
     fn load(
@@ -177,7 +181,7 @@ impl PyTokenCounts {
 #[pyo3(signature = (ids, probs, freq, a = 0.01))]
 pub fn dcpdd_score(
     py: Python<'_>,
-    ids: PyReadonlyArray1<'_, i64>,
+    ids: Ids1<'_>,
     probs: PyReadonlyArray1<'_, f64>,
     freq: PyReadonlyArray1<'_, f64>,
     a: f64,
@@ -195,7 +199,7 @@ pub fn dcpdd_score(
 ///     np.ndarray[int64], shape [m].
 #[pyfunction]
 #[pyo3(signature = (ids))]
-pub fn first_occurrences<'py>(py: Python<'py>, ids: PyReadonlyArray1<'py, i64>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+pub fn first_occurrences<'py>(py: Python<'py>, ids: Ids1<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let ids = slice1("ids", &ids)?;
     let idx: Vec<i64> = dcpdd::first_occurrences(ids).into_iter().map(|i| i as i64).collect();
     Ok(idx.into_pyarray(py))

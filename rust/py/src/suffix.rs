@@ -3,7 +3,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -13,6 +13,7 @@ use tokenloom_core::spec::suffix::{
 use tokenloom_core::limits::MAX_TREE_NODES;
 
 use crate::args;
+use crate::ints::{Ids1};
 use crate::error::{slice1, to_py};
 
 type Draft<'py> = (
@@ -29,6 +30,10 @@ fn depth_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
 
 fn max_bytes_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::unnamed("max_bytes", args::size("max_bytes", obj, MIN_CACHE_BYTES, usize::MAX >> 1))
+}
+
+fn opt_vocab_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    args::opt_vocab_size(obj)
 }
 
 fn opt_requests_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
@@ -111,7 +116,7 @@ impl PySuffixIndex {
     /// Raises:
     ///     IndexError: an id out of range (nothing is appended).
     #[pyo3(signature = (tokens))]
-    fn extend(&self, py: Python<'_>, tokens: PyReadonlyArray1<'_, i64>) -> PyResult<()> {
+    fn extend(&self, py: Python<'_>, tokens: Ids1<'_>) -> PyResult<()> {
         let ids = to_ids("tokens", slice1("tokens", &tokens)?)?;
         py.detach(|| {
             let mut g = self.lock()?;
@@ -126,8 +131,8 @@ impl PySuffixIndex {
     /// Args:
     ///     context (np.ndarray[int64], shape [n]): the context's last tokens (its last token is
     ///         the root of the draft).
-    ///     max_match (int): longest suffix of the context matched (>= 1).
-    ///     max_nodes (int): most nodes returned (>= 1).
+    ///     max_match (int): longest suffix of the context matched, in [1, 256].
+    ///     max_nodes (int): most nodes returned, in [1, 2**24].
     ///     min_prob (float): smallest path probability of a returned node, in [0, 1].
     ///
     /// Returns:
@@ -136,12 +141,12 @@ impl PySuffixIndex {
     ///     total), match_len int (0: no match, m == 0)), best first by path probability.
     ///
     /// Raises:
-    ///     ValueError: a size below 1, min_prob outside [0, 1].  IndexError: a bad token id.
+    ///     ValueError: a size outside its range, min_prob outside [0, 1].  IndexError: a bad token id.
     #[pyo3(signature = (context, max_match = 16, max_nodes = 16, min_prob = 0.0))]
     fn speculate<'py>(
         &self,
         py: Python<'py>,
-        context: PyReadonlyArray1<'py, i64>,
+        context: Ids1<'py>,
         #[pyo3(from_py_with = max_match_arg)] max_match: usize,
         #[pyo3(from_py_with = max_nodes_arg)] max_nodes: usize,
         #[pyo3(from_py_with = min_prob_arg)] min_prob: f64,
@@ -182,12 +187,15 @@ impl PySuffixIndex {
 /// Earlier requests' token sequences in one suffix trie, bounded: `max_bytes` caps the memory
 /// (trie nodes, child index, stored sequences) and `max_requests` the number of sequences;
 /// when a new one would not fit, the oldest are evicted first (a sequence too large for the
-/// cap on its own keeps its last tokens). Inserting a sequence of n tokens is O(n * max_depth).
+/// cap on its own keeps as many of its last tokens as fit). Inserting a sequence of n tokens is
+/// O(n * max_depth).
 ///
 /// Args:
 ///     max_depth (int): longest substring stored, in [1, 256].
 ///     max_bytes (int): memory cap in bytes (>= 4096).
 ///     max_requests (int | None): most sequences kept (None: only the memory cap).
+///     vocab_size (int | None): the vocabulary ids must lie in, in [1, 2**24] (None: any id
+///         below 2**24).
 ///
 /// Thread-safe: one lock; several requests may share one cache.
 ///
@@ -207,25 +215,26 @@ impl PySuffixCache {
 #[pymethods]
 impl PySuffixCache {
     #[new]
-    #[pyo3(signature = (max_depth = 24, max_bytes = 67108864, max_requests = None))]
+    #[pyo3(signature = (max_depth = 24, max_bytes = 67108864, max_requests = None, *, vocab_size = None))]
     fn new(
         #[pyo3(from_py_with = depth_arg)] max_depth: usize,
         #[pyo3(from_py_with = max_bytes_arg)] max_bytes: usize,
         #[pyo3(from_py_with = opt_requests_arg)] max_requests: Option<usize>,
+        #[pyo3(from_py_with = opt_vocab_arg)] vocab_size: Option<usize>,
     ) -> PyResult<Self> {
-        let cfg = CacheConfig { max_depth, max_bytes, max_docs: max_requests };
+        let cfg = CacheConfig { max_depth, max_bytes, max_docs: max_requests, vocab_size };
         Ok(PySuffixCache { inner: Mutex::new(SuffixCache::new(cfg).map_err(to_py)?) })
     }
 
     /// Inserts one sequence (evicting the oldest ones first when it would not fit).
     ///
     /// Args:
-    ///     tokens (np.ndarray[int64], shape [n]): token ids in [0, 2**24).
+    ///     tokens (np.ndarray[int64], shape [n]): token ids in [0, vocab_size) (or [0, 2**24)).
     ///
     /// Raises:
     ///     IndexError: an id out of range (nothing is inserted).
     #[pyo3(signature = (tokens))]
-    fn insert(&self, py: Python<'_>, tokens: PyReadonlyArray1<'_, i64>) -> PyResult<()> {
+    fn insert(&self, py: Python<'_>, tokens: Ids1<'_>) -> PyResult<()> {
         let t = slice1("tokens", &tokens)?;
         py.detach(|| self.lock()?.insert(t).map_err(to_py))
     }
@@ -235,7 +244,7 @@ impl PySuffixCache {
     fn speculate<'py>(
         &self,
         py: Python<'py>,
-        context: PyReadonlyArray1<'py, i64>,
+        context: Ids1<'py>,
         #[pyo3(from_py_with = max_match_arg)] max_match: usize,
         #[pyo3(from_py_with = max_nodes_arg)] max_nodes: usize,
         #[pyo3(from_py_with = min_prob_arg)] min_prob: f64,
@@ -267,22 +276,23 @@ impl PySuffixCache {
     }
 
     /// A cache holding the sequences of `data` (from `to_bytes`), inserted oldest first under
-    /// the caps given here.
+    /// the caps and the vocabulary given here.
     ///
     /// Raises:
     ///     ValueError: not suffix cache bytes, another version, truncated or corrupt data, or
-    ///         a different max_depth than the data's when max_depth is given.
+    ///         an id outside [0, vocab_size) when vocab_size is given.
     #[staticmethod]
-    #[pyo3(signature = (data, *, max_bytes = 67108864, max_requests = None))]
+    #[pyo3(signature = (data, *, max_bytes = 67108864, max_requests = None, vocab_size = None))]
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],
         #[pyo3(from_py_with = max_bytes_arg)] max_bytes: usize,
         #[pyo3(from_py_with = opt_requests_arg)] max_requests: Option<usize>,
+        #[pyo3(from_py_with = opt_vocab_arg)] vocab_size: Option<usize>,
     ) -> PyResult<Self> {
         // The depth is the data's (bytes 12..16); from_bytes validates it again.
         let depth = data.get(12..16).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize).unwrap_or(1);
-        let cfg = CacheConfig { max_depth: depth.clamp(1, MAX_SUFFIX_DEPTH), max_bytes, max_docs: max_requests };
+        let cfg = CacheConfig { max_depth: depth.clamp(1, MAX_SUFFIX_DEPTH), max_bytes, max_docs: max_requests, vocab_size };
         let cache = py.detach(|| SuffixCache::from_bytes(data, cfg)).map_err(to_py)?;
         Ok(PySuffixCache { inner: Mutex::new(cache) })
     }
@@ -300,6 +310,18 @@ impl PySuffixCache {
     #[getter]
     fn max_requests(&self) -> PyResult<Option<usize>> {
         Ok(self.lock()?.config().max_docs)
+    }
+
+    /// The vocabulary the ids lie in (None: any id below 2**24).
+    #[getter]
+    fn vocab_size(&self) -> PyResult<Option<usize>> {
+        Ok(self.lock()?.config().vocab_size)
+    }
+
+    /// The largest id held (None: empty).
+    #[getter]
+    fn max_token(&self) -> PyResult<Option<u32>> {
+        Ok(self.lock()?.max_token())
     }
 
     /// Bytes held (trie, child index, sequences); never above max_bytes after an insert.

@@ -1,12 +1,13 @@
 //! Bindings of `tokenloom_core::verify`.
 
-use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use tokenloom_core::rng::Stream;
 use tokenloom_core::sampling::Real;
 use tokenloom_core::verify::{self, Rows, VerifyResult};
 
 use crate::args;
+use crate::ints::{ids1_bound, Ids1, Ids2};
 use crate::error::{slice1, slice2, to_py};
 use crate::floats::{blocks, mixed, F2, F3};
 
@@ -30,19 +31,21 @@ fn into_py<'py>(py: Python<'py>, r: VerifyResult) -> PyVerifyResult<'py> {
 /// Raises:
 ///     ValueError: lengths differ, the tree is empty or not topologically ordered.
 ///     IndexError: a negative target id.
+///     TypeError: an array that is not a 1-D integer array (other integer dtypes than int64,
+///         e.g. an int32 argmax, convert by value).
 #[pyfunction]
 #[pyo3(signature = (parents, tokens, target_argmax))]
 pub fn verify_greedy<'py>(
     py: Python<'py>,
-    parents: &Bound<'py, PyArray1<i64>>,
-    tokens: &Bound<'py, PyArray1<i64>>,
-    target_argmax: &Bound<'py, PyArray1<i64>>,
+    #[pyo3(from_py_with = ids1_bound)] parents: Bound<'py, PyArray1<i64>>,
+    #[pyo3(from_py_with = ids1_bound)] tokens: Bound<'py, PyArray1<i64>>,
+    #[pyo3(from_py_with = ids1_bound)] target_argmax: Bound<'py, PyArray1<i64>>,
 ) -> PyResult<PyVerifyResult<'py>> {
     // A microsecond kernel: the walk runs with the GIL held and reads the arrays without
     // rust-numpy's borrow registry (whose bookkeeping costs more than the walk on small trees).
     // SAFETY: the GIL is held for the whole call and nothing here runs Python code, so no other
     // thread can write to the arrays; the slices do not outlive this function.
-    let (p, t, a) = unsafe { (raw1("parents", parents)?, raw1("tokens", tokens)?, raw1("target_argmax", target_argmax)?) };
+    let (p, t, a) = unsafe { (raw1("parents", &parents)?, raw1("tokens", &tokens)?, raw1("target_argmax", &target_argmax)?) };
     let r = verify::verify_greedy(p, t, a).map_err(to_py)?;
     Ok((PyArray1::from_slice(py, &r.path), PyArray1::from_slice(py, &r.tokens)))
 }
@@ -72,10 +75,10 @@ unsafe fn raw1<'a>(what: &str, arr: &'a Bound<'_, PyArray1<i64>>) -> PyResult<&'
 #[pyo3(signature = (parents, tokens, target_argmax, lengths))]
 pub fn verify_greedy_batch<'py>(
     py: Python<'py>,
-    parents: PyReadonlyArray2<'py, i64>,
-    tokens: PyReadonlyArray2<'py, i64>,
-    target_argmax: PyReadonlyArray2<'py, i64>,
-    lengths: PyReadonlyArray1<'py, i64>,
+    parents: Ids2<'py>,
+    tokens: Ids2<'py>,
+    target_argmax: Ids2<'py>,
+    lengths: Ids1<'py>,
 ) -> PyResult<Vec<PyVerifyResult<'py>>> {
     let (p, _, t_max) = slice2("parents", &parents)?;
     let (t, _, _) = slice2("tokens", &tokens)?;
@@ -118,7 +121,7 @@ fn tree_one<R: Real + numpy::Element>(
 /// Args:
 ///     parents (np.ndarray[int64], shape [T]): parents[0] == -1, 0 <= parents[i] < i.
 ///     tokens (np.ndarray[int64], shape [T]): token of each node, in [0, V) (tokens[0] unused).
-///     target_probs (np.ndarray[float32 | float64], shape [T, V]): target distribution of the
+///     target_probs (np.ndarray[float32 | float64 | float16], shape [T, V]): target distribution of the
 ///         token after each node; rows finite, >= 0, summing to 1 within 1e-4.
 ///     draft_probs (np.ndarray, same dtype and shape as target_probs, optional): draft
 ///         distribution from which each node's children were drawn.
@@ -135,8 +138,8 @@ fn tree_one<R: Real + numpy::Element>(
 #[pyo3(signature = (parents, tokens, target_probs, draft_probs=None, seed=0, replacement=true))]
 pub fn verify_tree<'py>(
     py: Python<'py>,
-    parents: PyReadonlyArray1<'py, i64>,
-    tokens: PyReadonlyArray1<'py, i64>,
+    parents: Ids1<'py>,
+    tokens: Ids1<'py>,
     target_probs: &Bound<'py, PyAny>,
     draft_probs: Option<&Bound<'py, PyAny>>,
     #[pyo3(from_py_with = args::seed)] seed: u64,
@@ -194,7 +197,7 @@ fn tree_batch<R: Real + numpy::Element>(
 ///
 /// Args:
 ///     parents, tokens (np.ndarray[int64], shape [B, T_max]): one tree per row.
-///     target_probs (np.ndarray[float32 | float64], shape [B, T_max, V]): each [T_max, V] block
+///     target_probs (np.ndarray[float32 | float64 | float16], shape [B, T_max, V]): each [T_max, V] block
 ///         C-contiguous (the batch axis may be broadcast with stride 0).
 ///     draft_probs (same dtype and shape as target_probs, optional).
 ///     lengths (np.ndarray[int64], shape [B]): nodes used in each row (root included).
@@ -212,10 +215,10 @@ fn tree_batch<R: Real + numpy::Element>(
 #[allow(clippy::too_many_arguments)]
 pub fn verify_tree_batch<'py>(
     py: Python<'py>,
-    parents: PyReadonlyArray2<'py, i64>,
-    tokens: PyReadonlyArray2<'py, i64>,
+    parents: Ids2<'py>,
+    tokens: Ids2<'py>,
     target_probs: &Bound<'py, PyAny>,
-    lengths: PyReadonlyArray1<'py, i64>,
+    lengths: Ids1<'py>,
     draft_probs: Option<&Bound<'py, PyAny>>,
     #[pyo3(from_py_with = args::seed)] seed: u64,
     replacement: bool,
@@ -254,7 +257,7 @@ fn chain_one<R: Real + numpy::Element>(
 ///
 /// Args:
 ///     draft_tokens (np.ndarray[int64], shape [n]): drafted ids, in [0, V).
-///     draft_probs (np.ndarray[float32 | float64], shape [n, V]): q_i, from which token i was drawn.
+///     draft_probs (np.ndarray[float32 | float64 | float16], shape [n, V]): q_i, from which token i was drawn.
 ///     target_probs (np.ndarray, same dtype, shape [n + 1, V]): p_i; row n is the bonus row.
 ///     seed (int): seed in [0, 2**64); the call uses stream 0.
 ///
@@ -268,7 +271,7 @@ fn chain_one<R: Real + numpy::Element>(
 #[pyo3(signature = (draft_tokens, draft_probs, target_probs, seed=0))]
 pub fn verify_chain<'py>(
     py: Python<'py>,
-    draft_tokens: PyReadonlyArray1<'py, i64>,
+    draft_tokens: Ids1<'py>,
     draft_probs: &Bound<'py, PyAny>,
     target_probs: &Bound<'py, PyAny>,
     #[pyo3(from_py_with = args::seed)] seed: u64,
@@ -309,7 +312,7 @@ fn chain_batch<R: Real + numpy::Element>(
 ///
 /// Args:
 ///     draft_tokens (np.ndarray[int64], shape [B, n_max]).
-///     draft_probs (np.ndarray[float32 | float64], shape [B, n_max, V]).
+///     draft_probs (np.ndarray[float32 | float64 | float16], shape [B, n_max, V]).
 ///     target_probs (np.ndarray, same dtype, shape [B, n_max + 1, V]).
 ///     lengths (np.ndarray[int64], shape [B]): drafts used in each chain (<= n_max).
 ///     seed (int): seed in [0, 2**64); chain b uses stream b.
@@ -324,10 +327,10 @@ fn chain_batch<R: Real + numpy::Element>(
 #[pyo3(signature = (draft_tokens, draft_probs, target_probs, lengths, seed=0))]
 pub fn verify_chain_batch<'py>(
     py: Python<'py>,
-    draft_tokens: PyReadonlyArray2<'py, i64>,
+    draft_tokens: Ids2<'py>,
     draft_probs: &Bound<'py, PyAny>,
     target_probs: &Bound<'py, PyAny>,
-    lengths: PyReadonlyArray1<'py, i64>,
+    lengths: Ids1<'py>,
     #[pyo3(from_py_with = args::seed)] seed: u64,
 ) -> PyResult<Vec<PyVerifyResult<'py>>> {
     let (x, _, n_max) = slice2("draft_tokens", &draft_tokens)?;

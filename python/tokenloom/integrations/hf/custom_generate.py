@@ -239,7 +239,7 @@ def recycling_generate(
         ``output_scores`` / ``output_logits`` / ``output_attentions`` / ``output_hidden_states``,
         logits processors or stopping criteria it cannot honour, unknown model kwargs.
     """
-    import tokenloom
+    from tokenloom.decoding.generate import generate
 
     who = "recycling_generate"
     if generation_config is None:
@@ -274,7 +274,7 @@ def recycling_generate(
     streamer, prompt_streamed = _resolve_streamer(model, streamer, token_streamer, who)
     if streamer is not None and prompt_streamed:
         streamer = _AfterPrompt(streamer)
-    out = tokenloom.generate(
+    out = generate(
         model,
         input_ids,
         method="recycling",

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Union
 
+from tokenloom.runtime.model import stop_token_ids  # re-exported: loading and stop tokens go together
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -217,20 +219,3 @@ def make_tiny_llama(vocab_size: int = 49152, seed: int = 0, layers: int = 2) -> 
 def load_or_default(path: Union[None, str, os.PathLike] = None, *, verbose: bool = False) -> Tuple[Any, Any]:
     """``load(path)`` when a path is given, else the embedded model (:func:`load_default`)."""
     return load(path, verbose=verbose) if path else load_default(verbose)
-
-
-def stop_token_ids(model: Any, tokenizer: Any = None) -> List[int]:
-    """Stop tokens as HF ``generate`` takes them: from ``model.generation_config``, falling back
-    to the model config and then to the tokenizer.
-
-    transformers 4.57's conversion of a GGUF tokenizer reports the BOS token as EOS
-    (:func:`load_tokenizer` corrects that); the generation config holds the file's EOS, which
-    is why the config comes first.
-    """
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        eos = getattr(source, "eos_token_id", None)
-        if eos is not None:
-            return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        return [int(tokenizer.eos_token_id)]
-    return []

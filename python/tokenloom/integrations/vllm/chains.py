@@ -16,6 +16,10 @@ cross-request :class:`~tokenloom.spec.suffix.store.SuffixCache` and, ``merged``,
 Recycling's matrix). The table :data:`CHAIN_DRAFTERS` maps a name to a factory
 ``factory(vocab_size, num_tokens, **options) -> ChainDrafter``; :func:`register_chain_drafter`
 adds one, :func:`make_chain_drafter` builds one by name with a clear error.
+
+Every input is checked whole before any state changes: histories, verified and emitted tokens
+and top-k rows are int ids in ``[0, vocab_size)`` (floats are refused, never truncated), and
+``max_tokens`` an int >= 0.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-from tokenloom._arrays import as_array, as_count, as_fraction
+from tokenloom._arrays import as_count, as_fraction, as_ids
 from tokenloom.spec.recycling.recycler import TokenRecycler
 from tokenloom.spec.suffix.calibration import Calibration
 from tokenloom.spec.suffix.drafter import DEFAULT_MAX_MATCH, MergedDrafter
-from tokenloom.spec.suffix.store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, SuffixCache
+from tokenloom.spec.suffix.store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_MATCH, SuffixCache
 from tokenloom.spec.templates import chain_paths, compile_template
 
 __all__ = [
@@ -121,6 +125,7 @@ class RecyclingChains:
             raise TypeError(f"recycler: expected a tokenloom.TokenRecycler, got {type(recycler).__name__}")
         elif recycler.vocab_size != vocab_size:
             raise ValueError(f"recycler: vocab_size {recycler.vocab_size} != the model's {vocab_size}")
+        self.vocab_size = vocab_size
         self.recycler = recycler
         self.k = recycler.k
         self.seed_prompt = bool(seed_prompt)
@@ -133,33 +138,36 @@ class RecyclingChains:
 
     def row(self, token: int) -> np.ndarray:
         """int64 [k]: the candidates of ``token``, best first."""
-        return self.recycler.draft(int(token), self._row).tokens[1:]
+        return self.recycler.draft(token, self._row).tokens[1:]
 
     def _move_to_front(self, tokens: Sequence[int], successors: Sequence[int], only_unknown: bool) -> None:
+        """Move-to-front of checked ids; the rows are marked known once the matrix has them."""
         new: Dict[int, List[int]] = {}  # rows written so far in this call, in order
         for t, s in zip(tokens, successors):
-            t, s = int(t), int(s)
             if only_unknown and self._known[t] and t not in new:
                 continue
             old = new[t] if t in new else (self.row(t).tolist() if self._known[t] else [])
             new[t] = ([s] + [x for x in old if x != s] + [s] * self.k)[: self.k]
-            self._known[t] = True
         if new:
-            self.recycler.update(np.asarray(list(new), dtype=np.int64), np.asarray(list(new.values()), dtype=np.int64))
+            rows = np.asarray(list(new), dtype=np.int64)
+            self.recycler.update(rows, np.asarray(list(new.values()), dtype=np.int64))
+            self._known[rows] = True
 
-    def start(self, history: np.ndarray) -> None:
+    def start(self, history: Any) -> None:
+        history = as_ids(history, "history", self.vocab_size)
         if self.seed_prompt and len(history) > 1:
             with self._lock:
                 self._move_to_front(history[:-1].tolist(), history[1:].tolist(), only_unknown=True)
 
-    def observe(self, verified: np.ndarray, emitted: np.ndarray, topk: Optional[np.ndarray], state: Any = None) -> None:
-        verified = as_array(verified, np.int64, "verified", 1)
-        emitted = as_array(emitted, np.int64, "emitted", 1)
+    def observe(self, verified: Any, emitted: Any, topk: Optional[Any], state: Any = None) -> None:
+        verified = as_ids(verified, "verified", self.vocab_size)
+        emitted = as_ids(emitted, "emitted", self.vocab_size)
+        if topk is not None:
+            topk = as_ids(topk, "topk", self.vocab_size, 2)
+            if topk.shape[0] != verified.shape[0]:
+                raise ValueError(f"topk: expected {verified.shape[0]} rows (one per verified token), got {topk.shape[0]}")
         with self._lock:
             if topk is not None:
-                topk = as_array(topk, np.int64, "topk", 2)
-                if topk.shape[0] != verified.shape[0]:
-                    raise ValueError(f"topk: expected {verified.shape[0]} rows (one per verified token), got {topk.shape[0]}")
                 self.recycler.update(verified, topk[:, : self.k])
                 self._known[verified] = True
                 self.topk_updates += 1
@@ -169,8 +177,9 @@ class RecyclingChains:
                 self._move_to_front(chain[:-1].tolist(), chain[1:].tolist(), only_unknown=False)
                 self.mtf_updates += 1
 
-    def propose(self, history: np.ndarray, max_tokens: int, state: Any = None) -> List[int]:
-        n = min(int(max_tokens), self.num_tokens)
+    def propose(self, history: Any, max_tokens: int, state: Any = None) -> List[int]:
+        history = as_ids(history, "history", self.vocab_size)
+        n = min(as_count(max_tokens, "max_tokens", 0), self.num_tokens)
         if n <= 0 or len(history) == 0:
             return []
         root = int(history[-1])
@@ -272,14 +281,16 @@ class MergedChains:
         self.k = self.recycling.k if self.recycling is not None else 0
         self.budget = as_count(4 * self.num_tokens if budget is None else budget, "budget", 1)
         self.token_cost = as_fraction(token_cost, "token_cost")
-        self.max_match = as_count(max_match, "max_match", 1)
+        self.max_match = as_count(max_match, "max_match", 1, MAX_MATCH)
         self.index_depth = as_count(index_depth, "index_depth", 2)
         if cache is None:
-            cache = SuffixCache(self.index_depth, as_count(cache_bytes, "cache_bytes", 1), cache_requests)
+            cache = SuffixCache(self.index_depth, as_count(cache_bytes, "cache_bytes", 1), cache_requests, vocab_size=self.vocab_size)
         elif cache is False:
             cache = None
         elif not isinstance(cache, SuffixCache):
             raise TypeError(f"cache: expected a SuffixCache, None (a new one) or False (none), got {type(cache).__name__}")
+        if cache is not None:
+            cache.check_vocab(self.vocab_size)
         self.cache: Optional[SuffixCache] = cache
         self.calibration = Calibration(k=self.k)
         self._lock = threading.Lock()
@@ -294,17 +305,19 @@ class MergedChains:
         d.begin(history.tolist(), n_prompt)
         return d
 
-    def start(self, history: np.ndarray) -> _Request:
-        history = as_array(history, np.int64, "history", 1)
+    def start(self, history: Any) -> _Request:
+        history = as_ids(history, "history", self.vocab_size)
         if self.recycling is not None:
             self.recycling.start(history)
         with self._lock:
             self._counts["requests"] += 1
         return _Request(self._drafter(history, max(len(history) - 1, 0)))
 
-    def observe(self, verified: np.ndarray, emitted: np.ndarray, topk: Optional[np.ndarray], state: Any = None) -> None:
-        verified = as_array(verified, np.int64, "verified", 1)
-        emitted = as_array(emitted, np.int64, "emitted", 1)
+    def observe(self, verified: Any, emitted: Any, topk: Optional[Any], state: Any = None) -> None:
+        verified = as_ids(verified, "verified", self.vocab_size)
+        emitted = as_ids(emitted, "emitted", self.vocab_size)
+        if topk is not None:
+            topk = as_ids(topk, "topk", self.vocab_size, 2)
         if not 1 <= emitted.shape[0] <= verified.shape[0]:
             raise ValueError(f"emitted: expected 1 to {verified.shape[0]} tokens (one per verified token), got {emitted.shape[0]}")
         if self.recycling is not None:
@@ -320,11 +333,11 @@ class MergedChains:
             d.learn(range(emitted.shape[0]) if fresh else [], emitted)
             state.proposed_at = -1
 
-    def propose(self, history: np.ndarray, max_tokens: int, state: Any = None) -> List[int]:
-        n = min(int(max_tokens), self.num_tokens)
+    def propose(self, history: Any, max_tokens: int, state: Any = None) -> List[int]:
+        history = as_ids(history, "history", self.vocab_size)
+        n = min(as_count(max_tokens, "max_tokens", 0), self.num_tokens)
         if n <= 0 or len(history) == 0:
             return []
-        history = as_array(history, np.int64, "history", 1)
         with self._lock:
             if state is None:  # a one-off history: a throwaway request state
                 state = _Request(self._drafter(history, len(history)))

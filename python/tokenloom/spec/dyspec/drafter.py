@@ -247,6 +247,8 @@ def make_dyspec_drafter(
     budget = as_count(budget, "budget", 1)
     max_depth = as_count(max_depth, "max_depth", 1)
     k = as_count(k, "k", 1)
+    # Checked whatever the tree (only dynamic trees use it).
+    max_frontier = None if max_frontier is None else as_count(max_frontier, "max_frontier", 1)
     if tree not in TREES:
         raise ValueError(f"tree: expected one of {TREES}, got {tree!r}")
     vocab = logits_width(model)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
+from tokenloom._arrays import as_count
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import AcceptanceStats, StepCost, choose_template
 from tokenloom.spec.templates import NESTED_SIZES, Template, TemplateSpec, compile_template, template_paths
@@ -82,14 +83,12 @@ class RecyclingDrafter:
         finish: Optional[Callable[[], None]] = None,
         setup_seconds: float = 0.0,
     ):
-        if isinstance(resize_every, bool) or not isinstance(resize_every, int) or resize_every < 1:
-            raise ValueError(f"resize_every: expected an int >= 1, got {resize_every!r}")
         self.recycler = recycler
         self.k = recycler.k
         self.auto = isinstance(tree, str) and tree == "auto"
         self.seed_prefill = bool(seed_prefill)
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
-        self.resize_every = resize_every
+        self.resize_every = as_count(resize_every, "resize_every", 1)  # checked whatever the tree
         self.acceptance = acceptance if acceptance is not None else AcceptanceStats(k=self.k)
         if self.acceptance.k != self.k:
             raise ValueError(f"acceptance: statistics for k={self.acceptance.k}, recycler k={self.k}")

@@ -54,7 +54,8 @@ def make_recycling_drafter(
 
     Raises:
         TypeError: ``recycler`` is not a TokenRecycler.
-        ValueError: the recycler's vocabulary is smaller than the model's; a bad ``tree``.
+        ValueError: the recycler does not fit the model's vocabulary (fewer rows, or a candidate
+            past it); a bad ``tree``.
     """
     vocab = logits_width(model)
     if recycler is not None and not isinstance(recycler, TokenRecycler):
@@ -62,8 +63,7 @@ def make_recycling_drafter(
     keep = resolve_persist(persist)
     rec = recycler if recycler is not None else default_recycler(vocab, model=model, persist=keep)
     finish = None if recycler is not None or not keep else (lambda: recycler_changed(rec, model, True))
-    if rec.vocab_size < vocab:
-        raise ValueError(f"recycler: vocab_size {rec.vocab_size} is smaller than the model's {vocab}")
+    rec.check_vocab(vocab)
     auto = isinstance(tree, str) and tree == "auto"
     start = time.perf_counter()
     cost = calibrate_step_cost(model, k=rec.k) if auto else None

@@ -161,6 +161,23 @@ class TokenRecycler:
         """
         return self._r.rows(as_array(tokens, np.int64, "tokens", 1))
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """Check that this recycler fits a model's vocabulary ``[0, vocab_size)``: a row for
+        every id, and no candidate past it (run when a drafter binds the recycler to a model: a
+        candidate past the vocabulary would fail inside the model's embedding).
+
+        Raises:
+            ValueError: fewer rows than ``vocab_size``, or a row of an id below it holding a
+                candidate >= ``vocab_size``.
+        """
+        if self.vocab_size < vocab_size:
+            raise ValueError(f"recycler: vocab_size {self.vocab_size} is smaller than the model's {vocab_size}")
+        if self.vocab_size > vocab_size:  # equal: the matrix holds only ids below it already
+            rows = self.adjacency()[:vocab_size]
+            top = int(rows.max()) if rows.size else 0
+            if top >= vocab_size:
+                raise ValueError(f"recycler: holds candidate id {top}, outside the model's vocabulary [0, {vocab_size})")
+
     def adjacency(self) -> np.ndarray:
         """A copy of the matrix, uint32 [vocab_size, k]."""
         return self._r.adjacency()

@@ -43,7 +43,7 @@ from tokenloom._arrays import as_array, as_count, as_fraction
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, Calibration
-from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, SuffixCache, SuffixIndex
+from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, MAX_MATCH, SuffixCache, SuffixIndex
 from tokenloom.spec.topk import top_k_ids
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "cap_rows", "subtree", "top_path"]
@@ -147,7 +147,7 @@ class MergedDrafter:
         cost: the calibrated step cost (``budget="auto"``).
         max_budget: most draft nodes ``"auto"`` considers (>= 1).
         max_depth: deepest draft node (>= 1).
-        max_match: longest context suffix matched (>= 1).
+        max_match: longest context suffix matched, in [1, 256] (:data:`MAX_MATCH`).
         children: most children per node (>= 1).
         index_depth: longest substring this request's index stores (match + continuation).
         calibration: the acceptance calibration to start from (owned by this drafter; default
@@ -199,16 +199,17 @@ class MergedDrafter:
         if cache is not None and not isinstance(cache, SuffixCache):
             raise TypeError(f"cache: expected a SuffixCache or None, got {type(cache).__name__}")
         self.auto = isinstance(budget, str) and budget == "auto"
+        max_budget = as_count(max_budget, "max_budget", 1)  # checked whatever the budget
         if self.auto:
             if cost is None:
                 raise ValueError('budget="auto" needs the calibrated step cost (cost=calibrate_step_cost(model))')
-            self.budget = as_count(max_budget, "max_budget", 1)
+            self.budget = max_budget
         elif isinstance(budget, str):
             raise ValueError(f'budget: expected an int >= 1 or "auto", got {budget!r}')
         else:
             self.budget = as_count(budget, "budget", 1)
         self.max_depth = as_count(max_depth, "max_depth", 1)
-        self.max_match = as_count(max_match, "max_match", 1)
+        self.max_match = as_count(max_match, "max_match", 1, MAX_MATCH)
         self.children = as_count(children, "children", 1)
         self.index_depth = as_count(index_depth, "index_depth", 2)
         self.recycler = recycler

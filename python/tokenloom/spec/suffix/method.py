@@ -34,6 +34,7 @@ def _cache_arg(cache: Any, vocab: int, model: Any, persist: bool) -> Optional[Su
         return None
     if not isinstance(cache, SuffixCache):
         raise TypeError(f"cache: expected a SuffixCache, None (the process-wide one) or False (none), got {type(cache).__name__}")
+    cache.check_vocab(vocab)
     return cache
 
 
@@ -111,15 +112,15 @@ def make_merged_drafter(
 
     Raises:
         TypeError: ``recycler`` / ``cache`` of the wrong type.
-        ValueError: the recycler's vocabulary is smaller than the model's; a bad size.
+        ValueError: the recycler or the cache does not fit the model's vocabulary (fewer rows,
+            or an id past it); a bad size.
     """
     vocab = logits_width(model)
     if recycler is not None and not isinstance(recycler, TokenRecycler):
         raise TypeError(f"recycler: expected a tokenloom.TokenRecycler, got {type(recycler).__name__}")
     keep = resolve_persist(persist)
     rec = recycler if recycler is not None else default_recycler(vocab, model=model, persist=keep)
-    if rec.vocab_size < vocab:
-        raise ValueError(f"recycler: vocab_size {rec.vocab_size} is smaller than the model's {vocab}")
+    rec.check_vocab(vocab)
     store = _cache_arg(cache, vocab, model, keep)
     return _build(
         "merged", model, cfg, rec, store, budget, _persisted(model, keep, rec, store),

@@ -5,21 +5,39 @@
 //!   tokens, as the paper's reference counts the first 1024 of each C4 document);
 //! * [`TokenCounts::save`] / [`TokenCounts::load`]: a small little-endian binary format, see
 //!   [`MAGIC`]; the header is checked (magic, version, sizes, the stored total equal to the sum
-//!   of the counts) before anything is trusted.
+//!   of the counts) before anything is trusted, and a CRC-32 of the whole file (version 2, the
+//!   one written) catches a flipped bit in any field, the document count included.
 
 use std::io::Read;
 use std::path::Path;
 
 use crate::error::{check_index, CoreError, Result};
-use crate::files::{open_with_header, write_atomic};
+use crate::files::{crc32, open_with_header, write_atomic};
 use crate::limits::{check_size, try_filled, MAX_VOCAB};
 
 /// File magic of saved counts (8 bytes), followed by `version: u32`, `reserved: u32` (0),
-/// `vocab: u64`, `total: u64`, `docs: u64`, then `vocab` little-endian u64 counts.
+/// `vocab: u64`, `total: u64`, `docs: u64`, then `vocab` little-endian u64 counts and, from
+/// version 2 on, `crc32: u32`: the CRC-32 (zlib's) of every byte before it.
 pub const MAGIC: &[u8; 8] = b"TLTOKFRQ";
-/// Current version of the file format.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the file format written (version 1 files, without the CRC-32, are still read).
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8;
+const CRC_LEN: usize = 4;
+
+/// What a file header says: sizes and whether a CRC-32 follows the counts.
+struct Header {
+    vocab: usize,
+    total: u64,
+    docs: u64,
+    crc: bool,
+}
+
+impl Header {
+    /// Bytes after the header: the counts and the CRC-32 (if any).
+    fn body_len(&self) -> u64 {
+        self.vocab as u64 * 8 + if self.crc { CRC_LEN as u64 } else { 0 }
+    }
+}
 
 /// Counts of every token id in `[0, vocab)` over a corpus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,9 +109,9 @@ impl TokenCounts {
         self.counts.iter().map(|&c| (c as f64 + 1.0) / denom).collect()
     }
 
-    /// Serialises the table (header + counts, little-endian).
+    /// Serialises the table (header, counts, CRC-32; little-endian).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + self.counts.len() * 8);
+        let mut out = Vec::with_capacity(HEADER_LEN + self.counts.len() * 8 + CRC_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
@@ -103,14 +121,16 @@ impl TokenCounts {
         for &c in &self.counts {
             out.extend_from_slice(&c.to_le_bytes());
         }
+        let crc = crc32(&[&out]);
+        out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
     /// Parses [`to_bytes`](Self::to_bytes) output; `expect_vocab` (when given) must match.
     pub fn from_bytes(bytes: &[u8], expect_vocab: Option<usize>) -> Result<Self> {
         let header = bytes.get(..HEADER_LEN).unwrap_or(bytes);
-        let (vocab, total, docs) = parse_header(header, expect_vocab)?;
-        from_body(&bytes[header.len()..], vocab, total, docs)
+        let h = parse_header(header, expect_vocab)?;
+        from_body(header, &bytes[header.len()..], &h)
     }
 
     /// Writes the table to `path` (through a temporary file and a rename).
@@ -122,17 +142,17 @@ impl TokenCounts {
     /// checked before the counts are read.
     pub fn load(path: &Path, expect_vocab: Option<usize>) -> Result<Self> {
         let (mut f, header, got) = open_with_header(path, HEADER_LEN)?;
-        let (vocab, total, docs) = parse_header(&header, expect_vocab)?;
-        let want = HEADER_LEN as u64 + vocab as u64 * 8;
+        let h = parse_header(&header, expect_vocab)?;
+        let want = HEADER_LEN as u64 + h.body_len();
         if got != want {
             return Err(CoreError::value(format!(
                 "token-frequency file is truncated or padded: expected {want} bytes, got {got}"
             )));
         }
-        let mut body = try_filled("token-frequency file", vocab * 8, 0u8)?;
+        let mut body = try_filled("token-frequency file", h.body_len() as usize, 0u8)?;
         f.read_exact(&mut body)
             .map_err(|e| CoreError::Io(format!("cannot read {}: {e}", path.display())))?;
-        from_body(&body, vocab, total, docs)
+        from_body(&header, &body, &h)
     }
 }
 
@@ -142,15 +162,15 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-/// Checks a header; returns `(vocab, total, docs)`.
-fn parse_header(header: &[u8], expect_vocab: Option<usize>) -> Result<(usize, u64, u64)> {
+/// Checks a header (version 1 or 2).
+fn parse_header(header: &[u8], expect_vocab: Option<usize>) -> Result<Header> {
     if header.len() < HEADER_LEN || &header[..8] != MAGIC {
         return Err(CoreError::value("not a tokenloom token-frequency file (bad magic)"));
     }
     let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if version != FORMAT_VERSION {
+    if version != 1 && version != FORMAT_VERSION {
         return Err(CoreError::value(format!(
-            "token-frequency file format version {version} is not supported (expected {FORMAT_VERSION})"
+            "token-frequency file format version {version} is not supported (expected 1 or {FORMAT_VERSION})"
         )));
     }
     let reserved = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
@@ -166,20 +186,34 @@ fn parse_header(header: &[u8], expect_vocab: Option<usize>) -> Result<(usize, u6
             )));
         }
     }
-    Ok((vocab, u64_at(header, 24), u64_at(header, 32)))
+    Ok(Header { vocab, total: u64_at(header, 24), docs: u64_at(header, 32), crc: version >= 2 })
 }
 
-fn from_body(body: &[u8], vocab: usize, total: u64, docs: u64) -> Result<TokenCounts> {
-    if body.len() as u64 != vocab as u64 * 8 {
+/// The table of a checked `header` and the bytes after it: the CRC-32 (version 2) is checked
+/// before the counts are read.
+fn from_body(header: &[u8], body: &[u8], h: &Header) -> Result<TokenCounts> {
+    let Header { vocab, total, docs, .. } = *h;
+    if body.len() as u64 != h.body_len() {
         return Err(CoreError::value(format!(
             "token-frequency file is truncated or padded: expected {} bytes, got {}",
-            HEADER_LEN as u64 + vocab as u64 * 8,
+            HEADER_LEN as u64 + h.body_len(),
             HEADER_LEN + body.len()
         )));
     }
+    let counts_bytes = &body[..vocab * 8];
+    if h.crc {
+        let c = &body[vocab * 8..];
+        let stored = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let actual = crc32(&[header, counts_bytes]);
+        if stored != actual {
+            return Err(CoreError::value(format!(
+                "token-frequency file is corrupt: CRC-32 mismatch (stored {stored:#010x}, computed {actual:#010x})"
+            )));
+        }
+    }
     let mut counts = try_filled("token counts", vocab, 0u64)?;
     let mut sum: u64 = 0;
-    for (i, c) in body.chunks_exact(8).enumerate() {
+    for (i, c) in counts_bytes.chunks_exact(8).enumerate() {
         counts[i] = u64_at(c, 0);
         sum = sum.checked_add(counts[i]).ok_or_else(|| CoreError::value("token-frequency file is corrupt: counts overflow"))?;
     }
@@ -229,16 +263,40 @@ mod tests {
         bad[0] = b'X';
         assert!(TokenCounts::from_bytes(&bad, None).is_err());
         let mut bad = b.clone();
-        bad[8] = 2; // version
+        bad[8] = 3; // version
         assert!(TokenCounts::from_bytes(&bad, None).is_err());
         let mut bad = b.clone();
         bad[HEADER_LEN] = 9; // a count no longer matching the total
         assert!(TokenCounts::from_bytes(&bad, None).is_err());
+        // Any flipped bit, the document count's included, fails the CRC-32.
+        for byte in 0..b.len() {
+            let mut bad = b.clone();
+            bad[byte] ^= 1 << (byte % 8);
+            assert!(TokenCounts::from_bytes(&bad, None).is_err(), "byte {byte}");
+        }
+        let mut bad = b.clone();
+        bad[32] ^= 1; // docs
+        let err = TokenCounts::from_bytes(&bad, None).unwrap_err().to_string();
+        assert!(err.contains("CRC-32 mismatch"), "{err}");
         let mut other = TokenCounts::new(5).unwrap();
         other.merge(&t).unwrap();
         other.merge(&t).unwrap();
         assert_eq!((other.total(), other.counts()[4]), (6, 4));
         assert!(other.merge(&TokenCounts::new(4).unwrap()).is_err());
+    }
+
+    #[test]
+    fn version_1_files_are_still_read() {
+        let mut t = TokenCounts::new(3).unwrap();
+        t.add(&[2, 2, 1], None).unwrap();
+        let mut v1 = t.to_bytes();
+        v1.truncate(v1.len() - CRC_LEN);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(TokenCounts::from_bytes(&v1, Some(3)).unwrap(), t);
+        let mut v3 = t.to_bytes();
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let err = TokenCounts::from_bytes(&v3, None).unwrap_err().to_string();
+        assert!(err.contains("version 3 is not supported"), "{err}");
     }
 
     #[test]

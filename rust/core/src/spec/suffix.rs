@@ -16,13 +16,15 @@
 //!
 //! [`SuffixCache`] keeps whole documents (earlier requests' outputs) in one trie with a memory
 //! cap (`max_bytes`, counting nodes, the child index and the stored tokens) and an optional
-//! document cap; when a new document would not fit, the oldest documents are evicted first.
-//! It serialises to bytes (the documents; the trie is rebuilt on load).
+//! document cap; when a new document would not fit, the oldest documents are evicted first,
+//! and a document too large for the cap on its own keeps as many of its last tokens as fit.
+//! A cache made for one vocabulary (`vocab_size`) holds only ids below it, whatever it is
+//! given or loads. It serialises to bytes (the documents; the trie is rebuilt on load).
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::error::{CoreError, Result};
-use crate::limits::MAX_VOCAB;
+use crate::limits::{check_size, MAX_VOCAB};
 
 /// Deepest substring a trie may store (match + continuation).
 pub const MAX_SUFFIX_DEPTH: usize = 256;
@@ -93,14 +95,26 @@ fn key(parent: u32, token: u32) -> u64 {
 
 /// Checks a token id (`0 <= t < 2^24`).
 pub fn check_token(what: &'static str, t: i64) -> Result<u32> {
-    if t < 0 || t as u64 >= MAX_VOCAB as u64 {
+    check_token_below(what, t, MAX_VOCAB)
+}
+
+/// Checks a token id against a vocabulary (`0 <= t < bound`, `bound <= 2^24`).
+pub fn check_token_below(what: &'static str, t: i64, bound: usize) -> Result<u32> {
+    if t < 0 || t as u64 >= bound as u64 {
         return Err(CoreError::Index {
             what,
             index: t,
-            bound: MAX_VOCAB,
+            bound,
         });
     }
     Ok(t as u32)
+}
+
+/// Most nodes one document of `n` tokens can add to a trie of depth `depth`: token `i` (from 0)
+/// adds at most `min(i + 1, depth)` (one per suffix still growing).
+pub fn new_nodes_bound(n: usize, depth: usize) -> usize {
+    let ramp = n.min(depth);
+    ramp * (ramp + 1) / 2 + (n - ramp) * depth
 }
 
 impl SuffixTrie {
@@ -372,6 +386,15 @@ pub struct CacheConfig {
     pub max_bytes: usize,
     /// Most documents kept (None: only the memory cap).
     pub max_docs: Option<usize>,
+    /// The vocabulary the ids must lie in (None: any id below 2^24).
+    pub vocab_size: Option<usize>,
+}
+
+impl CacheConfig {
+    /// The bound of the ids the cache accepts.
+    pub fn id_bound(&self) -> usize {
+        self.vocab_size.unwrap_or(MAX_VOCAB)
+    }
 }
 
 /// Earlier requests' outputs in one suffix trie, bounded; oldest evicted first.
@@ -399,6 +422,9 @@ impl SuffixCache {
         }
         if cfg.max_docs == Some(0) {
             return Err(CoreError::value("max_requests: expected an int >= 1 or None, got 0"));
+        }
+        if let Some(v) = cfg.vocab_size {
+            check_size("vocab_size", v as u64, MAX_VOCAB)?;
         }
         Ok(SuffixCache {
             trie: SuffixTrie::new(cfg.max_depth)?,
@@ -430,6 +456,11 @@ impl SuffixCache {
         self.evicted
     }
 
+    /// The largest id held (None: empty), e.g. to check the cache against a model's vocabulary.
+    pub fn max_token(&self) -> Option<u32> {
+        self.docs.iter().filter_map(|d| d.iter().copied().max()).max()
+    }
+
     /// Bytes held: the trie's and the stored documents'.
     pub fn memory_bytes(&self) -> usize {
         self.trie.memory_bytes()
@@ -445,9 +476,9 @@ impl SuffixCache {
     }
 
     /// Bytes the cache can hold once a document of `n` tokens is inserted (at most
-    /// `n * max_depth` new nodes).
+    /// [`new_nodes_bound`] new nodes).
     fn bytes_after(&self, n: usize) -> usize {
-        self.trie.bytes_after(n * self.cfg.max_depth) + self.docs_bytes_after(n)
+        self.trie.bytes_after(new_nodes_bound(n, self.cfg.max_depth)) + self.docs_bytes_after(n)
     }
 
     fn evict_oldest(&mut self) -> Result<()> {
@@ -485,20 +516,22 @@ impl SuffixCache {
         self.bytes_after(n) <= self.cfg.max_bytes && self.cfg.max_docs.is_none_or(|m| self.docs.len() < m)
     }
 
-    /// Inserts one document (its last tokens when it alone could exceed the cap), evicting
-    /// the oldest documents first so that [`memory_bytes`](Self::memory_bytes) stays within
-    /// `max_bytes`. O(len * max_depth) plus the evictions; when the cache first fills up the
-    /// trie is rebuilt once, reserved for as many nodes as the cap allows.
+    /// Inserts one document (as many of its last tokens as fit when it alone could exceed the
+    /// cap), evicting the oldest documents first so that [`memory_bytes`](Self::memory_bytes)
+    /// stays within `max_bytes`. O(len * max_depth) plus the evictions; when the cache first
+    /// fills up the trie is rebuilt once, reserved for as many nodes as the cap allows. Every
+    /// id is checked (against `vocab_size` when set) before anything changes.
     pub fn insert(&mut self, tokens: &[i64]) -> Result<()> {
+        let bound = self.cfg.id_bound();
         let mut doc = Vec::with_capacity(tokens.len());
         for &t in tokens {
-            doc.push(check_token("tokens", t)?);
+            doc.push(check_token_below("tokens", t, bound)?);
         }
         let depth = self.cfg.max_depth;
         let mut compacted = false;
         while !self.fits(doc.len()) {
             let target = self.target_nodes(doc.len());
-            let needed = self.trie.num_nodes() + doc.len() * depth;
+            let needed = self.trie.num_nodes() + new_nodes_bound(doc.len(), depth);
             let count_ok = self.cfg.max_docs.is_none_or(|m| self.docs.len() < m);
             if !compacted && (self.docs.is_empty() || (count_ok && needed <= target)) {
                 self.compact(target);
@@ -510,16 +543,27 @@ impl SuffixCache {
             }
             self.evict_oldest()?;
         }
-        // A document too large for the cap on its own keeps its last tokens.
-        let mut keep = doc.len();
-        while keep > 0 && !self.fits(keep) {
-            keep /= 2;
-        }
+        // A document too large for the cap on its own keeps its last tokens: as many as fit
+        // (`fits` is monotone in the length).
+        let keep = if self.fits(doc.len()) {
+            doc.len()
+        } else {
+            let (mut lo, mut hi) = (0, doc.len()); // fits(lo), !fits(hi)
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if self.fits(mid) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
         if keep == 0 {
             return Ok(());
         }
         let doc = doc[doc.len() - keep..].to_vec();
-        self.trie.reserve(keep * depth);
+        self.trie.reserve(new_nodes_bound(keep, depth));
         self.doc_tokens += doc.len();
         self.trie.extend(&mut Cursor::default(), &doc);
         self.docs.push_back(doc);
@@ -555,7 +599,7 @@ impl SuffixCache {
     }
 
     /// A cache with `cfg` holding the documents of `data` (inserted oldest first, so the caps
-    /// of `cfg` apply). Bad data is a `Value` error.
+    /// of `cfg` apply). Bad data, an id outside `cfg`'s vocabulary included, is a `Value` error.
     pub fn from_bytes(data: &[u8], cfg: CacheConfig) -> Result<Self> {
         let bad = |why: &str| CoreError::value(format!("suffix cache bytes: {why}"));
         let mut pos = 0usize;
@@ -578,6 +622,7 @@ impl SuffixCache {
             return Err(bad(&format!("max_depth {depth} out of range")));
         }
         let n = u64_at(take(8)?);
+        let bound = cfg.id_bound();
         let mut docs = Vec::new();
         for _ in 0..n {
             let len = u64_at(take(8)?);
@@ -588,8 +633,8 @@ impl SuffixCache {
             let mut d = Vec::with_capacity(len as usize);
             for c in body.chunks_exact(4) {
                 let t = u32_at(c);
-                if t as usize >= MAX_VOCAB {
-                    return Err(bad(&format!("token {t} out of range")));
+                if t as usize >= bound {
+                    return Err(bad(&format!("token {t} is outside the vocabulary [0, {bound})")));
                 }
                 d.push(i64::from(t));
             }

@@ -62,7 +62,7 @@ fn counts_and_speculate_small() {
 
 #[test]
 fn cache_memory_bound_and_eviction() {
-    let cfg = CacheConfig { max_depth: 8, max_bytes: 64 << 10, max_docs: None };
+    let cfg = CacheConfig { max_depth: 8, max_bytes: 64 << 10, max_docs: None, vocab_size: None };
     let mut c = SuffixCache::new(cfg).unwrap();
     let mut state = 12345u64;
     for i in 0..200 {
@@ -87,7 +87,7 @@ fn cache_memory_bound_and_eviction() {
 
 #[test]
 fn max_docs_and_bytes_roundtrip() {
-    let cfg = CacheConfig { max_depth: 6, max_bytes: 1 << 20, max_docs: Some(2) };
+    let cfg = CacheConfig { max_depth: 6, max_bytes: 1 << 20, max_docs: Some(2), vocab_size: None };
     let mut c = SuffixCache::new(cfg).unwrap();
     for d in [vec![1i64, 2, 3], vec![4, 5, 6, 4, 5], vec![7, 8]] {
         c.insert(&d).unwrap();
@@ -112,11 +112,11 @@ fn max_docs_and_bytes_roundtrip() {
 fn bad_input() {
     assert!(SuffixTrie::new(0).is_err());
     assert!(SuffixTrie::new(MAX_SUFFIX_DEPTH + 1).is_err());
-    let cfg = CacheConfig { max_depth: 4, max_bytes: 10, max_docs: None };
+    let cfg = CacheConfig { max_depth: 4, max_bytes: 10, max_docs: None, vocab_size: None };
     assert!(SuffixCache::new(cfg).is_err());
-    let cfg = CacheConfig { max_depth: 4, max_bytes: 1 << 16, max_docs: Some(0) };
+    let cfg = CacheConfig { max_depth: 4, max_bytes: 1 << 16, max_docs: Some(0), vocab_size: None };
     assert!(SuffixCache::new(cfg).is_err());
-    let cfg = CacheConfig { max_depth: 4, max_bytes: 1 << 16, max_docs: None };
+    let cfg = CacheConfig { max_depth: 4, max_bytes: 1 << 16, max_docs: None, vocab_size: None };
     let mut c = SuffixCache::new(cfg).unwrap();
     assert!(matches!(c.insert(&[1, -1]), Err(CoreError::Index { .. })));
     assert!(c.insert(&[1, 1 << 24]).is_err());
@@ -177,7 +177,7 @@ proptest! {
 #[test]
 fn memory_bound_over_configs() {
     for (depth, cap, vocab) in [(12usize, 256usize << 10, 300u64), (4, 16 << 10, 20), (24, 1 << 20, 5000), (64, 64 << 10, 3)] {
-        let cfg = CacheConfig { max_depth: depth, max_bytes: cap, max_docs: None };
+        let cfg = CacheConfig { max_depth: depth, max_bytes: cap, max_docs: None, vocab_size: None };
         let mut c = SuffixCache::new(cfg).unwrap();
         let mut state = depth as u64;
         let mut next = || {
@@ -196,4 +196,50 @@ fn memory_bound_over_configs() {
         let kept: Vec<Vec<u32>> = c.docs().map(|d| d.to_vec()).collect();
         assert_eq!(trie_counts(c.trie()), brute_counts(&kept, depth));
     }
+}
+
+#[test]
+fn a_document_larger_than_the_cap_keeps_its_last_tokens() {
+    // Found by the hostile-input review: depth 256 under the smallest cap kept nothing.
+    for (depth, cap) in [(256usize, MIN_CACHE_BYTES), (24, MIN_CACHE_BYTES), (8, 64 << 10)] {
+        let cfg = CacheConfig { max_depth: depth, max_bytes: cap, max_docs: None, vocab_size: None };
+        let mut c = SuffixCache::new(cfg).unwrap();
+        let doc: Vec<i64> = (0..5000).collect();
+        c.insert(&doc).unwrap();
+        let kept: Vec<u32> = c.docs().next().expect("some tokens kept").to_vec();
+        assert!(!kept.is_empty() && kept.len() < doc.len(), "depth {depth}: kept {}", kept.len());
+        let tail: Vec<u32> = doc[doc.len() - kept.len()..].iter().map(|&t| t as u32).collect();
+        assert_eq!(kept, tail, "depth {depth}: the last tokens are kept");
+        assert!(c.memory_bytes() <= cap);
+        assert!(kept.len() >= 8, "depth {depth}: kept only {}", kept.len());
+    }
+}
+
+#[test]
+fn new_nodes_bound_is_tight_for_distinct_tokens() {
+    for depth in [1usize, 3, 8] {
+        for n in 0..20usize {
+            let doc: Vec<u32> = (0..n as u32).collect();
+            let t = build(&[doc], depth);
+            assert_eq!(t.num_nodes() - 1, new_nodes_bound(n, depth), "n {n} depth {depth}");
+        }
+    }
+}
+
+#[test]
+fn a_cache_made_for_a_vocabulary_holds_only_its_ids() {
+    let cfg = CacheConfig { max_depth: 4, max_bytes: 1 << 16, max_docs: None, vocab_size: Some(10) };
+    let mut c = SuffixCache::new(cfg).unwrap();
+    assert!(matches!(c.insert(&[1, 10]), Err(CoreError::Index { bound: 10, .. })));
+    assert_eq!((c.num_docs(), c.max_token()), (0, None));
+    c.insert(&[3, 9, 2]).unwrap();
+    assert_eq!(c.max_token(), Some(9));
+    // Loading under a smaller vocabulary refuses the data (a ValueError, not a later panic).
+    let b = c.to_bytes();
+    let small = CacheConfig { vocab_size: Some(9), ..cfg };
+    let err = SuffixCache::from_bytes(&b, small).unwrap_err().to_string();
+    assert!(err.contains("token 9 is outside the vocabulary [0, 9)"), "{err}");
+    assert_eq!(SuffixCache::from_bytes(&b, cfg).unwrap().max_token(), Some(9));
+    assert!(SuffixCache::new(CacheConfig { vocab_size: Some(0), ..cfg }).is_err());
+    assert!(SuffixCache::new(CacheConfig { vocab_size: Some((1 << 24) + 1), ..cfg }).is_err());
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, List
 
-from tokenloom.decoding.config import DecodeConfig
+from tokenloom.request.config import DecodeConfig
 
 __all__ = ["TokenSink"]
 
