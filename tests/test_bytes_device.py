@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tokenloom import ByteLM
-from tokenloom.runtime.device import force_accelerator_path
+from tokenloom.device import force_accelerator_path
 
 from .bytes_oracle import BruteForce
 from .conftest import make_tiny_llama

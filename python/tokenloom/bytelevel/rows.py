@@ -16,7 +16,7 @@ kernels (a CPU model). :class:`DeviceRows` keeps them as tensors where the model
 accelerator) and answers with torch ops over the vocabulary in trie order (:class:`TrieOrder`:
 every trie node's tokens are one contiguous range, so a byte's mass is a difference of two
 prefix sums); only the answers cross to the host: O(paths x bytes) numbers per call, never a
-vocabulary row. :func:`rows_for` picks one through :func:`tokenloom.runtime.device.is_accelerator`.
+vocabulary row. :func:`rows_for` picks one through :func:`tokenloom.device.is_accelerator`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from tokenloom.bytelevel.distcache import masked_softmax, softmax
-from tokenloom.runtime.device import is_accelerator
+from tokenloom.device import is_accelerator
 
 __all__ = ["DeviceRows", "HostRows", "TrieOrder", "rows_for"]
 

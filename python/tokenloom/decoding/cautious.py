@@ -35,7 +35,7 @@ import numpy as np
 from tokenloom._arrays import as_count, as_ids
 from tokenloom.request.config import DecodeConfig
 from tokenloom.request.sink import TokenSink
-from tokenloom.runtime.device import is_accelerator
+from tokenloom.device import is_accelerator
 from tokenloom.runtime.compat import cache_arg
 
 __all__ = [

@@ -16,7 +16,7 @@ It reports
 and exits 1, loudly, on any mismatch (2 when the device is absent). ``--device cpu`` runs small
 settings (``--quick``, its default) on one torch thread (``--threads``) in about two minutes on
 two cores; other devices run the full settings (about five minutes on one GPU). With ``TOKENLOOM_FORCE_ACCELERATOR_PATH=1`` a
-CPU run takes the accelerator branches (:mod:`tokenloom.runtime.device`). The chi-square needs
+CPU run takes the accelerator branches (:mod:`tokenloom.device`). The chi-square needs
 scipy (the ``test`` extra).
 """
 
@@ -76,7 +76,7 @@ def cpu_model() -> str:
 
 
 def _timed(device: Any, fn: Any) -> Tuple[Any, float]:
-    from tokenloom.runtime.device import synchronize
+    from tokenloom.device import synchronize
 
     synchronize(device)
     start = time.perf_counter()
@@ -107,14 +107,14 @@ def _method_kwargs(method: str, tokenizer: Any) -> Dict[str, Any]:
 def lossless_methods() -> List[str]:
     """Every method whose samples follow the target's distribution exactly (``cautious``
     chooses among trials; ``greedy`` is ``plain``'s other name)."""
-    import tokenloom
+    from tokenloom.decoding.generate import methods
 
-    return [m for m in tokenloom.methods() if m not in ("cautious", "greedy")]
+    return [m for m in methods() if m not in ("cautious", "greedy")]
 
 
 def check_greedy(models: Sequence[Tuple[str, Any, Any, List[Any]]], s: Settings, failures: List[str]) -> List[Dict[str, Any]]:
     """Every method's greedy tokens against HF greedy's, per model and prompt."""
-    import tokenloom
+    from tokenloom.decoding.generate import generate, methods
     from tokenloom.decoding.methods import resolve_method
     from tokenloom.eval.exactness import first_diff, hf_greedy, near_tie
     from tokenloom.integrations.hf.models import stop_token_ids
@@ -125,10 +125,10 @@ def check_greedy(models: Sequence[Tuple[str, Any, Any, List[Any]]], s: Settings,
         for p, ids in enumerate(prompts):
             ref = hf_greedy(model, ids, s.greedy_tokens, eos=eos)[0].tolist()
             done: Dict[Any, List[int]] = {}  # an alias (greedy = plain) runs once
-            for method in tokenloom.methods():
+            for method in methods():
                 fn = resolve_method(method)
                 if fn not in done:
-                    out = tokenloom.generate(model, ids, method=method, max_new_tokens=s.greedy_tokens, eos_token_id=eos,
+                    out = generate(model, ids, method=method, max_new_tokens=s.greedy_tokens, eos_token_id=eos,
                                              **_method_kwargs(method, tok))
                     done[fn] = out.sequences[0].tolist()
                 ours = done[fn]
@@ -148,14 +148,14 @@ def check_greedy(models: Sequence[Tuple[str, Any, Any, List[Any]]], s: Settings,
 def check_chi_square(model: Any, device: Any, s: Settings, failures: List[str]) -> List[Dict[str, Any]]:
     """Two sampled tokens (temperature 2, top-k 3) of every lossless method against their exact
     joint law."""
-    import tokenloom
+    from tokenloom.decoding.generate import generate
     from tokenloom.eval.exactness import joint_chi2
 
     ids = _tiny_prompt(int(model.config.vocab_size), device, seed=5)
     rows = []
     for method in lossless_methods():
         def run(i: int, method: str = method) -> Tuple[List[int], bool]:
-            out = tokenloom.generate(model, ids, method=method, max_new_tokens=2, temperature=2.0, top_k=3, seed=i,
+            out = generate(model, ids, method=method, max_new_tokens=2, temperature=2.0, top_k=3, seed=i,
                                      eos_token_id=[], **_method_kwargs(method, None))
             spec = out.stats.spec
             return out.sequences[0, ids.shape[1]:].tolist(), spec is not None and spec.accepted > 0
@@ -194,13 +194,13 @@ def check_bytelm(model: Any, tokenizer: Any, s: Settings, failures: List[str]) -
 
 def measure_speed(model: Any, tokenizer: Any, prompts: List[Any], device: Any, s: Settings) -> List[Dict[str, Any]]:
     """tokens/s of every method, HF greedy and HF prompt lookup (one warm-up run each)."""
-    import tokenloom
+    from tokenloom.decoding.generate import methods
     from tokenloom.eval.specbench import hf_method, tokenloom_method
     from tokenloom.integrations.hf.models import stop_token_ids
 
     eos = stop_token_ids(model)
     fns = {"hf": hf_method(), "hf-pld": hf_method(prompt_lookup=10)}
-    for m in tokenloom.methods():
+    for m in methods():
         if m != "greedy":
             fns[m] = tokenloom_method(m, **_method_kwargs(m, tokenizer))
     rows = []
@@ -292,17 +292,17 @@ def run_checks(device: Any, s: Settings, embedded: Optional[Tuple[Any, Any]] = N
     """Every section on ``device``; returns the report (``failures`` lists the mismatches).
 
     Args:
-        device: a ``torch.device`` (:func:`tokenloom.runtime.device.require_device`).
+        device: a ``torch.device`` (:func:`tokenloom.device.require_device`).
         s: :data:`QUICK` or :data:`FULL`.
         embedded: ``(model, tokenizer)`` of the embedded model on ``device`` (default: loaded).
     """
     import torch
     import transformers
 
-    import tokenloom
-    from tokenloom.integrations.hf.chat import chat_input_ids
+    from tokenloom import _core
+    from tokenloom.device import device_name, forced, peak_memory, reset_peak_memory
     from tokenloom.integrations.hf.models import default_model_path, load, make_tiny_llama
-    from tokenloom.runtime.device import device_name, forced, peak_memory, reset_peak_memory
+    from tokenloom.integrations.hf.chat import chat_input_ids
 
     start = time.perf_counter()
     reset_peak_memory(device)
@@ -315,7 +315,7 @@ def run_checks(device: Any, s: Settings, embedded: Optional[Tuple[Any, Any]] = N
         "machine": {
             "device": str(device), "device_name": device_name(device), "cpu": cpu_model(),
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "tokenloom": tokenloom.__version__, "forced_accelerator_path": forced(),
+            "tokenloom": _core.__version__, "forced_accelerator_path": forced(),
             "torch_threads": torch.get_num_threads(),
         },
         "quick": s == QUICK,
@@ -361,7 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from tokenloom.runtime.device import DeviceUnavailable, require_device
+    from tokenloom.device import DeviceUnavailable, require_device
 
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -35,7 +35,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple, Union
 
-from tokenloom.runtime.device import is_accelerator
+from tokenloom.device import is_accelerator
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -22,7 +22,7 @@ import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_float_array, is_torch
-from tokenloom.runtime.device import is_accelerator
+from tokenloom.device import is_accelerator
 from tokenloom.sampling.seeds import as_seed
 
 __all__ = ["Sampler", "probs_from_logits"]

@@ -38,7 +38,7 @@ import numpy as np
 
 from tokenloom.spec.persist import PersistWarning, load_state, save_state
 from tokenloom.runtime.compat import cache_arg
-from tokenloom.runtime.device import device_name, synchronize
+from tokenloom.device import device_name, synchronize
 from tokenloom.spec.topk import top_k_ids
 
 __all__ = [

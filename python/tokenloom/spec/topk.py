@@ -14,7 +14,7 @@ import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_int
-from tokenloom.runtime.device import is_accelerator
+from tokenloom.device import is_accelerator
 
 __all__ = ["top_k_ids"]
 

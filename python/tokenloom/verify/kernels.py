@@ -21,7 +21,7 @@ import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_array, as_float_array
-from tokenloom.runtime.device import is_accelerator
+from tokenloom.device import is_accelerator
 from tokenloom.sampling.seeds import as_seed
 from tokenloom.verify.result import VerifyResult
 

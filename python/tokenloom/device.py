@@ -1,4 +1,5 @@
-"""Host or accelerator: the one question behind every device branch of tokenloom.
+"""Host or accelerator: the one question behind every device branch of tokenloom (at the bottom
+of the package, so that every layer can ask it).
 
 Code that can run two ways -- a Rust kernel reading a tensor's memory on the host, or torch ops
 where the tensor is with only ids and a few numbers crossing to the host -- asks
