@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded model (session-scoped, ~20-30 s to load once) and a tiny
-random-weight Llama built from a config, with the embedded model's real tokenizer."""
+random-weight Llama built from a config (:func:`tokenloom.integrations.hf.models.make_tiny_llama`),
+with the embedded model's real tokenizer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 
 import pytest
+
+from tokenloom.integrations.hf.models import make_tiny_llama  # noqa: F401  (tests import it from here)
 
 
 def pytest_configure(config):
@@ -38,31 +41,6 @@ def tokenizer():
     from tokenloom.integrations.hf.models import load_default_tokenizer
 
     return load_default_tokenizer()
-
-
-def make_tiny_llama(vocab_size: int = 49152, seed: int = 0, layers: int = 2):
-    """A random-weight Llama small enough for structural tests (about 3 M params at 49k vocab)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    # Sharpen the random logits so that the tiny model has real preferences.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-    return model
 
 
 @pytest.fixture(scope="session")

@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
+from tokenloom.eval.exactness import first_diff, hf_greedy, near_tie
 
-def hf_greedy(model, ids, n, eos=None):
-    """HF ``generate`` greedy reference, [1, len(ids) + new]."""
-    import torch
-
-    return model.generate(
-        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-        eos_token_id=eos, pad_token_id=0,
-    )
-
-
-def first_diff(a, b):
-    """Index of the first differing position of two sequences, or None."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None
+__all__ = ["count_same_as_hf", "first_diff", "hf_greedy", "same_or_near_tie"]
 
 
 def same_or_near_tie(model, ours, ref):
     """True when ``ours == ref``; False when the first difference is a floating-point near-tie of
     the reference's logits (top-2 gap < 1e-3, the two tokens being the top 2); fails otherwise."""
-    import torch
-
     j = first_diff(ours, ref)
     if j is None:
         assert len(ours) == len(ref), "one output is a prefix of the other: a stop-rule bug"
         return True
-    with torch.inference_mode():
-        top = model(input_ids=torch.tensor([ref[:j]])).logits[0, -1].topk(2)
-    gap = float(top.values[0] - top.values[1])
-    assert {ref[j], ours[j]} == set(top.indices.tolist()) and gap < 1e-3, (j, gap)
+    tie, gap = near_tie(model, ref, ours[j], j)
+    assert tie, (j, gap)
     return False
 
 

@@ -101,17 +101,9 @@ def test_memory_bound_bad_input(tiny_llama, tokenizer, vocab):
             ByteLM(tiny_llama, tokenizer, vocab=vocab, cache_size=bad)  # type: ignore[arg-type]
 
 
-def test_accelerator_models_refused_up_front(tokenizer):
-    from .conftest import make_tiny_llama
-
-    model = make_tiny_llama(layers=1).to("meta")
-    with pytest.raises(ValueError, match="CPU models only.*meta"):
-        ByteLM(model, tokenizer)
-
-
 def test_inputs_on_the_model_device(tiny_llama, tokenizer, vocab, monkeypatch):
     """Every tensor ByteLM hands the model is on the model's device (CPU here; the code makes
-    them on ``model_dtype_device(model)``, so lifting the CPU-only check needs no other change)."""
+    them on ``model_dtype_device(model)``; the accelerator branch: tests/test_bytes_device.py)."""
     import torch
 
     devices = []

@@ -77,10 +77,7 @@ def as_array(x: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
     if type(x) is np.ndarray and x.ndim == ndim and x.dtype == dtype and x.flags.c_contiguous:
         return x
     if is_torch(x):
-        x = x.detach()
-        if x.device.type != "cpu":
-            x = x.cpu()
-        arr = x.numpy()
+        arr = x.detach().cpu().numpy()  # .cpu() returns a host tensor itself
     elif isinstance(x, np.ndarray):
         arr = x
     else:
@@ -152,9 +149,7 @@ def as_float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     if is_torch(x):
         import torch
 
-        x = x.detach()
-        if x.device.type != "cpu":
-            x = x.cpu()
+        x = x.detach().cpu()  # a host tensor itself, no copy
         if x.dtype not in (torch.float32, torch.float64):
             if not x.is_floating_point():
                 raise ValueError(f"{name}: expected a float tensor, got dtype {x.dtype}")

@@ -10,6 +10,8 @@ Modules, by concern:
   and the byte-mass sums;
 - :mod:`.slots`: ``KVSlots``, the KV cache as tree slots, on :mod:`tokenloom.runtime.treeattn`
   and :mod:`tokenloom.runtime.kvcache`;
+- :mod:`.rows`: ``HostRows`` / ``DeviceRows``, where the token distributions live (numpy on
+  the host, tensors on an accelerator) and the few numbers the covers read off them;
 - :mod:`.distcache`: ``DistCache``, the LRU-bounded token-prefix -> distribution cache and its
   interning;
 - :mod:`.lookahead`: ``LookaheadPlanner``, the exact look-ahead rows;

@@ -7,7 +7,8 @@ root, is the empty path). Per node, :class:`CoverState` keeps
 - ``token``, ``parent``, ``depth``, ``end``: the tree's facts (``depth`` = tokens on the path);
 - ``logmass``: ``log Q(path)`` (``-inf`` when the model gives the path no mass);
 - ``key``: the id of the path's token prefix in the :class:`~tokenloom.bytelevel.distcache.DistCache`;
-- ``q``: ``Q(. | path)``, np.ndarray float32 [width] (empty array: a dead path), only while it
+- ``q``: ``Q(. | path)``, a float32 row [width] where the model runs (:mod:`.rows`; an empty
+  array: a dead path), only while it
   can still be read: for active nodes (they sum next-byte masses and get children) and for
   parents of active nodes still waiting for theirs (the look-ahead reads them);
   :meth:`CoverState.prune` drops the rest;
@@ -16,7 +17,8 @@ root, is the empty path). Per node, :class:`CoverState` keeps
 ``spec_slot`` maps token-prefix ids of rows fed before their node exists (look-ahead rows, and
 the exact paths a planned forward computed ahead of their parents' expansion) to their KV
 slots; a node created later for that prefix adopts the slot. The byte sums (:meth:`masses`,
-:meth:`logprob`) run over the tree's active nodes in the Rust core.
+:meth:`logprob`) run over the tree's active nodes, through the rows' owner (:mod:`.rows`: the
+Rust core on the host, torch ops on an accelerator).
 """
 
 from __future__ import annotations
@@ -42,15 +44,18 @@ class CoverState:
         index: the vocabulary's ``ByteIndex``.
         canonical: canonical covers only, or all covers.
         intern: ``intern(parent_key, token) -> key`` (``DistCache.key``).
+        rows: the owner of the distributions (:class:`~tokenloom.bytelevel.rows.HostRows` or
+            ``DeviceRows``), which reads the numbers the covers need off them.
     """
 
-    def __init__(self, index: Any, canonical: bool, intern: Callable[[int, int], int]) -> None:
+    def __init__(self, index: Any, canonical: bool, intern: Callable[[int, int], int], rows: Any) -> None:
         self.tree = _core.CoverTree(index, canonical)
         self.intern = intern
+        self.rows = rows
         self.logmass: Dict[int, float] = {0: 0.0}
         self.depth: Dict[int, int] = {0: 0}
         self.key: Dict[int, int] = {0: 0}
-        self.q: Dict[int, np.ndarray] = {}
+        self.q: Dict[int, Any] = {}
         self.slot: Dict[int, int] = {}
         self.token: Dict[int, int] = {0: -1}
         self.parent: Dict[int, int] = {0: -1}
@@ -65,12 +70,11 @@ class CoverState:
 
     def register(self, nodes: Sequence[int]) -> None:
         """Record token, parent, depth, mass and prefix key of freshly created nodes."""
-        for n in nodes:
-            tok, par, _start, end, _exp, _live = self.tree.info(n)
+        infos = [self.tree.info(n) for n in nodes]
+        probs = self.rows.probs_at([(self.q[info[1]], info[0]) for info in infos])
+        for n, (tok, par, _start, end, _exp, _live), qp in zip(nodes, infos, probs):
             self.token[n], self.parent[n], self.end[n] = tok, par, end
             self.depth[n] = self.depth[par] + 1
-            qpar = self.q[par]
-            qp = float(qpar[tok]) if qpar.size else 0.0
             self.logmass[n] = self.logmass[par] + (math.log(qp) if qp > 0 else -math.inf)
             self.key[n] = self.intern(self.key[par], tok)
             slot = self.spec_slot.pop(self.key[n], None)
@@ -109,7 +113,7 @@ class CoverState:
 
     def dists_held(self) -> int:
         """Non-empty distributions held (some may be shared with the DistCache)."""
-        return sum(1 for q in self.q.values() if q.size)
+        return sum(1 for q in self.q.values() if len(q))
 
     def path_slots(self, n: int, new_slot: Optional[Dict[int, int]] = None) -> List[int]:
         """KV slots of node ``n`` and its ancestors (root excluded), ascending; ``new_slot``
@@ -160,7 +164,7 @@ class CoverState:
         for i, (_, n) in enumerate(kept):
             self.slot[n] = first + i
 
-    def expanded_live(self, end_before: Optional[int] = None) -> Tuple[List[int], List[np.ndarray], List[float]]:
+    def expanded_live(self, end_before: Optional[int] = None) -> Tuple[List[int], List[Any], List[float]]:
         """(nodes, distributions, log masses) of active nodes with a non-empty distribution, a
         live trie state and mass (and ``end < end_before`` when given)."""
         nodes, qs, lms = [], [], []
@@ -169,17 +173,19 @@ class CoverState:
             if lm == -math.inf or (end_before is not None and self.end[n] >= end_before):
                 continue
             q = self.q.get(n)
-            if q is not None and q.size and self.tree.info(n)[5]:
+            if q is not None and len(q) and self.tree.info(n)[5]:
                 nodes.append(n)
                 qs.append(q)
                 lms.append(lm)
         return nodes, qs, lms
 
-    def masses(self, special: np.ndarray) -> Tuple[np.ndarray, float, float]:
-        """Next-byte masses over the expanded live nodes.
+    def rests(self, nodes: Sequence[int]) -> List[bytes]:
+        """The prefix bytes after each node's end (what a token after it must start with)."""
+        prefix = self.tree.prefix
+        return [prefix[self.end[n] :] for n in nodes]
 
-        Args:
-            special: int64 [S], the end-of-text token ids.
+    def masses(self) -> Tuple[np.ndarray, float, float]:
+        """Next-byte masses over the expanded live nodes (end-of-text: the rows' special tokens).
 
         Returns:
             (m, ref, pending): m float64 [257] relative masses of the 256 bytes and end-of-text
@@ -192,9 +198,9 @@ class CoverState:
         scales = [math.exp(x - ref) for x in lms]
         out = np.zeros(257, dtype=np.float64)
         if nodes:
-            out[:256] = self.tree.byte_masses(nodes, qs, scales)[:256]
-            end = len(self.tree.prefix)
-            out[256] = sum(s * float(q[special].astype(np.float64).sum()) for n, q, s in zip(nodes, qs, scales) if self.end[n] == end)
+            prefix = self.tree.prefix
+            at_end = [self.end[n] == len(prefix) for n in nodes]
+            out[:256], _, out[256] = self.rows.masses(self.tree, nodes, qs, scales, self.rests(nodes), at_end)
         pending = float(sum(math.exp(x - ref) for x in pending_lm))
         return out, ref, pending
 
@@ -205,10 +211,12 @@ class CoverState:
         if not nodes:
             return -math.inf
         ref = max(lms)
-        total = float(self.tree.byte_masses(nodes, qs, [math.exp(x - ref) for x in lms]).sum())
+        scales = [math.exp(x - ref) for x in lms]
+        by_byte, exact, _ = self.rows.masses(self.tree, nodes, qs, scales, self.rests(nodes), [False] * len(nodes))
+        total = float(by_byte.sum()) + exact
         return ref + math.log(total) if total > 0 else -math.inf
 
-    def greedy_step(self, special: np.ndarray) -> Tuple[Optional[int], List[int]]:
+    def greedy_step(self) -> Tuple[Optional[int], List[int]]:
         """One step of the exact, lazy argmax of P(. | prefix): ``(byte, [])`` once no pending
         path can change the argmax (256 = end-of-text), else ``(None, nodes)``: the heaviest
         pending nodes whose mass could (expand them and ask again).
@@ -216,7 +224,7 @@ class CoverState:
         Raises:
             ValueError: the prefix has probability 0.
         """
-        m, ref, pending = self.masses(special)
+        m, ref, pending = self.masses()
         order = np.argsort(-m, kind="stable")
         top, second = m[order[0]], m[order[1]]
         pend = [n for n in self.pending() if self.logmass[n] > -math.inf]

@@ -8,7 +8,7 @@ exists to share ids (and so cached distributions) between cover states and look-
 Both tables are LRU-bounded, and evicted together, so memory stays bounded in a long-lived
 process:
 
-- distributions: at most ``size`` (each float32 [width] on the host: 192 KiB at a 49k
+- distributions: at most ``size`` (each float32 [width] where the model runs: 192 KiB at a 49k
   vocabulary), either a ready distribution or the raw logits of a look-ahead row
   (:class:`RawLogits`, masked and softmaxed only when a path uses it);
 - interned prefixes: at most ``KEYS_PER_DIST * max(size, 1)``. Evicting a distribution drops
@@ -75,7 +75,7 @@ def masked_softmax(vocab: Any, canonical: bool, logits_row: Any, prev: int, ppre
     Returns:
         np.ndarray[float32], shape [width], sums to 1 over the allowed rows.
     """
-    return softmax(np.asarray(logits_row, dtype=np.float32) + vocab.next_token_bias(prev, canonical, pprev).numpy())
+    return softmax(np.asarray(logits_row, dtype=np.float32) + vocab.next_token_bias(prev, canonical, pprev))
 
 
 class DistCache:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from tokenloom.bytelevel.budget import MemoryBoundError, MemoryBudget
 from tokenloom.bytelevel.covers import CoverState
-from tokenloom.bytelevel.distcache import DistCache, RawLogits, masked_softmax, softmax
+from tokenloom.bytelevel.distcache import DistCache, RawLogits
 from tokenloom.bytelevel.lookahead import LookaheadPlanner
+from tokenloom.bytelevel.rows import rows_for
 from tokenloom.bytelevel.slots import KVSlots
 
 __all__ = ["COMPACT_AT", "CoverEngine"]
@@ -35,7 +34,7 @@ class CoverEngine:
     """Covers, KV slots, distribution cache, look-ahead and memory bound of one ByteLM.
 
     Args:
-        model: the HF causal LM (CPU).
+        model: the HF causal LM (on the CPU or an accelerator: :mod:`.rows`).
         tokenizer: its tokenizer, or None (only used to prime the cache).
         vocab: the ``ByteVocab``.
         canonical: the mode.
@@ -68,12 +67,12 @@ class CoverEngine:
         self.canonical = canonical
         self.context_ids = context_ids
         self.max_paths = max_paths
-        self.special = np.flatnonzero(vocab.special)
         self.lookahead = lookahead
         self.cache = DistCache(cache_size)
         self.budget = MemoryBudget(model, vocab.width, max_memory_bytes)
         self.kv = KVSlots(model, pack)
-        self.planner = LookaheadPlanner(vocab, canonical, lookahead)
+        self.rows = rows_for(self.kv.device, vocab, canonical)
+        self.planner = LookaheadPlanner(vocab, canonical, lookahead, self.rows)
         self.state: Optional[CoverState] = None
         self.forwards = 0
         self.forward_rows = 0
@@ -88,9 +87,9 @@ class CoverEngine:
         self.kv.clear()
         self.planner.clear()
 
-    def _dist(self, logits_row: Any, prev: int, pprev: int = -1) -> np.ndarray:
-        """Q(. | path) from a logits row: masked softmax (fp32, max-shifted), float32 [width]."""
-        return masked_softmax(self.vocab, self.canonical, logits_row, prev, pprev)
+    def _dist(self, logits_row: Any, prev: int, pprev: int = -1) -> Any:
+        """Q(. | path) from a logits row: masked softmax (fp32), float32 [width] where the rows live."""
+        return self.rows.dist(logits_row, prev, pprev)
 
     def _held(self, st: Optional[CoverState]) -> int:
         """Estimated bytes held: KV slots, cached and cover-state distributions, tree nodes."""
@@ -124,7 +123,7 @@ class CoverEngine:
     def _new_state(self) -> CoverState:
         """A cover state of the empty prefix: the context in the KV cache (reused when it is
         there), the root's distribution, the root expanded."""
-        st = CoverState(self.vocab.index, self.canonical, self.cache.key)
+        st = CoverState(self.vocab.index, self.canonical, self.cache.key, self.rows)
         c = len(self.context_ids)
         self.kv.crop(c)
         if self.kv.n < c:
@@ -341,7 +340,6 @@ class CoverEngine:
             positions.append(row.position)
             visible.append(row.visible)
         logits = self.kv.forward(tokens, positions, visible, prefix_len=c)
-        rows_np = logits.numpy()
         self.forwards += 1
         self.forward_rows += len(tokens)
         self.lookahead_rows += len(spec)
@@ -356,12 +354,12 @@ class CoverEngine:
                     self.planner.note(st.token[r], q)
         for j, key in enumerate(dk):
             i = n_node_rows + j
-            self.cache.put(key, RawLogits(rows_np[i].copy(), dt[j], dprev[j]))
+            self.cache.put(key, RawLogits(self.rows.raw(logits, i), dt[j], dprev[j]))
             st.spec_slot[key] = base + i
         for k, row in enumerate(spec):
             i = n_node_rows + len(dk) + k
-            self.cache.put(row.key, RawLogits(rows_np[i].copy(), row.token, row.parent_token), lookahead=True)
-            self.planner.note(row.token, softmax(rows_np[i]))
+            self.cache.put(row.key, RawLogits(self.rows.raw(logits, i), row.token, row.parent_token), lookahead=True)
+            self.planner.note(row.token, self.rows.softmax(logits[i]))
             st.spec_slot[row.key] = base + i
 
     def _maybe_compact(self, st: CoverState, incoming: int) -> None:
@@ -388,7 +386,7 @@ class CoverEngine:
         """The argmax of P(. | x), exactly, expanding paths lazily (``CoverState.greedy_step``)."""
         while True:
             self._check_size(st, st.tree.active())
-            b, todo = st.greedy_step(self.special)
+            b, todo = st.greedy_step()
             if b is not None:
                 return b
             self._expand(st, todo)

@@ -45,7 +45,6 @@ import numpy as np
 
 from tokenloom.bytelevel.covers import CoverState
 from tokenloom.bytelevel.engine import CoverEngine
-from tokenloom.bytelevel.slots import check_device
 from tokenloom.bytelevel.vocab import ByteVocab
 from tokenloom.runtime.model import logits_width
 
@@ -72,7 +71,11 @@ class ByteLM:
     """Exact next-byte distributions, log-probabilities and byte-level generation.
 
     Args:
-        model: a Hugging Face causal LM (eval mode) on the CPU.
+        model: a Hugging Face causal LM (eval mode) on one device: the CPU, or an accelerator
+            where the distributions stay on the device and only byte masses per path (and a
+            few token probabilities) cross to the host (:mod:`tokenloom.bytelevel.rows`). A
+            float16 / bfloat16 model is accepted: its logits are converted to float32 before
+            the softmax, so the distributions are those of its half-precision logits.
         tokenizer: its fast tokenizer.
         canonical: sum canonical covers only (default) or all covers (see the module docstring).
         vocab: a prebuilt ``ByteVocab`` (default: built from the tokenizer).
@@ -97,7 +100,8 @@ class ByteLM:
             Look-ahead rows are left out first when only they do not fit.
 
     Raises:
-        ValueError: the model is not on the CPU, its logits width is smaller than the
+        ValueError: the model's logits come back on another device than its parameters (at the
+            first call), its logits width is smaller than the
             tokenizer, canonical mode is unavailable for this tokenizer, no context id can be
             found, or a bad lookahead / cache_size / max_memory_bytes.
     """
@@ -118,7 +122,6 @@ class ByteLM:
     ) -> None:
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
             raise ValueError(f"lookahead must be an int >= 0, got {lookahead!r}")
-        check_device(model)
         width = logits_width(model)
         if vocab is None:
             if tokenizer is None:
@@ -215,7 +218,7 @@ class ByteLM:
     def _probs(self, st: CoverState) -> np.ndarray:
         """P(. | st.prefix), float64 [257], every pending path expanded first."""
         self._ensure_expanded(st)
-        m, _, _ = st.masses(self.special)
+        m, _, _ = st.masses()
         total = m.sum()
         if not total > 0:
             raise ValueError(f"the prefix has probability 0 under the model ({'canonical' if self.canonical else 'all covers'})")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -62,12 +62,14 @@ class LookaheadPlanner:
         vocab: the ``ByteVocab`` (first bytes, one-byte tokens, canonical pair checks).
         canonical: the mode (two-level rows must be valid pairs).
         rows: rows per forward to fill up to (0 = off).
+        dists: the owner of the distributions (:mod:`.rows`), which reads the masses off them.
     """
 
-    def __init__(self, vocab: Any, canonical: bool, rows: int) -> None:
+    def __init__(self, vocab: Any, canonical: bool, rows: int, dists: Any) -> None:
         self.vocab = vocab
         self.canonical = canonical
         self.rows = rows
+        self.dists = dists
         self._after: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._after_sum = np.zeros(256, dtype=np.float64)
         self._after_n = 0
@@ -82,12 +84,12 @@ class LookaheadPlanner:
         self._after_sum = np.zeros(256, dtype=np.float64)
         self._after_n = 0
 
-    def note(self, tok: int, q: np.ndarray) -> None:
+    def note(self, tok: int, q: Any) -> None:
         """Record the first-byte distribution of the token after a path ending in ``tok``, from
         ``q`` (float32 [width], that path's next-token distribution)."""
         if self.rows <= 0:
             return
-        fb = np.bincount(self.vocab.first_bytes, weights=q, minlength=257)[:256]
+        fb = self.dists.first_byte_masses(q)
         tot = fb.sum()
         if not tot > 0:
             return
@@ -138,7 +140,7 @@ class LookaheadPlanner:
         nodes, qs, lms = [], [], []
         for n in st.tree.active():
             q = st.q.get(n)
-            if q is not None and q.size and n in st.slot and st.logmass[n] > -math.inf:
+            if q is not None and len(q) and n in st.slot and st.logmass[n] > -math.inf:
                 nodes.append(n)
                 qs.append(q)
                 lms.append(st.logmass[n])
@@ -152,7 +154,7 @@ class LookaheadPlanner:
         c = context_len
         if nodes:
             q_of = dict(zip(nodes, qs))
-            for n, t, score in st.tree.top_straddling(nodes, qs, scales, 2 * room + 4):
+            for n, t, score in self.dists.top_straddling(st.tree, nodes, qs, scales, st.rests(nodes), 2 * room + 4):
                 heap.append((-score / norm, tie, t, st.key[n], c + st.depth[n], st.path_slots(n), st.token[n], q_of[n]))
                 tie += 1
         for i in fresh:
@@ -184,7 +186,7 @@ class LookaheadPlanner:
         pkey: int,
         pos: int,
         vis: List[int],
-        pq: Optional[np.ndarray] = None,
+        pq: Any = None,
         push: bool = False,
     ) -> int:
         """Add two-level candidates: the two likeliest one-byte tokens after token ``ptok``.
@@ -195,8 +197,8 @@ class LookaheadPlanner:
         token boundary here) is spread by the first-byte prior seen after ``ptok`` before.
         """
         prior = self.prior(ptok)
-        if pq is not None and pq.size:
-            cont = self.vocab.index.continuation_masses(self.vocab.token_bytes[ptok], pq)
+        if pq is not None and len(pq):
+            cont = self.dists.continuation(self.vocab.token_bytes[ptok], pq)
             total = cont.sum()
             if total > 0:
                 prior = (cont[:256] + cont[256] * prior) / total

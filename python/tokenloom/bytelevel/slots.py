@@ -5,9 +5,9 @@ them. Built on the shared tree-attention and KV-cache code: masks from
 from ``tree_position_ids``, and :func:`tokenloom.runtime.kvcache.keep_slots` /
 ``crop_cache`` to drop slots no live path needs.
 
-Device: inputs are created on the model's device and the logits come back to the host as
-float32 (the cover kernels and the distribution cache live on the host). ByteLM itself only
-accepts CPU models for now (see :func:`check_device`).
+Device: inputs are created on the model's device and the logits stay there, as float32 (a
+half-precision model's logits are converted; the distributions are float32 either way).
+What crosses to the host is decided by :mod:`tokenloom.bytelevel.rows`.
 """
 
 from __future__ import annotations
@@ -19,24 +19,7 @@ from tokenloom.runtime.kvcache import cache_length, cache_nbytes, crop_cache, ke
 from tokenloom.runtime.model import model_dtype_device
 from tokenloom.runtime.treeattn import causal_attention_mask, slot_attention_mask, tree_position_ids
 
-__all__ = ["KVSlots", "check_device"]
-
-
-def check_device(model: Any) -> None:
-    """Refuse a model whose parameters are not on the CPU.
-
-    Raises:
-        ValueError: the model runs on another device. ByteLM's cover kernels read every
-            token distribution (a full vocabulary row per tree node) on the host, and the
-            accelerator path has not been tested; move the model to the CPU.
-    """
-    _, device = model_dtype_device(model)
-    if device.type != "cpu":
-        raise ValueError(
-            f"ByteLM runs CPU models only; this model is on {device}. Its cover kernels read a full "
-            "vocabulary row per tree node on the host and the accelerator path is untested: "
-            "pass model.to('cpu')"
-        )
+__all__ = ["KVSlots"]
 
 
 class KVSlots:
@@ -84,7 +67,7 @@ class KVSlots:
         """Feed the context ``ids`` as a causal chain into an empty cache.
 
         Returns:
-            torch.float32 [len(ids), width] logits on the host.
+            torch.float32 [len(ids), width] logits on the model's device.
         """
         self.clear()
         mask = causal_attention_mask(len(ids), 0, self.dtype, self.device)
@@ -102,7 +85,7 @@ class KVSlots:
             prefix_len: slots every row sees (the context).
 
         Returns:
-            torch.float32 [q, width] logits on the host.
+            torch.float32 [q, width] logits on the model's device.
         """
         mask = slot_attention_mask(prefix_len, self.n, visible, self.dtype, self.device)
         return self._run(tokens, positions, mask)
@@ -111,15 +94,15 @@ class KVSlots:
         """Logits of a plain causal forward of ``ids`` that leaves the cache alone.
 
         Returns:
-            torch.float32 [len(ids), width] on the host.
+            torch.float32 [len(ids), width] on the model's device.
         """
         import torch
 
         from tokenloom.runtime.cpupack import packed_linears
 
-        with torch.no_grad(), packed_linears(self.model, self.pack):
+        with torch.no_grad(), packed_linears(self.model, "auto" if self.pack else False):
             logits = self.model(torch.tensor([list(ids)], dtype=torch.long, device=self.device)).logits[0]
-        return logits.float().cpu()
+        return self._float_logits(logits)
 
     def _run(self, tokens: List[int], positions: List[int], mask: Any) -> Any:
         import torch
@@ -129,7 +112,7 @@ class KVSlots:
 
         if self.cache is None:
             self.cache = DynamicCache()
-        with torch.no_grad(), packed_linears(self.model, self.pack):
+        with torch.no_grad(), packed_linears(self.model, "auto" if self.pack else False):
             out = self.model(
                 input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
                 position_ids=tree_position_ids(positions, 0, self.device),
@@ -141,4 +124,17 @@ class KVSlots:
         self.n += len(tokens)
         if self.n:
             self.bytes_per_slot = cache_nbytes(self.cache) // max(cache_length(self.cache), 1) or self.bytes_per_slot
-        return out.logits[0].float().cpu()
+        return self._float_logits(out.logits[0])
+
+    def _float_logits(self, logits: Any) -> Any:
+        """``logits`` as float32, checked to be where the model's parameters are.
+
+        Raises:
+            ValueError: the logits came back on another device (a model split over devices).
+        """
+        if logits.device != self.device:
+            raise ValueError(
+                f"the model's logits are on {logits.device} but its first parameters are on {self.device}: "
+                "ByteLM needs a model on one device (move it with model.to(device))"
+            )
+        return logits.float()

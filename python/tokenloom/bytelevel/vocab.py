@@ -165,20 +165,19 @@ class ByteVocab:
                 out[b[0]] = i
         return out
 
-    def next_token_bias(self, prev: int, canonical: bool, pprev: int = -1) -> Any:
-        """torch.float32 [width]: 0 where a token may follow the path ``[.., pprev, prev]``
+    def next_token_bias(self, prev: int, canonical: bool, pprev: int = -1) -> np.ndarray:
+        """np.ndarray float32 [width]: 0 where a token may follow the path ``[.., pprev, prev]``
         (-1: none) in the given mode, -inf elsewhere: ``index.next_mask(prev)`` and, in
         canonical mode, the pre-tokenizer look-ahead check ``index.context_mask(pprev, prev)``,
         as an additive logits mask. LRU-cached on this vocabulary, so every ByteLM built on it
-        shares the masks; do not modify the result."""
-        import torch
-
+        shares the masks; do not modify the result (an accelerator copies it with
+        ``torch.from_numpy(...).to(device)``)."""
         key = (int(prev), bool(canonical))
         m = self._mask_cache.get(key)
         if m is None:
             # numpy, not small torch ops: on a loaded machine torch's thread pool made these
             # two 49k-element fills cost more than the Rust mask itself.
-            m = torch.from_numpy(np.where(self.index.next_mask(prev, canonical), np.float32(0), np.float32(-np.inf)))
+            m = np.where(self.index.next_mask(prev, canonical), np.float32(0), np.float32(-np.inf))
             self._mask_cache[key] = m
             if len(self._mask_cache) > MASK_CACHE_SIZE:
                 self._mask_cache.popitem(last=False)
@@ -192,7 +191,7 @@ class ByteVocab:
             c = self._context_cache[ckey]
         else:
             ctx = self.index.context_mask(pprev, prev)
-            c = None if ctx is None else torch.from_numpy(np.where(ctx, m.numpy(), np.float32(-np.inf)))
+            c = None if ctx is None else np.where(ctx, m, np.float32(-np.inf))
             self._context_cache[ckey] = c
             if len(self._context_cache) > CONTEXT_CACHE_SIZE:
                 self._context_cache.popitem(last=False)

@@ -35,6 +35,7 @@ import numpy as np
 from tokenloom._arrays import as_count, as_ids
 from tokenloom.request.config import DecodeConfig
 from tokenloom.request.sink import TokenSink
+from tokenloom.device import is_accelerator
 from tokenloom.runtime.compat import cache_arg
 
 __all__ = [
@@ -145,9 +146,35 @@ def _stop_ids(punctuation: Any, vocab_size: int) -> FrozenSet[int]:
 
 
 def _probs(sampler: Any, logits: Any) -> np.ndarray:
-    """The sampler's distribution of every row of ``logits`` [B, V], float64 numpy."""
+    """The sampler's distribution of every row of ``logits`` [B, V], float64 numpy (host rows)."""
     p = sampler.probs(logits)
     return p.double().cpu().numpy() if hasattr(p, "detach") else np.asarray(p, dtype=np.float64)
+
+
+def _entropy_of(sampler: Any, logits: Any) -> float:
+    """Entropy (nats) of the sampler's distribution of ``logits`` [1, V]; on an accelerator
+    computed there (one number crosses to the host)."""
+    if is_accelerator(logits):
+        import torch
+
+        return float(torch.special.entr(sampler.probs(logits)[0].double()).sum())
+    return entropy(_probs(sampler, logits)[0])
+
+
+def _logps(sampler: Any, rows: Any, tokens: List[int]) -> List[float]:
+    """``log p_i(tokens[i])`` of the sampler's distribution of row ``i`` of ``rows`` [B, V]
+    (one row [1, V]: of that row for every token); on an accelerator gathered there (only these
+    numbers cross to the host)."""
+    shape = (1, -1) if rows.shape[0] == 1 else (-1, 1)
+    if is_accelerator(rows):
+        import torch
+
+        idx = torch.tensor(tokens, dtype=torch.long, device=rows.device).view(*shape)
+        picked = sampler.probs(rows).gather(1, idx).double().cpu().numpy().reshape(-1)
+    else:
+        p = _probs(sampler, rows)
+        picked = p[0, tokens] if shape[0] == 1 else p[np.arange(len(tokens)), tokens]
+    return [math.log(x) for x in picked.tolist()]
 
 
 class _Tree:
@@ -213,9 +240,9 @@ def _run_trials(
     tree = _Tree()
     rows = logits.expand(n, -1)
     first = sampler(rows).tolist()
-    p0 = _probs(sampler, logits)[0]
+    lp0 = _logps(sampler, logits, first)
     trials = [[tree.child(-1, t)] for t in first]
-    logps = [[math.log(p0[t])] for t in first]
+    logps = [[x] for x in lp0]
     live = [i for i, t in enumerate(first) if t not in stop and 1 < budget]
     while live:
         pending = sorted({trials[i][-1] for i in live})
@@ -226,11 +253,11 @@ def _run_trials(
         row_of = {node: j for j, node in enumerate(pending)}
         rows = node_logits[[row_of[trials[i][-1]] for i in live]]
         draws = sampler(rows).tolist()
-        p = _probs(sampler, rows)
+        lp = _logps(sampler, rows, draws)
         still = []
         for k, (i, t) in enumerate(zip(live, draws)):
             trials[i].append(tree.child(trials[i][-1], t))
-            logps[i].append(math.log(p[k, t]))
+            logps[i].append(lp[k])
             if t not in stop and len(trials[i]) < budget:
                 still.append(i)
         live = still
@@ -307,7 +334,7 @@ def decode_cautious(
     while True:
         n = 1
         if sampler is not None:
-            n = trial_count(entropy(_probs(sampler, logits)[0]), low, high, lo, hi)
+            n = trial_count(_entropy_of(sampler, logits), low, high, lo, hi)
         if n <= 1:
             tokens = [choose(logits) if sampler is None else int(sampler(logits)[0])]
         else:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DecodeConfig", "GenerateOutput", "GenerateStats", "TokenSink", "generate", "methods", "register_method"]
 
 
-def _check_input_ids(input_ids: Any, vocab: int) -> "torch.Tensor":
+def _check_input_ids(input_ids: Any, vocab: int, device: Any) -> "torch.Tensor":
     import torch
 
     if not isinstance(input_ids, torch.Tensor):
@@ -32,6 +32,11 @@ def _check_input_ids(input_ids: Any, vocab: int) -> "torch.Tensor":
         raise ValueError(f"input_ids: expected shape [1, n] (batch size 1), got {list(input_ids.shape)}")
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids: the prompt is empty; give at least one token")
+    if input_ids.device != device:
+        raise ValueError(
+            f"input_ids are on {input_ids.device} but the model is on {device}: "
+            f"pass input_ids.to({str(device)!r})"
+        )
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab:
         bad = lo if lo < 0 else hi
@@ -91,18 +96,19 @@ def generate(
 
     Raises:
         TypeError: bad ``input_ids`` type, a ``seed`` that is not an int, unknown method keywords.
-        ValueError: unknown ``method``, bad sampling values or sizes.
+        ValueError: unknown ``method``, bad sampling values or sizes, ``input_ids`` on another
+            device than the model.
         IndexError: prompt or EOS ids outside the model's vocabulary.
     """
     import torch
 
     from tokenloom.runtime.cpupack import packed_linears, resolve_pack
-    from tokenloom.runtime.model import logits_width
+    from tokenloom.runtime.model import logits_width, model_dtype_device
 
     vocab = logits_width(model)
     fn = resolve_method(method)
     check_kwargs(method, fn, method_kwargs)
-    input_ids = _check_input_ids(input_ids, vocab)
+    input_ids = _check_input_ids(input_ids, vocab, model_dtype_device(model)[1])
     cfg = make_config(
         max_new_tokens=max_new_tokens,
         eos_token_ids=_eos_ids(model, eos_token_id),

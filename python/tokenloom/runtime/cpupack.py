@@ -37,6 +37,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple, Union
 
+from tokenloom.device import is_accelerator
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -121,7 +123,7 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled():
+        if x.dtype != torch.float32 or is_accelerator(x) or torch.is_grad_enabled():
             return self.original[0](x)
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
@@ -146,7 +148,7 @@ def _packable(mod: Any) -> bool:
     if type(mod) is not torch.nn.Linear:
         return False
     w = mod.weight
-    return w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
+    return w.dtype == torch.float32 and not is_accelerator(w) and w.dim() == 2
 
 
 def _packed_module(mod: Any) -> "PackedLinear":
@@ -168,7 +170,8 @@ def _packed_module(mod: Any) -> "PackedLinear":
 def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
     """(parent, name, linear) of every packable linear of ``model`` (cached; re-scanned when the
     model's structure, a linear's dtype or its device changed; a linear added to a model
-    already planned is only seen after :func:`clear_packed`)."""
+    already planned is only seen after :func:`clear_packed`). An empty plan is not cached: a
+    model moved back to the CPU (or run outside a forced accelerator path) is scanned again."""
     plan = _PLANS.get(model)
     if plan is not None and all(parent._modules.get(name) is child and _packable(child) for parent, name, child in plan):
         return plan
@@ -178,7 +181,10 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
         for name, child in parent.named_children()
         if _packable(child)
     ]
-    _PLANS[model] = plan
+    if plan:
+        _PLANS[model] = plan
+    else:
+        _PLANS.pop(model, None)
     return plan
 
 

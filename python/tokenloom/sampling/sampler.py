@@ -22,6 +22,7 @@ import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_float_array, is_torch
+from tokenloom.device import is_accelerator
 from tokenloom.sampling.seeds import as_seed
 
 __all__ = ["Sampler", "probs_from_logits"]
@@ -63,7 +64,7 @@ def probs_from_logits(
     """
     _check_float(logits)
     one = (logits.dim() if is_torch(logits) else np.ndim(logits)) == 1
-    if is_torch(logits) and logits.device.type != "cpu":
+    if is_accelerator(logits):
         import torch
 
         from tokenloom.sampling import torch_ops as _torch_ops
@@ -129,7 +130,7 @@ class Sampler:
         _check_float(logits)
         count = self.calls
         self.calls += 1
-        if is_torch(logits) and logits.device.type != "cpu":
+        if is_accelerator(logits):
             from tokenloom.sampling import torch_ops as _torch_ops
 
             return _torch_ops.sample(logits, self.temperature, self.top_k, self.top_p, self.min_p, self.seed, count)

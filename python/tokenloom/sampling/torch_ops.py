@@ -34,8 +34,9 @@ def uniform(seed: int, stream: int, c: int) -> float:
     return float(uniforms(seed, [stream], [c])[0])
 
 
-def check_rows(rows: "torch.Tensor", name: str) -> "torch.Tensor":
-    """Checks probability rows [N, V] on their device (one host sync); returns their f64 sums."""
+def check_rows(rows: "torch.Tensor", name: str, index: Optional[Sequence[int]] = None) -> "torch.Tensor":
+    """Checks probability rows [N, V] on their device (one host sync); returns their f64 sums.
+    ``index``: the rows' numbers in the caller's array, for the message (default ``0..N-1``)."""
     x = rows.double()
     bad = ~torch.isfinite(x) | (x < 0)
     sums = x.sum(-1)
@@ -44,9 +45,11 @@ def check_rows(rows: "torch.Tensor", name: str) -> "torch.Tensor":
         b = bad.nonzero()
         if b.numel():
             i, j = (int(v) for v in b[0])
-            raise ValueError(f"{name}[{i}, {j}] = {float(x[i, j])}: probabilities must be finite and >= 0")
+            row = i if index is None else index[i]
+            raise ValueError(f"{name}[{row}, {j}] = {float(x[i, j])}: probabilities must be finite and >= 0")
         i = int(off.nonzero()[0, 0])
-        raise ValueError(f"{name}[{i}] sums to {float(sums[i])}: expected 1 within {PROB_TOL}")
+        row = i if index is None else index[i]
+        raise ValueError(f"{name}[{row}] sums to {float(sums[i])}: expected 1 within {PROB_TOL}")
     return sums
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from tokenloom.spec.persist import PersistWarning, load_state, save_state
 from tokenloom.runtime.compat import cache_arg
+from tokenloom.device import device_name, synchronize
 from tokenloom.spec.topk import top_k_ids
 
 __all__ = [
@@ -114,10 +115,7 @@ def calibration_key(model: Any) -> str:
 
     param = next(model.parameters())
     cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
-    device = param.device
-    dev_name = str(device)
-    if device.type == "cuda":
-        dev_name += ":" + torch.cuda.get_device_name(device)
+    dev_name = device_name(param.device)
     from tokenloom.runtime.cpupack import is_packed
 
     packed = "|packed" if is_packed(model) else ""
@@ -183,14 +181,12 @@ def calibrate_step_cost(
         for rnd in range(repeats + 1):
             for t in sizes:
                 toks = torch.randint(0, vocab, (t,), generator=gen)
-                if param.device.type == "cuda":
-                    torch.cuda.synchronize(param.device)
+                synchronize(param.device)
                 start = time.perf_counter()
                 logits = tree_forward(model, cache, toks, _chain_parents(t), past_len=past_len)
                 logits.argmax(-1)
                 top_k_ids(logits, min(k, vocab))  # what a recycling drafter does after each step
-                if param.device.type == "cuda":
-                    torch.cuda.synchronize(param.device)
+                synchronize(param.device)
                 elapsed = time.perf_counter() - start
                 crop_cache(cache, past_len)
                 if rnd > 0:

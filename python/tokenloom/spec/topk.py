@@ -14,6 +14,7 @@ import numpy as np
 
 from tokenloom import _core
 from tokenloom._arrays import as_int
+from tokenloom.device import is_accelerator
 
 __all__ = ["top_k_ids"]
 
@@ -41,7 +42,7 @@ def top_k_ids(logits: Any, k: int) -> np.ndarray:
             raise ValueError(f"logits: expected [n, V], got shape {tuple(logits.shape)}")
         if not logits.is_floating_point():  # as the numpy path: logits are float rows
             raise ValueError(f"logits: expected a float tensor [n, V], got dtype {logits.dtype}")
-        if logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float64):
+        if is_accelerator(logits) or logits.dtype not in (torch.float32, torch.float64):
             k = as_int(k, "k")
             if not 1 <= k <= logits.shape[-1]:
                 raise ValueError(f"top-k: k must be in [1, {logits.shape[-1]}] (the row length), got {k}")

@@ -61,7 +61,9 @@ def verify_tree_torch(
         path, toks = _core.verify_greedy(par, tok, y)
         return VerifyResult(path, toks)
     check_rows(target, "target_probs")
-    check_rows(draft, "draft_probs")
+    inner = np.unique(par[1:]).tolist()  # only the rows children were drawn from are read, as on the CPU
+    if inner:
+        check_rows(draft[torch.tensor(inner, device=dev)], "draft_probs", inner)
     return _walk_sampled(par, tok, target, draft, seed, stream, replacement)
 
 

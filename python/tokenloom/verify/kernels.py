@@ -20,7 +20,8 @@ from typing import Any, List, Optional
 import numpy as np
 
 from tokenloom import _core
-from tokenloom._arrays import as_array, as_float_array, is_torch
+from tokenloom._arrays import as_array, as_float_array
+from tokenloom.device import is_accelerator
 from tokenloom.sampling.seeds import as_seed
 from tokenloom.verify.result import VerifyResult
 
@@ -42,10 +43,8 @@ def _result(pair: Any) -> VerifyResult:
     return _new_tuple(VerifyResult, pair)  # type: ignore[no-any-return]
 
 
-
-
 def _on_device(*xs: Any) -> bool:
-    return any(is_torch(x) and x.device.type != "cpu" for x in xs if x is not None)
+    return any(is_accelerator(x) for x in xs)
 
 
 def verify_greedy(parents: Any, tokens: Any, target_argmax: Any) -> VerifyResult:

@@ -29,6 +29,7 @@ __all__ = [
     "load_or_default",
     "gguf_tokenizer_facts",
     "load_tokenizer",
+    "make_tiny_llama",
     "quiet_transformers",
     "stop_token_ids",
 ]
@@ -187,6 +188,32 @@ def load_default(verbose: bool = False) -> Tuple[Any, Any]:
     """The embedded SmolLM2-135M-Instruct ``(model, tokenizer)``, fp32 on CPU, loaded once per
     process (about 17-30 s on 2 cores); quiet unless ``verbose``."""
     return load(default_model_path(), verbose=verbose)
+
+
+def make_tiny_llama(vocab_size: int = 49152, seed: int = 0, layers: int = 2) -> Any:
+    """A random-weight Llama small enough for structural tests and the device check (about 3 M
+    parameters at a 49k vocabulary; the embedded model's vocabulary size by default), fp32 on
+    the CPU, its output weights sharpened so that it has real preferences."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    return model
 
 
 def load_or_default(path: Union[None, str, os.PathLike] = None, *, verbose: bool = False) -> Tuple[Any, Any]:
