@@ -6,8 +6,10 @@ section; the script refuses a device this machine does not have."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -57,7 +59,8 @@ def test_quick_cpu_check_passes(smollm, tmp_path, fresh_states, one_torch_thread
 def test_script_refuses_an_absent_device():
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    run = subprocess.run([str(SCRIPT), "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHON": sys.executable}  # the interpreter running the tests (a CI venv)
+    run = subprocess.run([str(SCRIPT), "--device", "cuda"], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 2
     assert "--device cuda: no cuda device on this machine" in run.stderr and "--device cpu" in run.stderr
 
