@@ -91,12 +91,12 @@ def test_best_chain():
     assert best_chain(toks[:0], parents[:0], probs[:0], 3) == []
 
 
-def test_sam_switch_equals_hf_greedy(tiny_llama):
-    from tokenloom.decoding.methods import methods, register_drafter
+def test_sam_switch_equals_hf_greedy(tiny_llama, monkeypatch):
+    import tokenloom.decoding.methods as table
     from tokenloom.eval.peers import make_sam_drafter
 
-    if "test-sam" not in methods():
-        register_drafter("test-sam", make_sam_drafter)
+    # registered for this test only: the library's method table is left as it was
+    monkeypatch.setitem(vars(table)["_METHODS"], "test-sam", table.speculative_method(make_sam_drafter))
     rec, cache = TokenRecycler(49152, 8), SuffixCache(max_bytes=1 << 20)
     base = prompt_ids(3, n=6)[0].tolist()
     import torch

@@ -36,12 +36,15 @@ def fresh_states():
 
 @pytest.mark.model
 def test_quick_cpu_check_passes(smollm, tmp_path, fresh_states, one_torch_thread):
-    import tokenloom
     from tokenloom.eval.devicecheck import QUICK, format_table, run_checks, write_report
+    from tokenloom.eval.devicecheck import checked_methods as dc_checked
 
     report = run_checks(torch.device("cpu"), QUICK, embedded=smollm)  # what --device cpu runs
     assert report["failures"] == [], report["failures"]
-    methods = set(tokenloom.methods())
+    from tokenloom.decoding.methods import ALIASES, BUILTIN
+
+    methods = set(BUILTIN) | set(ALIASES)  # tokenloom's own: a method another test registered is not checked
+    assert set(dc_checked()) == methods
     assert {r["method"] for r in report["greedy"]} == methods
     assert {r["model"] for r in report["greedy"]} == {"SmolLM2-135M", "tiny Llama"}
     assert {r["method"] for r in report["chi_square"]} == methods - {"cautious", "greedy"}

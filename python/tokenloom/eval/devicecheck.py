@@ -104,17 +104,24 @@ def _method_kwargs(method: str, tokenizer: Any) -> Dict[str, Any]:
     return kw
 
 
+def checked_methods() -> List[str]:
+    """tokenloom's own methods and their aliases (``tokenloom.decoding.methods.BUILTIN``): a
+    method registered by the user or a benchmark takes keywords this check cannot know."""
+    from tokenloom.decoding.generate import methods
+    from tokenloom.decoding.methods import ALIASES, BUILTIN
+
+    return [m for m in methods() if m in BUILTIN or m in ALIASES]
+
+
 def lossless_methods() -> List[str]:
     """Every method whose samples follow the target's distribution exactly (``cautious``
     chooses among trials; ``greedy`` is ``plain``'s other name)."""
-    from tokenloom.decoding.generate import methods
-
-    return [m for m in methods() if m not in ("cautious", "greedy")]
+    return [m for m in checked_methods() if m not in ("cautious", "greedy")]
 
 
 def check_greedy(models: Sequence[Tuple[str, Any, Any, List[Any]]], s: Settings, failures: List[str]) -> List[Dict[str, Any]]:
     """Every method's greedy tokens against HF greedy's, per model and prompt."""
-    from tokenloom.decoding.generate import generate, methods
+    from tokenloom.decoding.generate import generate
     from tokenloom.decoding.methods import resolve_method
     from tokenloom.eval.exactness import first_diff, hf_greedy, near_tie
     from tokenloom.integrations.hf.models import stop_token_ids
@@ -125,7 +132,7 @@ def check_greedy(models: Sequence[Tuple[str, Any, Any, List[Any]]], s: Settings,
         for p, ids in enumerate(prompts):
             ref = hf_greedy(model, ids, s.greedy_tokens, eos=eos)[0].tolist()
             done: Dict[Any, List[int]] = {}  # an alias (greedy = plain) runs once
-            for method in methods():
+            for method in checked_methods():
                 fn = resolve_method(method)
                 if fn not in done:
                     out = generate(model, ids, method=method, max_new_tokens=s.greedy_tokens, eos_token_id=eos,
@@ -194,13 +201,12 @@ def check_bytelm(model: Any, tokenizer: Any, s: Settings, failures: List[str]) -
 
 def measure_speed(model: Any, tokenizer: Any, prompts: List[Any], device: Any, s: Settings) -> List[Dict[str, Any]]:
     """tokens/s of every method, HF greedy and HF prompt lookup (one warm-up run each)."""
-    from tokenloom.decoding.generate import methods
     from tokenloom.eval.specbench import hf_method, tokenloom_method
     from tokenloom.integrations.hf.models import stop_token_ids
 
     eos = stop_token_ids(model)
     fns = {"hf": hf_method(), "hf-pld": hf_method(prompt_lookup=10)}
-    for m in methods():
+    for m in checked_methods():
         if m != "greedy":
             fns[m] = tokenloom_method(m, **_method_kwargs(m, tokenizer))
     rows = []
