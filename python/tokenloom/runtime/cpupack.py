@@ -88,9 +88,9 @@ def pack_available() -> bool:
 
 
 def packed_rows(m: int) -> int:
-    """The row count an input of ``m`` rows (>= 1) runs with: the smallest of
-    :data:`PACKED_ROW_SIZES` that holds it, or 0 when ``m`` exceeds them all (the caller then
-    runs the original, unpacked linear)."""
+    """The row count an input of ``m`` rows runs with: the smallest of :data:`PACKED_ROW_SIZES`
+    that holds it, or 0 when ``m`` is 0 or exceeds them all (the caller then runs the original,
+    unpacked linear)."""
     if m <= 32:
         return m
     if m <= PACKED_ROW_SIZES[-1]:
@@ -128,7 +128,7 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         m = rows.shape[0]
-        padded = packed_rows(m) if m else 0
+        padded = packed_rows(m)
         if padded == 0:  # no rows, or more than the packed shapes cover: the original linear
             return self.original[0](x)
         if padded != m:
