@@ -46,6 +46,7 @@ def test_switch_forces_cpu_tensors_only(monkeypatch):
     assert not forced() and not is_accelerator(t) and not is_accelerator(torch.device("cpu"))
     assert is_accelerator("cuda:0") and is_accelerator(torch.device("meta")) and is_accelerator(t.to("meta"))
     assert not is_accelerator(np.zeros(3)) and not is_accelerator(None) and not is_accelerator([1, 2])
+    assert not is_accelerator("") and not is_accelerator("gpu0")  # not device names: on the host
     with force_accelerator_path():
         assert forced() and is_accelerator(t) and is_accelerator("cpu")
         assert not is_accelerator(np.zeros(3)) and not is_accelerator([1, 2])  # numpy stays on the host
@@ -56,6 +57,17 @@ def test_switch_forces_cpu_tensors_only(monkeypatch):
     assert is_accelerator(t)
     synchronize("cpu")
     synchronize(t)
+
+
+@pytest.mark.parametrize("name", ["verify_tree", "verify_tree_batch", "verify_chain", "verify_chain_batch"])
+def test_strings_as_data_are_refused_not_read_as_devices(name):
+    """A string where probabilities go is bad data (a clean ValueError / TypeError), never a
+    device name that sends the call down the accelerator branch (CI found ``verify_tree([], [],
+    '')`` raising AttributeError there)."""
+    f = getattr(tokenloom, name)
+    for s in ("", "cuda", "cpu"):
+        with pytest.raises((ValueError, TypeError)):
+            f([], [], s) if name.startswith("verify_tree") else f([], s, s)
 
 
 def test_no_device_branch_outside_the_switch():

@@ -62,7 +62,12 @@ def _device_type(x: Any) -> Any:
     """``x``'s device type: a tensor's, a ``torch.device``'s, a device string's (``"cuda:0"``);
     None for anything else (numpy arrays, sequences, None)."""
     if isinstance(x, str):
-        return x.split(":", 1)[0]
+        import torch
+
+        try:
+            return torch.device(x).type
+        except (RuntimeError, ValueError):  # not a device name ("", "gpu0"): nothing is there
+            return None
     dev = getattr(x, "device", None) if hasattr(x, "detach") else x
     return getattr(dev, "type", None) if type(dev).__name__ == "device" else None
 

@@ -44,7 +44,9 @@ def _result(pair: Any) -> VerifyResult:
 
 
 def _on_device(*xs: Any) -> bool:
-    return any(is_accelerator(x) for x in xs)
+    """Whether a tensor argument is on an accelerator (only tensors count: a string passed as
+    data is refused by the host path's checks, never read as a device name)."""
+    return any(hasattr(x, "detach") and is_accelerator(x) for x in xs)
 
 
 def verify_greedy(parents: Any, tokens: Any, target_argmax: Any) -> VerifyResult:
