@@ -174,10 +174,11 @@ def test_cpupack_leaves_accelerator_linears_alone():
 
 
 def test_calibration_synchronises_through_the_switch(monkeypatch):
+    import tokenloom.spec.calibration as calibration
     import tokenloom.spec.sizing as sizing
 
     synced = []
-    monkeypatch.setattr(sizing, "synchronize", synced.append)
+    monkeypatch.setattr(calibration, "synchronize", synced.append)
     model = make_tiny_llama(vocab_size=256, layers=1)
     sizing.calibrate_step_cost(model, tokens=(1, 4), past_len=8, repeats=1, disk=False, force=True)
     assert len(synced) == 2 * 2 * 2  # before and after each timed step (2 sizes, 2 rounds)

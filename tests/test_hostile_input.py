@@ -531,6 +531,7 @@ def test_step_cost_file_that_is_a_pipe_or_hostile_is_measured_again(small_llama)
     from tokenloom.spec import sizing
 
     key = sizing.calibration_key(small_llama)
+    fake = {"timer": lambda kernel, t, run: (run(), 0.01 * t)[1], "loadavg": lambda: 0.0}  # an idle machine
     name, version = sizing.STEP_COST_STATE, sizing.STEP_COST_VERSION
     path = persist.state_path(key, name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -539,19 +540,19 @@ def test_step_cost_file_that_is_a_pipe_or_hostile_is_measured_again(small_llama)
         sizing.clear_step_cost_cache()
         persist.save_state(key, name, version, json.dumps(bad).encode())
         with pytest.warns(persist.PersistWarning, match="not a valid curve"):
-            cost = sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1)
+            cost = sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1, **fake)
         assert cost.tokens == (1, 2) and all(s > 0 for s in cost.seconds)
     # a corrupted file (checksum): measured again too
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x10
     path.write_bytes(bytes(data))
     sizing.clear_step_cost_cache()
-    cost = sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1)
+    cost = sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1, **fake)
     assert cost.tokens == (1, 2)
     path.unlink()
     os.mkfifo(path)
     sizing.clear_step_cost_cache()
-    cost = _no_hang(lambda: sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1, disk=True))
+    cost = _no_hang(lambda: sizing.calibrate_step_cost(small_llama, tokens=(1, 2), repeats=1, disk=True, **fake))
     assert cost.tokens == (1, 2)
     sizing.clear_step_cost_cache()
 

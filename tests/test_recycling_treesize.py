@@ -109,13 +109,19 @@ def test_calibration_is_cached(tiny_llama, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     try:
         clear_step_cost_cache()
-        cost = calibrate_step_cost(tiny_llama, tokens=(1, 5, 17), past_len=16, repeats=1, force=True)
+        # injected clock and load average: the rules, not this machine's timings, are tested
+        def timer(kernel, t, run):
+            run()
+            return 0.001 * (10 + t)
+
+        cost = calibrate_step_cost(tiny_llama, tokens=(1, 5, 17), past_len=16, repeats=1, force=True,
+                                   timer=timer, loadavg=lambda: 0.0)
         assert cost.tokens == (1, 5, 17) and all(s > 0 for s in cost.seconds)
         assert list(cost.seconds) == sorted(cost.seconds)
         files = list((tmp_path / "state").glob("*-stepcost.bin"))
         assert len(files) == 1 and cost.key in files[0].name
         clear_step_cost_cache()
-        again = calibrate_step_cost(tiny_llama, tokens=(1, 5, 17))  # read back from disk
+        again = calibrate_step_cost(tiny_llama, tokens=(1, 5, 17), timer=timer)  # read back from disk (probe agrees)
         assert again == cost
         assert calibrate_step_cost(tiny_llama) is again  # in-process cache
         assert cost(3) == pytest.approx((cost.seconds[0] + cost.seconds[1]) / 2)

@@ -84,9 +84,11 @@ def generate(
             an exact sample).
         streamer: HF-style streamer (``put``/``end``); receives the prompt first, as in HF.
         pack: run float32 CPU linears through pre-packed oneDNN weights during the call
-            (:mod:`tokenloom.runtime.cpupack`; ``"auto"``: when possible, ``True``: insist,
-            ``False``: run the model exactly as loaded). Small-batch forwards (tree steps) get
-            much cheaper; logits change at float32 rounding level only.
+            (:mod:`tokenloom.runtime.cpupack`; ``"auto"``: where packing measured faster on this
+            machine, :func:`tokenloom.spec.calibration.choose_pack`, measured once and saved;
+            ``True``: insist; ``False``: run the model exactly as loaded). Where packing wins,
+            small-batch forwards (tree steps) get much cheaper; logits change at float32
+            rounding level only.
         **method_kwargs: passed to the method's drafter (e.g. ``recycler=``, ``tree=`` for
             ``"recycling"``); unknown keywords are refused.
 
@@ -102,7 +104,8 @@ def generate(
     """
     import torch
 
-    from tokenloom.runtime.cpupack import packed_linears, resolve_pack
+    from tokenloom.runtime.cpupack import packed_linears
+    from tokenloom.spec.calibration import auto_pack
     from tokenloom.runtime.model import logits_width, model_dtype_device
 
     vocab = logits_width(model)
@@ -119,7 +122,7 @@ def generate(
         seed=seed,
         vocab_size=vocab,
     )
-    use_pack = resolve_pack(model, pack)
+    use_pack = auto_pack(model, pack)
     sink = TokenSink(cfg, streamer)
     if streamer is not None:
         streamer.put(input_ids.cpu())

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tokenloom.eval.workloads import build_workloads, check_workloads
+from tokenloom.runtime.machine import BUSY_LOAD_PER_CPU, machine_info, machine_load
 
 __all__ = [
     "BENCH_METHODS",
@@ -503,22 +504,6 @@ def write_json(path: str, meta: Dict[str, Any], table: Table, results: List[RunR
     tmp.replace(path)
 
 
-#: 1-minute load average per CPU from which a machine counts as busy (timings flagged as noisy).
-BUSY_LOAD_PER_CPU = 0.75
-
-
-def machine_load() -> Dict[str, Any]:
-    """``{"load1", "load5", "load15", "cpus", "busy"}`` from ``os.getloadavg`` (NaN where the
-    platform has none); ``busy`` when the 1-minute load is at least
-    :data:`BUSY_LOAD_PER_CPU` per CPU."""
-    cpus = os.cpu_count() or 1
-    try:
-        l1, l5, l15 = os.getloadavg()
-    except (OSError, AttributeError):  # pragma: no cover - platforms without it
-        l1 = l5 = l15 = float("nan")
-    return {"load1": l1, "load5": l5, "load15": l15, "cpus": cpus, "busy": bool(l1 >= BUSY_LOAD_PER_CPU * cpus)}
-
-
 def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
     """What the JSON records about the run: command, machine, torch, model, sizes, time."""
     import torch
@@ -526,6 +511,7 @@ def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
     return {
         "command": cfg.command,
         "machine": " ".join(x for x in (platform.machine(), platform.processor(), f"cpus={os.cpu_count()}") if x),
+        "cpu": machine_info(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "model": cfg.model or "embedded SmolLM2-135M-Instruct (fp32)",

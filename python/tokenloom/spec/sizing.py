@@ -3,10 +3,12 @@
 Two ingredients, both method-agnostic:
 
 * :class:`StepCost` — seconds of one verify step against the number of tree tokens T, measured
-  once per (model config, dtype, device, torch threads) by :func:`calibrate_step_cost` (a few
-  timed tree forwards on a dummy cache, with the top-k/argmax the step also pays), cached in the
-  process and on disk (``$TOKENLOOM_CACHE_DIR`` or ``~/.cache/tokenloom``; set
-  ``TOKENLOOM_NO_DISK_CACHE=1`` to skip the disk). Linear interpolation between measured sizes.
+  once per (model config, dtype, device, machine, torch threads, linear kernel) by
+  :func:`calibrate_step_cost` (timed tree forwards on a dummy cache, with the top-k/argmax the
+  step also pays; medians of interleaved repeats), cached in the process and on disk
+  (``$TOKENLOOM_CACHE_DIR`` or ``~/.cache/tokenloom``; set ``TOKENLOOM_NO_DISK_CACHE=1`` to skip
+  the disk) under the rules of :mod:`tokenloom.spec.calibration` (load, probe, another
+  machine). Linear interpolation between measured sizes.
 * :class:`AcceptanceStats` — exponentially decayed counts, per depth ``d`` of an accepted node
   and per rank ``r``, of "the target's next token is the rank-r candidate of that node's row".
   Under greedy verification a template node with rank path ``(r1, ..., rm)`` is accepted exactly
@@ -24,28 +26,35 @@ maximising ``E[tokens | N] / cost(N + 1)``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import threading
-import time
-import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom.spec.persist import PersistWarning, load_state, save_state
-from tokenloom.runtime.compat import cache_arg
-from tokenloom.device import device_name, synchronize
-from tokenloom.spec.topk import top_k_ids
+from tokenloom.spec.calibration import (
+    KERNELS,
+    Timer,
+    calibration_key,
+    disk_enabled,
+    kernel_of,
+    load_record,
+    medians_and_verdict,
+    probe_disagrees,
+    probe_one_token,
+    read_load,
+    save_record,
+    time_steps,
+    warn_once,
+)
 
 __all__ = [
     "AcceptanceStats",
     "StatsMemory",
     "StepCost",
     "calibrate_step_cost",
+    "calibration_key",
     "choose_template",
     "clear_step_cost_cache",
     "monotone",
@@ -60,17 +69,25 @@ RANK_PRIOR = np.array([0.45, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01])
 
 @dataclass(frozen=True)
 class StepCost:
-    """Seconds per verify step for ``tokens[i]`` tree tokens (root included); interpolated."""
+    """Seconds per verify step for ``tokens[i]`` tree tokens (root included); interpolated.
+
+    ``kernel`` ("packed" / "unpacked"), ``past_len`` (cached tokens under the timed steps) and
+    ``load`` (:func:`tokenloom.spec.calibration.load_verdict` of the measurement) say how it was
+    measured; they do not take part in comparisons."""
 
     tokens: Tuple[int, ...]
     seconds: Tuple[float, ...]
     key: str = ""
+    kernel: str = field(default="unpacked", compare=False)
+    past_len: int = field(default=128, compare=False)
+    load: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __call__(self, t: float) -> float:
         return float(np.interp(t, self.tokens, self.seconds))
 
     def to_json(self) -> Dict[str, Any]:
-        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "key": self.key}
+        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "key": self.key, "kernel": self.kernel,
+                "past_len": self.past_len}
 
     @classmethod
     def from_json(cls, data: Any, key: str) -> "StepCost":
@@ -93,13 +110,18 @@ class StepCost:
             b < a for a, b in zip(seconds, seconds[1:])
         ):
             raise ValueError(f"step cost: expected finite, positive, non-decreasing seconds, got {seconds!r}")
-        return cls(tuple(tokens), tuple(float(x) for x in seconds), key)
+        kernel, past = data.get("kernel", "unpacked"), data.get("past_len", 128)
+        if kernel not in KERNELS or isinstance(past, bool) or not isinstance(past, int) or past < 1:
+            raise ValueError(f"step cost: expected a kernel of {KERNELS} and past_len >= 1, got {kernel!r}, {past!r}")
+        load = data.get("load") if isinstance(data.get("load"), dict) else {}
+        return cls(tuple(tokens), tuple(float(x) for x in seconds), key, kernel, past, load)
 
 
 _COSTS: Dict[str, StepCost] = {}
 #: The step-cost curve's name and format version in :mod:`tokenloom.spec.persist`'s state folder
 #: (one on-disk format for every state: checksummed, atomic writes with unique temporary names).
-STEP_COST_STATE, STEP_COST_VERSION = "stepcost", 1
+#: Version 2: the payload names the kernel, the machine and the load it was measured under.
+STEP_COST_STATE, STEP_COST_VERSION = "stepcost", 2
 _COSTS_LOCK = threading.Lock()
 
 
@@ -107,24 +129,6 @@ def clear_step_cost_cache() -> None:
     """Forget the in-process calibrations (the disk cache is kept)."""
     with _COSTS_LOCK:
         _COSTS.clear()
-
-
-def calibration_key(model: Any) -> str:
-    """Hash of the model config, dtype, device, torch thread count and linear packing."""
-    import torch
-
-    param = next(model.parameters())
-    cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
-    dev_name = device_name(param.device)
-    from tokenloom.runtime.cpupack import is_packed
-
-    packed = "|packed" if is_packed(model) else ""
-    raw = f"{cfg}|{param.dtype}|{dev_name}|threads={torch.get_num_threads()}|torch={torch.__version__}{packed}"
-    return hashlib.sha1(raw.encode()).hexdigest()[:20]
-
-
-def _chain_parents(t: int) -> np.ndarray:
-    return np.arange(-1, t - 1, dtype=np.int64)
 
 
 def calibrate_step_cost(
@@ -136,66 +140,51 @@ def calibrate_step_cost(
     k: int = 8,
     disk: Optional[bool] = None,
     force: bool = False,
+    timer: Optional[Timer] = None,
+    loadavg: Optional[Callable[[], float]] = None,
+    progress: Optional[Callable[[], None]] = None,
 ) -> StepCost:
-    """Time one tree step (forward + argmax + top-k) for each tree size in ``tokens``.
+    """Time one tree step (forward + argmax + top-k) for each tree size in ``tokens``, with the
+    linear kernel in use (inside ``packed_linears``: the packed one; the key says which).
 
-    Sizes are measured round-robin (``repeats`` rounds after one warm-up round); the fastest
-    time per size is kept (the least disturbed by other processes on a shared machine) and the
-    curve is made non-decreasing in T (:func:`monotone`). The result is cached per
-    :func:`calibration_key` in the process and, unless ``disk`` is False or
-    ``TOKENLOOM_NO_DISK_CACHE=1``, on disk as the persisted state ``stepcost`` of
-    :mod:`tokenloom.spec.persist` (checksummed; a corrupted or foreign file is measured again with one
-    warning).
+    Measured by :func:`tokenloom.spec.calibration.time_steps` (a warm-up round, then
+    ``repeats`` rounds over the sizes); the median per size is kept and the curve made
+    non-decreasing in T (:func:`monotone`). The result is cached per :func:`calibration_key`
+    in the process and, unless ``disk`` is False or ``TOKENLOOM_NO_DISK_CACHE=1``, on disk as
+    the persisted state ``stepcost`` of :mod:`tokenloom.spec.persist`, following the rules of
+    :mod:`tokenloom.spec.calibration`: not saved when measured under heavy load (one warning);
+    a saved curve is checked with a one-token probe and measured again when the probe disagrees,
+    when it comes from another machine or is not a valid curve (one warning each).
+
+    Args:
+        timer, loadavg: injected clock and load average (tests); default: the real ones.
+        progress: called after every timed step (a progress bar).
     """
-    import torch
-    from transformers import DynamicCache
-
-    from tokenloom.runtime.kvcache import crop_cache
-    from tokenloom.runtime.treeattn import tree_forward
-
     key = calibration_key(model)
     with _COSTS_LOCK:
         if not force and key in _COSTS:
             return _COSTS[key]
-    if disk is None:
-        disk = os.environ.get("TOKENLOOM_NO_DISK_CACHE", "") not in ("1", "true", "yes")
+    disk = disk_enabled(disk)
+    kernel = kernel_of(model)
     if disk and not force:
-        data = load_state(key, STEP_COST_STATE, STEP_COST_VERSION)  # None: missing or unusable (warned)
-        if data is not None:
-            try:
-                cost = StepCost.from_json(json.loads(data), key)
+        saved = load_record(key, STEP_COST_STATE, STEP_COST_VERSION, StepCost.from_json)
+        if saved is not None:
+            probe = probe_one_token(model, kernel, past_len=saved.past_len, timer=timer)
+            if not probe_disagrees(saved(1), probe):
                 with _COSTS_LOCK:
-                    _COSTS[key] = cost
-                return cost
-            except (ValueError, RecursionError) as e:
-                warnings.warn(f"tokenloom: the saved step-cost curve is not a valid curve ({e}); measuring again", PersistWarning, stacklevel=2)
-    param = next(model.parameters())
-    vocab = int(model.config.vocab_size)
-    gen = torch.Generator().manual_seed(0)
-    prefix = torch.randint(0, vocab, (1, past_len), generator=gen).to(param.device)
-    sizes = sorted(set(int(t) for t in tokens))
-    times: Dict[int, List[float]] = {t: [] for t in sizes}
-    with torch.inference_mode():
-        cache = DynamicCache()
-        model(input_ids=prefix, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
-        for rnd in range(repeats + 1):
-            for t in sizes:
-                toks = torch.randint(0, vocab, (t,), generator=gen)
-                synchronize(param.device)
-                start = time.perf_counter()
-                logits = tree_forward(model, cache, toks, _chain_parents(t), past_len=past_len)
-                logits.argmax(-1)
-                top_k_ids(logits, min(k, vocab))  # what a recycling drafter does after each step
-                synchronize(param.device)
-                elapsed = time.perf_counter() - start
-                crop_cache(cache, past_len)
-                if rnd > 0:
-                    times[t].append(elapsed)
-    cost = StepCost(tuple(sizes), tuple(monotone([min(times[t]) for t in sizes])), key)
+                    _COSTS[key] = saved
+                return saved
+            warn_once(key, "stepcost-probe", f"tokenloom: a one-token step now takes {probe * 1e3:.2f} ms, the saved step-cost "
+                      f"curve says {saved(1) * 1e3:.2f} ms; measuring the curve again")
+    load1 = (loadavg or read_load)()
+    times = time_steps(model, tokens, (kernel,), repeats=repeats, past_len=past_len, k=k, timer=timer, progress=progress)
+    medians, verdict = medians_and_verdict(times, load1)
+    sizes = sorted(medians[kernel])
+    cost = StepCost(tuple(sizes), tuple(monotone([medians[kernel][t] for t in sizes])), key, kernel, past_len, verdict)
     with _COSTS_LOCK:
         _COSTS[key] = cost
     if disk:
-        save_state(key, STEP_COST_STATE, STEP_COST_VERSION, json.dumps(cost.to_json()).encode())  # a failure warns once
+        save_record(key, STEP_COST_STATE, STEP_COST_VERSION, cost.to_json(), verdict)  # heavy load: one warning, not saved
     return cost
 
 

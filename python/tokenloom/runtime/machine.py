@@ -1,0 +1,106 @@
+"""The machine a model runs on, as the speed choices see it (the one home for both facts).
+
+* :func:`machine_info`: CPU model name and the instruction-set flags that decide which kernels
+  are fast (``avx2``, ``fma``, ``avx512f``, ``avx512_bf16``, ``amx_tile``), cores, the torch
+  version and build, torch threads. Read from ``/proc/cpuinfo`` where there is one, else
+  :mod:`platform`. :func:`machine_fingerprint` is the part of it that a measured cost depends
+  on, as a short string for cache keys.
+* :func:`machine_load`: the 1-, 5- and 15-minute load averages (``os.getloadavg``) and whether
+  the machine is busy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["BUSY_LOAD_PER_CPU", "ISA_FLAGS", "cpu_model_and_flags", "machine_fingerprint", "machine_info", "machine_load"]
+
+#: The CPU flags that decide which linear kernels are fast here.
+ISA_FLAGS: Tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "asimd")
+
+#: 1-minute load average per CPU from which a machine counts as busy (timings flagged as noisy).
+BUSY_LOAD_PER_CPU = 0.75
+
+_CPU: Dict[str, Tuple[str, Tuple[str, ...]]] = {}
+
+
+def _parse_cpuinfo(text: str) -> Tuple[str, List[str]]:
+    """(model name, flags) of the first processor in ``/proc/cpuinfo`` text ("" / [] if absent).
+    x86 writes ``model name`` and ``flags``; ARM ``Features`` (and sometimes no model name)."""
+    name, flags = "", []
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not name:
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = value.split()
+    return name, flags
+
+
+def cpu_model_and_flags() -> Tuple[str, Tuple[str, ...]]:
+    """``(CPU model name, the flags of :data:`ISA_FLAGS` it has)``; cached per process."""
+    if "cpu" in _CPU:
+        return _CPU["cpu"]
+    name, flags = "", []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            name, flags = _parse_cpuinfo(f.read(1 << 20))
+    except OSError:
+        pass
+    if not name:
+        name = platform.processor() or platform.machine() or "unknown CPU"
+    _CPU["cpu"] = (" ".join(name.split()), tuple(f for f in ISA_FLAGS if f in flags))
+    return _CPU["cpu"]
+
+
+def _torch_build() -> str:
+    import torch
+
+    parts = [torch.__version__]
+    try:
+        parts.append(f"mkldnn={'on' if torch.backends.mkldnn.is_available() else 'off'}")
+        parts.append(f"mkl={'on' if torch.backends.mkl.is_available() else 'off'}")
+    except Exception:  # noqa: BLE001 - a build without these backends modules
+        pass
+    return " ".join(parts)
+
+
+def machine_info() -> Dict[str, Any]:
+    """``{"cpu", "flags", "cores", "torch", "torch_build", "threads", "platform"}`` of this
+    process (``flags``: those of :data:`ISA_FLAGS` the CPU has)."""
+    import torch
+
+    cpu, flags = cpu_model_and_flags()
+    return {
+        "cpu": cpu,
+        "flags": list(flags),
+        "cores": os.cpu_count() or 1,
+        "torch": torch.__version__,
+        "torch_build": _torch_build(),
+        "threads": torch.get_num_threads(),
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
+
+
+def machine_fingerprint(info: Optional[Dict[str, Any]] = None) -> str:
+    """What a measured step cost depends on besides the model: CPU model, ISA flags, torch build
+    and threads, as one string (``info`` default :func:`machine_info`)."""
+    m = machine_info() if info is None else info
+    return f"cpu={m.get('cpu')}|flags={','.join(m.get('flags') or [])}|torch={m.get('torch_build')}|threads={m.get('threads')}"
+
+
+def machine_load() -> Dict[str, Any]:
+    """``{"load1", "load5", "load15", "cpus", "busy"}`` from ``os.getloadavg`` (NaN where the
+    platform has none); ``busy`` when the 1-minute load is at least
+    :data:`BUSY_LOAD_PER_CPU` per CPU."""
+    cpus = os.cpu_count() or 1
+    try:
+        l1, l5, l15 = os.getloadavg()
+    except (OSError, AttributeError):  # pragma: no cover - platforms without it
+        l1 = l5 = l15 = float("nan")
+    return {"load1": l1, "load5": l5, "load15": l15, "cpus": cpus, "busy": bool(l1 >= BUSY_LOAD_PER_CPU * cpus)}

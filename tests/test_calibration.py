@@ -1,0 +1,291 @@
+"""tokenloom.spec.calibration: the measured kernel choice and the calibration hygiene rules,
+driven by injected timings and load averages (no real timing decides any assertion)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from tokenloom.integrations.hf.models import make_tiny_llama
+from tokenloom.spec import calibration as cal
+from tokenloom.spec import persist, sizing
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    cal.clear_pack_choices()
+    sizing.clear_step_cost_cache()
+    yield
+    cal.clear_pack_choices()
+    sizing.clear_step_cost_cache()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_llama(vocab_size=256, layers=1)
+
+
+def idle():
+    return 0.0
+
+
+def table_timer(table, calls=None):
+    """A timer that runs the step and says it took ``table[kernel][tokens]`` seconds (a value,
+    or a list consumed one call at a time)."""
+
+    def timer(kernel, tokens, run):
+        run()
+        if calls is not None:
+            calls.append((kernel, tokens))
+        v = table[kernel][tokens]
+        return v.pop(0) if isinstance(v, list) else v
+
+    return timer
+
+
+PACK_WINS = {"packed": {1: 0.010, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}}
+PACK_LOSES = {"packed": {1: 0.013, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}}
+
+
+# -- pure rules ---------------------------------------------------------------------------------
+
+
+def test_decide_pack_rule():
+    assert cal.decide_pack(PACK_WINS)[0] is True
+    ok, why = cal.decide_pack(PACK_LOSES)
+    assert ok is False and "one-token" in why and "13.00 ms" in why
+    tie = {"packed": {1: 0.012, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}}
+    assert cal.decide_pack(tie)[0] is False  # a tie keeps the model as loaded
+    tree_loses = {"packed": {1: 0.010, 17: 0.0211}, "unpacked": {1: 0.012, 17: 0.020}}
+    ok, why = cal.decide_pack(tree_loses)
+    assert ok is False and "17-token" in why
+    within = {"packed": {1: 0.010, 17: 0.0209}, "unpacked": {1: 0.012, 17: 0.020}}
+    assert cal.decide_pack(within)[0] is True
+
+
+def test_load_verdict_and_spread():
+    assert cal.spread([1.0]) == 0.0 and cal.spread([1.0, 1.2, 1.1]) == pytest.approx(0.2 / 1.1)
+    calm = cal.load_verdict(1.0, 2, [0.05, 0.1])
+    assert not calm["heavy"] and calm["load_per_core"] == 0.5 and calm["why"] == ""
+    busy = cal.load_verdict(2.5, 2, [0.05])
+    assert busy["heavy"] and "load average 2.50 on 2 cores" in busy["why"]
+    noisy = cal.load_verdict(0.0, 2, [0.9, 0.8, 0.1])
+    assert noisy["heavy"] and "spread by 80%" in noisy["why"]
+    assert not cal.load_verdict(float("nan"), 2, [])["heavy"]  # no load average: unknown, not heavy
+
+
+def test_probe_rule():
+    assert not cal.probe_disagrees(0.010, 0.014)
+    assert not cal.probe_disagrees(0.010, 0.007)
+    assert cal.probe_disagrees(0.010, 0.016) and cal.probe_disagrees(0.010, 0.006)
+    assert cal.probe_disagrees(0.0, 0.01) and cal.probe_disagrees(0.01, float("nan"))
+
+
+def test_check_machine():
+    here = {"cpu": "X", "flags": ["avx2"], "torch_build": "2.15", "threads": 2}
+    cal.check_machine(dict(here), here)
+    with pytest.raises(ValueError, match="another machine: cpu 'Y'"):
+        cal.check_machine({**here, "cpu": "Y"}, here)
+    with pytest.raises(ValueError, match="threads 4"):
+        cal.check_machine({**here, "threads": 4}, here)
+    with pytest.raises(ValueError, match="names no machine"):
+        cal.check_machine(None, here)
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def test_time_steps_interleaves_and_skips_the_warm_up(model):
+    calls = []
+    out = cal.time_steps(model, (17, 1), cal.KERNELS, repeats=2, past_len=8,
+                         timer=table_timer({"packed": {1: 1.0, 17: 2.0}, "unpacked": {1: 3.0, 17: 4.0}}, calls))
+    assert out == {"unpacked": {1: [3.0, 3.0], 17: [4.0, 4.0]}, "packed": {1: [1.0, 1.0], 17: [2.0, 2.0]}}
+    # round 0 is the warm-up; every round runs each size with both kernels, the order rotating
+    assert calls == [("unpacked", 1), ("packed", 1), ("unpacked", 17), ("packed", 17),
+                     ("packed", 1), ("unpacked", 1), ("packed", 17), ("unpacked", 17),
+                     ("unpacked", 1), ("packed", 1), ("unpacked", 17), ("packed", 17)]
+    with pytest.raises(ValueError, match="kernel"):
+        cal.time_steps(model, (1,), ("mkl",), repeats=1, past_len=8)
+    with pytest.raises(ValueError, match="sizes >= 1"):
+        cal.time_steps(model, (0,), repeats=1, past_len=8)
+
+
+def test_the_packed_kernel_runs_packed(model):
+    from tokenloom.runtime.cpupack import is_packed
+
+    seen = []
+
+    def timer(kernel, tokens, run):
+        seen.append((kernel, is_packed(model)))
+        run()
+        return 1.0
+
+    cal.time_steps(model, (1,), cal.KERNELS, repeats=1, past_len=8, timer=timer)
+    assert set(seen) == {("packed", True), ("unpacked", False)}
+
+
+# -- the kernel choice --------------------------------------------------------------------------
+
+
+def _pack_file(model):
+    return persist.state_path(cal.calibration_key(model, "unpacked"), cal.PACK_STATE)
+
+
+def test_choose_pack_measures_saves_and_reloads(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choice = cal.choose_pack(model, repeats=2, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle)
+    assert choice.packed and choice.saved and choice.seconds == PACK_WINS
+    assert _pack_file(model).exists()
+    assert cal.choose_pack(model) is choice  # in-process
+    cal.clear_pack_choices()
+    probe = {"packed": {1: 0.011}, "unpacked": {1: 1.0}}  # within 1.5x of the saved 10 ms
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = cal.choose_pack(model, timer=table_timer(probe))
+    assert again == choice and again.saved and again.load["load1"] == 0.0
+
+
+def test_choose_pack_keeps_the_model_as_loaded_when_packing_loses(model):
+    choice = cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_LOSES), loadavg=idle)
+    assert not choice.packed and "not faster" in choice.reason
+
+
+def test_a_disagreeing_probe_measures_again_with_one_warning(model):
+    cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle)
+    cal.clear_pack_choices()
+    slow = {"packed": {1: 0.030, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}}  # packed one-token 3x the saved
+    with pytest.warns(cal.CalibrationWarning, match="measuring the kernels again") as rec:
+        choice = cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(slow), loadavg=idle)
+    assert len(rec) == 1 and not choice.packed
+    cal.clear_pack_choices()
+    assert not cal.choose_pack(model, timer=table_timer(slow)).packed  # the new choice was saved
+
+
+def test_heavy_load_is_used_but_not_saved_with_one_warning(model):
+    with pytest.warns(cal.CalibrationWarning, match="under heavy load") as rec:
+        choice = cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=lambda: 64.0)
+        cal.choose_pack(model)
+    assert len(rec) == 1 and choice.packed and not choice.saved and choice.load["heavy"]
+    assert not _pack_file(model).exists()
+    noisy = {"packed": {1: [0.010, 0.030, 0.010], 17: [0.01, 0.02, 0.04]},
+             "unpacked": {1: [0.012, 0.012, 0.040], 17: [0.02, 0.06, 0.02]}}
+    with warnings.catch_warnings(record=True) as again:  # the one warning was given already
+        warnings.simplefilter("always")
+        choice = cal.choose_pack(model, repeats=2, past_len=8, timer=table_timer(noisy), loadavg=idle, force=True)
+    assert not again and "spread by" in choice.load["why"] and not choice.saved
+    assert not _pack_file(model).exists()
+
+
+def test_a_corrupted_or_foreign_pack_file_is_measured_again(model):
+    cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle)
+    path = _pack_file(model)
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x20
+    path.write_bytes(bytes(data))
+    cal.clear_pack_choices()
+    with pytest.warns(persist.PersistWarning, match="checksum"):
+        assert not cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_LOSES), loadavg=idle).packed
+    # a valid file whose payload names another machine
+    key = cal.calibration_key(model, "unpacked")
+    payload = json.loads(persist.load_state(key, cal.PACK_STATE, cal.PACK_VERSION))
+    payload["machine"]["cpu"] = "Some Other CPU"
+    persist.save_state(key, cal.PACK_STATE, cal.PACK_VERSION, json.dumps(payload).encode())
+    cal.clear_pack_choices()
+    with pytest.warns(cal.CalibrationWarning, match="another machine: cpu 'Some Other CPU'") as rec:
+        assert cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle).packed
+    assert len(rec) == 1
+    # not a record at all: one warning per bad file, each measured again
+    with pytest.warns(cal.CalibrationWarning, match="not a valid record") as rec:
+        for bad in ([1, 2], {"key": key, "packed": "yes"}, {**payload, "seconds": {"packed": {"1": -1}}}):
+            persist.save_state(key, cal.PACK_STATE, cal.PACK_VERSION, json.dumps(bad).encode())
+            cal.clear_pack_choices()
+            assert cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle).packed
+    assert len(rec) == 3
+
+
+def test_auto_pack(model):
+    import torch
+
+    from tokenloom.runtime.cpupack import packed_linears
+
+    cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_LOSES), loadavg=idle)
+    assert cal.auto_pack(model, "auto") is False and cal.auto_pack(model, True) is True
+    assert cal.auto_pack(model, False) is False
+    with packed_linears(model, True):
+        assert cal.auto_pack(model, "auto") is True  # the caller packed: stays packed
+        with pytest.raises(ValueError, match="outside packed_linears"):
+            cal.choose_pack(model)
+    with pytest.raises(ValueError, match="pack"):
+        cal.auto_pack(model, "yes")
+    f64 = make_tiny_llama(vocab_size=256, layers=1).to(torch.float64)
+    assert cal.auto_pack(f64, "auto") is False  # nothing to pack: not measured
+
+
+def test_generate_runs_the_measured_kernel(model):
+    import torch
+
+    import tokenloom
+    from tokenloom.runtime.cpupack import is_packed
+
+    seen = []
+    handle = model.register_forward_pre_hook(lambda *_: seen.append(is_packed(model)))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    try:
+        for table, packed in ((PACK_LOSES, False), (PACK_WINS, True)):
+            cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(table), loadavg=idle, force=True)
+            seen.clear()
+            tokenloom.generate(model, ids, max_new_tokens=3, eos_token_id=[])
+            assert seen and set(seen) == {packed}
+    finally:
+        handle.remove()
+
+
+# -- the step-cost curve ------------------------------------------------------------------------
+
+
+def test_the_curve_is_the_chosen_kernels(model):
+    from tokenloom.runtime.cpupack import packed_linears
+
+    table = {"packed": {1: 0.010, 5: 0.011, 17: 0.012}, "unpacked": {1: 0.012, 5: 0.016, 17: 0.020}}
+    plain = sizing.calibrate_step_cost(model, (1, 5, 17), past_len=8, repeats=1, timer=table_timer(table), loadavg=idle)
+    with packed_linears(model, True):
+        packed = sizing.calibrate_step_cost(model, (1, 5, 17), past_len=8, repeats=1, timer=table_timer(table), loadavg=idle)
+    assert plain.kernel == "unpacked" and plain.seconds == (0.012, 0.016, 0.020)
+    assert packed.kernel == "packed" and packed.seconds == (0.010, 0.011, 0.012)
+    assert plain.key != packed.key
+    assert len(list(persist.state_path(plain.key, "x").parent.glob("*-stepcost.bin"))) == 2
+
+
+def test_curve_medians_probe_and_machine(model):
+    table = {"unpacked": {1: [0.5, 0.013, 0.011, 0.012], 2: [0.5, 0.020, 0.021, 0.022]}}
+    cost = sizing.calibrate_step_cost(model, (1, 2), past_len=8, repeats=3, timer=table_timer(table), loadavg=idle)
+    assert cost.seconds == (0.012, 0.021)  # medians of the timed rounds (the first call is the warm-up)
+    sizing.clear_step_cost_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = sizing.calibrate_step_cost(model, (1, 2), timer=table_timer({"unpacked": {1: 0.012}}))
+    assert again == cost and again.load["spread"] == cost.load["spread"]
+    sizing.clear_step_cost_cache()
+    busy_probe = {"unpacked": {1: 0.040, 2: 0.050}}
+    with pytest.warns(cal.CalibrationWarning, match="measuring the curve again") as rec:
+        fresh = sizing.calibrate_step_cost(model, (1, 2), past_len=8, repeats=1, timer=table_timer(busy_probe), loadavg=idle)
+    assert len(rec) == 1 and fresh.seconds == (0.040, 0.050)
+    key = sizing.calibration_key(model)
+    payload = json.loads(persist.load_state(key, sizing.STEP_COST_STATE, sizing.STEP_COST_VERSION))
+    assert payload["machine"]["cpu"] and payload["load"]["load1"] == 0.0 and payload["kernel"] == "unpacked"
+    payload["machine"]["threads"] = 999
+    persist.save_state(key, sizing.STEP_COST_STATE, sizing.STEP_COST_VERSION, json.dumps(payload).encode())
+    sizing.clear_step_cost_cache()
+    with pytest.warns(cal.CalibrationWarning, match="another machine: threads 999"):
+        sizing.calibrate_step_cost(model, (1, 2), past_len=8, repeats=1, timer=table_timer(busy_probe), loadavg=idle)
+
+
+def test_a_curve_under_heavy_load_is_not_saved(model):
+    with pytest.warns(cal.CalibrationWarning, match="stepcost measurement was taken under heavy load") as rec:
+        cost = sizing.calibrate_step_cost(model, (1, 2), past_len=8, repeats=1,
+                                          timer=table_timer({"unpacked": {1: 0.01, 2: 0.02}}), loadavg=lambda: 99.0)
+    assert len(rec) == 1 and cost.load["heavy"] and sizing.calibrate_step_cost(model) is cost
+    assert not persist.state_path(cost.key, sizing.STEP_COST_STATE).exists()
