@@ -27,7 +27,7 @@ from tokenloom.cli.common import ModelLoadError, interrupted, note_interrupt, ra
 __all__ = ["SUBCOMMANDS", "Parser", "UsageError", "build_parser", "main"]
 
 #: The subcommands, each a module ``tokenloom.cli.<name>`` with ``add_parser(sub)``.
-SUBCOMMANDS = ("generate", "bench", "bytes", "score")
+SUBCOMMANDS = ("generate", "bench", "bytes", "score", "calibrate")
 
 
 def _on_sigint(signum: int, frame: Any) -> None:

@@ -1,0 +1,72 @@
+"""``tokenloom calibrate`` on the tiny random Llama: flags checked before the model loads, the
+report's text and JSON schema, and the choice it reports following the kernel rule (the rule's
+inputs are whatever this machine measured; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokenloom.cli.main import main
+from tokenloom.integrations.hf.models import make_tiny_llama
+from tokenloom.spec import calibration as cal
+
+
+@pytest.fixture
+def tiny_loaded(monkeypatch):
+    """``--model`` loads a fresh tiny Llama (no tokenizer needed)."""
+    from tokenloom.integrations.hf import models
+
+    monkeypatch.setattr(models, "load_or_default", lambda path=None, verbose=False: (make_tiny_llama(vocab_size=256, layers=1), None))
+    cal.clear_pack_choices()
+    yield
+    cal.clear_pack_choices()
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["calibrate", "--dtype", "float16"], "unknown dtype 'float16'; choose from: float32, bfloat16"),
+    (["calibrate", "--tokens", "0,5"], "distinct comma-separated integers >= 1"),
+    (["calibrate", "--repeats", "0"], "expected an integer >= 1"),
+])
+def test_bad_flags_are_refused_before_loading(argv, error, capsys, monkeypatch):
+    from tokenloom.integrations.hf import models
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model must not load for bad arguments")
+
+    monkeypatch.setattr(models, "load_or_default", no_load)
+    assert main(argv) == 2
+    assert error in capsys.readouterr().err
+
+
+FAST = ["--tokens", "1,17", "--repeats", "1", "--past-len", "8", "--no-progress"]
+
+
+def test_float32_report_and_json(tiny_loaded, tmp_path, capsys):
+    path = tmp_path / "cal.json"
+    assert main(["calibrate", *FAST, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "machine: " in out and "ISA: " in out and "torch " in out and "step cost" in out and 'pack="auto": ' in out
+    rep = json.loads(path.read_text())
+    assert set(rep) >= {"machine", "load", "dtype", "settings", "curves", "pack", "auto", "model"}
+    assert set(rep["machine"]) >= {"cpu", "flags", "cores", "torch", "torch_build", "threads"}
+    assert rep["dtype"] == "float32" and rep["settings"] == {"tokens": [1, 17], "repeats": 1, "past_len": 8}
+    assert set(rep["curves"]) == {"unpacked", "packed"}
+    for kern, c in rep["curves"].items():
+        assert c["tokens"] == [1, 17] and len(c["seconds"]) == 2 and c["seconds"][0] <= c["seconds"][1]
+        assert c["saved"] == (not c["load"]["heavy"]) and f"  {kern}" in out
+    p = rep["pack"]
+    medians = {k: {int(t): s for t, s in v.items()} for k, v in p["seconds"].items()}
+    assert (p["pack"], p["reason"]) == cal.decide_pack(medians)  # the reported choice follows the rule
+    assert rep["auto"] == {"pack": p["pack"], "curve": "packed" if p["pack"] else "unpacked"}
+    assert p["reason"] in out
+
+
+def test_bfloat16_has_no_packed_kernel(tiny_loaded, tmp_path, capsys):
+    path = tmp_path / "cal.json"
+    assert main(["calibrate", *FAST, "--dtype", "bfloat16", "--json", str(path)]) == 0
+    rep = json.loads(path.read_text())
+    assert rep["dtype"] == "bfloat16" and set(rep["curves"]) == {"unpacked"}
+    assert rep["pack"]["pack"] is False and "bfloat16" in rep["pack"]["reason"]
+    assert rep["auto"]["curve"] == "unpacked"
