@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -254,8 +255,8 @@ def test_model_loads_quietly(tmp_path):
 
 
 def test_compare_names_baselines_and_checks_tokens(tiny_llama, tokenizer, capsys, _private_cache_dir):
-    """--compare on a tiny model: the method and both named baselines, the same tokens as HF
-    greedy, median and spread, the machine load."""
+    """--compare on a tiny model: the method and the named baselines, the same tokens as HF
+    greedy, median and spread, the machine load, the fastest HF configuration named."""
     from tokenloom.cli.generate import compare
     from tokenloom.spec.recycling.recycler import reset_default_recyclers
 
@@ -266,10 +267,13 @@ def test_compare_names_baselines_and_checks_tokens(tiny_llama, tokenizer, capsys
     captured = capsys.readouterr()
     out = captured.out
     assert "2 alternated run(s) per method; load average" in out
-    for label in ("recycling", "HF greedy (model.generate)", "tokenloom greedy (packed)"):
+    for label in ("recycling", "HF greedy (model.generate)", "tokenloom greedy"):
         row = next(x for x in out.splitlines() if x.startswith(label))
         assert row.rstrip().endswith("yes"), row
+    assert any(x.startswith("HF greedy, packed linears") for x in out.splitlines())
+    assert any(x.startswith("HF prompt lookup") for x in out.splitlines())
     assert "x HF greedy" in out and "x tokenloom greedy (same tokens: yes)" in out
+    assert re.search(r"x the fastest HF configuration here \((hf|hf-packed|hf-pld): HF ", out)
     assert "warm-up (untimed" in captured.err
     from tokenloom.spec import persist
 

@@ -50,6 +50,30 @@ def test_summary_ratios():
     assert t["overall"]["recycling"]["same_as_hf"] == 0.5 and math.isnan(t["overall"]["hf"]["same_as_hf"])
     text = format_table(t)
     assert "== overall ==" in text and "1.50x" in text
+    assert "anchor: hf (HF greedy as loaded)" in text and t["overall"]["recycling"]["vs_anchor"] == pytest.approx(1.5)
+
+
+def test_the_fastest_hf_configuration_is_the_named_anchor():
+    from tokenloom.eval.specbench import best_anchor, table_anchor
+
+    rs = [
+        RunResult(1, "a", "hf", 100, 10.0, 100),
+        RunResult(1, "a", "hf-packed", 100, 8.0, 100),
+        RunResult(1, "a", "hf-pld", 100, 5.0, 40),
+        RunResult(1, "a", "merged", 100, 4.0, 30),
+        RunResult(2, "b", "hf", 100, 10.0, 100),
+        RunResult(2, "b", "hf-packed", 100, 8.0, 100),
+        RunResult(2, "b", "hf-pld", 100, 10.0, 90),
+        RunResult(2, "b", "merged", 100, 5.0, 30),
+    ]
+    t = summarise(rs, ["hf", "hf-packed", "hf-pld", "merged"])
+    assert table_anchor(t) == "hf-pld"  # 200 tokens in 15 s beats 16 s (packed) and 20 s (as loaded)
+    assert t["overall"]["merged"]["vs_anchor"] == pytest.approx(15.0 / 9.0)
+    assert t["a"]["merged"]["vs_anchor"] == pytest.approx(5.0 / 4.0)  # the same anchor in every category
+    assert t["overall"]["merged"]["speedup"] == pytest.approx(20.0 / 9.0)  # speedup stays over HF greedy as loaded
+    assert "anchor: hf-pld (HF prompt lookup)" in format_table(t)
+    assert best_anchor({"merged": 9.0}) is None and best_anchor({"hf": 1.0, "hf-packed": 2.0}) == "hf-packed"
+    assert {"hf", "hf-packed", "hf-pld"} <= set(default_methods())
 
 
 def test_methods_are_extensible():

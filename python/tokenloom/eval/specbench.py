@@ -41,8 +41,10 @@ __all__ = [
     "BenchConfig",
     "MethodOptions",
     "RunResult",
+    "HF_ANCHORS",
     "VARIANTS",
     "bench_methods",
+    "best_anchor",
     "categories",
     "check_config",
     "default_methods",
@@ -59,6 +61,7 @@ __all__ = [
     "run_bench",
     "run_bench_rounds",
     "summarise",
+    "table_anchor",
     "write_json",
 ]
 
@@ -155,6 +158,15 @@ def hf_method(prompt_lookup: Optional[int] = None, pack: bool = False) -> BenchF
     return fn
 
 
+#: The HF configurations a tokenloom method is measured against, with what they are: the
+#: fastest of those that ran (:func:`best_anchor`) is the anchor every table names.
+HF_ANCHORS: Dict[str, str] = {
+    "hf": "HF greedy as loaded",
+    "hf-packed": "HF greedy on packed linears",
+    "hf-pld": "HF prompt lookup",
+    "hf-pld-packed": "HF prompt lookup on packed linears",
+}
+
 BENCH_METHODS: Dict[str, BenchFn] = {
     "hf": hf_method(),
     "hf-pld": hf_method(prompt_lookup=10),
@@ -202,11 +214,18 @@ def bench_methods() -> List[str]:
 
 
 def default_methods() -> List[str]:
-    """Plain decoding (``plain`` when registered, else ``greedy``), the HF anchors ``hf`` and
-    ``hf-pld``, and ``recycling`` and ``merged`` when registered."""
+    """Plain decoding (``plain`` when registered, else ``greedy``), the HF anchors ``hf``,
+    ``hf-packed`` and ``hf-pld`` (the best of them is the anchor, :func:`best_anchor`), and
+    ``recycling`` and ``merged`` when registered."""
     tl = _generate_methods()
     plain = "plain" if "plain" in tl else "greedy"
-    return [m for m in (plain, "hf", "hf-pld", "recycling", "merged") if m in tl or m in BENCH_METHODS]
+    return [m for m in (plain, "hf", "hf-packed", "hf-pld", "recycling", "merged") if m in tl or m in BENCH_METHODS]
+
+
+def best_anchor(rates: Dict[str, float]) -> Optional[str]:
+    """The fastest of :data:`HF_ANCHORS` in ``{method: tokens/s}`` (None when none ran)."""
+    ran = [(v, m) for m, v in rates.items() if m in HF_ANCHORS and v == v and v > 0]
+    return max(ran)[1] if ran else None
 
 
 def method_kwargs(method: str, options: MethodOptions) -> Dict[str, Any]:
@@ -362,8 +381,9 @@ def count_forwards(model: Any) -> Tuple[Any, List[int]]:
 
 def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
     """{category or "overall": {method: {tokens, seconds, tokens_per_s, mat, same_as_hf,
-    speedup}}}; ``speedup`` is tokens/s over ``hf``'s (``hf-packed``'s without ``hf``; NaN
-    without either)."""
+    speedup, vs_anchor}}}; ``speedup`` is tokens/s over ``hf``'s (``hf-packed``'s without
+    ``hf``; NaN without either); ``vs_anchor`` over the anchor's, the HF configuration fastest
+    overall (:func:`best_anchor`; NaN when no HF configuration ran), in every category."""
     groups: Dict[str, List[RunResult]] = defaultdict(list)
     workloads = {r.workload for r in results}
     for r in results:
@@ -391,22 +411,34 @@ def summarise(results: List[RunResult], methods: Sequence[str]) -> Table:
         for m in row:
             row[m]["speedup"] = row[m]["tokens_per_s"] / base if base else float("nan")
         table[cat] = row
+    anchor = table_anchor(table)
+    for row in table.values():
+        ref = row.get(anchor, {}).get("tokens_per_s") if anchor else None
+        for m in row:
+            row[m]["vs_anchor"] = row[m]["tokens_per_s"] / ref if ref else float("nan")
     return table
+
+
+def table_anchor(table: Table) -> Optional[str]:
+    """The anchor of a :func:`summarise` table: the HF configuration fastest overall."""
+    return best_anchor({m: v["tokens_per_s"] for m, v in table.get("overall", {}).items()})
 
 
 def round_spread(results: List[RunResult], methods: Sequence[str]) -> Dict[str, Dict[str, float]]:
     """Per method, over the rounds of a repeated run: the median, min and max of the overall
-    tokens/s and of the speedup over ``hf`` (NaN without ``hf``), and ``rounds``."""
+    tokens/s, of the speedup over ``hf`` (NaN without ``hf``) and over each round's anchor
+    (``vs_anchor``), and ``rounds``."""
     import statistics
 
     rounds = sorted({r.round for r in results})
-    per: Dict[str, Dict[str, List[float]]] = {m: {"tps": [], "speedup": []} for m in methods}
+    per: Dict[str, Dict[str, List[float]]] = {m: {"tps": [], "speedup": [], "vs_anchor": []} for m in methods}
     for k in rounds:
         overall = summarise([r for r in results if r.round == k], methods).get("overall", {})
         for m in methods:
             if m in overall:
                 per[m]["tps"].append(overall[m]["tokens_per_s"])
                 per[m]["speedup"].append(overall[m]["speedup"])
+                per[m]["vs_anchor"].append(overall[m]["vs_anchor"])
     out: Dict[str, Dict[str, float]] = {}
     for m, v in per.items():
         if not v["tps"]:
@@ -425,12 +457,13 @@ def format_spread(spread: Dict[str, Dict[str, float]]) -> str:
         return ""
     n = int(next(iter(spread.values()))["rounds"])
     lines = [f"\n== over {n} rounds: median [min-max] =="]
-    lines.append(f"{'method':<12} {'tok/s':>22} {'speedup vs hf':>24}")
+    lines.append(f"{'method':<14} {'tok/s':>22} {'speedup vs hf':>22} {'vs anchor':>22}")
     for m, v in spread.items():
-        lines.append(
-            f"{m:<12} {v['tps_median']:>8.2f} [{v['tps_min']:.2f}-{v['tps_max']:.2f}]".ljust(36)
-            + f"{v['speedup_median']:>8.2f}x [{v['speedup_min']:.2f}-{v['speedup_max']:.2f}]"
-        )
+        line = (f"{m:<14} {v['tps_median']:>8.2f} [{v['tps_min']:.2f}-{v['tps_max']:.2f}]".ljust(38)
+                + f"{v['speedup_median']:>8.2f}x [{v['speedup_min']:.2f}-{v['speedup_max']:.2f}]".ljust(25))
+        if "vs_anchor_median" in v:
+            line += f"{v['vs_anchor_median']:>8.2f}x [{v['vs_anchor_min']:.2f}-{v['vs_anchor_max']:.2f}]"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -440,16 +473,21 @@ def _ordered_categories(table: Table) -> List[str]:
 
 
 def format_table(table: Table) -> str:
-    """The summary as text: one block per category, then ``overall``."""
+    """The summary as text: one block per category, then ``overall``, then the anchor line
+    (``speedup``: over HF greedy as loaded; ``vs anchor``: over the fastest HF configuration)."""
     lines = []
     for cat in _ordered_categories(table):
         lines.append(f"\n== {cat} ==")
-        lines.append(f"{'method':<12} {'tokens':>7} {'tok/s':>8} {'MAT':>6} {'speedup':>8} {'same':>6}")
+        lines.append(f"{'method':<14} {'tokens':>7} {'tok/s':>8} {'MAT':>6} {'speedup':>8} {'vs anchor':>9} {'same':>6}")
         for m, v in table[cat].items():
             lines.append(
-                f"{m:<12} {int(v['tokens']):>7} {v['tokens_per_s']:>8.2f} {v['mat']:>6.2f} "
-                f"{v['speedup']:>7.2f}x {v['same_as_hf']:>6.2f}"
+                f"{m:<14} {int(v['tokens']):>7} {v['tokens_per_s']:>8.2f} {v['mat']:>6.2f} "
+                f"{v['speedup']:>7.2f}x {v.get('vs_anchor', float('nan')):>8.2f}x {v['same_as_hf']:>6.2f}"
             )
+    anchor = table_anchor(table)
+    if anchor:
+        lines.append(f"\nanchor: {anchor} ({HF_ANCHORS[anchor]}), the fastest HF configuration of this run "
+                     f"(of {', '.join(m for m in table.get('overall', {}) if m in HF_ANCHORS)})")
     return "\n".join(lines)
 
 
@@ -624,6 +662,7 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     meta["load_after"] = machine_load()
     table = summarise(results, methods)
     spread = round_spread(results, methods)
+    meta["anchor"] = table_anchor(table)
     if cfg.json_path:
         write_json(cfg.json_path, {**meta, "rounds": spread}, table, results)
     if cfg.plot_path:
