@@ -28,6 +28,11 @@ Numerics: oneDNN sums in another order than MKL, so logits differ at float32 rou
 (~1e-5 on the embedded model); greedy outputs can differ from an unpacked run only at
 floating-point near-ties (tested in tests/test_cpupack.py). Pass ``pack=False`` to
 ``tokenloom.generate`` to run the model exactly as loaded.
+
+Faster is not universal: on an Intel Xeon with AVX-512/AMX, packed linears measured slower than
+MKL's. ``tokenloom.generate(..., pack="auto")`` therefore packs only where packing measured
+faster on the machine (:mod:`tokenloom.spec.calibration`); :func:`packed_linears` itself packs
+whenever it can.
 """
 
 from __future__ import annotations
@@ -205,8 +210,11 @@ def _resolve_plan(model: Any, pack: Union[bool, str]) -> List[Tuple[Any, str, An
 
 
 def resolve_pack(model: Any, pack: Union[bool, str]) -> bool:
-    """Decide whether to pack: ``"auto"`` packs when the model has float32 CPU linears and the
-    oneDNN ops work; ``True`` insists (ValueError when impossible); ``False`` never packs."""
+    """Decide whether packing is possible: ``"auto"`` when the model has float32 CPU linears and
+    the oneDNN ops work; ``True`` insists (ValueError when impossible); ``False`` never packs.
+    Whether packing is *faster* here is measured above this layer:
+    ``tokenloom.generate(..., pack="auto")`` packs only where
+    :func:`tokenloom.spec.calibration.choose_pack` measured it faster."""
     if pack in (True, "auto") and is_packed(model):
         return True
     return bool(_resolve_plan(model, pack))

@@ -15,7 +15,15 @@ import os
 import platform
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["BUSY_LOAD_PER_CPU", "ISA_FLAGS", "cpu_model_and_flags", "machine_fingerprint", "machine_info", "machine_load"]
+__all__ = [
+    "BUSY_LOAD_PER_CPU",
+    "ISA_FLAGS",
+    "cpu_model_and_flags",
+    "machine_fingerprint",
+    "machine_info",
+    "machine_load",
+    "parse_cpuinfo",
+]
 
 #: The CPU flags that decide which linear kernels are fast here.
 ISA_FLAGS: Tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "asimd")
@@ -24,9 +32,10 @@ ISA_FLAGS: Tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile
 BUSY_LOAD_PER_CPU = 0.75
 
 _CPU: Dict[str, Tuple[str, Tuple[str, ...]]] = {}
+_BUILD: Dict[str, str] = {}
 
 
-def _parse_cpuinfo(text: str) -> Tuple[str, List[str]]:
+def parse_cpuinfo(text: str) -> Tuple[str, List[str]]:
     """(model name, flags) of the first processor in ``/proc/cpuinfo`` text ("" / [] if absent).
     x86 writes ``model name`` and ``flags``; ARM ``Features`` (and sometimes no model name)."""
     name, flags = "", []
@@ -49,7 +58,7 @@ def cpu_model_and_flags() -> Tuple[str, Tuple[str, ...]]:
     name, flags = "", []
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            name, flags = _parse_cpuinfo(f.read(1 << 20))
+            name, flags = parse_cpuinfo(f.read(1 << 20))
     except OSError:
         pass
     if not name:
@@ -59,6 +68,8 @@ def cpu_model_and_flags() -> Tuple[str, Tuple[str, ...]]:
 
 
 def _torch_build() -> str:
+    if "build" in _BUILD:
+        return _BUILD["build"]
     import torch
 
     parts = [torch.__version__]
@@ -67,7 +78,8 @@ def _torch_build() -> str:
         parts.append(f"mkl={'on' if torch.backends.mkl.is_available() else 'off'}")
     except Exception:  # noqa: BLE001 - a build without these backends modules
         pass
-    return " ".join(parts)
+    _BUILD["build"] = " ".join(parts)
+    return _BUILD["build"]
 
 
 def machine_info() -> Dict[str, Any]:

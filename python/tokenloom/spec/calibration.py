@@ -458,6 +458,8 @@ class PackChoice:
 
 _CHOICES: Dict[str, PackChoice] = {}
 _CHOICES_LOCK = threading.Lock()
+# one kernel measurement at a time: it swaps the model's linears while it runs
+_MEASURE_LOCK = threading.Lock()
 
 
 def clear_pack_choices() -> None:
@@ -495,15 +497,26 @@ def choose_pack(
     with _CHOICES_LOCK:
         if not force and key in _CHOICES:
             return _CHOICES[key]
-    disk = disk_enabled(disk)
+    with _MEASURE_LOCK:
+        with _CHOICES_LOCK:  # another thread may have measured while this one waited
+            if not force and key in _CHOICES:
+                return _CHOICES[key]
+        choice = _saved_or_measured(model, key, repeats, past_len, timer, loadavg, disk_enabled(disk), force, progress)
+        with _CHOICES_LOCK:
+            _CHOICES[key] = choice
+        return choice
+
+
+def _saved_or_measured(model: Any, key: str, repeats: int, past_len: int, timer: Optional[Timer],
+                       loadavg: Optional[Callable[[], float]], disk: bool, force: bool,
+                       progress: Optional[Callable[[], None]]) -> PackChoice:
+    """:func:`choose_pack` past the in-process cache: the saved choice if a probe agrees, else measured."""
     if disk and not force:
         saved = load_record(key, PACK_STATE, PACK_VERSION, PackChoice.from_json)
         if saved is not None:
             kern = "packed" if saved.packed else "unpacked"
             probe = probe_one_token(model, kern, past_len=saved.past_len, timer=timer)
             if not probe_disagrees(saved.seconds[kern][1], probe):
-                with _CHOICES_LOCK:
-                    _CHOICES[key] = saved
                 return saved
             warn_once(key, "pack-probe", f"tokenloom: a one-token step ({kern}) now takes {probe * 1e3:.2f} ms, the saved kernel "
                       f"choice says {saved.seconds[kern][1] * 1e3:.2f} ms; measuring the kernels again")
@@ -512,12 +525,10 @@ def choose_pack(
     medians, verdict = medians_and_verdict(times, load1)
     packed, reason = decide_pack(medians)
     choice = PackChoice(packed, reason, medians, key, past_len, verdict)
-    if disk:
-        choice = PackChoice(packed, reason, medians, key, past_len, verdict,
-                            saved=save_record(key, PACK_STATE, PACK_VERSION, choice.to_json(), verdict))
-    with _CHOICES_LOCK:
-        _CHOICES[key] = choice
-    return choice
+    if not disk:
+        return choice
+    saved_now = save_record(key, PACK_STATE, PACK_VERSION, choice.to_json(), verdict)
+    return PackChoice(packed, reason, medians, key, past_len, verdict, saved=saved_now)
 
 
 def auto_pack(model: Any, pack: Union[bool, str]) -> bool:

@@ -1,0 +1,48 @@
+"""tokenloom.runtime.machine: what the speed choices know about the machine."""
+
+from __future__ import annotations
+
+from tokenloom.runtime import machine
+
+X86 = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_tile amx_bf16
+
+processor\t: 1
+model name\t: something else
+flags\t\t: fpu
+"""
+ARM = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes
+CPU implementer\t: 0x41
+"""
+
+
+def test_parse_cpuinfo():
+    assert machine.parse_cpuinfo(X86) == ("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
+                                          ["fpu", "sse2", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"])
+    assert machine.parse_cpuinfo(ARM) == ("", ["fp", "asimd", "evtstrm", "aes"])
+    assert machine.parse_cpuinfo("") == ("", [])
+
+
+def test_machine_info_and_fingerprint():
+    import torch
+
+    info = machine.machine_info()
+    assert info["cpu"] and set(info["flags"]) <= set(machine.ISA_FLAGS) and info["cores"] >= 1
+    assert info["torch"] == torch.__version__ and info["torch"] in info["torch_build"]
+    assert info["threads"] == torch.get_num_threads()
+    fp = machine.machine_fingerprint(info)
+    assert f"cpu={info['cpu']}" in fp and machine.machine_fingerprint({**info, "threads": 99}) != fp
+    assert machine.machine_fingerprint({**info, "flags": ["avx512f"]}) != fp
+
+
+def test_machine_load(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+    assert machine.machine_load()["busy"]
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert not machine.machine_load()["busy"]
