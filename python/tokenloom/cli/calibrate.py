@@ -19,12 +19,9 @@ import sys
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
-from tokenloom.cli.common import add_model_args, count, load_model, one_of, output_file
+from tokenloom.cli.common import add_dtype_arg, add_model_args, count, load_model, output_file
 
-__all__ = ["DTYPES", "add_parser", "measure", "report_lines", "run"]
-
-#: The dtypes ``--dtype`` accepts.
-DTYPES = ("float32", "bfloat16")
+__all__ = ["add_parser", "measure", "report_lines", "run"]
 
 
 def _tokens(text: str) -> List[int]:
@@ -47,8 +44,7 @@ def add_parser(sub: Any) -> None:
         description=__doc__.split("\n\n")[0].replace("``", ""),
     )
     add_model_args(p)
-    p.add_argument("--dtype", type=one_of(DTYPES, "dtype"), default="float32",
-                   help=f"weights' dtype, one of: {', '.join(DTYPES)} (default float32)")
+    add_dtype_arg(p)
     p.add_argument("--tokens", type=_tokens, default=None,
                    help="tree sizes to time, comma-separated (default 1,2,5,9,17,33,49,81)")
     p.add_argument("--repeats", type=count(1), default=3, help="timed rounds per size and kernel (>= 1, default 3; medians)")
@@ -165,13 +161,9 @@ def _ratio_text(curve: Dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from tokenloom.spec.calibration import CalibrationWarning
 
     model, _tok = load_model(args)
-    if args.dtype != "float32":
-        model = model.to(getattr(torch, args.dtype))
     with warnings.catch_warnings():  # the report says what was not saved and why
         warnings.simplefilter("ignore", CalibrationWarning)
         report = measure(model, tokens=args.tokens, repeats=args.repeats, past_len=args.past_len, progress=not args.no_progress)

@@ -7,9 +7,10 @@ line is parsed -- before any model loads -- with what was wrong and what is allo
   code 2.
 * :func:`output_file` / :func:`plot_file`: files to write (folder exists; matplotlib installed
   for plots, else the error names the ``plot`` extra).
-* :func:`add_model_args` (``--model``, ``--verbose``) and :func:`load_model`: quiet loading
-  (no third-party warnings or progress bars unless ``--verbose``), failures turned into one
-  line saying what is missing and where it looked.
+* :func:`add_model_args` (``--model``, ``--verbose``), :func:`add_dtype_arg` (``--dtype``) and
+  :func:`load_model`: quiet loading (no third-party warnings or progress bars unless
+  ``--verbose``), the weights cast to ``--dtype`` where the command has it, failures turned into
+  one line saying what is missing and where it looked.
 * :func:`add_sampling_args`, :func:`sampling_kwargs`, :func:`warn_unused_sampling`: the sampling
   flags and the warning when they do nothing (temperature 0 is greedy).
 * :func:`prefix_bytes`: a byte argument exactly as typed (``os.fsencode`` keeps non-UTF-8 bytes)
@@ -44,6 +45,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 __all__ = [
     "ModelLoadError",
     "PLOT_EXTRA_HINT",
+    "DTYPES",
+    "add_dtype_arg",
     "add_model_args",
     "add_sampling_args",
     "count",
@@ -185,6 +188,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="show the third-party warnings and progress bars of model loading, and full tracebacks")
 
 
+#: The weight dtypes ``--dtype`` accepts (CPU and accelerators; the logits that decide tokens are
+#: float32 whatever the weights).
+DTYPES = ("float32", "bfloat16")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """``--dtype float32|bfloat16`` (the weights' dtype after loading; default float32)."""
+    p.add_argument("--dtype", type=one_of(DTYPES, "dtype"), default="float32",
+                   help=f"the weights' dtype, one of: {', '.join(DTYPES)} (default float32; logits are "
+                   "verified in float32 either way)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """``--temperature``, ``--top-k``, ``--top-p``, ``--min-p``, ``--seed``, checked as parsed."""
     p.add_argument("--temperature", type=number(0.0), default=0.0, help="0 = greedy (default); > 0 samples")
@@ -235,8 +250,8 @@ def raise_if_interrupted() -> None:
 
 
 def load_model(args: argparse.Namespace) -> Tuple[Any, Any]:
-    """``(model, tokenizer)`` of ``--model`` (default: the embedded model), announced on stderr,
-    quiet unless ``--verbose``.
+    """``(model, tokenizer)`` of ``--model`` (default: the embedded model) in ``--dtype`` (when
+    the command has it), announced on stderr, quiet unless ``--verbose``.
 
     Raises:
         ModelLoadError: one line: what is missing or failed, and where it looked.
@@ -247,9 +262,14 @@ def load_model(args: argparse.Namespace) -> Tuple[Any, Any]:
     verbose = bool(getattr(args, "verbose", False))
     print(f"[tokenloom] loading {'model ' + str(path) if path else 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
     try:
-        loaded = load_or_default(path, verbose=verbose)
+        model, tok = load_or_default(path, verbose=verbose)
         raise_if_interrupted()  # Ctrl-C that a loader swallowed: stop now, not after the command
-        return loaded
+        dtype = getattr(args, "dtype", None)
+        if dtype not in (None, "float32"):
+            import torch
+
+            model = model.to(getattr(torch, dtype))
+        return model, tok
     except KeyboardInterrupt:
         raise
     except (FileNotFoundError, ValueError) as e:

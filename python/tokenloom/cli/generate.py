@@ -22,6 +22,7 @@ import time
 from typing import Any, Dict, List
 
 from tokenloom.cli.common import (
+    add_dtype_arg,
     add_model_args,
     add_sampling_args,
     count,
@@ -70,6 +71,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--method", type=method, default=None,
                    help=f"decoding method, one of: {', '.join(method.choices())} (default: merged)")  # type: ignore[attr-defined]
     add_model_args(p)
+    add_dtype_arg(p)
     p.add_argument("--max-new-tokens", type=count(1), default=128, help="most new tokens (>= 1, default 128)")
     add_sampling_args(p)
     p.add_argument("--no-chat", action="store_true", help="use the prompt as raw text, no chat template")
