@@ -74,6 +74,8 @@ def test_load_verdict_and_spread():
     noisy = cal.load_verdict(0.0, 2, [0.9, 0.8, 0.1])
     assert noisy["heavy"] and "spread by 80%" in noisy["why"]
     assert not cal.load_verdict(float("nan"), 2, [])["heavy"]  # no load average: unknown, not heavy
+    mine = cal.load_verdict(2.5, 2, [0.05], own=1.0)  # this process's own share is not "other load"
+    assert not mine["heavy"] and mine["load_per_core"] == 0.75 and mine["own"] == 1.0
 
 
 def test_probe_rule():

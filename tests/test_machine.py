@@ -46,3 +46,12 @@ def test_machine_load(monkeypatch):
     assert machine.machine_load()["busy"]
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert not machine.machine_load()["busy"]
+
+
+def test_own_load_counts_this_process():
+    import time
+
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    assert machine.own_load() > 0.0

@@ -6,13 +6,15 @@
   :mod:`platform`. :func:`machine_fingerprint` is the part of it that a measured cost depends
   on, as a short string for cache keys.
 * :func:`machine_load`: the 1-, 5- and 15-minute load averages (``os.getloadavg``) and whether
-  the machine is busy.
+  the machine is busy. :func:`own_load`: the cores this process kept busy on average, the part
+  of the load average that is its own.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "machine_fingerprint",
     "machine_info",
     "machine_load",
+    "own_load",
     "parse_cpuinfo",
 ]
 
@@ -116,3 +119,26 @@ def machine_load() -> Dict[str, Any]:
     except (OSError, AttributeError):  # pragma: no cover - platforms without it
         l1 = l5 = l15 = float("nan")
     return {"load1": l1, "load5": l5, "load15": l15, "cpus": cpus, "busy": bool(l1 >= BUSY_LOAD_PER_CPU * cpus)}
+
+
+_IMPORTED = time.monotonic()
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere: since this module was
+    imported, a lower bound)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 1e-3)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return max(time.monotonic() - _IMPORTED, 1e-3)
+
+
+def own_load() -> float:
+    """Cores this process kept busy on average since it started (user + system CPU seconds over
+    its age): an estimate of its own share of the load average."""
+    t = os.times()
+    return (t.user + t.system) / _process_age()

@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 from tokenloom.device import device_name, synchronize
 from tokenloom.runtime.compat import cache_arg
-from tokenloom.runtime.machine import machine_fingerprint, machine_info
+from tokenloom.runtime.machine import machine_fingerprint, machine_info, own_load
 from tokenloom.spec.persist import PersistWarning, cache_dir, load_state, save_state
 from tokenloom.spec.topk import top_k_ids
 
@@ -78,6 +78,7 @@ __all__ = [
     "probe_disagrees",
     "probe_one_token",
     "read_load",
+    "read_loads",
     "save_record",
     "spread",
     "time_steps",
@@ -305,28 +306,39 @@ def spread(samples: Sequence[float]) -> float:
     return (max(samples) - min(samples)) / med if med > 0 else float("inf")
 
 
-def load_verdict(load1: float, cores: int, spreads: Sequence[float]) -> Dict[str, Any]:
+def load_verdict(load1: float, cores: int, spreads: Sequence[float], own: float = 0.0) -> Dict[str, Any]:
     """What is recorded about the conditions of a measurement, and whether it is too disturbed
-    to save: ``{"load1", "cores", "load_per_core", "spread", "heavy", "why"}``. ``spread`` is the
-    median of the per-series :func:`spread`; heavy when the load per core exceeds
-    :data:`HEAVY_LOAD_PER_CORE` or the spread exceeds :data:`NOISY_SPREAD` (NaN load: unknown,
-    not heavy)."""
+    to save: ``{"load1", "own", "cores", "load_per_core", "spread", "heavy", "why"}``.
+    ``load_per_core`` is the load of *other* processes, ``(load1 - own) / cores`` (``own``: this
+    process's share, :func:`tokenloom.runtime.machine.own_load`); ``spread`` is the median of the
+    per-series :func:`spread`. Heavy when the load per core exceeds :data:`HEAVY_LOAD_PER_CORE`
+    or the spread exceeds :data:`NOISY_SPREAD` (NaN load: unknown, not heavy)."""
     cores = max(int(cores or 1), 1)
-    per_core = load1 / cores
+    per_core = max(load1 - max(own, 0.0), 0.0) / cores if load1 == load1 else load1
     sp = float(statistics.median(spreads)) if spreads else 0.0
     why = []
     if per_core > HEAVY_LOAD_PER_CORE:
-        why.append(f"load average {load1:.2f} on {cores} cores")
+        why.append(f"load average {load1:.2f} on {cores} cores, {own:.2f} of it this process")
     if sp > NOISY_SPREAD:
         why.append(f"the repeats spread by {sp:.0%} of their median")
-    return {"load1": load1, "cores": cores, "load_per_core": per_core, "spread": sp, "heavy": bool(why), "why": "; ".join(why)}
+    return {"load1": load1, "own": own, "cores": cores, "load_per_core": per_core, "spread": sp, "heavy": bool(why),
+            "why": "; ".join(why)}
 
 
-def medians_and_verdict(times: Dict[str, Dict[int, List[float]]], load1: float) -> Tuple[Dict[str, Dict[int, float]], Dict[str, Any]]:
+def medians_and_verdict(times: Dict[str, Dict[int, List[float]]], load1: float,
+                        own: float = 0.0) -> Tuple[Dict[str, Dict[int, float]], Dict[str, Any]]:
     """``({kernel: {size: median seconds}}, load_verdict)`` of :func:`time_steps`' result."""
     medians = {kern: {t: float(statistics.median(v)) for t, v in per.items()} for kern, per in times.items()}
     spreads = [spread(v) for per in times.values() for v in per.values()]
-    return medians, load_verdict(load1, os.cpu_count() or 1, spreads)
+    return medians, load_verdict(load1, os.cpu_count() or 1, spreads, own)
+
+
+def read_loads(loadavg: Optional[Callable[[], float]] = None) -> Tuple[float, float]:
+    """``(1-minute load average, this process's share)`` before a measurement; with an injected
+    ``loadavg`` (tests) the share is 0, so the injected value is the others' load."""
+    if loadavg is not None:
+        return float(loadavg()), 0.0
+    return read_load(), own_load()
 
 
 # -- saved records ------------------------------------------------------------------------------
@@ -520,9 +532,9 @@ def _saved_or_measured(model: Any, key: str, repeats: int, past_len: int, timer:
                 return saved
             warn_once(key, "pack-probe", f"tokenloom: a one-token step ({kern}) now takes {probe * 1e3:.2f} ms, the saved kernel "
                       f"choice says {saved.seconds[kern][1] * 1e3:.2f} ms; measuring the kernels again")
-    load1 = (loadavg or read_load)()
+    load1, own = read_loads(loadavg)
     times = time_steps(model, (1, PACK_TREE_TOKENS), KERNELS, repeats=repeats, past_len=past_len, timer=timer, progress=progress)
-    medians, verdict = medians_and_verdict(times, load1)
+    medians, verdict = medians_and_verdict(times, load1, own)
     packed, reason = decide_pack(medians)
     choice = PackChoice(packed, reason, medians, key, past_len, verdict)
     if not disk:

@@ -43,7 +43,7 @@ from tokenloom.spec.calibration import (
     medians_and_verdict,
     probe_disagrees,
     probe_one_token,
-    read_load,
+    read_loads,
     save_record,
     time_steps,
     warn_once,
@@ -176,9 +176,9 @@ def calibrate_step_cost(
                 return saved
             warn_once(key, "stepcost-probe", f"tokenloom: a one-token step now takes {probe * 1e3:.2f} ms, the saved step-cost "
                       f"curve says {saved(1) * 1e3:.2f} ms; measuring the curve again")
-    load1 = (loadavg or read_load)()
+    load1, own = read_loads(loadavg)
     times = time_steps(model, tokens, (kernel,), repeats=repeats, past_len=past_len, k=k, timer=timer, progress=progress)
-    medians, verdict = medians_and_verdict(times, load1)
+    medians, verdict = medians_and_verdict(times, load1, own)
     sizes = sorted(medians[kernel])
     cost = StepCost(tuple(sizes), tuple(monotone([medians[kernel][t] for t in sizes])), key, kernel, past_len, verdict)
     with _COSTS_LOCK:
