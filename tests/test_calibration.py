@@ -196,11 +196,11 @@ def test_a_corrupted_or_foreign_pack_file_is_measured_again(model):
     payload["machine"]["cpu"] = "Some Other CPU"
     persist.save_state(key, cal.PACK_STATE, cal.PACK_VERSION, json.dumps(payload).encode())
     cal.clear_pack_choices()
-    with pytest.warns(cal.CalibrationWarning, match="another machine: cpu 'Some Other CPU'") as rec:
+    with pytest.warns(persist.PersistWarning, match="another machine: cpu 'Some Other CPU'") as rec:
         assert cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle).packed
     assert len(rec) == 1
     # not a record at all: one warning per bad file, each measured again
-    with pytest.warns(cal.CalibrationWarning, match="not a valid record") as rec:
+    with pytest.warns(persist.PersistWarning, match="not a valid record") as rec:
         for bad in ([1, 2], {"key": key, "packed": "yes"}, {**payload, "seconds": {"packed": {"1": -1}}}):
             persist.save_state(key, cal.PACK_STATE, cal.PACK_VERSION, json.dumps(bad).encode())
             cal.clear_pack_choices()
@@ -281,7 +281,7 @@ def test_curve_medians_probe_and_machine(model):
     payload["machine"]["threads"] = 999
     persist.save_state(key, sizing.STEP_COST_STATE, sizing.STEP_COST_VERSION, json.dumps(payload).encode())
     sizing.clear_step_cost_cache()
-    with pytest.warns(cal.CalibrationWarning, match="another machine: threads 999"):
+    with pytest.warns(persist.PersistWarning, match="another machine: threads 999"):
         sizing.calibrate_step_cost(model, (1, 2), past_len=8, repeats=1, timer=table_timer(busy_probe), loadavg=idle)
 
 

@@ -27,7 +27,9 @@ Both go through the same rules:
   taken in a bad moment): it is measured again, with one warning.
 * A saved result that is corrupted (:mod:`tokenloom.spec.persist` checks the checksum), not a
   valid record, or taken on another machine (its payload names another CPU, ISA flags, torch
-  build or thread count) is measured again with one warning; nothing raises.
+  build or thread count) is measured again with one
+  :class:`~tokenloom.spec.persist.PersistWarning`; nothing raises. Heavy load and a
+  disagreeing probe give a :class:`CalibrationWarning`.
 
 Tests inject ``timer`` (seconds of one step) and ``loadavg`` instead of reading the clock.
 """
@@ -115,23 +117,25 @@ Timer = Callable[[str, int, Callable[[], Any]], float]
 T = TypeVar("T")
 
 
-class CalibrationWarning(PersistWarning):
-    """A measurement that was not saved (heavy load), or a saved one that is measured again
-    (a probe disagrees, another machine, not a valid record)."""
+class CalibrationWarning(UserWarning):
+    """A measurement that was not saved (heavy load), or a saved one measured again because a
+    probe disagrees. (A saved file that is unusable -- corrupted, not a valid record, from another
+    machine -- gives a :class:`~tokenloom.spec.persist.PersistWarning`, as every state file does.)"""
 
 
 _WARNED: Set[Tuple[str, str]] = set()
 _WARNED_LOCK = threading.Lock()
 
 
-def warn_once(key: str, what: str, message: str) -> None:
-    """One :class:`CalibrationWarning` per ``(key, what)``, cache folder and process."""
+def warn_once(key: str, what: str, message: str, category: type = CalibrationWarning) -> None:
+    """One warning (default :class:`CalibrationWarning`) per ``(key, what)``, cache folder and
+    process."""
     once = (f"{cache_dir()}|{key}", what)
     with _WARNED_LOCK:
         if once in _WARNED:
             return
         _WARNED.add(once)
-    warnings.warn(message, CalibrationWarning, stacklevel=3)
+    warnings.warn(message, category, stacklevel=3)
 
 
 def disk_enabled(disk: Optional[bool] = None) -> bool:
@@ -360,7 +364,8 @@ def check_machine(saved: Any, current: Optional[Dict[str, Any]] = None) -> None:
 def load_record(key: str, name: str, version: int, parse: Callable[[Any, str], T]) -> Optional[T]:
     """The saved record ``name`` of ``key``, parsed (``parse(json, key)``) and checked to come
     from this machine; None when there is none or it is unusable (corrupted: the persist layer's
-    one warning; not a valid record or another machine: one :class:`CalibrationWarning`)."""
+    one warning; not a valid record or another machine: one
+    :class:`~tokenloom.spec.persist.PersistWarning` per file)."""
     data = load_state(key, name, version)
     if data is None:
         return None
@@ -370,12 +375,13 @@ def load_record(key: str, name: str, version: int, parse: Callable[[Any, str], T
         record = parse(payload, key)
     except (ValueError, RecursionError) as e:
         digest = hashlib.sha1(data).hexdigest()[:12]  # one warning per bad file, not per call
-        warn_once(key, f"{name}-invalid-{digest}", f"tokenloom: the saved {name} state is not a valid {what} ({e}); measuring again")
+        warn_once(key, f"{name}-invalid-{digest}", f"tokenloom: the saved {name} state is not a valid {what} ({e}); measuring again",
+                  PersistWarning)
         return None
     try:
         check_machine(payload.get("machine"))
     except ValueError as e:
-        warn_once(key, name + "-machine", f"tokenloom: the saved {name} {what} was {e}; measuring again")
+        warn_once(key, name + "-machine", f"tokenloom: the saved {name} {what} was {e}; measuring again", PersistWarning)
         return None
     return record
 
