@@ -55,3 +55,9 @@ def test_own_load_counts_this_process():
     while time.process_time() < end:
         pass
     assert machine.own_load() > 0.0
+
+
+def test_describe_names_cpu_flags_and_torch():
+    info = {"cpu": "Some CPU", "flags": ["avx2", "fma"], "cores": 2, "torch_build": "2.15 mkldnn=on", "threads": 2}
+    assert machine.describe(info) == "Some CPU (avx2 fma), 2 cores, torch 2.15 mkldnn=on, 2 threads"
+    assert "no ISA flag of interest" in machine.describe({**info, "flags": []})

@@ -152,6 +152,8 @@ def test_round_spread_and_header():
     assert "over 3 rounds" in format_spread(spread) and "2.00x [1.25-2.50]" in format_spread(spread)
     meta = {"model": "m", "questions": 13, "n": 1, "max_new_tokens": 64, "torch_threads": 2, "repeat": 3,
             "load_before": {"load1": 5.0, "load5": 1.0, "load15": 1.0, "cpus": 2, "busy": True}}
+    meta["cpu"] = {"cpu": "Some CPU", "flags": ["avx2"], "cores": 2, "torch_build": "2.15", "threads": 2}
+    assert "machine: Some CPU (avx2), 2 cores, torch 2.15" in header(meta)
     text = header(meta)
     assert "load average 5.00" in text and "warning: the machine is busy" in text and "13 questions x 3 round(s)" in text
     meta["load_before"]["busy"] = False

@@ -195,7 +195,10 @@ def compare(args: argparse.Namespace, model: Any, tok: Any, method: str) -> int:
             "same": all(x["tokens"] == reference for x in runs[m]),
         }
     n_tok = len(runs[method][0]["tokens"])
+    from tokenloom.runtime.machine import describe
+
     print(f"\n{n_tok} new tokens, {args.repeat} alternated run(s) per method; {load_line()}")
+    print(f"machine: {describe()}")
     print(f"{'method':<28} {'tok/s (median)':>14} {'min-max':>13} {'MAT':>5}  same tokens as HF greedy")
     for m in names:
         v = rows[m]

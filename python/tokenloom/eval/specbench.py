@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tokenloom.eval.workloads import build_workloads, check_workloads
-from tokenloom.runtime.machine import BUSY_LOAD_PER_CPU, machine_info, machine_load
+from tokenloom.runtime.machine import BUSY_LOAD_PER_CPU, describe, machine_info, machine_load
 
 __all__ = [
     "BENCH_METHODS",
@@ -570,6 +570,9 @@ def header(meta: Dict[str, Any]) -> str:
     line = (f"[tokenloom] bench: {meta['model']}; {meta['questions']} questions x {meta['repeat']} round(s), "
             f"max {meta['max_new_tokens']} new tokens, {meta['torch_threads']} torch threads; "
             f"load average {load['load1']:.2f} {load['load5']:.2f} {load['load15']:.2f} on {load['cpus']} CPUs")
+    cpu = meta.get("cpu")
+    if cpu:
+        line += f"\n[tokenloom] machine: {describe(cpu)}"
     if load["busy"]:
         line += ("\n[tokenloom] warning: the machine is busy (load >= "
                  f"{BUSY_LOAD_PER_CPU:g} per CPU): timings are noisy; compare ratios, use --repeat, rerun when idle")

@@ -21,6 +21,7 @@ __all__ = [
     "BUSY_LOAD_PER_CPU",
     "ISA_FLAGS",
     "cpu_model_and_flags",
+    "describe",
     "machine_fingerprint",
     "machine_info",
     "machine_load",
@@ -100,6 +101,14 @@ def machine_info() -> Dict[str, Any]:
         "threads": torch.get_num_threads(),
         "platform": f"{platform.system()} {platform.machine()}",
     }
+
+
+def describe(info: Optional[Dict[str, Any]] = None) -> str:
+    """One line naming the machine: CPU model, its ISA flags of interest, cores, torch build and
+    threads (``info`` default :func:`machine_info`)."""
+    m = machine_info() if info is None else info
+    flags = " ".join(m.get("flags") or []) or "no ISA flag of interest"
+    return f"{m.get('cpu')} ({flags}), {m.get('cores')} cores, torch {m.get('torch_build')}, {m.get('threads')} threads"
 
 
 def machine_fingerprint(info: Optional[Dict[str, Any]] = None) -> str:
