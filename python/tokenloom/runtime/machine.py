@@ -42,7 +42,7 @@ _BUILD: Dict[str, str] = {}
 def parse_cpuinfo(text: str) -> Tuple[str, List[str]]:
     """(model name, flags) of the first processor in ``/proc/cpuinfo`` text ("" / [] if absent).
     x86 writes ``model name`` and ``flags``; ARM ``Features`` (and sometimes no model name)."""
-    name, flags = "", []
+    name, flags = "", []  # type: Tuple[str, List[str]]
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
@@ -59,7 +59,7 @@ def cpu_model_and_flags() -> Tuple[str, Tuple[str, ...]]:
     """``(CPU model name, the flags of :data:`ISA_FLAGS` it has)``; cached per process."""
     if "cpu" in _CPU:
         return _CPU["cpu"]
-    name, flags = "", []
+    name, flags = "", []  # type: Tuple[str, List[str]]
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             name, flags = parse_cpuinfo(f.read(1 << 20))
@@ -76,7 +76,7 @@ def _torch_build() -> str:
         return _BUILD["build"]
     import torch
 
-    parts = [torch.__version__]
+    parts: List[str] = [str(torch.__version__)]
     try:
         parts.append(f"mkldnn={'on' if torch.backends.mkldnn.is_available() else 'off'}")
         parts.append(f"mkl={'on' if torch.backends.mkl.is_available() else 'off'}")

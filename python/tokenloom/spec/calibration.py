@@ -470,7 +470,8 @@ class PackChoice:
                 if not t.isdigit() or isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < float("inf"):
                     raise ValueError(f"expected positive, finite seconds per tree size, got {t!r}: {s!r}")
             seconds[kern] = {int(t): float(s) for t, s in per.items()}
-        load = data.get("load") if isinstance(data.get("load"), dict) else {}
+        raw_load = data.get("load")
+        load: Dict[str, Any] = raw_load if isinstance(raw_load, dict) else {}
         return cls(packed, reason, seconds, key, past, load, saved=True)
 
 

@@ -113,7 +113,8 @@ class StepCost:
         kernel, past = data.get("kernel", "unpacked"), data.get("past_len", 128)
         if kernel not in KERNELS or isinstance(past, bool) or not isinstance(past, int) or past < 1:
             raise ValueError(f"step cost: expected a kernel of {KERNELS} and past_len >= 1, got {kernel!r}, {past!r}")
-        load = data.get("load") if isinstance(data.get("load"), dict) else {}
+        raw_load = data.get("load")
+        load: Dict[str, Any] = raw_load if isinstance(raw_load, dict) else {}
         return cls(tuple(tokens), tuple(float(x) for x in seconds), key, kernel, past, load)
 
 
