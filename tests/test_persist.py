@@ -190,7 +190,7 @@ def test_concurrent_writers_never_corrupt():
 
 
 def test_state_saver_throttles_and_flushes():
-    rec = TokenRecycler(50, 3, template=[[0]])
+    rec = TokenRecycler(50, 3)
     saver = StateSaver(KEY, "saver", 1, rec, min_interval=3600)
     saver.flush()
     assert load_state(KEY, "saver", 1) is None, "nothing changed yet: nothing written"
@@ -206,7 +206,7 @@ def test_state_saver_throttles_and_flushes():
 
 
 def test_recycler_bytes_round_trip_and_validation():
-    rec = TokenRecycler(100, 4, template=[[0]])
+    rec = TokenRecycler(100, 4)
     rng = np.random.default_rng(0)
     rec.update(rng.integers(0, 100, 30), rng.integers(0, 100, (30, 4)))
     data = rec.to_bytes()

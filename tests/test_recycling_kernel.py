@@ -1,5 +1,6 @@
-"""TokenRecycler and templates: parity with a pure-Python reference, the 2.2.2 template, the
-nested family, save/load, bad input."""
+"""TokenRecycler and templates: parity with a pure-Python reference (draft, update,
+move-to-front), the 2.2.2 template, the nested family, save/load, bad input, the deprecated
+template API."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import tokenloom
 from tokenloom import TokenRecycler
 from tokenloom.spec.templates import (
     NESTED_SIZES,
+    compile_template,
     nested_template_order,
     template_names,
     template_parents,
     template_paths,
 )
+
+from .spec_reference import move_to_front_reference
 
 # The paper's template as listed in the reference code (model/recycling/tree_template_.py).
 PAPER_2_2_2 = (
@@ -104,6 +108,66 @@ def test_draft_and_update_parity(template, vocab, updates, root):
     assert rec.ranks_of(tokens, nxt).tolist() == want
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    vocab=st.integers(1, 12),
+    k=st.integers(1, 4),
+    seed=st.lists(st.tuples(st.integers(0, 11), st.lists(st.integers(0, 11), min_size=4, max_size=4)), max_size=6),
+    pairs=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), max_size=12),
+    empty=st.lists(st.integers(0, 11), max_size=5),
+)
+def test_move_to_front_parity(vocab, k, seed, pairs, empty):
+    """The core's move-to-front against the pure-Python rule: rows in ``empty`` start with no
+    candidates, the others with their contents; an emptied row no pair writes is unchanged."""
+    rec = TokenRecycler(vocab, k)
+    if seed:
+        rec.update([t % vocab for t, _ in seed], [[x % vocab for x in row[:k]] for _, row in seed])
+    before = rec.adjacency().tolist()
+    empty = sorted({e % vocab for e in empty})
+    rows = {t: list(before[t]) for t in range(vocab) if t not in empty}
+    tokens, succ = [t % vocab for t, _ in pairs], [s % vocab for _, s in pairs]
+    move_to_front_reference(rows, tokens, succ, k)
+    rec.move_to_front(tokens, succ, empty=empty)
+    after = rec.adjacency().tolist()
+    for t in range(vocab):
+        assert after[t] == rows.get(t, before[t]), t
+
+
+def test_move_to_front_checks_every_id_first():
+    rec = TokenRecycler(10, 3)
+    rec.update([1, 2], [[3, 4, 5], [6, 7, 8]])
+    before = rec.adjacency().copy()
+    with pytest.raises(IndexError, match="successors: 10 is out of range"):
+        rec.move_to_front([1, 2], [4, 10])
+    with pytest.raises(IndexError, match="tokens: -1"):
+        rec.move_to_front([1, -1], [4, 5])
+    with pytest.raises(IndexError, match="empty: 12"):
+        rec.move_to_front([1], [4], empty=[12])
+    with pytest.raises(ValueError, match="successors: expected length 2"):
+        rec.move_to_front([1, 2], [4])
+    with pytest.raises(ValueError, match="integer ids"):
+        rec.move_to_front([1.5], [4])
+    assert np.array_equal(rec.adjacency(), before), "failed calls write nothing"
+    rec.move_to_front([1, 9], [5, 2], empty=[9])
+    assert rec.adjacency()[1].tolist() == [5, 3, 4] and rec.adjacency()[9].tolist() == [2, 2, 2]
+
+
+def test_template_api_is_deprecated():
+    """The template belongs to the drafter: the recycler's own still works, with a warning."""
+    with pytest.warns(DeprecationWarning, match="template"):
+        rec = TokenRecycler(20, 3, [[0], [0, 0]])
+    rec.update([4, 7], [[7, 1, 2], [9, 3, 3]])
+    with pytest.warns(DeprecationWarning):
+        assert rec.draft(4).tokens.tolist() == [4, 7, 9]
+    with pytest.warns(DeprecationWarning):
+        assert rec.template == [[0], [0, 0]] and rec.tree_size == 3
+    with pytest.warns(DeprecationWarning):
+        rec.set_template([[0]])
+    assert rec.draft(4, [[0], [0, 0]]).tokens.tolist() == [4, 7, 9]
+    assert rec.draft(4, compile_template([[0], [1]])).tokens.tolist() == [4, 7, 1]
+    assert TokenRecycler(20, 3).draft(4, [[0]]).tokens.tolist() == [4, 0]  # any k without a template
+
+
 def test_duplicate_tokens_last_position_wins():
     rec = TokenRecycler(10, 2, [[0]])
     rec.update([3, 5, 3], [[1, 2], [4, 4], [7, 8]])
@@ -162,8 +226,9 @@ def test_load_errors(tmp_path):
         TokenRecycler.load(path, vocab_size=49152, template=[[0]])
     with pytest.raises(ValueError, match="k mismatch: expected 8, file has 3"):
         TokenRecycler.load(path, k=8, template=[[0]])
-    with pytest.raises(ValueError, match="rank 7"):
-        TokenRecycler.load(path)  # "2.2.2" needs k = 8
+    assert TokenRecycler.load(path).k == 3  # the matrix needs no template
+    with pytest.raises(ValueError, match="rank 7"), pytest.warns(DeprecationWarning):
+        TokenRecycler.load(path, template="2.2.2")  # the deprecated own template: "2.2.2" needs k = 8
     data = path.read_bytes()
     (tmp_path / "short.bin").write_bytes(data[:-3])
     with pytest.raises(ValueError, match="truncated"):
@@ -240,5 +305,5 @@ def test_torch_inputs_and_repr():
     rec = tokenloom.TokenRecycler(20, 3, [[0], [0, 0]])
     rec.update(torch.tensor([4, 7]), torch.tensor([[7, 1, 2], [9, 3, 3]]))
     assert rec.draft(4).tokens.tolist() == [4, 7, 9]
-    assert "vocab_size=20" in repr(rec) and "tree_size=3" in repr(rec)
+    assert repr(rec) == "TokenRecycler(vocab_size=20, k=3)"
     assert rec.adjacency().dtype == np.uint32 and rec.adjacency().shape == (20, 3)

@@ -12,9 +12,9 @@ import types
 import numpy as np
 import pytest
 
-from tokenloom.integrations.vllm.chains import MergedChains, chain_drafters, make_chain_drafter
+from tokenloom.spec.chains import MergedChains, chain_drafters, make_chain_drafter
 from tokenloom.integrations.vllm.proposer import MergedProposer, Proposer, SuffixProposer, drafter_options
-from tokenloom.spec.suffix.drafter import top_path
+from tokenloom.spec.merged.drafter import top_path
 
 from .suffix_reference import cap_reference
 from .test_vllm_proposer import committed, drive_reordered
