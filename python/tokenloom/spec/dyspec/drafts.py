@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from tokenloom.runtime.compat import cache_arg
+from tokenloom.runtime.earlyexit import early_exit_model
 from tokenloom.runtime.model import logits_width
 
 from tokenloom.runtime.kvcache import cache_length, compact_cache
@@ -327,9 +328,10 @@ class HFDraft(TreeDraft):
         return out.logits[0]
 
 
-class EarlyExitDraft(TreeDraft):
+class EarlyExitDraft(HFDraft):
     """Self-speculative draft: the target's first ``n_layers`` decoder layers, then its final
-    norm and lm_head. No second model and no extra weights.
+    norm and lm_head (:func:`~tokenloom.runtime.earlyexit.early_exit_model`, sharing the
+    target's weights). No second model and no extra weights.
 
     The first layers of the target compute the very same keys/values on the same tokens, so
     after the target has run on the committed prefix :meth:`adopt_cache` takes those layers
@@ -344,7 +346,6 @@ class EarlyExitDraft(TreeDraft):
     """
 
     def __init__(self, target: Any, n_layers: int, *, k: int = 8, temperature: float = 1.0):
-        super().__init__(k=k, temperature=temperature)
         base = getattr(target, getattr(target, "base_model_prefix", "model"), None)
         needed = ("embed_tokens", "layers", "norm", "rotary_emb")
         if base is None or not all(hasattr(base, a) for a in needed) or not hasattr(target, "lm_head"):
@@ -352,42 +353,9 @@ class EarlyExitDraft(TreeDraft):
                 f"EarlyExitDraft needs a Llama-style decoder ({', '.join(needed)}, lm_head); "
                 f"got {type(target).__name__}"
             )
-        total = len(base.layers)
-        if not isinstance(n_layers, int) or not (1 <= n_layers <= total):
-            raise ValueError(f"n_layers: expected an int in [1, {total}], got {n_layers!r}")
+        super().__init__(early_exit_model(target, n_layers), k=k, temperature=temperature)
         self.target = target
         self.n_layers = n_layers
-        self._base = base
-
-    @property
-    def device(self) -> Any:
-        return self.target.device
-
-    @property
-    def dtype(self) -> Any:
-        return self.target.dtype
-
-    def _forward(self, input_ids: "torch.Tensor", position_ids: "torch.Tensor", mask: Optional["torch.Tensor"]) -> "torch.Tensor":
-        import torch
-
-        base = self._base
-        past = self.cache_len
-        cache_position = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
-        h = base.embed_tokens(input_ids)
-        rope = base.rotary_emb(h, position_ids)
-        for layer in base.layers[: self.n_layers]:
-            h = layer(
-                h,
-                attention_mask=mask,
-                position_ids=position_ids,
-                use_cache=True,
-                cache_position=cache_position,
-                position_embeddings=rope,
-                **cache_arg(layer, self._cache),
-            )
-            if isinstance(h, tuple):  # older decoder layers return (hidden, ...)
-                h = h[0]
-        return self.target.lm_head(base.norm(h))[0]
 
     def prefill(self, input_ids: Any, target_cache: Any = None) -> None:
         """As :meth:`TreeDraft.prefill`; with ``target_cache`` (the target's cache after its own
