@@ -1,3 +1,3 @@
 """Running a Hugging Face model for tokenloom: tree attention (:mod:`.treeattn`), KV-cache
 operations (:mod:`.kvcache`), pre-packed CPU linears (:mod:`.cpupack`), model facts
-(:mod:`.model`) and early exit (:mod:`.earlyexit`)."""
+(:mod:`.model`), early exit (:mod:`.earlyexit`) and slot-tree forwards (:mod:`.slots`)."""
