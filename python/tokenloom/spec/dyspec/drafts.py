@@ -4,7 +4,7 @@ own first layers (:class:`EarlyExitDraft`, self-speculative, no second model).
 Both keep a KV cache in step with the committed sequence and evaluate a whole builder
 frontier in one forward with a tree attention mask. The protocol of one speculative step::
 
-    draft.prefill(ids)                        # once: ids = prompt (+ tokens emitted so far)
+    draft.start(ids)                          # once: ids = prompt (+ tokens emitted so far)
     tree = builder.build(ids[-1], draft)      # root = last token; draft.expand per depth
     ...                                       # target verifies the tree
     draft.commit(emitted)                     # accepted draft tokens + the bonus token
@@ -21,6 +21,7 @@ Only ``DynamicCache`` is supported (``cache.layers[i].keys / .values`` [B, H, S,
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -133,7 +134,12 @@ class TreeDraft:
         self._anc.clear()
         self._children.clear()
 
-    def prefill(self, input_ids: Any) -> None:
+    def prefill(self, *args: Any, **kwargs: Any) -> None:
+        """Deprecated name of :meth:`start` (``prefill`` is the :class:`~tokenloom.spec.base.Drafter`'s)."""
+        warnings.warn(f"{type(self).__name__}.prefill is deprecated: use start (same arguments)", DeprecationWarning, stacklevel=2)
+        self.start(*args, **kwargs)
+
+    def start(self, input_ids: Any) -> None:
         """Start a sequence: cache every token but the last (the first tree root).
 
         Args:
@@ -161,13 +167,13 @@ class TreeDraft:
         deeper frontiers see the committed prefix and their tree ancestors.
 
         Raises:
-            ValueError: no prefill, a root token that is not the last committed token, a
+            ValueError: no start, a root token that is not the last committed token, a
                 node whose parent was never forwarded, a node forwarded twice.
         """
         import torch
 
         if self._cache is None:
-            raise ValueError("draft has no sequence: call prefill(input_ids) first")
+            raise ValueError("draft has no sequence: call start(input_ids) first (formerly prefill)")
         ids = [int(x) for x in np.asarray(frontier.ids).reshape(-1)]
         tokens = [int(x) for x in np.asarray(frontier.tokens).reshape(-1)]
         parents = [int(x) for x in np.asarray(frontier.parents).reshape(-1)]
@@ -243,10 +249,10 @@ class TreeDraft:
         pending; the last emitted token always does (it is the next root).
 
         Raises:
-            ValueError: no prefill or no tokens.
+            ValueError: no start or no tokens.
         """
         if self._cache is None:
-            raise ValueError("draft has no sequence: call prefill(input_ids) first")
+            raise ValueError("draft has no sequence: call start(input_ids) first (formerly prefill)")
         toks = [int(t) for t in np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens).reshape(-1)]
         if not toks:
             raise ValueError("tokens: expected at least one emitted token")
@@ -357,14 +363,14 @@ class EarlyExitDraft(HFDraft):
         self.target = target
         self.n_layers = n_layers
 
-    def prefill(self, input_ids: Any, target_cache: Any = None) -> None:
-        """As :meth:`TreeDraft.prefill`; with ``target_cache`` (the target's cache after its own
+    def start(self, input_ids: Any, target_cache: Any = None) -> None:
+        """As :meth:`TreeDraft.start`; with ``target_cache`` (the target's cache after its own
         prefill on the first ``L <= n - 1`` tokens) nothing is computed: the prefix's keys and
         values are adopted (see :meth:`adopt_cache`) and the other tokens stay pending."""
         import torch
 
         if target_cache is None:
-            super().prefill(input_ids)
+            super().start(input_ids)
             return
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
         if ids.numel() == 0:
@@ -384,7 +390,7 @@ class EarlyExitDraft(HFDraft):
         verified a step and kept prefix + accepted path, before it sees the bonus token.
 
         Raises:
-            ValueError: no prefill, a tree forwarded since the last commit, or ``L`` out of range.
+            ValueError: no start, a tree forwarded since the last commit, or ``L`` out of range.
         """
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
@@ -392,7 +398,7 @@ class EarlyExitDraft(HFDraft):
         from tokenloom.runtime.compat import init_cache_layer
 
         if self._cache is None:
-            raise ValueError("draft has no sequence: call prefill(input_ids) first")
+            raise ValueError("draft has no sequence: call start(input_ids) first (formerly prefill)")
         if not self._pending:
             raise ValueError("adopt_cache: call commit(emitted) before adopting the target cache")
         length = _cache_len(target_cache)
