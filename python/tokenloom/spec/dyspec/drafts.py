@@ -139,12 +139,8 @@ class TreeDraft:
         warnings.warn(f"{type(self).__name__}.prefill is deprecated: use start (same arguments)", DeprecationWarning, stacklevel=2)
         self.start(*args, **kwargs)
 
-    def start(self, input_ids: Any) -> None:
-        """Start a sequence: cache every token but the last (the first tree root).
-
-        Args:
-            input_ids: LongTensor [1, n] or [n] (n >= 1).
-        """
+    def _new_sequence(self, input_ids: Any) -> "torch.Tensor":
+        """``input_ids`` as a 1-D LongTensor, checked, with an empty cache and tree for it."""
         import torch
 
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
@@ -153,6 +149,17 @@ class TreeDraft:
         self._cache = self._new_cache()
         self._reset_tree()
         self._seq_len = int(ids.numel())
+        return ids
+
+    def start(self, input_ids: Any) -> None:
+        """Start a sequence: cache every token but the last (the first tree root).
+
+        Args:
+            input_ids: LongTensor [1, n] or [n] (n >= 1).
+        """
+        import torch
+
+        ids = self._new_sequence(input_ids)
         self._pending = [int(ids[-1])]
         if ids.numel() > 1:
             head = ids[:-1].view(1, -1).to(self.device)
@@ -367,18 +374,10 @@ class EarlyExitDraft(HFDraft):
         """As :meth:`TreeDraft.start`; with ``target_cache`` (the target's cache after its own
         prefill on the first ``L <= n - 1`` tokens) nothing is computed: the prefix's keys and
         values are adopted (see :meth:`adopt_cache`) and the other tokens stay pending."""
-        import torch
-
         if target_cache is None:
             super().start(input_ids)
             return
-        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
-        if ids.numel() == 0:
-            raise ValueError("input_ids: expected at least one token")
-        self._cache = self._new_cache()
-        self._reset_tree()
-        self._seq_len = int(ids.numel())
-        self._pending = [int(t) for t in ids]
+        self._pending = [int(t) for t in self._new_sequence(input_ids)]
         self.adopt_cache(target_cache)
 
     def adopt_cache(self, target_cache: Any) -> None:

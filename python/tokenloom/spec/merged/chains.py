@@ -199,10 +199,12 @@ MERGED_OPTIONS = tuple(
 SUFFIX_OPTIONS = tuple(o for o in MERGED_OPTIONS if o not in ("k", "recycler", "seed_prompt"))
 
 
-def _check_options(name: str, options: Dict[str, Any], allowed: Any) -> None:
+def _build(name: str, recycled: bool, allowed: Any, vocab_size: int, num_tokens: int, options: Dict[str, Any]) -> MergedChains:
+    """:class:`MergedChains` for the table entry ``name``, its options checked first."""
     bad = sorted(set(options) - set(allowed))
     if bad:
         raise ValueError(f"chain drafter {name!r}: unknown options {bad}; expected some of {sorted(allowed)}")
+    return MergedChains(vocab_size, num_tokens, recycled=recycled, **options)
 
 
 def suffix_chains(vocab_size: int, num_tokens: int, **options: Any) -> MergedChains:
@@ -212,8 +214,7 @@ def suffix_chains(vocab_size: int, num_tokens: int, **options: Any) -> MergedCha
     Raises:
         ValueError: an option not in :data:`SUFFIX_OPTIONS` (the message lists them), a bad value.
     """
-    _check_options("suffix", options, SUFFIX_OPTIONS)
-    return MergedChains(vocab_size, num_tokens, recycled=False, **options)
+    return _build("suffix", False, SUFFIX_OPTIONS, vocab_size, num_tokens, options)
 
 
 def merged_chains(vocab_size: int, num_tokens: int, **options: Any) -> MergedChains:
@@ -223,5 +224,4 @@ def merged_chains(vocab_size: int, num_tokens: int, **options: Any) -> MergedCha
     Raises:
         ValueError: an option not in :data:`MERGED_OPTIONS` (the message lists them), a bad value.
     """
-    _check_options("merged", options, MERGED_OPTIONS)
-    return MergedChains(vocab_size, num_tokens, recycled=True, **options)
+    return _build("merged", True, MERGED_OPTIONS, vocab_size, num_tokens, options)
