@@ -26,7 +26,7 @@ class MovedModule(types.ModuleType):
         self.__dict__["_new_home"] = new_home
 
     def __getattr__(self, name: str):
-        if name.startswith("__"):
+        if name.startswith("__") and name != "__all__":  # __all__: ``from old import *`` works too
             raise AttributeError(name)
         new = self.__dict__["_new_home"]
         warnings.warn(f"{self.__name__} moved to {new}; import {name} from there", DeprecationWarning, stacklevel=2)
