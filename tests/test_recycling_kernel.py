@@ -87,7 +87,7 @@ def test_draft_and_update_parity(template, vocab, updates, root):
     k = 4
     updates = [(t % vocab, [x % vocab for x in row]) for t, row in updates]
     root %= vocab
-    rec = TokenRecycler(vocab, k, template)
+    rec = TokenRecycler(vocab, k)
     ref = [[0] * k for _ in range(vocab)]
     if updates:
         toks = np.array([u[0] for u in updates], dtype=np.int64)
@@ -95,13 +95,13 @@ def test_draft_and_update_parity(template, vocab, updates, root):
         rec.update(toks, topk)
         ref_update(ref, toks.tolist(), topk.tolist())
     assert rec.adjacency().tolist() == ref
-    d = rec.draft(root)
+    d = rec.draft(root, template)
     tokens, parents, depths = ref_draft(ref, root, template)
     assert d.tokens.tolist() == tokens
     assert d.parents.tolist() == parents
     assert d.depths.tolist() == depths
     assert len(d) == len(template) + 1
-    assert rec.template == ref_canonical(template)
+    assert template_paths(template) == ref_canonical(template)
     # ranks_of: first matching rank in the row, -1 otherwise.
     nxt = [(root + j) % vocab for j in range(len(tokens))]
     want = [ref[t].index(n) if n in ref[t] else -1 for t, n in zip(tokens, nxt)]
@@ -169,7 +169,7 @@ def test_template_api_is_deprecated():
 
 
 def test_duplicate_tokens_last_position_wins():
-    rec = TokenRecycler(10, 2, [[0]])
+    rec = TokenRecycler(10, 2)
     rec.update([3, 5, 3], [[1, 2], [4, 4], [7, 8]])
     assert rec.adjacency()[3].tolist() == [7, 8]
     assert rec.adjacency()[5].tolist() == [4, 4]
@@ -181,7 +181,7 @@ def test_paper_template_exact():
     assert len(PAPER_2_2_2) == 80
     assert template_paths("2.2.2") == PAPER_2_2_2  # the reference order is canonical
     rec = TokenRecycler(100, 8)
-    assert rec.template == PAPER_2_2_2 and rec.tree_size == 81
+    assert len(rec.draft(0, "2.2.2")) == 81
     levels = np.bincount([len(p) for p in PAPER_2_2_2])
     assert levels.tolist() == [0, 8, 21, 25, 15, 8, 3]
 
@@ -205,34 +205,33 @@ def test_nested_family():
 
 def test_save_load_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
-    rec = TokenRecycler(300, 5, "2.2.2-4")
+    rec = TokenRecycler(300, 5)
     toks = rng.integers(0, 300, 200)
     rec.update(toks, rng.integers(0, 300, (200, 5)))
     path = tmp_path / "rec.bin"
     rec.save(path)
     assert path.stat().st_size == 28 + 300 * 5 * 4
-    back = TokenRecycler.load(path, vocab_size=300, k=5, template="2.2.2-4")
+    back = TokenRecycler.load(path, vocab_size=300, k=5)
     assert np.array_equal(back.adjacency(), rec.adjacency())
-    assert back.template == rec.template
-    assert back.draft(int(toks[0])).tokens.tolist() == rec.draft(int(toks[0])).tokens.tolist()
-    assert TokenRecycler.load(str(path), template=[[0], [1]]).k == 5
+    assert back.draft(int(toks[0]), "2.2.2-4").tokens.tolist() == rec.draft(int(toks[0]), "2.2.2-4").tokens.tolist()
+    assert TokenRecycler.load(str(path)).k == 5
 
 
 def test_load_errors(tmp_path):
-    rec = TokenRecycler(50, 3, [[0]])
+    rec = TokenRecycler(50, 3)
     path = tmp_path / "rec.bin"
     rec.save(path)
     with pytest.raises(ValueError, match="vocab mismatch: expected 49152, file has 50"):
-        TokenRecycler.load(path, vocab_size=49152, template=[[0]])
+        TokenRecycler.load(path, vocab_size=49152)
     with pytest.raises(ValueError, match="k mismatch: expected 8, file has 3"):
-        TokenRecycler.load(path, k=8, template=[[0]])
+        TokenRecycler.load(path, k=8)
     assert TokenRecycler.load(path).k == 3  # the matrix needs no template
     with pytest.raises(ValueError, match="rank 7"), pytest.warns(DeprecationWarning):
         TokenRecycler.load(path, template="2.2.2")  # the deprecated own template: "2.2.2" needs k = 8
     data = path.read_bytes()
     (tmp_path / "short.bin").write_bytes(data[:-3])
     with pytest.raises(ValueError, match="truncated"):
-        TokenRecycler.load(tmp_path / "short.bin", template=[[0]])
+        TokenRecycler.load(tmp_path / "short.bin")
     (tmp_path / "junk.bin").write_bytes(b"hello world, not a recycler" * 3)
     with pytest.raises(ValueError, match="magic"):
         TokenRecycler.load(tmp_path / "junk.bin")
@@ -240,7 +239,7 @@ def test_load_errors(tmp_path):
     bad[8] = 2
     (tmp_path / "v2.bin").write_bytes(bytes(bad))
     with pytest.raises(ValueError, match="version 2"):
-        TokenRecycler.load(tmp_path / "v2.bin", template=[[0]])
+        TokenRecycler.load(tmp_path / "v2.bin")
     with pytest.raises(OSError):
         TokenRecycler.load(tmp_path / "missing.bin")
     with pytest.raises(OSError):
@@ -267,16 +266,19 @@ def test_load_errors(tmp_path):
     ],
 )
 def test_bad_construction(args, exc, match):
-    with pytest.raises(exc, match=match):
+    import contextlib
+
+    # A template given to the recycler (deprecated: the drafter's) is still checked.
+    with pytest.raises(exc, match=match), (pytest.warns(DeprecationWarning) if len(args) > 2 else contextlib.nullcontext()):
         TokenRecycler(*args)
 
 
 def test_bad_calls():
-    rec = TokenRecycler(10, 2, [[0], [1]])
+    rec = TokenRecycler(10, 2)
     with pytest.raises(IndexError, match=r"root token: 10 is out of range \[0, 10\)"):
-        rec.draft(10)
+        rec.draft(10, [[0], [1]])
     with pytest.raises(IndexError, match="out of range"):
-        rec.draft(-1)
+        rec.draft(-1, [[0], [1]])
     with pytest.raises(IndexError, match="tokens: 12 is out of range"):
         rec.update([12], [[1, 2]])
     with pytest.raises(IndexError, match="topk_ids: 10 is out of range"):
@@ -294,16 +296,15 @@ def test_bad_calls():
     with pytest.raises(ValueError, match="next_tokens: expected length 2"):
         rec.ranks_of([1, 2], [1])
     with pytest.raises(ValueError, match="rank 7"):
-        rec.set_template("2.2.2")
+        rec.draft(0, "2.2.2")
     assert rec.adjacency().sum() == 0, "failed calls write nothing"
-    assert rec.template == [[0], [1]]
 
 
 def test_torch_inputs_and_repr():
     import torch
 
-    rec = tokenloom.TokenRecycler(20, 3, [[0], [0, 0]])
+    rec = tokenloom.TokenRecycler(20, 3)
     rec.update(torch.tensor([4, 7]), torch.tensor([[7, 1, 2], [9, 3, 3]]))
-    assert rec.draft(4).tokens.tolist() == [4, 7, 9]
+    assert rec.draft(torch.tensor(4), [[0], [0, 0]]).tokens.tolist() == [4, 7, 9]
     assert repr(rec) == "TokenRecycler(vocab_size=20, k=3)"
     assert rec.adjacency().dtype == np.uint32 and rec.adjacency().shape == (20, 3)
