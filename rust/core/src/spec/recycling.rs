@@ -162,7 +162,12 @@ impl TokenRecycler {
     /// Rows listed in `empty` start with no candidates (rows never written: their zeros are
     /// not candidates), so a new row becomes `[s, s, ..., s]`. A pair sees the rows the pairs
     /// before it wrote. Every id is checked before any row is written: an error writes nothing.
-    pub fn move_to_front(&mut self, tokens: &[i64], successors: &[i64], empty: &[i64]) -> Result<()> {
+    pub fn move_to_front(
+        &mut self,
+        tokens: &[i64],
+        successors: &[i64],
+        empty: &[i64],
+    ) -> Result<()> {
         if successors.len() != tokens.len() {
             return Err(CoreError::shape(
                 "successors",
@@ -430,10 +435,22 @@ mod tests {
     fn move_to_front_checks_everything_first() {
         let mut r = rec_with(10, 2, 3);
         let before = r.clone();
-        assert!(matches!(r.move_to_front(&[1, 2], &[3], &[]), Err(CoreError::Shape { .. })));
-        assert!(matches!(r.move_to_front(&[1, 10], &[3, 4], &[]), Err(CoreError::Index { .. })));
-        assert!(matches!(r.move_to_front(&[1, 2], &[3, -1], &[]), Err(CoreError::Index { .. })));
-        assert!(matches!(r.move_to_front(&[1], &[3], &[11]), Err(CoreError::Index { .. })));
+        assert!(matches!(
+            r.move_to_front(&[1, 2], &[3], &[]),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            r.move_to_front(&[1, 10], &[3, 4], &[]),
+            Err(CoreError::Index { .. })
+        ));
+        assert!(matches!(
+            r.move_to_front(&[1, 2], &[3, -1], &[]),
+            Err(CoreError::Index { .. })
+        ));
+        assert!(matches!(
+            r.move_to_front(&[1], &[3], &[11]),
+            Err(CoreError::Index { .. })
+        ));
         assert_eq!(r, before, "a failed call writes nothing");
     }
 
