@@ -65,9 +65,9 @@ def main() -> None:
     own_loop = _own_loop()
     recs = {}
 
-    def rec(name: str, template: Any = "2.2.2") -> TokenRecycler:
+    def rec(name: str) -> TokenRecycler:
         if name not in recs:
-            recs[name] = TokenRecycler(vocab, template=template)
+            recs[name] = TokenRecycler(vocab)
         return recs[name]
 
     mats: Dict[str, List[float]] = {}
@@ -95,7 +95,7 @@ def main() -> None:
         return run
 
     def step_api(ids: Any) -> Any:
-        return own_loop(model, ids, n, eos=2, recycler=rec("step", "2.2.2-16"))
+        return own_loop(model, ids, n, eos=2, recycler=rec("step"))
 
     arms: Dict[str, Callable[[Any], Any]] = {"HF greedy": hf_greedy, "tokenloom.generate": tl_generate,
                                              "custom_generate": custom}

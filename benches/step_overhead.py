@@ -19,7 +19,7 @@ from tokenloom.integrations.hf.models import load_default
 from tokenloom.integrations.hf.chat import chat_input_ids
 from tokenloom.spec.recycling.recycler import TokenRecycler
 from tokenloom.spec.suffix.store import SuffixCache
-from tokenloom.spec.suffix import drafter as D
+from tokenloom.spec.merged import drafter as D
 from tokenloom.spec.recycling import drafter as RD
 import tokenloom.runtime.treeattn as TA
 m, tok = load_default()

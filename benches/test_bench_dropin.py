@@ -43,7 +43,7 @@ def test_dropin_tiny(benchmark, setup, path):
 
     model, ids, own_loop = setup
     benchmark.group = "dropin-tiny-llama-40-tokens"
-    rec = TokenRecycler(49152, template="2.2.2-16")
+    rec = TokenRecycler(49152)
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=N, eos_token_id=None, pad_token_id=0)
     runs = {
         "hf_greedy": lambda: model.generate(ids, **kw),

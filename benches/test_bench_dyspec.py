@@ -23,7 +23,7 @@ BUDGET, DEPTH, K = 32, 6, 8
 def record(draft, seq):
     """Grow one tree with the real draft; returns the rounds (frontier, ids, probs)."""
     b = DynamicTreeBuilder(BUDGET, DEPTH, k=K)
-    draft.prefill(seq)
+    draft.start(seq)
     b.reset(seq[-1])
     rounds = []
     with torch.inference_mode():
@@ -51,7 +51,7 @@ def replay_ref(r, root, rounds):
 
 def one_forward(draft, seq, width):
     """A closure running one draft forward of `width` tree tokens after the prefix."""
-    draft.prefill(seq)
+    draft.start(seq)
     past = draft.cache_len
     dev = draft.device
     inp = torch.tensor([[seq[-1]] * width], device=dev)

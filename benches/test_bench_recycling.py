@@ -10,7 +10,7 @@ import pytest
 
 import tokenloom
 from tokenloom.spec.recycling.recycler import TokenRecycler
-from tokenloom.spec.templates import template_parents, template_paths
+from tokenloom.spec.templates import compile_template, template_parents, template_paths
 
 VOCAB, K = 49152, 8
 
@@ -57,7 +57,8 @@ def test_draft_update(benchmark, state, template, impl):
     import torch
 
     adj, rng = state
-    rec = TokenRecycler(VOCAB, K, template)
+    rec = TokenRecycler(VOCAB, K)
+    compiled = compile_template(template)
     rec.update(np.arange(VOCAB), adj)
     t = len(template_paths(template)) + 1
     tokens = rng.integers(0, VOCAB, t).astype(np.int64)
@@ -66,7 +67,7 @@ def test_draft_update(benchmark, state, template, impl):
     if impl == "rust":
         def step():
             rec.update(tokens, topk)
-            return rec.draft(int(tokens[0]))
+            return rec.draft(int(tokens[0]), compiled)
         benchmark(step)
     elif impl == "numpy":
         a = adj.copy()
@@ -100,16 +101,17 @@ def test_step_overhead(benchmark, state, smollm_model, part):
     from tokenloom.runtime.treeattn import tree_forward
 
     adj, rng = state
-    rec = TokenRecycler(VOCAB, K, "2.2.2-16")
+    rec = TokenRecycler(VOCAB, K)
+    compiled = compile_template("2.2.2-16")
     rec.update(np.arange(VOCAB), adj)
     benchmark.group = "recycling step: kernels vs model forward (T=17)"
-    d = rec.draft(5)
+    d = rec.draft(5, compiled)
     argmax = rng.integers(0, VOCAB, len(d)).astype(np.int64)
     argmax[0] = d.tokens[1]
     topk = rng.integers(0, VOCAB, (len(d), K)).astype(np.int64)
     if part == "kernels":
         def step():
-            dr = rec.draft(5)
+            dr = rec.draft(5, compiled)
             r = tokenloom.verify_greedy(dr.parents, dr.tokens, argmax)
             rec.ranks_of(dr.tokens[r.path], r.tokens)
             rec.update(dr.tokens, topk)

@@ -130,7 +130,7 @@ def test_merged_grow(benchmark, cache_case, impl):
     rows hold the source's next tokens. Both give the same tree."""
     from tests.suffix_reference import grow_core, grow_reference
     from tokenloom.spec.recycling.recycler import TokenRecycler
-    from tokenloom.spec.suffix.drafter import MergedDrafter
+    from tokenloom.spec.merged.drafter import MergedDrafter
 
     docs, contexts = cache_case
     benchmark.group = "merged drafter: one step's tree (budget 16) vs its Python form"

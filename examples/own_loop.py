@@ -21,7 +21,7 @@ def own_loop(model, input_ids, max_new_tokens=64, eos=2, recycler=None):
         step = TreeStep.propose(drafter, out[-1], past, device=model.device, dtype=model.dtype)
         logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
                        position_ids=step.position_ids, **cache_arg(model, cache), use_cache=True).logits
-        new, keep = step.accept(logits)  # emitted tokens; cache positions to keep
+        new, keep = step.verify(logits)  # emitted tokens; cache positions to keep
         for layer in cache.layers:  # keep the prefix + the accepted path, drop the rest
             layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)
         out += new

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from tokenloom import _core
-from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, RECYCLE_DEPTHS
-from tokenloom.spec.suffix.drafter import cost_curve
+from tokenloom.spec.merged.calibration import CANDIDATE_CLASSES, RECYCLE_DEPTHS
+from tokenloom.spec.merged.drafter import cost_curve
 
 
 def ref_counts(docs, depth):

@@ -91,21 +91,22 @@ def test_best_chain():
     assert best_chain(toks[:0], parents[:0], probs[:0], 3) == []
 
 
-def test_sam_switch_equals_hf_greedy(tiny_llama, monkeypatch):
-    import tokenloom.decoding.methods as table
+def test_sam_switch_equals_hf_greedy(tiny_llama):
+    from tokenloom.decoding.methods import method_scope, methods, speculative_method
     from tokenloom.eval.peers import make_sam_drafter
 
-    # registered for this test only: the library's method table is left as it was
-    monkeypatch.setitem(vars(table)["_METHODS"], "test-sam", table.speculative_method(make_sam_drafter))
+    # visible inside the scope only: the library's method table is left as it was
     rec, cache = TokenRecycler(49152, 8), SuffixCache(max_bytes=1 << 20)
     base = prompt_ids(3, n=6)[0].tolist()
     import torch
 
     for ids in (prompt_ids(60), torch.tensor([base * 3])):
         ref = hf_greedy(tiny_llama, ids, 24)
-        out = tokenloom.generate(tiny_llama, ids, method="test-sam", max_new_tokens=24, eos_token_id=[],
-                                 recycler=rec, cache=cache, budget=8)
+        with method_scope({"test-sam": speculative_method(make_sam_drafter)}):
+            out = tokenloom.generate(tiny_llama, ids, method="test-sam", max_new_tokens=24, eos_token_id=[],
+                                     recycler=rec, cache=cache, budget=8)
         assert out.sequences.tolist() == ref.tolist()
+    assert "test-sam" not in methods()
     assert isinstance(make_sam_drafter(None, None, None, recycler=rec, cache=None), SamSwitchDrafter)
 
 

@@ -107,6 +107,22 @@ def test_early_exit_model_is_a_prefix_of_the_layers(tiny_llama):
         early_exit_model(tiny_llama, 3)
 
 
+def test_early_exit_model_runs_no_hook_of_the_whole_model(tiny_llama):
+    """A hook on the whole model (e.g. a test recording the target's forwards) is not the early
+    exit's; the shared layers keep theirs."""
+    seen = []
+    handles = [tiny_llama.register_forward_hook(lambda *a: seen.append("model")),
+               tiny_llama.model.layers[0].register_forward_hook(lambda *a: seen.append("layer0"))]
+    try:
+        small = early_exit_model(tiny_llama, 1)
+        with torch.no_grad():
+            small(torch.tensor([[5, 6, 7]]))
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == ["layer0"]
+
+
 def round_reference(w, bits, group):
     """Element by element: each group's symmetric grid of 2**bits levels, nearest level."""
     qmax = 2 ** (bits - 1) - 1

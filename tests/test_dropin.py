@@ -133,13 +133,12 @@ def test_assisted_candidate_generator_greedy_equals_hf(tiny_llama):
 def test_candidate_generator_chain_and_update():
     import torch
 
-    rec = TokenRecycler(50, k=3, template="2.2.2-4")
+    rec = TokenRecycler(50, k=3)
     rec.update([7, 8, 9], [[8, 1, 2], [9, 3, 4], [11, 5, 6]])
     gen = tlhf.RecyclingCandidateGenerator(rec, num_tokens=4, eos_token_id=11, max_length=100)
     ids = torch.tensor([[3, 7]])
     cand, logits = gen.get_candidates(ids)
     assert logits is None and cand.tolist() == [[3, 7, 8, 9]], "rank-0 chain 7 -> 8 -> 9, cut before EOS 11"
-    assert rec.template == tokenloom.spec.templates.template_paths("2.2.2-4"), "template restored"
     scores = torch.full((1, 3, 50), -1.0)
     for i, best in enumerate(([20, 21, 22], [23, 24, 25], [26, 27, 28])):
         scores[0, i, best] = torch.tensor([3.0, 2.0, 1.0])
@@ -165,7 +164,7 @@ def test_assisted_patch_restored_on_error(tiny_llama):
 
 
 def test_step_api_and_example_equal_greedy(tiny_llama, own_loop):
-    rec = TokenRecycler(49152, template="2.2.2-16")
+    rec = TokenRecycler(49152)
     for seed in range(3):
         ids = _prompt(seed)
         want = tokenloom.generate(tiny_llama, ids, method="greedy", max_new_tokens=40, eos_token_id=[]).sequences
@@ -180,7 +179,7 @@ def test_step_fields_and_keep(tiny_llama):
     from tokenloom.runtime.kvcache import cache_length
     from tokenloom.runtime.treeattn import tree_attention_mask, tree_position_ids
 
-    rec = TokenRecycler(49152, template="2.2.2-8")
+    rec = TokenRecycler(49152)
     ids = _prompt(9)
     tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=30, recycler=rec, eos_token_id=[],
                        tree="2.2.2-8")
@@ -188,7 +187,7 @@ def test_step_fields_and_keep(tiny_llama):
     with torch.inference_mode():
         logits = tiny_llama(input_ids=ids, **cache_arg(tiny_llama, cache)).logits
         last, past = int(logits[0, -1].argmax()), ids.shape[1]
-        step = _propose(rec, last, past)
+        step = _propose(rec, last, past, tree="2.2.2-8")
         t = step.size
         assert step.input_ids.shape == (1, t) and step.input_ids[0, 0].item() == last
         assert step.input_ids.dtype == torch.long and step.position_ids.dtype == torch.long
@@ -196,26 +195,28 @@ def test_step_fields_and_keep(tiny_llama):
         assert torch.equal(step.position_ids, tree_position_ids(step.tree.depths, past))
         out = tiny_llama(input_ids=step.input_ids, attention_mask=step.attention_mask,
                          position_ids=step.position_ids, **cache_arg(tiny_llama, cache)).logits
-        new, keep = step.accept(out)
+        new, keep = step.verify(out)
     assert len(new) == len(step.path) >= 1 and step.path[0] == 0
     assert keep.tolist() == list(range(past)) + [past + int(i) for i in step.path]
     assert cache_length(cache) == past + t
     seq = ids[0].tolist() + [last]
     want = tokenloom.generate(tiny_llama, ids, method="greedy", max_new_tokens=1 + len(new), eos_token_id=[])
     assert seq[past:] + new == want.sequences[0, past:].tolist()
-    with pytest.raises(RuntimeError, match="already accepted"):
-        step.accept(out)
+    with pytest.raises(RuntimeError, match="already verified"):
+        step.verify(out)
+    with pytest.raises(RuntimeError, match="already verified"), pytest.warns(DeprecationWarning, match="TreeStep.verify"):
+        step.accept(out)  # the old name
 
 
-def _propose(rec, last, past, **kw):
-    """The step API over Token Recycling's drafter with the recycler's own template."""
+def _propose(rec, last, past, tree="2.2.2-4", **kw):
+    """The step API over Token Recycling's drafter (which owns the template ``tree``)."""
     from tokenloom.spec.recycling.drafter import RecyclingDrafter
     from tokenloom.spec.step import TreeStep
 
-    return TreeStep.propose(RecyclingDrafter(rec, tree=rec.template, seed_prefill=False), last, past, **kw)
+    return TreeStep.propose(RecyclingDrafter(rec, tree=tree, seed_prefill=False), last, past, **kw)
 
 
-def _step_sampling_joint(model, ids, rec, temperature, top_k, trials, depth=3):
+def _step_sampling_joint(model, ids, rec, tree, temperature, top_k, trials, depth=3):
     """Sample ``depth`` tokens with the step API only: the prompt's last token is the first root."""
     import torch
     from transformers import DynamicCache
@@ -227,10 +228,10 @@ def _step_sampling_joint(model, ids, rec, temperature, top_k, trials, depth=3):
             model(input_ids=ids[:, :-1], **cache_arg(model, cache))
             out, last, past, steps = [], int(ids[0, -1]), ids.shape[1] - 1, 0
             while len(out) < depth:
-                step = _propose(rec, last, past)
+                step = _propose(rec, last, past, tree)
                 logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
                                position_ids=step.position_ids, **cache_arg(model, cache)).logits
-                new, keep = step.accept(logits, temperature=temperature, top_k=top_k, seed=1000 * i + steps)
+                new, keep = step.verify(logits, temperature=temperature, top_k=top_k, seed=1000 * i + steps)
                 for layer in cache.layers:
                     layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)
                 out += new
@@ -248,12 +249,11 @@ def test_step_api_sampling_is_lossless(tiny_llama):
 
     temperature, top_k, trials = 2.0, 3, 1500
     ids = _prompt(21, n=8)
-    rec = TokenRecycler(49152, template=[[0], [1], [0, 0], [0, 1], [1, 0]])
+    rec = TokenRecycler(49152)
     tokenloom.generate(tiny_llama, ids, method="recycling", max_new_tokens=20, recycler=rec, eos_token_id=[],
                        tree="2.2.2")
-    rec.set_template([[0], [1], [0, 0], [0, 1], [1, 0]])
     exact = _exact_joint(tiny_llama, ids, temperature, top_k, 3)
-    counts, accepted = _step_sampling_joint(tiny_llama, ids, rec, temperature, top_k, trials)
+    counts, accepted = _step_sampling_joint(tiny_llama, ids, rec, [[0], [1], [0, 0], [0, 1], [1, 0]], temperature, top_k, trials)
     assert set(counts) <= set(exact) and sum(counts.values()) == trials
     assert accepted > 100, "drafts were accepted in many trials"
     assert chi2_pvalue(exact, counts) > 1e-3
@@ -265,7 +265,7 @@ def test_step_api_sampling_is_lossless(tiny_llama):
 def test_step_bad_input():
     import torch
 
-    rec = TokenRecycler(100, k=4, template="2.2.2-4")
+    rec = TokenRecycler(100, k=4)
     with pytest.raises(IndexError):
         _propose(rec, 100, 0)
     with pytest.raises(ValueError, match="past_len"):
@@ -277,31 +277,31 @@ def test_step_bad_input():
     step = _propose(rec, 3, 2)
     t = step.size
     with pytest.raises(ValueError, match="float tensor"):
-        step.accept(torch.zeros(t, 100, dtype=torch.long))
+        step.verify(torch.zeros(t, 100, dtype=torch.long))
     with pytest.raises(ValueError, match=rf"expected shape \[{t}, V\]"):
-        step.accept(torch.zeros(100))  # 1-D
+        step.verify(torch.zeros(100))  # 1-D
     with pytest.raises(ValueError, match=rf"expected shape \[{t}, V\]"):
-        step.accept(torch.zeros(t + 1, 100))
+        step.verify(torch.zeros(t + 1, 100))
     with pytest.raises(ValueError, match=rf"expected shape \[{t}, V\]"):
-        step.accept(torch.zeros(2, t, 100))  # batch > 1
+        step.verify(torch.zeros(2, t, 100))  # batch > 1
     with pytest.raises(ValueError, match="vocabulary axis"):
-        step.accept(torch.zeros(t, 101))
+        step.verify(torch.zeros(t, 101))
     bad = torch.zeros(t, 100)
     bad[1, 5] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        step.accept(bad)
+        step.verify(bad)
     with pytest.raises(ValueError, match="NaN"):
-        step.accept(bad, temperature=1.0)
+        step.verify(bad, temperature=1.0)
     with pytest.raises(TypeError, match="torch.Tensor"):
-        step.accept(np.zeros((t, 100), dtype=np.float32))
+        step.verify(np.zeros((t, 100), dtype=np.float32))
     with pytest.raises(ValueError, match="temperature"):
-        step.accept(torch.zeros(t, 100), temperature=-1.0)
+        step.verify(torch.zeros(t, 100), temperature=-1.0)
     with pytest.raises(ValueError):
-        step.accept(torch.zeros(t, 100), temperature=1.0, top_p=2.0)
+        step.verify(torch.zeros(t, 100), temperature=1.0, top_p=2.0)
     assert not rec.adjacency().any(), "a refused accept writes nothing"
     ok = torch.zeros(1, t, 100)  # [1, T, V] is fine
     ok[..., 5] = 1.0  # the target wants 5 everywhere; the cold rows drafted 0s: nothing accepted
-    new, keep = step.accept(ok)
+    new, keep = step.verify(ok)
     assert new == [5] and keep.tolist() == [0, 1, 2] and step.path.tolist() == [0]
     assert rec.adjacency()[0, 0] == 5 and rec.adjacency()[3, 0] == 5
 
@@ -349,7 +349,7 @@ def test_every_path_equals_hf_greedy_on_embedded_model(smollm, own_loop):
 
     model, tok = smollm
     rec = TokenRecycler(model.config.vocab_size)
-    step_rec = TokenRecycler(model.config.vocab_size, template="2.2.2-16")
+    step_rec = TokenRecycler(model.config.vocab_size)
     exact = 0
     for prompt in EMBEDDED_PROMPTS:
         ids = chat_input_ids(tok, prompt)
@@ -366,3 +366,15 @@ def test_every_path_equals_hf_greedy_on_embedded_model(smollm, own_loop):
         for name, out in outs.items():
             exact += _same_or_near_tie(model, out[0].tolist(), hf)
     assert exact >= 4 * len(EMBEDDED_PROMPTS) - 1
+
+
+def test_recycler_propose_is_deprecated_and_still_works():
+    """``recycler.propose`` (the step API over the recycler's own template) warns and gives
+    the step of a drafter owning that template."""
+    with pytest.warns(DeprecationWarning):
+        rec = TokenRecycler(100, k=4, template="2.2.2-4")
+    rec.update([3, 5], [[5, 6, 7, 8], [9, 1, 2, 4]])
+    with pytest.warns(DeprecationWarning, match="TreeStep.propose"):
+        old = rec.propose(3, 2)
+    new = _propose(rec, 3, 2, tree="2.2.2-4")
+    assert old.tree.tokens.tolist() == new.tree.tokens.tolist() and old.tree.parents.tolist() == new.tree.parents.tolist()

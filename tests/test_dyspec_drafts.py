@@ -86,7 +86,7 @@ def test_hf_draft_rows_match_plain_forward(tiny_llama, sampled):
     draft = HFDraft(tiny_llama, target=target, k=K, temperature=0.7 if sampled else 1.0)
     gen = torch.Generator().manual_seed(0)
     seq = torch.randint(3, 49152, (7,), generator=gen).tolist()
-    draft.prefill(seq)
+    draft.start(seq)
     assert draft.cache_len == 6 and draft.pending == [seq[-1]]
     # Steps: accept the whole deepest path, nothing, then one token; the second step also
     # exercises a commit without any tree in between.
@@ -110,7 +110,7 @@ def test_early_exit_equals_truncated_target(tiny4):
         draft = EarlyExitDraft(tiny4, n_layers, k=K)
         ref = truncated(tiny4, n_layers)
         seq = list(range(100, 109))
-        draft.prefill(seq)
+        draft.start(seq)
         tree, _ = check_step(draft, ref, seq, budget=8, max_depth=3)
         emitted = emitted_along(tree, 2, 777)
         draft.commit(emitted)
@@ -121,7 +121,7 @@ def test_early_exit_matches_hidden_states(tiny4):
     # Independent of the truncated copy: hidden_states[n] of the full target, then norm + head.
     seq = [5, 17, 300, 41, 9]
     draft = EarlyExitDraft(tiny4, 2, k=K)
-    draft.prefill(seq)
+    draft.start(seq)
     b = DynamicTreeBuilder(4, 1, k=K)
     b.reset(seq[-1])
     logits = draft.logits(b.frontier())[0]
@@ -137,7 +137,7 @@ def test_early_exit_adopts_target_cache(tiny4):
     ref = truncated(tiny4, 2)
     seq = list(range(200, 210))
     draft = EarlyExitDraft(tiny4, 2, k=K)
-    draft.prefill(seq)
+    draft.start(seq)
     tree, _ = check_step(draft, ref, seq)
     emitted = emitted_along(tree, 2, 4242)
     draft.commit(emitted)
@@ -157,12 +157,12 @@ def test_early_exit_adopts_target_cache(tiny4):
         draft.adopt_cache(cache)
     # Prefill straight from the target's prefill cache: nothing computed, same rows.
     fresh = EarlyExitDraft(tiny4, 2, k=K)
-    fresh.prefill(seq, target_cache=cache)
+    fresh.start(seq, target_cache=cache)
     assert fresh.cache_len == len(seq) - 1 and fresh.pending == [4242]
     check_step(fresh, ref, seq)
     short = EarlyExitDraft(tiny4, 2, k=K)
     with pytest.raises(ValueError, match="outside"):
-        short.prefill(seq[:5], target_cache=cache)
+        short.start(seq[:5], target_cache=cache)
 
 
 def test_mask_and_cache_helpers():
@@ -218,15 +218,17 @@ def test_bad_draft_use(tiny_llama, tiny4):
     draft = HFDraft(tiny_llama)
     b = DynamicTreeBuilder(4, 2, k=K)
     b.reset(7)
-    with pytest.raises(ValueError, match="prefill"):
+    with pytest.raises(ValueError, match="start"):
         draft.expand(b.frontier())
-    with pytest.raises(ValueError, match="prefill"):
+    with pytest.raises(ValueError, match="start"):
         draft.commit([1])
-    draft.prefill([1, 2, 3])
+    draft.start([1, 2, 3])
     with pytest.raises(ValueError, match="not the last committed token"):
         draft.expand(b.frontier())
     with pytest.raises(ValueError, match="at least one"):
-        draft.prefill([])
+        draft.start([])
+    with pytest.warns(DeprecationWarning, match="use start"):
+        draft.prefill([1, 2, 3])  # the old name
     b.reset(3)
     ids, probs = draft.expand(b.frontier())
     with pytest.raises(ValueError, match="at least one emitted"):
@@ -253,7 +255,7 @@ def test_early_exit_on_embedded_model(smollm):
     n_layers = 8
     draft = EarlyExitDraft(model, n_layers, k=4)
     seq = tok("The capital of France is")["input_ids"]
-    draft.prefill(seq)
+    draft.start(seq)
     b = DynamicTreeBuilder(6, 2, k=4)
     b.reset(seq[-1])
     while not b.done:

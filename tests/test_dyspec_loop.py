@@ -168,6 +168,31 @@ def test_static_sampled_children_without_replacement():
     assert chisquare(second, want2 * n).pvalue > 1e-3
 
 
+def test_static_sampled_draws_come_from_the_counter_rng():
+    """Seeded draws are the core's counter-based uniforms (stream = tree, counter = node << 32 |
+    column): the same seed gives the same trees, and the first child is the Gumbel-top-1."""
+    from tokenloom import _core
+
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+
+    def trees(seed):
+        b = StaticTreeBuilder([[0], [1]], sampled=True, seed=seed)
+        out = []
+        for _ in range(20):
+            b.reset(0)
+            b.expand([0], [[10, 11, 12, 13]], [p])
+            out.append(b.tree().tokens.tolist())
+        return out
+
+    assert trees(5) == trees(5) and trees(5) != trees(6)
+    u = _core.uniforms(5, np.full(4, 2, dtype=np.uint64), np.arange(4, dtype=np.uint64))  # tree 2: the first reset after __init__
+    assert trees(5)[0][1] == 10 + int(np.argmax(np.log(p) - np.log(-np.log(u))))
+    with pytest.raises(ValueError, match="seed"):
+        StaticTreeBuilder([[0]], sampled=True, seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        StaticTreeBuilder([[0]], sampled=True, seed=1.5)
+
+
 def test_bad_input(tiny4):
     ids = _prompt(1)
     for bad in (0, -1, 1.5):

@@ -559,7 +559,7 @@ def test_step_cost_file_that_is_a_pipe_or_hostile_is_measured_again(small_llama)
 
 # -- 3. chain drafters: a history is checked whole before any state changes -------------------
 def test_recycling_chains_check_the_whole_history_first():
-    from tokenloom.integrations.vllm.chains import RecyclingChains
+    from tokenloom.spec.recycling.chains import RecyclingChains
 
     d = RecyclingChains(16, 3)
     with pytest.raises(IndexError, match=r"history: token id -1 is outside the vocabulary \[0, 16\)"):
@@ -588,7 +588,7 @@ def test_recycling_chains_check_the_whole_history_first():
 
 @pytest.mark.parametrize("recycled", [True, False])
 def test_merged_chains_check_histories_and_their_cache(recycled):
-    from tokenloom.integrations.vllm.chains import MergedChains
+    from tokenloom.spec.merged.chains import MergedChains
     from tokenloom.spec.suffix.store import SuffixCache
 
     d = MergedChains(16, 3, recycled=recycled)

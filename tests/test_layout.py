@@ -129,7 +129,7 @@ def test_every_subpackage_has_a_docstring():
 #: below, never from a layer above (lazy imports inside functions included). The request types
 #: sit under everything that decodes; ``generate`` and the method table sit on top of the loop.
 LAYERS = [
-    ["tokenloom._core", "tokenloom._arrays", "tokenloom.device"],
+    ["tokenloom._core", "tokenloom._arrays", "tokenloom._moved", "tokenloom.device"],
     ["tokenloom.sampling"],
     ["tokenloom.request", "tokenloom.runtime"],
     ["tokenloom.verify", "tokenloom.bytelevel"],

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from tokenloom import _core
 from tokenloom.spec.recycling.recycler import TokenRecycler
-from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, PROB_BUCKETS, Calibration
+from tokenloom.spec.merged.calibration import CANDIDATE_CLASSES, PROB_BUCKETS, Calibration
 from tokenloom.spec.sizing import StepCost
-from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, cap_rows, subtree, top_path
+from tokenloom.spec.merged.drafter import MergedDrafter, best_nodes, cap_rows, subtree, top_path
 from tokenloom.spec.suffix.store import SuffixCache
 
 from .suffix_reference import (
@@ -117,7 +117,7 @@ def drafter_states(draw):
     recycled = draw(st.booleans())
     rec = None
     if recycled:
-        rec = TokenRecycler(VOCAB, k, template=[[0]])
+        rec = TokenRecycler(VOCAB, k)
         written = draw(st.lists(tokens, max_size=VOCAB, unique=True))
         if written:
             rows = draw(st.lists(st.lists(st.integers(0, 4) | tokens, min_size=k, max_size=k),
@@ -248,7 +248,7 @@ def test_propose_and_learn_match_the_python_rule(d, data):
 def test_chain_and_auto_cut_the_same_tree():
     """Chain mode keeps the best path, auto mode the best nodes of the core's tree; learn maps
     the cut tree's nodes to their rows."""
-    rec = TokenRecycler(64, 4, template=[[0]])
+    rec = TokenRecycler(64, 4)
     rec.update(np.array([5, 6]), np.array([[40, 41, 40, 0], [7, 9, 10, 11]]))
     for kw in ({"chain": True}, {"budget": "auto", "cost": StepCost((1, 4, 16), (1.0, 1.1, 1.6))}):
         d = MergedDrafter(recycler=rec, seed_prefill=False, **kw)
@@ -263,7 +263,7 @@ def test_chain_and_auto_cut_the_same_tree():
 
 
 def test_grow_bad_input():
-    d = MergedDrafter(recycler=TokenRecycler(VOCAB, 4, template=[[0]]), cache=SuffixCache(), seed_prefill=False)
+    d = MergedDrafter(recycler=TokenRecycler(VOCAB, 4), cache=SuffixCache(), seed_prefill=False)
     d.begin([1, 2, 3, 1, 2], 5)
     b = _core.DynamicTreeBuilder(4, 4)
     est = d.calibration.estimates()

@@ -190,27 +190,27 @@ def test_concurrent_writers_never_corrupt():
 
 
 def test_state_saver_throttles_and_flushes():
-    rec = TokenRecycler(50, 3, template=[[0]])
+    rec = TokenRecycler(50, 3)
     saver = StateSaver(KEY, "saver", 1, rec, min_interval=3600)
     saver.flush()
     assert load_state(KEY, "saver", 1) is None, "nothing changed yet: nothing written"
     rec.update([1], [[2, 3, 4]])
     saver.changed()  # first change: saved at once (written in the background)
     saver.flush()  # waits for that write
-    assert TokenRecycler.from_bytes(load_state(KEY, "saver", 1), template=[[0]]).adjacency()[1].tolist() == [2, 3, 4]
+    assert TokenRecycler.from_bytes(load_state(KEY, "saver", 1)).adjacency()[1].tolist() == [2, 3, 4]
     rec.update([1], [[5, 6, 7]])
     saver.changed()  # within min_interval: kept dirty
-    assert TokenRecycler.from_bytes(load_state(KEY, "saver", 1), template=[[0]]).adjacency()[1].tolist() == [2, 3, 4]
+    assert TokenRecycler.from_bytes(load_state(KEY, "saver", 1)).adjacency()[1].tolist() == [2, 3, 4]
     persist.flush_all()  # what atexit runs
-    assert TokenRecycler.from_bytes(load_state(KEY, "saver", 1), template=[[0]]).adjacency()[1].tolist() == [5, 6, 7]
+    assert TokenRecycler.from_bytes(load_state(KEY, "saver", 1)).adjacency()[1].tolist() == [5, 6, 7]
 
 
 def test_recycler_bytes_round_trip_and_validation():
-    rec = TokenRecycler(100, 4, template=[[0]])
+    rec = TokenRecycler(100, 4)
     rng = np.random.default_rng(0)
     rec.update(rng.integers(0, 100, 30), rng.integers(0, 100, (30, 4)))
     data = rec.to_bytes()
-    back = TokenRecycler.from_bytes(data, 100, 4, template=[[0]])
+    back = TokenRecycler.from_bytes(data, 100, 4)
     assert np.array_equal(back.adjacency(), rec.adjacency())
     with pytest.raises(ValueError, match="vocab"):
         TokenRecycler.from_bytes(data, 101)

@@ -154,7 +154,7 @@ def ref_verify_tree(parents, tokens, target_probs, draft_probs=None, *, seed=Non
 
 def _sampling_chi2(model, temperature=2.0, top_k=3, trials=1500):
     ids = _prompt(21, n=8)
-    rec = TokenRecycler(49152, template="2.2.2")
+    rec = TokenRecycler(49152)
     # warm rows so that the drafts hit (the acceptance path is exercised), then a tree that
     # holds only some of the candidates (the rejection path too)
     tokenloom.generate(model, ids, method="recycling", max_new_tokens=20, recycler=rec, eos_token_id=[])

@@ -15,6 +15,7 @@ from tokenloom.decoding.methods import register_drafter, resolve_method
 from tokenloom.spec.base import DraftTree, Drafter
 from tokenloom.spec.lookup import LookupDrafter
 from tokenloom.spec.recycling.recycler import TokenRecycler
+from tokenloom.spec.templates import compile_template
 
 from .greedy_compare import count_same_as_hf, hf_greedy, same_or_near_tie
 from .spec_reference import joint_chi2, prompt_ids
@@ -272,14 +273,15 @@ def test_two_threads_share_one_recycler(tiny_llama):
 
 
 def test_recycler_draft_and_update_from_two_threads():
-    rec = TokenRecycler(1000, 8, template="2.2.2-16")
+    rec = TokenRecycler(1000, 8)
+    template = compile_template("2.2.2-16")
     errors = []
 
     def work(seed):
         r = np.random.default_rng(seed)
         try:
             for _ in range(300):
-                tree = rec.draft(int(r.integers(0, 1000)))
+                tree = rec.draft(int(r.integers(0, 1000)), template)
                 rec.update(tree.tokens, r.integers(0, 1000, size=(tree.size, 8)))
         except Exception as e:  # pragma: no cover
             errors.append(e)

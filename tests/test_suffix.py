@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import tokenloom
 from tokenloom.spec.recycling.recycler import TokenRecycler
 from tokenloom.spec.sizing import StepCost
-from tokenloom.spec.suffix.calibration import Calibration
-from tokenloom.spec.suffix.drafter import MergedDrafter, best_nodes, cap_rows, subtree
+from tokenloom.spec.merged.calibration import Calibration
+from tokenloom.spec.merged.drafter import MergedDrafter, best_nodes, cap_rows, subtree
 from tokenloom.spec.suffix.store import SuffixCache, SuffixIndex
 
 from .greedy_compare import count_same_as_hf, hf_greedy

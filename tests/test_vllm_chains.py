@@ -12,9 +12,9 @@ import types
 import numpy as np
 import pytest
 
-from tokenloom.integrations.vllm.chains import MergedChains, chain_drafters, make_chain_drafter
+from tokenloom.spec.chains import MergedChains, chain_drafters, make_chain_drafter
 from tokenloom.integrations.vllm.proposer import MergedProposer, Proposer, SuffixProposer, drafter_options
-from tokenloom.spec.suffix.drafter import top_path
+from tokenloom.spec.merged.drafter import top_path
 
 from .suffix_reference import cap_reference
 from .test_vllm_proposer import committed, drive_reordered
@@ -265,3 +265,28 @@ def test_bad_options_are_clear_errors(monkeypatch):
     monkeypatch.setenv("TOKENLOOM_VLLM_OPTIONS", '{"nope": 1}')
     with pytest.raises(ValueError, match=r"unknown options \['nope'\]"):
         Proposer(_config())
+
+
+def test_old_module_paths_warn_and_still_work():
+    """``tokenloom.integrations.vllm.chains`` moved to ``tokenloom.spec.chains`` and the merged
+    drafter's modules from ``tokenloom.spec.suffix`` to ``tokenloom.spec.merged``: the old
+    names import, with a DeprecationWarning, and give the same objects."""
+    import importlib
+
+    from tokenloom.spec import chains
+    from tokenloom.spec.merged import calibration, drafter, method
+
+    for old, new, names in (
+        ("tokenloom.integrations.vllm.chains", chains, ["RecyclingChains", "MergedChains", "ChainDrafter",
+                                                        "CHAIN_DRAFTERS", "register_chain_drafter", "make_chain_drafter"]),
+        ("tokenloom.spec.suffix.drafter", drafter, ["MergedDrafter", "top_path", "cap_rows"]),
+        ("tokenloom.spec.suffix.method", method, ["make_merged_drafter", "make_suffix_drafter"]),
+        ("tokenloom.spec.suffix.calibration", calibration, ["Calibration"]),
+    ):
+        mod = importlib.import_module(old)
+        for name in names:
+            with pytest.warns(DeprecationWarning, match=f"{old} moved to {new.__name__}"):
+                assert getattr(mod, name) is getattr(new, name)
+    from tokenloom.integrations.vllm import make_chain_drafter as adapter_name  # the adapter's re-export
+
+    assert adapter_name is chains.make_chain_drafter

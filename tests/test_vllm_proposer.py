@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from tokenloom.integrations.vllm.chains import (
+from tokenloom.spec.chains import (
     RecyclingChains,
     chain_drafters,
     make_chain_drafter,
@@ -23,6 +23,8 @@ from tokenloom.integrations.vllm.proposer import (
     check_vllm_version,
     proposer_class,
 )
+
+from .spec_reference import move_to_front_reference
 
 V = 50
 
@@ -64,11 +66,8 @@ def test_recycling_chains_reference():
     d = RecyclingChains(V, 4, k=3)
     rows = {}
 
-    def mtf(t, s, known_before=()):
-        if t in known_before:
-            return
-        old = rows.get(t, [])
-        rows[t] = ([s] + [x for x in old if x != s] + [s] * 3)[:3]
+    def mtf(t, s):
+        move_to_front_reference(rows, [t], [s], 3)
 
     def chain(root, n):
         out, t = [], root

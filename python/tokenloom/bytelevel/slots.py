@@ -3,7 +3,8 @@ slot one tree node (a token fed after its ancestors' slots), in whatever order t
 them. Built on the shared tree-attention and KV-cache code: masks from
 :func:`tokenloom.runtime.treeattn.slot_attention_mask` / ``causal_attention_mask``, positions
 from ``tree_position_ids``, and :func:`tokenloom.runtime.kvcache.keep_slots` /
-``crop_cache`` to drop slots no live path needs.
+``crop_cache`` to drop slots no live path needs; each forward is
+:func:`tokenloom.runtime.slots.slot_forward`.
 
 Device: inputs are created on the model's device and the logits stay there, as float32 (a
 half-precision model's logits are converted; the distributions are float32 either way).
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any, List, Sequence
 
-from tokenloom.runtime.compat import cache_arg, output_cache
 from tokenloom.runtime.kvcache import cache_length, cache_nbytes, crop_cache, keep_slots, kv_bytes_per_token
 from tokenloom.runtime.model import model_dtype_device
-from tokenloom.runtime.treeattn import causal_attention_mask, slot_attention_mask, tree_position_ids
+from tokenloom.runtime.slots import slot_forward
+from tokenloom.runtime.treeattn import causal_attention_mask, slot_attention_mask
 
 __all__ = ["KVSlots"]
 
@@ -113,18 +114,11 @@ class KVSlots:
         if self.cache is None:
             self.cache = DynamicCache()
         with torch.no_grad(), packed_linears(self.model, "auto" if self.pack else False):
-            out = self.model(
-                input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
-                position_ids=tree_position_ids(positions, 0, self.device),
-                attention_mask=mask,
-                use_cache=True,
-                **cache_arg(self.model, self.cache),
-            )
-        self.cache = output_cache(out)
+            logits, self.cache = slot_forward(self.model, self.cache, tokens, positions, mask, self.device)
         self.n += len(tokens)
         if self.n:
             self.bytes_per_slot = cache_nbytes(self.cache) // max(cache_length(self.cache), 1) or self.bytes_per_slot
-        return self._float_logits(out.logits[0])
+        return self._float_logits(logits)
 
     def _float_logits(self, logits: Any) -> Any:
         """``logits`` as float32, checked to be where the model's parameters are.

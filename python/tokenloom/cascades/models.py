@@ -1,59 +1,16 @@
 """A cheaper model that shares the tokenizer of a given one, when no smaller sibling is at hand:
-the first layers of the model itself (an early exit), or the model with its decoder weights
-rounded to a few bits (weight-only round-to-nearest), each as a regular Hugging Face causal LM."""
+the first layers of the model itself (an early exit, :func:`early_exit_model`, whose home is
+:mod:`tokenloom.runtime.earlyexit`), or the model with its decoder weights rounded to a few bits
+(weight-only round-to-nearest), each as a regular Hugging Face causal LM."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Tuple
+from typing import Any
+
+from tokenloom.runtime.earlyexit import decoder_layers, early_exit_model
 
 __all__ = ["early_exit_model", "quantized_model", "round_weights"]
-
-
-def _decoder(model: Any, who: str) -> Tuple[str, Any, Any]:
-    """``(prefix, base model, its layers ModuleList)`` of a Llama-style decoder.
-
-    Raises:
-        ValueError: no ``layers`` ModuleList under ``model.<base_model_prefix>``.
-    """
-    import torch
-
-    prefix = getattr(model, "base_model_prefix", "model")
-    base = getattr(model, prefix, None)
-    layers = getattr(base, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(f"{who} needs a decoder with a 'layers' ModuleList, got {type(model).__name__}")
-    return prefix, base, layers
-
-
-def early_exit_model(model: Any, n_layers: int) -> Any:
-    """The first ``n_layers`` decoder layers of ``model``, then its final norm and lm_head, as a
-    causal LM object of the same class. Weights are shared (no copy); the original is unchanged.
-
-    Supports Llama-style decoders (``model.<base>.layers``: Llama, Mistral, Qwen2, SmolLM, ...).
-
-    Raises:
-        ValueError: ``n_layers`` outside [1, number of layers], or no ``layers`` list.
-    """
-    import torch
-
-    prefix, base, layers = _decoder(model, "early_exit_model")
-    total = len(layers)
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not (1 <= n_layers <= total):
-        raise ValueError(f"n_layers: expected an int in [1, {total}], got {n_layers!r}")
-    config = copy.deepcopy(model.config)
-    config.num_hidden_layers = n_layers
-    if getattr(config, "layer_types", None) is not None:
-        config.layer_types = list(config.layer_types)[:n_layers]
-    new_base = copy.copy(base)
-    new_base._modules = dict(base._modules)
-    new_base.layers = torch.nn.ModuleList(list(layers)[:n_layers])
-    new_base.config = config
-    out = copy.copy(model)
-    out._modules = dict(model._modules)
-    setattr(out, prefix, new_base)
-    out.config = config
-    return out
 
 
 def round_weights(weight: Any, bits: int, group_size: int) -> Any:
@@ -96,7 +53,7 @@ def quantized_model(model: Any, bits: int = 4, group_size: int = 64) -> Any:
     """
     import torch
 
-    prefix, _base, _layers = _decoder(model, "quantized_model")
+    prefix, _base, _layers = decoder_layers(model, "quantized_model")
     out = copy.deepcopy(model)
     with torch.no_grad():
         for mod in getattr(out, prefix).layers.modules():

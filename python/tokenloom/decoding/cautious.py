@@ -206,26 +206,20 @@ class _Tree:
 
 
 def _forward_nodes(model: Any, cache: Any, tree: _Tree, nodes: List[int], prefix_len: int, past: int) -> Any:
-    """One tree forward of ``nodes`` (their ancestors already cached); returns logits [q, V]."""
-    import torch
-
+    """One tree forward of ``nodes`` (their ancestors already cached in ``cache``, a
+    ``DynamicCache`` that grows in place); returns logits [q, V]."""
     from tokenloom.runtime.model import model_dtype_device
+    from tokenloom.runtime.slots import slot_forward
     from tokenloom.runtime.treeattn import prefix_tree_mask
 
     dtype, device = model_dtype_device(model)
     visible = [[tree.slot[a] for a in tree.ancestors(n)[:-1]] for n in nodes]
-    depth = [len(v) for v in visible]
     mask = prefix_tree_mask(prefix_len, past, visible, dtype, device)
-    out = model(
-        input_ids=torch.tensor([[tree.token[n] for n in nodes]], dtype=torch.long, device=device),
-        position_ids=torch.tensor([[prefix_len + d for d in depth]], dtype=torch.long, device=device),
-        attention_mask=mask,
-        use_cache=True,
-        **cache_arg(model, cache),
-    )
+    positions = [prefix_len + len(v) for v in visible]
+    logits, _ = slot_forward(model, cache, [tree.token[n] for n in nodes], positions, mask, device)
     for j, n in enumerate(nodes):
         tree.slot[n] = past + j
-    return out.logits[0].float()
+    return logits.float()
 
 
 def _run_trials(

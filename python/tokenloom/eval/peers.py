@@ -1,5 +1,6 @@
-"""Benchmark-only peers of the merged drafter, run in tokenloom's one loop (never part of
-``generate``'s method table unless the bench registers them):
+"""Benchmark-only peers of the merged drafter, run in tokenloom's one loop. They are never in
+``generate``'s method table: the bench's own table, :data:`BENCH_METHODS`, is visible only
+inside its calls (:func:`tokenloom.decoding.methods.method_scope`):
 
 * :class:`SamSwitchDrafter` — the SAM-Decoding rule (arXiv 2411.10666): when the longest suffix
   match (this request's tokens or the cross-request cache) is at least ``threshold`` tokens,
@@ -17,19 +18,20 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tokenloom.decoding.methods import method_scope, speculative_method
 from tokenloom.spec.base import DraftTree
+from tokenloom.spec.merged.drafter import MergedDrafter
 from tokenloom.spec.recycling.recycler import TokenRecycler
-from tokenloom.spec.suffix.drafter import MergedDrafter
 from tokenloom.spec.suffix.store import SuffixCache
 from tokenloom.spec.templates import compile_template
 
 __all__ = [
     "ArcticDrafter",
+    "BENCH_METHODS",
     "PEER_KINDS",
     "SamSwitchDrafter",
     "arctic_available",
@@ -72,7 +74,8 @@ class SamSwitchDrafter(MergedDrafter):
     """
 
     def __init__(self, *, recycler: TokenRecycler, cache: Optional[SuffixCache], budget: int = 16, threshold: int = SAM_THRESHOLD):
-        super().__init__(recycler=recycler, cache=cache, budget=budget)
+        # The switched trees offer no calibrated candidates: learn indexes only.
+        super().__init__(recycler=recycler, cache=cache, budget=budget, calibrate=False)
         self.name = "sam-switch"
         self.threshold = threshold
         self.template = compile_template(f"2.2.2-{budget}")
@@ -87,11 +90,8 @@ class SamSwitchDrafter(MergedDrafter):
                 best = draft
         if best is not None and best[4] >= self.threshold:
             self._chains += 1
-            tree = _chain_tree(int(root), best_chain(best[0], best[1], best[2], self.budget))
-        else:
-            tree = self.recycler.draft(int(root), self.template)
-        self._tree_rows = np.full(tree.size, -1, dtype=np.int64)  # no offered rows: learn indexes only
-        return tree
+            return _chain_tree(int(root), best_chain(best[0], best[1], best[2], self.budget))
+        return self.recycler.draft(int(root), self.template)
 
     def stats(self) -> Dict[str, Any]:
         return {"sam_chain_steps": self._chains}
@@ -176,8 +176,12 @@ def make_arctic_drafter(model: Any, cfg: Any, next_seed: Callable[[], int], *, c
 #: from another's outputs.
 PEER_KINDS = ("recycling", "suffix", "merged", "sam", "arctic")
 _PEER = re.compile(r"^(recycling|suffix|merged|sam|arctic)-(\d+|auto)$")
-_REGISTER = threading.Lock()
-_REGISTERED = {"sam": ("bench-sam-switch", make_sam_drafter), "arctic": ("bench-arctic-suffix", make_arctic_drafter)}
+#: The bench's own methods (never in the library's table): name -> method.
+BENCH_METHODS = {
+    "bench-sam-switch": speculative_method(make_sam_drafter),
+    "bench-arctic-suffix": speculative_method(make_arctic_drafter),
+}
+_BENCH_NAMES = {"sam": "bench-sam-switch", "arctic": "bench-arctic-suffix"}
 #: The state tables of every peer function made (cleared by :func:`reset_peer_states`).
 _STATES: List[Dict[Tuple[int, int], Dict[str, Any]]] = []
 
@@ -233,13 +237,7 @@ def peer_method(name: str) -> Any:
     else:
         kwargs = {"budget": budget}
         method = kind
-    if kind in _REGISTERED:
-        from tokenloom.decoding.methods import methods, register_drafter
-
-        method, factory = _REGISTERED[kind]
-        with _REGISTER:
-            if method not in methods():
-                register_drafter(method, factory)
+    method = _BENCH_NAMES.get(kind, method)
     state: Dict[Tuple[int, int], Dict[str, Any]] = {}
     _STATES.append(state)
 
@@ -250,7 +248,8 @@ def peer_method(name: str) -> Any:
         key = (id(model), logits_width(model))
         if key not in state:
             state[key] = _state(kind, key[1])
-        out = generate(model, ids, method=method, max_new_tokens=n, eos_token_id=eos, **kwargs, **state[key])
+        with method_scope(BENCH_METHODS):
+            out = generate(model, ids, method=method, max_new_tokens=n, eos_token_id=eos, **kwargs, **state[key])
         extra = {k: v for k, v in out.stats.extra.items() if k in ("tree_sizes", "accepted_hist", "draft_seconds", "verify_seconds")}
         return out.sequences[0, ids.shape[1]:].tolist(), extra
 

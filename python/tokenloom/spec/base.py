@@ -1,5 +1,7 @@
-"""The two things every speculative method shares: the :class:`DraftTree` a drafter proposes and
-the :class:`Drafter` protocol the one loop (:mod:`tokenloom.spec.loop`) drives.
+"""What every speculative method shares: the :class:`DraftTree` a drafter proposes, the
+:class:`Drafter` protocol the one loop (:mod:`tokenloom.spec.loop`) drives, and its chain form,
+:class:`ChainDrafter`, for serving stacks that verify chains from token histories (vLLM's
+proposer; the table of chain drafters is :mod:`tokenloom.spec.chains`).
 
 Tree format (flat, BFS-compatible): node 0 is the root (the newest token, not yet in the KV
 cache), ``parents[0] == -1`` and ``0 <= parents[i] < i``; node ``i`` sits at position
@@ -9,7 +11,7 @@ cache), ``parents[0] == -1`` and ``0 <= parents[i] < i``; node ``i`` sits at pos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from tokenloom.verify.kernels import VerifyResult
 
-__all__ = ["DraftTree", "Drafter"]
+__all__ = ["ChainDrafter", "DraftTree", "Drafter"]
 
 _ROOT_PARENTS = np.array([-1], dtype=np.int64)
 _ROOT_DEPTHS = np.zeros(1, dtype=np.int64)
@@ -108,6 +110,54 @@ class Drafter(Protocol):
 
     def stats(self) -> Dict[str, Any]:
         """Drafter-specific statistics for :attr:`tokenloom.GenerateStats.extra` (may be empty)."""
+        ...
+
+
+class ChainDrafter(Protocol):
+    """A drafter in chain form, for serving stacks that verify chains from token histories
+    (vLLM's ``custom_class`` proposer, :mod:`tokenloom.integrations.vllm.proposer`).
+
+    A chain drafter serves a whole batch and every request in it: it keeps global state (Token
+    Recycling's matrix, the cross-request suffix cache, the acceptance calibration) and
+    receives, per step and per request, the committed history, what the target said about its
+    last proposal and the request's own state (the object :meth:`start` returned). It never
+    sees request ids: the caller keys per-request state by token history (rows may be
+    reordered between steps) and says when a request left the batch (:meth:`finish`). Every
+    input is checked whole before any state changes: token ids are ints in
+    ``[0, vocab_size)`` (floats are refused, never truncated).
+
+    Attributes:
+        name: the registered name.
+        wants_topk: whether :meth:`observe` uses the target's top-k ids (the caller then
+            captures them from the target model when it can).
+    """
+
+    name: str
+    wants_topk: bool
+
+    def start(self, history: np.ndarray) -> Any:
+        """A request seen for the first time: ``history`` int [n] (prompt + first token).
+        Returns the request's state (None when the drafter keeps none), handed back to
+        :meth:`observe`, :meth:`propose` and :meth:`finish` for this request."""
+        ...
+
+    def observe(self, verified: np.ndarray, emitted: np.ndarray, topk: Optional[np.ndarray], state: Any = None) -> None:
+        """One verified step of one request: ``verified`` int [m + 1] (the root, i.e. the token
+        before the step, then the m proposed tokens), ``emitted`` int [a + 1] (the accepted
+        proposals then the target's own token), ``topk`` int [m + 1, k] the target's top-k ids
+        after every verified position, or None when the caller could not capture them."""
+        ...
+
+    def propose(self, history: np.ndarray, max_tokens: int, state: Any = None) -> List[int]:
+        """A chain of at most ``max_tokens`` tokens to follow ``history`` (int [n]); [] for none."""
+        ...
+
+    def finish(self, state: Any) -> None:
+        """The request left the batch (finished, aborted or preempted): its last state."""
+        ...
+
+    def stats(self) -> Dict[str, Any]:
+        """Drafter statistics (may be empty)."""
         ...
 
 

@@ -1,6 +1,6 @@
 """Step API for people who own their decoding loop (serving engines, research code): a drafter
 proposes a tree and :class:`TreeStep` builds the model inputs of ONE tree forward;
-``step.accept(logits)`` verifies (the same :class:`~tokenloom.verify.policy.TreeVerifier` as
+``step.verify(logits)`` verifies (the same :class:`~tokenloom.verify.policy.TreeVerifier` as
 :func:`tokenloom.generate`), lets the drafter learn and says which cache entries to keep. The
 model call and the cache stay in the caller's hands.
 
@@ -11,7 +11,7 @@ prompt after a prefill) and ``last`` the newest token, not yet in the cache::
     step = TreeStep.propose(drafter, last, past, device=model.device, dtype=model.dtype)
     logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
                    position_ids=step.position_ids, **cache_arg(model, cache)).logits
-    new_tokens, keep = step.accept(logits)              # keep: LongTensor [past + len(new)]
+    new_tokens, keep = step.verify(logits)              # keep: LongTensor [past + len(new)]
     for layer in cache.layers:                          # or kvcache.compact_cache(cache, past, step.path)
         layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)
     past, last = past + len(new_tokens), new_tokens[-1]
@@ -22,6 +22,7 @@ sequence except the newest (``new_tokens[-1]``), which is the next root.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import numpy as np
@@ -39,14 +40,14 @@ class TreeStep:
     """One drafted tree and the model inputs of its forward.
 
     Attributes:
-        drafter: the drafter that proposed it (it learns in :meth:`accept`).
+        drafter: the drafter that proposed it (it learns in :meth:`verify`).
         tree: the :class:`~tokenloom.spec.base.DraftTree` (``tokens``, ``parents``,
             ``depths``: int64 [T]).
         past_len: cache entries before the tree.
         input_ids: LongTensor [1, T], the node tokens (root first).
         attention_mask: additive float mask (1, 1, T, past_len + T), 0 = see, dtype min = hide.
         position_ids: LongTensor [1, T], ``past_len + depth``.
-        path: after :meth:`accept`, the accepted node indices (int64 [n], starting with 0), the
+        path: after :meth:`verify`, the accepted node indices (int64 [n], starting with 0), the
             argument :func:`tokenloom.runtime.kvcache.compact_cache` takes.
     """
 
@@ -117,7 +118,12 @@ class TreeStep:
             raise ValueError("logits: NaN or +inf values (the model's output is broken)")
         return logits
 
-    def accept(
+    def accept(self, logits: Any, **kwargs: Any) -> Tuple[List[int], "torch.Tensor"]:
+        """Deprecated name of :meth:`verify` (``accept`` is the :class:`~tokenloom.spec.base.Drafter`'s)."""
+        warnings.warn("TreeStep.accept is deprecated: use TreeStep.verify (same arguments)", DeprecationWarning, stacklevel=2)
+        return self.verify(logits, **kwargs)
+
+    def verify(
         self,
         logits: Any,
         *,
@@ -146,7 +152,7 @@ class TreeStep:
 
         Raises:
             TypeError: logits not a tensor. ValueError: wrong shape or dtype, NaN / +inf
-            logits, a bad sampling parameter. RuntimeError: the step was already accepted.
+            logits, a bad sampling parameter. RuntimeError: the step was already verified.
         """
         import torch
 
@@ -154,7 +160,7 @@ class TreeStep:
         from tokenloom.verify.policy import TreeVerifier
 
         if self._done:
-            raise RuntimeError("accept: this step was already accepted; propose a new step")
+            raise RuntimeError("verify: this step was already verified; propose a new step")
         x = self._logits_2d(logits)
         cfg = make_config(
             max_new_tokens=0, eos_token_ids=(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed

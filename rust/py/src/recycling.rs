@@ -327,6 +327,39 @@ impl PyTokenRecycler {
         py.detach(|| self.write()?.rec.update(t, ids, width).map_err(to_py))
     }
 
+    /// Move-to-front, the update rule from committed tokens alone (no top-k): for i = 0..n-1 in
+    /// order, successors[i] moves to rank 0 of row tokens[i], the row's other candidates keep
+    /// their order below it (copies of it are dropped), and the row is padded with it to k.
+    /// Rows listed in `empty` start with no candidates (rows never written), so a new row
+    /// becomes [s, s, ..., s]. Every id is checked before any row is written: an error writes
+    /// nothing.
+    ///
+    /// Args:
+    ///     tokens (np.ndarray[int64], shape [n]): the row of each pair.
+    ///     successors (np.ndarray[int64], shape [n]): the token that followed tokens[i].
+    ///     empty (np.ndarray[int64] | None, shape [m]): rows to read as empty at their first
+    ///         pair (None: none).
+    ///
+    /// Raises:
+    ///     ValueError: tokens and successors differ in length, an array is not 1-D.
+    ///     IndexError: an id outside [0, vocab_size).
+    #[pyo3(signature = (tokens, successors, empty = None))]
+    fn move_to_front(
+        &self,
+        py: Python<'_>,
+        tokens: Ids1<'_>,
+        successors: Ids1<'_>,
+        empty: Option<Ids1<'_>>,
+    ) -> PyResult<()> {
+        let t = slice1("tokens", &tokens)?;
+        let s = slice1("successors", &successors)?;
+        let e: &[i64] = match &empty {
+            Some(e) => slice1("empty", e)?,
+            None => &[],
+        };
+        py.detach(|| self.write()?.rec.move_to_front(t, s, e).map_err(to_py))
+    }
+
     /// Seed rows from the prompt's prefill: row prompt[i] := topk_ids[i] (later positions win).
     ///
     /// Args:

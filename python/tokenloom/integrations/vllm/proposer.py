@@ -40,7 +40,7 @@ capture off (move-to-front updates from committed tokens only).
 
 Choosing the drafter: by name, ``TOKENLOOM_VLLM_DRAFTER`` (default ``merged``; ``suffix``,
 ``recycling``, any
-:func:`~tokenloom.integrations.vllm.chains.chain_drafters` name), or a per-name class such as
+:func:`~tokenloom.spec.chains.chain_drafters` name), or a per-name class such as
 ``tokenloom.integrations.vllm.proposer.RecyclingProposer`` (``SuffixProposer``,
 ``MergedProposer``); the drafter's options as a JSON object in ``TOKENLOOM_VLLM_OPTIONS`` (e.g.
 ``{"cache_bytes": 16777216}``). ``TOKENLOOM_VLLM_STATS=path`` writes
@@ -62,7 +62,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tokenloom.integrations.vllm.chains import ChainDrafter, chain_drafters, make_chain_drafter
+from tokenloom.spec.chains import ChainDrafter, chain_drafters, make_chain_drafter
 from tokenloom.spec.topk import top_k_ids
 
 __all__ = [

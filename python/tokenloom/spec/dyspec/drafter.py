@@ -149,9 +149,9 @@ class DySpecDrafter:
         seq = torch.cat([input_ids[0].cpu(), torch.tensor([int(first_token)])])
         self._cache = cache
         if self._early:
-            self.draft.prefill(seq, target_cache=cache)
+            self.draft.start(seq, target_cache=cache)
         else:
-            self.draft.prefill(seq)
+            self.draft.start(seq)
 
     def propose(self, root: int, past_len: int) -> DraftTree:
         """Grow a tree below ``root``: one batched draft forward per depth."""

@@ -4,7 +4,7 @@ own first layers (:class:`EarlyExitDraft`, self-speculative, no second model).
 Both keep a KV cache in step with the committed sequence and evaluate a whole builder
 frontier in one forward with a tree attention mask. The protocol of one speculative step::
 
-    draft.prefill(ids)                        # once: ids = prompt (+ tokens emitted so far)
+    draft.start(ids)                          # once: ids = prompt (+ tokens emitted so far)
     tree = builder.build(ids[-1], draft)      # root = last token; draft.expand per depth
     ...                                       # target verifies the tree
     draft.commit(emitted)                     # accepted draft tokens + the bonus token
@@ -21,11 +21,13 @@ Only ``DynamicCache`` is supported (``cache.layers[i].keys / .values`` [B, H, S,
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from tokenloom.runtime.compat import cache_arg
+from tokenloom.runtime.earlyexit import early_exit_model
 from tokenloom.runtime.model import logits_width
 
 from tokenloom.runtime.kvcache import cache_length, compact_cache
@@ -132,12 +134,13 @@ class TreeDraft:
         self._anc.clear()
         self._children.clear()
 
-    def prefill(self, input_ids: Any) -> None:
-        """Start a sequence: cache every token but the last (the first tree root).
+    def prefill(self, *args: Any, **kwargs: Any) -> None:
+        """Deprecated name of :meth:`start` (``prefill`` is the :class:`~tokenloom.spec.base.Drafter`'s)."""
+        warnings.warn(f"{type(self).__name__}.prefill is deprecated: use start (same arguments)", DeprecationWarning, stacklevel=2)
+        self.start(*args, **kwargs)
 
-        Args:
-            input_ids: LongTensor [1, n] or [n] (n >= 1).
-        """
+    def _new_sequence(self, input_ids: Any) -> "torch.Tensor":
+        """``input_ids`` as a 1-D LongTensor, checked, with an empty cache and tree for it."""
         import torch
 
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
@@ -146,6 +149,17 @@ class TreeDraft:
         self._cache = self._new_cache()
         self._reset_tree()
         self._seq_len = int(ids.numel())
+        return ids
+
+    def start(self, input_ids: Any) -> None:
+        """Start a sequence: cache every token but the last (the first tree root).
+
+        Args:
+            input_ids: LongTensor [1, n] or [n] (n >= 1).
+        """
+        import torch
+
+        ids = self._new_sequence(input_ids)
         self._pending = [int(ids[-1])]
         if ids.numel() > 1:
             head = ids[:-1].view(1, -1).to(self.device)
@@ -160,13 +174,13 @@ class TreeDraft:
         deeper frontiers see the committed prefix and their tree ancestors.
 
         Raises:
-            ValueError: no prefill, a root token that is not the last committed token, a
+            ValueError: no start, a root token that is not the last committed token, a
                 node whose parent was never forwarded, a node forwarded twice.
         """
         import torch
 
         if self._cache is None:
-            raise ValueError("draft has no sequence: call prefill(input_ids) first")
+            raise ValueError("draft has no sequence: call start(input_ids) first (formerly prefill)")
         ids = [int(x) for x in np.asarray(frontier.ids).reshape(-1)]
         tokens = [int(x) for x in np.asarray(frontier.tokens).reshape(-1)]
         parents = [int(x) for x in np.asarray(frontier.parents).reshape(-1)]
@@ -242,10 +256,10 @@ class TreeDraft:
         pending; the last emitted token always does (it is the next root).
 
         Raises:
-            ValueError: no prefill or no tokens.
+            ValueError: no start or no tokens.
         """
         if self._cache is None:
-            raise ValueError("draft has no sequence: call prefill(input_ids) first")
+            raise ValueError("draft has no sequence: call start(input_ids) first (formerly prefill)")
         toks = [int(t) for t in np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens).reshape(-1)]
         if not toks:
             raise ValueError("tokens: expected at least one emitted token")
@@ -327,9 +341,10 @@ class HFDraft(TreeDraft):
         return out.logits[0]
 
 
-class EarlyExitDraft(TreeDraft):
+class EarlyExitDraft(HFDraft):
     """Self-speculative draft: the target's first ``n_layers`` decoder layers, then its final
-    norm and lm_head. No second model and no extra weights.
+    norm and lm_head (:func:`~tokenloom.runtime.earlyexit.early_exit_model`, sharing the
+    target's weights). No second model and no extra weights.
 
     The first layers of the target compute the very same keys/values on the same tokens, so
     after the target has run on the committed prefix :meth:`adopt_cache` takes those layers
@@ -344,7 +359,6 @@ class EarlyExitDraft(TreeDraft):
     """
 
     def __init__(self, target: Any, n_layers: int, *, k: int = 8, temperature: float = 1.0):
-        super().__init__(k=k, temperature=temperature)
         base = getattr(target, getattr(target, "base_model_prefix", "model"), None)
         needed = ("embed_tokens", "layers", "norm", "rotary_emb")
         if base is None or not all(hasattr(base, a) for a in needed) or not hasattr(target, "lm_head"):
@@ -352,59 +366,18 @@ class EarlyExitDraft(TreeDraft):
                 f"EarlyExitDraft needs a Llama-style decoder ({', '.join(needed)}, lm_head); "
                 f"got {type(target).__name__}"
             )
-        total = len(base.layers)
-        if not isinstance(n_layers, int) or not (1 <= n_layers <= total):
-            raise ValueError(f"n_layers: expected an int in [1, {total}], got {n_layers!r}")
+        super().__init__(early_exit_model(target, n_layers), k=k, temperature=temperature)
         self.target = target
         self.n_layers = n_layers
-        self._base = base
 
-    @property
-    def device(self) -> Any:
-        return self.target.device
-
-    @property
-    def dtype(self) -> Any:
-        return self.target.dtype
-
-    def _forward(self, input_ids: "torch.Tensor", position_ids: "torch.Tensor", mask: Optional["torch.Tensor"]) -> "torch.Tensor":
-        import torch
-
-        base = self._base
-        past = self.cache_len
-        cache_position = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
-        h = base.embed_tokens(input_ids)
-        rope = base.rotary_emb(h, position_ids)
-        for layer in base.layers[: self.n_layers]:
-            h = layer(
-                h,
-                attention_mask=mask,
-                position_ids=position_ids,
-                use_cache=True,
-                cache_position=cache_position,
-                position_embeddings=rope,
-                **cache_arg(layer, self._cache),
-            )
-            if isinstance(h, tuple):  # older decoder layers return (hidden, ...)
-                h = h[0]
-        return self.target.lm_head(base.norm(h))[0]
-
-    def prefill(self, input_ids: Any, target_cache: Any = None) -> None:
-        """As :meth:`TreeDraft.prefill`; with ``target_cache`` (the target's cache after its own
+    def start(self, input_ids: Any, target_cache: Any = None) -> None:
+        """As :meth:`TreeDraft.start`; with ``target_cache`` (the target's cache after its own
         prefill on the first ``L <= n - 1`` tokens) nothing is computed: the prefix's keys and
         values are adopted (see :meth:`adopt_cache`) and the other tokens stay pending."""
-        import torch
-
         if target_cache is None:
-            super().prefill(input_ids)
+            super().start(input_ids)
             return
-        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
-        if ids.numel() == 0:
-            raise ValueError("input_ids: expected at least one token")
-        self._cache = self._new_cache()
-        self._reset_tree()
-        self._seq_len = int(ids.numel())
-        self._pending = [int(t) for t in ids]
+        self._pending = [int(t) for t in self._new_sequence(input_ids)]
         self.adopt_cache(target_cache)
 
     def adopt_cache(self, target_cache: Any) -> None:
@@ -416,7 +389,7 @@ class EarlyExitDraft(TreeDraft):
         verified a step and kept prefix + accepted path, before it sees the bonus token.
 
         Raises:
-            ValueError: no prefill, a tree forwarded since the last commit, or ``L`` out of range.
+            ValueError: no start, a tree forwarded since the last commit, or ``L`` out of range.
         """
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
@@ -424,7 +397,7 @@ class EarlyExitDraft(TreeDraft):
         from tokenloom.runtime.compat import init_cache_layer
 
         if self._cache is None:
-            raise ValueError("draft has no sequence: call prefill(input_ids) first")
+            raise ValueError("draft has no sequence: call start(input_ids) first (formerly prefill)")
         if not self._pending:
             raise ValueError("adopt_cache: call commit(emitted) before adopting the target cache")
         length = _cache_len(target_cache)

@@ -7,7 +7,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tokenloom import _core
 from tokenloom._arrays import as_array
+from tokenloom.sampling.seeds import as_seed, check_seed
 from tokenloom.spec.dyspec.builder import DynamicTree, Frontier
 from tokenloom.spec.templates import nested_template_order
 
@@ -29,16 +31,20 @@ class StaticTreeBuilder:
     Node ``(r1, ..., rm)`` is the ``rm``-th child of node ``(r1, ..., r(m-1))``: its top-``rm``
     draft token (``sampled=False``) or its ``rm``-th draw without replacement from the draft
     row renormalised over its entries (``sampled=True``, Gumbel-top-k, as the dynamic builder).
-    Every node with children in the shape is forwarded, one depth per forward.
+    Every node with children in the shape is forwarded, one depth per forward. The draws come
+    from the core's counter-based generator, as every draw of tokenloom: the Gumbel noise of
+    column ``j`` of node ``n``'s row is ``_core.uniforms(seed, stream, n << 32 | j)``, the
+    stream counting the trees (:meth:`reset` calls), as the dynamic builder's.
 
     Args:
         paths: rank paths, subtree-closed; with ``sampled=True`` the ranks of siblings must be
             ``0..c-1`` (children are the first ``c`` draws).
         sampled: draw children instead of taking the top-k.
-        seed: seed of the draws (None: fresh entropy).
+        seed: seed of the draws, in [0, 2**64) (None: fresh entropy).
 
     Raises:
-        ValueError: an empty, duplicate, negative or not subtree-closed path set.
+        ValueError: an empty, duplicate, negative or not subtree-closed path set; a seed
+            outside [0, 2**64). TypeError: a seed that is not an int.
     """
 
     def __init__(self, paths: Sequence[Sequence[int]], *, sampled: bool = False, seed: Optional[int] = None):
@@ -59,10 +65,15 @@ class StaticTreeBuilder:
         self.budget = len(ps)
         self.max_depth = max(len(p) for p in ps)
         self.k = max(max(p) for p in ps) + 1
-        self._rng = np.random.default_rng(seed)
+        s = check_seed(seed)
+        if s is not None and not 0 <= s < 1 << 64:
+            raise ValueError(f"seed: expected an int in [0, 2**64), got {s}")
+        self.seed = as_seed(s)
+        self._trees = 0
         self.reset(0)
 
     def reset(self, root_token: int) -> None:
+        self._trees += 1  # the stream of this tree's draws
         self._tok: List[int] = [int(root_token)]
         self._par: List[int] = [-1]
         self._dep: List[int] = [0]
@@ -106,7 +117,7 @@ class StaticTreeBuilder:
             row = probs[r]
             if self.sampled:
                 pos = np.nonzero(row > 0)[0]
-                gumbel = np.log(row[pos]) - np.log(-np.log(self._rng.random(pos.size)))
+                gumbel = np.log(row[pos]) - np.log(-np.log(self._uniforms(n, pos.size)))
                 order = pos[np.argsort(-gumbel, kind="stable")].tolist()
             else:
                 order = list(range(row.size))
@@ -125,6 +136,12 @@ class StaticTreeBuilder:
             self._row[n] = self._rows + r
         self._rows += len(self._front)
         self._front = new
+
+    def _uniforms(self, node: int, m: int) -> np.ndarray:
+        """float64 [m]: the counter-based uniforms of node ``node``'s draws in this tree."""
+        streams = np.full(m, self._trees, dtype=np.uint64)
+        counters = (np.uint64(node) << np.uint64(32)) | np.arange(m, dtype=np.uint64)
+        return _core.uniforms(self.seed, streams, counters)
 
     def tree(self) -> DynamicTree:
         n = len(self._tok)

@@ -1,22 +1,29 @@
-"""Token Recycling state (thin wrapper over the Rust ``_core.TokenRecycler``).
+"""Token Recycling state (thin wrapper over the Rust ``_core.TokenRecycler``): the matrix.
 
 The recycler keeps an adjacency matrix ``A[vocab_size, k]`` (uint32) of candidate next tokens per
-token. ``draft(root)`` expands a static template by BFS (node ``i`` gets ``A[token(parent(i)),
-rank(i)]``); ``update(tokens, topk_ids)`` overwrites the row of every verified tree position with
-the target's top-k after it (**last position wins among duplicated tokens**). Rows start at zero
-and are never reset, so one recycler carries its "hot start" across requests;
-``save``/``load`` (or ``to_bytes``/``from_bytes``) carry it across processes, and the per-model
-default recycler of ``generate(method="recycling")`` is persisted in the user cache directory
+token, and Token Recycling's rules on it, all in the Rust core: ``draft(root, template)``
+expands a template by BFS (node ``i`` gets ``A[token(parent(i)), rank(i)]``);
+``update(tokens, topk_ids)`` overwrites the row of every verified tree position with the
+target's top-k after it (**last position wins among duplicated tokens**);
+``move_to_front(tokens, successors)`` is the rule when only the committed tokens are known (the
+chain form, :mod:`tokenloom.spec.recycling.chains`). Rows start at zero and are never reset, so
+one recycler carries its "hot start" across requests; ``save``/``load`` (or
+``to_bytes``/``from_bytes``) carry it across processes, and the per-model default recycler of
+``generate(method="recycling")`` is persisted in the user cache directory
 (:mod:`tokenloom.spec.persist`; ``persist=False`` or ``TOKENLOOM_PERSIST=0`` opts out).
 
-Templates: see :mod:`tokenloom.spec.templates`. ``draft(root, template=...)`` drafts with a
-given compiled template, so each drafter owns its template and the recycler shares only the
-matrix. The matrix is locked inside the Rust object: one recycler may serve several threads.
+Templates (:mod:`tokenloom.spec.templates`) belong to the drafters
+(:class:`~tokenloom.spec.recycling.drafter.RecyclingDrafter` owns its ``tree``); the step API
+takes a drafter (:meth:`tokenloom.spec.step.TreeStep.propose`). The recycler's own template
+(``template=``, ``.template``, ``.set_template``, ``.tree_size``, ``draft(root)`` without a
+template) and ``recycler.propose(...)`` still work, with a DeprecationWarning. The matrix is
+locked inside the Rust object: one recycler may serve several threads.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, List, Optional, Union
 
 import numpy as np
@@ -25,20 +32,33 @@ from tokenloom import _core
 from tokenloom._arrays import as_array, as_int
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.persist import PerModelStates
-from tokenloom.spec.recycling.drafter import RecyclingDrafter
-from tokenloom.spec.step import TreeStep
 from tokenloom.spec.templates import Template, TemplateSpec, compile_template, template_arg
 
 __all__ = ["STATE_VERSION", "DraftTree", "TokenRecycler", "default_recycler", "recycler_changed", "reset_default_recyclers", "state_name"]
 
+#: The template the recycler drafted with before templates moved to the drafters ("2.2.2"
+#: when k >= 8), kept for the deprecated template API only.
+LEGACY_TEMPLATE = "2.2.2"
+
+
+def _deprecated(what: str, instead: str) -> None:
+    warnings.warn(f"TokenRecycler: {what} is deprecated (templates belong to the drafter); {instead}", DeprecationWarning, stacklevel=3)
+
+
+def _legacy_template(k: int) -> Any:
+    """The recycler's own template when none is given (the deprecated template API drafts with
+    it): "2.2.2" when its ranks fit ``k``, else the one-node chain."""
+    return LEGACY_TEMPLATE if k >= 8 else [[0]]
+
 
 class TokenRecycler:
-    """The adjacency matrix [vocab_size, k] and its drafting template.
+    """The adjacency matrix [vocab_size, k] and Token Recycling's update rules on it.
 
     Args:
         vocab_size: rows of the matrix (the model's vocabulary size).
         k: candidates kept per token (8 in the paper).
-        template: a template name or a list of rank paths (see module docs).
+        template: deprecated: the template belongs to the drafter
+            (``RecyclingDrafter(recycler, tree=...)``) or to :meth:`draft`.
 
     Raises:
         ValueError: ``vocab_size`` or ``k`` out of range (``1 <= vocab_size <= 2**24``,
@@ -48,15 +68,31 @@ class TokenRecycler:
 
     __slots__ = ("_r", "__weakref__")
 
-    def __init__(self, vocab_size: int, k: int = 8, template: TemplateSpec = "2.2.2"):
+    def __init__(self, vocab_size: int, k: int = 8, template: Optional[TemplateSpec] = None):
         # By value: a float or a string is a TypeError, a size out of range a ValueError.
-        self._r = _core.TokenRecycler(as_int(vocab_size, "vocab_size"), as_int(k, "k"), template_arg(template))
+        vocab_size, k = as_int(vocab_size, "vocab_size"), as_int(k, "k")
+        if template is None:
+            template = _legacy_template(k)
+        else:
+            _deprecated("TokenRecycler(template=...)", "pass the template to the drafter (RecyclingDrafter(recycler, tree=...)) or to draft(root, template)")
+        self._r = _core.TokenRecycler(vocab_size, k, template_arg(template))
 
     @classmethod
     def _wrap(cls, inner: Any) -> "TokenRecycler":
         obj = cls.__new__(cls)
         obj._r = inner
         return obj
+
+    @classmethod
+    def _wrap_loaded(cls, load: Any, template: Optional[TemplateSpec]) -> "TokenRecycler":
+        """A recycler from ``load(template)`` (the core's load / from_bytes)."""
+        if template is not None:
+            _deprecated("load / from_bytes(template=...)", "pass the template to the drafter or to draft(root, template)")
+            return cls._wrap(load(template_arg(template)))
+        inner = load([[0]])
+        if inner.k >= 8:
+            inner.set_template(LEGACY_TEMPLATE)
+        return cls._wrap(inner)
 
     @property
     def vocab_size(self) -> int:
@@ -73,25 +109,28 @@ class TokenRecycler:
 
     @property
     def template(self) -> List[List[int]]:
-        """The template's rank paths in canonical order."""
+        """Deprecated: the recycler's own template's rank paths in canonical order."""
+        _deprecated("recycler.template", "the drafter owns its template (RecyclingDrafter.template)")
         return [list(p) for p in self._r.template]
 
     @property
     def tree_size(self) -> int:
-        """Tokens per drafted tree, the root included."""
+        """Deprecated: tokens per tree of the recycler's own template, the root included."""
+        _deprecated("recycler.tree_size", "use the drafter's template (RecyclingDrafter.template.size)")
         return int(self._r.tree_size)
 
     def set_template(self, template: TemplateSpec) -> None:
-        """Replace the drafting template (the matrix is kept)."""
+        """Deprecated: replace the recycler's own template (the matrix is kept)."""
+        _deprecated("recycler.set_template(...)", "pass the template to the drafter (RecyclingDrafter(recycler, tree=...))")
         self._r.set_template(template_arg(template))
 
     def draft(self, root_token: int, template: Union[None, TemplateSpec, Template] = None) -> DraftTree:
-        """Draft a tree below ``root_token`` with ``template`` (default: the recycler's own).
+        """Draft the tree of ``template`` below ``root_token`` (one gather per node, in the core).
 
         Args:
             root_token: the newest token (an int id).
             template: a compiled :class:`~tokenloom.spec.templates.Template` (fastest), a name
-                or rank paths; None uses the recycler's own template.
+                or rank paths. None (deprecated) uses the recycler's own template.
 
         Returns:
             DraftTree: ``.tokens``, ``.parents``, ``.depths``, each int64 [T], root first
@@ -102,30 +141,24 @@ class TokenRecycler:
             ValueError: a template rank >= k.
         """
         root = as_int(root_token, "root_token")
+        if template is None:
+            _deprecated("draft(root) without a template", "pass one: draft(root, template)")
         t = None if template is None else compile_template(template)
         d = self._r.draft(root, t)
         return DraftTree(d.tokens, d.parents, d.depths)
 
-    def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> TreeStep:
-        """Step API for hand-written loops (:mod:`tokenloom.spec.step`): draft a tree below
-        ``last_token`` with the recycler's own template and build the inputs of its forward.
-        Same as ``TreeStep.propose(RecyclingDrafter(self, tree=self.template), ...)``.
+    def propose(self, last_token: int, past_len: int, *, device: Any = "cpu", dtype: Any = None) -> Any:
+        """Deprecated: the step API takes a drafter,
+        ``TreeStep.propose(RecyclingDrafter(recycler, tree=...), last_token, past_len, ...)``
+        (:mod:`tokenloom.spec.step`). This drafts with the recycler's own template."""
+        _deprecated(
+            "recycler.propose(...)",
+            "use TreeStep.propose(RecyclingDrafter(recycler, tree=..., seed_prefill=False), last_token, past_len, ...)",
+        )
+        from tokenloom.spec.recycling.drafter import RecyclingDrafter  # the deprecated path only
+        from tokenloom.spec.step import TreeStep
 
-        Args:
-            last_token: the newest token of the sequence (not yet in the cache): the root.
-            past_len: entries in the caller's KV cache (every token before ``last_token``).
-            device: where the model runs. dtype: the model's float dtype (mask), default float32.
-
-        Returns:
-            :class:`~tokenloom.spec.step.TreeStep` with ``input_ids`` [1, T], ``attention_mask``
-            (1, 1, T, past_len + T), ``position_ids`` [1, T], ``tree``; then
-            ``step.accept(logits) -> (tokens, keep)`` verifies and updates this recycler.
-
-        Raises:
-            TypeError: ``last_token`` not an int. IndexError: outside ``[0, vocab_size)``.
-            ValueError: ``past_len < 0`` or a non-float ``dtype``.
-        """
-        drafter = RecyclingDrafter(self, tree=self.template, seed_prefill=False)
+        drafter = RecyclingDrafter(self, tree=[list(p) for p in self._r.template], seed_prefill=False)
         return TreeStep.propose(drafter, last_token, past_len, device=device, dtype=dtype)
 
     def update(self, tokens: Any, topk_ids: Any) -> None:
@@ -139,6 +172,27 @@ class TokenRecycler:
             ValueError: shapes; IndexError: ids outside ``[0, vocab_size)``.
         """
         self._r.update(as_array(tokens, np.int64, "tokens", 1), as_array(topk_ids, np.int64, "topk_ids", 2))
+
+    def move_to_front(self, tokens: Any, successors: Any, *, empty: Any = None) -> None:
+        """Move-to-front, the update rule from committed tokens alone (no top-k): for every pair
+        ``i`` in order, ``successors[i]`` moves to rank 0 of row ``tokens[i]``, the row's other
+        candidates keep their order below it (copies of it are dropped) and the row is padded
+        with it to ``k``. Rows in ``empty`` start with no candidates (rows never written: a new
+        row becomes ``[s] * k``). Every id is checked before any row is written.
+
+        Args:
+            tokens: int [n]. successors: int [n], the token that followed each.
+            empty: int [m] rows read as empty at their first pair (None: none).
+
+        Raises:
+            ValueError: lengths differ, not 1-D, non-integer ids. IndexError: an id outside
+            ``[0, vocab_size)``.
+        """
+        self._r.move_to_front(
+            as_array(tokens, np.int64, "tokens", 1),
+            as_array(successors, np.int64, "successors", 1),
+            None if empty is None else as_array(empty, np.int64, "empty", 1),
+        )
 
     def seed_from_prefill(self, tokens: Any, topk_ids: Any) -> None:
         """Seed rows from the prompt: row ``prompt[i]`` := top-k after position ``i`` (same rule
@@ -183,7 +237,7 @@ class TokenRecycler:
         return self._r.adjacency()
 
     def to_bytes(self) -> bytes:
-        """The matrix (not the template) as bytes, in the format of :meth:`save`."""
+        """The matrix as bytes, in the format of :meth:`save`."""
         return self._r.to_bytes()
 
     @classmethod
@@ -192,9 +246,10 @@ class TokenRecycler:
         data: bytes,
         vocab_size: Optional[int] = None,
         k: Optional[int] = None,
-        template: TemplateSpec = "2.2.2",
+        template: Optional[TemplateSpec] = None,
     ) -> "TokenRecycler":
-        """A recycler from :meth:`to_bytes` output (checked like :meth:`load`).
+        """A recycler from :meth:`to_bytes` output (checked like :meth:`load`; ``template``
+        deprecated).
 
         Raises:
             TypeError: ``data`` is not bytes. ValueError: not recycler data, bad version,
@@ -202,10 +257,10 @@ class TokenRecycler:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected bytes, got {type(data).__name__}")
-        return cls._wrap(_core.TokenRecycler.from_bytes(bytes(data), vocab_size, k, template_arg(template)))
+        return cls._wrap_loaded(lambda t: _core.TokenRecycler.from_bytes(bytes(data), vocab_size, k, t), template)
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write the matrix (not the template) to ``path`` (versioned binary, see ``_core``)."""
+        """Write the matrix to ``path`` (versioned binary, see ``_core``)."""
         self._r.save(os.fspath(path))
 
     @classmethod
@@ -214,18 +269,19 @@ class TokenRecycler:
         path: Union[str, "os.PathLike[str]"],
         vocab_size: Optional[int] = None,
         k: Optional[int] = None,
-        template: TemplateSpec = "2.2.2",
+        template: Optional[TemplateSpec] = None,
     ) -> "TokenRecycler":
-        """Read a matrix written by :meth:`save`.
+        """Read a matrix written by :meth:`save` (``template`` deprecated).
 
         Raises:
             OSError: unreadable; ValueError: not a recycler file, bad version, truncated,
             corrupt, or ``vocab_size`` / ``k`` differ from the file's.
         """
-        return cls._wrap(_core.TokenRecycler.load(os.fspath(path), vocab_size, k, template_arg(template)))
+        path = os.fspath(path)
+        return cls._wrap_loaded(lambda t: _core.TokenRecycler.load(path, vocab_size, k, t), template)
 
     def __repr__(self) -> str:
-        return f"TokenRecycler(vocab_size={self.vocab_size}, k={self.k}, tree_size={self.tree_size})"
+        return f"TokenRecycler(vocab_size={self.vocab_size}, k={self.k})"
 
 
 #: Version of the persisted matrix (the payload is :meth:`TokenRecycler.to_bytes`, which carries

@@ -1,4 +1,18 @@
-"""Suffix drafting and the merged drafter: suffix tries of this request's tokens and of earlier
-requests' outputs (:mod:`.store`), acceptance calibrated online per source (:mod:`.calibration`),
-the drafter that merges suffix continuations and recycled candidates into one budgeted tree
-(:mod:`.drafter`) and the factories of ``generate(method="suffix" | "merged")`` (:mod:`.method`)."""
+"""Suffix drafting's state: suffix tries of this request's tokens and of earlier requests'
+outputs (:mod:`.store`). The drafter that turns suffix matches into trees, alone
+(``method="suffix"``) or merged with recycled candidates (``"merged"``), lives in
+:mod:`tokenloom.spec.merged`; the old module names ``tokenloom.spec.suffix.drafter`` /
+``.method`` / ``.calibration`` still import, with a DeprecationWarning."""
+
+from __future__ import annotations
+
+from tokenloom._moved import install_moved
+
+install_moved(
+    __name__,
+    {
+        "calibration": "tokenloom.spec.merged.calibration",
+        "drafter": "tokenloom.spec.merged.drafter",
+        "method": "tokenloom.spec.merged.method",
+    },
+)

@@ -13,6 +13,7 @@
 //! * [`TokenRecycler::save`] / [`TokenRecycler::load`]: a small little-endian binary format,
 //!   see [`MAGIC`].
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -152,6 +153,52 @@ impl TokenRecycler {
     /// [`update`](Self::update) (later prompt positions win).
     pub fn seed_from_prefill(&mut self, prompt: &[i64], topk: &[i64], width: usize) -> Result<()> {
         self.update(prompt, topk, width)
+    }
+
+    /// Move-to-front, the update rule when the target's top-k is not known (only the tokens it
+    /// committed): for every pair `i` in order, `successors[i]` moves to rank 0 of row
+    /// `tokens[i]`, the row's other candidates keep their order below it (copies of the
+    /// successor are dropped) and the row is padded with the successor to `k` candidates.
+    /// Rows listed in `empty` start with no candidates (rows never written: their zeros are
+    /// not candidates), so a new row becomes `[s, s, ..., s]`. A pair sees the rows the pairs
+    /// before it wrote. Every id is checked before any row is written: an error writes nothing.
+    pub fn move_to_front(
+        &mut self,
+        tokens: &[i64],
+        successors: &[i64],
+        empty: &[i64],
+    ) -> Result<()> {
+        if successors.len() != tokens.len() {
+            return Err(CoreError::shape(
+                "successors",
+                format!("length {}", tokens.len()),
+                successors.len(),
+            ));
+        }
+        for &t in tokens {
+            check_index("tokens", t, self.vocab)?;
+        }
+        for &t in successors {
+            check_index("successors", t, self.vocab)?;
+        }
+        for &t in empty {
+            check_index("empty", t, self.vocab)?;
+        }
+        let k = self.k;
+        let mut unwritten: HashSet<usize> = empty.iter().map(|&t| t as usize).collect();
+        let mut row = Vec::with_capacity(k + 1);
+        for (&t, &s) in tokens.iter().zip(successors) {
+            let (t, s) = (t as usize, s as u32);
+            let r = t * k;
+            row.clear();
+            row.push(s);
+            if !unwritten.remove(&t) {
+                row.extend(self.adj[r..r + k].iter().copied().filter(|&x| x != s));
+            }
+            row.resize(k.max(row.len()), s);
+            self.adj[r..r + k].copy_from_slice(&row[..k]);
+        }
+        Ok(())
     }
 
     fn check_rows(&self, tokens: &[i64], topk: &[i64], width: usize) -> Result<()> {
@@ -362,6 +409,49 @@ mod tests {
         r.update(&[4, 4], &[1, 2, 3, 5], 2).unwrap();
         assert_eq!(&r.adjacency()[8..10], &[3, 5]);
         assert_eq!(r.ranks_of(&[4, 4, 4], &[3, 5, 1]).unwrap(), vec![0, 1, -1]);
+    }
+
+    #[test]
+    fn move_to_front_rule() {
+        let mut r = TokenRecycler::new(10, 3).unwrap();
+        // Row 4 never written: it starts empty and is padded with its successor.
+        r.move_to_front(&[4], &[7], &[4]).unwrap();
+        assert_eq!(r.rows(&[4]).unwrap(), vec![7, 7, 7]);
+        // Then 2 and 5 go to the front in turn; copies of the successor are dropped.
+        r.move_to_front(&[4, 4, 4], &[2, 5, 7], &[]).unwrap();
+        assert_eq!(r.rows(&[4]).unwrap(), vec![7, 5, 2]);
+        // A pair sees the rows written by the pairs before it; `empty` applies once.
+        r.move_to_front(&[1, 1], &[3, 8], &[1]).unwrap();
+        assert_eq!(r.rows(&[1]).unwrap(), vec![8, 3, 3]);
+        // Without `empty`, a zero row's zeros are candidates.
+        r.move_to_front(&[6], &[2], &[]).unwrap();
+        assert_eq!(r.rows(&[6]).unwrap(), vec![2, 0, 0]);
+        // An emptied row no pair writes keeps its content.
+        r.move_to_front(&[], &[], &[4]).unwrap();
+        assert_eq!(r.rows(&[4]).unwrap(), vec![7, 5, 2]);
+    }
+
+    #[test]
+    fn move_to_front_checks_everything_first() {
+        let mut r = rec_with(10, 2, 3);
+        let before = r.clone();
+        assert!(matches!(
+            r.move_to_front(&[1, 2], &[3], &[]),
+            Err(CoreError::Shape { .. })
+        ));
+        assert!(matches!(
+            r.move_to_front(&[1, 10], &[3, 4], &[]),
+            Err(CoreError::Index { .. })
+        ));
+        assert!(matches!(
+            r.move_to_front(&[1, 2], &[3, -1], &[]),
+            Err(CoreError::Index { .. })
+        ));
+        assert!(matches!(
+            r.move_to_front(&[1], &[3], &[11]),
+            Err(CoreError::Index { .. })
+        ));
+        assert_eq!(r, before, "a failed call writes nothing");
     }
 
     #[test]

@@ -10,7 +10,7 @@ Each step:
    the one best-first heap of tokenloom) fed by a model-free draft distribution: the "draft
    row" of a node lists the suffix children of its suffix-trie node and (``merged``) the
    recycler's candidates after its token, each with its calibrated probability of being the
-   target's next token (:class:`~tokenloom.spec.suffix.calibration.Calibration`; a candidate
+   target's next token (:class:`~tokenloom.spec.merged.calibration.Calibration`; a candidate
    offered by both gets ``1 - (1 - p_s)(1 - p_r)``; a row summing above 1 keeps its
    largest estimate and scales the others into the rest, :func:`cap_rows`). A
    node's score is the product of these along its path, its estimated acceptance probability;
@@ -42,7 +42,7 @@ from tokenloom import _core
 from tokenloom._arrays import as_array, as_count, as_fraction
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
-from tokenloom.spec.suffix.calibration import CANDIDATE_CLASSES, Calibration
+from tokenloom.spec.merged.calibration import CANDIDATE_CLASSES, Calibration
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, MAX_MATCH, SuffixCache, SuffixIndex
 from tokenloom.spec.topk import top_k_ids
 
@@ -163,6 +163,9 @@ class MergedDrafter:
             ``budget`` nodes (serving stacks that verify chains, e.g. vLLM).
         token_cost: with ``chain``, the expected accepted tokens a draft token must be worth
             (:func:`top_path`; 0: the chain of the most expected accepted tokens).
+        calibrate: learn the calibration from every verified step (False: only index the
+            emitted tokens, e.g. for a subclass proposing trees of its own, whose nodes carry
+            no offered candidates).
 
     Raises:
         ValueError: a size below 1, ``budget`` neither an int nor ``"auto"``, ``"auto"``
@@ -191,6 +194,7 @@ class MergedDrafter:
         finish: Optional[Callable[[], None]] = None,
         chain: bool = False,
         token_cost: float = 0.0,
+        calibrate: bool = True,
     ):
         from tokenloom.spec.recycling.recycler import TokenRecycler
 
@@ -227,6 +231,7 @@ class MergedDrafter:
         self._on_finish = finish
         self.chain = bool(chain)
         self.token_cost = as_fraction(token_cost, "token_cost")
+        self.calibrate = bool(calibrate)
         self.name = "merged" if recycler is not None else "suffix"
         self.prefill_positions = SEED_MAX_POSITIONS if self.seed_prefill else 1
         self._builder = _core.DynamicTreeBuilder(self.budget, self.max_depth, k=self.children)
@@ -297,9 +302,15 @@ class MergedDrafter:
     def learn(self, path: Sequence[int], emitted: Any) -> None:
         """The verification of the last proposed tree: ``path`` int [a + 1] its accepted nodes
         (root first), ``emitted`` int [a + 1] the tokens they emitted (the accepted drafts, then
-        the target's own). Learns the calibration at every accepted node, indexes the tokens
-        (the recycler is updated by the caller)."""
+        the target's own). Learns the calibration at every accepted node (with ``calibrate``),
+        indexes the tokens (the recycler is updated by the caller)."""
         emitted = [int(t) for t in emitted]
+        if self.calibrate:
+            self._learn_calibration(path, emitted)
+        self.seq.extend(emitted)
+        self.index.extend(np.asarray(emitted, dtype=np.int64))
+
+    def _learn_calibration(self, path: Sequence[int], emitted: List[int]) -> None:
         offsets, toks, classes = self._offered
         offered: List[np.ndarray] = []
         hits: List[np.ndarray] = []
@@ -311,8 +322,6 @@ class MergedDrafter:
             offered.append(classes[a:b])
             hits.append(toks[a:b] == emitted[j])
         self.calibration.observe(offered, hits)
-        self.seq.extend(emitted)
-        self.index.extend(np.asarray(emitted, dtype=np.int64))
 
     def finish(self) -> None:
         """The request ended: its output joins the cross-request cache; the calibration is

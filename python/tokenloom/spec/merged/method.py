@@ -1,5 +1,5 @@
 """``generate(method="merged")`` and ``generate(method="suffix")``: the factories that build the
-:class:`~tokenloom.spec.suffix.drafter.MergedDrafter` of one request (the recycler, the
+:class:`~tokenloom.spec.merged.drafter.MergedDrafter` of one request (the recycler, the
 cross-request suffix cache, the budget or ``budget="auto"`` with this machine's step cost)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from tokenloom.runtime.model import logits_width
 from tokenloom.spec.persist import resolve_persist
 from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler, recycler_changed
 from tokenloom.spec.sizing import StatsMemory, calibrate_step_cost
-from tokenloom.spec.suffix.calibration import Calibration
-from tokenloom.spec.suffix.drafter import DEFAULT_MAX_BUDGET, DEFAULT_MAX_MATCH, DEFAULT_TREE_DEPTH, MergedDrafter
+from tokenloom.spec.merged.calibration import Calibration
+from tokenloom.spec.merged.drafter import DEFAULT_MAX_BUDGET, DEFAULT_MAX_MATCH, DEFAULT_TREE_DEPTH, MergedDrafter
 from tokenloom.spec.suffix.store import SuffixCache, default_suffix_cache, suffix_cache_changed
 
 __all__ = ["CALIBRATION_MEMORY", "make_merged_drafter", "make_suffix_drafter"]
