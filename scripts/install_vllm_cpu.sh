@@ -13,7 +13,7 @@
 # TOKENLOOM_WHEEL (optional): a built tokenloom wheel to install into the venv with --no-deps;
 # without it, run tokenloom from the source tree with PYTHONPATH=python.
 # WITH_SUFFIX=1 also builds arctic-inference 0.1.1 (vLLM's `suffix` method, for
-# benches/vllm_compare.py; a C++ source build, ~10 minutes on 2 cores).
+# benches/experiments/vllm_compare.py; a C++ source build, ~10 minutes on 2 cores).
 set -euo pipefail
 
 VENV=${1:?usage: scripts/install_vllm_cpu.sh VENV_DIR [TOKENLOOM_WHEEL]}

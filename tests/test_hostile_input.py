@@ -21,7 +21,7 @@ from tokenloom import _core
 from tokenloom.spec import persist
 from tokenloom.spec.persist import PersistWarning
 
-from .conftest import make_tiny_llama
+from tokenloom.integrations.hf.models import make_tiny_llama
 
 HUGE = [2**31, 2**32 - 1, 2**40, 2**63, 2**64, 2**70, 10**5000]
 

@@ -202,3 +202,45 @@ def test_core_is_imported_in_one_spelling():
         if base == "tokenloom._core"
     ]
     assert not other, other
+
+
+# --- tests mirror the package ----------------------------------------------------------------
+
+TESTS = pathlib.Path(__file__).resolve().parent
+#: Tests of the package as a whole (not of one module), at the top of tests/.
+PACKAGE_WIDE = {"test_docs", "test_hostile_input", "test_layout", "test_script_imports", "test_stubs", "test_wheel"}
+
+
+def _module_for(test: pathlib.Path):
+    """The module ``tests/<sub>/test_<name>[_<aspect>].py`` tests: ``<sub>/<name>.py`` (or a
+    subpackage ``<sub>/<name>/``); at the top ``test_core`` is ``_core`` and ``test_init`` the
+    package's ``__init__``. None when no module matches."""
+    rel = test.relative_to(TESTS)
+    where = PKG.joinpath(*rel.parent.parts)
+    stem = test.stem[len("test_"):]
+    names = [p.stem for p in where.glob("*.py*")] + [p.name for p in where.iterdir() if p.is_dir() and (p / "__init__.py").exists()] if where.is_dir() else []
+    for name in sorted(names, key=len, reverse=True):
+        bare = name.strip("_")
+        if stem == bare or stem.startswith(bare + "_"):
+            return where / name
+    return None
+
+
+def test_tests_mirror_the_package():
+    """Every module's tests are found from its path: ``python/tokenloom/<sub>/<module>.py`` is
+    tested in ``tests/<sub>/test_<module>*.py``; shared references live in ``tests/reference/``."""
+    bad = []
+    for test in sorted(TESTS.rglob("test_*.py")):
+        if test.parent == TESTS and test.stem in PACKAGE_WIDE:
+            continue
+        if _module_for(test) is None:
+            bad.append(str(test.relative_to(TESTS)))
+    assert not bad, f"test files that name no module of the package (rename or move them): {bad}"
+    assert all(not p.name.startswith("test_") for p in (TESTS / "reference").glob("*.py"))
+
+
+def test_mirror_check_can_fail():
+    assert _module_for(TESTS / "spec" / "test_loop.py") is not None
+    assert _module_for(TESTS / "test_core.py") is not None and _module_for(TESTS / "test_init.py") is not None
+    assert _module_for(TESTS / "spec" / "test_nothing_here.py") is None
+    assert _module_for(TESTS / "nowhere" / "test_loop.py") is None

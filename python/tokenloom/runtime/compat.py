@@ -15,7 +15,7 @@ The rest of tokenloom calls these functions instead of testing versions itself:
 * ``custom_generate`` callables get the cache as ``cache=`` on newer 5.x (:data:`CACHE_KWARGS`).
 * Candidate generators: 5.25's assisted loop reads ``candidate_generator.num_drafting_tokens``
   before it starts (4.57 does not); ``RecyclingCandidateGenerator`` has it on every line, and
-  ``tests/test_candidate_contract.py`` derives the contract from the installed transformers.
+  ``tests/integrations/hf/test_custom_generate_contract.py`` derives the contract from the installed transformers.
 * :func:`is_default_position_ids` — transformers 5 hands ``custom_generate`` callables the
   ``position_ids`` it built (``arange`` for an unpadded prompt); 4.57 does not.
 * :func:`normalize_gguf_tokenizer` — the tokenizer converted from a GGUF file: 4.57 builds a

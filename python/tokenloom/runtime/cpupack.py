@@ -6,7 +6,7 @@ the 2-core reference machine with the embedded SmolLM2-135M a 9-token forward co
 1-token one, which eats most of what a draft tree gains. The same layers run through oneDNN with
 weights reordered once into its blocked layout (what ``torch.compile``'s CPU "freezing" pass
 uses) cost almost the same for 1 to ~12 tokens, and are faster for 1 token too (see
-``benches/test_bench_cpupack.py`` and docs/recycling.md).
+``benches/kernels/test_bench_cpupack.py`` and docs/recycling.md).
 
 :func:`packed_linears` swaps every float32 CPU ``nn.Linear`` of a model for a
 :class:`PackedLinear` holding the reordered weight, for the duration of a ``with`` block, and
@@ -21,12 +21,12 @@ row count to one of :data:`PACKED_ROW_SIZES`: exact up to 32 rows (tree steps: a
 not free, 17 rows padded to 24 measured ~1.15x 17 exact on the 2-core AMD machine), then padded to
 multiples of 8 up to 64; larger inputs (prompts, compute-bound, where packing gains nothing and
 each shape would cost 3-5 MB) run through the original ``nn.Linear``. So at most
-``len(PACKED_ROW_SIZES)`` = 36 shapes per linear are ever built (``benches/soak.py`` measures RSS
+``len(PACKED_ROW_SIZES)`` = 36 shapes per linear are ever built (``benches/experiments/soak.py`` measures RSS
 over long runs).
 
 Numerics: oneDNN sums in another order than MKL, so logits differ at float32 rounding level
 (~1e-5 on the embedded model); greedy outputs can differ from an unpacked run only at
-floating-point near-ties (tested in tests/test_cpupack.py). Pass ``pack=False`` to
+floating-point near-ties (tested in tests/runtime/test_cpupack.py). Pass ``pack=False`` to
 ``tokenloom.generate`` to run the model exactly as loaded.
 
 Faster is not universal: on an Intel Xeon with AVX-512/AMX, packed linears measured slower than

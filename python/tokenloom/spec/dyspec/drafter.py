@@ -47,7 +47,7 @@ DEFAULT_MAX_DEPTH = 5
 #: Default children per node considered by the builder (top-k of each draft row).
 DEFAULT_K = 8
 #: Default fraction of the target's layers used by the early-exit draft. Chosen by MAT from the
-#: sweep in docs/dyspec.md (benches/dyspec_sweep.py on 13 Spec-Bench questions, SmolLM2-135M,
+#: sweep in docs/dyspec.md (benches/experiments/dyspec_sweep.py on 13 Spec-Bench questions, SmolLM2-135M,
 #: 30 layers): 12 layers MAT 1.17-1.25, 18 layers 1.13-1.31, 24 layers 1.45-1.79. An untrained
 #: early exit needs most of the layers to predict anything; it is a no-second-model fallback, not
 #: a fast draft (pass ``draft_model=`` for speed).

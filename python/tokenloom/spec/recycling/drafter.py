@@ -33,7 +33,7 @@ AUTO_SIZES = (0,) + tuple(NESTED_SIZES)
 #: Default of ``seed_prefill`` (seed recycler rows from the prompt's prefill top-k). On by
 #: default: on 16 Spec-Bench questions with a fresh recycler each (greedy, 64 new tokens,
 #: template 2.2.2-16) it raised the mean accepted tokens from 1.262 to 1.439
-#: (benches/seed_prefill_experiment.py, see docs/recycling.md).
+#: (benches/experiments/seed_prefill_experiment.py, see docs/recycling.md).
 SEED_FROM_PREFILL = True
 #: Most prompt positions used for seeding (the last ones), bounding the prefill logits memory.
 SEED_MAX_POSITIONS = 1024
