@@ -393,3 +393,34 @@ def test_first_call_reports_calibration_apart(tiny_llama, monkeypatch):
     plain = tokenloom.generate(tiny_llama, _prompt(7), method="plain", max_new_tokens=6, eos_token_id=[])
     assert plain.stats.setup_seconds == 0.0 and "setup_seconds" not in plain.stats.line("plain")
     clear_step_cost_cache()
+
+
+def test_atomic_write_uses_unique_temporary_names_and_cleans_up(tmp_path, monkeypatch):
+    """The one writer of tokenloom's files: concurrent writers never share a temporary name, a
+    failed rename leaves neither a temporary file nor a partial target."""
+    import os
+    import threading
+
+    from tokenloom.spec.persist import atomic_write
+
+    target = tmp_path / "sub" / "state.bin"
+    names = []
+    real = os.replace
+
+    def spy(src, dst):
+        names.append(src)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    threads = [threading.Thread(target=atomic_write, args=(target, bytes([i]) * 1000)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(set(names)) == 8 and target.read_bytes() in {bytes([i]) * 1000 for i in range(8)}
+
+    def boom(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write(tmp_path / "other.bin", b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"] and [p.name for p in (tmp_path / "sub").iterdir()] == ["state.bin"]

@@ -537,9 +537,10 @@ def plot(table: Table, path: str, context: str = "") -> None:
 
 def write_json(path: str, meta: Dict[str, Any], table: Table, results: List[RunResult]) -> None:
     """``{"meta", "summary", "results"}`` to ``path``, atomically (written beside, then renamed)."""
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "summary": table, "results": [asdict(r) for r in results]}, indent=1))
-    tmp.replace(path)
+    from tokenloom.spec.persist import atomic_write
+
+    doc = {"meta": meta, "summary": table, "results": [asdict(r) for r in results]}
+    atomic_write(path, json.dumps(doc, indent=1).encode())
 
 
 def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:

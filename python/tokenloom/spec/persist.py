@@ -46,10 +46,11 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Optional, Set, TypeVar
+from typing import Any, Callable, Optional, Set, TypeVar, Union
 
 __all__ = [
     "MAX_STATE_BYTES",
+    "atomic_write",
     "MIN_SAVE_INTERVAL",
     "PerModelStates",
     "PersistWarning",
@@ -336,25 +337,36 @@ def save_state(key: str, name: str, version: int, payload: bytes) -> None:
     _write(path, name, _encode(key, name, version, bytes(payload)))
 
 
-def _write(path: Path, name: str, data: bytes) -> None:
-    tmp = None
+def atomic_write(path: Union[str, Path], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a uniquely named temporary file beside it (so two
+    processes never share one), flushed and synced, then renamed over ``path``. The one writer
+    of every file tokenloom keeps (states, bench results, serving statistics).
+
+    Raises:
+        OSError: the directory cannot be made or written (the temporary file is removed).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        tmp = None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write(path: Path, name: str, data: bytes) -> None:
+    try:
+        atomic_write(path, data)
     except OSError as e:
         _warn_once(path, f"tokenloom: cannot save the {name} state to {path} ({e}); it stays in memory only")
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def load_object(key: str, name: str, version: int, from_bytes: Callable[[bytes], T]) -> Optional[T]:

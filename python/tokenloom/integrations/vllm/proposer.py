@@ -395,10 +395,9 @@ class Proposer:
         if not self._stats_path:
             return
         self._last_write = time.perf_counter()
-        tmp = f"{self._stats_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.stats(), f, indent=1)
-        os.replace(tmp, self._stats_path)
+        from tokenloom.spec.persist import atomic_write
+
+        atomic_write(self._stats_path, json.dumps(self.stats(), indent=1).encode())
 
 
 def proposer_class(name: str) -> type:
