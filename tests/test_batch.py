@@ -241,3 +241,68 @@ def test_batch_on_embedded_model(smollm):
     for method in ("plain", "recycling", "suffix"):
         out = tokenloom.generate(model, ids, attention_mask=mask, method=method, max_new_tokens=24, eos_token_id=2)
         assert our_rows(out, n) == ref, method
+
+
+def test_batch_cache_stays_flat(llama, monkeypatch):
+    """Over many steps the cache never holds more slots than its longest row (tree padding and
+    stale entries do not accumulate), and when rows leave, the left padding no row needs goes."""
+    from tokenloom.runtime import kvcache
+
+    seen = []
+    compact, select = kvcache.compact_rows, kvcache.select_rows
+
+    def watch_compact(cache, past_len, ends, paths):
+        new = compact(cache, past_len, ends, paths)
+        seen.append((kvcache.cache_length(cache), max(new)))
+        return new
+
+    def watch_select(cache, rows, start=0):
+        select(cache, rows, start)
+        seen.append(("select", len(rows), start))
+
+    monkeypatch.setattr(kvcache, "compact_rows", watch_compact)
+    monkeypatch.setattr(kvcache, "select_rows", watch_select)
+    ids, mask = left_padded([12, 3, 7])
+    eos = hf_rows(llama, ids, mask, 40, None)[1][9]  # row 1 (the shortest prompt) stops at its 10th token
+    out = tokenloom.generate(llama, ids, attention_mask=mask, method="suffix", max_new_tokens=120, eos_token_id=eos)
+    steps = [s for s in seen if s[0] != "select"]
+    assert len(steps) > 30 and all(length == longest for length, longest in steps)
+    assert steps[-1][0] <= 12 + 120 + 16  # the last step may accept past the token budget
+    drops = [s for s in seen if s[0] == "select"]
+    assert drops and drops[0][1] < 3
+    assert our_rows(out, ids.shape[1]) == hf_rows(llama, ids, mask, 120, eos)
+
+
+def test_batch_loop_example(llama):
+    """examples/batch_loop.py (the step API over a batch): HF's batched greedy tokens."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "batch_loop.py"
+    spec = importlib.util.spec_from_file_location("batch_loop_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ids, mask = left_padded([8, 3, 5])
+    got = mod.batch_loop(llama, ids, mask, max_new_tokens=20, recycler=tokenloom.TokenRecycler(V))
+    assert got == hf_rows(llama, ids, mask, 20, None)
+
+
+def test_batch_step_refuses_bad_input(llama):
+    from tokenloom.spec.recycling.drafter import RecyclingDrafter
+    from tokenloom.spec.step import BatchTreeStep
+
+    rec = tokenloom.TokenRecycler(V)
+    ds = [RecyclingDrafter(rec, tree="2.2.2-4", seed_prefill=False) for _ in range(2)]
+    with pytest.raises(ValueError, match="one drafter"):
+        BatchTreeStep.propose(ds, [5], [0, 0], [3, 3], 3)
+    with pytest.raises(ValueError, match="row 1"):
+        BatchTreeStep.propose(ds, [5, 6], [0, 2], [3, 4], 3)
+    step = BatchTreeStep.propose(ds, [5, 6], [0, 1], [3, 3], 3)
+    assert step.attention_mask.shape == (2, 1, step.input_ids.shape[1], 3 + step.input_ids.shape[1])
+    with pytest.raises(ValueError, match="expected shape"):
+        step.accept(torch.zeros(2, 1, V))
+    with pytest.raises(ValueError, match="seeds"):
+        step.accept(torch.zeros(2, step.input_ids.shape[1], V), temperature=1.0, seeds=[1])
+    assert len(step.accept(torch.zeros(2, step.input_ids.shape[1], V))) == 2
+    with pytest.raises(RuntimeError, match="already"):
+        step.accept(torch.zeros(2, step.input_ids.shape[1], V))

@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ancestor_matrix",
     "batch_tree_forward",
+    "batch_tree_inputs",
     "batch_tree_mask",
     "causal_attention_mask",
     "prefix_tree_mask",
@@ -377,6 +378,57 @@ def batch_tree_mask(
     return mask.to(device)
 
 
+def batch_tree_inputs(
+    tokens: Sequence[Any],
+    parents: Sequence[Any],
+    depths: Sequence[Any],
+    starts: Any,
+    ends: Any,
+    past_len: int,
+    dtype: Any = None,
+    device: Any = "cpu",
+) -> Tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """The model inputs of one batched tree step (what :func:`batch_tree_forward` feeds).
+
+    Args:
+        tokens, parents, depths: B arrays each, int [T_b] (root first; checked as in
+            :func:`tree_forward`).
+        starts, ends: int [B], row ``b``'s valid cache slots ``[starts[b], ends[b])``.
+        past_len: slots in the cache (``S``); dtype, device: the model's.
+
+    Returns:
+        ``(input_ids, attention_mask, position_ids)``: LongTensor [B, T] (padding nodes repeat
+        their row's root), the additive mask (B, 1, T, past_len + T) of
+        :func:`batch_tree_mask`, LongTensor [B, T] = ``ends[b] - starts[b] + depth``.
+
+    Raises:
+        ValueError: bad trees, rows of different counts, windows outside the cache.
+    """
+    import torch
+
+    past_len = as_int(past_len, "past_len")
+    ps = [_parents_array(p) for p in parents]
+    if not (len(ps) == len(tokens) == len(depths)):
+        raise ValueError(f"tokens, parents, depths: expected one array per row each, got {len(tokens)}, {len(ps)}, {len(depths)}")
+    st, en = _row_windows(starts, ends, past_len)
+    if len(st) != len(ps) or not ps:
+        raise ValueError(f"starts: expected {len(ps)} rows (one per tree, at least 1), got {len(st)}")
+    t = max(p.size for p in ps)
+    ids = np.zeros((len(ps), t), dtype=np.int64)
+    pos = np.zeros((len(ps), t), dtype=np.int64)
+    for b, p in enumerate(ps):
+        tok = as_array(tokens[b], np.int64, f"tokens[{b}]", 1)
+        if tok.shape[0] != p.size:
+            raise ValueError(f"tokens[{b}]: expected shape [{p.size}] (= len(parents[{b}])), got {list(tok.shape)}")
+        d = _check_depths(depths[b], p)
+        ids[b, : p.size], ids[b, p.size :] = tok, tok[0]
+        pos[b] = en[b] - st[b]
+        pos[b, : p.size] += d
+    dev = torch.device(device)
+    mask = batch_tree_mask(ps, st, en, past_len, dtype or torch.float32, dev)
+    return torch.from_numpy(ids).to(dev), mask, torch.from_numpy(pos).to(dev)
+
+
 def batch_tree_forward(
     model: Any,
     cache: Any,
@@ -410,31 +462,7 @@ def batch_tree_forward(
     from tokenloom.runtime.kvcache import cache_length
 
     dtype, device = model_dtype_device(model)
-    past_len = cache_length(cache)
-    ps = [_parents_array(p) for p in parents]
-    if not (len(ps) == len(tokens) == len(depths)):
-        raise ValueError(f"tokens, parents, depths: expected one array per row each, got {len(tokens)}, {len(ps)}, {len(depths)}")
-    st, en = _row_windows(starts, ends, past_len)
-    if len(st) != len(ps):
-        raise ValueError(f"starts: expected {len(ps)} rows (one per tree), got {len(st)}")
-    t = max(p.size for p in ps)
-    ids = np.zeros((len(ps), t), dtype=np.int64)
-    pos = np.zeros((len(ps), t), dtype=np.int64)
-    for b, p in enumerate(ps):
-        tok = as_array(tokens[b], np.int64, f"tokens[{b}]", 1)
-        if tok.shape[0] != p.size:
-            raise ValueError(f"tokens[{b}]: expected shape [{p.size}] (= len(parents[{b}])), got {list(tok.shape)}")
-        d = _check_depths(depths[b], p)
-        ids[b, : p.size], ids[b, p.size :] = tok, tok[0]
-        pos[b] = en[b] - st[b]
-        pos[b, : p.size] += d
-    mask = batch_tree_mask(ps, st, en, past_len, dtype, device)
-    out = model(
-        input_ids=torch.from_numpy(ids).to(device),
-        attention_mask=mask,
-        position_ids=torch.from_numpy(pos).to(device),
-        use_cache=True,
-        **cache_arg(model, cache),
-    )
+    ids, mask, pos = batch_tree_inputs(tokens, parents, depths, starts, ends, cache_length(cache), dtype, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_arg(model, cache))
     logits = out.logits
     return logits if logits.dtype == torch.float32 else logits.float()
