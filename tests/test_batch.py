@@ -198,10 +198,17 @@ def test_row_seeds():
     assert seeds == row_seeds(7, 4) and len(set(seeds)) == 4 and row_seeds(7, 2) == seeds[:2]
 
 
-@pytest.mark.parametrize("method, kwargs", [("plain", {}), ("recycling", {"tree": "2.2.2"}), ("suffix", {"budget": 6})])
+@pytest.mark.parametrize("method, kwargs", [
+    ("plain", {}),
+    ("recycling", {"tree": "2.2.2"}),
+    ("suffix", {"budget": 6}),
+    ("dyspec", {"budget": 4, "max_depth": 2, "draft_layers": 1}),
+])
 def test_batch_sampling_exact_per_row(llama, method, kwargs):
     """Seeded runs of a batch of 3 rows (different lengths, temperature 2, top-k 3): each
-    row's first two tokens follow the exact joint law of its own unpadded prompt."""
+    row's first two tokens follow the exact joint law of its own unpadded prompt (plain: the
+    root-only trees; recycling, suffix: deterministic drafts; dyspec: sampled drafts without
+    replacement)."""
     base = [7, 9, 11, 13]
     ids = torch.tensor([[0, 0] + base[:2] * 2, base + base[:2], [0, 0, 0] + base[1:]])
     mask = (torch.arange(6) >= torch.tensor([[2], [0], [3]])).long()
