@@ -169,7 +169,12 @@ def speculative_decode_batch(
             model, cache, [t.tokens for t in trees], [t.parents for t in trees], [t.depths for t in trees],
             starts=live_starts, ends=live_ends,
         )
-        results = [verifiers[b](tree, logits[i, : tree.size]) for i, (b, tree) in enumerate(zip(live, trees))]
+        # Greedy rows need only the argmax: one host copy for the whole batch.
+        top = logits.argmax(-1).cpu().numpy() if cfgs[0].greedy else None
+        results = [
+            verifiers[b](tree, logits[i, : tree.size], None if top is None else top[i, : tree.size])
+            for i, (b, tree) in enumerate(zip(live, trees))
+        ]
         live_ends = compact_rows(cache, past, live_ends, [r.path for r in results])
         seconds = clock() - t1
         still: List[int] = []
