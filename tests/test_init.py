@@ -93,7 +93,8 @@ def test_eos_and_budget(tiny_llama):
     [
         (dict(input_ids=[[1, 2]]), TypeError, "torch.LongTensor"),
         (dict(input_ids=torch.tensor([[1.0, 2.0]])), ValueError, "int64"),
-        (dict(input_ids=torch.ones(2, 3, dtype=torch.long)), ValueError, "batch size 1"),
+        (dict(input_ids=torch.ones(0, 3, dtype=torch.long)), ValueError, "B = 0"),
+        (dict(input_ids=torch.ones(2, 3, 1, dtype=torch.long)), ValueError, r"shape \[B, n\]"),
         (dict(input_ids=torch.ones(1, 0, dtype=torch.long)), ValueError, "empty"),
         (dict(method="nope"), ValueError, "unknown method"),
         (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),

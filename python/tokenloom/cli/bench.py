@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 from tokenloom.cli.common import add_model_args, count, output_file, plot_file, some_of
 
@@ -73,8 +73,24 @@ def add_parser(sub: Any) -> None:
                    "round, so results do not depend on earlier runs)")
     p.add_argument("--json", type=output_file, default=None, help="write the raw results here")
     p.add_argument("--plot", type=plot_file, default=None, help="write a PNG of the speedups here (needs matplotlib)")
+    p.add_argument("--batch", type=sizes, default=None,
+                   help="comma-separated batch sizes (e.g. 1,4,8): instead of the per-category table, "
+                   "left-padded batches of the questions through tokenloom's batched loop against HF batched "
+                   "greedy and against B single calls (methods: tokenloom's, default plain,recycling,merged; "
+                   "see tokenloom.eval.batchbench)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def sizes(text: str) -> List[int]:
+    """An argparse type: comma-separated distinct integers >= 1 (batch sizes)."""
+    parse = count(1)
+    items = [parse(x.strip()) for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected at least one batch size, e.g. 1,4,8")
+    if len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"each batch size once, got {text!r}")
+    return items
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -104,8 +120,59 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from tokenloom.eval.specbench import format_spread, format_table, run_bench_rounds
 
+    if args.batch:
+        return run_batches(args)
+
     table, spread = run_bench_rounds(config_from_args(args))
     print(format_table(table))
     if args.repeat > 1:
         print(format_spread(spread))
     return 0
+
+
+def run_batches(args: argparse.Namespace) -> int:
+    """``tokenloom bench --batch``: :func:`tokenloom.eval.batchbench.run_batch_bench` on the
+    chat-templated questions; the methods are checked before the model loads."""
+    import torch
+    from tqdm import tqdm
+
+    from tokenloom.eval.batchbench import DEFAULT_BATCH_METHODS, check_batches, format_batch_table, run_batch_bench
+    from tokenloom.eval.specbench import MethodOptions, header, load_questions, run_meta
+    from tokenloom.integrations.hf.chat import chat_input_ids
+    from tokenloom.integrations.hf.models import load_or_default, stop_token_ids
+
+    methods = list(args.methods or DEFAULT_BATCH_METHODS)
+    check_batches(args.batch, methods)
+    questions = load_questions(args.n, args.categories)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    options: MethodOptions = cfg.options
+    model, tok = load_or_default(args.model)
+    eos = stop_token_ids(model, tok)
+    prompts = [chat_input_ids(tok, q["turns"][0])[0] for q in questions]
+    print(header(run_meta(cfg, len(prompts))), file=sys.stderr)
+    runs = sum(max(1, len(prompts) // b) * (1 + 2 * len(methods)) for b in args.batch)
+    bar = tqdm(total=runs, desc="bench --batch", disable=args.no_progress, file=sys.stderr)
+    results = run_batch_bench(
+        model, prompts, args.batch, methods, args.max_new_tokens, eos,
+        method_kwargs={m: _batch_kwargs(m, options) for m in methods},
+        pad=eos[0] if eos else 0,
+        progress=lambda label: (bar.set_postfix_str(label), bar.update(1)),
+    )
+    bar.close()
+    print(format_batch_table(results))
+    return 0
+
+
+def _batch_kwargs(method: str, options: Any) -> Dict[str, Any]:
+    """The ``generate`` keywords of ``method`` in the batch bench: the bench options, and each
+    request's output kept out of the cross-request cache (the same rows run batched and one at
+    a time, which such a cache would otherwise answer from the other run)."""
+    from dataclasses import replace
+
+    from tokenloom.eval.specbench import method_kwargs
+
+    if options.cache_output is None:
+        options = replace(options, cache_output=False)
+    return method_kwargs(method, options)

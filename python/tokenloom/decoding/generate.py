@@ -6,7 +6,7 @@ pre-packed CPU linears, and returns the sequence and its statistics."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
 
 from tokenloom.request.config import DecodeConfig, make_config
 from tokenloom.decoding.methods import check_kwargs, methods, register_method, resolve_method
@@ -23,13 +23,15 @@ def _check_input_ids(input_ids: Any, vocab: int, device: Any) -> "torch.Tensor":
     import torch
 
     if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids: expected a torch.LongTensor [1, n], got {type(input_ids).__name__}")
+        raise TypeError(f"input_ids: expected a torch.LongTensor [B, n], got {type(input_ids).__name__}")
     if input_ids.dtype != torch.long:
         raise ValueError(f"input_ids: expected dtype torch.int64, got {input_ids.dtype}")
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"input_ids: expected shape [1, n] (batch size 1), got {list(input_ids.shape)}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids: expected shape [B, n] (one row per request), got {list(input_ids.shape)}")
+    if input_ids.shape[0] == 0:
+        raise ValueError("input_ids: the batch is empty (B = 0); give at least one row")
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids: the prompt is empty; give at least one token")
     if input_ids.device != device:
@@ -64,13 +66,17 @@ def generate(
     seed: Optional[int] = None,
     streamer: Any = None,
     pack: Union[bool, str] = "auto",
+    attention_mask: Optional["torch.Tensor"] = None,
+    pad_token_id: Optional[int] = None,
     **method_kwargs: Any,
 ) -> GenerateOutput:
     """Generate with one of tokenloom's decoding methods.
 
     Args:
         model: a Hugging Face causal LM (``model(input_ids, past_key_values=...)``).
-        input_ids: LongTensor [1, n] (a 1-D [n] tensor is taken as one row), ids in [0, V).
+        input_ids: LongTensor [B, n] (a 1-D [n] tensor is taken as one row), ids in [0, V).
+            B > 1 rows are decoded together, one loop with every row's tree in one forward
+            (:mod:`tokenloom.decoding.batch`): give their ``attention_mask``.
         method: ``"plain"`` (alias ``"greedy"``: one forward per token; samples when
             ``temperature > 0``) or a speculative method: ``"recycling"``, ``"dyspec"``,
             ``"lookup"`` (see :func:`methods`). Every method gives exactly the target's greedy
@@ -89,17 +95,28 @@ def generate(
             ``True``: insist; ``False``: run the model exactly as loaded). Where packing wins,
             small-batch forwards (tree steps) get much cheaper; logits change at float32
             rounding level only.
+        attention_mask: [B, n] of 0/1 (None: every position is a token), left padding as HF
+            takes it for decoder-only models (a row's zeros come before its ones). Every row
+            is then decoded as if unpadded; with B == 1 the padding is cut off and the one
+            request runs as without a mask.
+        pad_token_id: the id after a row's last token in ``sequences`` (rows of different
+            lengths); default the model's generation config's, else the smallest stop token id,
+            else 0.
         **method_kwargs: passed to the method's drafter (e.g. ``recycler=``, ``tree=`` for
             ``"recycling"``); unknown keywords are refused.
 
     Returns:
-        GenerateOutput: ``.sequences`` LongTensor [1, n + new] and ``.stats``
-        (``.stats.spec``: typed speculative statistics for speculative methods).
+        GenerateOutput: ``.sequences`` LongTensor [B, n + new] and ``.stats``
+        (``.stats.spec``: typed speculative statistics for speculative methods; for B > 1,
+        ``.stats.rows``: each row's statistics, and ``.attention_mask`` marks each row's
+        tokens; the input's left padding is kept and shorter rows end in ``pad_token_id``).
 
     Raises:
         TypeError: bad ``input_ids`` type, a ``seed`` that is not an int, unknown method keywords.
         ValueError: unknown ``method``, bad sampling values or sizes, ``input_ids`` on another
-            device than the model.
+            device than the model, B == 0, a bad ``attention_mask`` (another shape, right
+            padding, a row without a token, a row longer than the model's context), a streamer
+            or a method without a batch form with B > 1.
         IndexError: prompt or EOS ids outside the model's vocabulary.
     """
     import torch
@@ -112,6 +129,13 @@ def generate(
     fn = resolve_method(method)
     check_kwargs(method, fn, method_kwargs)
     input_ids = _check_input_ids(input_ids, vocab, model_dtype_device(model)[1])
+    mask = None
+    if attention_mask is not None or input_ids.shape[0] > 1:
+        from tokenloom.decoding.batch import check_attention_mask
+        from tokenloom.runtime.model import context_length
+
+        given = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        mask = check_attention_mask(input_ids, given, context_length(model))
     cfg = make_config(
         max_new_tokens=max_new_tokens,
         eos_token_ids=_eos_ids(model, eos_token_id),
@@ -123,6 +147,12 @@ def generate(
         vocab_size=vocab,
     )
     use_pack = auto_pack(model, pack)
+    if input_ids.shape[0] > 1:
+        return _generate_batch(model, input_ids, mask, cfg, fn, method, method_kwargs, use_pack, streamer, pad_token_id)
+    full, cut = input_ids, 0
+    if mask is not None:  # one row: decode it unpadded, keep its padding in the output
+        cut = int(input_ids.shape[1] - mask.sum())
+        input_ids = input_ids[:, cut:]
     sink = TokenSink(cfg, streamer)
     if streamer is not None:
         streamer.put(input_ids.cpu())
@@ -141,4 +171,44 @@ def generate(
         stats.extra.update(spec.as_dict())
         setup = float(stats.extra.get("setup_seconds", 0.0) or 0.0)
         stats.setup_seconds, stats.seconds = setup, max(seconds - setup, 0.0)
-    return GenerateOutput(sequences=torch.cat([input_ids, new.view(1, -1)], dim=1), stats=stats)
+    sequences = torch.cat([full, new.view(1, -1)], dim=1)
+    out_mask = None
+    if mask is not None:
+        out_mask = torch.ones_like(sequences)
+        out_mask[0, :cut] = 0
+    return GenerateOutput(sequences=sequences, stats=stats, attention_mask=out_mask)
+
+
+def _generate_batch(
+    model: Any, input_ids: Any, mask: Any, cfg: DecodeConfig, fn: Any, method: str,
+    kwargs: Dict[str, Any], use_pack: bool, streamer: Any, pad_token_id: Any,
+) -> GenerateOutput:
+    """:func:`generate` of B > 1 left-padded rows (:mod:`tokenloom.decoding.batch`)."""
+    import torch
+
+    from tokenloom.decoding.batch import batch_factory, batch_stats, decode_batch, pad_id
+    from tokenloom.decoding.plain import decode_plain
+    from tokenloom.runtime.cpupack import packed_linears
+
+    if streamer is not None:
+        raise ValueError(f"streamer: streams one request; got a batch of {input_ids.shape[0]} rows")
+    factory = batch_factory(method, fn, kwargs)
+    pad = pad_id(model, pad_token_id, sorted(cfg.eos_token_ids))
+    start = time.perf_counter()
+    with torch.inference_mode(), packed_linears(model, use_pack):
+        sinks, specs = decode_batch(model, input_ids, mask, cfg, factory)
+    seconds = time.perf_counter() - start
+    width = max(len(s.tokens) for s in sinks)
+    rows, n = int(input_ids.shape[0]), int(input_ids.shape[1])
+    new = torch.full((rows, width), pad, dtype=torch.long)
+    out_mask = torch.zeros((rows, n + width), dtype=torch.long)
+    out_mask[:, :n] = mask.long().cpu()
+    for b, sink in enumerate(sinks):
+        new[b, : len(sink.tokens)] = torch.tensor(sink.tokens, dtype=torch.long)
+        out_mask[b, n : n + len(sink.tokens)] = 1
+    dev = input_ids.device
+    return GenerateOutput(
+        sequences=torch.cat([input_ids, new.to(dev)], dim=1),
+        stats=batch_stats(sinks, specs, seconds, fn is decode_plain),
+        attention_mask=out_mask.to(dev),
+    )

@@ -4,13 +4,13 @@ request's transforms."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 from tokenloom.request.config import DecodeConfig
 from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
 
-__all__ = ["decode_plain", "next_token_chooser"]
+__all__ = ["PlainDrafter", "decode_plain", "make_plain_drafter", "next_token_chooser"]
 
 
 def next_token_chooser(cfg: DecodeConfig) -> Callable[[Any], int]:
@@ -41,3 +41,31 @@ def decode_plain(model: Any, input_ids: Any, cfg: DecodeConfig, sink: TokenSink)
             return
         step = torch.tensor([[token]], dtype=torch.long, device=input_ids.device)
         out = model(input_ids=step, use_cache=True, **cache_arg(model, cache))
+
+
+class PlainDrafter:
+    """The drafter of plain decoding in a batch: every step verifies the root alone (one new
+    token per row per forward: the argmax, or one draw from the row's distribution)."""
+
+    name = "plain"
+    prefill_positions = 1
+
+    def prefill(self, input_ids: Any, first_token: int, cache: Any, logits: Any) -> None:
+        """Nothing to learn from the prompt."""
+
+    def propose(self, root: int, past_len: int) -> Any:
+        """The one-node tree ``[root]``."""
+        from tokenloom.spec.base import DraftTree
+
+        return DraftTree.root_only(root)
+
+    def accept(self, tree: Any, result: Any, logits: Any) -> None:
+        """Nothing to learn from a step."""
+
+    def stats(self) -> Dict[str, Any]:
+        return {}
+
+
+def make_plain_drafter(model: Any, cfg: DecodeConfig, next_seed: Callable[[], int]) -> PlainDrafter:
+    """The factory of :class:`PlainDrafter` (``generate(method="plain")`` on a batch)."""
+    return PlainDrafter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -26,6 +26,12 @@ class GenerateStats:
     ``seconds`` is decoding time; one-time set-up inside the call (the step-cost calibration of
     ``tree="auto"`` the first time a model runs on a machine) is ``setup_seconds``, reported
     apart so that a first call's tokens/s is not distorted by it.
+
+    For a batch (``input_ids`` [B, n], B > 1) ``rows`` holds each row's statistics (its
+    ``new_tokens`` is the row's length of new tokens, its ``spec`` the row's speculative
+    statistics); the batch's ``steps`` counts batched forwards, ``new_tokens`` all rows' new
+    tokens (so ``mean_accepted`` is new tokens per batched forward) and ``spec`` is None.
+    ``rows`` is empty for one request.
     """
 
     steps: int = 0
@@ -34,6 +40,7 @@ class GenerateStats:
     setup_seconds: float = 0.0
     spec: Optional["SpecStats"] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    rows: List["GenerateStats"] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -55,7 +62,12 @@ class GenerateStats:
 
 @dataclass
 class GenerateOutput:
-    """``sequences``: LongTensor [1, prompt_len + new_tokens]; ``stats``: :class:`GenerateStats`."""
+    """``sequences``: LongTensor [B, prompt_len + new_tokens] (B = 1 for one request);
+    ``stats``: :class:`GenerateStats`. When an ``attention_mask`` was given (or B > 1),
+    ``attention_mask`` LongTensor [B, prompt_len + new_tokens] marks each row's tokens: the
+    input's left padding is kept and rows shorter than the longest are right-padded with the
+    pad id (0 in the mask); None otherwise."""
 
     sequences: "torch.Tensor"
     stats: GenerateStats
+    attention_mask: Optional["torch.Tensor"] = None

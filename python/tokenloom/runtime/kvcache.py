@@ -9,6 +9,15 @@ sliding-window layers are refused.
 Caches whose entries are *slots* of a tree forwarded over many steps (ByteLM's covers) use
 :func:`keep_slots` (keep any ascending set of absolute positions) and :func:`crop_cache`;
 :func:`cache_nbytes` and :func:`kv_bytes_per_token` size a cache before and after it exists.
+
+Batches (B rows of different lengths in one cache ``[B, H, S, D]``): row ``b``'s valid entries
+are the window of slots ``[starts[b], ends[b])``; the slots before it are the row's left
+padding, the slots after it hold stale entries that every mask hides (see
+:func:`tokenloom.runtime.treeattn.batch_tree_forward`). After a batched tree step appended
+``T`` slots at ``past_len``, :func:`compact_rows` copies each row's accepted path to the slots
+right after its own window (a gather within the row), so windows stay contiguous, and cuts the
+cache to the longest row; :func:`select_rows` drops finished rows (and the left padding no
+remaining row needs), so a finished row stops costing memory and forward width.
 """
 
 from __future__ import annotations
@@ -19,7 +28,17 @@ import numpy as np
 
 from tokenloom._arrays import as_array, as_int
 
-__all__ = ["cache_kv", "cache_length", "cache_nbytes", "compact_cache", "crop_cache", "keep_slots", "kv_bytes_per_token"]
+__all__ = [
+    "cache_kv",
+    "cache_length",
+    "cache_nbytes",
+    "compact_cache",
+    "compact_rows",
+    "crop_cache",
+    "keep_slots",
+    "kv_bytes_per_token",
+    "select_rows",
+]
 
 
 class _KV:
@@ -114,6 +133,93 @@ def compact_cache(cache: Any, past_len: int, keep: Sequence[int]) -> None:
             k[:, :, past_len : past_len + n] = k.index_select(2, idx)
             v[:, :, past_len : past_len + n] = v.index_select(2, idx)
         kv.set(i, k.narrow(2, 0, past_len + n), v.narrow(2, 0, past_len + n))
+
+
+def compact_rows(cache: Any, past_len: int, ends: Sequence[int], paths: Sequence[Sequence[int]]) -> List[int]:
+    """The batch form of :func:`compact_cache`: after a batched tree step appended the slots
+    ``[past_len, past_len + T)`` to every row, copy row ``b``'s tree entries ``past_len +
+    paths[b]`` (in order) to the slots ``ends[b], ends[b] + 1, ...`` right after its window,
+    then cut every layer to the longest row. Entries past a row's new end are stale (hidden by
+    the next step's mask). In place on every layer; one gather and one scatter per layer.
+
+    Args:
+        cache: a ``DynamicCache`` of B rows holding ``past_len + T`` slots.
+        past_len: slots before the tree step.
+        ends: int [B], each row's window end before the step (``<= past_len``).
+        paths: B node-index lists, each strictly increasing in ``[0, T)`` and non-empty.
+
+    Returns:
+        The rows' new window ends, ``ends[b] + len(paths[b])``.
+
+    Raises:
+        ValueError: a path that is empty, not strictly increasing or out of range; an end past
+            ``past_len``; a row count that is not the cache's. TypeError: an unsupported cache.
+    """
+    import torch
+
+    kv = _KV(cache)
+    past_len = as_int(past_len, "past_len")
+    end_list = as_array(ends, np.int64, "ends", 1).tolist()
+    keep = [as_array(p, np.int64, f"paths[{b}]", 1).tolist() for b, p in enumerate(paths)]
+    t = cache_length(cache) - past_len
+    if past_len < 0 or t < 0 or len(keep) != len(end_list):
+        raise ValueError(f"compact_rows: past_len {past_len} outside the cache, or {len(keep)} paths for {len(end_list)} rows")
+    for b, (e, p) in enumerate(zip(end_list, keep)):
+        if not p or any(y <= x for x, y in zip(p, p[1:])) or p[0] < 0 or p[-1] >= t or not (0 <= e <= past_len):
+            raise ValueError(
+                f"compact_rows: row {b}: expected a non-empty strictly increasing path in [0, {t}) "
+                f"and an end in [0, {past_len}], got path {p} and end {e}"
+            )
+    width = max(len(p) for p in keep)
+    new_ends = [e + len(p) for e, p in zip(end_list, keep)]
+    src = dst = None
+    for i in range(kv.n):
+        k, v = kv.get(i)
+        if k is None or k.numel() == 0:
+            continue
+        if k.shape[0] != len(keep):
+            raise ValueError(f"compact_rows: the cache holds {k.shape[0]} rows, got paths for {len(keep)}")
+        if src is None:
+            # Short paths repeat their last node; the extra copies land past the row's new end.
+            pad = [p + [p[-1]] * (width - len(p)) for p in keep]
+            src = torch.tensor(pad, dtype=torch.long, device=k.device) + past_len
+            dst = torch.tensor(end_list, dtype=torch.long, device=k.device).view(-1, 1) + torch.arange(width, device=k.device)
+        shape = (k.shape[0], k.shape[1], width, k.shape[3])
+        gs = src.view(-1, 1, width, 1).expand(shape)
+        gd = dst.view(-1, 1, width, 1).expand(shape)
+        k.scatter_(2, gd, k.gather(2, gs))  # gather first (a copy), then write
+        v.scatter_(2, gd, v.gather(2, gs))
+        kv.set(i, k.narrow(2, 0, max(new_ends)), v.narrow(2, 0, max(new_ends)))
+    return new_ends
+
+
+def select_rows(cache: Any, rows: Sequence[int], start: int = 0) -> None:
+    """Keep the batch rows ``rows`` (in that order) and the slots from ``start`` on, in place on
+    every layer (e.g. drop finished rows and the left padding no kept row needs).
+
+    Raises:
+        ValueError: a row outside the cache, no row, or ``start`` outside the cache.
+        TypeError: an unsupported cache object.
+    """
+    import torch
+
+    kv = _KV(cache)
+    keep = as_array(rows, np.int64, "rows", 1).tolist()
+    start = as_int(start, "start")
+    length = cache_length(cache)
+    if not keep or not (0 <= start <= length):
+        raise ValueError(f"select_rows: expected at least one row and start in [0, {length}], got {keep} and {start}")
+    idx = None
+    for i in range(kv.n):
+        k, v = kv.get(i)
+        if k is None or k.numel() == 0:
+            continue
+        if min(keep) < 0 or max(keep) >= k.shape[0]:
+            raise ValueError(f"select_rows: rows must lie in [0, {k.shape[0]}), got {keep}")
+        if idx is None:
+            idx = torch.tensor(keep, dtype=torch.long, device=k.device)
+        k, v = k.index_select(0, idx), v.index_select(0, idx)
+        kv.set(i, k.narrow(2, start, k.shape[2] - start), v.narrow(2, start, v.shape[2] - start))
 
 
 def keep_slots(cache: Any, slots: Sequence[int]) -> None:

@@ -3,9 +3,9 @@ logits rows, the dtype / device its forwards run in and its stop tokens. One hom
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
-__all__ = ["logits_width", "model_dtype_device", "stop_token_ids"]
+__all__ = ["context_length", "logits_width", "model_dtype_device", "stop_token_ids"]
 
 
 def logits_width(model: Any) -> int:
@@ -15,6 +15,15 @@ def logits_width(model: Any) -> int:
     if emb is not None and getattr(emb, "weight", None) is not None:
         return int(emb.weight.shape[0])
     return int(model.config.vocab_size)
+
+
+def context_length(model: Any) -> Optional[int]:
+    """The longest sequence the model was built for (``max_position_embeddings`` of its text
+    config), or None when the config does not say."""
+    cfg: Any = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n = getattr(cfg, "max_position_embeddings", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def model_dtype_device(model: Any) -> Tuple[Any, Any]:

@@ -19,7 +19,16 @@ Typical step (``cache`` is a ``transformers.DynamicCache`` already holding the p
     path = ...verify (node indices starting with 0)...
     compact_cache(cache, past, path)                               # cache = past + len(path)
 
-Requirements: batch size 1; the model's attention implementation must accept a custom 4D float
+Batches (:func:`batch_tree_forward`): B rows each feed their own tree after their own
+cached window in ONE forward. The cache is ``[B, H, S, D]`` and row ``b``'s valid entries are
+the contiguous window of slots ``[starts[b], ends[b])`` (left padding before it, and stale or
+padding entries after it are hidden); the trees are padded to the widest ``T`` and appended at
+slots ``[S, S + T)``. Row ``b``'s node ``i`` sits at position ``ends[b] - starts[b] + depth(i)``
+(positions count valid tokens only, as HF's left-padded ``generate`` counts them) and sees its
+row's window and its own ancestors (:func:`batch_tree_mask`); a padding node sees only itself.
+:func:`tokenloom.runtime.kvcache.compact_rows` then keeps each row's accepted path.
+
+Requirements: :func:`tree_forward` takes batch size 1; the model's attention implementation must accept a custom 4D float
 mask ("sdpa" or "eager"; flash-attention-2 does not); position ids are honoured (all
 rotary/absolute-position decoder models in transformers). Cache layers must be full
 (``DynamicLayer``); sliding-window layers are refused by :func:`compact_cache`.
@@ -45,6 +54,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ancestor_matrix",
+    "batch_tree_forward",
+    "batch_tree_inputs",
+    "batch_tree_mask",
     "causal_attention_mask",
     "prefix_tree_mask",
     "slot_attention_mask",
@@ -311,4 +323,146 @@ def tree_forward(
         **cache_arg(model, cache),
     )
     logits = out.logits[0]
+    return logits if logits.dtype == torch.float32 else logits.float()
+
+
+def _row_windows(starts: Any, ends: Any, past_len: int) -> Tuple[List[int], List[int]]:
+    """``starts`` / ``ends`` as int lists, checked: ``0 <= starts[b] <= ends[b] <= past_len``."""
+    st = as_array(starts, np.int64, "starts", 1).tolist()
+    en = as_array(ends, np.int64, "ends", 1).tolist()
+    if len(st) != len(en):
+        raise ValueError(f"ends: expected {len(st)} rows (= len(starts)), got {len(en)}")
+    for b, (s, e) in enumerate(zip(st, en)):
+        if not (0 <= s <= e <= past_len):
+            raise ValueError(f"row {b}: expected 0 <= starts <= ends <= {past_len} (the cache's length), got [{s}, {e})")
+    return st, en
+
+
+def batch_tree_mask(
+    parents: Sequence[Any], starts: Any, ends: Any, past_len: int, dtype: Any = None, device: Any = "cpu"
+) -> "torch.Tensor":
+    """The 4D additive mask (B, 1, T, past_len + T) of one batched tree step, ``T`` the widest
+    tree: row ``b``'s node ``i`` sees the cache slots ``[starts[b], ends[b])`` and, among the
+    step's slots ``past_len + j``, itself and its ancestors in ``parents[b]``. A padding node
+    (``i >= len(parents[b])``) sees only itself (so no attention row is empty).
+
+    Args:
+        parents: B parent arrays (each int [T_b], ``parents[0] == -1``, ``parents[i] < i``).
+        starts, ends: int [B], each row's valid window of the cache.
+        past_len: slots in the cache (``S``).
+        dtype: float dtype of the model's attention (default float32).
+        device: where the model runs.
+
+    Raises:
+        ValueError: a bad parent array, a window outside ``[0, past_len]`` or B == 0.
+    """
+    import torch
+
+    past_len = as_int(past_len, "past_len")
+    st, en = _row_windows(starts, ends, past_len)
+    blocks = [tree_bias(p, dtype or torch.float32) for p in parents]
+    if len(blocks) != len(st) or not blocks:
+        raise ValueError(f"parents: expected one parent array per row ({len(st)} rows, at least 1), got {len(blocks)}")
+    dtype = dtype or torch.float32
+    t = max(int(blk.shape[0]) for blk in blocks)
+    lo = torch.finfo(dtype).min
+    slots = torch.arange(past_len)
+    window = (slots >= torch.tensor(st).view(-1, 1)) & (slots < torch.tensor(en).view(-1, 1))  # [B, S]
+    mask = torch.full((len(st), 1, t, past_len + t), lo, dtype=dtype)
+    mask[:, 0, :, :past_len] = torch.where(window, 0.0, lo).to(dtype).unsqueeze(1)
+    diag = torch.arange(t)
+    mask[:, 0, diag, past_len + diag] = 0.0
+    for b, blk in enumerate(blocks):
+        n = int(blk.shape[0])
+        mask[b, 0, :n, past_len : past_len + n] = blk
+    return mask.to(device)
+
+
+def batch_tree_inputs(
+    tokens: Sequence[Any],
+    parents: Sequence[Any],
+    depths: Sequence[Any],
+    starts: Any,
+    ends: Any,
+    past_len: int,
+    dtype: Any = None,
+    device: Any = "cpu",
+) -> Tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """The model inputs of one batched tree step (what :func:`batch_tree_forward` feeds).
+
+    Args:
+        tokens, parents, depths: B arrays each, int [T_b] (root first; checked as in
+            :func:`tree_forward`).
+        starts, ends: int [B], row ``b``'s valid cache slots ``[starts[b], ends[b])``.
+        past_len: slots in the cache (``S``); dtype, device: the model's.
+
+    Returns:
+        ``(input_ids, attention_mask, position_ids)``: LongTensor [B, T] (padding nodes repeat
+        their row's root), the additive mask (B, 1, T, past_len + T) of
+        :func:`batch_tree_mask`, LongTensor [B, T] = ``ends[b] - starts[b] + depth``.
+
+    Raises:
+        ValueError: bad trees, rows of different counts, windows outside the cache.
+    """
+    import torch
+
+    past_len = as_int(past_len, "past_len")
+    ps = [_parents_array(p) for p in parents]
+    if not (len(ps) == len(tokens) == len(depths)):
+        raise ValueError(f"tokens, parents, depths: expected one array per row each, got {len(tokens)}, {len(ps)}, {len(depths)}")
+    st, en = _row_windows(starts, ends, past_len)
+    if len(st) != len(ps) or not ps:
+        raise ValueError(f"starts: expected {len(ps)} rows (one per tree, at least 1), got {len(st)}")
+    t = max(p.size for p in ps)
+    ids = np.zeros((len(ps), t), dtype=np.int64)
+    pos = np.zeros((len(ps), t), dtype=np.int64)
+    for b, p in enumerate(ps):
+        tok = as_array(tokens[b], np.int64, f"tokens[{b}]", 1)
+        if tok.shape[0] != p.size:
+            raise ValueError(f"tokens[{b}]: expected shape [{p.size}] (= len(parents[{b}])), got {list(tok.shape)}")
+        d = _check_depths(depths[b], p)
+        ids[b, : p.size], ids[b, p.size :] = tok, tok[0]
+        pos[b] = en[b] - st[b]
+        pos[b, : p.size] += d
+    dev = torch.device(device)
+    mask = batch_tree_mask(ps, st, en, past_len, dtype or torch.float32, dev)
+    return torch.from_numpy(ids).to(dev), mask, torch.from_numpy(pos).to(dev)
+
+
+def batch_tree_forward(
+    model: Any,
+    cache: Any,
+    tokens: Sequence[Any],
+    parents: Sequence[Any],
+    depths: Sequence[Any],
+    *,
+    starts: Any,
+    ends: Any,
+) -> "torch.Tensor":
+    """One forward of B rows' trees, each after its own window of the cache; appends ``T``
+    entries (the widest tree) to every row of ``cache``.
+
+    Args:
+        model: HF causal LM (as for :func:`tree_forward`).
+        cache: the model's cache (``DynamicCache``) of B rows and ``S`` slots.
+        tokens, parents, depths: B arrays each, int [T_b] (root first; checked as in
+            :func:`tree_forward`).
+        starts, ends: int [B], row ``b``'s valid cache slots ``[starts[b], ends[b])``; its
+            nodes sit at positions ``ends[b] - starts[b] + depths[b]``.
+
+    Returns:
+        torch.Tensor [B, T, V]: row ``b``'s logits after each of its nodes in ``[:T_b]``
+        (float32; rows past ``T_b`` belong to padding nodes).
+
+    Raises:
+        ValueError: bad trees, rows of different counts, windows outside the cache.
+    """
+    import torch
+
+    from tokenloom.runtime.kvcache import cache_length
+
+    dtype, device = model_dtype_device(model)
+    ids, mask, pos = batch_tree_inputs(tokens, parents, depths, starts, ends, cache_length(cache), dtype, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_arg(model, cache))
+    logits = out.logits
     return logits if logits.dtype == torch.float32 else logits.float()

@@ -93,7 +93,8 @@ class Drafter(Protocol):
     def prefill(self, input_ids: "torch.Tensor", first_token: int, cache: Any, logits: "torch.Tensor") -> None:
         """Start a request. ``input_ids`` LongTensor [1, n] (the prompt), ``first_token`` the
         token chosen from the prefill (the first root), ``cache`` the target's KV cache (holding
-        the prompt; the same object for the whole request), ``logits`` float [m, V] of the
+        the prompt; the same object for the whole request; None when the request is a row of
+        a batch, whose cache holds every row), ``logits`` float [m, V] of the
         prompt's last ``m = min(n, prefill_positions)`` positions."""
         ...
 

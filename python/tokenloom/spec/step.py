@@ -18,12 +18,23 @@ prompt after a prefill) and ``last`` the newest token, not yet in the cache::
 
 Invariant after a step: the cache holds ``past + len(new_tokens)`` entries, one per token of the
 sequence except the newest (``new_tokens[-1]``), which is the next root.
+
+:class:`BatchTreeStep` is the same over B rows of one cache (one drafter per row, every row's
+tree in one forward); the cache's per-row windows are described in
+:mod:`tokenloom.runtime.kvcache` (``examples/batch_loop.py``)::
+
+    step = BatchTreeStep.propose(drafters, lasts, starts, ends, past, device=..., dtype=...)
+    logits = model(input_ids=step.input_ids, attention_mask=step.attention_mask,
+                   position_ids=step.position_ids, **cache_arg(model, cache)).logits
+    new_tokens = step.accept(logits)                    # one list per row
+    ends = compact_rows(cache, past, ends, step.paths)  # each row keeps its accepted path
+    past = cache_length(cache)
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,7 +44,7 @@ from tokenloom.spec.base import DraftTree, Drafter
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["TreeStep"]
+__all__ = ["BatchTreeStep", "TreeStep"]
 
 
 class TreeStep:
@@ -100,8 +111,6 @@ class TreeStep:
 
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"logits: expected a torch.Tensor [T, V] or [1, T, V], got {type(logits).__name__}")
-        if not logits.is_floating_point():
-            raise ValueError(f"logits: expected a float tensor, got dtype {logits.dtype}")
         t = self.size
         if logits.dim() == 3 and logits.shape[0] == 1:
             logits = logits[0]
@@ -109,14 +118,7 @@ class TreeStep:
             raise ValueError(
                 f"logits: expected shape [{t}, V] or [1, {t}, V] (one row per tree node), got {list(logits.shape)}"
             )
-        v = int(logits.shape[1])
-        k = getattr(self.drafter, "k", 1)
-        vocab = getattr(getattr(self.drafter, "recycler", None), "vocab_size", None)
-        if v < k or (vocab is not None and v > vocab):
-            raise ValueError(f"logits: vocabulary axis of {v} outside [k={k}, drafter vocab_size={vocab}]")
-        if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
-            raise ValueError("logits: NaN or +inf values (the model's output is broken)")
-        return logits
+        return _check_logits(logits, self.drafter)
 
     def accept(self, logits: Any, **kwargs: Any) -> Tuple[List[int], "torch.Tensor"]:
         """Deprecated name of :meth:`verify` (``accept`` is the :class:`~tokenloom.spec.base.Drafter`'s)."""
@@ -156,15 +158,12 @@ class TreeStep:
         """
         import torch
 
-        from tokenloom.request.config import make_config
         from tokenloom.verify.policy import TreeVerifier
 
         if self._done:
             raise RuntimeError("verify: this step was already verified; propose a new step")
         x = self._logits_2d(logits)
-        cfg = make_config(
-            max_new_tokens=0, eos_token_ids=(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed
-        )
+        cfg = _step_config(temperature, top_k, top_p, min_p, seed)
         res = TreeVerifier(cfg)(self.tree, x)
         self.drafter.accept(self.tree, res, x)
         self._done = True
@@ -177,3 +176,156 @@ class TreeStep:
             ]
         )
         return [int(t) for t in np.asarray(res.tokens)], keep
+
+
+def _check_logits(logits: "torch.Tensor", drafter: Any) -> "torch.Tensor":
+    """``logits`` float [T, V] checked against the drafter's vocabulary; NaN / +inf refused."""
+    import torch
+
+    if not logits.is_floating_point():
+        raise ValueError(f"logits: expected a float tensor, got dtype {logits.dtype}")
+    v = int(logits.shape[1])
+    k = getattr(drafter, "k", 1)
+    vocab = getattr(getattr(drafter, "recycler", None), "vocab_size", None)
+    if v < k or (vocab is not None and v > vocab):
+        raise ValueError(f"logits: vocabulary axis of {v} outside [k={k}, drafter vocab_size={vocab}]")
+    if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+        raise ValueError("logits: NaN or +inf values (the model's output is broken)")
+    return logits
+
+
+def _step_config(temperature: Any, top_k: Any, top_p: Any, min_p: Any, seed: Any) -> Any:
+    """The validated request of one step's verification (no token budget, no stop tokens)."""
+    from tokenloom.request.config import make_config
+
+    return make_config(
+        max_new_tokens=0, eos_token_ids=(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed
+    )
+
+
+class BatchTreeStep:
+    """B rows' drafted trees and the model inputs of their ONE forward over a cache of B rows,
+    row ``b``'s valid entries being the slots ``[starts[b], ends[b])`` (left padding before,
+    stale entries after; see :mod:`tokenloom.runtime.kvcache`).
+
+    Attributes:
+        drafters: one per row (each learns in :meth:`verify`); trees: their DraftTrees.
+        past_len: the cache's slots before the step (``S``).
+        input_ids: LongTensor [B, T] (T the widest tree; padding nodes repeat the row's root).
+        attention_mask: additive float mask (B, 1, T, past_len + T)
+            (:func:`tokenloom.runtime.treeattn.batch_tree_mask`).
+        position_ids: LongTensor [B, T], ``ends[b] - starts[b] + depth``.
+        paths: after :meth:`verify`, each row's accepted node indices (int64, from 0): the
+            ``paths`` argument of :func:`tokenloom.runtime.kvcache.compact_rows`.
+    """
+
+    def __init__(self, drafters: Sequence[Drafter], trees: Sequence[DraftTree], starts: Sequence[int], ends: Sequence[int],
+                 past_len: int, device: Any, dtype: Any):
+        from tokenloom.runtime.treeattn import batch_tree_inputs
+
+        self.drafters = list(drafters)
+        self.trees = list(trees)
+        self.past_len = past_len
+        self.input_ids, self.attention_mask, self.position_ids = batch_tree_inputs(
+            [t.tokens for t in trees], [t.parents for t in trees], [t.depths for t in trees],
+            starts, ends, past_len, dtype, device,
+        )
+        self.paths: Optional[List[np.ndarray]] = None
+
+    @classmethod
+    def propose(
+        cls, drafters: Sequence[Drafter], last_tokens: Sequence[int], starts: Sequence[int], ends: Sequence[int],
+        past_len: int, *, device: Any = "cpu", dtype: Any = None,
+    ) -> "BatchTreeStep":
+        """Each row's ``drafter.propose(last_token, ends[b] - starts[b])`` and the inputs of
+        their forward.
+
+        Raises:
+            ValueError: rows of different counts, no row, windows outside ``[0, past_len]``,
+                a non-float ``dtype``. TypeError: a last token that is not an int.
+        """
+        import torch
+
+        from tokenloom.spec.base import check_tree
+
+        past = as_int(past_len, "past_len")
+        if not (len(drafters) == len(last_tokens) == len(starts) == len(ends)) or not drafters:
+            raise ValueError(
+                f"expected one drafter, last token, start and end per row (at least one row), got "
+                f"{len(drafters)}, {len(last_tokens)}, {len(starts)}, {len(ends)}"
+            )
+        dtype = torch.float32 if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype: expected a torch float dtype (the model's), got {dtype!r}")
+        st = [as_int(x, "starts") for x in starts]
+        en = [as_int(x, "ends") for x in ends]
+        bad = [b for b in range(len(st)) if not (0 <= st[b] <= en[b] <= past)]
+        if bad:
+            raise ValueError(f"row {bad[0]}: expected 0 <= starts <= ends <= past_len={past}, got [{st[bad[0]]}, {en[bad[0]]})")
+        trees = []
+        for d, last, s0, e0 in zip(drafters, last_tokens, st, en):
+            tree = d.propose(as_int(last, "last_tokens"), e0 - s0)
+            msg = check_tree(tree)
+            if msg:
+                raise TypeError(msg)
+            trees.append(tree)
+        return cls(drafters, trees, st, en, past, device, dtype)
+
+    @property
+    def rows(self) -> int:
+        """B, the rows of the step."""
+        return len(self.trees)
+
+    def __repr__(self) -> str:
+        return f"BatchTreeStep(B={self.rows}, T={int(self.input_ids.shape[1])}, past_len={self.past_len})"
+
+    def verify(
+        self,
+        logits: Any,
+        *,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        seeds: Optional[Sequence[Optional[int]]] = None,
+    ) -> List[List[int]]:
+        """Verify every row's tree against its logits, let each drafter learn.
+
+        Args:
+            logits: float [B, T, V] (the model's output of this step's forward).
+            temperature, top_k, top_p, min_p: as in :meth:`TreeStep.verify` (every row).
+            seeds: one seed per row for this step's verification draws (None: fresh entropy).
+
+        Returns:
+            Each row's emitted ids (n_b >= 1: accepted draft tokens, then the target's token);
+            ``self.paths`` holds the accepted node indices for
+            :func:`tokenloom.runtime.kvcache.compact_rows`.
+
+        Raises:
+            TypeError: logits not a tensor. ValueError: wrong shape or dtype, NaN / +inf,
+            a bad sampling parameter, seeds of another count. RuntimeError: verified already.
+        """
+        import torch
+
+        from tokenloom.verify.policy import TreeVerifier
+
+        if self.paths is not None:
+            raise RuntimeError("verify: this step was already verified; propose a new step")
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"logits: expected a torch.Tensor [B, T, V], got {type(logits).__name__}")
+        want = (self.rows, int(self.input_ids.shape[1]))
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != want:
+            raise ValueError(f"logits: expected shape [{want[0]}, {want[1]}, V] (one row per tree node), got {list(logits.shape)}")
+        seeds = [None] * self.rows if seeds is None else list(seeds)
+        if len(seeds) != self.rows:
+            raise ValueError(f"seeds: expected one per row ({self.rows}), got {len(seeds)}")
+        cfgs = [_step_config(temperature, top_k, top_p, min_p, s) for s in seeds]
+        rows = [_check_logits(logits[b, : t.size], d) for b, (t, d) in enumerate(zip(self.trees, self.drafters))]
+        out, paths = [], []
+        for cfg, tree, drafter, x in zip(cfgs, self.trees, self.drafters, rows):
+            res = TreeVerifier(cfg)(tree, x)
+            drafter.accept(tree, res, x)
+            paths.append(np.asarray(res.path, dtype=np.int64))
+            out.append([int(t) for t in np.asarray(res.tokens)])
+        self.paths = paths
+        return out

@@ -53,10 +53,13 @@ class TreeVerifier:
         c = self.cfg
         return probs_from_logits(logits, c.temperature, c.top_k, c.top_p, c.min_p)
 
-    def __call__(self, tree: "DraftTree", logits: "torch.Tensor") -> VerifyResult:
-        """Verify ``tree`` against ``logits`` float [T, V] (row ``i``: the target after node ``i``)."""
+    def __call__(self, tree: "DraftTree", logits: "torch.Tensor", argmax: Optional[np.ndarray] = None) -> VerifyResult:
+        """Verify ``tree`` against ``logits`` float [T, V] (row ``i``: the target after node ``i``).
+        ``argmax``: the logits' argmax (int [T], on the host) when the caller has it already
+        (a batch computes every row's at once); used by greedy verification only."""
         if self.cfg.greedy:
-            return verify_greedy(tree.parents, tree.tokens, logits.argmax(-1).cpu().numpy())
+            ids = logits.argmax(-1).cpu().numpy() if argmax is None else argmax
+            return verify_greedy(tree.parents, tree.tokens, ids)
         return verify_tree(
             tree.parents,
             tree.tokens,

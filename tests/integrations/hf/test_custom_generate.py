@@ -310,16 +310,14 @@ def test_hf_paths_bad_input(tiny_llama):
     import torch
 
     ids = _prompt(2)
-    both = [tlhf.recycling_generate, tlhf.recycling_assisted_generate]
     two = torch.cat([ids, ids])
-    for fn in both:
-        with pytest.raises(ValueError, match="batch size 1"):
-            tiny_llama.generate(two, attention_mask=torch.ones_like(two), max_new_tokens=4, pad_token_id=0,
-                                custom_generate=fn)
+    with pytest.raises(ValueError, match="batch size 1"):
+        tiny_llama.generate(two, attention_mask=torch.ones_like(two), max_new_tokens=4, pad_token_id=0,
+                            custom_generate=tlhf.recycling_assisted_generate)
     g = tlhf.recycling_generate
     padded = torch.ones_like(ids)
-    padded[0, 0] = 0
-    with pytest.raises(ValueError, match="padding"):
+    padded[0, -1] = 0
+    with pytest.raises(ValueError, match="right padding"):
         tiny_llama.generate(ids, attention_mask=padded, max_new_tokens=4, pad_token_id=0, custom_generate=g)
     with pytest.raises(ValueError, match="RepetitionPenaltyLogitsProcessor is not supported"):
         _hf(tiny_llama, ids, 4, repetition_penalty=1.3, custom_generate=g)
@@ -333,6 +331,22 @@ def test_hf_paths_bad_input(tiny_llama):
         g(tiny_llama, ids)
     with pytest.raises(TypeError, match="TokenRecycler"):
         tlhf.RecyclingCandidateGenerator(object())
+
+
+def test_recycling_generate_batch_is_hf_batched_greedy(tiny_llama):
+    """custom_generate with a left-padded batch of 3 (rows of different lengths): HF's own
+    batched greedy tokens, finished rows padded as HF pads them."""
+    import torch
+
+    rows = [_prompt(s)[0, : 12 - 3 * s] for s in range(3)]
+    ids = torch.zeros((3, 12), dtype=torch.long)
+    mask = torch.zeros((3, 12), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, 12 - len(r) :], mask[b, 12 - len(r) :] = r, 1
+    kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    ref = tiny_llama.generate(ids, **kw)
+    ours = tiny_llama.generate(ids, custom_generate=tlhf.recycling_generate, **kw)
+    assert ours.tolist() == ref.tolist()
 
 
 # --- the embedded model -----------------------------------------------------------------------

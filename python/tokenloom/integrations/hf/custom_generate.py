@@ -11,11 +11,14 @@ Two ways in:
   recycler from the scores HF passes back; :func:`recycling_assisted_generate` runs it inside
   HF's own ``_assisted_decoding`` (``custom_generate=tokenloom.hf.recycling_assisted_generate``).
 
-Both take batch size 1 and extra ``generate`` keywords: ``recycler=`` (a
-:class:`~tokenloom.TokenRecycler`, default the process-wide one, so the hot start carries
-across calls). What :func:`recycling_generate` cannot honour (custom logits processors beyond
-temperature / top-k / top-p / min-p, stopping criteria beyond max length and EOS, padded
-attention masks, beams, ``output_scores`` and friends) is refused with a ValueError naming it.
+Both take extra ``generate`` keywords: ``recycler=`` (a :class:`~tokenloom.TokenRecycler`,
+default the process-wide one, so the hot start carries across calls).
+:func:`recycling_generate` takes batches (B > 1 left-padded prompts, as HF's ``generate`` takes
+them: ``tokenloom.generate``'s batched loop, every row's tree in one forward); the assisted
+path takes batch size 1 (HF's assisted loop does). What :func:`recycling_generate` cannot
+honour (custom logits processors beyond temperature / top-k / top-p / min-p, stopping criteria
+beyond max length and EOS, right padding, beams, ``output_scores`` and friends) is refused
+with a ValueError naming it.
 
 Streaming: pass ``token_streamer=<streamer>`` to ``model.generate`` (it reaches the callable as an
 extra keyword). transformers 4.57 does not forward ``streamer=`` to a ``custom_generate`` callable
@@ -129,13 +132,17 @@ def _check_batch(input_ids: Any, who: str) -> None:
         )
 
 
-def _check_attention_mask(model_kwargs: Dict[str, Any], who: str) -> None:
-    am = model_kwargs.get("attention_mask")
-    if am is not None and not bool((am == 1).all()):
-        raise ValueError(
-            f"{who}: the attention mask has padding (zeros); batch size 1 needs no padding, "
-            "pass the unpadded prompt"
-        )
+def _check_position_ids(position_ids: Any, attention_mask: Any, length: int, who: str) -> None:
+    """Refuse position ids other than what HF builds for the prompt: none, ``arange(n)`` or,
+    with a padding mask, the mask's running count (``cumsum - 1``) at every token."""
+    if is_default_position_ids(position_ids, length):
+        return
+    if attention_mask is not None and isinstance(position_ids, torch.Tensor) and position_ids.shape == attention_mask.shape:
+        tokens = attention_mask.bool()
+        counted = attention_mask.long().cumsum(-1) - 1
+        if bool(torch.equal(position_ids[tokens].long(), counted[tokens])):
+            return
+    raise ValueError(f"{who}: custom position_ids are not supported (only those HF builds from the prompt and its mask)")
 
 
 
@@ -203,6 +210,15 @@ def _stop_rules(stopping_criteria: Sequence[Any], generation_config: Any, prompt
     return max(0, int(max_length) - prompt_len), sorted(set(eos))
 
 
+def _pad_id(generation_config: Any) -> Optional[int]:
+    """HF's pad id for finished rows: the config's ``pad_token_id``, else its first EOS."""
+    for value in (generation_config.pad_token_id, generation_config.eos_token_id):
+        ids = torch.as_tensor(value).flatten().tolist() if value is not None else []
+        if ids:
+            return int(ids[0])
+    return None
+
+
 def recycling_generate(
     model: Any,
     input_ids: "torch.LongTensor",
@@ -230,12 +246,16 @@ def recycling_generate(
     ``streamer``. Sampling draws its seed from torch's global generator when ``seed`` is None,
     so ``torch.manual_seed`` makes runs reproducible as with HF (the draws differ from HF's).
 
+    Batches: B > 1 left-padded prompts (``attention_mask`` from the tokenizer with
+    ``padding_side="left"``) run in tokenloom's batched loop; rows that stop early are padded
+    with the generation config's ``pad_token_id`` (else the first EOS), as HF pads them.
+
     Returns:
-        LongTensor [1, prompt + new] (HF's default), or ``GenerateDecoderOnlyOutput`` with
+        LongTensor [B, prompt + new] (HF's default), or ``GenerateDecoderOnlyOutput`` with
         ``sequences`` when ``return_dict_in_generate=True``.
 
     Raises:
-        ValueError: batch > 1, padding in the attention mask, beams, a non-empty incoming cache,
+        ValueError: right padding in the attention mask, a streamer with B > 1, beams, a non-empty incoming cache,
         ``output_scores`` / ``output_logits`` / ``output_attentions`` / ``output_hidden_states``,
         logits processors or stopping criteria it cannot honour, unknown model kwargs.
     """
@@ -246,20 +266,20 @@ def recycling_generate(
         raise TypeError(f"{who}: call it through model.generate(..., custom_generate=tokenloom.hf.{who})")
     if (generation_config.num_beams or 1) != 1:
         raise ValueError(f"{who}: beam search is not supported (num_beams={generation_config.num_beams})")
-    _check_batch(input_ids, who)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"{who}: expected input_ids LongTensor [B, n], got {getattr(input_ids, 'shape', input_ids)!r}")
     if synced_gpus:
         raise ValueError(f"{who}: synced_gpus (multi-GPU sharded generation) is not supported")
     if generation_config.return_dict_in_generate:
         for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
             if getattr(generation_config, flag, False):
                 raise ValueError(f"{who}: {flag}=True is not supported (only sequences are returned)")
-    _check_attention_mask(model_kwargs, who)
+    mask = model_kwargs.get("attention_mask")
     for name in CACHE_KWARGS:
         cache = model_kwargs.get(name)
         if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
             raise ValueError(f"{who}: an incoming {name} with cached tokens is not supported")
-    if not is_default_position_ids(model_kwargs.get("position_ids"), int(input_ids.shape[1])):
-        raise ValueError(f"{who}: custom position_ids are not supported (only the prompt's arange(n))")
+    _check_position_ids(model_kwargs.get("position_ids"), mask, int(input_ids.shape[1]), who)
     extra = sorted(
         k for k, v in model_kwargs.items() if k not in _BENIGN_MODEL_KWARGS and k != "position_ids" and v is not None
     )
@@ -284,6 +304,8 @@ def recycling_generate(
         streamer=streamer,
         recycler=recycler,
         tree=tree,
+        attention_mask=mask,
+        pad_token_id=_pad_id(generation_config),
         **sampling,
     )
     if generation_config.return_dict_in_generate:

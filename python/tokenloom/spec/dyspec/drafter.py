@@ -143,12 +143,13 @@ class DySpecDrafter:
 
     def prefill(self, input_ids: Any, first_token: int, cache: Any, logits: Any) -> None:
         """Start the draft on the prompt and the first token (an early exit adopts the
-        target's cache instead of running its own prefill)."""
+        target's cache instead of running its own prefill; with ``cache=None``, a row of a
+        batch, it keeps its own cache)."""
         import torch
 
         seq = torch.cat([input_ids[0].cpu(), torch.tensor([int(first_token)])])
         self._cache = cache
-        if self._early:
+        if self._early and cache is not None:
             self.draft.start(seq, target_cache=cache)
         else:
             self.draft.start(seq)
@@ -191,7 +192,7 @@ class DySpecDrafter:
     def accept(self, tree: DraftTree, result: Any, logits: Any) -> None:
         """Commit the emitted tokens to the draft (it keeps the accepted path's entries)."""
         self.draft.commit([int(t) for t in result.tokens])
-        if self._early:
+        if self._early and self._cache is not None:
             self.draft.adopt_cache(self._cache)
 
     def stats(self) -> Dict[str, Any]:
