@@ -66,7 +66,7 @@ def our_rows(out, n):
 
 
 @pytest.mark.parametrize("method, kwargs", METHODS)
-@pytest.mark.parametrize("lengths", [[5], [7, 3], [9, 4, 6, 2]])
+@pytest.mark.parametrize("lengths", [[5], [7, 3], [9, 4, 6, 2], [3, 11, 6, 1, 8, 5, 10, 2]])
 def test_batch_greedy_is_hf_batched_greedy(llama, method, kwargs, lengths):
     """Row by row HF's batched greedy tokens; a stop token that row 0 emits early ends some rows
     before the others (they leave the batch), and the padding after a row is the pad id."""
