@@ -6,7 +6,7 @@ pre-packed CPU linears, and returns the sequence and its statistics."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from tokenloom.request.config import DecodeConfig, make_config
 from tokenloom.decoding.methods import check_kwargs, methods, register_method, resolve_method
@@ -146,9 +146,16 @@ def generate(
         seed=seed,
         vocab_size=vocab,
     )
+    if input_ids.shape[0] > 1:  # every refusal before the kernel choice (it may time the model)
+        from tokenloom.decoding.batch import batch_factory, pad_id
+        from tokenloom.decoding.plain import decode_plain
+
+        if streamer is not None:
+            raise ValueError(f"streamer: streams one request; got a batch of {input_ids.shape[0]} rows")
+        factory = batch_factory(method, fn, method_kwargs)
+        pad = pad_id(model, pad_token_id, sorted(cfg.eos_token_ids))
+        return _generate_batch(model, input_ids, mask, cfg, factory, fn is decode_plain, auto_pack(model, pack), pad)
     use_pack = auto_pack(model, pack)
-    if input_ids.shape[0] > 1:
-        return _generate_batch(model, input_ids, mask, cfg, fn, method, method_kwargs, use_pack, streamer, pad_token_id)
     full, cut = input_ids, 0
     if mask is not None:  # one row: decode it unpadded, keep its padding in the output
         cut = int(input_ids.shape[1] - mask.sum())
@@ -180,20 +187,15 @@ def generate(
 
 
 def _generate_batch(
-    model: Any, input_ids: Any, mask: Any, cfg: DecodeConfig, fn: Any, method: str,
-    kwargs: Dict[str, Any], use_pack: bool, streamer: Any, pad_token_id: Any,
+    model: Any, input_ids: Any, mask: Any, cfg: DecodeConfig, factory: Any, plain: bool, use_pack: bool, pad: int,
 ) -> GenerateOutput:
-    """:func:`generate` of B > 1 left-padded rows (:mod:`tokenloom.decoding.batch`)."""
+    """:func:`generate` of B > 1 left-padded rows (:mod:`tokenloom.decoding.batch`), the request
+    checked: ``factory`` makes each row's drafter, ``pad`` follows a row's last token."""
     import torch
 
-    from tokenloom.decoding.batch import batch_factory, batch_stats, decode_batch, pad_id
-    from tokenloom.decoding.plain import decode_plain
+    from tokenloom.decoding.batch import batch_stats, decode_batch
     from tokenloom.runtime.cpupack import packed_linears
 
-    if streamer is not None:
-        raise ValueError(f"streamer: streams one request; got a batch of {input_ids.shape[0]} rows")
-    factory = batch_factory(method, fn, kwargs)
-    pad = pad_id(model, pad_token_id, sorted(cfg.eos_token_ids))
     start = time.perf_counter()
     with torch.inference_mode(), packed_linears(model, use_pack):
         sinks, specs = decode_batch(model, input_ids, mask, cfg, factory)
@@ -209,6 +211,6 @@ def _generate_batch(
     dev = input_ids.device
     return GenerateOutput(
         sequences=torch.cat([input_ids, new.to(dev)], dim=1),
-        stats=batch_stats(sinks, specs, seconds, fn is decode_plain),
+        stats=batch_stats(sinks, specs, seconds, plain),
         attention_mask=out_mask.to(dev),
     )

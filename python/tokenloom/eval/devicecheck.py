@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -64,15 +62,10 @@ FULL = Settings(greedy_tokens=64, greedy_prompts=3, chi_trials=1000, byte_prefix
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``lscpu``), or what the platform says."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (what ``lscpu`` shows: :func:`tokenloom.runtime.machine.cpu_model_and_flags`)."""
+    from tokenloom.runtime.machine import cpu_model_and_flags
+
+    return cpu_model_and_flags()[0]
 
 
 def _timed(device: Any, fn: Any) -> Tuple[Any, float]:

@@ -360,10 +360,19 @@ def batch_tree_mask(
 
     past_len = as_int(past_len, "past_len")
     st, en = _row_windows(starts, ends, past_len)
-    blocks = [tree_bias(p, dtype or torch.float32) for p in parents]
-    if len(blocks) != len(st) or not blocks:
-        raise ValueError(f"parents: expected one parent array per row ({len(st)} rows, at least 1), got {len(blocks)}")
-    dtype = dtype or torch.float32
+    ps = [_parents_array(p) for p in parents]
+    if len(ps) != len(st) or not ps:
+        raise ValueError(f"parents: expected one parent array per row ({len(st)} rows, at least 1), got {len(ps)}")
+    return _batch_mask(ps, st, en, past_len, dtype or torch.float32, torch.device(device))
+
+
+def _batch_mask(
+    ps: Sequence[np.ndarray], st: List[int], en: List[int], past_len: int, dtype: Any, device: Any
+) -> "torch.Tensor":
+    """:func:`batch_tree_mask` of checked parent arrays and windows."""
+    import torch
+
+    blocks = [_bias_cached(p.tobytes(), dtype, torch.device("cpu")) for p in ps]
     t = max(int(blk.shape[0]) for blk in blocks)
     lo = torch.finfo(dtype).min
     slots = torch.arange(past_len)
@@ -425,7 +434,7 @@ def batch_tree_inputs(
         pos[b] = en[b] - st[b]
         pos[b, : p.size] += d
     dev = torch.device(device)
-    mask = batch_tree_mask(ps, st, en, past_len, dtype or torch.float32, dev)
+    mask = _batch_mask(ps, st, en, past_len, dtype or torch.float32, dev)
     return torch.from_numpy(ids).to(dev), mask, torch.from_numpy(pos).to(dev)
 
 

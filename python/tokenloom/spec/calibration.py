@@ -49,7 +49,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 from tokenloom.device import device_name, synchronize
 from tokenloom.runtime.compat import cache_arg
-from tokenloom.runtime.machine import machine_fingerprint, machine_info, own_load
+from tokenloom.runtime.machine import machine_fingerprint, machine_info, machine_load, own_load
 from tokenloom.spec.persist import PersistWarning, cache_dir, load_state, save_state
 from tokenloom.spec.topk import top_k_ids
 
@@ -295,11 +295,9 @@ def probe_disagrees(saved: float, probed: float, factor: float = PROBE_FACTOR) -
 
 
 def read_load() -> float:
-    """The 1-minute load average (NaN where the platform has none)."""
-    try:
-        return float(os.getloadavg()[0])
-    except (OSError, AttributeError):  # pragma: no cover - platforms without it
-        return float("nan")
+    """The 1-minute load average (NaN where the platform has none;
+    :func:`tokenloom.runtime.machine.machine_load`)."""
+    return float(machine_load()["load1"])
 
 
 def spread(samples: Sequence[float]) -> float:
