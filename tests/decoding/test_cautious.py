@@ -4,6 +4,7 @@ per step against separate plain forwards, the stop rules, determinism, bad input
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -46,8 +47,10 @@ def test_entropy_and_punctuation(tokenizer):
     assert len(ids) == 10 and tokenizer.encode(".", add_special_tokens=False)[0] in ids
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_equals_plain_sampling_when_the_trigger_never_fires(tiny_llama, temperature):
+@pytest.mark.parametrize("temperature, dtype", [(0.0, "float32"), (1.0, "float32"), (1.0, "bfloat16")])
+def test_equals_plain_sampling_when_the_trigger_never_fires(tiny_llama, temperature, dtype):
+    if dtype == "bfloat16":  # verification and the entropy trigger read float32 logits of a bfloat16 model
+        tiny_llama = copy.deepcopy(tiny_llama).to(torch.bfloat16)
     kw = dict(max_new_tokens=12, temperature=temperature, seed=5, eos_token_id=2)
     plain = tokenloom.generate(tiny_llama, PROMPT, method="plain", **kw)
     rec = CautiousRecord()
@@ -124,3 +127,18 @@ def test_cautious_bad_input(tiny_llama):
     with pytest.raises(TypeError, match="unexpected keyword"):
         tokenloom.generate(tiny_llama, PROMPT, method="cautious", trials=3)
     assert "cautious" in tokenloom.methods()
+
+
+def test_cautious_triggers_in_bfloat16(tiny_llama):
+    """A bfloat16 model: the trials of a triggered step are scored from float32 log-probabilities
+    (finite, <= 0) and the run is deterministic under a seed."""
+    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    kw = dict(method="cautious", punctuation=[13, 29889, 11], max_new_tokens=10, temperature=1.0, top_k=40, seed=3,
+              eos_token_id=2, max_trial_tokens=3, max_trials=4)
+    rec = CautiousRecord(keep_trials=True)
+    out = tokenloom.generate(model, PROMPT, record=rec, **kw)
+    assert rec.triggered >= 1
+    for step in rec.steps:
+        for lps in step["logprobs"]:
+            assert all(math.isfinite(x) and x <= 0.0 for x in lps)
+    assert tokenloom.generate(model, PROMPT, **kw).sequences.tolist() == out.sequences.tolist()

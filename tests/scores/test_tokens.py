@@ -173,6 +173,24 @@ def test_token_stats_batched_equal_one_forward_per_text(tiny_llama):
         assert s.ids.tolist() == ids and len(s) == len(ids) - 1
 
 
+def test_token_stats_of_a_bfloat16_model(tiny_llama):
+    """A bfloat16 model's statistics come from its logits upcast to float32: one unpadded
+    sequence equals the NumPy reference on those logits (float32 rounding apart)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    ids = np.random.default_rng(2).integers(0, 49152, 12).tolist()
+    got = token_stats(model, [ids], window=64)[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float().numpy()
+    lp, h, sd, rk = ref_rows(logits[:-1], np.asarray(ids[1:]))
+    np.testing.assert_allclose(got.logprobs, lp, atol=2e-3)
+    np.testing.assert_allclose(got.entropy, h, atol=2e-3)
+    assert np.isfinite(got.logprobs).all() and (got.ranks == rk).mean() > 0.9
+
+
 def test_sliding_window_equals_one_forward_per_window(tiny_llama):
     import torch
 
