@@ -1,5 +1,5 @@
 """The batch draft budget: the allocation against a brute-force oracle (every allocation of
-small cases enumerated), the acceptance counts, the argument check, DraftTree.prefix."""
+small cases enumerated), the per-row acceptance estimates, the argument check, DraftTree.prefix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tokenloom.spec.base import DraftTree
-from tokenloom.spec.batchbudget import BatchBudget, NodeAcceptance, allocate, check_batch_budget, prior_rate
+from tokenloom.spec.batchbudget import BatchBudget, RowAcceptance, allocate, check_batch_budget, sibling_ranks
 
 
 def random_gains(rng, rows):
@@ -64,30 +64,43 @@ def test_allocate_edges():
         allocate([], lambda w: 1.0)
 
 
-def test_node_acceptance_learns_and_forgets():
-    acc = NodeAcceptance(2, max_nodes=4)
-    p0 = acc.probabilities([0, 1], 6)
-    assert p0.shape == (2, 6) and p0[:, 0].tolist() == [1.0, 1.0]
-    assert p0[0, 1:4].tolist() == pytest.approx(prior_rate(4)[1:].tolist())
-    for _ in range(30):
-        acc.observe(0, 3, [0, 1, 2])  # row 0 accepts nodes 1 and 2 every step
-        acc.observe(1, 3, [0])  # row 1 never
-    p = acc.probabilities([0, 1], 3)
-    assert p[0, 1] > 0.9 and p[1, 1] < 0.4 and p[0, 2] > p[1, 2]
-    for _ in range(200):  # row 0 stops sending: its estimate drifts back to the pooled rate
-        acc.observe(0, 1, [0])
-    assert acc.probabilities([0], 3)[0, 1] < p[0, 1]
+def chain(n):
+    return np.arange(-1, n - 1, dtype=np.int64), np.arange(n, dtype=np.int64)
+
+
+def test_sibling_ranks():
+    assert sibling_ranks(np.array([-1, 0, 0, 1, 0, 1, 3])).tolist() == [0, 0, 1, 0, 2, 1, 0]
+
+
+def test_row_acceptance_learns_per_row():
+    acc = RowAcceptance(2)
+    parents, depths = chain(4)
+    p0 = acc.probabilities(0, parents, depths)
+    assert p0[0] == 1.0 and list(p0) == sorted(p0, reverse=True) and p0[1] < 0.6  # the prior
+    star = np.array([-1, 0, 0, 0], dtype=np.int64)
+    assert acc.probabilities(0, star, np.array([0, 1, 1, 1]))[1:].tolist() == pytest.approx(
+        [p0[1], acc.stats[0].rates()[0, 1], acc.stats[0].rates()[0, 2]])  # siblings: the rank rates
+    for _ in range(40):
+        acc.observe(0, parents, [0, 1, 2])  # row 0 follows the first child twice, then stops
+        acc.observe(1, parents, [0])  # row 1 never goes on
+    p_good, p_bad = acc.probabilities(0, parents, depths), acc.probabilities(1, parents, depths)
+    assert p_good[1] > 0.8 and p_bad[1] < 0.2 and p_good[3] > p_bad[3]
+    cut = np.array([-1, 0], dtype=np.int64)  # a cut tree accepted to its edge: not a miss
+    before = acc.stats[1].reached.sum()
+    acc.observe(1, cut, [0, 1])
+    assert acc.stats[1].reached.sum() == pytest.approx(before * acc.stats[1].decay + 1)
 
 
 def test_batch_budget_steps_and_stats():
     budget = BatchBudget(3, limit=2)
-    k = budget.widths([0, 2], [5, 4])
+    trees = [DraftTree(np.arange(t, dtype=np.int64), *chain(t)) for t in (5, 4)]
+    k = budget.widths([0, 2], trees)
     assert sum(k) - len(k) <= 2 and all(x >= 1 for x in k)
-    budget.observe(0, k[0], [0])
+    budget.observe(0, trees[0].prefix(k[0]), [0])
     assert budget.stats() == {"batch_budget": 2, "draft_nodes_proposed": 7, "draft_nodes_sent": sum(k) - 2, "budget_steps": 1}
     seen = []
     auto = BatchBudget(4, cost=lambda t: seen.append(t) or 1.0 + t / 100)
-    assert auto.widths([1], [3]) == [3]
+    assert auto.widths([1], [trees[0].prefix(3)]) == [3]
     assert sorted(set(seen)) == [0.25, 0.5, 0.75]  # one live row of four: the curve read at the same total tokens
     with pytest.raises(ValueError, match="auto"):
         BatchBudget(2)

@@ -6,12 +6,13 @@ Every live row proposes its tree as alone; trees are prefix-closed in node order
 their draw order, so a prefix is still verified losslessly). Each step :class:`BatchBudget`
 picks every row's ``k_b`` (1 = the root alone: a plain step for that row):
 
-* **Acceptance per node index** (:class:`NodeAcceptance`): for row ``b`` and node index ``i``,
-  exponentially decayed counts of "node ``i`` was sent" and "node ``i`` was on the accepted
-  path". The estimate ``p_b(i)`` shrinks the row's rate towards the batch's pooled rate at
-  ``i``, which shrinks towards the prior :func:`prior_rate` (``PRIOR_FIRST / i``). The decay lets
-  an index that is no longer sent drift back to the pooled / prior rate, so a trimmed row is
-  tried again when the batch's evidence says it pays. Deterministic: no random draw.
+* **Acceptance per node** (:class:`RowAcceptance`): each row keeps
+  :class:`~tokenloom.spec.sizing.AcceptanceStats` (decayed counts, per depth and sibling rank,
+  of where the accepted path went on, with a prior and depth pooling), learnt from its own
+  verified steps; ``p_b(i)``, the probability that node ``i`` of row ``b``'s tree is on its
+  accepted path, is the product of the rates along the node's path. Depths a cut tree never
+  sent borrow the row's pooled rates, so a row whose drafts are accepted keeps earning its
+  nodes. Deterministic: no random draw.
 * **Expected tokens** of row ``b`` with ``k`` nodes: ``1 + sum_{1 <= i < k} p_b(i)`` (the
   accepted draft nodes plus the target's own token).
 * **Cost**: the forward of a batch pads every row's tree to the widest
@@ -35,33 +36,26 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tokenloom.spec.sizing import AcceptanceStats
+
 __all__ = [
     "BATCH_WIDTHS",
     "BatchBudget",
-    "NodeAcceptance",
+    "RowAcceptance",
     "allocate",
     "check_batch_budget",
-    "prior_rate",
+    "sibling_ranks",
 ]
 
 #: Tree widths (nodes per row, root included) the batched step-cost curve is measured at.
 BATCH_WIDTHS = (1, 2, 3, 5, 9, 17)
-#: Prior probability that node 1 is accepted; node ``i`` gets ``PRIOR_FIRST / i``.
-PRIOR_FIRST = 0.5
-#: Node indices tracked (deeper nodes share the last index's counts).
-MAX_NODES = 128
-#: Per-step decay of the counts, and the pseudo-observations of the pooled rate in a row's
-#: estimate (and of the prior in the pooled rate).
-DECAY = 0.95
-PRIOR_WEIGHT = 2.0
-
-
-def prior_rate(n: int) -> np.ndarray:
-    """float [n]: the prior acceptance rate of node indices ``0..n-1`` (1 for the root)."""
-    i = np.arange(n, dtype=np.float64)
-    out = PRIOR_FIRST / np.maximum(i, 1.0)
-    out[:1] = 1.0
-    return out
+#: Sibling ranks tracked per row.
+RANKS = 8
+#: Per-step decay of a row's counts, and the pseudo-observations of the depth-pooled rates
+#: (and of :data:`~tokenloom.spec.sizing.RANK_PRIOR` in them): see
+#: :class:`~tokenloom.spec.sizing.AcceptanceStats`.
+DECAY = 0.98
+PRIOR_WEIGHT = 4.0
 
 
 def check_batch_budget(value: Any) -> Union[str, int, None]:
@@ -78,44 +72,56 @@ def check_batch_budget(value: Any) -> Union[str, int, None]:
     raise ValueError(f"batch_budget: expected 'auto', None or an int >= 0 (draft nodes per step), got {value!r}")
 
 
-class NodeAcceptance:
-    """Decayed counts, per row and node index, of "sent" and "on the accepted path".
+def sibling_ranks(parents: np.ndarray) -> np.ndarray:
+    """int [T]: each node's index among its parent's children in node order (the root: 0)."""
+    seen: Dict[int, int] = {}
+    out = np.zeros(parents.shape[0], dtype=np.int64)
+    for i, p in enumerate(parents.tolist()[1:], start=1):
+        out[i] = seen.get(p, 0)
+        seen[p] = out[i] + 1
+    return out
+
+
+class RowAcceptance:
+    """Per row, :class:`~tokenloom.spec.sizing.AcceptanceStats` over sibling ranks: counts per
+    depth ``d`` and rank ``r`` of "the accepted path went on from its node at depth ``d`` to
+    that node's ``r``-th child" (in node order; -1 when a node with children sent ended it; the
+    last accepted node of a cut tree, whose children were not sent, is not counted).
+
+    Node ``i``'s estimate is the product of the rates along its path (as Token Recycling's
+    template choice estimates its paths), so depths and ranks never sent borrow the row's
+    depth-pooled rates and the prior instead of staying unknown.
 
     Args:
-        rows: rows of the batch (indexed as the loop's row ids ``0..rows-1``).
-        max_nodes: node indices tracked; deeper ones share the last.
-        decay, prior_weight: see :data:`DECAY`, :data:`PRIOR_WEIGHT`.
+        rows: rows of the batch (the loop's row ids ``0..rows-1``).
+        k: sibling ranks tracked (later siblings get probability 0).
     """
 
-    def __init__(self, rows: int, max_nodes: int = MAX_NODES, decay: float = DECAY, prior_weight: float = PRIOR_WEIGHT):
-        self.max_nodes = max_nodes
-        self.decay = decay
-        self.prior_weight = prior_weight
-        self.sent = np.zeros((rows, max_nodes))
-        self.hits = np.zeros((rows, max_nodes))
-        self._prior = prior_rate(max_nodes)
+    def __init__(self, rows: int, k: int = RANKS):
+        self.k = k
+        self.stats = [AcceptanceStats(k=k, decay=DECAY, prior_weight=PRIOR_WEIGHT) for _ in range(rows)]
 
-    def observe(self, row: int, size: int, path: Sequence[int]) -> None:
-        """Row ``row`` sent ``size`` nodes and accepted ``path`` (node indices, root first)."""
-        self.sent[row] *= self.decay
-        self.hits[row] *= self.decay
-        m = self.max_nodes
-        self.sent[row, : min(size, m)] += 1.0
-        if size > m:
-            self.sent[row, m - 1] += size - m
-        for i in path:
-            self.hits[row, min(int(i), m - 1)] += 1.0
+    def observe(self, row: int, parents: np.ndarray, path: Sequence[int]) -> None:
+        """Row ``row`` sent a tree of ``parents`` (int [T]) and accepted ``path`` (node
+        indices, root first)."""
+        ranks = sibling_ranks(parents)
+        steps = [int(ranks[int(i)]) for i in path[1:]]
+        last = int(path[-1])
+        if bool((parents == last).any()):  # its children were sent and none was accepted
+            steps.append(-1)
+        self.stats[row].observe(steps)
 
-    def probabilities(self, rows: Sequence[int], n: int) -> np.ndarray:
-        """float [len(rows), n]: ``p_b(i)``, the estimated probability that node ``i`` of row
-        ``b``'s next tree is on the accepted path (1 for the root)."""
-        idx = np.minimum(np.arange(n), self.max_nodes - 1)
-        w = self.prior_weight
-        pooled = (self.hits.sum(0) + w * self._prior) / (self.sent.sum(0) + w)
-        sel = list(rows)
-        p = (self.hits[sel] + w * pooled[None, :]) / (self.sent[sel] + w)
-        out = np.clip(p[:, idx], 0.0, 1.0)
-        out[:, 0] = 1.0
+    def probabilities(self, row: int, parents: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """float [T]: the estimated probability that each node of row ``row``'s tree
+        (``parents``, ``depths`` int [T]) is on its accepted path (1 for the root)."""
+        rates = self.stats[row].rates()
+        top = rates.shape[0] - 1
+        ranks = sibling_ranks(parents)
+        out = np.ones(parents.shape[0])
+        for i in range(1, parents.shape[0]):
+            p = int(parents[i])
+            r = int(ranks[i])
+            out[i] = out[p] * (rates[min(int(depths[p]), top), r] if r < self.k else 0.0)
         return out
 
 
@@ -206,16 +212,16 @@ class BatchBudget:
         self.rows = rows
         self.limit = limit
         self.cost = cost
-        self.acceptance = NodeAcceptance(rows)
+        self.acceptance = RowAcceptance(rows)
         self.proposed = 0
         self.sent = 0
         self.steps = 0
 
-    def widths(self, live: Sequence[int], sizes: Sequence[int]) -> List[int]:
-        """``k_b`` for the live rows ``live`` (the loop's row ids) whose trees have ``sizes``
-        nodes."""
-        p = self.acceptance.probabilities(live, max(sizes))
-        gains = [np.cumsum(p[i, :t]) for i, t in enumerate(sizes)]
+    def widths(self, live: Sequence[int], trees: Sequence[Any]) -> List[int]:
+        """``k_b`` for the live rows ``live`` (the loop's row ids) and their proposed ``trees``
+        (:class:`~tokenloom.spec.base.DraftTree`)."""
+        sizes = [t.size for t in trees]
+        gains = [np.cumsum(self.acceptance.probabilities(b, t.parents, t.depths)) for b, t in zip(live, trees)]
         cost = None
         if self.cost is not None:
             scale = len(live) / self.rows
@@ -227,9 +233,9 @@ class BatchBudget:
         self.sent += sum(k) - len(k)
         return k
 
-    def observe(self, row: int, size: int, path: Sequence[int]) -> None:
-        """Row ``row`` sent ``size`` nodes; ``path``: its accepted node indices."""
-        self.acceptance.observe(row, size, path)
+    def observe(self, row: int, tree: Any, path: Sequence[int]) -> None:
+        """Row ``row`` sent ``tree`` (a DraftTree) and accepted ``path`` (node indices)."""
+        self.acceptance.observe(row, tree.parents, path)
 
     def stats(self) -> Dict[str, Any]:
         """``{"batch_budget", "draft_nodes_proposed", "draft_nodes_sent", "budget_steps"}``."""

@@ -172,7 +172,7 @@ def speculative_decode_batch(
                 raise TypeError(bad)
             trees.append(tree)
         if budget is not None:
-            widths = budget.widths(live, [t.size for t in trees])
+            widths = budget.widths(live, trees)
             trees = [t.prefix(k) for t, k in zip(trees, widths)]
         t1 = clock()
         past = cache_length(cache)
@@ -192,7 +192,7 @@ def speculative_decode_batch(
         for i, (b, tree, result) in enumerate(zip(live, trees, results)):
             drafters[b].accept(tree, result, logits[i, : tree.size])
             if budget is not None:
-                budget.observe(b, tree.size, result.path.tolist())
+                budget.observe(b, tree, result.path.tolist())
             ends[b] = live_ends[i]
             stats[b].verify_seconds += seconds
             stats[b].observe(tree, result)
