@@ -180,9 +180,8 @@ def _best_under(gains: Sequence[np.ndarray], sizes: List[int], limit: int) -> Li
         g = np.asarray(g, dtype=np.float64)
         extra = min(t - 1, n)
         # table[m, j]: best[m - j] + g[j] (j extra nodes for this row, m nodes so far)
-        m = np.arange(n + 1)[:, None]
-        j = np.arange(extra + 1)[None, :]
-        prev = np.where(m - j >= 0, best[np.clip(m - j, 0, n)], neg)
+        used = np.arange(n + 1)[:, None] - np.arange(extra + 1)[None, :]
+        prev = np.where(used >= 0, best[np.clip(used, 0, n)], neg)
         table = prev + g[: extra + 1][None, :]
         pick = np.argmax(table, axis=1)  # first max: the fewest nodes for this row
         best = table[np.arange(n + 1), pick]
@@ -190,9 +189,9 @@ def _best_under(gains: Sequence[np.ndarray], sizes: List[int], limit: int) -> Li
     total = int(np.argmax(best))  # the fewest nodes among the best sums
     k = [0] * len(sizes)
     for b in range(len(sizes) - 1, -1, -1):
-        j = int(choice[b][total])
-        k[b] = j + 1
-        total -= j
+        nodes = int(choice[b][total])
+        k[b] = nodes + 1
+        total -= nodes
     return k
 
 
