@@ -62,6 +62,8 @@ BAD = [
     (["bench", "--batch", "4,4"], "each batch size once"),
     (["bench", "--batch", "4", "--methods", "hf"], "unknown method 'hf'"),
     (["bench", "--batch", "4", "--methods", "cautious"], "one request at a time"),
+    (["bench", "--batch", "4", "--batch-budget", "-1"], "--batch-budget: expected an integer >= 0"),
+    (["bench", "--batch", "4", "--batch-budget", "some"], "--batch-budget"),
     (["bytes", "fim", "--methods", "foo"], "unknown FIM methods 'foo'; choose from: token, heal, byte"),
     (["bytes", "fim", "-n", "-3"], "-n: expected an integer >= 0"),
     (["bytes", "fim", "-n", "0"], "fim needs >= 1"),

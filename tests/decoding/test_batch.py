@@ -200,25 +200,29 @@ def test_row_seeds():
 
 @pytest.mark.parametrize("method, kwargs", [
     ("plain", {}),
-    ("recycling", {"tree": "2.2.2"}),
-    ("suffix", {"budget": 6}),
-    ("dyspec", {"budget": 4, "max_depth": 2, "draft_layers": 1}),
+    ("recycling", {"tree": "2.2.2", "batch_budget": 4}),
+    ("suffix", {"budget": 6, "batch_budget": None}),
+    ("dyspec", {"budget": 4, "max_depth": 2, "draft_layers": 1, "batch_budget": 4}),
 ])
 def test_batch_sampling_exact_per_row(llama, method, kwargs):
     """Seeded runs of a batch of 3 rows (different lengths, temperature 2, top-k 3): each
     row's first two tokens follow the exact joint law of its own unpadded prompt (plain: the
     root-only trees; recycling, suffix: deterministic drafts; dyspec: sampled drafts without
-    replacement)."""
+    replacement). Recycling and dyspec run under a batch budget of 4 draft nodes per step, which
+    cuts the rows' trees (dyspec's to its root's first draws: the prefix stays lossless)."""
     base = [7, 9, 11, 13]
     ids = torch.tensor([[0, 0] + base[:2] * 2, base + base[:2], [0, 0, 0] + base[1:]])
     mask = (torch.arange(6) >= torch.tensor([[2], [0], [3]])).long()
     runs = {}
+    cut = []
 
     def batch(i):
         if i not in runs:
             out = tokenloom.generate(llama, ids, attention_mask=mask, method=method, max_new_tokens=2,
                                      temperature=2.0, top_k=3, seed=i, eos_token_id=[], **kwargs)
             runs[i] = (out.sequences[:, 6:].tolist(), [bool(r.spec and r.spec.accepted) for r in out.stats.rows])
+            extra = out.stats.rows[0].extra
+            cut.append(extra.get("draft_nodes_sent", 0) < extra.get("draft_nodes_proposed", 0))
         return runs[i]
 
     accepted = 0
@@ -228,6 +232,7 @@ def test_batch_sampling_exact_per_row(llama, method, kwargs):
         assert pvalue > 1e-3, (method, b)
         accepted += acc
     assert method == "plain" or accepted > 0  # drafts were accepted: verification is exercised
+    assert all(cut) == ("batch_budget" in kwargs and kwargs["batch_budget"] is not None)  # the budget cut every run's trees
 
 
 def test_batch_on_embedded_model(smollm):
@@ -313,3 +318,80 @@ def test_batch_step_refuses_bad_input(llama):
     assert len(step.verify(torch.zeros(2, step.input_ids.shape[1], V))) == 2
     with pytest.raises(RuntimeError, match="already"):
         step.verify(torch.zeros(2, step.input_ids.shape[1], V))
+
+
+@pytest.mark.parametrize("method, kwargs", [("recycling", {"tree": "2.2.2"}), ("merged", {"budget": 8})])
+def test_batch_budget_zero_is_plain_batched(llama, method, kwargs):
+    """batch_budget=0: every row sends its root alone, so the loop is plain batched decoding:
+    HF's batched greedy tokens in as many target forwards as plain (fixed trees and no kernel
+    choice: no timing forwards)."""
+    ids, mask = left_padded([9, 4, 6, 2])
+    calls = {}
+    outs = []
+    for m in ("plain", method):
+        hook = llama.register_forward_pre_hook(lambda *a, m=m: calls.__setitem__(m, calls.get(m, 0) + 1))
+        try:
+            outs.append(tokenloom.generate(llama, ids, attention_mask=mask, method=m, max_new_tokens=16, batch_budget=0,
+                                           pack=False, **({} if m == "plain" else kwargs)))
+        finally:
+            hook.remove()
+    ref = hf_rows(llama, ids, mask, 16, None)
+    assert [our_rows(o, ids.shape[1]) for o in outs] == [ref, ref]
+    assert calls[method] == calls["plain"] == 16  # the prefill, then one forward per token
+    assert outs[1].stats.steps == outs[0].stats.steps == 16
+    assert outs[1].stats.rows[0].extra["draft_nodes_sent"] == 0 < outs[1].stats.rows[0].extra["draft_nodes_proposed"]
+
+
+@pytest.mark.parametrize("method, kwargs", METHODS[1:])
+@pytest.mark.parametrize("batch_budget", [3, None])
+def test_batch_budget_greedy_is_hf_batched_greedy(llama, method, kwargs, batch_budget):
+    """Under a fixed budget (and with none) every lossless method still gives, row by row,
+    HF's batched greedy tokens ("auto", the default, runs in
+    test_batch_greedy_is_hf_batched_greedy)."""
+    ids, mask = left_padded([9, 4, 6, 2], seed=6)
+    out = tokenloom.generate(llama, ids, attention_mask=mask, method=method, max_new_tokens=20,
+                             batch_budget=batch_budget, **kwargs)
+    assert our_rows(out, ids.shape[1]) == hf_rows(llama, ids, mask, 20, None)
+    if batch_budget is not None:
+        extra = out.stats.rows[0].extra
+        assert extra["batch_budget"] == 3 and extra["draft_nodes_sent"] <= 3 * extra["budget_steps"]
+
+
+def test_batch_budget_refused_before_model_work(llama):
+    ids, mask = left_padded([4, 3])
+    hook = llama.register_forward_pre_hook(lambda *a: pytest.fail("the model ran"))
+    try:
+        for bad in ("fast", -2, 2.5):
+            with pytest.raises(ValueError, match="batch_budget"):
+                tokenloom.generate(llama, ids, attention_mask=mask, method="recycling", batch_budget=bad)
+    finally:
+        hook.remove()
+
+
+def test_batch_budget_memory_flat_over_200_steps(llama, monkeypatch):
+    """About 200 budgeted steps at B = 3 (one forward watched per step): the forward is never
+    wider than the budget allows, and after every step the cache holds exactly its longest
+    row (tree padding and stale entries never accumulate)."""
+    from tokenloom.runtime import kvcache, treeattn
+
+    steps = []
+    forward, compact = treeattn.batch_tree_forward, kvcache.compact_rows
+
+    def watch_forward(model, cache, tokens, *args, **kw):
+        steps.append({"width": max(len(t) for t in tokens), "rows": len(tokens)})
+        return forward(model, cache, tokens, *args, **kw)
+
+    def watch_compact(cache, past_len, ends, paths):
+        new = compact(cache, past_len, ends, paths)
+        steps[-1].update(length=kvcache.cache_length(cache), longest=max(new))
+        return new
+
+    monkeypatch.setattr(treeattn, "batch_tree_forward", watch_forward)
+    monkeypatch.setattr(kvcache, "compact_rows", watch_compact)
+    ids, mask = left_padded([12, 3, 7])
+    out = tokenloom.generate(llama, ids, attention_mask=mask, method="recycling", max_new_tokens=220,
+                             eos_token_id=[], batch_budget=2)
+    assert len(steps) >= 150
+    assert all(s["width"] <= 3 and s["length"] == s["longest"] for s in steps)
+    assert max(s["length"] for s in steps) <= 12 + 220 + 3
+    assert our_rows(out, ids.shape[1]) == hf_rows(llama, ids, mask, 220, None)

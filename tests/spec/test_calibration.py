@@ -114,6 +114,36 @@ def test_time_steps_interleaves_and_skips_the_warm_up(model):
         cal.time_steps(model, (0,), repeats=1, past_len=8)
 
 
+def test_time_steps_of_a_batch_run_one_forward_of_rows_trees(model, monkeypatch):
+    """rows > 1: each timed step is one batched tree forward of ``rows`` trees of the size."""
+    from tokenloom.runtime import treeattn
+
+    widths = []
+    forward = treeattn.batch_tree_forward
+
+    def watch(m, cache, tokens, parents, depths, **kw):
+        widths.append([len(t) for t in tokens])
+        return forward(m, cache, tokens, parents, depths, **kw)
+
+    monkeypatch.setattr(treeattn, "batch_tree_forward", watch)
+    out = cal.time_steps(model, (1, 5), repeats=1, past_len=8, rows=3, timer=table_timer({"unpacked": {1: 1.0, 5: 2.0}}))
+    assert out == {"unpacked": {1: [1.0], 5: [2.0]}}
+    assert widths == [[1, 1, 1], [5, 5, 5]] * 2  # the warm-up round, then the timed one
+    with pytest.raises(ValueError, match="rows >= 1"):
+        cal.time_steps(model, (1,), repeats=1, past_len=8, rows=0)
+
+
+def test_a_batch_curve_has_its_own_key_and_record(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENLOOM_CACHE_DIR", str(tmp_path))
+    timer = table_timer({"unpacked": {1: 0.01, 5: 0.02}})
+    one = sizing.calibrate_step_cost(model, (1, 5), past_len=8, repeats=1, timer=timer, loadavg=idle)
+    three = sizing.calibrate_step_cost(model, (1, 5), past_len=8, repeats=1, timer=timer, loadavg=idle, rows=3)
+    assert three.key == one.key + "-rows3" and three.seconds == one.seconds
+    assert len(list((tmp_path / "state").glob("*-stepcost.bin"))) == 2
+    sizing.clear_step_cost_cache()
+    assert sizing.calibrate_step_cost(model, (1, 5), timer=timer, rows=3) == three  # read back (the probe agrees)
+
+
 def test_the_packed_kernel_runs_packed(model):
     from tokenloom.runtime.cpupack import is_packed
 

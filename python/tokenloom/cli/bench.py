@@ -78,8 +78,19 @@ def add_parser(sub: Any) -> None:
                    "left-padded batches of the questions through tokenloom's batched loop against HF batched "
                    "greedy and against B single calls (methods: tokenloom's, default plain,recycling,merged; "
                    "see tokenloom.eval.batchbench)")
+    p.add_argument("--batch-budget", type=batch_budget, default="auto",
+                   help="with --batch: draft nodes per batched step, auto (default: from the measured cost of a "
+                   "B-row forward), an int >= 0 (at most that many; 0 = plain batched steps) or off (every row's "
+                   "whole tree); see tokenloom.spec.batchbudget")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def batch_budget(text: str) -> Union[str, int, None]:
+    """An argparse type: ``auto``, ``off`` (None) or an int >= 0 (``generate(batch_budget=)``)."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    return count(0)(text)
 
 
 def sizes(text: str) -> List[int]:
@@ -156,7 +167,7 @@ def run_batches(args: argparse.Namespace) -> int:
     bar = tqdm(total=runs, desc="bench --batch", disable=args.no_progress, file=sys.stderr)
     results = run_batch_bench(
         model, prompts, args.batch, methods, args.max_new_tokens, eos,
-        method_kwargs={m: _batch_kwargs(m, options) for m in methods},
+        method_kwargs={m: {**_batch_kwargs(m, options), "batch_budget": args.batch_budget} for m in methods},
         pad=eos[0] if eos else 0,
         progress=lambda label: (bar.set_postfix_str(label), bar.update(1)),
     )

@@ -14,7 +14,7 @@ How the cache handles rows of different lengths: :mod:`tokenloom.runtime.kvcache
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from tokenloom.spec.stats import SpecStats
 
-__all__ = ["batch_factory", "batch_stats", "check_attention_mask", "decode_batch", "pad_id", "row_seeds"]
+__all__ = ["batch_factory", "batch_stats", "check_attention_mask", "decode_batch", "make_budget", "pad_id", "row_seeds"]
 
 
 def check_attention_mask(input_ids: "torch.Tensor", attention_mask: Any, context: Optional[int]) -> "torch.Tensor":
@@ -125,16 +125,43 @@ def batch_factory(method: str, fn: Any, kwargs: dict) -> Callable[..., Any]:
 
 
 def decode_batch(
-    model: Any, input_ids: "torch.Tensor", mask: "torch.Tensor", cfg: DecodeConfig, factory: Callable[..., Any]
+    model: Any,
+    input_ids: "torch.Tensor",
+    mask: "torch.Tensor",
+    cfg: DecodeConfig,
+    factory: Callable[..., Any],
+    batch_budget: Union[str, int, None] = None,
 ) -> Tuple[List[TokenSink], List["SpecStats"]]:
     """Run the batched loop over ``input_ids`` [B, n] (``mask`` bool [B, n], left padding);
-    returns the rows' sinks (their tokens and steps) and their speculative statistics."""
+    returns the rows' sinks (their tokens and steps) and their speculative statistics.
+
+    ``batch_budget`` (checked by :func:`~tokenloom.spec.batchbudget.check_batch_budget`): None
+    sends every row's whole tree; an int caps the draft nodes per step; ``"auto"`` chooses them
+    from the batched step cost, measured once per (model, machine, rows) by
+    :func:`~tokenloom.spec.sizing.calibrate_step_cost` (``rows=B``) and saved
+    (:mod:`tokenloom.spec.batchbudget`). Plain decoding has no draft: no budget, no timing."""
     from tokenloom.spec.loop import speculative_decode_batch
 
     rows = int(input_ids.shape[0])
     cfgs = [dataclasses.replace(cfg, seed=s) for s in row_seeds(cfg.seed, rows)]
     sinks = [TokenSink(c) for c in cfgs]
-    return sinks, speculative_decode_batch(model, input_ids, mask.long(), cfgs, sinks, factory)
+    budget = None if factory is make_plain_drafter else make_budget(model, rows, batch_budget)
+    return sinks, speculative_decode_batch(model, input_ids, mask.long(), cfgs, sinks, factory, budget)
+
+
+def make_budget(model: Any, rows: int, batch_budget: Union[str, int, None]) -> Any:
+    """The :class:`~tokenloom.spec.batchbudget.BatchBudget` of ``batch_budget`` for ``rows``
+    rows (None when off); ``"auto"`` measures (or loads) the batched step-cost curve."""
+    from tokenloom.spec.batchbudget import BATCH_WIDTHS, BatchBudget, check_batch_budget
+
+    value = check_batch_budget(batch_budget)
+    if value is None:
+        return None
+    if value == "auto":
+        from tokenloom.spec.sizing import calibrate_step_cost
+
+        return BatchBudget(rows, None, calibrate_step_cost(model, BATCH_WIDTHS, rows=rows))
+    return BatchBudget(rows, int(value))
 
 
 def batch_stats(sinks: Sequence[TokenSink], specs: Sequence["SpecStats"], seconds: float, plain: bool) -> GenerateStats:

@@ -68,6 +68,7 @@ def generate(
     pack: Union[bool, str] = "auto",
     attention_mask: Optional["torch.Tensor"] = None,
     pad_token_id: Optional[int] = None,
+    batch_budget: Union[str, int, None] = "auto",
     **method_kwargs: Any,
 ) -> GenerateOutput:
     """Generate with one of tokenloom's decoding methods.
@@ -102,6 +103,13 @@ def generate(
         pad_token_id: the id after a row's last token in ``sequences`` (rows of different
             lengths); default the model's generation config's, else the smallest stop token id,
             else 0.
+        batch_budget: B > 1 with a speculative method: how many draft nodes a batched step
+            verifies (:mod:`tokenloom.spec.batchbudget`). ``"auto"``: chosen every step from
+            the measured cost of a forward of B rows (measured once per model, machine and B,
+            saved) and each row's acceptance so far, down to none (plain batched decoding)
+            where drafts do not pay; an int >= 0: at most that many per step, to the rows
+            most likely to accept them; None: every row's whole tree. Checked, then ignored,
+            for B == 1 and for plain decoding.
         **method_kwargs: passed to the method's drafter (e.g. ``recycler=``, ``tree=`` for
             ``"recycling"``); unknown keywords are refused.
 
@@ -116,7 +124,8 @@ def generate(
         ValueError: unknown ``method``, bad sampling values or sizes, ``input_ids`` on another
             device than the model, B == 0, a bad ``attention_mask`` (another shape, right
             padding, a row without a token, a row longer than the model's context), a streamer
-            or a method without a batch form with B > 1.
+            or a method without a batch form with B > 1, a ``batch_budget`` other than
+            ``"auto"``, None or an int >= 0.
         IndexError: prompt or EOS ids outside the model's vocabulary.
     """
     import torch
@@ -125,7 +134,10 @@ def generate(
     from tokenloom.spec.calibration import auto_pack
     from tokenloom.runtime.model import logits_width, model_dtype_device
 
+    from tokenloom.spec.batchbudget import check_batch_budget
+
     vocab = logits_width(model)
+    batch_budget = check_batch_budget(batch_budget)
     fn = resolve_method(method)
     check_kwargs(method, fn, method_kwargs)
     input_ids = _check_input_ids(input_ids, vocab, model_dtype_device(model)[1])
@@ -154,7 +166,8 @@ def generate(
             raise ValueError(f"streamer: streams one request; got a batch of {input_ids.shape[0]} rows")
         factory = batch_factory(method, fn, method_kwargs)
         pad = pad_id(model, pad_token_id, sorted(cfg.eos_token_ids))
-        return _generate_batch(model, input_ids, mask, cfg, factory, fn is decode_plain, auto_pack(model, pack), pad)
+        return _generate_batch(model, input_ids, mask, cfg, factory, fn is decode_plain, auto_pack(model, pack), pad,
+                               batch_budget)
     use_pack = auto_pack(model, pack)
     full, cut = input_ids, 0
     if mask is not None:  # one row: decode it unpadded, keep its padding in the output
@@ -188,9 +201,11 @@ def generate(
 
 def _generate_batch(
     model: Any, input_ids: Any, mask: Any, cfg: DecodeConfig, factory: Any, plain: bool, use_pack: bool, pad: int,
+    batch_budget: Any = "auto",
 ) -> GenerateOutput:
     """:func:`generate` of B > 1 left-padded rows (:mod:`tokenloom.decoding.batch`), the request
-    checked: ``factory`` makes each row's drafter, ``pad`` follows a row's last token."""
+    checked: ``factory`` makes each row's drafter, ``pad`` follows a row's last token,
+    ``batch_budget`` the draft nodes of each step."""
     import torch
 
     from tokenloom.decoding.batch import batch_stats, decode_batch
@@ -198,7 +213,7 @@ def _generate_batch(
 
     start = time.perf_counter()
     with torch.inference_mode(), packed_linears(model, use_pack):
-        sinks, specs = decode_batch(model, input_ids, mask, cfg, factory)
+        sinks, specs = decode_batch(model, input_ids, mask, cfg, factory, batch_budget)
     seconds = time.perf_counter() - start
     width = max(len(s.tokens) for s in sinks)
     rows, n = int(input_ids.shape[0]), int(input_ids.shape[1])

@@ -37,7 +37,9 @@ class DraftTree:
         draft_probs: None for a deterministic draft (the tree does not depend on a random draw:
             Token Recycling, n-gram lookup, greedy DySpec); for a sampled draft, float [T, V]
             (torch, any device): row ``i`` is the distribution node ``i``'s children were drawn
-            from (zeros for leaves), which lossless verification needs.
+            from (zeros for leaves), which lossless verification needs. A node's children are
+            listed in the order they were drawn (a batch's draft budget keeps the first nodes,
+            :meth:`prefix`).
         replacement: for sampled drafts, whether siblings were drawn with replacement (False:
             without, e.g. Gumbel-top-k).
     """
@@ -62,6 +64,24 @@ class DraftTree:
     def root_only(cls, root: int) -> "DraftTree":
         """The one-node tree (no draft): a plain decoding step."""
         return cls(np.array([int(root)], dtype=np.int64), _ROOT_PARENTS, _ROOT_DEPTHS)
+
+    def prefix(self, k: int) -> "DraftTree":
+        """The tree of the first ``k`` nodes (``1 <= k``; the whole tree when ``k >= T``).
+
+        Nodes are prefix-closed (``parents[i] < i``), so this is a tree. A sampled tree keeps
+        ``draft_probs[:k]``: a drafter lists each node's children in their draw order (the
+        :class:`DraftTree` contract), so every node keeps its first children drawn, which
+        lossless verification accepts as it does any number of draws.
+
+        Raises:
+            ValueError: ``k < 1``.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"DraftTree.prefix: expected k >= 1 nodes, got {k!r}")
+        if k >= self.size:
+            return self
+        probs = None if self.draft_probs is None else self.draft_probs[:k]
+        return DraftTree(self.tokens[:k], self.parents[:k], self.depths[:k], probs, self.replacement)
 
     def __len__(self) -> int:
         return self.size

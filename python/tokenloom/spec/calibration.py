@@ -213,9 +213,14 @@ def time_steps(
     k: int = 8,
     timer: Optional[Timer] = None,
     progress: Optional[Callable[[], None]] = None,
+    rows: int = 1,
 ) -> Dict[str, Dict[int, List[float]]]:
     """Seconds of one tree step (forward + argmax + top-k, what a recycling step pays) per
     kernel and tree size, on a dummy cache of ``past_len`` tokens.
+
+    ``rows > 1`` times the batched step instead: ``rows`` rows of ``past_len`` cached tokens,
+    each with a tree of the size (one :func:`~tokenloom.runtime.treeattn.batch_tree_forward`
+    of ``rows x size`` tokens), as :func:`tokenloom.spec.loop.speculative_decode_batch` pays.
 
     One untimed warm-up round, then ``repeats`` timed rounds; each round runs every size, and
     for each size every kernel, the kernels' order rotating by one each round.
@@ -223,33 +228,34 @@ def time_steps(
     Args:
         model: an HF causal LM. sizes: tree sizes (tokens, root included), each >= 1.
         kernels: names of :data:`KERNELS`. repeats: timed rounds (>= 1). past_len: cached tokens.
-        k: top-k width. timer: see :data:`Timer` (default :func:`wall_timer`).
+        k: top-k width. timer: see :data:`Timer` (default :func:`wall_timer`). rows: batch rows (>= 1).
         progress: called after every timed or untimed step (a progress bar's update).
 
     Returns:
         ``{kernel: {size: [seconds per timed round]}}``.
 
     Raises:
-        ValueError: an unknown kernel, a size < 1 or ``repeats`` < 1.
+        ValueError: an unknown kernel, a size < 1, ``repeats`` < 1 or ``rows`` < 1.
     """
+    import numpy as np
     import torch
     from transformers import DynamicCache
 
     from tokenloom.runtime.kvcache import crop_cache
-    from tokenloom.runtime.treeattn import tree_forward
+    from tokenloom.runtime.treeattn import batch_tree_forward, tree_forward
 
     kernels = list(kernels)
     for kern in kernels:
         if kern not in KERNELS:
             raise ValueError(f"kernel: expected one of {KERNELS}, got {kern!r}")
     sizes = sorted(set(int(t) for t in sizes))
-    if not sizes or sizes[0] < 1 or repeats < 1:
-        raise ValueError(f"time_steps: expected tree sizes >= 1 and repeats >= 1, got {sizes} and {repeats}")
+    if not sizes or sizes[0] < 1 or repeats < 1 or isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"time_steps: expected tree sizes >= 1, repeats >= 1 and rows >= 1, got {sizes}, {repeats} and {rows!r}")
     param = next(model.parameters())
     timer = wall_timer(param.device) if timer is None else timer
     vocab = int(model.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
-    prefix = torch.randint(0, vocab, (1, past_len), generator=gen).to(param.device)
+    prefix = torch.randint(0, vocab, (rows, past_len), generator=gen).to(param.device)
     out: Dict[str, Dict[int, List[float]]] = {kern: {t: [] for t in sizes} for kern in kernels}
     with torch.inference_mode():
         cache = DynamicCache()
@@ -258,10 +264,17 @@ def time_steps(
             shift = rnd % len(kernels)
             for t in sizes:
                 for kern in kernels[shift:] + kernels[:shift]:
-                    toks = torch.randint(0, vocab, (t,), generator=gen)
+                    toks = torch.randint(0, vocab, (rows, t), generator=gen)
 
                     def run(toks: Any = toks, t: int = t) -> None:
-                        logits = tree_forward(model, cache, toks, _chain_parents(t), past_len=past_len)
+                        if rows == 1:
+                            logits = tree_forward(model, cache, toks[0], _chain_parents(t), past_len=past_len)
+                        else:
+                            chain, depth = _chain_parents(t), np.arange(t, dtype=np.int64)
+                            logits = batch_tree_forward(
+                                model, cache, list(toks.numpy()), [chain] * rows, [depth] * rows,
+                                starts=[0] * rows, ends=[past_len] * rows,
+                            ).reshape(rows * t, -1)
                         logits.argmax(-1)
                         top_k_ids(logits, min(k, vocab))  # what a recycling drafter does after each step
 
@@ -275,11 +288,13 @@ def time_steps(
     return out
 
 
-def probe_one_token(model: Any, kernel: Optional[str] = None, *, past_len: int = 128, timer: Optional[Timer] = None) -> float:
+def probe_one_token(model: Any, kernel: Optional[str] = None, *, past_len: int = 128, timer: Optional[Timer] = None,
+                    rows: int = 1) -> float:
     """Median seconds of :data:`PROBE_REPEATS` one-token steps (after one untimed) with
-    ``kernel`` (default: the one in use)."""
+    ``kernel`` (default: the one in use), of ``rows`` rows."""
     kernel = kernel_of(model) if kernel is None else kernel
-    return statistics.median(time_steps(model, (1,), (kernel,), repeats=PROBE_REPEATS, past_len=past_len, timer=timer)[kernel][1])
+    times = time_steps(model, (1,), (kernel,), repeats=PROBE_REPEATS, past_len=past_len, timer=timer, rows=rows)
+    return statistics.median(times[kernel][1])
 
 
 def probe_disagrees(saved: float, probed: float, factor: float = PROBE_FACTOR) -> bool:

@@ -14,17 +14,20 @@ verifier and sink per row; each step puts every live row's tree into ONE forward
 (:func:`~tokenloom.runtime.treeattn.batch_tree_forward`), verifies row by row and keeps each
 row's accepted path (:func:`~tokenloom.runtime.kvcache.compact_rows`). A finished row leaves
 the batch (:func:`~tokenloom.runtime.kvcache.select_rows`): it costs no more forward width.
+With a :class:`~tokenloom.spec.batchbudget.BatchBudget`, each row sends only the first
+``k_b`` nodes of its tree (the budget's choice, ``k_b = 1`` for every row is a plain step).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from tokenloom.request.config import DecodeConfig
 from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.base import Drafter, DraftTree, check_tree
+from tokenloom.spec.batchbudget import BatchBudget
 from tokenloom.spec.stats import SpecStats
 from tokenloom.verify.policy import TreeVerifier
 
@@ -98,6 +101,7 @@ def speculative_decode_batch(
     cfgs: Sequence[DecodeConfig],
     sinks: Sequence[TokenSink],
     factory: DrafterFactory,
+    budget: Optional[BatchBudget] = None,
 ) -> List[SpecStats]:
     """Speculative decoding of B left-padded requests in one loop, one drafter per row.
 
@@ -112,9 +116,13 @@ def speculative_decode_batch(
         attention_mask: LongTensor [B, n], 0 on the left padding then 1s (a row holds >= 1 token).
         cfgs: B validated requests (each with its own seed); sinks: one per row.
         factory: builds each row's drafter (after the row's verifier, as in :func:`speculative_decode`).
+        budget: None: every row sends its whole tree; else each step's trees are cut to the
+            node counts it chooses (:meth:`DraftTree.prefix`) and it learns from each row's
+            accepted path. The drafters see the trees as verified.
 
     Returns:
-        One SpecStats per row (``verify_seconds`` counts the shared steps the row took part in).
+        One SpecStats per row (``verify_seconds`` counts the shared steps the row took part in;
+        with a budget, ``extra`` holds its counts).
     """
     from transformers import DynamicCache
 
@@ -163,6 +171,9 @@ def speculative_decode_batch(
             if bad:
                 raise TypeError(bad)
             trees.append(tree)
+        if budget is not None:
+            widths = budget.widths(live, trees)
+            trees = [t.prefix(k) for t, k in zip(trees, widths)]
         t1 = clock()
         past = cache_length(cache)
         logits = batch_tree_forward(
@@ -180,11 +191,15 @@ def speculative_decode_batch(
         still: List[int] = []
         for i, (b, tree, result) in enumerate(zip(live, trees, results)):
             drafters[b].accept(tree, result, logits[i, : tree.size])
+            if budget is not None:
+                budget.observe(b, tree, result.path.tolist())
             ends[b] = live_ends[i]
             stats[b].verify_seconds += seconds
             stats[b].observe(tree, result)
             roots[b] = int(result.tokens[-1])
             if sinks[b].emit(result.tokens.tolist()):
+                if budget is not None:
+                    stats[b].extra.update(budget.stats())
                 _finish(drafters[b], stats[b])
             else:
                 still.append(b)

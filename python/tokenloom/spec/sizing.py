@@ -144,9 +144,15 @@ def calibrate_step_cost(
     timer: Optional[Timer] = None,
     loadavg: Optional[Callable[[], float]] = None,
     progress: Optional[Callable[[], None]] = None,
+    rows: int = 1,
 ) -> StepCost:
     """Time one tree step (forward + argmax + top-k) for each tree size in ``tokens``, with the
     linear kernel in use (inside ``packed_linears``: the packed one; the key says which).
+
+    ``rows > 1``: the curve of a batched step, ``rows`` rows each with a tree of ``tokens[i]``
+    nodes (one forward of ``rows x tokens[i]`` tokens; the batch budget of
+    :mod:`tokenloom.spec.batchbudget`), measured, cached and checked by the same rules under
+    its own key (:func:`calibration_key` + the row count).
 
     Measured by :func:`tokenloom.spec.calibration.time_steps` (a warm-up round, then
     ``repeats`` rounds over the sizes); the median per size is kept and the curve made
@@ -161,7 +167,7 @@ def calibrate_step_cost(
         timer, loadavg: injected clock and load average (tests); default: the real ones.
         progress: called after every timed step (a progress bar).
     """
-    key = calibration_key(model)
+    key = calibration_key(model) if rows == 1 else f"{calibration_key(model)}-rows{int(rows)}"
     with _COSTS_LOCK:
         if not force and key in _COSTS:
             return _COSTS[key]
@@ -170,7 +176,7 @@ def calibrate_step_cost(
     if disk and not force:
         saved = load_record(key, STEP_COST_STATE, STEP_COST_VERSION, StepCost.from_json)
         if saved is not None:
-            probe = probe_one_token(model, kernel, past_len=saved.past_len, timer=timer)
+            probe = probe_one_token(model, kernel, past_len=saved.past_len, timer=timer, rows=rows)
             if not probe_disagrees(saved(1), probe):
                 with _COSTS_LOCK:
                     _COSTS[key] = saved
@@ -178,7 +184,8 @@ def calibrate_step_cost(
             warn_once(key, "stepcost-probe", f"tokenloom: a one-token step now takes {probe * 1e3:.2f} ms, the saved step-cost "
                       f"curve says {saved(1) * 1e3:.2f} ms; measuring the curve again")
     load1, own = read_loads(loadavg)
-    times = time_steps(model, tokens, (kernel,), repeats=repeats, past_len=past_len, k=k, timer=timer, progress=progress)
+    times = time_steps(model, tokens, (kernel,), repeats=repeats, past_len=past_len, k=k, timer=timer, progress=progress,
+                       rows=rows)
     medians, verdict = medians_and_verdict(times, load1, own)
     sizes = sorted(medians[kernel])
     cost = StepCost(tuple(sizes), tuple(monotone([medians[kernel][t] for t in sizes])), key, kernel, past_len, verdict)
