@@ -50,7 +50,7 @@ pub(super) struct Out {
 }
 
 // SAFETY: `Out` points into the `out` slice that `PackedLinear::forward` borrows mutably for
-// the whole call (the scoped threads end before it returns); each thread writes only the
+// the whole call (the pool's workers finish before it returns); each thread writes only the
 // columns of its own, disjoint range of panels, so no element is written by two threads and
 // none is read.
 unsafe impl Sync for Out {}

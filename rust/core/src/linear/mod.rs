@@ -17,9 +17,10 @@
 //!
 //! Kernels: AVX2+FMA on x86-64 when the CPU has them (checked at run time), else a portable
 //! scalar loop that is always correct ([`Isa`]). The N panels may be split over threads
-//! ([`PackedLinear::forward`]).
+//! ([`PackedLinear::forward`]), run by a persistent pool (workers sleep between calls).
 
 mod kernels;
+mod pool;
 
 use crate::error::{CoreError, Result};
 
@@ -161,13 +162,7 @@ impl PackedLinear {
         }
         // Contiguous, nearly equal ranges of panels per thread; the caller takes the first.
         let bounds: Vec<usize> = (0..=threads).map(|t| t * panels / threads).collect();
-        std::thread::scope(|s| {
-            for t in 1..threads {
-                let (p0, p1, dst) = (bounds[t], bounds[t + 1], &dst);
-                s.spawn(move || kernels::run(isa, self, x, m, dst, p0, p1));
-            }
-            kernels::run(isa, self, x, m, &dst, bounds[0], bounds[1]);
-        });
+        pool::run(threads, &|t| kernels::run(isa, self, x, m, &dst, bounds[t], bounds[t + 1]));
         Ok(())
     }
 
