@@ -130,10 +130,19 @@ mod avx2 {
     /// One kernel call: `R` rows (const, so the 2 x R accumulators stay in registers).
     /// `load(kk)` gives the panel's two 8-wide vectors of row kk.
     #[inline(always)]
-    unsafe fn tile_rows<const R: usize>(x: &[f32], k: usize, tile: &mut [[f32; NR]; MR], load: impl Fn(usize) -> (__m256, __m256)) {
+    unsafe fn tile_rows<const R: usize>(
+        x: &[f32],
+        k: usize,
+        tile: &mut [[f32; NR]; MR],
+        (prefetch, step): (*const i8, usize),
+        load: impl Fn(usize) -> (__m256, __m256),
+    ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let xp = x.as_ptr();
         for kk in 0..k {
+            // Ask for the weights PREFETCH bytes ahead (past this panel's end: the next panel's,
+            // which follows it in memory), so the stream from memory overlaps the arithmetic.
+            _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * step));
             let (w0, w1) = load(kk);
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the caller passes x with R rows of k values, so r * k + kk < x.len().
@@ -149,15 +158,18 @@ mod avx2 {
         }
     }
 
+    /// Bytes ahead of the weight being read that a prefetch asks for.
+    const PREFETCH: usize = 4096;
+
     macro_rules! by_rows {
-        ($rows:expr, $x:expr, $k:expr, $tile:expr, $load:expr) => {
+        ($rows:expr, $x:expr, $k:expr, $tile:expr, $pf:expr, $load:expr) => {
             match $rows {
-                1 => tile_rows::<1>($x, $k, $tile, $load),
-                2 => tile_rows::<2>($x, $k, $tile, $load),
-                3 => tile_rows::<3>($x, $k, $tile, $load),
-                4 => tile_rows::<4>($x, $k, $tile, $load),
-                5 => tile_rows::<5>($x, $k, $tile, $load),
-                _ => tile_rows::<6>($x, $k, $tile, $load),
+                1 => tile_rows::<1>($x, $k, $tile, $pf, $load),
+                2 => tile_rows::<2>($x, $k, $tile, $pf, $load),
+                3 => tile_rows::<3>($x, $k, $tile, $pf, $load),
+                4 => tile_rows::<4>($x, $k, $tile, $pf, $load),
+                5 => tile_rows::<5>($x, $k, $tile, $pf, $load),
+                _ => tile_rows::<6>($x, $k, $tile, $pf, $load),
             }
         };
     }
@@ -166,7 +178,9 @@ mod avx2 {
     unsafe fn tile_f32_impl(panel: &[f32], x: &[f32], rows: usize, k: usize, tile: &mut [[f32; NR]; MR]) {
         let wp = panel.as_ptr();
         // SAFETY (of the loads): panel holds k rows of NR = 16 floats, kk < k.
-        by_rows!(rows, x, k, tile, |kk: usize| (_mm256_loadu_ps(wp.add(kk * NR)), _mm256_loadu_ps(wp.add(kk * NR + 8))))
+        // (a prefetch never faults, so its address may lie past the weights)
+        let pf = ((wp as *const i8).wrapping_add(PREFETCH), NR * 4);
+        by_rows!(rows, x, k, tile, pf, |kk: usize| (_mm256_loadu_ps(wp.add(kk * NR)), _mm256_loadu_ps(wp.add(kk * NR + 8))))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -175,7 +189,8 @@ mod avx2 {
         // bf16 -> f32: zero-extend each 16-bit pattern to 32 bits and shift it to the top half.
         let widen = |p: *const u16| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))));
         // SAFETY (of the loads): panel holds k rows of NR = 16 values, kk < k; each load reads 8.
-        by_rows!(rows, x, k, tile, |kk: usize| (widen(wp.add(kk * NR)), widen(wp.add(kk * NR + 8))))
+        let pf = ((wp as *const i8).wrapping_add(PREFETCH), NR * 2);
+        by_rows!(rows, x, k, tile, pf, |kk: usize| (widen(wp.add(kk * NR)), widen(wp.add(kk * NR + 8))))
     }
 
     fn check(panel_len: usize, x: &[f32], rows: usize, k: usize) {
