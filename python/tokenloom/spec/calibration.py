@@ -162,11 +162,16 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
     """Hash of what a measured step cost depends on: the model config (its shapes; the weights'
     values do not change a step's time), dtype, device, the machine
     (:func:`~tokenloom.runtime.machine.machine_fingerprint`: CPU model, ISA flags, torch build,
-    torch threads) and the linear ``kernel`` (default: the one in use, :func:`kernel_of`)."""
+    torch threads) and the linear ``kernel`` (default: the one in use, :func:`kernel_of`; for
+    ``"tiles"`` its thread count too)."""
     param = next(model.parameters())
     cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
     kernel = kernel_of(model) if kernel is None else kernel
     packed = "" if kernel == "unpacked" else f"|{kernel}"
+    if kernel == "tiles":
+        from tokenloom.runtime.cpupack import tiles_threads
+
+        packed += f":{tiles_threads()}"
     raw = f"{cfg}|{param.dtype}|{device_name(param.device)}|{machine_fingerprint()}{packed}"
     return hashlib.sha1(raw.encode()).hexdigest()[:20]
 
