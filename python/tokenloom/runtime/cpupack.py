@@ -35,7 +35,7 @@ x K, each panel streamed from memory exactly once per call for all rows (a softw
 runs ahead of the arithmetic), float32 accumulation; float32 and bfloat16 weights (kept as
 bf16: half the bytes streamed). Row counts up to :data:`TILED_MAX_ROWS` run through it, larger
 ones (prompts) through the original ``nn.Linear``. Its threads: :func:`set_tiles_threads`
-(default one, measured; see there).
+(default ``torch.get_num_threads()``; measurements there).
 
 Faster is not universal: on an Intel Xeon with AVX-512/AMX, packed linears measured slower than
 MKL's. ``tokenloom.generate(..., pack="auto")`` therefore packs only where packing measured
@@ -60,7 +60,6 @@ __all__ = [
     "PACK_KERNELS",
     "PackedLinear",
     "TILED_MAX_ROWS",
-    "TILES_DEFAULT_THREADS",
     "TiledLinear",
     "active_kernel",
     "available_kernels",
@@ -87,8 +86,6 @@ PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8)
 PACK_KERNELS: Dict[str, Union[bool, str]] = {"unpacked": False, "packed": True, "tiles": "tiles"}
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64
-#: Threads of a :class:`TiledLinear` call unless :func:`set_tiles_threads` says otherwise.
-TILES_DEFAULT_THREADS = 1
 
 # nn.Linear -> {kernel: (weight storage pointer, weight version, its swapped-in module)}
 _CACHE: "weakref.WeakKeyDictionary[Any, Dict[str, Tuple[int, int, Any]]]" = weakref.WeakKeyDictionary()
@@ -144,14 +141,14 @@ def tiles_available() -> bool:
 def set_tiles_threads(threads: Optional[int]) -> None:
     """Threads of every :class:`TiledLinear` call (they split the weight panels; workers of a
     persistent pool that sleep between calls): an int in [1, 64], or None for the default,
-    :data:`TILES_DEFAULT_THREADS`.
+    ``torch.get_num_threads()`` at call time.
 
-    Why one by default: on the 2-core AMD reference machine (shared, torch's own OpenMP threads
-    running between the linears) a second thread measured no faster at 1-33 rows, whole layer
-    passes of the embedded model's shapes (M = 1: 27.4 ms with one thread vs 28.7 with two;
-    M = 17: 51.2 vs 51.5; M = 33: 85.7 vs 92.4), and a thread that waits for a busy core can
-    only lose. Where cores are free (more cores, compute-bound row counts), measure with
-    ``tokenloom calibrate`` after ``set_tiles_threads(n)``."""
+    Measured on the shared 2-core AMD reference machine (one pass over the embedded model's 30
+    layers of linear shapes, float32; 1 vs 2 threads): at load ~1.7, 28.1 / 33.5 / 49.4 / 85.8 ms
+    vs 29.2 / 34.7 / 44.2 / 59.6 ms for M = 1 / 9 / 17 / 33 rows (a second core helps where the
+    rows make it compute-bound); at load ~1.2 a second thread was no faster (27.4 / 32.3 / 51.2 /
+    85.7 vs 28.7 / 35.9 / 51.5 / 92.4 ms). So the default follows torch's thread count; where
+    the cores are busy, ``set_tiles_threads(1)``, then ``tokenloom calibrate``."""
     if threads is None:
         _THREADS.pop("n", None)
         return
@@ -162,7 +159,11 @@ def set_tiles_threads(threads: Optional[int]) -> None:
 
 def tiles_threads() -> int:
     """The threads a :class:`TiledLinear` call uses now (:func:`set_tiles_threads`)."""
-    return _THREADS.get("n", TILES_DEFAULT_THREADS)
+    if "n" in _THREADS:
+        return _THREADS["n"]
+    import torch
+
+    return max(1, min(64, int(torch.get_num_threads())))
 
 
 def packed_rows(m: int) -> int:
