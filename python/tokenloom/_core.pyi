@@ -1,7 +1,8 @@
 """Type stubs of the compiled extension ``tokenloom._core`` (hand-written; checked with
 ``mypy.stubtest``). Arrays are numpy arrays; shapes are given in the docstrings of the Rust
 functions and of the Python wrappers. Grouped as ``rust/core`` is: verify, sampling and rng,
-spec (templates, recycling, dynamic trees, suffix tries, the merged tree), bytes, scores."""
+spec (templates, recycling, dynamic trees, suffix tries, the merged tree), bytes, scores,
+linear."""
 
 from os import PathLike
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, final
@@ -19,6 +20,7 @@ __all__ = [
     "SuffixCache",
     "SuffixIndex",
     "Template",
+    "TiledLinear",
     "TokenCounts",
     "TokenRecycler",
     "__version__",
@@ -33,6 +35,7 @@ __all__ = [
     "template_names",
     "template_parents",
     "template_paths",
+    "tiled_linear_isa",
     "top_k_rows",
     "top_path",
     "uniforms",
@@ -358,3 +361,19 @@ class TokenCounts:
 
 def dcpdd_score(ids: _I64, probs: _F64, freq: _F64, a: float = 0.01) -> float: ...
 def first_occurrences(ids: _I64) -> _I64: ...
+
+# --- linear: small-M linear layers for CPU decoding (core linear) -------------------------------
+@final
+class TiledLinear:
+    def __new__(cls, weight: npt.NDArray[Any], bias: Optional[_F32] = None, *, bf16: bool = False) -> "TiledLinear": ...
+    def forward(self, x: _F32, threads: int = 1) -> _F32: ...
+    @property
+    def out_features(self) -> int: ...
+    @property
+    def in_features(self) -> int: ...
+    @property
+    def bf16(self) -> bool: ...
+    @property
+    def weight_bytes(self) -> int: ...
+
+def tiled_linear_isa() -> str: ...

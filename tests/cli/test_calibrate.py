@@ -52,21 +52,23 @@ def test_float32_report_and_json(tiny_loaded, tmp_path, capsys):
     assert set(rep) >= {"machine", "load", "dtype", "settings", "curves", "pack", "auto", "model"}
     assert set(rep["machine"]) >= {"cpu", "flags", "cores", "torch", "torch_build", "threads"}
     assert rep["dtype"] == "float32" and rep["settings"] == {"tokens": [1, 17], "repeats": 1, "past_len": 8}
-    assert set(rep["curves"]) == {"unpacked", "packed"}
+    assert set(rep["curves"]) == {"unpacked", "packed", "tiles"}
     for kern, c in rep["curves"].items():
         assert c["tokens"] == [1, 17] and len(c["seconds"]) == 2 and c["seconds"][0] <= c["seconds"][1]
         assert c["saved"] == (not c["load"]["heavy"]) and f"  {kern}" in out
     p = rep["pack"]
     medians = {k: {int(t): s for t, s in v.items()} for k, v in p["seconds"].items()}
-    assert (p["pack"], p["reason"]) == cal.decide_pack(medians)  # the reported choice follows the rule
-    assert rep["auto"] == {"pack": p["pack"], "curve": "packed" if p["pack"] else "unpacked"}
+    assert (p["kernel"], p["reason"]) == cal.decide_kernel(medians)  # the reported choice follows the rule
+    assert rep["auto"] == {"pack": p["kernel"] != "unpacked", "curve": p["kernel"]}
     assert p["reason"] in out
 
 
-def test_bfloat16_has_no_packed_kernel(tiny_loaded, tmp_path, capsys):
+def test_bfloat16_has_no_onednn_kernel(tiny_loaded, tmp_path, capsys):
     path = tmp_path / "cal.json"
     assert main(["calibrate", *FAST, "--dtype", "bfloat16", "--json", str(path)]) == 0
     rep = json.loads(path.read_text())
-    assert rep["dtype"] == "bfloat16" and set(rep["curves"]) == {"unpacked"}
-    assert rep["pack"]["pack"] is False and "bfloat16" in rep["pack"]["reason"]
-    assert rep["auto"]["curve"] == "unpacked"
+    assert rep["dtype"] == "bfloat16" and set(rep["curves"]) == {"unpacked", "tiles"}  # oneDNN packs float32 only
+    p = rep["pack"]
+    medians = {k: {int(t): s for t, s in v.items()} for k, v in p["seconds"].items()}
+    assert set(medians) == {"unpacked", "tiles"} and (p["kernel"], p["reason"]) == cal.decide_kernel(medians)
+    assert rep["auto"]["curve"] == p["kernel"]

@@ -45,8 +45,10 @@ def table_timer(table, calls=None):
     return timer
 
 
-PACK_WINS = {"packed": {1: 0.010, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}}
-PACK_LOSES = {"packed": {1: 0.013, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}}
+TILES_SLOW = {1: 0.5, 17: 0.5}  # the tiles kernel loses in the tables below unless said otherwise
+PACK_WINS = {"packed": {1: 0.010, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": TILES_SLOW}
+PACK_LOSES = {"packed": {1: 0.013, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": TILES_SLOW}
+TILES_WIN = {"packed": {1: 0.010, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": {1: 0.009, 17: 0.011}}
 
 
 # -- pure rules ---------------------------------------------------------------------------------
@@ -63,6 +65,20 @@ def test_decide_pack_rule():
     assert ok is False and "17-token" in why
     within = {"packed": {1: 0.010, 17: 0.0209}, "unpacked": {1: 0.012, 17: 0.020}}
     assert cal.decide_pack(within)[0] is True
+
+
+def test_decide_kernel_picks_the_least_cost_among_the_passing():
+    assert cal.decide_kernel(PACK_WINS)[0] == "packed"
+    assert cal.decide_kernel(PACK_LOSES)[0] == "unpacked"
+    kern, why = cal.decide_kernel(TILES_WIN)
+    assert kern == "tiles" and "also packed" in why
+    # tiles is cheaper overall but loses the one-token step: refused, oneDNN kept
+    t1_loses = {**TILES_WIN, "tiles": {1: 0.0121, 17: 0.005}}
+    kern, why = cal.decide_kernel(t1_loses)
+    assert kern == "packed" and "tiles one-token step" in why
+    # only the kernels measured count (a bfloat16 model has no oneDNN kernel)
+    assert cal.decide_kernel({"unpacked": TILES_WIN["unpacked"], "tiles": TILES_WIN["tiles"]})[0] == "tiles"
+    assert cal.decide_kernel({"unpacked": {1: 1.0, 17: 2.0}})[0] == "unpacked"
 
 
 def test_load_verdict_and_spread():
@@ -101,7 +117,7 @@ def test_check_machine():
 
 def test_time_steps_interleaves_and_skips_the_warm_up(model):
     calls = []
-    out = cal.time_steps(model, (17, 1), cal.KERNELS, repeats=2, past_len=8,
+    out = cal.time_steps(model, (17, 1), ("unpacked", "packed"), repeats=2, past_len=8,
                          timer=table_timer({"packed": {1: 1.0, 17: 2.0}, "unpacked": {1: 3.0, 17: 4.0}}, calls))
     assert out == {"unpacked": {1: [3.0, 3.0], 17: [4.0, 4.0]}, "packed": {1: [1.0, 1.0], 17: [2.0, 2.0]}}
     # round 0 is the warm-up; every round runs each size with both kernels, the order rotating
@@ -150,12 +166,12 @@ def test_the_packed_kernel_runs_packed(model):
     seen = []
 
     def timer(kernel, tokens, run):
-        seen.append((kernel, is_packed(model)))
+        seen.append((kernel, is_packed(model), cal.kernel_of(model)))
         run()
         return 1.0
 
     cal.time_steps(model, (1,), cal.KERNELS, repeats=1, past_len=8, timer=timer)
-    assert set(seen) == {("packed", True), ("unpacked", False)}
+    assert set(seen) == {("packed", True, "packed"), ("unpacked", False, "unpacked"), ("tiles", True, "tiles")}
 
 
 # -- the kernel choice --------------------------------------------------------------------------
@@ -188,7 +204,7 @@ def test_choose_pack_keeps_the_model_as_loaded_when_packing_loses(model):
 def test_a_disagreeing_probe_measures_again_with_one_warning(model):
     cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle)
     cal.clear_pack_choices()
-    slow = {"packed": {1: 0.030, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}}  # packed one-token 3x the saved
+    slow = {"packed": {1: 0.030, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": TILES_SLOW}  # packed one-token 3x the saved
     with pytest.warns(cal.CalibrationWarning, match="measuring the kernels again") as rec:
         choice = cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(slow), loadavg=idle)
     assert len(rec) == 1 and not choice.packed
@@ -203,7 +219,7 @@ def test_heavy_load_is_used_but_not_saved_with_one_warning(model):
     assert len(rec) == 1 and choice.packed and not choice.saved and choice.load["heavy"]
     assert not _pack_file(model).exists()
     noisy = {"packed": {1: [0.010, 0.030, 0.010], 17: [0.01, 0.02, 0.04]},
-             "unpacked": {1: [0.012, 0.012, 0.040], 17: [0.02, 0.06, 0.02]}}
+             "unpacked": {1: [0.012, 0.012, 0.040], 17: [0.02, 0.06, 0.02]}, "tiles": TILES_SLOW}
     with warnings.catch_warnings(record=True) as again:  # the one warning was given already
         warnings.simplefilter("always")
         choice = cal.choose_pack(model, repeats=2, past_len=8, timer=table_timer(noisy), loadavg=idle, force=True)
@@ -236,6 +252,15 @@ def test_a_corrupted_or_foreign_pack_file_is_measured_again(model):
             cal.clear_pack_choices()
             assert cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle).packed
     assert len(rec) == 3
+    # a choice saved by an older version (format 1: two kernels) is measured again, not read
+    old = {"key": key, "packed": True, "reason": "r", "past_len": 8,
+           "seconds": {"packed": {"1": 0.01, "17": 0.01}, "unpacked": {"1": 0.02, "17": 0.02}}}
+    persist.save_state(key, cal.PACK_STATE, 1, json.dumps(old).encode())
+    cal.clear_pack_choices()
+    with warnings.catch_warnings():  # (its warning, one per file and process, was given above)
+        warnings.simplefilter("ignore", persist.PersistWarning)
+        choice = cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(TILES_WIN), loadavg=idle)
+    assert choice.kernel == "tiles" and choice.saved
 
 
 def test_auto_pack(model):
@@ -245,7 +270,7 @@ def test_auto_pack(model):
 
     cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(PACK_LOSES), loadavg=idle)
     assert cal.auto_pack(model, "auto") is False and cal.auto_pack(model, True) is True
-    assert cal.auto_pack(model, False) is False
+    assert cal.auto_pack(model, False) is False and cal.auto_pack(model, "tiles") == "tiles"
     with packed_linears(model, True):
         assert cal.auto_pack(model, "auto") is True  # the caller packed: stays packed
         with pytest.raises(ValueError, match="outside packed_linears"):
@@ -263,14 +288,14 @@ def test_generate_runs_the_measured_kernel(model):
     from tokenloom.runtime.cpupack import is_packed
 
     seen = []
-    handle = model.register_forward_pre_hook(lambda *_: seen.append(is_packed(model)))
+    handle = model.register_forward_pre_hook(lambda *_: seen.append((is_packed(model), cal.kernel_of(model))))
     ids = torch.tensor([[5, 6, 7, 8]])
     try:
-        for table, packed in ((PACK_LOSES, False), (PACK_WINS, True)):
+        for table, kernel in ((PACK_LOSES, "unpacked"), (PACK_WINS, "packed"), (TILES_WIN, "tiles")):
             cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(table), loadavg=idle, force=True)
             seen.clear()
             tokenloom.generate(model, ids, max_new_tokens=3, eos_token_id=[])
-            assert seen and set(seen) == {packed}
+            assert seen and set(seen) == {(kernel != "unpacked", kernel)}
     finally:
         handle.remove()
 

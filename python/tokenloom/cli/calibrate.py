@@ -3,8 +3,9 @@ use, and show what they chose and why.
 
 It prints the machine (CPU model, the ISA flags that decide which kernels are fast, cores,
 torch build and threads, the load average), then times tree steps of the model (the embedded
-one unless ``--model``) in ``--dtype``: the step-cost curve of each linear kernel (as loaded,
-and oneDNN pre-packed where the model has float32 CPU linears), and the kernel choice of
+one unless ``--model``) in ``--dtype``: the step-cost curve of each linear kernel the model can
+run (:func:`tokenloom.runtime.cpupack.available_kernels`: as loaded; oneDNN pre-packed for
+float32 CPU linears; tokenloom's tiles for float32 / bfloat16 ones), and the kernel choice of
 ``pack="auto"`` (:func:`tokenloom.spec.calibration.choose_pack`: a one-token and a 17-token step
 per kernel, interleaved, medians). What it measures replaces the saved calibration of this
 model and machine, under the same rules as an automatic one (not saved when the machine is
@@ -70,11 +71,11 @@ def measure(
     """Measure the step-cost curve of every kernel this model can run with and the kernel
     choice; returns the report (the ``--json`` schema): ``{"machine", "load", "dtype",
     "curves": {kernel: {"tokens", "seconds", "key", "load", "saved"}}, "pack": {"pack",
-    "reason", "seconds", "load", "saved"}, "auto": {"pack", "curve"}, "settings"}``."""
+    "reason", "kernel", "seconds", "load", "saved"}, "auto": {"pack", "curve"}, "settings"}``."""
     import torch
     from tqdm import tqdm
 
-    from tokenloom.runtime.cpupack import packed_linears, resolve_pack
+    from tokenloom.runtime.cpupack import available_kernels, pack_value, packed_linears
     from tokenloom.runtime.machine import machine_info, machine_load
     from tokenloom.runtime.model import model_dtype_device
     from tokenloom.spec.calibration import PACK_TREE_TOKENS, choose_pack, disk_enabled
@@ -82,8 +83,8 @@ def measure(
 
     sizes = sorted(set(tokens or DEFAULT_TOKENS))
     dtype = model_dtype_device(model)[0]
-    can_pack = resolve_pack(model, "auto")
-    kernels = ["unpacked"] + (["packed"] if can_pack else [])
+    kernels = available_kernels(model)
+    can_pack = len(kernels) > 1
     total = (repeats + 1) * len(sizes) * len(kernels) + ((repeats + 1) * 2 * len(kernels) if can_pack else 0)
     bar = tqdm(total=total, desc="calibrate", unit="step", file=sys.stderr, disable=not progress, leave=False)
     tick: Callable[[], None] = lambda: bar.update(1)  # noqa: E731
@@ -91,19 +92,20 @@ def measure(
     curves: Dict[str, Any] = {}
     try:
         for kern in kernels:
-            with packed_linears(model, kern == "packed"):
+            with packed_linears(model, pack_value(kern)):
                 cost = calibrate_step_cost(model, sizes, past_len=past_len, repeats=repeats, force=True, timer=timer, progress=tick)
             curves[kern] = _curve_json(cost, disk_enabled() and not cost.load.get("heavy"))
         if can_pack:
             choice = choose_pack(model, repeats=repeats, past_len=past_len, force=True, timer=timer, progress=tick)
-            pack = {"pack": choice.packed, "reason": choice.reason, "load": choice.load, "saved": choice.saved,
+            pack = {"pack": choice.packed, "kernel": choice.kernel, "reason": choice.reason, "load": choice.load,
+                    "saved": choice.saved,
                     "seconds": {k: {str(t): s for t, s in v.items()} for k, v in choice.seconds.items()},
                     "tree_tokens": PACK_TREE_TOKENS}
         else:
-            why = (f"packing covers float32 CPU linears; this model is {str(dtype).replace('torch.', '')}"
-                   if dtype != torch.float32 else "this torch build has no working oneDNN packed linear, or the model has "
-                   "no float32 CPU linears")
-            pack = {"pack": False, "reason": why, "load": {}, "saved": False, "seconds": {}, "tree_tokens": PACK_TREE_TOKENS}
+            why = (f"packing covers float32 and bfloat16 CPU linears; this model is {str(dtype).replace('torch.', '')}"
+                   if dtype not in (torch.float32, torch.bfloat16) else "neither oneDNN's packed linear nor tokenloom's tiles "
+                   "work here, or the model has no float32 / bfloat16 CPU linears")
+            pack = {"pack": False, "kernel": "unpacked", "reason": why, "load": {}, "saved": False, "seconds": {}, "tree_tokens": PACK_TREE_TOKENS}
     finally:
         bar.close()
     return {
@@ -113,7 +115,7 @@ def measure(
         "settings": {"tokens": sizes, "repeats": repeats, "past_len": past_len},
         "curves": curves,
         "pack": pack,
-        "auto": {"pack": pack["pack"], "curve": "packed" if pack["pack"] else "unpacked"},
+        "auto": {"pack": pack["pack"], "curve": pack["kernel"]},
     }
 
 
@@ -141,7 +143,7 @@ def report_lines(report: Dict[str, Any], model_label: str = "") -> List[str]:
         lines.append(f"  {kern:<9}" + "".join(f"{s * 1e3:>9.2f}" for s in c["seconds"]) + f"   {note}")
     p = report["pack"]
     lines.append("")
-    lines.append(f"pack=\"auto\": {'packs' if p['pack'] else 'keeps the model as loaded'} -- {p['reason']}"
+    lines.append(f"pack=\"auto\": {'runs ' + p['kernel'] if p['pack'] else 'keeps the model as loaded'} -- {p['reason']}"
                  + ("" if p["saved"] or not p["seconds"] else f" (not saved: {p['load'].get('why') or 'disk cache off'})"))
     curve = report["curves"][report["auto"]["curve"]]
     lines.append(f"tree=\"auto\" / budget=\"auto\" size trees with the {report['auto']['curve']} curve"

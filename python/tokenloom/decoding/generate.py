@@ -90,12 +90,13 @@ def generate(
             size follows measured step times, so two sampled runs can differ -- each is still
             an exact sample).
         streamer: HF-style streamer (``put``/``end``); receives the prompt first, as in HF.
-        pack: run float32 CPU linears through pre-packed oneDNN weights during the call
-            (:mod:`tokenloom.runtime.cpupack`; ``"auto"``: where packing measured faster on this
+        pack: run CPU linears through pre-packed weights during the call
+            (:mod:`tokenloom.runtime.cpupack`; ``"auto"``: the kernel measured fastest on this
             machine, :func:`tokenloom.spec.calibration.choose_pack`, measured once and saved;
-            ``True``: insist; ``False``: run the model exactly as loaded). Where packing wins,
-            small-batch forwards (tree steps) get much cheaper; logits change at float32
-            rounding level only.
+            ``True``: insist on oneDNN (float32); ``"tiles"``: insist on tokenloom's small-M
+            kernel (float32 / bfloat16); ``False``: run the model exactly as loaded). Where
+            packing wins, small-batch forwards (tree steps) get much cheaper; logits change at
+            float32 rounding level only.
         attention_mask: [B, n] of 0/1 (None: every position is a token), left padding as HF
             takes it for decoder-only models (a row's zeros come before its ones). Every row
             is then decoded as if unpadded; with B == 1 the padding is cut off and the one
@@ -200,7 +201,7 @@ def generate(
 
 
 def _generate_batch(
-    model: Any, input_ids: Any, mask: Any, cfg: DecodeConfig, factory: Any, plain: bool, use_pack: bool, pad: int,
+    model: Any, input_ids: Any, mask: Any, cfg: DecodeConfig, factory: Any, plain: bool, use_pack: Union[bool, str], pad: int,
     batch_budget: Any = "auto",
 ) -> GenerateOutput:
     """:func:`generate` of B > 1 left-padded rows (:mod:`tokenloom.decoding.batch`), the request

@@ -29,6 +29,14 @@ Numerics: oneDNN sums in another order than MKL, so logits differ at float32 rou
 floating-point near-ties (tested in tests/runtime/test_cpupack.py). Pass ``pack=False`` to
 ``tokenloom.generate`` to run the model exactly as loaded.
 
+A second kernel, ``pack="tiles"`` (:class:`TiledLinear`): tokenloom's own small-M linear
+(``tokenloom._core.TiledLinear``, Rust): the weight packed once into panels of 16 output columns
+x K, each panel streamed from memory exactly once per call for all rows (a software prefetch
+runs ahead of the arithmetic), float32 accumulation; float32 and bfloat16 weights (kept as
+bf16: half the bytes streamed). Row counts up to :data:`TILED_MAX_ROWS` run through it, larger
+ones (prompts) through the original ``nn.Linear``. Its threads: :func:`set_tiles_threads`
+(default ``torch.get_num_threads()``; measurements there).
+
 Faster is not universal: on an Intel Xeon with AVX-512/AMX, packed linears measured slower than
 MKL's. ``tokenloom.generate(..., pack="auto")`` therefore packs only where packing measured
 faster on the machine (:mod:`tokenloom.spec.calibration`); :func:`packed_linears` itself packs
@@ -40,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from tokenloom.device import is_accelerator
 
@@ -49,27 +57,45 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "PACKED_ROW_SIZES",
+    "PACK_KERNELS",
     "PackedLinear",
+    "TILED_MAX_ROWS",
+    "TiledLinear",
+    "active_kernel",
+    "available_kernels",
+    "pack_value",
     "clear_packed",
     "is_packed",
     "pack_available",
     "packed_linears",
     "packed_rows",
+    "resolve_kernel",
     "resolve_pack",
+    "set_tiles_threads",
+    "tiles_available",
+    "tiles_threads",
 ]
 
 #: The row counts a packed linear ever runs oneDNN with (inputs are padded up to the next one);
 #: more rows than the last go through the original ``nn.Linear``.
 PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8))
 
-# nn.Linear -> (weight storage pointer, weight version, its PackedLinear)
-_CACHE: "weakref.WeakKeyDictionary[Any, Tuple[int, int, Any]]" = weakref.WeakKeyDictionary()
+#: The kernel names a linear can run with, by the ``pack`` value that selects each:
+#: ``"unpacked"`` (False: the model as loaded), ``"packed"`` (True: oneDNN, float32 weights),
+#: ``"tiles"`` (``"tiles"``: :class:`TiledLinear`, float32 or bfloat16 weights).
+PACK_KERNELS: Dict[str, Union[bool, str]] = {"unpacked": False, "packed": True, "tiles": "tiles"}
+#: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
+TILED_MAX_ROWS = 64
+
+# nn.Linear -> {kernel: (weight storage pointer, weight version, its swapped-in module)}
+_CACHE: "weakref.WeakKeyDictionary[Any, Dict[str, Tuple[int, int, Any]]]" = weakref.WeakKeyDictionary()
 # model -> [(parent module, child name, nn.Linear)]: where the packable linears sit
 _PLANS: "weakref.WeakKeyDictionary[Any, List[Tuple[Any, str, Any]]]" = weakref.WeakKeyDictionary()
-# models inside a packed_linears block
-_ACTIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+# models inside a packed_linears block -> the kernel they run with
+_ACTIVE: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _AVAILABLE: Dict[str, bool] = {}
+_THREADS: Dict[str, int] = {}
 
 
 def pack_available() -> bool:
@@ -90,6 +116,54 @@ def pack_available() -> bool:
         ok = False
     _AVAILABLE["ok"] = ok
     return ok
+
+
+def tiles_available() -> bool:
+    """True when the compiled extension has :class:`TiledLinear`'s kernel and it agrees with
+    ``torch.nn.functional.linear`` on a small product here."""
+    if "tiles" in _AVAILABLE:
+        return _AVAILABLE["tiles"]
+    ok = False
+    try:
+        import torch
+
+        from tokenloom import _core
+
+        w, x = torch.randn(20, 7), torch.randn(3, 7)
+        y = torch.from_numpy(_core.TiledLinear(w.numpy()).forward(x.numpy(), 1))
+        ok = bool(torch.allclose(y, x @ w.t(), atol=1e-5, rtol=1e-4))
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        ok = False
+    _AVAILABLE["tiles"] = ok
+    return ok
+
+
+def set_tiles_threads(threads: Optional[int]) -> None:
+    """Threads of every :class:`TiledLinear` call (they split the weight panels; workers of a
+    persistent pool that sleep between calls): an int in [1, 64], or None for the default,
+    ``torch.get_num_threads()`` at call time.
+
+    Measured on the shared 2-core AMD reference machine (one pass over the embedded model's 30
+    layers of linear shapes, float32; 1 vs 2 threads): at load ~1.7, 28.1 / 33.5 / 49.4 / 85.8 ms
+    vs 29.2 / 34.7 / 44.2 / 59.6 ms for M = 1 / 9 / 17 / 33 rows (a second core helps where the
+    rows make it compute-bound); at load ~1.2 a second thread was no faster (27.4 / 32.3 / 51.2 /
+    85.7 vs 28.7 / 35.9 / 51.5 / 92.4 ms). So the default follows torch's thread count; where
+    the cores are busy, ``set_tiles_threads(1)``, then ``tokenloom calibrate``."""
+    if threads is None:
+        _THREADS.pop("n", None)
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise ValueError(f"set_tiles_threads: expected an int in [1, 64] or None, got {threads!r}")
+    _THREADS["n"] = threads
+
+
+def tiles_threads() -> int:
+    """The threads a :class:`TiledLinear` call uses now (:func:`set_tiles_threads`)."""
+    if "n" in _THREADS:
+        return _THREADS["n"]
+    import torch
+
+    return max(1, min(64, int(torch.get_num_threads())))
 
 
 def packed_rows(m: int) -> int:
@@ -147,44 +221,105 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
-def _packable(mod: Any) -> bool:
+class TiledLinear(_module_base()):  # type: ignore[misc]
+    """Drop-in for a float32 or bfloat16 CPU ``nn.Linear`` (inference only): input [...,
+    in_features] -> output [..., out_features] through ``tokenloom._core.TiledLinear`` (the
+    weight packed once, streamed once per call; float32 accumulation, the output in the input's
+    dtype). Inputs of more than :data:`TILED_MAX_ROWS` rows, grad mode, another dtype or an
+    accelerator run the original module."""
+
+    def __init__(self, original: Any, tiled: Any):
+        super().__init__()
+        self.original = [original]  # a list: not registered as a submodule (no double params)
+        self.in_features = int(original.in_features)
+        self.out_features = int(original.out_features)
+        self.tiled = tiled
+
+    @property
+    def weight(self) -> Any:
+        return self.original[0].weight
+
+    @property
+    def bias(self) -> Any:
+        return self.original[0].bias
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        orig = self.original[0]
+        if x.dtype != orig.weight.dtype or is_accelerator(x) or torch.is_grad_enabled():
+            return orig(x)
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])
+        m = rows.shape[0]
+        if m == 0 or m > TILED_MAX_ROWS:
+            return orig(x)
+        rows = rows.to(torch.float32).contiguous()
+        y = torch.from_numpy(self.tiled.forward(rows.numpy(), tiles_threads()))
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=tiles"
+
+
+def _linear_ok(mod: Any) -> bool:
+    """A plain CPU ``nn.Linear`` with a float32 or bfloat16 2-D weight (what some kernel takes)."""
     import torch
 
     if type(mod) is not torch.nn.Linear:
         return False
     w = mod.weight
-    return w.dtype == torch.float32 and not is_accelerator(w) and w.dim() == 2
+    return w.dtype in (torch.float32, torch.bfloat16) and not is_accelerator(w) and w.dim() == 2
 
 
-def _packed_module(mod: Any) -> "PackedLinear":
-    """The cached PackedLinear of ``mod``, rebuilt when its weight changed."""
+def _takes(kernel: str, mod: Any) -> bool:
+    """Whether ``kernel`` can run ``mod`` (oneDNN: float32 weights only)."""
+    import torch
+
+    return kernel == "tiles" or mod.weight.dtype == torch.float32
+
+
+def _build(kernel: str, mod: Any) -> Any:
     import torch
 
     w = mod.weight.detach()
+    if kernel == "packed":
+        return PackedLinear(mod, torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None))
+    from tokenloom import _core
+
+    bias = None if mod.bias is None else mod.bias.detach().to(torch.float32).contiguous().numpy()
+    if w.dtype == torch.bfloat16:
+        return TiledLinear(mod, _core.TiledLinear(w.contiguous().view(torch.int16).numpy(), bias, bf16=True))
+    return TiledLinear(mod, _core.TiledLinear(w.contiguous().numpy(), bias))
+
+
+def _packed_module(mod: Any, kernel: str = "packed") -> Any:
+    """The cached swapped-in module of ``mod`` for ``kernel``, rebuilt when its weight changed."""
+    w = mod.weight.detach()
     key_ptr, key_ver = w.data_ptr(), w._version
     with _LOCK:
-        hit = _CACHE.get(mod)
+        hit = _CACHE.get(mod, {}).get(kernel)
     if hit is not None and hit[0] == key_ptr and hit[1] == key_ver:
         return hit[2]
-    packed = PackedLinear(mod, torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None))
+    packed = _build(kernel, mod)
     with _LOCK:
-        _CACHE[mod] = (key_ptr, key_ver, packed)
+        _CACHE.setdefault(mod, {})[kernel] = (key_ptr, key_ver, packed)
     return packed
 
 
 def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
-    """(parent, name, linear) of every packable linear of ``model`` (cached; re-scanned when the
+    """(parent, name, linear) of every float32 / bfloat16 CPU linear of ``model`` (cached; re-scanned when the
     model's structure, a linear's dtype or its device changed; a linear added to a model
     already planned is only seen after :func:`clear_packed`). An empty plan is not cached: a
     model moved back to the CPU (or run outside a forced accelerator path) is scanned again."""
     plan = _PLANS.get(model)
-    if plan is not None and all(parent._modules.get(name) is child and _packable(child) for parent, name, child in plan):
+    if plan is not None and all(parent._modules.get(name) is child and _linear_ok(child) for parent, name, child in plan):
         return plan
     plan = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if _packable(child)
+        if _linear_ok(child)
     ]
     if plan:
         _PLANS[model] = plan
@@ -193,35 +328,86 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
     return plan
 
 
-def _resolve_plan(model: Any, pack: Union[bool, str]) -> List[Tuple[Any, str, Any]]:
-    """The linears to pack (empty: do not pack) for ``pack`` = True / ``"auto"`` / False."""
+def _resolve_plan(model: Any, pack: Union[bool, str]) -> Tuple[str, List[Tuple[Any, str, Any]]]:
+    """(kernel, the linears to swap) for ``pack`` = True / ``"auto"`` / ``"tiles"`` / False;
+    an empty list: run as loaded. ``"auto"`` here means oneDNN when possible (the measured
+    choice among kernels is :func:`tokenloom.spec.calibration.auto_pack`'s)."""
     if pack is False or pack is None:
-        return []
-    if pack not in (True, "auto"):
-        raise ValueError(f"pack: expected True, False or 'auto', got {pack!r}")
+        return "unpacked", []
+    if pack not in (True, "auto", "tiles"):
+        raise ValueError(f"pack: expected True, False, 'auto' or 'tiles', got {pack!r}")
+    kernel = "tiles" if pack == "tiles" else "packed"
     plan = _plan(model) if isinstance(model, _module_base()) else []
+    plan = [entry for entry in plan if _takes(kernel, entry[2])]
+    works = tiles_available() if kernel == "tiles" else pack_available()
     if pack == "auto":
-        return plan if plan and pack_available() else []
-    if not pack_available():
-        raise ValueError("pack=True: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)")
+        return ("packed", plan) if plan and works else ("unpacked", [])
+    if not works:
+        raise ValueError("pack=True: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)" if kernel == "packed"
+                         else "pack='tiles': the compiled extension's TiledLinear kernel is missing or wrong here")
     if not plan:
-        raise ValueError("pack=True: the model has no float32 CPU nn.Linear layers to pack")
-    return plan
+        raise ValueError("pack=True: the model has no float32 CPU nn.Linear layers to pack" if kernel == "packed"
+                         else "pack='tiles': the model has no float32 or bfloat16 CPU nn.Linear layers")
+    return kernel, plan
 
 
 def resolve_pack(model: Any, pack: Union[bool, str]) -> bool:
     """Decide whether packing is possible: ``"auto"`` when the model has float32 CPU linears and
-    the oneDNN ops work; ``True`` insists (ValueError when impossible); ``False`` never packs.
+    the oneDNN ops work; ``True`` insists (ValueError when impossible); ``"tiles"`` insists on
+    :class:`TiledLinear` (float32 or bfloat16 CPU linears); ``False`` never packs.
     Whether packing is *faster* here is measured above this layer:
     ``tokenloom.generate(..., pack="auto")`` packs only where
     :func:`tokenloom.spec.calibration.choose_pack` measured it faster."""
-    if pack in (True, "auto") and is_packed(model):
-        return True
-    return bool(_resolve_plan(model, pack))
+    return resolve_kernel(model, pack) != "unpacked"
+
+
+def resolve_kernel(model: Any, pack: Union[bool, str]) -> str:
+    """The kernel name (a key of :data:`PACK_KERNELS`) a :func:`packed_linears` block with
+    ``pack`` runs: inside a block already, the block's kernel; else as :func:`resolve_pack`.
+
+    Raises:
+        ValueError: a ``pack`` of another value; ``True`` / ``"tiles"`` where impossible.
+    """
+    if pack in (True, "auto", "tiles") and is_packed(model):
+        return active_kernel(model)
+    return _resolve_plan(model, pack)[0]
+
+
+def available_kernels(model: Any) -> List[str]:
+    """The kernels ``model`` can run with here, ``"unpacked"`` first: oneDNN where it has float32
+    CPU linears and the ops work, tiles where it has float32 / bfloat16 CPU linears and the
+    kernel works."""
+    kernels = ["unpacked"]
+    for kernel in ("packed", "tiles"):
+        try:
+            if _resolve_plan(model, PACK_KERNELS[kernel])[1]:
+                kernels.append(kernel)
+        except ValueError:
+            pass
+    return kernels
+
+
+def pack_value(kernel: str) -> Union[bool, str]:
+    """The ``pack`` value that selects ``kernel`` (:data:`PACK_KERNELS`).
+
+    Raises:
+        ValueError: an unknown kernel name.
+    """
+    if kernel not in PACK_KERNELS:
+        raise ValueError(f"kernel: expected one of {tuple(PACK_KERNELS)}, got {kernel!r}")
+    return PACK_KERNELS[kernel]
+
+
+def active_kernel(model: Any) -> str:
+    """The kernel of the :func:`packed_linears` block ``model`` is in, else ``"unpacked"``."""
+    try:
+        return _ACTIVE.get(model, "unpacked")
+    except TypeError:
+        return "unpacked"
 
 
 def is_packed(model: Any) -> bool:
-    """True inside a :func:`packed_linears` block of ``model``."""
+    """True inside a :func:`packed_linears` block of ``model`` (any kernel but "unpacked")."""
     try:
         return model in _ACTIVE
     except TypeError:
@@ -231,25 +417,27 @@ def is_packed(model: Any) -> bool:
 @contextlib.contextmanager
 def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any]:
     """``with packed_linears(model): ...`` runs ``model`` with packed linears; restores the
-    original modules on exit (also on error). Nested use is a no-op. Yields ``model``.
+    original modules on exit (also on error). Nested use is a no-op. Yields ``model``. The one
+    swapper of every kernel of :data:`PACK_KERNELS`.
 
     Args:
         model: a torch module (an HF causal LM).
-        enabled: True (raise if impossible), ``"auto"`` (pack when possible) or False.
+        enabled: True (oneDNN; raise if impossible), ``"tiles"`` (:class:`TiledLinear`; raise if
+            impossible), ``"auto"`` (oneDNN when possible) or False.
     """
-    plan = [] if is_packed(model) else _resolve_plan(model, enabled)
+    kernel, plan = ("unpacked", []) if is_packed(model) else _resolve_plan(model, enabled)
     if not plan:
         yield model
         return
     swapped: List[Tuple[Any, str, Any]] = []
     try:
         for parent, name, child in plan:
-            parent._modules[name] = _packed_module(child)
+            parent._modules[name] = _packed_module(child, kernel)
             swapped.append((parent, name, child))
-        _ACTIVE.add(model)
+        _ACTIVE[model] = kernel
         yield model
     finally:
-        _ACTIVE.discard(model)
+        _ACTIVE.pop(model, None)
         for parent, name, child in reversed(swapped):
             parent._modules[name] = child
 

@@ -5,9 +5,10 @@ Every choice that decides speed is measured on the machine itself, never assumed
 and ISA flags, and the linear kernel in use):
 
 * **the linear kernel** (``generate(..., pack="auto")``): :func:`choose_pack` times a one-token
-  step and a :data:`PACK_TREE_TOKENS`-token tree step, packed (oneDNN,
-  :mod:`tokenloom.runtime.cpupack`) and as loaded, interleaved, and packs only where packing
-  measured faster (:func:`decide_pack` has the rule). Persisted as the state ``packchoice``.
+  step and a :data:`PACK_TREE_TOKENS`-token tree step with every kernel the model can run
+  (:func:`tokenloom.runtime.cpupack.available_kernels`: as loaded, oneDNN pre-packed, tokenloom's
+  tiles), interleaved, and runs the fastest (:func:`decide_kernel` has the rule). Persisted as
+  the state ``packchoice``.
 * **the step-cost curve** of ``tree="auto"`` / ``budget="auto"``:
   :func:`tokenloom.spec.sizing.calibrate_step_cost`, measured inside the chosen kernel (its key
   says which), persisted as the state ``stepcost``.
@@ -71,6 +72,7 @@ __all__ = [
     "check_machine",
     "choose_pack",
     "clear_pack_choices",
+    "decide_kernel",
     "decide_pack",
     "disk_enabled",
     "load_record",
@@ -88,12 +90,14 @@ __all__ = [
     "warn_once",
 ]
 
-#: The linear kernels a CPU step can run with: the model as loaded, and oneDNN pre-packed.
-KERNELS = ("unpacked", "packed")
+#: The linear kernels a CPU step can run with: the model as loaded, oneDNN pre-packed, and
+#: tokenloom's tiles (:data:`tokenloom.runtime.cpupack.PACK_KERNELS`).
+KERNELS = ("unpacked", "packed", "tiles")
 #: The tree step, in tokens (root included), that the kernel choice is checked on: the size of
 #: a typical recycling / merged tree.
 PACK_TREE_TOKENS = 17
-#: Packing may cost up to this factor on the tree step (it must win the one-token step).
+#: A kernel may cost up to this factor of the unpacked one on the tree step (it must win the
+#: one-token step).
 PACK_TREE_MARGIN = 1.05
 #: Load average per core above which a measurement is not saved: on average every core already
 #: had another runnable thread before the measurement started.
@@ -108,7 +112,8 @@ PROBE_FACTOR = 1.5
 #: Timed one-token steps of the start probe (after one untimed).
 PROBE_REPEATS = 3
 #: The persisted state of the kernel choice in :mod:`tokenloom.spec.persist`.
-PACK_STATE, PACK_VERSION = "packchoice", 1
+#: Version 2: a choice among all :data:`KERNELS` (a version-1 file is measured again).
+PACK_STATE, PACK_VERSION = "packchoice", 2
 
 #: ``timer(kernel, tokens, run) -> seconds``: runs ``run()`` once and says how long one step of
 #: ``tokens`` tree tokens with ``kernel`` took (:func:`wall_timer` by default; tests pass fakes).
@@ -146,22 +151,27 @@ def disk_enabled(disk: Optional[bool] = None) -> bool:
 
 
 def kernel_of(model: Any) -> str:
-    """``"packed"`` inside a :func:`~tokenloom.runtime.cpupack.packed_linears` block of
-    ``model``, else ``"unpacked"``."""
-    from tokenloom.runtime.cpupack import is_packed
+    """The kernel of the :func:`~tokenloom.runtime.cpupack.packed_linears` block ``model`` is
+    in (``"packed"``, ``"tiles"``), else ``"unpacked"``."""
+    from tokenloom.runtime.cpupack import active_kernel
 
-    return "packed" if is_packed(model) else "unpacked"
+    return active_kernel(model)
 
 
 def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
     """Hash of what a measured step cost depends on: the model config (its shapes; the weights'
     values do not change a step's time), dtype, device, the machine
     (:func:`~tokenloom.runtime.machine.machine_fingerprint`: CPU model, ISA flags, torch build,
-    torch threads) and the linear ``kernel`` (default: the one in use, :func:`kernel_of`)."""
+    torch threads) and the linear ``kernel`` (default: the one in use, :func:`kernel_of`; for
+    ``"tiles"`` its thread count too)."""
     param = next(model.parameters())
     cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
     kernel = kernel_of(model) if kernel is None else kernel
-    packed = "|packed" if kernel == "packed" else ""
+    packed = "" if kernel == "unpacked" else f"|{kernel}"
+    if kernel == "tiles":
+        from tokenloom.runtime.cpupack import tiles_threads
+
+        packed += f":{tiles_threads()}"
     raw = f"{cfg}|{param.dtype}|{device_name(param.device)}|{machine_fingerprint()}{packed}"
     return hashlib.sha1(raw.encode()).hexdigest()[:20]
 
@@ -184,17 +194,15 @@ def wall_timer(device: Any) -> Timer:
 
 @contextlib.contextmanager
 def _kernel(model: Any, kernel: str) -> Iterator[None]:
-    from tokenloom.runtime.cpupack import packed_linears
+    from tokenloom.runtime.cpupack import pack_value, packed_linears
 
-    if kernel == "packed":
-        with packed_linears(model, True):
-            yield
-    elif kernel == "unpacked":
-        if kernel_of(model) == "packed":
-            raise ValueError("kernel 'unpacked': the model is inside a packed_linears block")
-        yield
-    else:
+    if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    now = kernel_of(model)
+    if now not in ("unpacked", kernel):
+        raise ValueError(f"kernel {kernel!r}: the model is inside a packed_linears block of {now!r}")
+    with packed_linears(model, pack_value(kernel)):
+        yield
 
 
 def _chain_parents(t: int) -> Any:
@@ -414,25 +422,52 @@ def save_record(key: str, name: str, version: int, payload: Dict[str, Any], load
 # -- the kernel choice ------------------------------------------------------------------------
 
 
-def decide_pack(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS) -> Tuple[bool, str]:
-    """The kernel rule: pack when the packed one-token step's median is below the unpacked one's
-    (plain decoding and every step's floor) AND the packed ``tree_tokens``-token step is at most
-    :data:`PACK_TREE_MARGIN` x the unpacked one (a tree step may not lose more than that). A tie
-    keeps the model as loaded (no extra copy of the weights, HF's own numerics).
+def decide_pack(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS,
+                kernel: str = "packed") -> Tuple[bool, str]:
+    """The rule for one kernel: use ``kernel`` (default oneDNN ``"packed"``) when its one-token
+    step's median is below the unpacked one's (plain decoding and every step's floor) AND its
+    ``tree_tokens``-token step is at most :data:`PACK_TREE_MARGIN` x the unpacked one (a tree
+    step may not lose more than that). A tie keeps the model as loaded (no extra copy of the
+    weights, HF's own numerics).
 
     Returns:
-        (pack, reason): the reason gives both medians of the step that decided.
+        (use it, reason): the reason gives both medians of the step that decided.
     """
-    p1, u1 = medians["packed"][1], medians["unpacked"][1]
-    pt, ut = medians["packed"][tree_tokens], medians["unpacked"][tree_tokens]
+    p1, u1 = medians[kernel][1], medians["unpacked"][1]
+    pt, ut = medians[kernel][tree_tokens], medians["unpacked"][tree_tokens]
     ms = 1e3
     if not p1 < u1:
-        return False, f"packed one-token step {p1 * ms:.2f} ms is not faster than unpacked {u1 * ms:.2f} ms"
+        return False, f"{kernel} one-token step {p1 * ms:.2f} ms is not faster than unpacked {u1 * ms:.2f} ms"
     if pt > PACK_TREE_MARGIN * ut:
-        return False, (f"packed {tree_tokens}-token step {pt * ms:.2f} ms is more than {PACK_TREE_MARGIN - 1:.0%} slower "
+        return False, (f"{kernel} {tree_tokens}-token step {pt * ms:.2f} ms is more than {PACK_TREE_MARGIN - 1:.0%} slower "
                        f"than unpacked {ut * ms:.2f} ms")
-    return True, (f"packed one-token step {p1 * ms:.2f} ms < unpacked {u1 * ms:.2f} ms, and {tree_tokens}-token step "
+    return True, (f"{kernel} one-token step {p1 * ms:.2f} ms < unpacked {u1 * ms:.2f} ms, and {tree_tokens}-token step "
                   f"{pt * ms:.2f} ms vs {ut * ms:.2f} ms (within {PACK_TREE_MARGIN - 1:.0%})")
+
+
+def decide_kernel(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS) -> Tuple[str, str]:
+    """The kernel ``pack="auto"`` runs, among the measured ones (``medians``' keys, which hold
+    ``"unpacked"``): of the kernels that pass :func:`decide_pack`'s rule against the unpacked
+    one, the one with the least one-token + ``tree_tokens``-token cost (plain decoding's step
+    and a typical tree step, weighted alike); ``"unpacked"`` when none passes.
+
+    Returns:
+        (kernel, reason).
+    """
+    passing: List[Tuple[float, str, str]] = []
+    refused: List[str] = []
+    for kern in (k for k in KERNELS if k in medians and k != "unpacked"):
+        ok, why = decide_pack(medians, tree_tokens, kern)
+        if ok:
+            passing.append((medians[kern][1] + medians[kern][tree_tokens], kern, why))
+        else:
+            refused.append(why)
+    if not passing:
+        return "unpacked", "; ".join(refused) or "no other kernel was measured"
+    cost, kern, why = min(passing)
+    others = [f"{k} {c * 1e3:.2f} ms" for c, k, _ in sorted(passing) if k != kern]
+    tail = f"; 1 + {tree_tokens}-token cost {cost * 1e3:.2f} ms" + (f" (least; also {', '.join(others)})" if others else "")
+    return kern, why + tail + "".join(f"; {r}" for r in refused)
 
 
 @dataclass(frozen=True)
@@ -440,10 +475,13 @@ class PackChoice:
     """The measured kernel choice of one :func:`calibration_key` (``kernel="unpacked"``).
 
     Attributes:
-        packed: whether ``pack="auto"`` packs. reason: why (:func:`decide_pack`).
+        packed: whether ``pack="auto"`` packs (any kernel but the model as loaded).
+        reason: why (:func:`decide_kernel`).
         seconds: ``{kernel: {tokens: median seconds}}`` of the measured steps.
         key: the calibration key. past_len: cached tokens under the timed steps.
         load: :func:`load_verdict` of the measurement. saved: whether it came from (or went to) disk.
+        kernel: the chosen kernel (a name of :data:`KERNELS`; default: ``"packed"`` when
+            ``packed``, else ``"unpacked"``).
     """
 
     packed: bool
@@ -453,10 +491,17 @@ class PackChoice:
     past_len: int = 64
     load: Dict[str, Any] = field(default_factory=dict, compare=False)
     saved: bool = field(default=False, compare=False)
+    kernel: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kernel:
+            object.__setattr__(self, "kernel", "packed" if self.packed else "unpacked")
+        if self.kernel not in KERNELS or self.packed != (self.kernel != "unpacked"):
+            raise ValueError(f"PackChoice: kernel {self.kernel!r} does not agree with packed={self.packed}")
 
     def to_json(self) -> Dict[str, Any]:
         return {
-            "key": self.key, "packed": self.packed, "reason": self.reason, "past_len": self.past_len,
+            "key": self.key, "packed": self.packed, "kernel": self.kernel, "reason": self.reason, "past_len": self.past_len,
             "seconds": {kern: {str(t): s for t, s in per.items()} for kern, per in self.seconds.items()},
         }
 
@@ -474,8 +519,9 @@ class PackChoice:
             raise ValueError("expected 'packed' (bool), 'reason' (str) and 'past_len' (int >= 1)")
         raw = data.get("seconds")
         seconds: Dict[str, Dict[int, float]] = {}
-        if not isinstance(raw, dict) or set(raw) != set(KERNELS):
-            raise ValueError(f"expected 'seconds' for the kernels {KERNELS}")
+        kernel = data.get("kernel")
+        if not isinstance(raw, dict) or "unpacked" not in raw or not set(raw) <= set(KERNELS) or kernel not in raw:
+            raise ValueError(f"expected 'seconds' of 'unpacked' and other kernels of {KERNELS}, the chosen 'kernel' among them")
         for kern, per in raw.items():
             if not isinstance(per, dict) or not {"1", str(PACK_TREE_TOKENS)} <= set(per):
                 raise ValueError(f"expected the seconds of 1 and {PACK_TREE_TOKENS} tokens for {kern!r}")
@@ -485,7 +531,7 @@ class PackChoice:
             seconds[kern] = {int(t): float(s) for t, s in per.items()}
         raw_load = data.get("load")
         load: Dict[str, Any] = raw_load if isinstance(raw_load, dict) else {}
-        return cls(packed, reason, seconds, key, past, load, saved=True)
+        return cls(packed, reason, seconds, key, past, load, saved=True, kernel=kernel)
 
 
 _CHOICES: Dict[str, PackChoice] = {}
@@ -513,18 +559,21 @@ def choose_pack(
 ) -> PackChoice:
     """The measured kernel choice of ``model`` on this machine: in-process, else saved (checked
     with a one-token probe), else measured (:func:`time_steps` over 1 and
-    :data:`PACK_TREE_TOKENS` tokens, both kernels interleaved; :func:`decide_pack`) and saved
-    unless the machine was busy. ``force`` measures again. Call outside a ``packed_linears``
-    block; needs packable linears (:func:`tokenloom.runtime.cpupack.resolve_pack`).
+    :data:`PACK_TREE_TOKENS` tokens, every kernel of
+    :func:`tokenloom.runtime.cpupack.available_kernels` interleaved; :func:`decide_kernel`) and
+    saved unless the machine was busy. ``force`` measures again. Call outside a
+    ``packed_linears`` block; needs a kernel besides the model as loaded.
 
     Raises:
         ValueError: the model is inside a ``packed_linears`` block, or has nothing to pack.
     """
-    from tokenloom.runtime.cpupack import resolve_pack
+    from tokenloom.runtime.cpupack import available_kernels
 
-    if kernel_of(model) == "packed":
-        raise ValueError("choose_pack: call it outside packed_linears (it times both kernels)")
-    resolve_pack(model, True)  # raises when there is nothing to pack
+    if kernel_of(model) != "unpacked":
+        raise ValueError("choose_pack: call it outside packed_linears (it times every kernel)")
+    kernels = available_kernels(model)
+    if len(kernels) < 2:
+        raise ValueError("choose_pack: the model has no float32 or bfloat16 CPU nn.Linear layers that a kernel here can run")
     key = calibration_key(model, "unpacked")
     with _CHOICES_LOCK:
         if not force and key in _CHOICES:
@@ -533,48 +582,55 @@ def choose_pack(
         with _CHOICES_LOCK:  # another thread may have measured while this one waited
             if not force and key in _CHOICES:
                 return _CHOICES[key]
-        choice = _saved_or_measured(model, key, repeats, past_len, timer, loadavg, disk_enabled(disk), force, progress)
+        choice = _saved_or_measured(model, key, kernels, repeats, past_len, timer, loadavg, disk_enabled(disk), force, progress)
         with _CHOICES_LOCK:
             _CHOICES[key] = choice
         return choice
 
 
-def _saved_or_measured(model: Any, key: str, repeats: int, past_len: int, timer: Optional[Timer],
+def _saved_or_measured(model: Any, key: str, kernels: List[str], repeats: int, past_len: int, timer: Optional[Timer],
                        loadavg: Optional[Callable[[], float]], disk: bool, force: bool,
                        progress: Optional[Callable[[], None]]) -> PackChoice:
     """:func:`choose_pack` past the in-process cache: the saved choice if a probe agrees, else measured."""
     if disk and not force:
         saved = load_record(key, PACK_STATE, PACK_VERSION, PackChoice.from_json)
-        if saved is not None:
-            kern = "packed" if saved.packed else "unpacked"
+        if saved is not None and set(saved.seconds) == set(kernels):
+            kern = saved.kernel
             probe = probe_one_token(model, kern, past_len=saved.past_len, timer=timer)
             if not probe_disagrees(saved.seconds[kern][1], probe):
                 return saved
             warn_once(key, "pack-probe", f"tokenloom: a one-token step ({kern}) now takes {probe * 1e3:.2f} ms, the saved kernel "
                       f"choice says {saved.seconds[kern][1] * 1e3:.2f} ms; measuring the kernels again")
     load1, own = read_loads(loadavg)
-    times = time_steps(model, (1, PACK_TREE_TOKENS), KERNELS, repeats=repeats, past_len=past_len, timer=timer, progress=progress)
+    times = time_steps(model, (1, PACK_TREE_TOKENS), kernels, repeats=repeats, past_len=past_len, timer=timer, progress=progress)
     medians, verdict = medians_and_verdict(times, load1, own)
-    packed, reason = decide_pack(medians)
-    choice = PackChoice(packed, reason, medians, key, past_len, verdict)
+    kernel, reason = decide_kernel(medians)
+    choice = PackChoice(kernel != "unpacked", reason, medians, key, past_len, verdict, kernel=kernel)
     if not disk:
         return choice
     saved_now = save_record(key, PACK_STATE, PACK_VERSION, choice.to_json(), verdict)
-    return PackChoice(packed, reason, medians, key, past_len, verdict, saved=saved_now)
+    return PackChoice(kernel != "unpacked", reason, medians, key, past_len, verdict, saved=saved_now, kernel=kernel)
 
 
-def auto_pack(model: Any, pack: Union[bool, str]) -> bool:
-    """Whether a call with ``pack`` runs on packed linears: ``"auto"`` packs only where
-    :func:`choose_pack` measured packing faster (and never when there is nothing to pack, or the
-    oneDNN ops do not work here); inside a user's ``packed_linears`` block it stays packed;
-    ``True`` / ``False`` as :func:`tokenloom.runtime.cpupack.resolve_pack`.
+def auto_pack(model: Any, pack: Union[bool, str]) -> Union[bool, str]:
+    """The ``pack`` value a call with ``pack`` hands to
+    :func:`~tokenloom.runtime.cpupack.packed_linears`: for ``"auto"``, the kernel
+    :func:`choose_pack` measured fastest (False: the model as loaded; True: oneDNN; ``"tiles"``),
+    False when no other kernel can run the model; inside a user's ``packed_linears`` block,
+    True (it stays as it is); ``True`` / ``"tiles"`` / ``False`` are checked
+    (:func:`tokenloom.runtime.cpupack.resolve_pack`) and passed on (False stays False).
 
     Raises:
-        ValueError: ``pack`` is not True, False or ``"auto"``; ``pack=True`` where impossible.
+        ValueError: ``pack`` is not True, False, ``"auto"`` or ``"tiles"``; ``pack=True`` /
+            ``"tiles"`` where impossible.
     """
-    from tokenloom.runtime.cpupack import resolve_pack
+    from tokenloom.runtime.cpupack import available_kernels, pack_value, resolve_pack
 
-    possible = resolve_pack(model, pack)
-    if pack != "auto" or not possible or kernel_of(model) == "packed":
-        return possible
-    return choose_pack(model).packed
+    if pack != "auto":
+        possible = resolve_pack(model, pack)
+        return pack if possible and pack == "tiles" else possible
+    if kernel_of(model) != "unpacked":
+        return True
+    if len(available_kernels(model)) < 2:
+        return False
+    return pack_value(choose_pack(model).kernel)

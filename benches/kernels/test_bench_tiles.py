@@ -1,0 +1,58 @@
+"""The three CPU linear kernels on the embedded model's layer shapes: PyTorch's default
+``nn.Linear`` (MKL), oneDNN pre-packed (``pack=True``) and tokenloom's tiles (``pack="tiles"``,
+float32 and bfloat16 weights), at M = 1 and 17 rows. One pass runs the 7 linears of all 30
+layers with distinct weights (~425 MB in float32, far above the L3), so the weights come from
+memory as in a real step; "tiles / default" and "tiles / onednn" per M are the ratios to read.
+
+    python -m pytest benches/kernels/test_bench_tiles.py --benchmark-group-by=group
+"""
+
+from __future__ import annotations
+
+import pytest
+
+SHAPES = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]  # q k v o gate up down
+LAYERS = 30
+
+
+@pytest.fixture(scope="module")
+def weights():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(n, k, generator=gen) * 0.02 for _ in range(LAYERS) for n, k in SHAPES]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("kernel", ["default", "onednn", "tiles", "tiles-bf16"])
+@pytest.mark.parametrize("m", [1, 17])
+def test_layer_pass(benchmark, weights, m, kernel):
+    import torch
+
+    from tokenloom import _core
+    from tokenloom.runtime.cpupack import pack_available, tiles_available, tiles_threads
+
+    if kernel == "onednn" and not pack_available():
+        pytest.skip("no oneDNN packed linear in this torch build")
+    if kernel.startswith("tiles") and not tiles_available():
+        pytest.skip("no working TiledLinear in this build")
+    benchmark.group = f"30 layers of linears, M={m} rows"
+    xs = {k: torch.randn(m, k) for k in (576, 1536)}
+    if kernel == "default":
+        calls = [lambda w=w: torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights]
+    elif kernel == "onednn":
+        packed = [(torch.ops.mkldnn._reorder_linear_weight(w, None), w.shape[1]) for w in weights]
+        calls = [lambda p=p, k=k: torch.ops.mkldnn._linear_pointwise(xs[k], p, None, "none", [], "") for p, k in packed]
+    else:
+        bf16, threads = kernel == "tiles-bf16", tiles_threads()
+        tiled = [(_core.TiledLinear(w.to(torch.bfloat16).view(torch.int16).numpy(), bf16=True) if bf16
+                  else _core.TiledLinear(w.numpy()), w.shape[1]) for w in weights]
+        arrays = {k: x.numpy() for k, x in xs.items()}
+        calls = [lambda t=t, k=k: t.forward(arrays[k], threads) for t, k in tiled]
+
+    def one_pass():
+        for call in calls:
+            call()
+
+    with torch.inference_mode():
+        benchmark.pedantic(one_pass, rounds=8, iterations=1, warmup_rounds=2)

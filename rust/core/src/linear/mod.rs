@@ -1,0 +1,179 @@
+//! Small-M linear layers for CPU decoding: `y[M, N] = x[M, K] @ W[N, K]^T (+ bias)` for the
+//! few rows (1 to a few tens) that a speculative tree step feeds through a model.
+//!
+//! Why: at such M a linear is bound by reading its weight from memory, and a general GEMM that
+//! re-reads or re-packs the weight per call (or does not overlap the weight stream with the
+//! arithmetic) costs up to twice the memory time. Here the weight is packed once
+//! ([`PackedLinear::from_f32`], [`PackedLinear::from_bf16`]) into panels of [`NR`] output
+//! columns by K, contiguous, the last panel zero-padded; a call streams every panel exactly
+//! once and computes all M rows from it while it sits in the cache (row blocks of up to
+//! [`MR`] rows, register-blocked micro-kernels), so the weight is read from memory once per
+//! call whatever M is.
+//!
+//! Weights may be float32 or bfloat16 (kept as bf16, half the bytes streamed; widened to f32
+//! in registers); inputs, accumulation and outputs are float32. Every output element is the
+//! sequential sum over k of `x[m, k] * w[n, k]` (fused multiply-adds where the CPU has them),
+//! plus the bias.
+//!
+//! Kernels: AVX2+FMA on x86-64 when the CPU has them (checked at run time), else a portable
+//! scalar loop that is always correct ([`Isa`]). The N panels may be split over threads
+//! ([`PackedLinear::forward`]), run by a persistent pool (workers sleep between calls).
+
+mod kernels;
+mod pool;
+
+use crate::error::{CoreError, Result};
+
+pub use kernels::Isa;
+
+/// Output columns per weight panel.
+pub const NR: usize = 16;
+/// Most rows one micro-kernel call computes from a panel.
+pub const MR: usize = 6;
+/// Most threads one call may use.
+pub const MAX_THREADS: usize = 64;
+
+/// The packed weight: `panels` of [`NR`] columns x `k`, element `(n, kk)` at
+/// `(n / NR) * NR * k + kk * NR + n % NR`; columns past `n` are zero.
+#[derive(Debug, Clone)]
+pub(crate) enum Panels {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// A linear layer's weight (and bias) packed for small-M products. Immutable once built;
+/// share it between threads freely.
+#[derive(Debug, Clone)]
+pub struct PackedLinear {
+    n: usize,
+    k: usize,
+    panels: Panels,
+    bias: Option<Vec<f32>>,
+}
+
+fn check_dims(n: usize, k: usize, len: usize, bias: Option<&[f32]>) -> Result<usize> {
+    if n == 0 || k == 0 {
+        return Err(CoreError::value(format!("linear weight: expected a non-empty [N, K] matrix, got [{n}, {k}]")));
+    }
+    let expected = n.checked_mul(k).ok_or_else(|| CoreError::value(format!("linear weight: [{n}, {k}] is too large")))?;
+    if len != expected {
+        return Err(CoreError::shape("linear weight", format!("{expected} values ([{n}, {k}])"), len));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(CoreError::shape("linear bias", format!("{n} values"), b.len()));
+        }
+    }
+    let panels = n.div_ceil(NR);
+    panels
+        .checked_mul(NR)
+        .and_then(|c| c.checked_mul(k))
+        .ok_or_else(|| CoreError::value(format!("linear weight: [{n}, {k}] is too large")))
+}
+
+fn pack<T: Copy + Default>(w: &[T], n: usize, k: usize, size: usize) -> Vec<T> {
+    let mut out = vec![T::default(); size];
+    for (row, wrow) in w.chunks_exact(k).enumerate() {
+        let base = (row / NR) * NR * k + row % NR;
+        for (kk, &v) in wrow.iter().enumerate() {
+            out[base + kk * NR] = v;
+        }
+    }
+    debug_assert!(w.len() == n * k);
+    out
+}
+
+impl PackedLinear {
+    /// Packs a float32 weight `w` ([N, K], row-major, as `nn.Linear.weight`) and an optional
+    /// bias ([N]).
+    ///
+    /// Errors: N or K zero, `w.len() != N * K`, a bias of another length, or a size that
+    /// overflows.
+    pub fn from_f32(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<Self> {
+        let size = check_dims(n, k, w.len(), bias)?;
+        Ok(PackedLinear { n, k, panels: Panels::F32(pack(w, n, k, size)), bias: bias.map(<[f32]>::to_vec) })
+    }
+
+    /// Packs a bfloat16 weight given as its raw 16-bit patterns ([N, K], row-major; the upper
+    /// half of the float32 of the same value), with an optional float32 bias ([N]).
+    ///
+    /// Errors: as [`PackedLinear::from_f32`].
+    pub fn from_bf16(w: &[u16], n: usize, k: usize, bias: Option<&[f32]>) -> Result<Self> {
+        let size = check_dims(n, k, w.len(), bias)?;
+        Ok(PackedLinear { n, k, panels: Panels::Bf16(pack(w, n, k, size)), bias: bias.map(<[f32]>::to_vec) })
+    }
+
+    /// Output features (N).
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Input features (K).
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// Whether the weight is kept as bfloat16.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.panels, Panels::Bf16(_))
+    }
+
+    /// Bytes of the packed weight (what one call streams).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.panels {
+            Panels::F32(p) => p.len() * 4,
+            Panels::Bf16(p) => p.len() * 2,
+        }
+    }
+
+    /// `out[M, N] = x[M, K] @ W^T (+ bias)`, with the fastest kernel this CPU has.
+    /// `threads` (1 to [`MAX_THREADS`]) split the weight panels; 1 runs on the calling thread.
+    ///
+    /// Errors: M zero, `x.len() != M * K`, `out.len() != M * N`, threads out of range.
+    pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32], threads: usize) -> Result<()> {
+        self.forward_with(Isa::detect(), x, m, out, threads)
+    }
+
+    /// [`PackedLinear::forward`] with a chosen kernel; an `isa` this CPU lacks runs the scalar
+    /// one (never an illegal instruction).
+    pub fn forward_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32], threads: usize) -> Result<()> {
+        if m == 0 {
+            return Err(CoreError::value("linear input: expected at least one row, got 0"));
+        }
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(CoreError::value(format!("linear threads: expected 1 to {MAX_THREADS}, got {threads}")));
+        }
+        let (n, k) = (self.n, self.k);
+        let xlen = m.checked_mul(k).ok_or_else(|| CoreError::value("linear input: too many rows"))?;
+        if x.len() != xlen {
+            return Err(CoreError::shape("linear input", format!("{xlen} values ([{m}, {k}])"), x.len()));
+        }
+        let olen = m.checked_mul(n).ok_or_else(|| CoreError::value("linear output: too many rows"))?;
+        if out.len() != olen {
+            return Err(CoreError::shape("linear output", format!("{olen} values ([{m}, {n}])"), out.len()));
+        }
+        let isa = if isa.available() { isa } else { Isa::Scalar };
+        let panels = n.div_ceil(NR);
+        let threads = threads.min(panels);
+        let dst = kernels::Out { ptr: out.as_mut_ptr(), m, n };
+        if threads == 1 {
+            kernels::run(isa, self, x, m, &dst, 0, panels);
+            return Ok(());
+        }
+        // Contiguous, nearly equal ranges of panels per thread; the caller takes the first.
+        let bounds: Vec<usize> = (0..=threads).map(|t| t * panels / threads).collect();
+        pool::run(threads, &|t| kernels::run(isa, self, x, m, &dst, bounds[t], bounds[t + 1]));
+        Ok(())
+    }
+
+    pub(crate) fn panels(&self) -> &Panels {
+        &self.panels
+    }
+
+    pub(crate) fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests;

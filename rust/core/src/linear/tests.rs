@@ -1,0 +1,109 @@
+use super::*;
+
+/// Deterministic values in [-1, 1) (a small LCG; no dependency).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn to_bf16(v: f32) -> u16 {
+    (v.to_bits() >> 16) as u16 // truncation: any bf16 pattern is a valid weight
+}
+
+/// The reference: `y[m, n] = sum_k x[m, k] w[n, k] + b[n]` in float64.
+fn reference(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut y = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = b.map_or(0.0, |b| b[j] as f64);
+            for kk in 0..k {
+                s += x[i * k + kk] as f64 * w[j * k + kk] as f64;
+            }
+            y[i * n + j] = s;
+        }
+    }
+    y
+}
+
+fn assert_close(got: &[f32], want: &[f64], x: &[f32], w: &[f32], k: usize, n: usize) {
+    // float32 rounding of a K-term sum: a few ulps of sum |x||w| per term count
+    for (idx, (&g, &r)) in got.iter().zip(want).enumerate() {
+        let (i, j) = (idx / n, idx % n);
+        let mag: f64 = (0..k).map(|kk| (x[i * k + kk] as f64 * w[j * k + kk] as f64).abs()).sum::<f64>() + 1.0;
+        let tol = 4.0 * k as f64 * f32::EPSILON as f64 * mag;
+        assert!((g as f64 - r).abs() <= tol, "element {idx}: got {g}, expected {r} (tolerance {tol})");
+    }
+}
+
+fn isas() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2Fma].into_iter().filter(|i| i.available()).collect()
+}
+
+#[test]
+fn matches_the_reference_for_f32_and_bf16_weights() {
+    for &(m, n, k) in &[(1, 1, 1), (1, 16, 8), (3, 17, 5), (6, 33, 64), (7, 15, 3), (13, 40, 31), (17, 48, 576), (33, 5, 70)] {
+        let x = values(m * k, 1 + m as u64);
+        let w = values(n * k, 2 + n as u64);
+        let b = values(n, 3);
+        let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+        let w_rounded: Vec<f32> = wb.iter().map(|&v| f32::from_bits((v as u32) << 16)).collect();
+        for bias in [None, Some(&b[..])] {
+            let f = PackedLinear::from_f32(&w, n, k, bias).unwrap();
+            let h = PackedLinear::from_bf16(&wb, n, k, bias).unwrap();
+            let want_f = reference(&x, &w, bias, m, n, k);
+            let want_h = reference(&x, &w_rounded, bias, m, n, k);
+            for isa in isas() {
+                for threads in [1, 2, 3] {
+                    let mut y = vec![f32::NAN; m * n];
+                    f.forward_with(isa, &x, m, &mut y, threads).unwrap();
+                    assert_close(&y, &want_f, &x, &w, k, n);
+                    let mut y = vec![f32::NAN; m * n];
+                    h.forward_with(isa, &x, m, &mut y, threads).unwrap();
+                    assert_close(&y, &want_h, &x, &w_rounded, k, n);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_agree_with_each_other_and_threads_change_nothing() {
+    let (m, n, k) = (9, 50, 37);
+    let x = values(m * k, 5);
+    let w = values(n * k, 6);
+    let lin = PackedLinear::from_f32(&w, n, k, None).unwrap();
+    let mut one = vec![0.0; m * n];
+    lin.forward(&x, m, &mut one, 1).unwrap();
+    let mut two = vec![0.0; m * n];
+    lin.forward(&x, m, &mut two, 2).unwrap();
+    assert_eq!(one, two); // same kernel, same per-element order: bit-identical
+    let mut scalar = vec![0.0; m * n];
+    lin.forward_with(Isa::Scalar, &x, m, &mut scalar, 1).unwrap();
+    for (a, b) in one.iter().zip(&scalar) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    assert!(PackedLinear::from_f32(&[], 0, 4, None).is_err());
+    assert!(PackedLinear::from_f32(&[1.0; 6], 2, 4, None).is_err());
+    assert!(PackedLinear::from_f32(&[1.0; 8], 2, 4, Some(&[0.0; 3])).is_err());
+    assert!(PackedLinear::from_bf16(&[0; 8], 4, 0, None).is_err());
+    assert!(PackedLinear::from_f32(&[1.0; 8], usize::MAX, 2, None).is_err());
+    let lin = PackedLinear::from_f32(&[1.0; 8], 2, 4, None).unwrap();
+    let mut y = vec![0.0; 2];
+    assert!(lin.forward(&[1.0; 4], 0, &mut [], 1).is_err());
+    assert!(lin.forward(&[1.0; 3], 1, &mut y, 1).is_err());
+    assert!(lin.forward(&[1.0; 4], 1, &mut y[..1], 1).is_err());
+    assert!(lin.forward(&[1.0; 4], 1, &mut y, 0).is_err());
+    assert!(lin.forward(&[1.0; 4], 1, &mut y, MAX_THREADS + 1).is_err());
+    lin.forward(&[1.0; 4], 1, &mut y, 1).unwrap();
+    assert_eq!(y, vec![4.0, 4.0]);
+    assert_eq!((lin.out_features(), lin.in_features(), lin.is_bf16(), lin.weight_bytes()), (2, 4, false, NR * 4 * 4));
+}

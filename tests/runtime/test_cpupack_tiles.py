@@ -1,0 +1,164 @@
+"""The ``pack="tiles"`` kernel (tokenloom._core.TiledLinear behind
+tokenloom.runtime.cpupack.TiledLinear): parity with ``torch.nn.functional.linear`` for random
+shapes, float32 and bfloat16 weights; clear errors on bad input; the shared swapper puts it in
+and takes it out; greedy tokens equal HF greedy run through the same layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from tokenloom import _core  # noqa: E402
+from tokenloom.runtime.cpupack import (  # noqa: E402
+    TILED_MAX_ROWS,
+    TiledLinear,
+    active_kernel,
+    available_kernels,
+    is_packed,
+    packed_linears,
+    resolve_kernel,
+    resolve_pack,
+    set_tiles_threads,
+    tiles_available,
+    tiles_threads,
+)
+
+from tests.conftest import make_tiny_llama  # noqa: E402
+from tests.reference.greedy import count_same_as_hf, same_or_near_tie  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(not tiles_available(), reason="the compiled extension has no working TiledLinear"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
+SETTINGS = settings(derandomize=True, max_examples=60, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+def _close(got, want, x, w):
+    """Within float32 rounding of a K-term dot product: a few ulps of sum |x| |w| per element."""
+    mag = x.abs().double() @ w.abs().double().t()
+    tol = 8 * x.shape[1] * torch.finfo(torch.float32).eps * (mag + 1.0)
+    assert ((got.double() - want.double()).abs() <= tol).all(), float((got.double() - want.double()).abs().max())
+
+
+@SETTINGS
+@given(m=st.integers(1, 70), n=st.integers(1, 70), k=st.integers(1, 90), bias=st.booleans(), bf16=st.booleans(),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_matches_torch_linear(m, n, k, bias, bf16, threads, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen)
+    w = torch.randn(n, k, generator=gen)
+    b = torch.randn(n, generator=gen) if bias else None
+    if bf16:  # the kernel keeps bf16 weights; torch runs float32 on the same bf16-rounded values
+        wb = w.to(torch.bfloat16)
+        w = wb.float()
+        lin = _core.TiledLinear(wb.view(torch.int16).numpy(), None if b is None else b.numpy(), bf16=True)
+    else:
+        lin = _core.TiledLinear(w.numpy(), None if b is None else b.numpy())
+    got = torch.from_numpy(lin.forward(x.numpy(), threads))
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    _close(got, torch.nn.functional.linear(x, w, b), x, w)
+    assert (lin.out_features, lin.in_features, lin.bf16) == (n, k, bf16)
+    assert lin.weight_bytes == -(-n // 16) * 16 * k * (2 if bf16 else 4)
+
+
+def test_bad_inputs_are_clear_errors():
+    w = np.ones((4, 3), np.float32)
+    for bad, match in [(np.ones(3, np.float32), "2-D float32"), (w.astype(np.float64), "2-D float32"),
+                       (np.ones((0, 3), np.float32), "non-empty"), (np.ones((4, 0), np.float32), "non-empty"),
+                       (np.ones((4, 6), np.float32)[:, ::2], "C-contiguous"), ([[1.0]], "2-D float32")]:
+        with pytest.raises(ValueError, match=match):
+            _core.TiledLinear(bad)
+    with pytest.raises(ValueError, match="int16 or uint16"):
+        _core.TiledLinear(w, bf16=True)
+    with pytest.raises(ValueError, match="bias"):
+        _core.TiledLinear(w, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        _core.TiledLinear(w, np.ones(4, np.float64))
+    lin = _core.TiledLinear(w, np.zeros(4, np.float32))
+    for x, match in [(np.ones((2, 4), np.float32), "3 columns"), (np.ones((0, 3), np.float32), "at least one row"),
+                     (np.ones((2, 3), np.float64), "2-D float32"), (np.ones(3, np.float32), "2-D float32"),
+                     (np.ones((2, 6), np.float32)[:, ::2], "C-contiguous")]:
+        with pytest.raises(ValueError, match=match):
+            lin.forward(x)
+    for threads, err in [(0, ValueError), (65, ValueError), (1.5, TypeError)]:
+        with pytest.raises(err, match="threads"):
+            lin.forward(np.ones((1, 3), np.float32), threads)
+    np.testing.assert_array_equal(lin.forward(np.ones((2, 3), np.float32)), np.full((2, 4), 3.0, np.float32))
+    assert _core.tiled_linear_isa() in ("avx2+fma", "scalar")
+
+
+def test_threads_setting():
+    set_tiles_threads(2)
+    try:
+        assert tiles_threads() == 2
+        with pytest.raises(ValueError, match="set_tiles_threads"):
+            set_tiles_threads(0)
+    finally:
+        set_tiles_threads(None)
+    assert tiles_threads() == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_model_logits_close_and_modules_restored(dtype):
+    model = make_tiny_llama(vocab_size=128, seed=0).to(dtype)
+    before = {n: m for n, m in model.named_modules()}
+    ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model(ids).logits.float()
+        with packed_linears(model, "tiles"):
+            assert is_packed(model) and active_kernel(model) == "tiles" and resolve_kernel(model, "auto") == "tiles"
+            swapped = [m for m in model.modules() if isinstance(m, TiledLinear)]
+            assert swapped and all(m.tiled.bf16 == (dtype == torch.bfloat16) for m in swapped)
+            got = model(ids).logits.float()
+            long = torch.randint(0, 128, (1, TILED_MAX_ROWS + 3))
+            assert torch.equal(model(long).logits, _run_plain(model, long))  # prompts: the original linears
+    assert {n: m for n, m in model.named_modules()} == before and active_kernel(model) == "unpacked"
+    tol = 1e-4 if dtype == torch.float32 else 0.05  # bf16: the output is rounded to bf16 either way
+    assert (got - ref).abs().max() <= tol * (1 + ref.abs().max())
+
+
+def _run_plain(model, ids):
+    """``model(ids).logits`` with every TiledLinear's original module (the same numerics)."""
+    saved = [(p, name, m) for p in model.modules() for name, m in p.named_children() if isinstance(m, TiledLinear)]
+    for p, name, m in saved:
+        p._modules[name] = m.original[0]
+    try:
+        return model(ids).logits
+    finally:
+        for p, name, m in saved:
+            p._modules[name] = m
+
+
+def test_kernels_and_errors():
+    model = make_tiny_llama(vocab_size=128, seed=0)
+    assert available_kernels(model) in (["unpacked", "packed", "tiles"], ["unpacked", "tiles"])
+    assert available_kernels(model.to(torch.bfloat16)) == ["unpacked", "tiles"]  # oneDNN packs float32 only
+    assert resolve_kernel(model, "tiles") == "tiles" and resolve_pack(model, "tiles") is True
+    assert available_kernels(model.to(torch.float64)) == ["unpacked"]
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        resolve_pack(model.to(torch.float64), "tiles")
+
+
+def test_tiles_greedy_equals_hf_greedy_through_the_same_layers(tiny_llama):
+    """HF greedy run inside the same packed_linears block: the same tokens (or a near-tie)."""
+    import tokenloom
+    from tokenloom.eval.exactness import hf_greedy
+
+    ids = torch.tensor([[1, 5, 9, 200, 17]])
+    with torch.inference_mode(), packed_linears(tiny_llama, "tiles"):
+        ref = hf_greedy(tiny_llama, ids, 16, eos=None)[0].tolist()
+    for method in ("greedy", "recycling"):
+        out = tokenloom.generate(tiny_llama, ids, method=method, max_new_tokens=16, eos_token_id=[], pack="tiles")
+        same_or_near_tie(tiny_llama, out.sequences[0].tolist(), ref)
+
+
+def test_tiles_greedy_equals_hf_greedy_on_the_embedded_model(smollm):
+    model, tok = smollm
+    count_same_as_hf(model, tok, ["What is 17 * 23? Explain step by step."], 24, method="recycling", eos_token_id=[2],
+                     pack="tiles")
