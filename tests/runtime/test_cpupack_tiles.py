@@ -145,6 +145,34 @@ def test_kernels_and_errors():
         resolve_pack(model.to(torch.float64), "tiles")
 
 
+@pytest.mark.parametrize("pack", ["tiles-trees", "packed-trees"])
+def test_row_split_kernels_run_one_row_as_loaded(pack):
+    """``"tiles-trees"`` / ``"packed-trees"``: one-row inputs go through the original linears
+    (bit-identical logits), inputs of more rows through the base kernel (its numerics)."""
+    from tokenloom.runtime.cpupack import TreeRowsLinear, pack_available
+
+    if pack == "packed-trees" and not pack_available():
+        pytest.skip("no oneDNN packed linear in this torch build")
+    model = make_tiny_llama(vocab_size=128, seed=0)
+    base = pack.split("-")[0]
+    one, many = torch.tensor([[7]]), torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        want_one, want_many_ref = model(one).logits, model(many).logits
+        with packed_linears(model, True if base == "packed" else "tiles"):
+            want_many = model(many).logits
+        with packed_linears(model, pack):
+            assert active_kernel(model) == pack and resolve_kernel(model, "auto") == pack
+            split = [m for m in model.modules() if isinstance(m, TreeRowsLinear)]
+            assert split and all(m.weight is m.original[0].weight for m in split)
+            assert torch.equal(model(one).logits, want_one)
+            assert torch.equal(model(many).logits, want_many)
+    assert (want_many - want_many_ref).abs().max() <= 1e-4 * (1 + want_many_ref.abs().max())
+    assert not any(isinstance(m, TreeRowsLinear) for m in model.modules())
+    with pytest.raises(ValueError, match="pack: expected"):
+        with packed_linears(model, "trees"):
+            pass
+
+
 def test_tiles_greedy_equals_hf_greedy_through_the_same_layers(tiny_llama):
     """HF greedy run inside the same packed_linears block: the same tokens (or a near-tie)."""
     import tokenloom

@@ -39,6 +39,8 @@ def table_timer(table, calls=None):
         run()
         if calls is not None:
             calls.append((kernel, tokens))
+        if kernel not in table and kernel in cal.TREE_KERNELS:  # row-split: one row as loaded
+            kernel = "unpacked" if tokens == 1 else cal.TREE_KERNELS[kernel]
         v = table[kernel][tokens]
         return v.pop(0) if isinstance(v, list) else v
 
@@ -47,7 +49,7 @@ def table_timer(table, calls=None):
 
 TILES_SLOW = {1: 0.5, 17: 0.5}  # the tiles kernel loses in the tables below unless said otherwise
 PACK_WINS = {"packed": {1: 0.010, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": TILES_SLOW}
-PACK_LOSES = {"packed": {1: 0.013, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": TILES_SLOW}
+PACK_LOSES = {"packed": {1: 0.013, 17: 0.021}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": TILES_SLOW}
 TILES_WIN = {"packed": {1: 0.010, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": {1: 0.009, 17: 0.011}}
 
 
@@ -79,6 +81,23 @@ def test_decide_kernel_picks_the_least_cost_among_the_passing():
     # only the kernels measured count (a bfloat16 model has no oneDNN kernel)
     assert cal.decide_kernel({"unpacked": TILES_WIN["unpacked"], "tiles": TILES_WIN["tiles"]})[0] == "tiles"
     assert cal.decide_kernel({"unpacked": {1: 1.0, 17: 2.0}})[0] == "unpacked"
+
+
+def test_row_split_kernels_are_derived_and_chosen_only_where_their_base_loses_one_token():
+    derived = cal.with_tree_kernels(TILES_WIN)
+    assert derived["tiles-trees"] == {1: 0.012, 17: 0.011} and derived["packed-trees"] == {1: 0.012, 17: 0.012}
+    assert cal.decide_kernel(derived)[0] == "tiles"  # the base wins one token too: it is cheaper
+    # bfloat16 on an AVX2 CPU (measured shape): as loaded is fast for one token and 8x that for 17;
+    # tiles loses the one-token step but makes trees cheap -> tiles for trees, as loaded for one row
+    bf16 = cal.with_tree_kernels({"unpacked": {1: 0.057, 17: 0.439}, "tiles": {1: 0.075, 17: 0.155}})
+    kern, why = cal.decide_kernel(bf16)
+    assert kern == "tiles-trees" and "17-token step 155.00 ms < unpacked 439.00 ms" in why
+    assert "tiles one-token step" in why  # the refused base says why
+    # a row-split kernel must win the tree step outright
+    flat = cal.with_tree_kernels({"unpacked": {1: 0.010, 17: 0.011}, "tiles": {1: 0.012, 17: 0.011}})
+    assert cal.decide_kernel(flat)[0] == "unpacked"
+    choice = cal.PackChoice(True, why, bf16, "k", 64, kernel=kern)
+    assert cal.PackChoice.from_json(choice.to_json(), "k").kernel == "tiles-trees"
 
 
 def test_load_verdict_and_spread():
@@ -171,7 +190,8 @@ def test_the_packed_kernel_runs_packed(model):
         return 1.0
 
     cal.time_steps(model, (1,), cal.KERNELS, repeats=1, past_len=8, timer=timer)
-    assert set(seen) == {("packed", True, "packed"), ("unpacked", False, "unpacked"), ("tiles", True, "tiles")}
+    assert set(seen) == {("packed", True, "packed"), ("unpacked", False, "unpacked"), ("tiles", True, "tiles"),
+                         ("packed-trees", True, "packed-trees"), ("tiles-trees", True, "tiles-trees")}
 
 
 # -- the kernel choice --------------------------------------------------------------------------
@@ -185,7 +205,7 @@ def test_choose_pack_measures_saves_and_reloads(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         choice = cal.choose_pack(model, repeats=2, past_len=8, timer=table_timer(PACK_WINS), loadavg=idle)
-    assert choice.packed and choice.saved and choice.seconds == PACK_WINS
+    assert choice.packed and choice.saved and choice.seconds == cal.with_tree_kernels(PACK_WINS)
     assert _pack_file(model).exists()
     assert cal.choose_pack(model) is choice  # in-process
     cal.clear_pack_choices()
@@ -207,9 +227,10 @@ def test_a_disagreeing_probe_measures_again_with_one_warning(model):
     slow = {"packed": {1: 0.030, 17: 0.012}, "unpacked": {1: 0.012, 17: 0.020}, "tiles": TILES_SLOW}  # packed one-token 3x the saved
     with pytest.warns(cal.CalibrationWarning, match="measuring the kernels again") as rec:
         choice = cal.choose_pack(model, repeats=1, past_len=8, timer=table_timer(slow), loadavg=idle)
-    assert len(rec) == 1 and not choice.packed
+    # oneDNN now loses one token but still wins the tree step: trees packed, one row as loaded
+    assert len(rec) == 1 and choice.kernel == "packed-trees"
     cal.clear_pack_choices()
-    assert not cal.choose_pack(model, timer=table_timer(slow)).packed  # the new choice was saved
+    assert cal.choose_pack(model, timer=table_timer(slow)).kernel == "packed-trees"  # the new choice was saved
 
 
 def test_heavy_load_is_used_but_not_saved_with_one_warning(model):

@@ -97,6 +97,10 @@ def measure(
             curves[kern] = _curve_json(cost, disk_enabled() and not cost.load.get("heavy"))
         if can_pack:
             choice = choose_pack(model, repeats=repeats, past_len=past_len, force=True, timer=timer, progress=tick)
+            if choice.kernel not in curves:  # a row-split kernel: its own curve, as tree="auto" measures it
+                with packed_linears(model, pack_value(choice.kernel)):
+                    cost = calibrate_step_cost(model, sizes, past_len=past_len, repeats=repeats, force=True, timer=timer)
+                curves[choice.kernel] = _curve_json(cost, disk_enabled() and not cost.load.get("heavy"))
             pack = {"pack": choice.packed, "kernel": choice.kernel, "reason": choice.reason, "load": choice.load,
                     "saved": choice.saved,
                     "seconds": {k: {str(t): s for t, s in v.items()} for k, v in choice.seconds.items()},
@@ -137,10 +141,10 @@ def report_lines(report: Dict[str, Any], model_label: str = "") -> List[str]:
         "step cost (ms per tree step of T tokens):",
     ]
     sizes = report["settings"]["tokens"]
-    lines.append(f"  {'kernel':<9}" + "".join(f"{'T=' + str(t):>9}" for t in sizes) + "   saved")
+    lines.append(f"  {'kernel':<12}" + "".join(f"{'T=' + str(t):>9}" for t in sizes) + "   saved")
     for kern, c in report["curves"].items():
         note = "yes" if c["saved"] else f"no ({c['load'].get('why') or 'disk cache off'})"
-        lines.append(f"  {kern:<9}" + "".join(f"{s * 1e3:>9.2f}" for s in c["seconds"]) + f"   {note}")
+        lines.append(f"  {kern:<12}" + "".join(f"{s * 1e3:>9.2f}" for s in c["seconds"]) + f"   {note}")
     p = report["pack"]
     lines.append("")
     lines.append(f"pack=\"auto\": {'runs ' + p['kernel'] if p['pack'] else 'keeps the model as loaded'} -- {p['reason']}"

@@ -94,7 +94,9 @@ def generate(
             (:mod:`tokenloom.runtime.cpupack`; ``"auto"``: the kernel measured fastest on this
             machine, :func:`tokenloom.spec.calibration.choose_pack`, measured once and saved;
             ``True``: insist on oneDNN (float32); ``"tiles"``: insist on tokenloom's small-M
-            kernel (float32 / bfloat16); ``False``: run the model exactly as loaded). Where
+            kernel (float32 / bfloat16); ``"packed-trees"`` / ``"tiles-trees"``: that kernel
+            for tree steps and the model as loaded for one-token steps; ``False``: run the
+            model exactly as loaded). Where
             packing wins, small-batch forwards (tree steps) get much cheaper; logits change at
             float32 rounding level only.
         attention_mask: [B, n] of 0/1 (None: every position is a token), left padding as HF

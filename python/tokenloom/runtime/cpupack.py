@@ -58,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "PACKED_ROW_SIZES",
     "PACK_KERNELS",
+    "TREE_KERNELS",
+    "TreeRowsLinear",
     "PackedLinear",
     "TILED_MAX_ROWS",
     "TiledLinear",
@@ -83,7 +85,15 @@ PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8)
 #: The kernel names a linear can run with, by the ``pack`` value that selects each:
 #: ``"unpacked"`` (False: the model as loaded), ``"packed"`` (True: oneDNN, float32 weights),
 #: ``"tiles"`` (``"tiles"``: :class:`TiledLinear`, float32 or bfloat16 weights).
-PACK_KERNELS: Dict[str, Union[bool, str]] = {"unpacked": False, "packed": True, "tiles": "tiles"}
+#: ``"packed-trees"`` / ``"tiles-trees"``: that kernel for inputs of 2 rows or more (tree steps,
+#: prefills) and the original ``nn.Linear`` for one row (:class:`TreeRowsLinear`), for machines
+#: where a kernel makes trees cheap but loses the one-token step (measured: bfloat16 on an AVX2
+#: CPU, whose as-loaded one-token step is fast and its 17-token step ~8x that).
+PACK_KERNELS: Dict[str, Union[bool, str]] = {
+    "unpacked": False, "packed": True, "tiles": "tiles", "packed-trees": "packed-trees", "tiles-trees": "tiles-trees",
+}
+#: The row-split kernels and the kernel each runs for 2 rows or more.
+TREE_KERNELS: Dict[str, str] = {"packed-trees": "packed", "tiles-trees": "tiles"}
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64
 
@@ -262,6 +272,35 @@ class TiledLinear(_module_base()):  # type: ignore[misc]
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=tiles"
 
 
+class TreeRowsLinear(_module_base()):  # type: ignore[misc]
+    """Drop-in for an ``nn.Linear`` (inference only) that runs one-row inputs through the
+    original module and inputs of 2 rows or more through ``fast`` (a :class:`PackedLinear` or
+    :class:`TiledLinear` of the same weight): the kernels of ``pack="packed-trees"`` /
+    ``"tiles-trees"``. Input [..., in_features] -> output [..., out_features]."""
+
+    def __init__(self, original: Any, fast: Any):
+        super().__init__()
+        self.original = [original]  # lists: not registered as submodules (no double params)
+        self.fast = [fast]
+        self.in_features = int(original.in_features)
+        self.out_features = int(original.out_features)
+
+    @property
+    def weight(self) -> Any:
+        return self.original[0].weight
+
+    @property
+    def bias(self) -> Any:
+        return self.original[0].bias
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
+        return self.original[0](x) if rows <= 1 else self.fast[0](x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, one row: as loaded, more: {self.fast[0].extra_repr()}"
+
+
 def _linear_ok(mod: Any) -> bool:
     """A plain CPU ``nn.Linear`` with a float32 or bfloat16 2-D weight (what some kernel takes)."""
     import torch
@@ -281,6 +320,9 @@ def _takes(kernel: str, mod: Any) -> bool:
 
 def _build(kernel: str, mod: Any) -> Any:
     import torch
+
+    if kernel in TREE_KERNELS:  # shares the cached module (and packed weight) of its base kernel
+        return TreeRowsLinear(mod, _packed_module(mod, TREE_KERNELS[kernel]))
 
     w = mod.weight.detach()
     if kernel == "packed":
@@ -328,26 +370,31 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
     return plan
 
 
+_PACK_VALUES = ("auto", "tiles", "packed-trees", "tiles-trees")
+
+
 def _resolve_plan(model: Any, pack: Union[bool, str]) -> Tuple[str, List[Tuple[Any, str, Any]]]:
     """(kernel, the linears to swap) for ``pack`` = True / ``"auto"`` / ``"tiles"`` / False;
     an empty list: run as loaded. ``"auto"`` here means oneDNN when possible (the measured
     choice among kernels is :func:`tokenloom.spec.calibration.auto_pack`'s)."""
     if pack is False or pack is None:
         return "unpacked", []
-    if pack not in (True, "auto", "tiles"):
-        raise ValueError(f"pack: expected True, False, 'auto' or 'tiles', got {pack!r}")
-    kernel = "tiles" if pack == "tiles" else "packed"
+    if pack is not True and pack not in _PACK_VALUES:
+        raise ValueError(f"pack: expected True, False, 'auto', 'tiles', 'packed-trees' or 'tiles-trees', got {pack!r}")
+    kernel = "packed" if pack is True or pack == "auto" else str(pack)
+    base = TREE_KERNELS.get(kernel, kernel)
     plan = _plan(model) if isinstance(model, _module_base()) else []
-    plan = [entry for entry in plan if _takes(kernel, entry[2])]
-    works = tiles_available() if kernel == "tiles" else pack_available()
+    plan = [entry for entry in plan if _takes(base, entry[2])]
+    works = tiles_available() if base == "tiles" else pack_available()
     if pack == "auto":
         return ("packed", plan) if plan and works else ("unpacked", [])
+    what = "pack=True" if pack is True else f"pack={pack!r}"
     if not works:
-        raise ValueError("pack=True: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)" if kernel == "packed"
-                         else "pack='tiles': the compiled extension's TiledLinear kernel is missing or wrong here")
+        raise ValueError(f"{what}: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)" if base == "packed"
+                         else f"{what}: the compiled extension's TiledLinear kernel is missing or wrong here")
     if not plan:
-        raise ValueError("pack=True: the model has no float32 CPU nn.Linear layers to pack" if kernel == "packed"
-                         else "pack='tiles': the model has no float32 or bfloat16 CPU nn.Linear layers")
+        raise ValueError(f"{what}: the model has no float32 CPU nn.Linear layers to pack" if base == "packed"
+                         else f"{what}: the model has no float32 or bfloat16 CPU nn.Linear layers")
     return kernel, plan
 
 
@@ -368,7 +415,7 @@ def resolve_kernel(model: Any, pack: Union[bool, str]) -> str:
     Raises:
         ValueError: a ``pack`` of another value; ``True`` / ``"tiles"`` where impossible.
     """
-    if pack in (True, "auto", "tiles") and is_packed(model):
+    if (pack is True or pack in _PACK_VALUES) and is_packed(model):
         return active_kernel(model)
     return _resolve_plan(model, pack)[0]
 

@@ -73,6 +73,7 @@ __all__ = [
     "choose_pack",
     "clear_pack_choices",
     "decide_kernel",
+    "with_tree_kernels",
     "decide_pack",
     "disk_enabled",
     "load_record",
@@ -92,7 +93,11 @@ __all__ = [
 
 #: The linear kernels a CPU step can run with: the model as loaded, oneDNN pre-packed, and
 #: tokenloom's tiles (:data:`tokenloom.runtime.cpupack.PACK_KERNELS`).
-KERNELS = ("unpacked", "packed", "tiles")
+KERNELS = ("unpacked", "packed", "tiles", "packed-trees", "tiles-trees")
+#: The row-split kernels (as loaded for one row, their base kernel for more: see
+#: :data:`tokenloom.runtime.cpupack.TREE_KERNELS`) and their base kernels. Their choice costs no
+#: extra timing: their one-token step is the unpacked one and their tree step the base's.
+TREE_KERNELS = {"packed-trees": "packed", "tiles-trees": "tiles"}
 #: The tree step, in tokens (root included), that the kernel choice is checked on: the size of
 #: a typical recycling / merged tree.
 PACK_TREE_TOKENS = 17
@@ -445,6 +450,17 @@ def decide_pack(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TR
                   f"{pt * ms:.2f} ms vs {ut * ms:.2f} ms (within {PACK_TREE_MARGIN - 1:.0%})")
 
 
+def with_tree_kernels(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS) -> Dict[str, Dict[int, float]]:
+    """``medians`` ({kernel: {tokens: seconds}}, timed) plus the row-split kernel of every timed
+    base kernel (:data:`TREE_KERNELS`), derived: its one-token step is the unpacked one's, its
+    larger steps the base's."""
+    out = dict(medians)
+    for split, base in TREE_KERNELS.items():
+        if base in medians and "unpacked" in medians:
+            out[split] = {t: (medians["unpacked"][t] if t == 1 else medians[base][t]) for t in (1, tree_tokens)}
+    return out
+
+
 def decide_kernel(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS) -> Tuple[str, str]:
     """The kernel ``pack="auto"`` runs, among the measured ones (``medians``' keys, which hold
     ``"unpacked"``): of the kernels that pass :func:`decide_pack`'s rule against the unpacked
@@ -457,7 +473,13 @@ def decide_kernel(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_
     passing: List[Tuple[float, str, str]] = []
     refused: List[str] = []
     for kern in (k for k in KERNELS if k in medians and k != "unpacked"):
-        ok, why = decide_pack(medians, tree_tokens, kern)
+        if kern in TREE_KERNELS:  # the one-token step is the unpacked one: it must win the tree step
+            pt, ut = medians[kern][tree_tokens], medians["unpacked"][tree_tokens]
+            ok = pt < ut
+            why = (f"{kern} (one row as loaded, more rows {TREE_KERNELS[kern]}) {tree_tokens}-token step {pt * 1e3:.2f} ms "
+                   f"{'<' if ok else 'is not below'} unpacked {ut * 1e3:.2f} ms")
+        else:
+            ok, why = decide_pack(medians, tree_tokens, kern)
         if ok:
             passing.append((medians[kern][1] + medians[kern][tree_tokens], kern, why))
         else:
@@ -594,7 +616,7 @@ def _saved_or_measured(model: Any, key: str, kernels: List[str], repeats: int, p
     """:func:`choose_pack` past the in-process cache: the saved choice if a probe agrees, else measured."""
     if disk and not force:
         saved = load_record(key, PACK_STATE, PACK_VERSION, PackChoice.from_json)
-        if saved is not None and set(saved.seconds) == set(kernels):
+        if saved is not None and set(saved.seconds) == set(with_tree_kernels({k: {1: 1.0, PACK_TREE_TOKENS: 1.0} for k in kernels})):
             kern = saved.kernel
             probe = probe_one_token(model, kern, past_len=saved.past_len, timer=timer)
             if not probe_disagrees(saved.seconds[kern][1], probe):
@@ -604,6 +626,7 @@ def _saved_or_measured(model: Any, key: str, kernels: List[str], repeats: int, p
     load1, own = read_loads(loadavg)
     times = time_steps(model, (1, PACK_TREE_TOKENS), kernels, repeats=repeats, past_len=past_len, timer=timer, progress=progress)
     medians, verdict = medians_and_verdict(times, load1, own)
+    medians = with_tree_kernels(medians)
     kernel, reason = decide_kernel(medians)
     choice = PackChoice(kernel != "unpacked", reason, medians, key, past_len, verdict, kernel=kernel)
     if not disk:
@@ -615,9 +638,10 @@ def _saved_or_measured(model: Any, key: str, kernels: List[str], repeats: int, p
 def auto_pack(model: Any, pack: Union[bool, str]) -> Union[bool, str]:
     """The ``pack`` value a call with ``pack`` hands to
     :func:`~tokenloom.runtime.cpupack.packed_linears`: for ``"auto"``, the kernel
-    :func:`choose_pack` measured fastest (False: the model as loaded; True: oneDNN; ``"tiles"``),
+    :func:`choose_pack` measured fastest (False: the model as loaded; True: oneDNN; ``"tiles"``;
+    ``"packed-trees"`` / ``"tiles-trees"``),
     False when no other kernel can run the model; inside a user's ``packed_linears`` block,
-    True (it stays as it is); ``True`` / ``"tiles"`` / ``False`` are checked
+    True (it stays as it is); ``True``, the kernel names and ``False`` are checked
     (:func:`tokenloom.runtime.cpupack.resolve_pack`) and passed on (False stays False).
 
     Raises:
@@ -628,7 +652,7 @@ def auto_pack(model: Any, pack: Union[bool, str]) -> Union[bool, str]:
 
     if pack != "auto":
         possible = resolve_pack(model, pack)
-        return pack if possible and pack == "tiles" else possible
+        return pack if possible and isinstance(pack, str) else possible
     if kernel_of(model) != "unpacked":
         return True
     if len(available_kernels(model)) < 2:
