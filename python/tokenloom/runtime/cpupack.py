@@ -62,6 +62,7 @@ __all__ = [
     "TreeRowsLinear",
     "PackedLinear",
     "TILED_MAX_ROWS",
+    "TILED_SPLIT_WORK",
     "TiledLinear",
     "active_kernel",
     "available_kernels",
@@ -96,6 +97,11 @@ PACK_KERNELS: Dict[str, Union[bool, str]] = {
 TREE_KERNELS: Dict[str, str] = {"packed-trees": "packed", "tiles-trees": "tiles"}
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64
+#: Multiply-adds (rows x in x out) from which a :class:`TiledLinear` call splits its panels over
+#: :func:`tiles_threads` threads; smaller calls run on one (waking a second thread cost ~0.1 ms
+#: per call on the 2-core AMD machine, more than it saved on the embedded model's 576 x 576 and
+#: 1536 x 576 weights at one row; its 49152 x 576 head split ran 1.6x faster).
+TILED_SPLIT_WORK = 1 << 23
 
 # nn.Linear -> {kernel: (weight storage pointer, weight version, its swapped-in module)}
 _CACHE: "weakref.WeakKeyDictionary[Any, Dict[str, Tuple[int, int, Any]]]" = weakref.WeakKeyDictionary()
@@ -244,6 +250,8 @@ class TiledLinear(_module_base()):  # type: ignore[misc]
         self.in_features = int(original.in_features)
         self.out_features = int(original.out_features)
         self.tiled = tiled
+        self.dtype = original.weight.dtype
+        self.work = self.in_features * self.out_features  # multiply-adds per row
 
     @property
     def weight(self) -> Any:
@@ -257,16 +265,21 @@ class TiledLinear(_module_base()):  # type: ignore[misc]
         import torch
 
         orig = self.original[0]
-        if x.dtype != orig.weight.dtype or is_accelerator(x) or torch.is_grad_enabled():
+        if x.dtype != self.dtype or is_accelerator(x) or torch.is_grad_enabled():
             return orig(x)
         shape = x.shape
-        rows = x.reshape(-1, shape[-1])
-        m = rows.shape[0]
-        if m == 0 or m > TILED_MAX_ROWS:
+        m = x.numel() // self.in_features if shape and shape[-1] == self.in_features else -1
+        if m <= 0 or m > TILED_MAX_ROWS:
             return orig(x)
-        rows = rows.to(torch.float32).contiguous()
-        y = torch.from_numpy(self.tiled.forward(rows.numpy(), tiles_threads()))
-        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+        rows = x.reshape(m, self.in_features)
+        if rows.dtype != torch.float32:
+            rows = rows.to(torch.float32)
+        # a second thread costs a wake-up (~0.1 ms measured): only calls with enough work split
+        threads = tiles_threads() if m * self.work >= TILED_SPLIT_WORK else 1
+        y = torch.from_numpy(self.tiled.forward(rows.contiguous().numpy(), threads))
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=tiles"
