@@ -237,21 +237,16 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
-class TiledLinear(_module_base()):  # type: ignore[misc]
-    """Drop-in for a float32 or bfloat16 CPU ``nn.Linear`` (inference only): input [...,
-    in_features] -> output [..., out_features] through ``tokenloom._core.TiledLinear`` (the
-    weight packed once, streamed once per call; float32 accumulation, the output in the input's
-    dtype). Inputs of more than :data:`TILED_MAX_ROWS` rows, grad mode, another dtype or an
-    accelerator run the original module."""
+class _Swapped(_module_base()):  # type: ignore[misc]
+    """What a swapped-in linear shares: the original module (in a list: not registered as a
+    submodule, no double params), its sizes, and its ``weight`` / ``bias`` as the original's
+    (code that reads them, e.g. tied embeddings, sees the original)."""
 
-    def __init__(self, original: Any, tiled: Any):
+    def __init__(self, original: Any):
         super().__init__()
-        self.original = [original]  # a list: not registered as a submodule (no double params)
+        self.original = [original]
         self.in_features = int(original.in_features)
         self.out_features = int(original.out_features)
-        self.tiled = tiled
-        self.dtype = original.weight.dtype
-        self.work = self.in_features * self.out_features  # multiply-adds per row
 
     @property
     def weight(self) -> Any:
@@ -260,6 +255,20 @@ class TiledLinear(_module_base()):  # type: ignore[misc]
     @property
     def bias(self) -> Any:
         return self.original[0].bias
+
+
+class TiledLinear(_Swapped):
+    """Drop-in for a float32 or bfloat16 CPU ``nn.Linear`` (inference only): input [...,
+    in_features] -> output [..., out_features] through ``tokenloom._core.TiledLinear`` (the
+    weight packed once, streamed once per call; float32 accumulation, the output in the input's
+    dtype). Inputs of more than :data:`TILED_MAX_ROWS` rows, grad mode, another dtype or an
+    accelerator run the original module."""
+
+    def __init__(self, original: Any, tiled: Any):
+        super().__init__(original)
+        self.tiled = tiled
+        self.dtype = original.weight.dtype
+        self.work = self.in_features * self.out_features  # multiply-adds per row
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         import torch
@@ -285,26 +294,15 @@ class TiledLinear(_module_base()):  # type: ignore[misc]
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=tiles"
 
 
-class TreeRowsLinear(_module_base()):  # type: ignore[misc]
+class TreeRowsLinear(_Swapped):
     """Drop-in for an ``nn.Linear`` (inference only) that runs one-row inputs through the
     original module and inputs of 2 rows or more through ``fast`` (a :class:`PackedLinear` or
     :class:`TiledLinear` of the same weight): the kernels of ``pack="packed-trees"`` /
     ``"tiles-trees"``. Input [..., in_features] -> output [..., out_features]."""
 
     def __init__(self, original: Any, fast: Any):
-        super().__init__()
-        self.original = [original]  # lists: not registered as submodules (no double params)
-        self.fast = [fast]
-        self.in_features = int(original.in_features)
-        self.out_features = int(original.out_features)
-
-    @property
-    def weight(self) -> Any:
-        return self.original[0].weight
-
-    @property
-    def bias(self) -> Any:
-        return self.original[0].bias
+        super().__init__(original)
+        self.fast = [fast]  # a list: the cached module of the base kernel, not a submodule
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
