@@ -29,12 +29,7 @@ PROMPTS = (
 )
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from tokenloom.runtime.machine import resident_mb as rss_mb  # noqa: E402
 
 
 class _Enough(Exception):

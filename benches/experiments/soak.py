@@ -24,12 +24,7 @@ import time
 CHECKPOINTS = (0, 50, 250, 500)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from tokenloom.runtime.machine import resident_mb as rss_mb  # noqa: E402
 
 
 def soak_one(method: str, calls: int, threads: int) -> dict:

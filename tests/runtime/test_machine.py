@@ -61,3 +61,19 @@ def test_describe_names_cpu_flags_and_torch():
     info = {"cpu": "Some CPU", "flags": ["avx2", "fma"], "cores": 2, "torch_build": "2.15 mkldnn=on", "threads": 2}
     assert machine.describe(info) == "Some CPU (avx2 fma), 2 cores, torch 2.15 mkldnn=on, 2 threads"
     assert "no ISA flag of interest" in machine.describe({**info, "flags": []})
+
+
+def test_resident_mb_grows_with_an_allocation():
+    import math
+    import sys
+
+    from tokenloom.runtime.machine import resident_mb
+
+    before = resident_mb()
+    if not sys.platform.startswith("linux"):
+        assert math.isnan(before)
+        return
+    block = bytearray(64 << 20)  # 64 MiB, touched
+    block[:: 4096] = b"\x01" * len(block[:: 4096])
+    assert before > 0 and resident_mb() - before > 40
+    del block

@@ -27,6 +27,7 @@ __all__ = [
     "machine_load",
     "own_load",
     "parse_cpuinfo",
+    "resident_mb",
 ]
 
 #: The CPU flags that decide which linear kernels are fast here.
@@ -151,3 +152,16 @@ def own_load() -> float:
     its age): an estimate of its own share of the load average."""
     t = os.times()
     return (t.user + t.system) / _process_age()
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (``VmRSS``, MiB); NaN where ``/proc`` has no status
+    file (not Linux). Soak benchmarks read it to see growth over long runs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

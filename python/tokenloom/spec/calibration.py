@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 from tokenloom.device import device_name, synchronize
 from tokenloom.runtime.compat import cache_arg
+from tokenloom.runtime.cpupack import PACK_KERNELS, TREE_KERNELS
 from tokenloom.runtime.machine import machine_fingerprint, machine_info, machine_load, own_load
 from tokenloom.spec.persist import PersistWarning, cache_dir, load_state, save_state
 from tokenloom.spec.topk import top_k_ids
@@ -93,11 +94,10 @@ __all__ = [
 
 #: The linear kernels a CPU step can run with: the model as loaded, oneDNN pre-packed, and
 #: tokenloom's tiles (:data:`tokenloom.runtime.cpupack.PACK_KERNELS`).
-KERNELS = ("unpacked", "packed", "tiles", "packed-trees", "tiles-trees")
-#: The row-split kernels (as loaded for one row, their base kernel for more: see
-#: :data:`tokenloom.runtime.cpupack.TREE_KERNELS`) and their base kernels. Their choice costs no
-#: extra timing: their one-token step is the unpacked one and their tree step the base's.
-TREE_KERNELS = {"packed-trees": "packed", "tiles-trees": "tiles"}
+KERNELS = tuple(PACK_KERNELS)
+# TREE_KERNELS (imported): the row-split kernels (as loaded for one row, their base kernel for
+# more) and their base kernels. Their choice costs no extra timing: their one-token step is the
+# unpacked one and their tree step the base's.
 #: The tree step, in tokens (root included), that the kernel choice is checked on: the size of
 #: a typical recycling / merged tree.
 PACK_TREE_TOKENS = 17
@@ -455,10 +455,15 @@ def with_tree_kernels(medians: Dict[str, Dict[int, float]], tree_tokens: int = P
     base kernel (:data:`TREE_KERNELS`), derived: its one-token step is the unpacked one's, its
     larger steps the base's."""
     out = dict(medians)
-    for split, base in TREE_KERNELS.items():
-        if base in medians and "unpacked" in medians:
-            out[split] = {t: (medians["unpacked"][t] if t == 1 else medians[base][t]) for t in (1, tree_tokens)}
+    for split in _split_names(medians):
+        base = TREE_KERNELS[split]
+        out[split] = {t: (medians["unpacked"][t] if t == 1 else medians[base][t]) for t in (1, tree_tokens)}
     return out
+
+
+def _split_names(kernels: Any) -> List[str]:
+    """The row-split kernels whose base kernel and the unpacked one are both in ``kernels``."""
+    return [split for split, base in TREE_KERNELS.items() if base in kernels and "unpacked" in kernels]
 
 
 def decide_kernel(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS) -> Tuple[str, str]:
@@ -616,7 +621,7 @@ def _saved_or_measured(model: Any, key: str, kernels: List[str], repeats: int, p
     """:func:`choose_pack` past the in-process cache: the saved choice if a probe agrees, else measured."""
     if disk and not force:
         saved = load_record(key, PACK_STATE, PACK_VERSION, PackChoice.from_json)
-        if saved is not None and set(saved.seconds) == set(with_tree_kernels({k: {1: 1.0, PACK_TREE_TOKENS: 1.0} for k in kernels})):
+        if saved is not None and set(saved.seconds) == set(kernels) | set(_split_names(kernels)):
             kern = saved.kernel
             probe = probe_one_token(model, kern, past_len=saved.past_len, timer=timer)
             if not probe_disagrees(saved.seconds[kern][1], probe):
