@@ -148,3 +148,25 @@ def test_cli_bad_model_path(capsys):
 
     assert main(["generate", "hi", "--model", "/nonexistent/model.gguf"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_import_needs_no_torch():
+    """``import tokenloom`` and its torch-free kernels work where torch cannot be imported (the
+    wheel test checks this in a fresh venv; this catches a module-level torch import in seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import tokenloom\n"
+        "r = tokenloom.verify_greedy([-1, 0, 1], [0, 5, 6], [5, 6, 7])\n"
+        "assert r.tokens.tolist() == [5, 6, 7], r\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

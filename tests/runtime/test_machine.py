@@ -73,7 +73,14 @@ def test_resident_mb_grows_with_an_allocation():
     if not sys.platform.startswith("linux"):
         assert math.isnan(before)
         return
-    block = bytearray(64 << 20)  # 64 MiB, touched
-    block[:: 4096] = b"\x01" * len(block[:: 4096])
-    assert before > 0 and resident_mb() - before > 40
-    del block
+    import mmap
+
+    # an anonymous map always gets fresh pages (a bytearray may reuse memory the process freed
+    # earlier and still holds, so its RSS need not grow); touch every page of 64 MiB
+    block = mmap.mmap(-1, 64 << 20)
+    try:
+        for off in range(0, len(block), mmap.PAGESIZE):
+            block[off] = 1
+        assert before > 0 and resident_mb() - before > 40
+    finally:
+        block.close()

@@ -51,6 +51,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from tokenloom.device import is_accelerator
+from tokenloom.runtime.kernels import PACK_KERNELS, TREE_KERNELS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -83,18 +84,6 @@ __all__ = [
 #: more rows than the last go through the original ``nn.Linear``.
 PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8))
 
-#: The kernel names a linear can run with, by the ``pack`` value that selects each:
-#: ``"unpacked"`` (False: the model as loaded), ``"packed"`` (True: oneDNN, float32 weights),
-#: ``"tiles"`` (``"tiles"``: :class:`TiledLinear`, float32 or bfloat16 weights).
-#: ``"packed-trees"`` / ``"tiles-trees"``: that kernel for inputs of 2 rows or more (tree steps,
-#: prefills) and the original ``nn.Linear`` for one row (:class:`TreeRowsLinear`), for machines
-#: where a kernel makes trees cheap but loses the one-token step (measured: bfloat16 on an AVX2
-#: CPU, whose as-loaded one-token step is fast and its 17-token step ~8x that).
-PACK_KERNELS: Dict[str, Union[bool, str]] = {
-    "unpacked": False, "packed": True, "tiles": "tiles", "packed-trees": "packed-trees", "tiles-trees": "tiles-trees",
-}
-#: The row-split kernels and the kernel each runs for 2 rows or more.
-TREE_KERNELS: Dict[str, str] = {"packed-trees": "packed", "tiles-trees": "tiles"}
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64
 #: Multiply-adds (rows x in x out) from which a :class:`TiledLinear` call splits its panels over

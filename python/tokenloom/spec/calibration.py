@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 from tokenloom.device import device_name, synchronize
 from tokenloom.runtime.compat import cache_arg
-from tokenloom.runtime.cpupack import PACK_KERNELS, TREE_KERNELS
+from tokenloom.runtime.kernels import PACK_KERNELS, TREE_KERNELS
 from tokenloom.runtime.machine import machine_fingerprint, machine_info, machine_load, own_load
 from tokenloom.spec.persist import PersistWarning, cache_dir, load_state, save_state
 from tokenloom.spec.topk import top_k_ids
@@ -93,7 +93,7 @@ __all__ = [
 ]
 
 #: The linear kernels a CPU step can run with: the model as loaded, oneDNN pre-packed, and
-#: tokenloom's tiles (:data:`tokenloom.runtime.cpupack.PACK_KERNELS`).
+#: tokenloom's tiles (:data:`tokenloom.runtime.kernels.PACK_KERNELS`).
 KERNELS = tuple(PACK_KERNELS)
 # TREE_KERNELS (imported): the row-split kernels (as loaded for one row, their base kernel for
 # more) and their base kernels. Their choice costs no extra timing: their one-token step is the
