@@ -38,6 +38,7 @@ __all__ = [
     "keep_slots",
     "kv_bytes_per_token",
     "select_rows",
+    "stack_rows",
 ]
 
 
@@ -220,6 +221,53 @@ def select_rows(cache: Any, rows: Sequence[int], start: int = 0) -> None:
             idx = torch.tensor(keep, dtype=torch.long, device=k.device)
         k, v = k.index_select(0, idx), v.index_select(0, idx)
         kv.set(i, k.narrow(2, start, k.shape[2] - start), v.narrow(2, start, v.shape[2] - start))
+
+
+def stack_rows(caches: Sequence[Any], rows: Sequence[Sequence[int]], width: int) -> Any:
+    """One cache of B left-padded rows from caches of row groups (each group prefilled on its
+    own, left-padded to its own longest row): group ``g``'s cache holds the batch rows
+    ``rows[g]`` (in order) and ``m_g <= width`` slots; they land in the last ``m_g`` of ``width``
+    slots, so every row keeps its window ending at ``width``; slots before a group's are zeros
+    (left padding every mask hides). The first cache object is reused (its tensors replaced).
+
+    Args:
+        caches: one ``DynamicCache`` per group (all with the same layers, dtype and device).
+        rows: the batch rows of each group; together a permutation of ``0..B-1``.
+        width: the batch's slots (its longest row).
+
+    Returns:
+        ``caches[0]``, now holding all B rows and ``width`` slots.
+
+    Raises:
+        ValueError: rows that are not a permutation, a group wider than ``width`` or of another
+            row count. TypeError: an unsupported cache.
+    """
+    import torch
+
+    groups = [as_array(r, np.int64, f"rows[{g}]", 1).tolist() for g, r in enumerate(rows)]
+    flat = sorted(b for r in groups for b in r)
+    if len(groups) != len(caches) or not caches or flat != list(range(len(flat))):
+        raise ValueError(f"stack_rows: expected one row group per cache, together a permutation of 0..B-1, got {groups}")
+    width = as_int(width, "width")
+    kvs = [_KV(c) for c in caches]
+    first = kvs[0]
+    index = [torch.tensor(r, dtype=torch.long) for r in groups]
+    for i in range(first.n):
+        parts = [kv.get(i) for kv in kvs]
+        k0, _ = parts[0]
+        if k0 is None or k0.numel() == 0:
+            continue
+        shape = (len(flat), k0.shape[1], width, k0.shape[3])
+        keys = torch.zeros(shape, dtype=k0.dtype, device=k0.device)
+        values = torch.zeros(shape, dtype=k0.dtype, device=k0.device)
+        for (k, v), idx, r in zip(parts, index, groups):
+            m = int(k.shape[2])
+            if m > width or k.shape[0] != len(r):
+                raise ValueError(f"stack_rows: a group of {len(r)} rows holds {k.shape[0]} rows and {m} slots (width {width})")
+            keys[idx.to(k.device), :, width - m :] = k
+            values[idx.to(k.device), :, width - m :] = v
+        first.set(i, keys, values)
+    return caches[0]
 
 
 def keep_slots(cache: Any, slots: Sequence[int]) -> None:

@@ -14,6 +14,8 @@ verifier and sink per row; each step puts every live row's tree into ONE forward
 (:func:`~tokenloom.runtime.treeattn.batch_tree_forward`), verifies row by row and keeps each
 row's accepted path (:func:`~tokenloom.runtime.kvcache.compact_rows`). A finished row leaves
 the batch (:func:`~tokenloom.runtime.kvcache.select_rows`): it costs no more forward width.
+The prompts are prefilled in groups of similar length
+(:func:`~tokenloom.runtime.prefill.batch_prefill`), not as one padded forward.
 With a :class:`~tokenloom.spec.batchbudget.BatchBudget`, each row sends only the first
 ``k_b`` nodes of its tree (the budget's choice, ``k_b = 1`` for every row is a plain step).
 """
@@ -124,9 +126,8 @@ def speculative_decode_batch(
         One SpecStats per row (``verify_seconds`` counts the shared steps the row took part in;
         with a budget, ``extra`` holds its counts).
     """
-    from transformers import DynamicCache
-
     from tokenloom.runtime.kvcache import cache_length, compact_rows
+    from tokenloom.runtime.prefill import batch_prefill
     from tokenloom.runtime.treeattn import batch_tree_forward
 
     rows = int(input_ids.shape[0])
@@ -139,17 +140,12 @@ def speculative_decode_batch(
     lengths = [int(x) for x in attention_mask.sum(dim=1).tolist()]
     starts = [n - m for m in lengths]
     wants = [min(m, max(1, int(d.prefill_positions))) for m, d in zip(lengths, drafters)]
-    cache = DynamicCache()
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-        use_cache=True, logits_to_keep=max(wants), **cache_arg(model, cache),
-    )
-    logits = out.logits.float()
+    # the prompts run in groups of similar length: no forward computes much left padding
+    cache, logits = batch_prefill(model, input_ids, attention_mask, wants)
     roots: List[int] = []
     live: List[int] = []
     for b in range(rows):
-        own = logits[b, logits.shape[1] - wants[b] :]
+        own = logits[b]
         first = int(verifiers[b](DraftTree.root_only(int(input_ids[b, -1])), own[-1:]).tokens[-1])
         drafters[b].prefill(input_ids[b : b + 1, starts[b] :], first, None, own)
         roots.append(first)
@@ -157,7 +153,7 @@ def speculative_decode_batch(
             live.append(b)
         else:
             _finish(drafters[b], stats[b])
-    del out, logits
+    del logits
     ends = [n] * rows
     live_starts, live_ends = _select(cache, list(range(rows)), live, starts, ends)
     clock = time.perf_counter
