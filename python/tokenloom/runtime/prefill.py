@@ -109,6 +109,7 @@ def batch_prefill(
     from transformers import DynamicCache
 
     from tokenloom.runtime.compat import cache_arg
+    from tokenloom.runtime.gqa import grouped_attention
     from tokenloom.runtime.kvcache import stack_rows
     from tokenloom.runtime.model import model_dtype_device
 
@@ -130,7 +131,8 @@ def batch_prefill(
         args = dict(input_ids=ids, use_cache=True, logits_to_keep=max(wants[b] for b in rows), **cache_arg(model, cache))
         if len(rows) > 1 and bool((mask == 0).any()):
             args.update(attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
-        out = model(**args)
+        with grouped_attention():
+            out = model(**args)
         got = out.logits.float()
         for i, b in enumerate(rows):
             logits[b] = got[i, got.shape[1] - wants[b] :]

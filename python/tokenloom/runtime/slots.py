@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence, Tuple
 
 from tokenloom.runtime.compat import cache_arg, output_cache
+from tokenloom.runtime.gqa import grouped_attention
 from tokenloom.runtime.treeattn import tree_position_ids
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,11 +31,12 @@ def slot_forward(
     """
     import torch
 
-    out = model(
-        input_ids=torch.tensor([list(tokens)], dtype=torch.long, device=device),
-        position_ids=tree_position_ids(list(positions), 0, device),
-        attention_mask=mask,
-        use_cache=True,
-        **cache_arg(model, cache),
-    )
+    with grouped_attention():
+        out = model(
+            input_ids=torch.tensor([list(tokens)], dtype=torch.long, device=device),
+            position_ids=tree_position_ids(list(positions), 0, device),
+            attention_mask=mask,
+            use_cache=True,
+            **cache_arg(model, cache),
+        )
     return out.logits[0], output_cache(out)

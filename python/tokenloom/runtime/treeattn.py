@@ -47,6 +47,7 @@ import numpy as np
 
 from tokenloom._arrays import as_array, as_int, as_int_tensor
 from tokenloom.runtime.compat import cache_arg
+from tokenloom.runtime.gqa import grouped_attention
 from tokenloom.runtime.model import model_dtype_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -315,13 +316,14 @@ def tree_forward(
         depths = _check_depths(depths, p)
     pos = tree_position_ids(depths, past_len, device)
     mask = tree_attention_mask(p, past_len, dtype, device)
-    out = model(
-        input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),
-        attention_mask=mask,
-        position_ids=pos,
-        use_cache=True,
-        **cache_arg(model, cache),
-    )
+    with grouped_attention():
+        out = model(
+            input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            **cache_arg(model, cache),
+        )
     logits = out.logits[0]
     return logits if logits.dtype == torch.float32 else logits.float()
 
@@ -472,6 +474,7 @@ def batch_tree_forward(
 
     dtype, device = model_dtype_device(model)
     ids, mask, pos = batch_tree_inputs(tokens, parents, depths, starts, ends, cache_length(cache), dtype, device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_arg(model, cache))
+    with grouped_attention():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_arg(model, cache))
     logits = out.logits
     return logits if logits.dtype == torch.float32 else logits.float()

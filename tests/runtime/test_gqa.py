@@ -1,0 +1,118 @@
+"""Grouped-query attention without repeat_kv: the same outputs as transformers' sdpa function, and
+the override is installed and removed exactly."""
+
+import pytest
+
+from tokenloom.runtime.gqa import grouped_attention, grouped_sdpa
+
+
+class Attn:
+    def __init__(self, groups, training=False):
+        self.num_key_value_groups = groups
+        self.training = training
+        self.is_causal = True
+
+
+def _inputs(b, h, kv, t, s, d=8, mask="float", mask_rows=None, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, t, d, generator=g)
+    k = torch.randn(b, kv, s, d, generator=g)
+    v = torch.randn(b, kv, s, d, generator=g)
+    keep = torch.rand(mask_rows or b, 1, t, s, generator=g) > 0.4
+    keep[..., -1] = True  # every query sees at least one slot
+    if mask == "bool":
+        m = keep
+    else:
+        m = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    return q, k, v, m
+
+
+@pytest.mark.parametrize("b,h,kv,t,s,mask,rows", [
+    (2, 6, 2, 5, 11, "float", None),
+    (3, 9, 3, 1, 7, "float", None),
+    (2, 4, 2, 3, 9, "bool", None),
+    (2, 4, 1, 4, 6, "float", 1),   # a mask shared by the rows
+    (1, 4, 4, 3, 5, "float", None),  # no grouping: transformers' own path
+])
+def test_grouped_equals_transformers_sdpa(b, h, kv, t, s, mask, rows):
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v, m = _inputs(b, h, kv, t, s, mask=mask, mask_rows=rows)
+    module = Attn(h // kv)
+    got, none = grouped_sdpa(module, q, k, v, m, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q, k, v, m, scaling=0.3)
+    assert none is None and got.shape == (b, t, h, q.shape[-1])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    if h == kv:
+        return
+    # a longer mask is cut to the keys
+    wide = torch.cat([m, m[..., :2]], dim=-1)
+    torch.testing.assert_close(grouped_sdpa(module, q, k, v, wide, scaling=0.3)[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_unhandled_calls_go_to_transformers():
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v, m = _inputs(2, 6, 2, 4, 9)
+    module = Attn(3)
+    for mask in (None, m.expand(2, 6, 4, 9).contiguous()):  # no mask; a mask per head
+        got, _ = grouped_sdpa(module, q, k, v, mask)
+        ref, _ = sdpa_attention_forward(module, q, k, v, mask)
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_override_installed_and_removed():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    before = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with grouped_attention():
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is grouped_sdpa
+        with grouped_attention():
+            assert ALL_ATTENTION_FUNCTIONS["sdpa"] is grouped_sdpa
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is grouped_sdpa
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before
+    with pytest.raises(RuntimeError):
+        with grouped_attention():
+            raise RuntimeError("boom")
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before
+
+
+def test_a_callers_own_override_is_kept_and_called():
+    import torch
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    calls = []
+
+    def mine(module, query, key, value, attention_mask, **kw):
+        calls.append(query.shape)
+        return torch.zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = mine
+    try:
+        with grouped_attention():
+            q, k, v, _ = _inputs(1, 4, 2, 2, 5)
+            grouped_sdpa(Attn(2), q, k, v, None)  # not handled: the caller's function runs
+            assert len(calls) == 1
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is mine
+    finally:
+        del ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+
+def test_model_logits_unchanged(tiny_llama):
+    """A masked forward of the tiny Llama (4 query heads on 2 key/value heads) gives the same
+    logits inside and outside the block."""
+    import torch
+
+    ids = torch.tensor([[5, 9, 300, 4000, 7, 8]])
+    mask = torch.zeros(1, 1, 6, 6).masked_fill(torch.ones(6, 6).triu(1).bool(), torch.finfo(torch.float32).min)
+    mask[..., 3, 1] = torch.finfo(torch.float32).min  # not causal-only: a tree-like mask
+    with torch.inference_mode():
+        ref = tiny_llama(input_ids=ids, attention_mask=mask).logits
+        with grouped_attention():
+            got = tiny_llama(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
