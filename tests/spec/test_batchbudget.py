@@ -97,13 +97,39 @@ def test_batch_budget_steps_and_stats():
     k = budget.widths([0, 2], trees)
     assert sum(k) - len(k) <= 2 and all(x >= 1 for x in k)
     budget.observe(0, trees[0].prefix(k[0]), [0])
-    assert budget.stats() == {"batch_budget": 2, "draft_nodes_proposed": 7, "draft_nodes_sent": sum(k) - 2, "budget_steps": 1}
+    assert budget.stats() == {"batch_budget": 2, "step_offset_ms": 0.0, "draft_nodes_proposed": 7,
+                              "draft_nodes_sent": sum(k) - 2, "budget_steps": 1}
     seen = []
     auto = BatchBudget(4, cost=lambda t: seen.append(t) or 1.0 + t / 100)
     assert auto.widths([1], [trees[0].prefix(3)]) == [3]
     assert sorted(set(seen)) == [0.25, 0.5, 0.75]  # one live row of four: the curve read at the same total tokens
     with pytest.raises(ValueError, match="auto"):
         BatchBudget(2)
+
+
+def test_measured_steps_shift_the_choice():
+    """A step that costs more than the curve says (an additive overhead: attention over long
+    caches) makes a draft node relatively cheaper: the budget learns the offset and drafts."""
+    from tokenloom.spec.batchbudget import OFFSET_RATE
+
+    budget = BatchBudget(1, cost=lambda w: 1.0 if w <= 1 else 2.5)
+    tree = DraftTree(np.arange(2, dtype=np.int64), *chain(2))
+    for _ in range(60):
+        budget.observe(0, tree, [0, 1])  # row 0 accepts its draft: ~1.9 expected tokens with 2 nodes
+    assert budget.widths([0], [tree]) == [1]  # 1 token / 1 s beats 1.9 / 2.5 s
+    budget.timed(3.0)  # the root-only step took 3 s where the curve said 1 s
+    assert budget.offset == pytest.approx(OFFSET_RATE * 2.0)
+    budget.timed(9.0)  # no choice since the last timing: ignored
+    assert budget.offset == pytest.approx(OFFSET_RATE * 2.0)
+    for _ in range(40):
+        budget.widths([0], [tree])
+        budget.timed(6.0 if budget._predicted == 1.0 else 7.5)
+    assert budget.offset == pytest.approx(5.0, rel=0.05)
+    assert budget.widths([0], [tree]) == [2]  # 1 / 6 s loses to 1.9 / 7.5 s
+    limited = BatchBudget(1, limit=0)
+    limited.widths([0], [tree])
+    limited.timed(4.0)  # a fixed budget has no curve: nothing learnt
+    assert limited.offset == 0.0
 
 
 @pytest.mark.parametrize("value", ["auto", None, 0, 5, np.int64(3)])

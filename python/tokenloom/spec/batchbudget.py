@@ -20,7 +20,8 @@ picks every row's ``k_b`` (1 = the root alone: a plain step for that row):
   ``rows x W`` tokens costs, ``W = max_b k_b``: the measured curve of
   :func:`~tokenloom.spec.sizing.calibrate_step_cost` with ``rows`` = the batch's rows (a
   batched forward timed by the same machinery). Once rows have finished, the curve is read at
-  the same total token count (``W x live / rows``).
+  the same total token count (``W x live / rows``), plus an offset learnt from the steps as
+  they run (:meth:`BatchBudget.timed`: attention over long caches, per-row verification).
 * **Allocation** (:func:`allocate`): ``"auto"`` maximises expected tokens per second,
   ``sum_b E_b(k_b) / cost(max_b k_b)``; for a fixed width every row gains from all of its
   nodes up to it, so the optimum is ``k_b = min(W, T_b)`` for the best ``W``, found by a scan
@@ -56,6 +57,8 @@ RANKS = 8
 #: :class:`~tokenloom.spec.sizing.AcceptanceStats`.
 DECAY = 0.98
 PRIOR_WEIGHT = 4.0
+#: Weight of each measured step in the budget's step-cost offset (:meth:`BatchBudget.timed`).
+OFFSET_RATE = 0.25
 
 
 def check_batch_budget(value: Any) -> Union[str, int, None]:
@@ -212,6 +215,8 @@ class BatchBudget:
         self.limit = limit
         self.cost = cost
         self.acceptance = RowAcceptance(rows)
+        self.offset = 0.0
+        self._predicted: Optional[float] = None
         self.proposed = 0
         self.sent = 0
         self.steps = 0
@@ -226,20 +231,39 @@ class BatchBudget:
             scale = len(live) / self.rows
             curve = self.cost
             cost = lambda w: curve(w * scale)  # noqa: E731 - the same total tokens
-        k, _ = allocate(gains, None if self.limit is not None else cost, self.limit)
+            offset = self.offset
+            k, _ = allocate(gains, None if self.limit is not None else (lambda w: cost(w) + offset), self.limit)
+            self._predicted = cost(max(k))
+        else:
+            k, _ = allocate(gains, None, self.limit)
         self.steps += 1
         self.proposed += sum(sizes) - len(sizes)
         self.sent += sum(k) - len(k)
         return k
+
+    def timed(self, seconds: float) -> None:
+        """The step just chosen took ``seconds`` (its forward, verification and compaction).
+
+        The calibrated curve is a forward at a fixed context; a real step also pays what grows
+        with the context and the batch (attention over every row's cache, the cache's append)
+        and the per-row verification. That difference hardly depends on the tree width, so it
+        is learnt as an additive offset (a decayed mean of measured minus predicted seconds)
+        that every width's cost gets: the choice follows the steps as they run here."""
+        if self._predicted is None or not np.isfinite(seconds) or seconds <= 0:
+            return
+        self.offset += OFFSET_RATE * ((seconds - self._predicted) - self.offset)
+        self._predicted = None
 
     def observe(self, row: int, tree: Any, path: Sequence[int]) -> None:
         """Row ``row`` sent ``tree`` (a DraftTree) and accepted ``path`` (node indices)."""
         self.acceptance.observe(row, tree.parents, path)
 
     def stats(self) -> Dict[str, Any]:
-        """``{"batch_budget", "draft_nodes_proposed", "draft_nodes_sent", "budget_steps"}``."""
+        """``{"batch_budget", "draft_nodes_proposed", "draft_nodes_sent", "budget_steps",
+        "step_offset_ms"}``."""
         return {
             "batch_budget": "auto" if self.limit is None else self.limit,
+            "step_offset_ms": round(self.offset * 1e3, 3),
             "draft_nodes_proposed": self.proposed,
             "draft_nodes_sent": self.sent,
             "budget_steps": self.steps,

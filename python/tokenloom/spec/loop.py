@@ -184,6 +184,8 @@ def speculative_decode_batch(
         ]
         live_ends = compact_rows(cache, past, live_ends, [r.path for r in results])
         seconds = clock() - t1
+        if budget is not None:
+            budget.timed(seconds)
         still: List[int] = []
         for i, (b, tree, result) in enumerate(zip(live, trees, results)):
             drafters[b].accept(tree, result, logits[i, : tree.size])

@@ -16,6 +16,10 @@ prompt after a prefill) and ``last`` the newest token, not yet in the cache::
         layer.keys, layer.values = layer.keys.index_select(2, keep), layer.values.index_select(2, keep)
     past, last = past + len(new_tokens), new_tokens[-1]
 
+A model with grouped-query attention (fewer key/value heads than query heads) runs a masked
+step faster inside ``with tokenloom.runtime.gqa.grouped_attention():`` (keys and values are not
+copied per query head; the same logits up to rounding), as tokenloom's own loop does.
+
 Invariant after a step: the cache holds ``past + len(new_tokens)`` entries, one per token of the
 sequence except the newest (``new_tokens[-1]``), which is the next root.
 
