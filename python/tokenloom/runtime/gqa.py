@@ -91,9 +91,9 @@ def grouped_sdpa(
     if mask.shape[0] != b:
         mask = mask.expand(b, 1, t, s)
     q = query.reshape(b, kv_heads, groups * t, d)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, key, value, attn_mask=mask.repeat(1, 1, groups, 1), dropout_p=0.0, scale=scaling
-    )
+    if t > 1:  # one query token: its mask row broadcasts over the group's heads as it is
+        mask = mask.repeat(1, 1, groups, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=0.0, scale=scaling)
     return out.reshape(b, h, t, d).transpose(1, 2).contiguous(), None
 
 
