@@ -102,6 +102,11 @@ def test_stack_rows_places_groups_and_refuses_bad_rows():
     assert k.shape == (3, 1, 5, 2)
     assert torch.equal(k[0, 0, :2], torch.zeros(2, 2)) and torch.equal(k[0, 0, 2:], torch.ones(3, 2))
     assert torch.equal(k[1], torch.full((1, 5, 2), 7.0)) and torch.equal(v[2, 0, 2:], torch.full((3, 2), 101.0))
+    whole = Cache(torch.ones(2, 1, 3, 2))
+    keys = whole.key_cache[0]
+    assert stack_rows([whole], [[0, 1]], 3) is whole and whole.key_cache[0] is keys  # already the layout: no copy
+    (k1, _), = cache_kv(stack_rows([Cache(torch.ones(2, 1, 3, 2))], [[0, 1]], 4))  # narrower: padded
+    assert k1.shape == (2, 1, 4, 2) and torch.equal(k1[:, :, 0], torch.zeros(2, 1, 2))
     for groups, width in (([[0, 2], [2]], 5), ([[0], [1, 2]], 5), ([[0, 2], [1]], 4), ([[0], [1], [2]], 5)):
         with pytest.raises(ValueError):
             stack_rows([Cache(torch.ones(2, 1, 3, 2)), Cache(torch.ones(1, 1, 5, 2))], groups, width)

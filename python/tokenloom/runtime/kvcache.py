@@ -228,7 +228,8 @@ def stack_rows(caches: Sequence[Any], rows: Sequence[Sequence[int]], width: int)
     own, left-padded to its own longest row): group ``g``'s cache holds the batch rows
     ``rows[g]`` (in order) and ``m_g <= width`` slots; they land in the last ``m_g`` of ``width``
     slots, so every row keeps its window ending at ``width``; slots before a group's are zeros
-    (left padding every mask hides). The first cache object is reused (its tensors replaced).
+    (left padding every mask hides). The first cache object is reused (its tensors replaced;
+    a single group of all rows in order and ``width`` slots is returned as it is, not copied).
 
     Args:
         caches: one ``DynamicCache`` per group (all with the same layers, dtype and device).
@@ -251,6 +252,8 @@ def stack_rows(caches: Sequence[Any], rows: Sequence[Sequence[int]], width: int)
     width = as_int(width, "width")
     kvs = [_KV(c) for c in caches]
     first = kvs[0]
+    if len(caches) == 1 and groups[0] == flat and cache_length(caches[0]) == width:
+        return caches[0]  # one group of every row in order, as wide as the batch: already its layout
     index = [torch.tensor(r, dtype=torch.long) for r in groups]
     for i in range(first.n):
         parts = [kv.get(i) for kv in kvs]

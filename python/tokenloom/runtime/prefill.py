@@ -75,9 +75,8 @@ def prefill_groups(lengths: Sequence[int], call_tokens: int) -> List[List[int]]:
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         top = lens[order[j - 1]]
-        options = [(best[i] + c + (j - i) * top, i) for i in range(j)]
         # the least cost; ties: the largest group (the smallest i)
-        best[j], cut[j] = min(options, key=lambda x: (x[0], x[1]))
+        best[j], cut[j] = min((best[i] + c + (j - i) * top, i) for i in range(j))
     groups: List[List[int]] = []
     j = n
     while j > 0:

@@ -227,15 +227,13 @@ class BatchBudget:
         sizes = [t.size for t in trees]
         gains = [np.cumsum(self.acceptance.probabilities(b, t.parents, t.depths)) for b, t in zip(live, trees)]
         cost = None
-        if self.cost is not None:
+        if self.limit is None:  # "auto": the curve at the same total tokens, plus the learnt offset
             scale = len(live) / self.rows
-            curve = self.cost
-            cost = lambda w: curve(w * scale)  # noqa: E731 - the same total tokens
-            offset = self.offset
-            k, _ = allocate(gains, None if self.limit is not None else (lambda w: cost(w) + offset), self.limit)
-            self._predicted = cost(max(k))
-        else:
-            k, _ = allocate(gains, None, self.limit)
+            curve, offset = self.cost, self.offset
+            cost = lambda w: curve(w * scale) + offset  # noqa: E731
+        k, info = allocate(gains, cost, self.limit)
+        if cost is not None:
+            self._predicted = info["step_seconds"] - self.offset  # the curve's own prediction
         self.steps += 1
         self.proposed += sum(sizes) - len(sizes)
         self.sent += sum(k) - len(k)
