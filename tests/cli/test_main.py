@@ -59,6 +59,7 @@ BAD = [
     (["bench", "--repeat", "0"], "--repeat"),
     (["bench", "--json", "/nonexistent-dir/x.json"], "does not exist"),
     (["bench", "--batch", "1,0"], "--batch: expected an integer >= 1"),
+    (["bench", "--dtype", "float16"], "--dtype: unknown dtype .float16.; choose from: float32, bfloat16"),
     (["bench", "--batch", "4,4"], "each batch size once"),
     (["bench", "--batch", "4", "--methods", "hf"], "unknown method 'hf'"),
     (["bench", "--batch", "4", "--methods", "cautious"], "one request at a time"),

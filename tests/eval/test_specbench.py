@@ -115,6 +115,7 @@ def test_bad_arguments_fail_before_the_model_loads(tmp_path):
         (dict(methods=[]), "at least one"),
         (dict(methods=["hf", "nope"]), "unknown bench method"),
         (dict(options=MethodOptions(budget=0)), "budget"),
+        (dict(dtype="float16"), "dtype: expected one of float32, bfloat16, got 'float16'"),
     ]
     for kw, msg in bad:
         with pytest.raises(ValueError, match=msg):
@@ -170,13 +171,16 @@ def test_bench_repeat_end_to_end(tiny_llama, tokenizer, monkeypatch, tmp_path, c
     from tokenloom.eval import specbench
     from tokenloom.integrations.hf import models
 
-    monkeypatch.setattr(models, "load_or_default", lambda *a, **k: (tiny_llama, tokenizer))
+    asked = []
+    monkeypatch.setattr(models, "load_or_default", lambda *a, **k: (asked.append(k.get("dtype")), (tiny_llama, tokenizer))[1])
     cfg = BenchConfig(methods=["hf", "recycling"], n=1, categories=["rag", "qa"], max_new_tokens=6, repeat=2,
-                      json_path=str(tmp_path / "r.json"), plot_path=str(tmp_path / "r.png"), progress=False)
+                      json_path=str(tmp_path / "r.json"), plot_path=str(tmp_path / "r.png"), progress=False,
+                      dtype="bfloat16")
     table, spread = specbench.run_bench_rounds(cfg)
     data = json.loads((tmp_path / "r.json").read_text())
     assert sorted({r["round"] for r in data["results"]}) == [0, 1] and len(data["results"]) == 2 * 2 * 2
     assert data["meta"]["repeat"] == 2 and "load_before" in data["meta"] and "load_after" in data["meta"]
+    assert asked == ["bfloat16"] and data["meta"]["dtype"] == "bfloat16" and "(bfloat16)" in data["meta"]["model"]
     assert data["meta"]["rounds"]["recycling"]["rounds"] == 2 and spread["hf"]["speedup_median"] == pytest.approx(1.0)
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert table["overall"]["recycling"]["same_as_hf"] == 1.0

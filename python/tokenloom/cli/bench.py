@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Union
 
-from tokenloom.cli.common import add_model_args, count, output_file, plot_file, some_of
+from tokenloom.cli.common import add_dtype_arg, add_model_args, count, output_file, plot_file, some_of
 
 __all__ = ["add_parser", "config_from_args", "run"]
 
@@ -58,6 +58,7 @@ def add_parser(sub: Any) -> None:
                    "see tokenloom.eval.workloads)")
     p.add_argument("--max-new-tokens", type=count(1), default=128, help=">= 1, default 128")
     add_model_args(p)
+    add_dtype_arg(p)
     p.add_argument("--tree", default=None, help="recycling template: auto (default), 2.2.2, 2.2.2-N or rank paths")
     p.add_argument("--draft-layers", type=count(1), default=None, help="layers of the DySpec early-exit draft (>= 1)")
     p.add_argument("--budget", type=count(1), default=None, help="DySpec draft nodes per tree (>= 1)")
@@ -125,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         command="tokenloom " + " ".join(sys.argv[1:]),
         repeat=args.repeat,
         workloads=args.workloads,
+        dtype=args.dtype,
     )
 
 
@@ -159,7 +161,7 @@ def run_batches(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     options: MethodOptions = cfg.options
-    model, tok = load_or_default(args.model)
+    model, tok = load_or_default(args.model, dtype=args.dtype)
     eos = stop_token_ids(model, tok)
     prompts = [chat_input_ids(tok, q["turns"][0])[0] for q in questions]
     print(header(run_meta(cfg, len(prompts))), file=sys.stderr)

@@ -42,6 +42,8 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
+from tokenloom.integrations.hf.models import DTYPES as _DTYPES
+
 __all__ = [
     "ModelLoadError",
     "PLOT_EXTRA_HINT",
@@ -190,7 +192,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 #: The weight dtypes ``--dtype`` accepts (CPU and accelerators; the logits that decide tokens are
 #: float32 whatever the weights).
-DTYPES = ("float32", "bfloat16")
+DTYPES = _DTYPES
 
 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:
@@ -262,13 +264,8 @@ def load_model(args: argparse.Namespace) -> Tuple[Any, Any]:
     verbose = bool(getattr(args, "verbose", False))
     print(f"[tokenloom] loading {'model ' + str(path) if path else 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
     try:
-        model, tok = load_or_default(path, verbose=verbose)
+        model, tok = load_or_default(path, verbose=verbose, dtype=getattr(args, "dtype", None))
         raise_if_interrupted()  # Ctrl-C that a loader swallowed: stop now, not after the command
-        dtype = getattr(args, "dtype", None)
-        if dtype not in (None, "float32"):
-            import torch
-
-            model = model.to(getattr(torch, dtype))
         return model, tok
     except KeyboardInterrupt:
         raise

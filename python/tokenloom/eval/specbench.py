@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tokenloom.eval.workloads import build_workloads, check_workloads
+from tokenloom.integrations.hf.models import check_dtype
 from tokenloom.runtime.machine import BUSY_LOAD_PER_CPU, describe, machine_info, machine_load
 
 __all__ = [
@@ -307,7 +308,9 @@ def load_questions(n_per_category: int, categories: Optional[Sequence[str]] = No
 class BenchConfig:
     """One ``tokenloom bench`` run. ``methods=None``: :func:`default_methods`;
     ``categories=None``: all 13; ``threads=None``: torch's default; ``model=None``: the
-    embedded SmolLM2-135M-Instruct; ``repeat``: rounds over the whole question set (each
+    embedded SmolLM2-135M-Instruct; ``dtype``: the weights' dtype after loading (one of
+    :data:`~tokenloom.integrations.hf.models.DTYPES`; every method and anchor runs in it);
+    ``repeat``: rounds over the whole question set (each
     round starts from a fresh recycler unless ``options.persist``), summarised by the median
     and spread of the per-round results (:func:`round_spread`)."""
 
@@ -324,6 +327,7 @@ class BenchConfig:
     command: str = ""
     repeat: int = 1
     workloads: Optional[Sequence[str]] = None
+    dtype: str = "float32"
 
 
 def _check_positive(name: str, value: Optional[int]) -> None:
@@ -343,7 +347,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     """Everything that can be checked without the model; returns ``{method: bench fn}``.
 
     Raises:
-        ValueError: no or unknown methods, a method twice, unknown categories or workloads, ``n`` /
+        ValueError: no or unknown methods, a method twice, unknown categories, workloads or dtype, ``n`` /
             ``max_new_tokens`` / ``threads`` / ``repeat`` / ``draft_layers`` / ``budget`` below 1,
             ``plot_path`` without matplotlib.
         FileNotFoundError: the directory of ``json_path`` or ``plot_path`` does not exist.
@@ -364,6 +368,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     _check_output("json_path", cfg.json_path)
     _check_output("plot_path", cfg.plot_path)
     check_workloads(cfg.workloads)
+    check_dtype(cfg.dtype)
     if cfg.plot_path and importlib.util.find_spec("matplotlib") is None:
         raise ValueError("plot_path: needs matplotlib, which is not installed: pip install 'tokenloom[plot]' (or: pip install matplotlib)")
     return {m: resolve(m, cfg.options) for m in methods}
@@ -553,7 +558,8 @@ def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
         "cpu": machine_info(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "model": cfg.model or "embedded SmolLM2-135M-Instruct (fp32)",
+        "model": f"{cfg.model or 'embedded SmolLM2-135M-Instruct'} ({cfg.dtype})",
+        "dtype": cfg.dtype,
         "max_new_tokens": cfg.max_new_tokens,
         "questions": n_questions,
         "n": cfg.n,
@@ -620,7 +626,7 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     print(f"[tokenloom] loading {'model ' + cfg.model if cfg.model else 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
-    model, tok = load_or_default(cfg.model)
+    model, tok = load_or_default(cfg.model, dtype=cfg.dtype)
     eos = stop_token_ids(model, tok)
     items = build_workloads(workloads, cfg.n, tok, questions, _all_questions(), _first_answer(model, cfg.max_new_tokens, eos))
     handle, counter = count_forwards(model)

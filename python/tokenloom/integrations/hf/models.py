@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_GGUF",
     "DEFAULT_PACKAGE",
+    "DTYPES",
+    "check_dtype",
     "default_model_path",
     "load",
     "load_default",
@@ -216,6 +218,37 @@ def make_tiny_llama(vocab_size: int = 49152, seed: int = 0, layers: int = 2) -> 
     return model
 
 
-def load_or_default(path: Union[None, str, os.PathLike] = None, *, verbose: bool = False) -> Tuple[Any, Any]:
-    """``load(path)`` when a path is given, else the embedded model (:func:`load_default`)."""
-    return load(path, verbose=verbose) if path else load_default(verbose)
+#: The weight dtypes a loaded model can be cast to (``dtype=`` of :func:`load_or_default`, the
+#: CLI's ``--dtype``); the logits that decide tokens are float32 whatever the weights.
+DTYPES = ("float32", "bfloat16")
+
+
+def check_dtype(dtype: Optional[str]) -> str:
+    """``dtype`` (None: float32) checked against :data:`DTYPES`.
+
+    Raises:
+        ValueError: any other name.
+    """
+    if dtype is None:
+        return "float32"
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def load_or_default(
+    path: Union[None, str, os.PathLike] = None, *, verbose: bool = False, dtype: Optional[str] = None
+) -> Tuple[Any, Any]:
+    """``load(path)`` when a path is given, else the embedded model (:func:`load_default`),
+    with the weights cast to ``dtype`` (one of :data:`DTYPES`; None: as loaded, float32).
+
+    Raises:
+        ValueError: an unknown ``dtype`` (before anything loads).
+    """
+    name = check_dtype(dtype)
+    model, tok = load(path, verbose=verbose) if path else load_default(verbose)
+    if name != "float32":
+        import torch
+
+        model = model.to(getattr(torch, name))
+    return model, tok
