@@ -18,7 +18,9 @@ def tiny_loaded(monkeypatch):
     """``--model`` loads a fresh tiny Llama (no tokenizer needed)."""
     from tokenloom.integrations.hf import models
 
-    monkeypatch.setattr(models, "load_or_default", lambda path=None, verbose=False: (make_tiny_llama(vocab_size=256, layers=1), None))
+    tiny = lambda *_a, **_k: (make_tiny_llama(vocab_size=256, layers=1), None)  # noqa: E731
+    monkeypatch.setattr(models, "load", tiny)  # load_or_default casts it to --dtype
+    monkeypatch.setattr(models, "load_default", tiny)
     cal.clear_pack_choices()
     yield
     cal.clear_pack_choices()

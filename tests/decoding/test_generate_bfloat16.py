@@ -61,11 +61,11 @@ def test_generate_cli_dtype(monkeypatch, tokenizer, capsys):
 
     loaded = []
 
-    def tiny(path=None, verbose=False):
+    def tiny(verbose=False):
         loaded.append(make_tiny_llama(layers=1))
         return loaded[-1], tokenizer
 
-    monkeypatch.setattr(models, "load_or_default", tiny)
+    monkeypatch.setattr(models, "load_default", tiny)  # load_or_default casts it to --dtype
     assert main(["generate", "Hi", "--dtype", "float16"]) == 2
     assert "unknown dtype 'float16'; choose from: float32, bfloat16" in capsys.readouterr().err and not loaded
     assert main(["generate", "Hi", "--dtype", "bfloat16", "--method", "recycling", "--max-new-tokens", "4", "--no-stream"]) == 0
