@@ -18,6 +18,9 @@ from tokenloom.runtime.cpupack import (  # noqa: E402
     TiledLinear,
     active_kernel,
     available_kernels,
+    clear_long_rows,
+    long_rows_choice,
+    set_long_rows,
     is_packed,
     packed_linears,
     resolve_kernel,
@@ -116,11 +119,70 @@ def test_model_logits_close_and_modules_restored(dtype):
             swapped = [m for m in model.modules() if isinstance(m, TiledLinear)]
             assert swapped and all(m.tiled.bf16 == (dtype == torch.bfloat16) for m in swapped)
             got = model(ids).logits.float()
-            long = torch.randint(0, 128, (1, TILED_MAX_ROWS + 3))
-            assert torch.equal(model(long).logits, _run_plain(model, long))  # prompts: the original linears
+            long = torch.randint(0, 128, (1, 2 * TILED_MAX_ROWS + 3))  # a prompt: three chunks
+            try:
+                set_long_rows(False)
+                assert torch.equal(model(long).logits, _run_plain(model, long))  # the original linears
+                set_long_rows(True)
+                chunked = model(long).logits.float()
+            finally:
+                set_long_rows(None)
+        long_ref = model(long).logits.float()
     assert {n: m for n, m in model.named_modules()} == before and active_kernel(model) == "unpacked"
     tol = 1e-4 if dtype == torch.float32 else 0.05  # bf16: the output is rounded to bf16 either way
     assert (got - ref).abs().max() <= tol * (1 + ref.abs().max())
+    assert (chunked - long_ref).abs().max() <= tol * (1 + long_ref.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_inputs_in_chunks_match_torch_linear(dtype):
+    lin = torch.nn.Linear(40, 24, bias=True).to(dtype)
+    x = torch.randn(2 * TILED_MAX_ROWS + 5, 40, generator=torch.Generator().manual_seed(3)).to(dtype)
+    with torch.inference_mode(), packed_linears(torch.nn.Sequential(lin), "tiles") as seq:
+        layer = seq[0]
+        assert isinstance(layer, TiledLinear)
+        got = layer.chunks(x)
+    want = torch.nn.functional.linear(x.float(), lin.weight.float(), lin.bias.float())
+    if dtype == torch.float32:
+        _close(got, want, x, lin.weight.detach())
+    else:  # each output rounded to bfloat16 once
+        assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_long_inputs_take_the_measured_faster_path():
+    """:func:`long_rows_choice`: interleaved medians decide, once per weight shape and dtype;
+    ``set_long_rows`` forces either path; bad values are refused."""
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(TILED_MAX_ROWS + 1, 16)
+
+    def clock(orig_s, chunk_s):
+        # each timed call reads the clock twice; rounds time the original first, then the chunks
+        steps = iter([0.0, orig_s, 0.0, chunk_s] * 3)
+        now = [0.0]
+
+        def tick():
+            now[0] += next(steps)
+            return now[0]
+        return tick
+
+    clear_long_rows()
+    try:
+        with torch.inference_mode(), packed_linears(torch.nn.Sequential(lin), "tiles") as seq:
+            layer = seq[0]
+            assert long_rows_choice(layer, x, timer=clock(2.0, 1.0)) is True
+            assert long_rows_choice(layer, x, timer=clock(1.0, 2.0)) is True  # cached for this shape
+            clear_long_rows()
+            assert long_rows_choice(layer, x, timer=clock(1.0, 2.0)) is False
+            set_long_rows(True)
+            assert long_rows_choice(layer, x) is True
+            out = layer(x)
+            assert torch.equal(out, layer.chunks(x))
+            set_long_rows(False)
+            assert torch.equal(layer(x), lin(x))
+            with pytest.raises(ValueError, match="set_long_rows: expected True, False or None"):
+                set_long_rows(1)  # type: ignore[arg-type]
+    finally:
+        clear_long_rows()
 
 
 def _run_plain(model, ids):

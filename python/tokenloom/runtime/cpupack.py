@@ -48,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from tokenloom.device import is_accelerator
 from tokenloom.runtime.kernels import PACK_KERNELS, TREE_KERNELS
@@ -66,6 +66,9 @@ __all__ = [
     "TILED_SPLIT_WORK",
     "TiledLinear",
     "active_kernel",
+    "clear_long_rows",
+    "long_rows_choice",
+    "set_long_rows",
     "available_kernels",
     "pack_value",
     "clear_packed",
@@ -101,6 +104,11 @@ _ACTIVE: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _AVAILABLE: Dict[str, bool] = {}
 _THREADS: Dict[str, int] = {}
+# (dtype, in, out, threads) -> whether tiles in chunks of TILED_MAX_ROWS rows measured faster than
+# the original linear on inputs of more rows (see TiledLinear); "forced": set_long_rows's value
+_LONG: Dict[Any, bool] = {}
+#: Interleaved rounds of the long-input measurement (median of each side).
+LONG_ROWS_REPEATS = 3
 
 
 def pack_available() -> bool:
@@ -246,12 +254,74 @@ class _Swapped(_module_base()):  # type: ignore[misc]
         return self.original[0].bias
 
 
+def set_long_rows(chunked: Optional[bool]) -> None:
+    """Force how :class:`TiledLinear` runs inputs of more than :data:`TILED_MAX_ROWS` rows:
+    True = tiles in chunks of that many rows, False = the original linear, None = measured per
+    weight shape (the default; :func:`long_rows_choice`).
+
+    Raises:
+        ValueError: anything but True, False or None.
+    """
+    if chunked is not None and not isinstance(chunked, bool):
+        raise ValueError(f"set_long_rows: expected True, False or None, got {chunked!r}")
+    with _LOCK:
+        if chunked is None:
+            _LONG.pop("forced", None)
+        else:
+            _LONG["forced"] = chunked
+
+
+def clear_long_rows() -> None:
+    """Forget the measured long-input choices (and a forced one)."""
+    with _LOCK:
+        _LONG.clear()
+
+
+def long_rows_choice(layer: "TiledLinear", x: "torch.Tensor", timer: Optional[Callable[[], float]] = None) -> bool:
+    """Whether ``layer`` runs ``x`` (more than :data:`TILED_MAX_ROWS` rows) faster as tiles in
+    chunks of :data:`TILED_MAX_ROWS` rows than through its original linear.
+
+    Measured once per (dtype, in_features, out_features, threads) on the first such input
+    (:data:`LONG_ROWS_REPEATS` interleaved rounds, medians), then cached in the process: a
+    prompt's prefill is compute-bound, and which of the two is faster depends on the machine
+    (bfloat16 without AVX512-BF16 / AMX: torch's own bfloat16 GEMM is slow and the tiles win
+    about 3x on the embedded model's prefill; float32 MKL or oneDNN with AMX win there).
+    ``timer``: a clock for tests (default ``time.perf_counter``)."""
+    import time
+
+    forced = _LONG.get("forced")
+    if forced is not None:
+        return forced
+    key = (str(layer.dtype), layer.in_features, layer.out_features, tiles_threads())
+    got = _LONG.get(key)
+    if got is not None:
+        return got
+    clock = timer or time.perf_counter
+    rows = x.reshape(-1, layer.in_features)
+    orig = layer.original[0]
+    seconds: Dict[bool, List[float]] = {True: [], False: []}
+    for _ in range(LONG_ROWS_REPEATS):
+        for chunked in (False, True):
+            t0 = clock()
+            if chunked:
+                layer.chunks(rows)
+            else:
+                orig(rows)
+            seconds[chunked].append(clock() - t0)
+    choice = sorted(seconds[True])[len(seconds[True]) // 2] < sorted(seconds[False])[len(seconds[False]) // 2]
+    with _LOCK:
+        _LONG[key] = choice
+    return choice
+
+
 class TiledLinear(_Swapped):
     """Drop-in for a float32 or bfloat16 CPU ``nn.Linear`` (inference only): input [...,
     in_features] -> output [..., out_features] through ``tokenloom._core.TiledLinear`` (the
     weight packed once, streamed once per call; float32 accumulation, the output in the input's
-    dtype). Inputs of more than :data:`TILED_MAX_ROWS` rows, grad mode, another dtype or an
-    accelerator run the original module."""
+    dtype). Inputs of more than :data:`TILED_MAX_ROWS` rows (a prompt's prefill) run as tiles in
+    chunks of that many rows where that measured faster than the original module for the
+    weight's shape (:func:`long_rows_choice`), else the original module; grad mode, another
+    dtype or an accelerator run the original module."""
 
     def __init__(self, original: Any, tiled: Any):
         super().__init__(original)
@@ -267,17 +337,32 @@ class TiledLinear(_Swapped):
             return orig(x)
         shape = x.shape
         m = x.numel() // self.in_features if shape and shape[-1] == self.in_features else -1
-        if m <= 0 or m > TILED_MAX_ROWS:
+        if m <= 0:
             return orig(x)
-        rows = x.reshape(m, self.in_features)
-        if rows.dtype != torch.float32:
-            rows = rows.to(torch.float32)
+        if m > TILED_MAX_ROWS:
+            if not long_rows_choice(self, x):
+                return orig(x)
+            return self.chunks(x.reshape(m, self.in_features)).view(*shape[:-1], self.out_features)
+        return self._tiles(x.reshape(m, self.in_features)).view(*shape[:-1], self.out_features)
+
+    def _tiles(self, rows: "torch.Tensor") -> "torch.Tensor":
+        """rows [m <= TILED_MAX_ROWS, in] (the layer's dtype) -> [m, out] through the kernel."""
+        import torch
+
+        m = int(rows.shape[0])
+        x = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
         # a second thread costs a wake-up (~0.1 ms measured): only calls with enough work split
         threads = tiles_threads() if m * self.work >= TILED_SPLIT_WORK else 1
-        y = torch.from_numpy(self.tiled.forward(rows.contiguous().numpy(), threads))
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
-        return y.view(*shape[:-1], self.out_features)
+        y = torch.from_numpy(self.tiled.forward(x.contiguous().numpy(), threads))
+        return y if y.dtype == rows.dtype else y.to(rows.dtype)
+
+    def chunks(self, rows: "torch.Tensor") -> "torch.Tensor":
+        """rows [m, in] (any m >= 1, the layer's dtype) -> [m, out]: the kernel over chunks of
+        :data:`TILED_MAX_ROWS` rows (the weight streamed once per chunk)."""
+        import torch
+
+        parts = [self._tiles(rows[i : i + TILED_MAX_ROWS]) for i in range(0, int(rows.shape[0]), TILED_MAX_ROWS)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=tiles"
