@@ -65,6 +65,9 @@ def test_float32_report_and_json(tiny_loaded, tmp_path, capsys):
     assert (p["kernel"], p["reason"]) == cal.decide_kernel(medians)  # the reported choice follows the rule
     assert rep["auto"] == {"pack": p["kernel"] != "unpacked", "curve": p["kernel"]}
     assert p["reason"] in out
+    # how prompts run in tiles, measured per weight shape (the tiny model: 3 shapes and the head)
+    assert any(k.startswith("float32 ") for k in rep["long_rows"]) and all(isinstance(v, bool) for v in rep["long_rows"].values())
+    assert "prompts (more rows than a tree) in tiles: " in out
 
 
 def test_bfloat16_has_no_onednn_kernel(tiny_loaded, tmp_path, capsys):
@@ -77,3 +80,4 @@ def test_bfloat16_has_no_onednn_kernel(tiny_loaded, tmp_path, capsys):
     medians = {k: {int(t): s for t, s in v.items()} for k, v in p["seconds"].items()}
     assert set(medians) == {"unpacked", "tiles", "tiles-trees"} and (p["kernel"], p["reason"]) == cal.decide_kernel(medians)
     assert rep["auto"]["curve"] == p["kernel"]
+    assert any(k.startswith("bfloat16 ") for k in rep["long_rows"])

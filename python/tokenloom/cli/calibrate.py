@@ -110,6 +110,7 @@ def measure(
                    if dtype not in (torch.float32, torch.bfloat16) else "neither oneDNN's packed linear nor tokenloom's tiles "
                    "work here, or the model has no float32 / bfloat16 CPU linears")
             pack = {"pack": False, "kernel": "unpacked", "reason": why, "load": {}, "saved": False, "seconds": {}, "tree_tokens": PACK_TREE_TOKENS}
+        long_rows = _long_rows(model) if "tiles" in kernels else {}
     finally:
         bar.close()
     return {
@@ -120,7 +121,24 @@ def measure(
         "curves": curves,
         "pack": pack,
         "auto": {"pack": pack["pack"], "curve": pack["kernel"]},
+        "long_rows": long_rows,
     }
+
+
+def _long_rows(model: Any) -> Dict[str, bool]:
+    """One prompt forward of ``2 x TILED_MAX_ROWS + 1`` tokens in tiles, so every weight shape
+    has measured how it runs prompts (:func:`tokenloom.runtime.cpupack.long_rows_choice`);
+    returns the choices."""
+    import torch
+
+    from tokenloom.runtime.cpupack import TILED_MAX_ROWS, long_rows_choices, packed_linears
+    from tokenloom.runtime.model import model_dtype_device
+
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    ids = torch.randint(0, vocab, (1, 2 * TILED_MAX_ROWS + 1), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), packed_linears(model, "tiles"):
+        model(input_ids=ids.to(model_dtype_device(model)[1]), use_cache=False, logits_to_keep=1)
+    return long_rows_choices()
 
 
 def report_lines(report: Dict[str, Any], model_label: str = "") -> List[str]:
@@ -152,6 +170,14 @@ def report_lines(report: Dict[str, Any], model_label: str = "") -> List[str]:
     curve = report["curves"][report["auto"]["curve"]]
     lines.append(f"tree=\"auto\" / budget=\"auto\" size trees with the {report['auto']['curve']} curve"
                  + _ratio_text(curve))
+    long_rows = report.get("long_rows") or {}
+    if long_rows:
+        chunked = sorted(k for k, v in long_rows.items() if v)
+        plain = sorted(k for k, v in long_rows.items() if not v)
+        lines.append("prompts (more rows than a tree) in tiles: "
+                     + "; ".join(x for x in (f"tiles in chunks for {', '.join(chunked)}" if chunked else "",
+                                             f"the original linear for {', '.join(plain)}" if plain else "") if x)
+                     + " (measured: whichever ran a prompt faster)")
     return lines
 
 

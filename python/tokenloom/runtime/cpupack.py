@@ -68,6 +68,7 @@ __all__ = [
     "active_kernel",
     "clear_long_rows",
     "long_rows_choice",
+    "long_rows_choices",
     "set_long_rows",
     "available_kernels",
     "pack_value",
@@ -275,6 +276,13 @@ def clear_long_rows() -> None:
     """Forget the measured long-input choices (and a forced one)."""
     with _LOCK:
         _LONG.clear()
+
+
+def long_rows_choices() -> Dict[str, bool]:
+    """What :func:`long_rows_choice` measured in this process: ``{"<dtype> <out>x<in>, <threads>
+    threads": chunked}`` (True: prompts run as tiles in chunks for that weight shape)."""
+    with _LOCK:
+        return {f"{k[0].replace('torch.', '')} {k[2]}x{k[1]}, {k[3]} threads": v for k, v in _LONG.items() if k != "forced"}
 
 
 def long_rows_choice(layer: "TiledLinear", x: "torch.Tensor", timer: Optional[Callable[[], float]] = None) -> bool:
