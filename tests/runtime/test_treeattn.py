@@ -95,6 +95,27 @@ def test_tree_forward_equals_plain_forward_per_path(tiny_llama):
         torch.testing.assert_close(logits[i], ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_root_only_tree_is_the_models_own_step(tiny_llama, dtype):
+    """A root-only tree runs without a mask: bit for bit the logits and cache entry of the
+    model's one-token step (what plain decoding and HF's generate run)."""
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    model = copy.deepcopy(tiny_llama).to(getattr(torch, dtype))
+    prefix = torch.tensor([np.random.default_rng(2).integers(3, 49152, 13).tolist()])
+    with torch.inference_mode():
+        a, b = DynamicCache(), DynamicCache()
+        for c in (a, b):
+            model(input_ids=prefix, **cache_arg(model, c))
+        got = tree_forward(model, a, [77], [-1], past_len=13)
+        want = model(input_ids=torch.tensor([[77]]), **cache_arg(model, b)).logits[0].float()
+    assert torch.equal(got, want)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(cache_kv(a), cache_kv(b)))
+
+
 @pytest.mark.parametrize("keep", [[0], [0, 1], [0, 1, 3, 6, 8], [0, 9], [0, 2, 5]])
 def test_compact_cache_equals_plain_cache(tiny_llama, keep):
     """After compaction the cache holds exactly what a plain forward over prefix + path holds,

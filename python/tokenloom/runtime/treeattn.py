@@ -278,7 +278,8 @@ def tree_forward(
     """One forward of a token tree after the cached prefix; appends T entries to ``cache``.
 
     Args:
-        model: HF causal LM (called with ``input_ids``, a 4D ``attention_mask``,
+        model: HF causal LM (called with ``input_ids``, a 4D ``attention_mask`` (None for a
+            root-only tree),
             ``position_ids`` and ``past_key_values``).
         cache: the model's cache (``DynamicCache``), holding ``past_len`` tokens.
         tokens: int [T] node tokens, root first (numpy, torch or a sequence).
@@ -315,7 +316,9 @@ def tree_forward(
     else:
         depths = _check_depths(depths, p)
     pos = tree_position_ids(depths, past_len, device)
-    mask = tree_attention_mask(p, past_len, dtype, device)
+    # A root-only tree sees every cached entry: no mask, the model's own one-token step (the
+    # same kernels, so the same logits, as plain decoding and HF's generate).
+    mask = None if p.size == 1 else tree_attention_mask(p, past_len, dtype, device)
     with grouped_attention():
         out = model(
             input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),

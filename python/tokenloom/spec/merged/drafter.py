@@ -43,6 +43,7 @@ from tokenloom._arrays import as_array, as_count, as_fraction
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.merged.calibration import CANDIDATE_CLASSES, Calibration
+from tokenloom.spec.recycling.drafter import SEED_FROM_PREFILL, SEED_MAX_POSITIONS
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, MAX_MATCH, SuffixCache, SuffixIndex
 from tokenloom.spec.topk import top_k_ids
 
@@ -58,9 +59,6 @@ DEFAULT_TREE_DEPTH = 16
 DEFAULT_MAX_MATCH = 16
 #: Most children per node.
 DEFAULT_CHILDREN = 8
-#: Most prompt positions used to seed recycler rows.
-SEED_MAX_POSITIONS = 1024
-
 
 def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.ndarray:
     """The nodes to keep of a scored tree (node 0 the root, BFS order, a child never scored
@@ -153,7 +151,8 @@ class MergedDrafter:
         calibration: the acceptance calibration to start from (owned by this drafter; default
             fresh, i.e. the prior).
         remember: called with the calibration when the request ends (hand it to the next).
-        seed_prefill: seed recycler rows from the prompt's prefill top-k.
+        seed_prefill: seed recycler rows from the prompt's prefill top-k (default
+            :data:`~tokenloom.spec.recycling.drafter.SEED_FROM_PREFILL`, off).
         cache_output: add this request's output to ``cache`` when it ends.
         max_output, eos_token_ids: the request's token budget and stop tokens: the output
             cached is what the request emitted (the last step may verify tokens past them).
@@ -187,7 +186,7 @@ class MergedDrafter:
         index_depth: int = DEFAULT_MAX_DEPTH,
         calibration: Optional[Calibration] = None,
         remember: Optional[Callable[[Calibration], None]] = None,
-        seed_prefill: bool = True,
+        seed_prefill: bool = SEED_FROM_PREFILL,
         cache_output: bool = True,
         max_output: Optional[int] = None,
         eos_token_ids: Sequence[int] = (),

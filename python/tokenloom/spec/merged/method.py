@@ -11,6 +11,7 @@ from tokenloom.spec.persist import resolve_persist
 from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler, recycler_changed
 from tokenloom.spec.sizing import StatsMemory, calibrate_step_cost
 from tokenloom.spec.merged.calibration import Calibration
+from tokenloom.spec.recycling.drafter import SEED_FROM_PREFILL
 from tokenloom.spec.merged.drafter import DEFAULT_MAX_BUDGET, DEFAULT_MAX_MATCH, DEFAULT_TREE_DEPTH, MergedDrafter
 from tokenloom.spec.suffix.store import SuffixCache, default_suffix_cache, suffix_cache_changed
 
@@ -87,7 +88,7 @@ def make_merged_drafter(
     max_budget: int = DEFAULT_MAX_BUDGET,
     max_depth: int = DEFAULT_TREE_DEPTH,
     max_match: int = DEFAULT_MAX_MATCH,
-    seed_prefill: bool = True,
+    seed_prefill: Optional[bool] = None,
     persist: Optional[bool] = None,
     cache_output: bool = True,
 ) -> MergedDrafter:
@@ -102,7 +103,8 @@ def make_merged_drafter(
         budget: draft nodes per tree, or ``"auto"`` (default: the best prefix of up to
             ``max_budget`` nodes for this machine's calibrated step cost).
         max_depth: deepest draft node. max_match: longest context suffix matched.
-        seed_prefill: seed recycler rows from the prompt's prefill top-k.
+        seed_prefill: seed recycler rows from the prompt's prefill top-k (None: the default
+            :data:`~tokenloom.spec.recycling.drafter.SEED_FROM_PREFILL`, off).
         persist: keep the default recycler and cache across processes (loaded when created,
             saved after the request, throttled; :mod:`tokenloom.spec.persist`). None
             (default): on unless ``TOKENLOOM_PERSIST=0``. Ignored for a given recycler / cache.
@@ -124,7 +126,8 @@ def make_merged_drafter(
     store = _cache_arg(cache, vocab, model, keep)
     return _build(
         "merged", model, cfg, rec, store, budget, _persisted(model, keep, rec, store),
-        max_budget=max_budget, max_depth=max_depth, max_match=max_match, seed_prefill=seed_prefill,
+        max_budget=max_budget, max_depth=max_depth, max_match=max_match,
+        seed_prefill=SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill),
         cache_output=_flag(cache_output, "cache_output"),
     )
 

@@ -30,11 +30,17 @@ __all__ = ["AUTO_SIZES", "RESIZE_EVERY", "SEED_FROM_PREFILL", "SEED_MAX_POSITION
 RESIZE_EVERY = 8
 #: Draft-node counts ``tree="auto"`` chooses from (0 = no draft when trees do not pay).
 AUTO_SIZES = (0,) + tuple(NESTED_SIZES)
-#: Default of ``seed_prefill`` (seed recycler rows from the prompt's prefill top-k). On by
-#: default: on 16 Spec-Bench questions with a fresh recycler each (greedy, 64 new tokens,
-#: template 2.2.2-16) it raised the mean accepted tokens from 1.262 to 1.439
-#: (benches/experiments/seed_prefill_experiment.py, see docs/recycling.md).
-SEED_FROM_PREFILL = True
+#: Default of ``seed_prefill`` (seed recycler rows from the prompt's prefill top-k), for Token
+#: Recycling and the merged drafter. Off by default since session 12: with ``tree="auto"`` /
+#: ``budget="auto"`` it cost more than it gave. Seeding computes the head's logits and top-k at
+#: up to :data:`SEED_MAX_POSITIONS` prompt positions; measured on the embedded model (AMD EPYC,
+#: float32, idle, a fresh recycler per run, greedy), 9 single prompts of 40-769 tokens x 96 new
+#: tokens: off was as fast or faster in 17 of 18 (method, prompt) pairs, up to 1.32x
+#: (recycling) and 1.22x (merged), with as many or fewer target steps; a batch of 8 prompts x 32
+#: tokens: recycling 2.12x -> 2.88x and merged 2.52x -> 3.03x HF batched greedy (plain 2.46x).
+#: The earlier gain (mean accepted tokens 1.262 -> 1.439 with the fixed template 2.2.2-16,
+#: benches/experiments/seed_prefill_experiment.py) does not carry over to sized trees.
+SEED_FROM_PREFILL = False
 #: Most prompt positions used for seeding (the last ones), bounding the prefill logits memory.
 SEED_MAX_POSITIONS = 1024
 
