@@ -83,7 +83,9 @@ def test_custom_generate_stops_at_eos(tiny_llama):
 def test_custom_generate_maps_sampling(tiny_llama, monkeypatch):
     """do_sample + temperature / top_k / top_p / min_p reach tokenloom.generate unchanged, and
     the seed comes from torch's global generator (torch.manual_seed reproduces a run with a
-    fixed draft tree; tree="auto" re-sizes drafts from measured step times)."""
+    fixed draft tree and the same recycler state: each run gets a fresh recycler, as the
+    process-wide one learns from every run; tree="auto" re-sizes drafts from measured step
+    times)."""
     import torch
 
     import importlib
@@ -102,7 +104,7 @@ def test_custom_generate_maps_sampling(tiny_llama, monkeypatch):
     for _ in range(2):
         torch.manual_seed(123)
         runs.append(_hf(tiny_llama, ids, 12, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05,
-                        custom_generate=tlhf.recycling_generate, tree="2.2.2-8"))
+                        custom_generate=tlhf.recycling_generate, tree="2.2.2-8", recycler=TokenRecycler(49152)))
     assert runs[0].tolist() == runs[1].tolist()
     kw = seen[0]
     assert (kw["temperature"], kw["top_k"], kw["top_p"], kw["min_p"]) == (0.7, 20, 0.9, 0.05)

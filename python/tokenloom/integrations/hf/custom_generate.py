@@ -244,7 +244,9 @@ def recycling_generate(
     Mapped: ``max_new_tokens`` / ``max_length``, ``eos_token_id``, ``do_sample`` with
     ``temperature`` / ``top_k`` / ``top_p`` / ``min_p`` (HF's defaults included, e.g. top_k=50),
     ``streamer``. Sampling draws its seed from torch's global generator when ``seed`` is None,
-    so ``torch.manual_seed`` makes runs reproducible as with HF (the draws differ from HF's).
+    so ``torch.manual_seed`` makes runs reproducible as with HF (the draws differ from HF's)
+    when the drafts are the same too: a fixed ``tree`` and the same recycler state (a
+    ``recycler=`` of your own; the process-wide one learns from every run).
 
     Batches: B > 1 left-padded prompts (``attention_mask`` from the tokenizer with
     ``padding_side="left"``) run in tokenloom's batched loop; rows that stop early are padded
