@@ -42,7 +42,7 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
-from tokenloom.integrations.hf.models import DTYPES as _DTYPES
+from tokenloom.integrations.hf.models import DTYPES  # re-exported: the choices of --dtype
 
 __all__ = [
     "ModelLoadError",
@@ -188,11 +188,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="a local .gguf file or Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--verbose", action="store_true",
                    help="show the third-party warnings and progress bars of model loading, and full tracebacks")
-
-
-#: The weight dtypes ``--dtype`` accepts (CPU and accelerators; the logits that decide tokens are
-#: float32 whatever the weights).
-DTYPES = _DTYPES
 
 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:

@@ -60,6 +60,7 @@ DEFAULT_MAX_MATCH = 16
 #: Most children per node.
 DEFAULT_CHILDREN = 8
 
+
 def best_nodes(scores: np.ndarray, depths: np.ndarray, cost: StepCost) -> np.ndarray:
     """The nodes to keep of a scored tree (node 0 the root, BFS order, a child never scored
     above its parent): the root and the N best draft nodes, N maximising
