@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict
 from tokenloom.request.config import DecodeConfig
 from tokenloom.request.sink import TokenSink
 from tokenloom.runtime.compat import cache_arg
+from tokenloom.runtime.gqa import grouped_attention
+from tokenloom.runtime.leanforward import step_logits
 
 __all__ = ["PlainDrafter", "decode_plain", "make_plain_drafter", "next_token_chooser"]
 
@@ -34,13 +36,16 @@ def decode_plain(model: Any, input_ids: Any, cfg: DecodeConfig, sink: TokenSink)
     if sink.done:  # nothing to generate
         return
     cache = DynamicCache()
-    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
-    while True:
-        token = choose(out.logits[:, -1, :].float())
-        if sink.emit([token]):
-            return
-        step = torch.tensor([[token]], dtype=torch.long, device=input_ids.device)
-        out = model(input_ids=step, use_cache=True, **cache_arg(model, cache))
+    logits = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_arg(model, cache)).logits
+    past = int(input_ids.shape[1])
+    with grouped_attention():
+        while True:
+            token = choose(logits[:, -1, :].float())
+            if sink.emit([token]):
+                return
+            step = torch.tensor([[token]], dtype=torch.long, device=input_ids.device)
+            logits = step_logits(model, cache, step, torch.tensor([[past]], device=input_ids.device), None)
+            past += 1
 
 
 class PlainDrafter:

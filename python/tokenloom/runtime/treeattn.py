@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 import numpy as np
 
 from tokenloom._arrays import as_array, as_int, as_int_tensor
-from tokenloom.runtime.compat import cache_arg
+from tokenloom.runtime.leanforward import step_logits
 from tokenloom.runtime.gqa import grouped_attention
 from tokenloom.runtime.model import model_dtype_device
 
@@ -320,14 +320,7 @@ def tree_forward(
     # same kernels, so the same logits, as plain decoding and HF's generate).
     mask = None if p.size == 1 else tree_attention_mask(p, past_len, dtype, device)
     with grouped_attention():
-        out = model(
-            input_ids=tok.to(device=device, dtype=torch.long).view(1, -1),
-            attention_mask=mask,
-            position_ids=pos,
-            use_cache=True,
-            **cache_arg(model, cache),
-        )
-    logits = out.logits[0]
+        logits = step_logits(model, cache, tok.to(device=device, dtype=torch.long).view(1, -1), pos, mask)[0]
     return logits if logits.dtype == torch.float32 else logits.float()
 
 
@@ -478,6 +471,5 @@ def batch_tree_forward(
     dtype, device = model_dtype_device(model)
     ids, mask, pos = batch_tree_inputs(tokens, parents, depths, starts, ends, cache_length(cache), dtype, device)
     with grouped_attention():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_arg(model, cache))
-    logits = out.logits
+        logits = step_logits(model, cache, ids, pos, mask)
     return logits if logits.dtype == torch.float32 else logits.float()

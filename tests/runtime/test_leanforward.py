@@ -1,0 +1,166 @@
+"""The lean step forward: the model's own logits and cache bit for bit where it runs, and
+transformers' forward everywhere else (hooks, subclasses, other attention, grad, training,
+a causal input without a mask)."""
+
+import pytest
+
+from tokenloom.runtime.compat import cache_arg
+from tokenloom.runtime.gqa import grouped_attention
+from tokenloom.runtime.leanforward import lean_enabled, lean_logits, lean_supported, set_lean_forward, step_logits
+from tokenloom.runtime.treeattn import batch_tree_inputs, tree_attention_mask
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _prefilled(model, prompt):
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=prompt, use_cache=True, **cache_arg(model, cache))
+    return cache
+
+
+def _copy(cache):
+    from transformers import DynamicCache
+
+    from tokenloom.runtime.kvcache import cache_length
+
+    twin = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        twin.update(layer.keys.clone(), layer.values.clone(), i)
+    assert cache_length(twin) == cache_length(cache)
+    return twin
+
+
+def _both(model, cache, ids, pos, mask):
+    """(lean logits, model logits), each from its own copy of ``cache``, and the two caches."""
+    import torch
+
+    mine, theirs = _copy(cache), _copy(cache)
+    with torch.no_grad(), grouped_attention():
+        assert lean_supported(model, mine, mask, int(ids.shape[1]))
+        got = lean_logits(model, ids, pos, mask, mine)
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_arg(model, theirs)).logits
+    return got, ref, mine, theirs
+
+
+def _assert_same(got, ref, mine, theirs):
+    import torch
+
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    assert torch.equal(got, ref)
+    for a, b in zip(mine.layers, theirs.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_token_and_a_tree_equal_the_model(tiny_llama, dtype):
+    import torch
+
+    model = tiny_llama.to(getattr(torch, dtype))
+    try:
+        prompt = torch.randint(3, 4000, (1, 23), generator=torch.Generator().manual_seed(1))
+        cache = _prefilled(model, prompt)
+        # one token, no mask: the model's own decode step
+        _assert_same(*_both(model, cache, torch.tensor([[77]]), torch.tensor([[23]]), None))
+        # a tree of 6 nodes (two branches) under its 4D mask
+        parents = [-1, 0, 0, 1, 2, 4]
+        depths = torch.tensor([0, 1, 1, 2, 2, 3])
+        ids = torch.tensor([[5, 90, 91, 300, 301, 7]])
+        mask = tree_attention_mask(parents, 23, model.dtype)
+        _assert_same(*_both(model, cache, ids, (depths + 23).view(1, -1), mask))
+    finally:
+        tiny_llama.to(torch.float32)
+
+
+def test_a_batch_of_trees_equals_the_model(tiny_llama):
+    import torch
+
+    prompt = torch.randint(3, 4000, (3, 9), generator=torch.Generator().manual_seed(2))
+    cache = _prefilled(tiny_llama, prompt)
+    trees = [([-1, 0, 0], [0, 1, 1]), ([-1], [0]), ([-1, 0, 1, 1], [0, 1, 2, 2])]
+    tokens = [torch.tensor([11, 12, 13][: len(p)] + [14] * max(0, len(p) - 3)) for p, _ in trees]
+    ids, mask, pos = batch_tree_inputs(
+        tokens, [p for p, _ in trees], [d for _, d in trees], [0, 2, 1], [9, 9, 9], 9, torch.float32, "cpu"
+    )
+    _assert_same(*_both(tiny_llama, cache, ids, pos, mask))
+
+
+def test_the_embedded_model_step_equals_its_forward(smollm):
+    import torch
+
+    model, _ = smollm
+    prompt = torch.randint(3, 40000, (1, 40), generator=torch.Generator().manual_seed(3))
+    cache = _prefilled(model, prompt)
+    _assert_same(*_both(model, cache, torch.tensor([[1010]]), torch.tensor([[40]]), None))
+    parents = [-1, 0, 1, 0]
+    mask = tree_attention_mask(parents, 40, model.dtype)
+    _assert_same(*_both(model, cache, torch.tensor([[9, 8, 7, 6]]), torch.tensor([[40, 41, 42, 41]]), mask))
+
+
+def test_where_it_does_not_apply_the_model_runs(tiny_llama):
+    import torch
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    cache = _prefilled(tiny_llama, prompt)
+    one, pos = torch.tensor([[9]]), torch.tensor([[4]])
+    with torch.no_grad():
+        assert lean_supported(tiny_llama, cache, None, 1)
+        # a causal input of several tokens without a mask: transformers builds the mask
+        assert not lean_supported(tiny_llama, cache, None, 3)
+        # a 2D mask: transformers turns it into 4D
+        assert not lean_supported(tiny_llama, cache, torch.ones(1, 5), 1)
+        # not transformers' DynamicCache
+        assert not lean_supported(tiny_llama, object(), None, 1)
+        assert not lean_supported(object(), cache, None, 1)
+        # switched off
+        set_lean_forward(False)
+        try:
+            assert not lean_enabled() and not lean_supported(tiny_llama, cache, None, 1)
+        finally:
+            set_lean_forward(True)
+        # training mode
+        tiny_llama.train()
+        try:
+            assert not lean_supported(tiny_llama, cache, None, 1)
+        finally:
+            tiny_llama.eval()
+    # gradients on
+    with torch.enable_grad():
+        assert not lean_supported(tiny_llama, cache, None, 1)
+
+    # a forward hook on a layer it would bypass: the model runs, so the hook fires
+    calls = []
+    handle = tiny_llama.model.layers[1].mlp.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            assert not lean_supported(tiny_llama, cache, None, 1)
+            hooked = step_logits(tiny_llama, _copy(cache), one, pos, None)
+    finally:
+        handle.remove()
+    assert calls == [1]
+    with torch.no_grad():
+        lean = step_logits(tiny_llama, _copy(cache), one, pos, None)
+    assert calls == [1] and torch.equal(hooked, lean)
+
+    # a subclass may change the layer: not lean
+    class Custom(LlamaForCausalLM):
+        pass
+
+    custom = Custom(tiny_llama.config).eval()
+    with torch.no_grad():
+        assert not lean_supported(custom, DynamicCache(), None, 1)
+
+    # another attention implementation
+    eager = LlamaForCausalLM._from_config(tiny_llama.config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert not lean_supported(eager, DynamicCache(), None, 1)
+
+
+def test_the_switch_takes_bools_only():
+    with pytest.raises(TypeError, match="enabled"):
+        set_lean_forward("no")  # type: ignore[arg-type]
+    assert lean_enabled()
