@@ -185,3 +185,35 @@ def test_bench_repeat_end_to_end(tiny_llama, tokenizer, monkeypatch, tmp_path, c
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert table["overall"]["recycling"]["same_as_hf"] == 1.0
     assert "[tokenloom] bench:" in capsys.readouterr().err
+
+
+def test_bench_methods_keep_their_own_drafter_states(tiny_llama, tokenizer, monkeypatch):
+    """Interleaved on the same question, no method drafts from the process-wide recycler another
+    method just wrote: each has its own for the whole round, and a new round starts fresh."""
+    from tokenloom.eval import specbench
+    from tokenloom.integrations.hf import models
+    from tokenloom.spec.recycling.recycler import default_recycler
+
+    seen = []
+
+    def probe(name):
+        def fn(model, ids, n, eos):
+            rec = default_recycler(49152, model=model, persist=False)
+            seen.append((name, id(rec)))
+            return [5] * n, {}
+        return fn
+
+    monkeypatch.setitem(specbench.BENCH_METHODS, "probe-a", probe("a"))
+    monkeypatch.setitem(specbench.BENCH_METHODS, "probe-b", probe("b"))
+    monkeypatch.setattr(models, "load_or_default", lambda *a, **k: (tiny_llama, tokenizer))
+    outside = default_recycler(49152, model=tiny_llama, persist=False)
+    cfg = BenchConfig(methods=["probe-a", "probe-b"], n=1, categories=["rag", "qa"], max_new_tokens=2, repeat=2,
+                      progress=False)
+    specbench.run_bench_rounds(cfg)
+    timed = seen[2:]  # after the warm-up
+    per_round = [timed[:4], timed[4:]]
+    for rnd in per_round:
+        a = {r for name, r in rnd if name == "a"}
+        b = {r for name, r in rnd if name == "b"}
+        assert len(a) == 1 and len(b) == 1 and a != b, "one recycler per method for the whole round"
+        assert id(outside) not in a | b

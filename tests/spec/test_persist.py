@@ -424,3 +424,39 @@ def test_atomic_write_uses_unique_temporary_names_and_cleans_up(tmp_path, monkey
     with pytest.raises(OSError, match="disk gone"):
         atomic_write(tmp_path / "other.bin", b"x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"] and [p.name for p in (tmp_path / "sub").iterdir()] == ["state.bin"]
+
+
+def test_separate_states_give_each_user_its_own(tiny_llama):
+    """Within ``separate_states(store, user)`` the process-wide recycler and suffix cache are
+    the user's own, kept between its blocks; outside, the process's own are back untouched."""
+    from tokenloom.spec.suffix.store import default_suffix_cache, reset_default_suffix_caches
+
+    reset_default_recyclers()
+    reset_default_suffix_caches()
+    process = default_recycler(49152, model=tiny_llama, persist=False)
+    suffix = default_suffix_cache(49152, model=tiny_llama, persist=False)
+    store: dict = {}
+    with persist.separate_states(store, "a"):
+        a = default_recycler(49152, model=tiny_llama, persist=False)
+        tokenloom.generate(tiny_llama, _prompt(2), method="recycling", max_new_tokens=12, tree="2.2.2-8",
+                           eos_token_id=[], persist=False)
+        assert a is not process and a.adjacency().any()
+        assert default_suffix_cache(49152, model=tiny_llama, persist=False) is not suffix
+    with persist.separate_states(store, "b"):
+        b = default_recycler(49152, model=tiny_llama, persist=False)
+        assert b is not a and b is not process and not b.adjacency().any()
+    with persist.separate_states(store, "a"):
+        assert default_recycler(49152, model=tiny_llama, persist=False) is a  # kept for its user
+        reset_default_recyclers()  # a reset inside a block forgets the user's states only
+        assert default_recycler(49152, model=tiny_llama, persist=False) is not a
+    assert default_recycler(49152, model=tiny_llama, persist=False) is process
+    assert default_suffix_cache(49152, model=tiny_llama, persist=False) is suffix
+    assert not process.adjacency().any(), "the user's request never wrote into the process's recycler"
+    # the block restores the process's states when its body raises
+    with pytest.raises(RuntimeError):
+        with persist.separate_states(store, "c"):
+            default_recycler(49152, model=tiny_llama, persist=False)
+            raise RuntimeError("boom")
+    assert default_recycler(49152, model=tiny_llama, persist=False) is process
+    reset_default_recyclers()
+    reset_default_suffix_caches()

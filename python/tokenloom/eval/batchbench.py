@@ -134,8 +134,13 @@ def run_batch_bench(
     Returns:
         One :class:`BatchResult` per (batch size, ``"hf"`` or method).
     """
+    from tokenloom.spec.persist import separate_states
+
     check_batches(batches, methods)
     out: List[BatchResult] = []
+    # Each method keeps its own process-wide drafter states, its batched runs apart from its
+    # one-at-a-time runs: no run drafts from rows another run wrote from the same prompts.
+    own: Dict[Any, Any] = {}
     for b in batches:
         groups = max(1, len(prompts) // b)
         res = {m: BatchResult(b, m) for m in ["hf", *methods]}
@@ -145,7 +150,8 @@ def run_batch_bench(
             if g == 0:  # warm-up of this shape: untimed
                 _hf(model, ids, mask, 8, eos, pad)
                 for m in methods:
-                    _ours(model, ids, mask, 8, eos, m, method_kwargs.get(m, {}))
+                    with separate_states(own, (m, "batch")):
+                        _ours(model, ids, mask, 8, eos, m, method_kwargs.get(m, {}))
             names = ["hf", *methods]
             shift = g % len(names)
             for m in names[shift:] + names[:shift]:
@@ -155,7 +161,8 @@ def run_batch_bench(
                     got = _hf(model, ids, mask, max_new_tokens, eos, pad)
                     steps = sum(len(x) for x in got)  # one token per row per forward
                 else:
-                    got, steps = _ours(model, ids, mask, max_new_tokens, eos, m, method_kwargs.get(m, {}))
+                    with separate_states(own, (m, "batch")):
+                        got, steps = _ours(model, ids, mask, max_new_tokens, eos, m, method_kwargs.get(m, {}))
                 r.seconds += time.perf_counter() - start
                 r.tokens += sum(len(x) for x in got)
                 r.steps += steps
@@ -163,8 +170,9 @@ def run_batch_bench(
                 if progress is not None:
                     progress(f"B={b} {m}")
             for m in methods:
-                start = time.perf_counter()
-                _singles(model, rows, max_new_tokens, eos, m, method_kwargs.get(m, {}))
+                with separate_states(own, (m, "single")):
+                    start = time.perf_counter()
+                    _singles(model, rows, max_new_tokens, eos, m, method_kwargs.get(m, {}))
                 res[m].single_seconds += time.perf_counter() - start
                 if progress is not None:
                     progress(f"B={b} {m} x1")

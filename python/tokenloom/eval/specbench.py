@@ -22,6 +22,7 @@ The question set is Spec-Bench's ``question.jsonl`` (Apache-2.0, see ``data/spec
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -620,6 +621,7 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     from tokenloom.integrations.hf.chat import chat_input_ids
     from tokenloom.integrations.hf.models import load_or_default, stop_token_ids
     from tokenloom.eval.peers import reset_peer_states
+    from tokenloom.spec.persist import separate_states
     from tokenloom.spec.recycling.recycler import reset_default_recyclers
     from tokenloom.spec.suffix.store import reset_default_suffix_caches
 
@@ -635,14 +637,24 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     meta["workloads"] = workloads
     print(header(meta), file=sys.stderr)
     quiet = not cfg.progress
+    # Without persistence each method keeps its own process-wide drafter states (recycler,
+    # suffix cache): interleaved on the same question, a method must not draft from the rows
+    # another method just wrote from that question's answer. With persistence: the user's.
+    own: Dict[Any, Any] = {}
+
+    def states(m: str) -> Any:
+        return separate_states(own, m) if cfg.options.persist is False else contextlib.nullcontext()
+
     try:
         warm = chat_input_ids(tok, "Say hello.")
         for m in tqdm(methods, desc="warm-up", disable=quiet, file=sys.stderr):
-            fns[m](model, warm, 8, eos)
+            with states(m):
+                fns[m](model, warm, 8, eos)
         bar = tqdm(total=len(items) * len(methods) * cfg.repeat, desc="bench", disable=quiet, file=sys.stderr)
         for rnd in range(cfg.repeat):
             if cfg.options.persist is False:
                 # every round starts from the same (fresh) drafter state: an independent repeat
+                own.clear()
                 reset_default_recyclers()
                 reset_default_suffix_caches()
                 reset_peer_states()
@@ -652,10 +664,11 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
                 order = methods[shift:] + methods[:shift]
                 outs: Dict[str, List[int]] = {}
                 for m in order:
-                    counter[0] = 0
-                    start = time.perf_counter()
-                    new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
-                    sec = time.perf_counter() - start
+                    with states(m):
+                        counter[0] = 0
+                        start = time.perf_counter()
+                        new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
+                        sec = time.perf_counter() - start
                     outs[m] = new
                     results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra,
                                              round=rnd, workload=q["workload"]))

@@ -36,6 +36,7 @@ input (bad data -> ValueError, which :func:`load_object` turns into the one warn
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import stat
@@ -46,7 +47,7 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Optional, Set, TypeVar, Union
+from typing import Any, Callable, Iterator, Optional, Set, TypeVar, Union
 
 __all__ = [
     "MAX_STATE_BYTES",
@@ -57,6 +58,7 @@ __all__ = [
     "StateSaver",
     "cache_dir",
     "flush_all",
+    "separate_states",
     "load_object",
     "load_state",
     "model_key",
@@ -487,6 +489,7 @@ class PerModelStates:
         self._savers: dict = {}
         self._folder: Optional[Path] = None
         self._lock = threading.Lock()
+        _REGISTRIES.append(weakref.ref(self))
 
     def _follow_folder(self) -> None:
         """Under the lock: forget the model states of another cache folder (saved first)."""
@@ -540,3 +543,34 @@ class PerModelStates:
             self._objs.clear()
             self._savers.clear()
             self._folder = None
+
+    def swap(self, kept: tuple) -> tuple:
+        """Keep ``kept`` (``(states, savers)`` this method returned before, or ``({}, {})``) as
+        the kept states and their savers; return the ones kept until now (see
+        :func:`separate_states`)."""
+        with self._lock:
+            before = (self._objs, self._savers)
+            self._objs, self._savers = kept
+            return before
+
+
+#: Every :class:`PerModelStates` of the process (weakly held), for :func:`separate_states`.
+_REGISTRIES: "list[weakref.ReferenceType[PerModelStates]]" = []
+
+
+@contextlib.contextmanager
+def separate_states(store: dict, user: Any) -> Iterator[None]:
+    """Within the block the process-wide drafter states (every :class:`PerModelStates`: the
+    default recyclers, the default suffix caches) are ``user``'s own, kept in ``store`` between
+    blocks; outside it the process's own are back. A benchmark gives each method its own
+    states this way, so that no method drafts from what another method just wrote while
+    answering the same question. Not for concurrent use with other requests (the registries
+    are process-wide); meant for states that are not persisted (``persist=False``)."""
+    registries = [r for r in (ref() for ref in _REGISTRIES) if r is not None]
+    mine = store.setdefault(user, {})
+    saved = [reg.swap(mine.get(id(reg), ({}, {}))) for reg in registries]
+    try:
+        yield
+    finally:
+        for reg, objs in zip(registries, saved):
+            mine[id(reg)] = reg.swap(objs)

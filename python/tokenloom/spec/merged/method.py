@@ -11,7 +11,7 @@ from tokenloom.spec.persist import resolve_persist
 from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler, recycler_changed
 from tokenloom.spec.sizing import StatsMemory, calibrate_step_cost
 from tokenloom.spec.merged.calibration import Calibration
-from tokenloom.spec.recycling.drafter import SEED_FROM_PREFILL
+from tokenloom.spec.recycling.drafter import resolve_seed_prefill
 from tokenloom.spec.merged.drafter import DEFAULT_MAX_BUDGET, DEFAULT_MAX_MATCH, DEFAULT_TREE_DEPTH, MergedDrafter
 from tokenloom.spec.suffix.store import SuffixCache, default_suffix_cache, suffix_cache_changed
 
@@ -127,7 +127,7 @@ def make_merged_drafter(
     return _build(
         "merged", model, cfg, rec, store, budget, _persisted(model, keep, rec, store),
         max_budget=max_budget, max_depth=max_depth, max_match=max_match,
-        seed_prefill=SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill),
+        seed_prefill=resolve_seed_prefill(seed_prefill),
         cache_output=_flag(cache_output, "cache_output"),
     )
 

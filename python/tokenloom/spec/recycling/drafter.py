@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import numpy as np
-
 from tokenloom._arrays import as_count
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import AcceptanceStats, StepCost, choose_template
 from tokenloom.spec.templates import NESTED_SIZES, Template, TemplateSpec, compile_template, template_paths
 from tokenloom.spec.topk import top_k_ids
 
-__all__ = ["AUTO_SIZES", "RESIZE_EVERY", "SEED_FROM_PREFILL", "SEED_MAX_POSITIONS", "RecyclingDrafter"]
+__all__ = ["AUTO_SIZES", "RESIZE_EVERY", "SEED_FROM_PREFILL", "SEED_MAX_POSITIONS", "RecyclingDrafter", "resolve_seed_prefill"]
 
 #: Steps between two template decisions in ``tree="auto"`` mode.
 RESIZE_EVERY = 8
@@ -43,6 +41,11 @@ AUTO_SIZES = (0,) + tuple(NESTED_SIZES)
 SEED_FROM_PREFILL = False
 #: Most prompt positions used for seeding (the last ones), bounding the prefill logits memory.
 SEED_MAX_POSITIONS = 1024
+
+
+def resolve_seed_prefill(seed_prefill: Optional[bool]) -> bool:
+    """A method's ``seed_prefill`` argument: None -> :data:`SEED_FROM_PREFILL`, else its truth."""
+    return SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill)
 
 
 class RecyclingDrafter:

@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable, Optional, Union
 
 from tokenloom.runtime.model import logits_width
-from tokenloom.spec.recycling.drafter import RESIZE_EVERY, SEED_FROM_PREFILL, RecyclingDrafter
+from tokenloom.spec.recycling.drafter import RESIZE_EVERY, RecyclingDrafter, resolve_seed_prefill
 from tokenloom.spec.persist import resolve_persist
 from tokenloom.spec.recycling.recycler import TokenRecycler, default_recycler, recycler_changed
 from tokenloom.spec.sizing import StatsMemory, calibrate_step_cost
@@ -68,7 +68,7 @@ def make_recycling_drafter(
     start = time.perf_counter()
     cost = calibrate_step_cost(model, k=rec.k) if auto else None
     setup = time.perf_counter() - start  # measured once per model and machine, then cached
-    seed = SEED_FROM_PREFILL if seed_prefill is None else bool(seed_prefill)
+    seed = resolve_seed_prefill(seed_prefill)
     if not auto:
         return RecyclingDrafter(rec, tree=tree, seed_prefill=seed, resize_every=resize_every, finish=finish)
     return RecyclingDrafter(
