@@ -116,6 +116,8 @@ def test_bad_arguments_fail_before_the_model_loads(tmp_path):
         (dict(methods=["hf", "nope"]), "unknown bench method"),
         (dict(options=MethodOptions(budget=0)), "budget"),
         (dict(dtype="float16"), "dtype: expected one of float32, bfloat16, got 'float16'"),
+        (dict(warm=-1), "warm: expected an int >= 0, got -1"),
+        (dict(warm=True), "warm: expected an int >= 0, got True"),
     ]
     for kw, msg in bad:
         with pytest.raises(ValueError, match=msg):
@@ -133,7 +135,7 @@ def test_cli_reports_bad_arguments_without_loading(capsys, monkeypatch):
         raise AssertionError("the model must not load for bad arguments")
 
     monkeypatch.setattr(models, "load_or_default", no_load)
-    for argv in (["bench", "--categories", "rag,nope"], ["bench", "--threads", "0"], ["bench", "-n", "0"],
+    for argv in (["bench", "--categories", "rag,nope"], ["bench", "--threads", "0"], ["bench", "-n", "0"], ["bench", "--warm", "-1"], ["bench", "--batch", "2", "--warm", "1"],
                  ["bytes", "fim", "--methods", "token,nope"], ["bytes", "fim", "-n", "0"]):
         assert main(argv) == 2, argv
         assert "tokenloom: error:" in capsys.readouterr().err
@@ -207,13 +209,18 @@ def test_bench_methods_keep_their_own_drafter_states(tiny_llama, tokenizer, monk
     monkeypatch.setitem(specbench.BENCH_METHODS, "probe-b", probe("b"))
     monkeypatch.setattr(models, "load_or_default", lambda *a, **k: (tiny_llama, tokenizer))
     outside = default_recycler(49152, model=tiny_llama, persist=False)
-    cfg = BenchConfig(methods=["probe-a", "probe-b"], n=1, categories=["rag", "qa"], max_new_tokens=2, repeat=2,
-                      progress=False)
+    cfg = BenchConfig(methods=["probe-a", "probe-b", "hf"], n=1, categories=["rag", "qa"], max_new_tokens=2, repeat=2,
+                      progress=False, warm=1)
     specbench.run_bench_rounds(cfg)
     timed = seen[2:]  # after the warm-up
-    per_round = [timed[:4], timed[4:]]
+    # every round: each tokenloom method answers the 2 warm questions (one per category), then
+    # the 2 measured ones; the HF anchors have nothing to learn and are not warmed
+    per_round = [timed[:8], timed[8:]]
+    assert len(timed) == 16
+    for rnd in per_round:
+        assert [name for name, _ in rnd[:4]] == ["a", "a", "b", "b"]
     for rnd in per_round:
         a = {r for name, r in rnd if name == "a"}
         b = {r for name, r in rnd if name == "b"}
-        assert len(a) == 1 and len(b) == 1 and a != b, "one recycler per method for the whole round"
+        assert len(a) == 1 and len(b) == 1 and a != b, "one recycler per method for the whole round, warming included"
         assert id(outside) not in a | b

@@ -69,6 +69,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--threads", type=count(1), default=None, help="torch threads (>= 1; default: torch's)")
     p.add_argument("--repeat", type=count(1), default=1,
                    help="rounds over the questions (>= 1, default 1); > 1 adds the median and min-max over rounds")
+    p.add_argument("--warm", type=count(0), default=0,
+                   help="questions per category, after the measured ones, that every tokenloom method answers untimed "
+                        "before each round, each in its own drafter state (a process that has served other requests; "
+                        "default 0: a cold start)")
     p.add_argument("--saved-state", action="store_true",
                    help="start Token Recycling from the state saved by earlier runs (default: a fresh recycler per "
                    "round, so results do not depend on earlier runs)")
@@ -127,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         repeat=args.repeat,
         workloads=args.workloads,
         dtype=args.dtype,
+        warm=args.warm,
     )
 
 
@@ -156,6 +161,8 @@ def run_batches(args: argparse.Namespace) -> int:
 
     methods = list(args.methods or DEFAULT_BATCH_METHODS)
     check_batches(args.batch, methods)
+    if args.warm:
+        raise ValueError("--warm: for the single-request bench only (not with --batch)")
     questions = load_questions(args.n, args.categories)
     if args.threads:
         torch.set_num_threads(args.threads)

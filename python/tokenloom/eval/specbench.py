@@ -313,7 +313,12 @@ class BenchConfig:
     :data:`~tokenloom.integrations.hf.models.DTYPES`; every method and anchor runs in it);
     ``repeat``: rounds over the whole question set (each
     round starts from a fresh recycler unless ``options.persist``), summarised by the median
-    and spread of the per-round results (:func:`round_spread`)."""
+    and spread of the per-round results (:func:`round_spread`). ``warm``: questions per
+    category, after the measured ones (never measured), that every tokenloom method answers
+    untimed at the start of each round, each in its own drafter state (the user's with
+    ``options.persist``): the measured questions
+    then meet a recycler / suffix cache that has learnt from other requests, as in a running
+    process (0: a cold start every round)."""
 
     methods: Optional[Sequence[str]] = None
     n: int = 2
@@ -329,6 +334,7 @@ class BenchConfig:
     repeat: int = 1
     workloads: Optional[Sequence[str]] = None
     dtype: str = "float32"
+    warm: int = 0
 
 
 def _check_positive(name: str, value: Optional[int]) -> None:
@@ -350,6 +356,7 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     Raises:
         ValueError: no or unknown methods, a method twice, unknown categories, workloads or dtype, ``n`` /
             ``max_new_tokens`` / ``threads`` / ``repeat`` / ``draft_layers`` / ``budget`` below 1,
+            ``warm`` below 0,
             ``plot_path`` without matplotlib.
         FileNotFoundError: the directory of ``json_path`` or ``plot_path`` does not exist.
     """
@@ -363,6 +370,8 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     _check_positive("max_new_tokens", cfg.max_new_tokens)
     _check_positive("threads", cfg.threads)
     _check_positive("repeat", cfg.repeat)
+    if not isinstance(cfg.warm, int) or isinstance(cfg.warm, bool) or cfg.warm < 0:
+        raise ValueError(f"warm: expected an int >= 0, got {cfg.warm!r}")
     _check_positive("draft_layers", cfg.options.draft_layers)
     _check_positive("budget", cfg.options.budget)
     _check_categories(cfg.categories)
@@ -566,6 +575,7 @@ def run_meta(cfg: BenchConfig, n_questions: int) -> Dict[str, Any]:
         "n": cfg.n,
         "repeat": cfg.repeat,
         "persist": cfg.options.persist,
+        "warm": cfg.warm,
         "load_before": machine_load(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -578,6 +588,8 @@ def header(meta: Dict[str, Any]) -> str:
     line = (f"[tokenloom] bench: {meta['model']}; {meta['questions']} questions x {meta['repeat']} round(s), "
             f"max {meta['max_new_tokens']} new tokens, {meta['torch_threads']} torch threads; "
             f"load average {load['load1']:.2f} {load['load5']:.2f} {load['load15']:.2f} on {load['cpus']} CPUs")
+    if meta.get("warm"):
+        line += f"; each tokenloom method warmed on {meta['warm']} other question(s) per category per round"
     cpu = meta.get("cpu")
     if cpu:
         line += f"\n[tokenloom] machine: {describe(cpu)}"
@@ -614,6 +626,8 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     methods = list(fns)
     workloads = check_workloads(cfg.workloads)
     questions = load_questions(cfg.n, cfg.categories)
+    measured = {q["question_id"] for q in questions}
+    warm_questions = [q for q in load_questions(cfg.n + cfg.warm, cfg.categories) if q["question_id"] not in measured]
 
     import torch
     from tqdm import tqdm
@@ -650,6 +664,8 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
         for m in tqdm(methods, desc="warm-up", disable=quiet, file=sys.stderr):
             with states(m):
                 fns[m](model, warm, 8, eos)
+        warm_ids = [chat_input_ids(tok, q["turns"][0]) for q in warm_questions]
+        learners = [m for m in methods if m not in HF_ANCHORS] if warm_ids else []
         bar = tqdm(total=len(items) * len(methods) * cfg.repeat, desc="bench", disable=quiet, file=sys.stderr)
         for rnd in range(cfg.repeat):
             if cfg.options.persist is False:
@@ -658,6 +674,11 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
                 reset_default_recyclers()
                 reset_default_suffix_caches()
                 reset_peer_states()
+            for m in learners:  # untimed: each drafter learns from other requests first
+                bar.set_postfix_str(f"warming {m}")
+                with states(m):
+                    for ids in warm_ids:
+                        fns[m](model, ids, cfg.max_new_tokens, eos)
             for qi, q in enumerate(items):
                 ids = q["ids"]
                 shift = (qi + rnd) % len(methods)
