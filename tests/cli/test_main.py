@@ -284,8 +284,13 @@ def test_compare_names_baselines_and_checks_tokens(tiny_llama, tokenizer, capsys
     assert "warm-up (untimed" in captured.err
     from tokenloom.spec import persist
 
+    from tokenloom.spec.recycling.recycler import default_recycler
+
     persist.flush_all()
-    assert list((_private_cache_dir / "state").glob("*-recycler-k8.bin")), "--compare keeps the recycler's state (hot next run)"
+    # every timed run drafted from a fresh recycler of its own: no round saw another round's
+    # answer, nothing was saved, and the process's own recycler was never written
+    assert not list((_private_cache_dir / "state").glob("*-recycler-k8.bin"))
+    assert not default_recycler(49152, model=tiny_llama).adjacency().any()
 
 
 def test_load_line_warns_when_busy(monkeypatch):

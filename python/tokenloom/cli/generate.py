@@ -11,7 +11,9 @@ warmed up first on another prompt (one-time set-up such as the step-cost calibra
 alternating (the order rotates every round), and the table gives the median tokens/s, its
 spread (min-max), the mean accepted tokens per forward and whether every run gave exactly HF
 greedy's tokens. The machine load is printed with it (``os.getloadavg``), with a warning when it
-is high.
+is high. Each timed run of a drafter that learns across requests starts from a fresh state of
+its own (:func:`~tokenloom.spec.persist.separate_states`): a round never drafts from an earlier
+round's answer to the same prompt, nor from the user's saved state.
 """
 
 from __future__ import annotations
@@ -150,21 +152,26 @@ def compare(args: argparse.Namespace, model: Any, tok: Any, method: str) -> int:
     from tokenloom.eval.specbench import HF_ANCHORS, MethodOptions, best_anchor, count_forwards, resolve
     from tokenloom.integrations.hf.chat import chat_input_ids
     from tokenloom.integrations.hf.models import stop_token_ids
+    from tokenloom.spec.persist import separate_states
 
     names = [method] + [b for b, _ in BASELINES]
     labels = {method: method, **dict(BASELINES)}
-    # the user's experience: the saved drafter state (TOKENLOOM_PERSIST); the rounds time the same
-    # prompt, so a cross-request cache must not answer a round from an earlier round's output
-    options = MethodOptions(persist=None, cache_output=False)
+    # The rounds time the same prompt: a drafter that learns across requests (the recycler, the
+    # cross-request cache) would draft a later round from an earlier round's answer. So every
+    # timed run starts from a fresh drafter state of its own (nothing saved is loaded, nothing is
+    # saved), and its output stays out of the cross-request cache.
+    options = MethodOptions(persist=False, cache_output=False)
+    own: Dict[Any, Any] = {}
     fns = {m: resolve(m, options) for m in names}
     eos = stop_token_ids(model, tok)
     warm = chat_input_ids(tok, _WARM_PROMPT)
     ids = chat_input_ids(tok, args.prompt, chat=not args.no_chat)
     setup: Dict[str, float] = {}
     for m in names:
-        start = time.perf_counter()
-        fns[m](model, warm, 8, eos)
-        setup[m] = time.perf_counter() - start
+        with separate_states(own, (m, "warm-up")):
+            start = time.perf_counter()
+            fns[m](model, warm, 8, eos)
+            setup[m] = time.perf_counter() - start
     print("[tokenloom] warm-up (untimed, another prompt; one-time set-up such as the step-cost calibration): "
           + ", ".join(f"{m} {s:.2f} s" for m, s in setup.items()), file=sys.stderr)
     runs: Dict[str, List[Dict[str, Any]]] = {m: [] for m in names}
@@ -173,10 +180,11 @@ def compare(args: argparse.Namespace, model: Any, tok: Any, method: str) -> int:
         bar = tqdm(total=args.repeat * len(names), desc="compare", file=sys.stderr, leave=False)
         for r in range(args.repeat):
             for m in names[r % len(names):] + names[: r % len(names)]:
-                counter[0] = 0
-                start = time.perf_counter()
-                new, _ = fns[m](model, ids, args.max_new_tokens, eos)
-                sec = time.perf_counter() - start
+                with separate_states(own, (m, r)):
+                    counter[0] = 0
+                    start = time.perf_counter()
+                    new, _ = fns[m](model, ids, args.max_new_tokens, eos)
+                    sec = time.perf_counter() - start
                 runs[m].append({"tokens": new, "seconds": sec, "forwards": counter[0]})
                 bar.update(1)
         bar.close()
