@@ -35,3 +35,32 @@ def test_check_batches():
         check_batches([0], ["plain"])
     with pytest.raises(ValueError, match="one request at a time"):
         check_batches([2], ["cautious"])
+
+
+def test_batch_bench_runs_keep_their_own_drafter_states(tiny_llama, monkeypatch):
+    """Per method and batch size, the warm-up, the batched runs and the one-at-a-time runs each
+    draft from their own process-wide recycler: none sees rows another wrote from the same
+    prompts."""
+    from tokenloom.eval import batchbench
+    from tokenloom.spec.recycling.recycler import default_recycler
+
+    seen = []
+
+    def fake_ours(model, ids, mask, n, eos, method, kw):
+        seen.append((method, "warm-up" if n == 8 else "batch", int(ids.shape[0]), id(default_recycler(49152, model=model, persist=False))))
+        return [[5] * n for _ in range(int(ids.shape[0]))], n
+
+    def fake_singles(model, rows, n, eos, method, kw):
+        seen.append((method, "single", len(rows), id(default_recycler(49152, model=model, persist=False))))
+
+    monkeypatch.setattr(batchbench, "_ours", fake_ours)
+    monkeypatch.setattr(batchbench, "_singles", fake_singles)
+    outside = id(default_recycler(49152, model=tiny_llama, persist=False))
+    prompts = [prompt_ids(s, n=4 + s)[0] for s in range(4)]
+    run_batch_bench(tiny_llama, prompts, [1, 2], ["recycling", "merged"], 3, [2])
+    states = {}
+    for method, kind, rows, rec in seen:
+        states.setdefault((method, kind, rows), set()).add(rec)
+    assert all(len(v) == 1 for v in states.values()), "one state per (method, kind, batch size), kept across groups"
+    ids = [next(iter(v)) for v in states.values()]
+    assert len(set(ids)) == len(ids) == 2 * 3 * 2 and outside not in ids

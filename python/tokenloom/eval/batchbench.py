@@ -138,8 +138,9 @@ def run_batch_bench(
 
     check_batches(batches, methods)
     out: List[BatchResult] = []
-    # Each method keeps its own process-wide drafter states, its batched runs apart from its
-    # one-at-a-time runs: no run drafts from rows another run wrote from the same prompts.
+    # Each method keeps its own process-wide drafter states per batch size, its batched runs
+    # apart from its one-at-a-time runs and the warm-up apart from both: no timed run drafts
+    # from rows another run wrote from the same prompts.
     own: Dict[Any, Any] = {}
     for b in batches:
         groups = max(1, len(prompts) // b)
@@ -150,7 +151,7 @@ def run_batch_bench(
             if g == 0:  # warm-up of this shape: untimed
                 _hf(model, ids, mask, 8, eos, pad)
                 for m in methods:
-                    with separate_states(own, (m, "batch")):
+                    with separate_states(own, (m, "warm-up", b)):
                         _ours(model, ids, mask, 8, eos, m, method_kwargs.get(m, {}))
             names = ["hf", *methods]
             shift = g % len(names)
@@ -161,7 +162,7 @@ def run_batch_bench(
                     got = _hf(model, ids, mask, max_new_tokens, eos, pad)
                     steps = sum(len(x) for x in got)  # one token per row per forward
                 else:
-                    with separate_states(own, (m, "batch")):
+                    with separate_states(own, (m, "batch", b)):
                         got, steps = _ours(model, ids, mask, max_new_tokens, eos, m, method_kwargs.get(m, {}))
                 r.seconds += time.perf_counter() - start
                 r.tokens += sum(len(x) for x in got)
@@ -170,7 +171,7 @@ def run_batch_bench(
                 if progress is not None:
                     progress(f"B={b} {m}")
             for m in methods:
-                with separate_states(own, (m, "single")):
+                with separate_states(own, (m, "single", b)):
                     start = time.perf_counter()
                     _singles(model, rows, max_new_tokens, eos, m, method_kwargs.get(m, {}))
                 res[m].single_seconds += time.perf_counter() - start
