@@ -56,3 +56,37 @@ def test_layer_pass(benchmark, weights, m, kernel):
 
     with torch.inference_mode():
         benchmark.pedantic(one_pass, rounds=8, iterations=1, warmup_rounds=2)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("path", ["original", "chunks"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("m", [128, 256])
+def test_long_input(benchmark, m, dtype, path):
+    """A prompt's prefill through one layer's 7 linears: the original ``nn.Linear`` against
+    :class:`~tokenloom.runtime.cpupack.TiledLinear` in chunks of ``TILED_MAX_ROWS`` rows (what
+    :func:`~tokenloom.runtime.cpupack.long_rows_choice` measures and picks between)."""
+    import torch
+
+    from tokenloom.runtime.cpupack import TiledLinear, tiles_available
+
+    if not tiles_available():
+        pytest.skip("no working TiledLinear in this build")
+    from tokenloom import _core
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(m)
+    layers = []
+    for n, k in SHAPES:
+        lin = torch.nn.Linear(k, n, bias=False).to(dt)
+        w = lin.weight.detach()
+        tiled = _core.TiledLinear(w.view(torch.int16).numpy(), bf16=True) if dt == torch.bfloat16 else _core.TiledLinear(w.numpy())
+        layers.append((TiledLinear(lin, tiled), torch.randn(m, k, generator=gen).to(dt)))
+    benchmark.group = f"one layer's linears, {m} prompt rows, {dtype}"
+
+    def one_pass():
+        for layer, x in layers:
+            layer.chunks(x) if path == "chunks" else layer.original[0](x)
+
+    with torch.inference_mode():
+        benchmark.pedantic(one_pass, rounds=5, iterations=1, warmup_rounds=1)
