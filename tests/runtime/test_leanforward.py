@@ -2,6 +2,8 @@
 transformers' forward everywhere else (hooks, subclasses, other attention, grad, training,
 a causal input without a mask)."""
 
+import copy
+
 import pytest
 
 from tokenloom.runtime.compat import cache_arg
@@ -55,24 +57,38 @@ def _assert_same(got, ref, mine, theirs):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_one_token_and_a_tree_equal_the_model(tiny_llama, dtype):
+@pytest.mark.parametrize("dtype,pack", [
+    ("float32", False), ("float32", True), ("float32", "tiles"), ("float32", "tiles-trees"),
+    ("bfloat16", False), ("bfloat16", "tiles"), ("bfloat16", "tiles-trees"),
+])
+def test_one_token_and_a_tree_equal_the_model(tiny_llama, dtype, pack):
+    """As loaded and with each swapped linear (whose ``step`` the lean forward calls), the
+    model's own forward through the same linears."""
     import torch
+
+    from tokenloom.runtime.cpupack import packed_linears
 
     model = tiny_llama.to(getattr(torch, dtype))
     try:
-        prompt = torch.randint(3, 4000, (1, 23), generator=torch.Generator().manual_seed(1))
-        cache = _prefilled(model, prompt)
-        # one token, no mask: the model's own decode step
-        _assert_same(*_both(model, cache, torch.tensor([[77]]), torch.tensor([[23]]), None))
-        # a tree of 6 nodes (two branches) under its 4D mask
-        parents = [-1, 0, 0, 1, 2, 4]
-        depths = torch.tensor([0, 1, 1, 2, 2, 3])
-        ids = torch.tensor([[5, 90, 91, 300, 301, 7]])
-        mask = tree_attention_mask(parents, 23, model.dtype)
-        _assert_same(*_both(model, cache, ids, (depths + 23).view(1, -1), mask))
+        with packed_linears(model, pack):
+            _one_token_and_a_tree(model)
     finally:
         tiny_llama.to(torch.float32)
+
+
+def _one_token_and_a_tree(model):
+    import torch
+
+    prompt = torch.randint(3, 4000, (1, 23), generator=torch.Generator().manual_seed(1))
+    cache = _prefilled(model, prompt)
+    # one token, no mask: the model's own decode step
+    _assert_same(*_both(model, cache, torch.tensor([[77]]), torch.tensor([[23]]), None))
+    # a tree of 6 nodes (two branches) under its 4D mask
+    parents = [-1, 0, 0, 1, 2, 4]
+    depths = torch.tensor([0, 1, 1, 2, 2, 3])
+    ids = torch.tensor([[5, 90, 91, 300, 301, 7]])
+    mask = tree_attention_mask(parents, 23, model.dtype)
+    _assert_same(*_both(model, cache, ids, (depths + 23).view(1, -1), mask))
 
 
 def test_a_batch_of_trees_equals_the_model(tiny_llama):
@@ -146,16 +162,27 @@ def test_where_it_does_not_apply_the_model_runs(tiny_llama):
         lean = step_logits(tiny_llama, _copy(cache), one, pos, None)
     assert calls == [1] and torch.equal(hooked, lean)
 
+    # a hook on a linear (which the lean forward may call through its step): the model runs
+    handle = tiny_llama.model.layers[0].self_attn.k_proj.register_forward_pre_hook(lambda *a: calls.append(2))
+    try:
+        with torch.no_grad():
+            assert not lean_supported(tiny_llama, cache, None, 1)
+            step_logits(tiny_llama, _copy(cache), one, pos, None)
+    finally:
+        handle.remove()
+    assert calls == [1, 2]
+
     # a subclass may change the layer: not lean
     class Custom(LlamaForCausalLM):
         pass
 
-    custom = Custom(tiny_llama.config).eval()
+    custom = Custom(copy.deepcopy(tiny_llama.config)).eval()
     with torch.no_grad():
         assert not lean_supported(custom, DynamicCache(), None, 1)
 
     # another attention implementation
-    eager = LlamaForCausalLM._from_config(tiny_llama.config, attn_implementation="eager").eval()
+    eager = LlamaForCausalLM._from_config(copy.deepcopy(tiny_llama.config), attn_implementation="eager").eval()
+    assert tiny_llama.config._attn_implementation == "sdpa"  # the shared fixture is untouched
     with torch.no_grad():
         assert not lean_supported(eager, DynamicCache(), None, 1)
 
@@ -164,3 +191,26 @@ def test_the_switch_takes_bools_only():
     with pytest.raises(TypeError, match="enabled"):
         set_lean_forward("no")  # type: ignore[arg-type]
     assert lean_enabled()
+
+
+def test_swapped_linears_run_their_step(tiny_llama, monkeypatch):
+    """Inside a packing block the lean forward calls each swapped linear's ``step`` (the checks
+    made once per step), not its module call; on an accelerator input it would call the module."""
+    import torch
+
+    from tokenloom.runtime import cpupack
+    from tokenloom.runtime.cpupack import packed_linears
+
+    steps, calls = [], []
+    with packed_linears(tiny_llama, True):
+        kind = type(tiny_llama.model.layers[0].self_attn.q_proj)
+        real_step, real_forward = kind.step, kind.forward
+        monkeypatch.setattr(kind, "step", lambda self, x: (steps.append(1), real_step(self, x))[1])
+        monkeypatch.setattr(kind, "forward", lambda self, x: (calls.append(1), real_forward(self, x))[1])
+        cache = _prefilled(tiny_llama, torch.tensor([[5, 6, 7]]))
+        calls.clear()
+        steps.clear()
+        with torch.no_grad():
+            step_logits(tiny_llama, cache, torch.tensor([[9]]), torch.tensor([[3]]), None)
+    assert kind in cpupack._STEP_TYPES
+    assert len(steps) == 2 * 7 + 1 and not calls  # 7 linears per layer and the head

@@ -67,6 +67,7 @@ __all__ = [
     "TiledLinear",
     "active_kernel",
     "clear_long_rows",
+    "step_call",
     "long_rows_choice",
     "long_rows_choices",
     "set_long_rows",
@@ -191,6 +192,13 @@ def packed_rows(m: int) -> int:
     return 0
 
 
+def step_call(mod: Any) -> Any:
+    """The callable a step forward runs ``mod`` with: a swapped linear's ``step`` (its per-call
+    checks made once by the caller: CPU, not forced to the accelerator path, grad off), else
+    ``mod`` itself."""
+    return mod.step if type(mod) in _STEP_TYPES else mod
+
+
 def _module_base() -> Any:
     import torch
 
@@ -216,7 +224,17 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        if x.dtype != torch.float32 or is_accelerator(x) or torch.is_grad_enabled():
+        if is_accelerator(x) or torch.is_grad_enabled():
+            return self.original[0](x)
+        return self.step(x)
+
+    def step(self, x: "torch.Tensor") -> "torch.Tensor":
+        """:meth:`forward` without its per-call checks, for a caller that made them once per
+        step (:mod:`tokenloom.runtime.leanforward`): ``x`` on the CPU, the accelerator branches
+        not forced, grad mode off. Other dtypes still go to the original linear."""
+        import torch
+
+        if x.dtype != torch.float32:
             return self.original[0](x)
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
@@ -340,8 +358,14 @@ class TiledLinear(_Swapped):
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         import torch
 
+        if is_accelerator(x) or torch.is_grad_enabled():
+            return self.original[0](x)
+        return self.step(x)
+
+    def step(self, x: "torch.Tensor") -> "torch.Tensor":
+        """:meth:`forward` without its per-call checks (see :meth:`PackedLinear.step`)."""
         orig = self.original[0]
-        if x.dtype != self.dtype or is_accelerator(x) or torch.is_grad_enabled():
+        if x.dtype != self.dtype:
             return orig(x)
         shape = x.shape
         m = x.numel() // self.in_features if shape and shape[-1] == self.in_features else -1
@@ -390,8 +414,17 @@ class TreeRowsLinear(_Swapped):
         rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
         return self.original[0](x) if rows <= 1 else self.fast[0](x)
 
+    def step(self, x: "torch.Tensor") -> "torch.Tensor":
+        """:meth:`forward` without the fast kernel's per-call checks (see :meth:`PackedLinear.step`)."""
+        rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
+        return self.original[0](x) if rows <= 1 else self.fast[0].step(x)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, one row: as loaded, more: {self.fast[0].extra_repr()}"
+
+
+#: The swapped linears that have a ``step`` (see :func:`step_call`).
+_STEP_TYPES = (PackedLinear, TiledLinear, TreeRowsLinear)
 
 
 def _linear_ok(mod: Any) -> bool:

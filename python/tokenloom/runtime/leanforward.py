@@ -10,7 +10,8 @@ output records, the mask builder), ~30 layers x every step.
 submodules for what may differ between transformers lines or be swapped in (the embedding, the
 rotary embedding, every linear, the activation, the cache's ``update``, the attention function
 registered for ``"sdpa"``), and inlining only what is fixed: the RMS norm, ``rotate_half``, the
-residual adds. Its logits equal the model's own forward bit for bit (tested on both transformers
+residual adds. tokenloom's swapped linears (:mod:`tokenloom.runtime.cpupack`) run their ``step``:
+their per-call checks (device, grad mode) are made once per step here. Its logits equal the model's own forward bit for bit (tested on both transformers
 lines, float32 and bfloat16, one token and tree masks, batches). Measured on the machine above:
 one token 54 -> 49 ms, a 9-token tree 73 -> 66 ms.
 
@@ -19,7 +20,8 @@ the caller runs ``model(...)``:
 
 * the model is transformers' own ``LlamaForCausalLM`` (its exact classes: a subclass or another
   architecture may change the layer), with ``"sdpa"`` attention, in eval mode, without forward
-  hooks on the modules it would bypass (e.g. accelerate's device hooks) and without gradients;
+  hooks on the modules it would bypass or call through ``step`` (e.g. accelerate's device hooks)
+  and without gradients;
 * the cache is a ``DynamicCache`` of full (not sliding-window) layers;
 * the mask is 4D, or None for one query token (transformers builds a causal mask itself for
   longer inputs: the caller passes one).
@@ -30,7 +32,7 @@ the caller runs ``model(...)``:
 from __future__ import annotations
 
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["lean_enabled", "lean_logits", "lean_supported", "set_lean_forward", "step_logits"]
 
@@ -101,9 +103,11 @@ def lean_supported(model: Any, cache: Any, attention_mask: Any, q_len: int) -> b
         return False
     inner = model.model
     layers = inner.layers[: cfg.num_hidden_layers]
-    parts = [model, inner, inner.norm]
+    parts = [model, inner, inner.norm, model.lm_head]
     for layer in layers:
-        parts += (layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm)
+        attn, mlp = layer.self_attn, layer.mlp
+        parts += (layer, attn, mlp, layer.input_layernorm, layer.post_attention_layernorm)
+        parts += (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
     if not _no_hooks(parts):
         return False
     if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in getattr(cache, "layers", ())):
@@ -145,9 +149,14 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+    from tokenloom.device import is_accelerator
+    from tokenloom.runtime.cpupack import step_call
+
     inner = model.model
     cfg = inner.config
     attention = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    # tokenloom's swapped linears skip their per-call checks (made here once: CPU, grad off)
+    call = (lambda mod: mod) if is_accelerator(input_ids) else step_call
     b, t = int(input_ids.shape[0]), int(input_ids.shape[1])
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
@@ -156,17 +165,17 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
         attn = layer.self_attn
         h = _rms(layer.input_layernorm, x)
         shape = (b, t, -1, attn.head_dim)
-        q = attn.q_proj(h).view(shape).transpose(1, 2)
-        k = attn.k_proj(h).view(shape).transpose(1, 2)
-        v = attn.v_proj(h).view(shape).transpose(1, 2)
+        q = call(attn.q_proj)(h).view(shape).transpose(1, 2)
+        k = call(attn.k_proj)(h).view(shape).transpose(1, 2)
+        v = call(attn.v_proj)(h).view(shape).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         k, v = cache.update(k, v, i)
         o, _ = attention(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling)
-        x = x + attn.o_proj(o.reshape(b, t, -1).contiguous())
+        x = x + call(attn.o_proj)(o.reshape(b, t, -1).contiguous())
         mlp = layer.mlp
         h = _rms(layer.post_attention_layernorm, x)
-        x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
-    return model.lm_head(_rms(inner.norm, x))
+        x = x + call(mlp.down_proj)(mlp.act_fn(call(mlp.gate_proj)(h)) * call(mlp.up_proj)(h))
+    return call(model.lm_head)(_rms(inner.norm, x))
 
 
 def step_logits(model: Any, cache: Any, input_ids: Any, position_ids: Any, attention_mask: Any) -> Any:
