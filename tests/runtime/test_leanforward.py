@@ -214,3 +214,29 @@ def test_swapped_linears_run_their_step(tiny_llama, monkeypatch):
             step_logits(tiny_llama, cache, torch.tensor([[9]]), torch.tensor([[3]]), None)
     assert kind in cpupack._STEP_TYPES
     assert len(steps) == 2 * 7 + 1 and not calls  # 7 linears per layer and the head
+
+
+def test_a_counting_hook_keeps_the_lean_forward_and_the_count(tiny_llama):
+    """tokenloom's bench counts forwards with a pre-hook marked COUNTING_HOOK: the steps stay
+    lean, and the hook's count plus the lean count is every forward of the model."""
+    import torch
+
+    import tokenloom
+    from tokenloom.eval.specbench import count_forwards
+    from tokenloom.runtime.leanforward import COUNTING_HOOK, lean_forwards
+
+    cache = _prefilled(tiny_llama, torch.tensor([[5, 6, 7]]))
+    handle, counter = count_forwards(tiny_llama)
+    try:
+        assert all(getattr(h, COUNTING_HOOK, False) for h in tiny_llama._forward_pre_hooks.values())
+        with torch.no_grad():
+            assert lean_supported(tiny_llama, cache, None, 1)
+        before = lean_forwards(tiny_llama)
+        counter.reset()
+        out = tokenloom.generate(tiny_llama, torch.tensor([[5, 6, 7, 8]]), method="plain", max_new_tokens=6,
+                                 eos_token_id=[], pack=False)
+        assert out.sequences.shape[1] == 4 + 6
+        assert lean_forwards(tiny_llama) - before == 5  # the prompt runs through the model, then 5 lean steps
+        assert counter.value == 6 and counter.calls == 1
+    finally:
+        handle.remove()

@@ -181,11 +181,11 @@ def compare(args: argparse.Namespace, model: Any, tok: Any, method: str) -> int:
         for r in range(args.repeat):
             for m in names[r % len(names):] + names[: r % len(names)]:
                 with separate_states(own, (m, r)):
-                    counter[0] = 0
+                    counter.reset()
                     start = time.perf_counter()
                     new, _ = fns[m](model, ids, args.max_new_tokens, eos)
                     sec = time.perf_counter() - start
-                runs[m].append({"tokens": new, "seconds": sec, "forwards": counter[0]})
+                runs[m].append({"tokens": new, "seconds": sec, "forwards": counter.value})
                 bar.update(1)
         bar.close()
     finally:

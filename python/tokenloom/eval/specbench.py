@@ -41,6 +41,7 @@ from tokenloom.runtime.machine import BUSY_LOAD_PER_CPU, describe, machine_info,
 __all__ = [
     "BENCH_METHODS",
     "BenchConfig",
+    "ForwardCounter",
     "MethodOptions",
     "RunResult",
     "HF_ANCHORS",
@@ -49,6 +50,7 @@ __all__ = [
     "best_anchor",
     "categories",
     "check_config",
+    "count_forwards",
     "default_methods",
     "format_spread",
     "format_table",
@@ -384,13 +386,41 @@ def check_config(cfg: BenchConfig) -> Dict[str, BenchFn]:
     return {m: resolve(m, cfg.options) for m in methods}
 
 
-def count_forwards(model: Any) -> Tuple[Any, List[int]]:
-    """A forward pre-hook counting calls of ``model``: ``(handle, [count])``."""
-    counter = [0]
+class ForwardCounter:
+    """Forwards of one model since :meth:`reset`: its module calls (counted by the pre-hook
+    :func:`count_forwards` installs) plus tokenloom's lean step forwards, which do not call the
+    module (:func:`~tokenloom.runtime.leanforward.lean_forwards`)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.calls = 0
+        self._lean = self._lean_now()
+
+    def _lean_now(self) -> int:
+        from tokenloom.runtime.leanforward import lean_forwards
+
+        return lean_forwards(self.model)
+
+    def reset(self) -> None:
+        self.calls = 0
+        self._lean = self._lean_now()
+
+    @property
+    def value(self) -> int:
+        return self.calls + self._lean_now() - self._lean
+
+
+def count_forwards(model: Any) -> Tuple[Any, ForwardCounter]:
+    """Count the forwards of ``model``: ``(handle of the pre-hook, counter)``; remove the handle
+    when done."""
+    from tokenloom.runtime.leanforward import COUNTING_HOOK
+
+    counter = ForwardCounter(model)
 
     def hook(*_: Any) -> None:
-        counter[0] += 1
+        counter.calls += 1
 
+    setattr(hook, COUNTING_HOOK, True)  # the lean step forward still runs (and counts itself)
     return model.register_forward_pre_hook(hook), counter
 
 
@@ -686,12 +716,12 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
                 outs: Dict[str, List[int]] = {}
                 for m in order:
                     with states(m):
-                        counter[0] = 0
+                        counter.reset()
                         start = time.perf_counter()
                         new, extra = fns[m](model, ids, cfg.max_new_tokens, eos)
                         sec = time.perf_counter() - start
                     outs[m] = new
-                    results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter[0], None, extra,
+                    results.append(RunResult(q["question_id"], q["category"], m, len(new), sec, counter.value, None, extra,
                                              round=rnd, workload=q["workload"]))
                     bar.set_postfix_str(f"{q['category']}/{m}")
                     bar.update(1)

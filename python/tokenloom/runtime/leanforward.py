@@ -26,6 +26,10 @@ the caller runs ``model(...)``:
 * the mask is 4D, or None for one query token (transformers builds a causal mask itself for
   longer inputs: the caller passes one).
 
+A hook on the model itself also sends every step to ``model(...)``, except a pre-hook marked
+:data:`COUNTING_HOOK` that only counts forwards: its count plus :func:`lean_forwards` is the
+model's forwards (:class:`tokenloom.eval.specbench.ForwardCounter`).
+
 :func:`set_lean_forward` turns it off (or back on) process-wide, e.g. to time both.
 """
 
@@ -34,10 +38,21 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["lean_enabled", "lean_logits", "lean_supported", "set_lean_forward", "step_logits"]
+__all__ = ["COUNTING_HOOK", "lean_enabled", "lean_forwards", "lean_logits", "lean_supported", "set_lean_forward", "step_logits"]
 
 _ENABLED = [True]
 _SUPPORTED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+_COUNTS: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+
+
+def lean_forwards(model: Any) -> int:
+    """How many forwards of ``model`` :func:`step_logits` ran lean in this process (they do not
+    call the module, so a forward hook on the model does not see them: a counter of forwards
+    adds these)."""
+    try:
+        return _COUNTS.get(model, 0)
+    except TypeError:
+        return 0
 
 
 def set_lean_forward(enabled: bool) -> None:
@@ -75,8 +90,16 @@ def _structure_ok(model: Any) -> bool:
     return True
 
 
+#: A forward pre-hook with this attribute set only counts calls (the lean forward adds its own
+#: count, :func:`lean_forwards`): it does not send the step to ``model(...)``.
+COUNTING_HOOK = "_tokenloom_counts_forwards"
+
+
 def _no_hooks(modules: Any) -> bool:
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return not any(
+        m._forward_hooks or any(not getattr(h, COUNTING_HOOK, False) for h in m._forward_pre_hooks.values())
+        for m in modules
+    )
 
 
 def lean_supported(model: Any, cache: Any, attention_mask: Any, q_len: int) -> bool:
@@ -185,7 +208,9 @@ def step_logits(model: Any, cache: Any, input_ids: Any, position_ids: Any, atten
     from tokenloom.runtime.compat import cache_arg
 
     if lean_supported(model, cache, attention_mask, int(input_ids.shape[1])):
-        return lean_logits(model, input_ids, position_ids, attention_mask, cache)
+        logits = lean_logits(model, input_ids, position_ids, attention_mask, cache)
+        _COUNTS[model] = _COUNTS.get(model, 0) + 1
+        return logits
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_arg(model, cache)
     )
