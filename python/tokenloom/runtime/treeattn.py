@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 import numpy as np
 
 from tokenloom._arrays import as_array, as_int, as_int_tensor
-from tokenloom.runtime.leanforward import step_logits
 from tokenloom.runtime.gqa import grouped_attention
+from tokenloom.runtime.leanforward import step_logits
 from tokenloom.runtime.model import model_dtype_device
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -18,7 +18,11 @@ prompt after a prefill) and ``last`` the newest token, not yet in the cache::
 
 A model with grouped-query attention (fewer key/value heads than query heads) runs a masked
 step faster inside ``with tokenloom.runtime.gqa.grouped_attention():`` (keys and values are not
-copied per query head; the same logits up to rounding), as tokenloom's own loop does.
+copied per query head; the same logits up to rounding), as tokenloom's own loop does. Inside it,
+``tokenloom.runtime.leanforward.step_logits(model, cache, step.input_ids, step.position_ids,
+step.attention_mask)`` gives the same logits as the ``model(...)`` call above, bit for bit,
+without transformers' module machinery where that applies (its own Llama; else it calls the
+model).
 
 Invariant after a step: the cache holds ``past + len(new_tokens)`` entries, one per token of the
 sequence except the newest (``new_tokens[-1]``), which is the next root.
