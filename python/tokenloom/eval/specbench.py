@@ -657,7 +657,9 @@ def run_bench_rounds(cfg: BenchConfig) -> Tuple[Table, Dict[str, Dict[str, float
     workloads = check_workloads(cfg.workloads)
     questions = load_questions(cfg.n, cfg.categories)
     measured = {q["question_id"] for q in questions}
-    warm_questions = [q for q in load_questions(cfg.n + cfg.warm, cfg.categories) if q["question_id"] not in measured]
+    warm_questions = (
+        [q for q in load_questions(cfg.n + cfg.warm, cfg.categories) if q["question_id"] not in measured] if cfg.warm else []
+    )
 
     import torch
     from tqdm import tqdm
