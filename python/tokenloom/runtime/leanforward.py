@@ -122,7 +122,9 @@ def lean_supported(model: Any, cache: Any, attention_mask: Any, q_len: int) -> b
     cfg = model.model.config
     if getattr(cfg, "_attn_implementation", None) != "sdpa":
         return False
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+    # torch's process-wide hooks (private names): present and non-empty, or unknown -> the model
+    hooks = [getattr(nn_module, n, None) for n in ("_global_forward_hooks", "_global_forward_pre_hooks")]
+    if any(h is None or h for h in hooks):
         return False
     inner = model.model
     layers = inner.layers[: cfg.num_hidden_layers]
