@@ -361,9 +361,29 @@ def test_curve_medians_probe_and_machine(model):
         sizing.calibrate_step_cost(model, (1, 2), past_len=8, repeats=1, timer=table_timer(busy_probe), loadavg=idle)
 
 
+def test_a_curve_of_other_sizes_is_measured_again(model):
+    # a curve timed at 1 and 17 only (`tokenloom calibrate --sizes 1,17`) is held flat past 17:
+    # the budget must not price 33 nodes from it
+    table = {"unpacked": {1: 0.010, 5: 0.012, 17: 0.020, 33: 0.040}}
+    calls = []
+    sparse = sizing.calibrate_step_cost(model, (1, 17), past_len=8, repeats=1, timer=table_timer(table, calls), loadavg=idle)
+    assert sparse(33) == 0.020 and sizing.calibrate_step_cost(model, (1, 17)) is sparse  # cached for what it covers
+    sizing.clear_step_cost_cache()
+    calls.clear()
+    full = sizing.calibrate_step_cost(model, (1, 5, 17, 33), past_len=8, repeats=1, timer=table_timer(table, calls), loadavg=idle)
+    assert {t for _, t in calls} == {1, 5, 17, 33}  # saved (1, 17) not reused: measured at every size asked
+    assert full.tokens == (1, 5, 17, 33) and full(33) == 0.040
+    assert sizing.calibrate_step_cost(model, (5, 33)) is full  # in process: a subset is covered
+    sizing.clear_step_cost_cache()
+    calls.clear()
+    again = sizing.calibrate_step_cost(model, (1, 33), timer=table_timer(table, calls))
+    assert again == full and {t for _, t in calls} == {1}  # the saved full curve replaced the sparse one (one-token probe)
+    assert not sizing.covers(sparse, (1, 5)) and sizing.covers(full, (33, 1))
+
+
 def test_a_curve_under_heavy_load_is_not_saved(model):
     with pytest.warns(cal.CalibrationWarning, match="stepcost measurement was taken under heavy load") as rec:
         cost = sizing.calibrate_step_cost(model, (1, 2), past_len=8, repeats=1,
                                           timer=table_timer({"unpacked": {1: 0.01, 2: 0.02}}), loadavg=lambda: 99.0)
-    assert len(rec) == 1 and cost.load["heavy"] and sizing.calibrate_step_cost(model) is cost
+    assert len(rec) == 1 and cost.load["heavy"] and sizing.calibrate_step_cost(model, (1, 2)) is cost
     assert not persist.state_path(cost.key, sizing.STEP_COST_STATE).exists()

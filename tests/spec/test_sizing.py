@@ -123,7 +123,7 @@ def test_calibration_is_cached(tiny_llama, tmp_path, monkeypatch):
         clear_step_cost_cache()
         again = calibrate_step_cost(tiny_llama, tokens=(1, 5, 17), timer=timer)  # read back from disk (probe agrees)
         assert again == cost
-        assert calibrate_step_cost(tiny_llama) is again  # in-process cache
+        assert calibrate_step_cost(tiny_llama, tokens=(1, 17)) is again  # in-process cache (covers the sizes asked)
         assert cost(3) == pytest.approx((cost.seconds[0] + cost.seconds[1]) / 2)
     finally:
         clear_step_cost_cache()

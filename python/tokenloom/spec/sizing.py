@@ -57,6 +57,7 @@ __all__ = [
     "calibration_key",
     "choose_template",
     "clear_step_cost_cache",
+    "covers",
     "monotone",
     "order_by_probability",
 ]
@@ -126,6 +127,11 @@ STEP_COST_STATE, STEP_COST_VERSION = "stepcost", 2
 _COSTS_LOCK = threading.Lock()
 
 
+def covers(cost: StepCost, tokens: Sequence[int]) -> bool:
+    """Whether ``cost`` was measured at every tree size of ``tokens``."""
+    return set(int(t) for t in tokens) <= set(cost.tokens)
+
+
 def clear_step_cost_cache() -> None:
     """Forget the in-process calibrations (the disk cache is kept)."""
     with _COSTS_LOCK:
@@ -163,19 +169,24 @@ def calibrate_step_cost(
     a saved curve is checked with a one-token probe and measured again when the probe disagrees,
     when it comes from another machine or is not a valid curve (one warning each).
 
+    A cached or saved curve is reused only when it was measured at every size of ``tokens``
+    (:func:`covers`): a curve timed at other sizes (``tokenloom calibrate --sizes 1,17``) would
+    be interpolated between far-apart sizes and held flat past its last one, so a budget priced
+    from it would think a 33-token tree costs what a 17-token tree costs. It is measured again.
+
     Args:
         timer, loadavg: injected clock and load average (tests); default: the real ones.
         progress: called after every timed step (a progress bar).
     """
     key = calibration_key(model) if rows == 1 else f"{calibration_key(model)}-rows{int(rows)}"
     with _COSTS_LOCK:
-        if not force and key in _COSTS:
+        if not force and key in _COSTS and covers(_COSTS[key], tokens):
             return _COSTS[key]
     disk = disk_enabled(disk)
     kernel = kernel_of(model)
     if disk and not force:
         saved = load_record(key, STEP_COST_STATE, STEP_COST_VERSION, StepCost.from_json)
-        if saved is not None:
+        if saved is not None and covers(saved, tokens):
             probe = probe_one_token(model, kernel, past_len=saved.past_len, timer=timer, rows=rows)
             if not probe_disagrees(saved(1), probe):
                 with _COSTS_LOCK:
