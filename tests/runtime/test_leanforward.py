@@ -240,3 +240,35 @@ def test_a_counting_hook_keeps_the_lean_forward_and_the_count(tiny_llama):
         assert counter.value == 6 and counter.calls == 1
     finally:
         handle.remove()
+
+
+def test_idle_output_capturing_hooks_keep_the_lean_forward():
+    """transformers 5.x installs an output-capturing hook on every decoder layer and attention
+    the first time a call asks for hidden states, and keeps it. Idle (no call capturing), it does
+    nothing: the steps stay lean and equal the model's. While a call captures, it is a real hook."""
+    import sys
+
+    import torch
+
+    from tokenloom.integrations.hf.models import make_tiny_llama
+
+    model = make_tiny_llama(layers=1)  # its own model: the hooks stay for good
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert len(model(input_ids=prompt, output_hidden_states=True).hidden_states) == 2
+    cache = _prefilled(model, prompt)
+    _assert_same(*_both(model, cache, torch.tensor([[9]]), torch.tensor([[4]]), None))
+    capture = sys.modules.get("transformers.utils.output_capturing")
+    if capture is None:  # transformers 4.x: no kept hooks
+        return
+    hooks = [h for m in model.modules() for h in m._forward_hooks.values()]
+    assert hooks and all(h.__name__ == "output_capturing_hook" for h in hooks)
+    token = capture._active_collector.set({"hidden_states": []})
+    try:
+        with torch.no_grad():
+            assert not lean_supported(model, cache, None, 1)
+    finally:
+        capture._active_collector.reset(token)
+    model.model.layers[0].register_forward_hook(lambda *a: None)  # any other hook: the model runs
+    with torch.no_grad():
+        assert not lean_supported(model, cache, None, 1)

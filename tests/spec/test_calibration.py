@@ -7,6 +7,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 from tokenloom.integrations.hf.models import make_tiny_llama
 from tokenloom.spec import calibration as cal
@@ -387,3 +388,20 @@ def test_a_curve_under_heavy_load_is_not_saved(model):
                                           timer=table_timer({"unpacked": {1: 0.01, 2: 0.02}}), loadavg=lambda: 99.0)
     assert len(rec) == 1 and cost.load["heavy"] and sizing.calibrate_step_cost(model, (1, 2)) is cost
     assert not persist.state_path(cost.key, sizing.STEP_COST_STATE).exists()
+
+
+def test_the_step_forward_is_in_the_key(model):
+    # a curve timed through the module forward (lean off, or saved before the lean forward
+    # existed) is not reused for lean steps: the key differs, so it is measured again
+    from tokenloom.runtime import leanforward
+
+    assert leanforward.step_forward(model) == f"lean-{leanforward.LEAN_VERSION}"
+    lean = cal.calibration_key(model)
+    leanforward.set_lean_forward(False)
+    try:
+        assert leanforward.step_forward(model) == "module"
+        assert cal.calibration_key(model) != lean
+    finally:
+        leanforward.set_lean_forward(True)
+    assert cal.calibration_key(model) == lean
+    assert leanforward.step_forward(torch.nn.Linear(2, 2)) == "module"  # not a Llama: the module forward

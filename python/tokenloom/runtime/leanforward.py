@@ -21,7 +21,9 @@ the caller runs ``model(...)``:
 * the model is transformers' own ``LlamaForCausalLM`` (its exact classes: a subclass or another
   architecture may change the layer), with ``"sdpa"`` attention, in eval mode, without forward
   hooks on the modules it would bypass or call through ``step`` (e.g. accelerate's device hooks)
-  and without gradients;
+  and without gradients. transformers 5.x's own output-capturing hooks, which it installs for
+  good the first time a call asks for hidden states or attentions, do not count while no call
+  is capturing (they would return at once);
 * the cache is a ``DynamicCache`` of full (not sliding-window) layers;
 * the mask is 4D, or None for one query token (transformers builds a causal mask itself for
   longer inputs: the caller passes one).
@@ -38,7 +40,14 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["COUNTING_HOOK", "lean_enabled", "lean_forwards", "lean_logits", "lean_supported", "set_lean_forward", "step_logits"]
+__all__ = [
+    "COUNTING_HOOK", "LEAN_VERSION", "lean_enabled", "lean_forwards", "lean_logits", "lean_supported", "set_lean_forward", "step_forward",
+    "step_logits",
+]
+
+#: Bumped when the lean forward changes what a step costs: a step-cost curve or kernel choice
+#: measured with another version is measured again (:func:`step_forward` is in their key).
+LEAN_VERSION = 1
 
 _ENABLED = [True]
 _SUPPORTED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
@@ -65,6 +74,23 @@ def set_lean_forward(enabled: bool) -> None:
 def lean_enabled() -> bool:
     """Whether :func:`step_logits` tries the lean forward."""
     return _ENABLED[0]
+
+
+def step_forward(model: Any) -> str:
+    """Which forward this process's steps of ``model`` run: ``"lean-<LEAN_VERSION>"`` where the
+    lean forward is on and the model is one it runs (transformers' Llama on sdpa; a hook or
+    grad mode can still send one call to the model), else ``"module"``. Part of the key of
+    every step-cost measurement (:func:`tokenloom.spec.calibration.calibration_key`): a curve
+    timed through the module forward says nothing about the lean one."""
+    try:
+        known = _SUPPORTED.get(model)
+    except TypeError:
+        return "module"
+    if known is None:
+        known = _structure_ok(model)
+        _SUPPORTED[model] = known
+    sdpa = getattr(getattr(getattr(model, "model", None), "config", None), "_attn_implementation", None) == "sdpa"
+    return f"lean-{LEAN_VERSION}" if _ENABLED[0] and known and sdpa else "module"
 
 
 def _structure_ok(model: Any) -> bool:
@@ -95,9 +121,30 @@ def _structure_ok(model: Any) -> bool:
 COUNTING_HOOK = "_tokenloom_counts_forwards"
 
 
+_CAPTURE_MODULE = "transformers.utils.output_capturing"
+
+
+def _idle_capture(hook: Any) -> bool:
+    """``hook`` is transformers' own output-capturing forward hook (5.x installs one on every
+    decoder layer and attention module the first time a call asks for hidden states or
+    attentions, and keeps it) and no call is capturing now: it would return without doing
+    anything, so the lean forward may skip it. Anything else, or a transformers without that
+    module, is a real hook."""
+    if getattr(hook, "__module__", None) != _CAPTURE_MODULE or getattr(hook, "__name__", None) != "output_capturing_hook":
+        return False
+    import sys
+
+    capturing = getattr(sys.modules.get(_CAPTURE_MODULE), "_active_collector", None)
+    try:
+        return capturing is not None and capturing.get() is None
+    except Exception:  # noqa: BLE001 - an unknown collector: treat the hook as real
+        return False
+
+
 def _no_hooks(modules: Any) -> bool:
     return not any(
-        m._forward_hooks or any(not getattr(h, COUNTING_HOOK, False) for h in m._forward_pre_hooks.values())
+        any(not _idle_capture(h) for h in m._forward_hooks.values())
+        or any(not getattr(h, COUNTING_HOOK, False) for h in m._forward_pre_hooks.values())
         for m in modules
     )
 

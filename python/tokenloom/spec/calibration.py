@@ -167,8 +167,12 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
     """Hash of what a measured step cost depends on: the model config (its shapes; the weights'
     values do not change a step's time), dtype, device, the machine
     (:func:`~tokenloom.runtime.machine.machine_fingerprint`: CPU model, ISA flags, torch build,
-    torch threads) and the linear ``kernel`` (default: the one in use, :func:`kernel_of`; for
-    ``"tiles"`` its thread count too)."""
+    torch threads), the linear ``kernel`` (default: the one in use, :func:`kernel_of`; for
+    ``"tiles"`` its thread count too) and the step forward
+    (:func:`tokenloom.runtime.leanforward.step_forward`: a curve timed through the module
+    forward is not the lean forward's)."""
+    from tokenloom.runtime.leanforward import step_forward
+
     param = next(model.parameters())
     cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
     kernel = kernel_of(model) if kernel is None else kernel
@@ -177,7 +181,7 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
         from tokenloom.runtime.cpupack import tiles_threads
 
         packed += f":{tiles_threads()}"
-    raw = f"{cfg}|{param.dtype}|{device_name(param.device)}|{machine_fingerprint()}{packed}"
+    raw = f"{cfg}|{param.dtype}|{device_name(param.device)}|{machine_fingerprint()}{packed}|{step_forward(model)}"
     return hashlib.sha1(raw.encode()).hexdigest()[:20]
 
 
