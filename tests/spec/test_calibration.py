@@ -363,7 +363,7 @@ def test_curve_medians_probe_and_machine(model):
 
 
 def test_a_curve_of_other_sizes_is_measured_again(model):
-    # a curve timed at 1 and 17 only (`tokenloom calibrate --sizes 1,17`) is held flat past 17:
+    # a curve timed at 1 and 17 only (`tokenloom calibrate --tokens 1,17`) is held flat past 17:
     # the budget must not price 33 nodes from it
     table = {"unpacked": {1: 0.010, 5: 0.012, 17: 0.020, 33: 0.040}}
     calls = []

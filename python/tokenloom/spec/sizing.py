@@ -170,7 +170,7 @@ def calibrate_step_cost(
     when it comes from another machine or is not a valid curve (one warning each).
 
     A cached or saved curve is reused only when it was measured at every size of ``tokens``
-    (:func:`covers`): a curve timed at other sizes (``tokenloom calibrate --sizes 1,17``) would
+    (:func:`covers`): a curve timed at other sizes (``tokenloom calibrate --tokens 1,17``) would
     be interpolated between far-apart sizes and held flat past its last one, so a budget priced
     from it would think a 33-token tree costs what a 17-token tree costs. It is measured again.
 
