@@ -37,6 +37,7 @@ model's forwards (:class:`tokenloom.eval.specbench.ForwardCounter`).
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -82,15 +83,19 @@ def step_forward(model: Any) -> str:
     grad mode can still send one call to the model), else ``"module"``. Part of the key of
     every step-cost measurement (:func:`tokenloom.spec.calibration.calibration_key`): a curve
     timed through the module forward says nothing about the lean one."""
+    return f"lean-{LEAN_VERSION}" if _ENABLED[0] and _lean_model(model) else "module"
+
+
+def _lean_model(model: Any) -> bool:
+    """``model`` is transformers' own Llama (:func:`_structure_ok`, cached per model) on sdpa."""
     try:
         known = _SUPPORTED.get(model)
-    except TypeError:
-        return "module"
+    except TypeError:  # not weak-referenceable: not a module
+        return False
     if known is None:
         known = _structure_ok(model)
         _SUPPORTED[model] = known
-    sdpa = getattr(getattr(getattr(model, "model", None), "config", None), "_attn_implementation", None) == "sdpa"
-    return f"lean-{LEAN_VERSION}" if _ENABLED[0] and known and sdpa else "module"
+    return known and getattr(model.model.config, "_attn_implementation", None) == "sdpa"
 
 
 def _structure_ok(model: Any) -> bool:
@@ -132,8 +137,6 @@ def _idle_capture(hook: Any) -> bool:
     module, is a real hook."""
     if getattr(hook, "__module__", None) != _CAPTURE_MODULE or getattr(hook, "__name__", None) != "output_capturing_hook":
         return False
-    import sys
-
     capturing = getattr(sys.modules.get(_CAPTURE_MODULE), "_active_collector", None)
     try:
         return capturing is not None and capturing.get() is None
@@ -157,18 +160,9 @@ def lean_supported(model: Any, cache: Any, attention_mask: Any, q_len: int) -> b
 
     if not _ENABLED[0] or torch.is_grad_enabled():
         return False
-    try:
-        known = _SUPPORTED.get(model)
-    except TypeError:  # not weak-referenceable: not a module
-        return False
-    if known is None:
-        known = _structure_ok(model)
-        _SUPPORTED[model] = known
-    if not known or model.training:
+    if not _lean_model(model) or model.training:
         return False
     cfg = model.model.config
-    if getattr(cfg, "_attn_implementation", None) != "sdpa":
-        return False
     # torch's process-wide hooks (private names): present and non-empty, or unknown -> the model
     hooks = [getattr(nn_module, n, None) for n in ("_global_forward_hooks", "_global_forward_pre_hooks")]
     if any(h is None or h for h in hooks):
