@@ -170,3 +170,57 @@ def test_packed_greedy_equals_hf_greedy_on_the_embedded_model(smollm, method):
     model, tok = smollm
     prompts = ["Write a haiku about rust.", "What is 17 * 23? Explain step by step."]
     count_same_as_hf(model, tok, prompts, 40, method=method, eos_token_id=[2], pack=True)
+
+
+BF16_PACKS = pack_available(torch.bfloat16)
+
+
+@pytest.mark.skipif(not BF16_PACKS, reason="oneDNN has no native bfloat16 linear on this CPU (no AVX-512)")
+def test_bfloat16_packed_linear_matches_linear_at_every_row_count():
+    """bfloat16 weights packed for oneDNN: the output keeps the weight's dtype and agrees with
+    the float32 product of the same bfloat16 values to bfloat16 rounding, for one row, tree
+    sizes, padded sizes and the unpacked path past the last size; a float32 input goes to the
+    original linear."""
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(96, 80, bias=True).to(torch.bfloat16)
+    seq = torch.nn.Sequential(lin)
+    for m in (1, 2, 17, 33, PACKED_ROW_SIZES[-1] + 3):
+        x = torch.randn(1, m, 96).to(torch.bfloat16)
+        exact = x.float() @ lin.weight.float().t() + lin.bias.float()
+        with torch.inference_mode(), packed_linears(seq):
+            assert isinstance(seq[0], PackedLinear)
+            got = seq(x)
+        assert got.dtype == torch.bfloat16 and got.shape == exact.shape
+        torch.testing.assert_close(got.float(), exact, atol=2e-2, rtol=2e-2)
+    assert seq[0] is lin
+
+
+def test_bfloat16_models_pack_only_where_onednn_runs_bfloat16():
+    """pack=True on a bfloat16 model: packed where oneDNN runs bfloat16 natively, else a clear
+    error that says what is missing; "auto" then runs the model as loaded."""
+    model = make_tiny_llama(vocab_size=128, seed=0).to(torch.bfloat16)
+    if BF16_PACKS:
+        assert resolve_pack(model, True) is True
+        with packed_linears(model):
+            assert any(isinstance(m, PackedLinear) for m in model.modules())
+    else:
+        with pytest.raises(ValueError, match="bfloat16 ones need a CPU"):
+            resolve_pack(model, True)
+        assert resolve_pack(model, "auto") is False
+
+
+@pytest.mark.skipif(not BF16_PACKS, reason="oneDNN has no native bfloat16 linear on this CPU (no AVX-512)")
+def test_bfloat16_packed_greedy_equals_hf_greedy_through_the_same_layers_on_the_embedded_model():
+    """bfloat16 end to end with oneDNN-packed linears (AMX / AVX512-BF16 kernels): tokenloom's
+    greedy loop gives exactly HF's bfloat16 greedy tokens through the same packed layers."""
+    import tokenloom
+    from tokenloom.eval.exactness import first_diff, hf_greedy
+    from tokenloom.integrations.hf.chat import chat_input_ids
+    from tokenloom.integrations.hf.models import load_or_default
+
+    model, tok = load_or_default(dtype="bfloat16")
+    ids = chat_input_ids(tok, "Give two reasons why the sky looks blue at noon and red at dusk.")
+    with torch.inference_mode(), packed_linears(model, True):
+        ref = hf_greedy(model, ids, 24, [2])[0].tolist()
+    out = tokenloom.generate(model, ids, method="plain", max_new_tokens=24, eos_token_id=[2], pack=True)
+    assert first_diff(out.sequences[0].tolist(), ref) is None and len(ref) > ids.shape[1]

@@ -93,7 +93,8 @@ def generate(
         pack: run CPU linears through pre-packed weights during the call
             (:mod:`tokenloom.runtime.cpupack`; ``"auto"``: the kernel measured fastest on this
             machine, :func:`tokenloom.spec.calibration.choose_pack`, measured once and saved;
-            ``True``: insist on oneDNN (float32); ``"tiles"``: insist on tokenloom's small-M
+            ``True``: insist on oneDNN (float32; bfloat16 where oneDNN runs it natively: AVX-512,
+            AMX); ``"tiles"``: insist on tokenloom's small-M
             kernel (float32 / bfloat16); ``"packed-trees"`` / ``"tiles-trees"``: that kernel
             for tree steps and the model as loaded for one-token steps; ``False``: run the
             model exactly as loaded). Where

@@ -113,23 +113,33 @@ _LONG: Dict[Any, bool] = {}
 LONG_ROWS_REPEATS = 3
 
 
-def pack_available() -> bool:
-    """True when this torch build has the oneDNN packed-linear ops and they run here."""
-    if "ok" in _AVAILABLE:
-        return _AVAILABLE["ok"]
+def pack_available(dtype: Any = None) -> bool:
+    """True when this torch build has the oneDNN packed-linear ops and they run here for weights
+    of ``dtype`` (float32 when None). bfloat16 counts only where oneDNN has a native bfloat16
+    path (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: AVX-512 CPUs, AMX / AVX512-BF16 ones
+    fastest); elsewhere its bfloat16 matmul is an emulation that no tree step would choose."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    key = "ok" if dtype == torch.float32 else f"ok-{dtype}"
+    if key in _AVAILABLE:
+        return _AVAILABLE[key]
     ok = False
     try:
-        import torch
-
-        if torch.backends.mkldnn.is_available():
-            w = torch.randn(8, 4)
-            x = torch.randn(3, 4)
+        if dtype not in (torch.float32, torch.bfloat16):
+            ok = False
+        elif torch.backends.mkldnn.is_available() and (
+            dtype == torch.float32 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        ):
+            w = torch.randn(8, 4).to(dtype)
+            x = torch.randn(3, 4).to(dtype)
             packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
             y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-            ok = bool(torch.allclose(y, x @ w.t(), atol=1e-5, rtol=1e-4))
+            tol = (1e-5, 1e-4) if dtype == torch.float32 else (2e-2, 2e-2)
+            ok = y.dtype == dtype and bool(torch.allclose(y.float(), x.float() @ w.float().t(), atol=tol[0], rtol=tol[1]))
     except Exception:  # noqa: BLE001 - any failure means "not available"
         ok = False
-    _AVAILABLE["ok"] = ok
+    _AVAILABLE[key] = ok
     return ok
 
 
@@ -206,8 +216,10 @@ def _module_base() -> Any:
 
 
 class PackedLinear(_module_base()):  # type: ignore[misc]
-    """Drop-in for a float32 CPU ``nn.Linear`` (inference only): input [..., in_features] ->
-    output [..., out_features] through oneDNN with a pre-reordered weight."""
+    """Drop-in for a float32 or bfloat16 CPU ``nn.Linear`` (inference only): input [...,
+    in_features] -> output [..., out_features] (the weight's dtype) through oneDNN with a
+    pre-reordered weight (bfloat16 only where :func:`pack_available` says oneDNN runs it
+    natively: AMX / AVX512-BF16 tile kernels, float32 accumulation)."""
 
     def __init__(self, original: Any, packed: Any):
         super().__init__()
@@ -215,6 +227,7 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
         self.in_features = int(original.in_features)
         self.out_features = int(original.out_features)
         self.packed_weight = packed
+        self.dtype = original.weight.dtype
         self.bias = None if original.bias is None else original.bias.detach()
 
     @property
@@ -231,10 +244,11 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
     def step(self, x: "torch.Tensor") -> "torch.Tensor":
         """:meth:`forward` without its per-call checks, for a caller that made them once per
         step (:mod:`tokenloom.runtime.leanforward`): ``x`` on the CPU, the accelerator branches
-        not forced, grad mode off. Other dtypes still go to the original linear."""
+        not forced, grad mode off. Inputs of another dtype than the weight's still go to the
+        original linear."""
         import torch
 
-        if x.dtype != torch.float32:
+        if x.dtype != self.dtype:
             return self.original[0](x)
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
@@ -438,10 +452,12 @@ def _linear_ok(mod: Any) -> bool:
 
 
 def _takes(kernel: str, mod: Any) -> bool:
-    """Whether ``kernel`` can run ``mod`` (oneDNN: float32 weights only)."""
+    """Whether ``kernel`` can run ``mod`` (oneDNN: float32 weights, and bfloat16 ones where
+    :func:`pack_available` says oneDNN runs bfloat16 natively)."""
     import torch
 
-    return kernel == "tiles" or mod.weight.dtype == torch.float32
+    dtype = mod.weight.dtype
+    return kernel == "tiles" or dtype == torch.float32 or (dtype == torch.bfloat16 and pack_available(dtype))
 
 
 def _build(kernel: str, mod: Any) -> Any:
@@ -519,7 +535,8 @@ def _resolve_plan(model: Any, pack: Union[bool, str]) -> Tuple[str, List[Tuple[A
         raise ValueError(f"{what}: this torch build has no working oneDNN packed linear (torch.ops.mkldnn)" if base == "packed"
                          else f"{what}: the compiled extension's TiledLinear kernel is missing or wrong here")
     if not plan:
-        raise ValueError(f"{what}: the model has no float32 CPU nn.Linear layers to pack" if base == "packed"
+        raise ValueError(f"{what}: the model has no float32 CPU nn.Linear layers to pack (bfloat16 ones need a CPU "
+                         "where oneDNN runs bfloat16 natively: AVX-512, best with AVX512-BF16 or AMX)" if base == "packed"
                          else f"{what}: the model has no float32 or bfloat16 CPU nn.Linear layers")
     return kernel, plan
 
