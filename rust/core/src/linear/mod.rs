@@ -17,7 +17,8 @@
 //!
 //! Kernels: AVX2+FMA on x86-64 when the CPU has them (checked at run time), else a portable
 //! scalar loop that is always correct ([`Isa`]). The N panels may be split over threads
-//! ([`PackedLinear::forward`]), run by a persistent pool (workers sleep between calls).
+//! ([`PackedLinear::forward`]), run by a persistent pool (workers spin briefly after a call,
+//! then sleep).
 
 mod kernels;
 mod pool;

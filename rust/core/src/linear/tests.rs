@@ -107,3 +107,105 @@ fn bad_shapes_are_errors_not_panics() {
     assert_eq!(y, vec![4.0, 4.0]);
     assert_eq!((lin.out_features(), lin.in_features(), lin.is_bf16(), lin.weight_bytes()), (2, 4, false, NR * 4 * 4));
 }
+
+/// A small linear for the pool tests: 3 panels (so 2 threads both get work) and its result on
+/// one thread.
+fn tiny() -> (PackedLinear, Vec<f32>, Vec<f32>) {
+    let (m, n, k) = (2, 40, 24);
+    let lin = PackedLinear::from_f32(&values(n * k, 21), n, k, Some(&values(n, 22))).unwrap();
+    let x = values(m * k, 23);
+    let mut want = vec![0.0; m * n];
+    lin.forward(&x, m, &mut want, 1).unwrap();
+    (lin, x, want)
+}
+
+#[test]
+fn many_tiny_two_thread_calls_are_all_right() {
+    // Back to back: the worker is spinning when each call comes (the no-system-call path).
+    let (lin, x, want) = tiny();
+    let mut y = vec![0.0; want.len()];
+    for i in 0..20_000 {
+        y.fill(f32::NAN);
+        lin.forward(&x, 2, &mut y, 2).unwrap();
+        assert_eq!(y, want, "call {i}");
+    }
+}
+
+#[test]
+fn calls_after_pauses_longer_than_the_spin_wake_parked_workers() {
+    let (lin, x, want) = tiny();
+    let mut y = vec![0.0; want.len()];
+    for i in 0..30 {
+        // the workers spin for pool::SPIN, then park on the condition variable
+        std::thread::sleep(pool::SPIN * (2 + i % 3) + std::time::Duration::from_micros(50 * (i % 5) as u64));
+        for threads in [2, 3] {
+            y.fill(f32::NAN);
+            lin.forward(&x, 2, &mut y, threads).unwrap();
+            assert_eq!(y, want, "call {i}, {threads} threads");
+        }
+    }
+}
+
+/// Per-call cost of a tiny (64 x 64, one row) call on 1 and 2 threads: what the pool's
+/// wake-up costs. Timing only, no thresholds; run with
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture tiny_call_cost`.
+#[test]
+#[ignore]
+fn tiny_call_cost() {
+    let (n, k) = (64, 64);
+    let lin = PackedLinear::from_f32(&values(n * k, 11), n, k, None).unwrap();
+    let x = values(k, 12);
+    let mut y = vec![0.0f32; n];
+    let calls = 2000;
+    let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _round in 0..9 {
+        for (i, threads) in [1usize, 2].into_iter().enumerate() {
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                lin.forward(&x, 1, &mut y, threads).unwrap();
+            }
+            per[i].push(t.elapsed().as_secs_f64() / calls as f64 * 1e6);
+        }
+    }
+    for (i, threads) in [1, 2].into_iter().enumerate() {
+        per[i].sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!("tiny 64x64 call, {threads} thread(s): median {:.2} us (min {:.2}, max {:.2})", per[i][4], per[i][0], per[i][8]);
+    }
+}
+
+/// Per-call cost of a tiny call on 2 threads when the caller does other work (a busy wait of
+/// `gap` microseconds, as Python runs the model's other operations) between calls: a worker
+/// that has gone to sleep must be woken. Timing only; run with
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture tiny_call_cost_with_gaps`.
+#[test]
+#[ignore]
+fn tiny_call_cost_with_gaps() {
+    let (n, k) = (64, 64);
+    let lin = PackedLinear::from_f32(&values(n * k, 11), n, k, None).unwrap();
+    let x = values(k, 12);
+    let mut y = vec![0.0f32; n];
+    for gap_us in [20u64, 60, 300] {
+        let gap = std::time::Duration::from_micros(gap_us);
+        let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _round in 0..5 {
+            for (i, threads) in [1usize, 2].into_iter().enumerate() {
+                let mut total = 0.0;
+                let calls = 300;
+                for _ in 0..calls {
+                    let g = std::time::Instant::now();
+                    while g.elapsed() < gap {
+                        std::hint::spin_loop();
+                    }
+                    let t = std::time::Instant::now();
+                    lin.forward(&x, 1, &mut y, threads).unwrap();
+                    total += t.elapsed().as_secs_f64();
+                }
+                per[i].push(total / calls as f64 * 1e6);
+            }
+        }
+        for (i, threads) in [1, 2].into_iter().enumerate() {
+            per[i].sort_by(|a, b| a.partial_cmp(b).unwrap());
+            eprintln!("tiny call after {gap_us} us of other work, {threads} thread(s): median {:.2} us (min {:.2}, max {:.2})", per[i][2], per[i][0], per[i][4]);
+        }
+    }
+}
