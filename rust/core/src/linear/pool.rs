@@ -111,7 +111,7 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
             return true;
         }
         i = i.wrapping_add(1);
-        if i % YIELD_EVERY == 0 {
+        if i.is_multiple_of(YIELD_EVERY) {
             std::thread::yield_now();
             if start.elapsed() >= SPIN {
                 return ready();

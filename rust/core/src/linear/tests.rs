@@ -41,7 +41,7 @@ fn assert_close(got: &[f32], want: &[f64], x: &[f32], w: &[f32], k: usize, n: us
 }
 
 fn isas() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2Fma].into_iter().filter(|i| i.available()).collect()
+    [Isa::Scalar, Isa::Avx2Fma, Isa::Avx512].into_iter().filter(|i| i.available()).collect()
 }
 
 #[test]
@@ -84,8 +84,49 @@ fn kernels_agree_with_each_other_and_threads_change_nothing() {
     assert_eq!(one, two); // same kernel, same per-element order: bit-identical
     let mut scalar = vec![0.0; m * n];
     lin.forward_with(Isa::Scalar, &x, m, &mut scalar, 1).unwrap();
-    for (a, b) in one.iter().zip(&scalar) {
-        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    assert_eq!(one, scalar); // every kernel: the same FMA sequence per element
+}
+
+/// Every kernel family against the scalar one, bit for bit, for every row count from 1 to 64
+/// (the most a Python call sends; one to three row blocks, every micro-kernel size), N not a multiple
+/// of 16 (a padded last panel), with and without bias, f32 and bf16 weights, 1 and 2 threads.
+/// A family this CPU lacks runs the scalar kernel, so the check holds (trivially) there too.
+#[test]
+fn every_kernel_is_bit_identical_to_the_scalar_one_for_1_to_64_rows() {
+    let (n, k) = (37, 67);
+    let w = values(n * k, 31);
+    let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+    let b = values(n, 32);
+    let xall = values(64 * k, 33);
+    for bias in [None, Some(&b[..])] {
+        for lin in [PackedLinear::from_f32(&w, n, k, bias).unwrap(), PackedLinear::from_bf16(&wb, n, k, bias).unwrap()] {
+            for m in 1..=64 {
+                let x = &xall[..m * k];
+                let mut want = vec![f32::NAN; m * n];
+                lin.forward_with(Isa::Scalar, x, m, &mut want, 1).unwrap();
+                for isa in [Isa::Avx2Fma, Isa::Avx512] {
+                    for threads in [1, 2] {
+                        let mut got = vec![f32::NAN; m * n];
+                        lin.forward_with(isa, x, m, &mut got, threads).unwrap();
+                        let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                        assert!(same, "{} rows, {:?}, bf16 {}, bias {}, {threads} threads", m, isa, lin.is_bf16(), bias.is_some());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fastest_family_is_detected() {
+    let isa = Isa::detect();
+    assert!(isa.available());
+    if Isa::Avx512.available() {
+        assert_eq!((isa, isa.name(), isa.max_rows()), (Isa::Avx512, "avx512f", MR));
+    } else if Isa::Avx2Fma.available() {
+        assert_eq!((isa, isa.name(), isa.max_rows()), (Isa::Avx2Fma, "avx2+fma", 6));
+    } else {
+        assert_eq!(isa.name(), "scalar");
     }
 }
 
@@ -206,6 +247,51 @@ fn tiny_call_cost_with_gaps() {
         for (i, threads) in [1, 2].into_iter().enumerate() {
             per[i].sort_by(|a, b| a.partial_cmp(b).unwrap());
             eprintln!("tiny call after {gap_us} us of other work, {threads} thread(s): median {:.2} us (min {:.2}, max {:.2})", per[i][2], per[i][0], per[i][4]);
+        }
+    }
+}
+
+/// Time per call of each kernel family for a few row counts on the embedded model's 1536 x 576
+/// weight (f32 and bf16, one thread), interleaved, medians. Timing only; run with
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture kernel_rows_timing`.
+#[test]
+#[ignore]
+fn kernel_rows_timing() {
+    let (n, k) = (1536, 576);
+    let w = values(n * k, 41);
+    let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+    let lins = [PackedLinear::from_f32(&w, n, k, None).unwrap(), PackedLinear::from_bf16(&wb, n, k, None).unwrap()];
+    let rows = [1usize, 8, 9, 12, 16, 17, 24, 25, 30, 33];
+    let isas: Vec<Isa> = isas().into_iter().filter(|&i| i != Isa::Scalar).collect();
+    let x = values(33 * k, 42);
+    let mut y = vec![0.0f32; 33 * n];
+    let mut t: std::collections::HashMap<(usize, usize, usize), Vec<f64>> = Default::default();
+    for _round in 0..7 {
+        for (li, lin) in lins.iter().enumerate() {
+            for &m in &rows {
+                for (ii, &isa) in isas.iter().enumerate() {
+                    let reps = 20;
+                    let s = std::time::Instant::now();
+                    for _ in 0..reps {
+                        lin.forward_with(isa, &x[..m * k], m, &mut y[..m * n], 1).unwrap();
+                    }
+                    t.entry((li, m, ii)).or_default().push(s.elapsed().as_secs_f64() / reps as f64 * 1e6);
+                }
+            }
+        }
+    }
+    for li in 0..2 {
+        for &m in &rows {
+            let line: Vec<String> = isas
+                .iter()
+                .enumerate()
+                .map(|(ii, isa)| {
+                    let v = t.get_mut(&(li, m, ii)).unwrap();
+                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    format!("{} {:.1} us", isa.name(), v[v.len() / 2])
+                })
+                .collect();
+            eprintln!("{} M={m}: {}", if li == 0 { "f32 " } else { "bf16" }, line.join(", "));
         }
     }
 }
