@@ -33,7 +33,8 @@ fn matrix<'py, T: numpy::Element + Copy>(what: &str, dtype: &str, obj: &Bound<'p
 
 /// A linear layer's weight packed for products with few rows: `y[M, N] = x[M, K] @ W[N, K]^T
 /// (+ bias)`, the weight streamed once per call for all M rows (panels of 16 output columns,
-/// AVX2+FMA micro-kernels where the CPU has them, else a portable loop; float32 accumulation).
+/// AVX-512F or AVX2+FMA micro-kernels where the CPU has them, else a portable loop; float32
+/// accumulation, the same bits whichever kernel runs).
 ///
 /// Args:
 ///     weight (numpy.ndarray): [N, K], float32; or, with ``bf16=True``, the bfloat16 bit
@@ -143,7 +144,8 @@ impl PyTiledLinear {
     }
 }
 
-/// The micro-kernel family :class:`TiledLinear` uses on this CPU: ``"avx2+fma"`` or ``"scalar"``.
+/// The micro-kernel family :class:`TiledLinear` uses on this CPU: ``"avx512f"``, ``"avx2+fma"`` or
+/// ``"scalar"``.
 #[pyfunction]
 fn tiled_linear_isa() -> &'static str {
     Isa::detect().name()

@@ -1,5 +1,10 @@
-//! The micro-kernels of [`super::PackedLinear`]: one weight panel times up to [`MR`] rows,
-//! accumulated in registers over all of K, then written (bias added) to the output.
+//! The micro-kernels of [`super::PackedLinear`]: one weight panel times up to [`MR`] rows
+//! ([`Isa::max_rows`] for each family), accumulated in registers over all of K, then written
+//! (bias added) to the output.
+//!
+//! Every family computes each output element the same way, so they give bit-identical results:
+//! `acc = 0; for k in 0..K { acc = fma(x[m, k], w[n, k], acc) }` (one rounding per step), then
+//! `acc + bias[n]`. Only how many rows and columns share one pass differs.
 
 use super::{PackedLinear, Panels, MR, NR};
 
@@ -8,14 +13,22 @@ use super::{PackedLinear, Panels, MR, NR};
 pub enum Isa {
     /// Portable Rust, always available, always correct.
     Scalar,
-    /// x86-64 AVX2 + FMA (256-bit vectors, two per panel row).
+    /// x86-64 AVX2 + FMA (256-bit vectors, two per panel row; up to 6 rows a pass).
     Avx2Fma,
+    /// x86-64 AVX-512F (512-bit vectors, one per panel row; up to [`MR`] = 30 rows a pass).
+    Avx512,
 }
+
+/// Most rows an AVX2 pass takes: 2 x 6 accumulators, 2 weight vectors and a broadcast fill
+/// 15 of the 16 ymm registers.
+const AVX2_ROWS: usize = 6;
 
 impl Isa {
     /// The fastest kernel family this CPU runs (checked at run time).
     pub fn detect() -> Isa {
-        if Isa::Avx2Fma.available() {
+        if Isa::Avx512.available() {
+            Isa::Avx512
+        } else if Isa::Avx2Fma.available() {
             Isa::Avx2Fma
         } else {
             Isa::Scalar
@@ -28,16 +41,28 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2Fma => false,
+            Isa::Avx2Fma | Isa::Avx512 => false,
         }
     }
 
-    /// Its name (`"scalar"`, `"avx2+fma"`).
+    /// Its name (`"scalar"`, `"avx2+fma"`, `"avx512f"`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512 => "avx512f",
+        }
+    }
+
+    /// Most rows one micro-kernel call of the family takes (M is split into nearly equal
+    /// blocks of at most this many rows).
+    pub fn max_rows(self) -> usize {
+        match self {
+            Isa::Avx2Fma => AVX2_ROWS,
+            Isa::Scalar | Isa::Avx512 => MR,
         }
     }
 }
@@ -86,19 +111,29 @@ fn bf16_to_f32(v: u16) -> f32 {
 }
 
 /// Panels `p0..p1` of `lin` times all `m` rows of `x`, into `out`.
+///
+/// The rows go in `ceil(m / isa.max_rows())` nearly equal blocks (33 rows with 30 at most:
+/// 17 + 16, not 30 + 3; 7 with 6: 4 + 3): a pass of few rows is bound by the FMA latency (each
+/// accumulator waits for its previous step), so balanced blocks keep every pass throughput-bound.
 pub(super) fn run(isa: Isa, lin: &PackedLinear, x: &[f32], m: usize, out: &Out, p0: usize, p1: usize) {
     let k = lin.in_features();
     let mut tile = [[0.0f32; NR]; MR];
+    let blocks = m.div_ceil(isa.max_rows());
     for p in p0..p1 {
         let span = p * NR * k..(p + 1) * NR * k;
-        for r0 in (0..m).step_by(MR) {
-            let rows = MR.min(m - r0);
-            let xs = &x[r0 * k..(r0 + rows) * k];
+        for b in 0..blocks {
+            let (r0, r1) = (b * m / blocks, (b + 1) * m / blocks);
+            let rows = r1 - r0;
+            let xs = &x[r0 * k..r1 * k];
             match (isa, lin.panels()) {
                 #[cfg(target_arch = "x86_64")]
                 (Isa::Avx2Fma, Panels::F32(w)) => avx2::tile_f32(&w[span.clone()], xs, rows, k, &mut tile),
                 #[cfg(target_arch = "x86_64")]
                 (Isa::Avx2Fma, Panels::Bf16(w)) => avx2::tile_bf16(&w[span.clone()], xs, rows, k, &mut tile),
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Panels::F32(w)) => avx512::tile_f32(&w[span.clone()], xs, rows, k, &mut tile),
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Panels::Bf16(w)) => avx512::tile_bf16(&w[span.clone()], xs, rows, k, &mut tile),
                 (_, Panels::F32(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, |v| v),
                 (_, Panels::Bf16(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, bf16_to_f32),
             }
@@ -107,14 +142,16 @@ pub(super) fn run(isa: Isa, lin: &PackedLinear, x: &[f32], m: usize, out: &Out, 
     }
 }
 
-/// The portable kernel: `tile[r][j] = sum_k x[r, k] * widen(panel[k * NR + j])`.
+/// The portable kernel: `tile[r][j] = sum_k x[r, k] * widen(panel[k * NR + j])`, one fused
+/// multiply-add per step (`mul_add`: the same rounding as the vector kernels' FMAs; where the
+/// CPU has no FMA instruction it is computed in software, slower but exact).
 fn scalar_tile<W: Copy>(panel: &[W], x: &[f32], rows: usize, k: usize, tile: &mut [[f32; NR]; MR], widen: impl Fn(W) -> f32) {
     for (r, trow) in tile.iter_mut().enumerate().take(rows) {
         let xr = &x[r * k..(r + 1) * k];
         let mut acc = [0.0f32; NR];
         for (wk, &xv) in panel.chunks_exact(NR).zip(xr) {
             for (a, &w) in acc.iter_mut().zip(wk) {
-                *a += xv * widen(w);
+                *a = xv.mul_add(widen(w), *a);
             }
         }
         *trow = acc;
@@ -125,7 +162,7 @@ fn scalar_tile<W: Copy>(panel: &[W], x: &[f32], rows: usize, k: usize, tile: &mu
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{AVX2_ROWS, MR, NR};
 
     /// One kernel call: `R` rows (const, so the 2 x R accumulators stay in registers).
     /// `load(kk)` gives the panel's two 8-wide vectors of row kk.
@@ -194,13 +231,127 @@ mod avx2 {
     }
 
     fn check(panel_len: usize, x: &[f32], rows: usize, k: usize) {
-        assert!(panel_len == NR * k && (1..=MR).contains(&rows) && x.len() == rows * k, "linear kernel: internal size mismatch");
+        assert!(panel_len == NR * k && (1..=AVX2_ROWS).contains(&rows) && x.len() == rows * k, "linear kernel: internal size mismatch");
     }
 
     pub(super) fn tile_f32(panel: &[f32], x: &[f32], rows: usize, k: usize, tile: &mut [[f32; NR]; MR]) {
         check(panel.len(), x, rows, k);
         // SAFETY: only called with Isa::Avx2Fma after `Isa::available` confirmed AVX2 and FMA;
         // the sizes the loads rely on were checked just above.
+        unsafe { tile_f32_impl(panel, x, rows, k, tile) }
+    }
+
+    pub(super) fn tile_bf16(panel: &[u16], x: &[f32], rows: usize, k: usize, tile: &mut [[f32; NR]; MR]) {
+        check(panel.len(), x, rows, k);
+        // SAFETY: as `tile_f32`.
+        unsafe { tile_bf16_impl(panel, x, rows, k, tile) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// One kernel call: `R` rows, one 16-lane accumulator each (R <= 30 of the 32 zmm
+    /// registers; the weight vector takes one more, the x values are broadcast from memory by
+    /// the FMAs themselves). `load(kk)` gives the panel's row kk (NR = 16 values) as f32.
+    #[inline(always)]
+    unsafe fn tile_rows<const R: usize>(
+        x: &[f32],
+        k: usize,
+        tile: &mut [[f32; NR]; MR],
+        (prefetch, step): (*const i8, usize),
+        load: impl Fn(usize) -> __m512,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let xp = x.as_ptr();
+        for kk in 0..k {
+            // As in the AVX2 kernel: ask for the weights PREFETCH bytes ahead (the next panel's
+            // near this panel's end) so the stream from memory overlaps the arithmetic.
+            _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * step));
+            let w = load(kk);
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the caller passes x with R rows of k values, so r * k + kk < x.len().
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(r * k + kk)), w, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: tile[r] is NR = 16 floats, one zmm.
+            _mm512_storeu_ps(tile[r].as_mut_ptr(), *a);
+        }
+    }
+
+    /// Bytes ahead of the weight being read that a prefetch asks for.
+    const PREFETCH: usize = 4096;
+
+    macro_rules! by_rows {
+        ($rows:expr, $x:expr, $k:expr, $tile:expr, $pf:expr, $load:expr) => {
+            match $rows {
+                1 => tile_rows::<1>($x, $k, $tile, $pf, $load),
+                2 => tile_rows::<2>($x, $k, $tile, $pf, $load),
+                3 => tile_rows::<3>($x, $k, $tile, $pf, $load),
+                4 => tile_rows::<4>($x, $k, $tile, $pf, $load),
+                5 => tile_rows::<5>($x, $k, $tile, $pf, $load),
+                6 => tile_rows::<6>($x, $k, $tile, $pf, $load),
+                7 => tile_rows::<7>($x, $k, $tile, $pf, $load),
+                8 => tile_rows::<8>($x, $k, $tile, $pf, $load),
+                9 => tile_rows::<9>($x, $k, $tile, $pf, $load),
+                10 => tile_rows::<10>($x, $k, $tile, $pf, $load),
+                11 => tile_rows::<11>($x, $k, $tile, $pf, $load),
+                12 => tile_rows::<12>($x, $k, $tile, $pf, $load),
+                13 => tile_rows::<13>($x, $k, $tile, $pf, $load),
+                14 => tile_rows::<14>($x, $k, $tile, $pf, $load),
+                15 => tile_rows::<15>($x, $k, $tile, $pf, $load),
+                16 => tile_rows::<16>($x, $k, $tile, $pf, $load),
+                17 => tile_rows::<17>($x, $k, $tile, $pf, $load),
+                18 => tile_rows::<18>($x, $k, $tile, $pf, $load),
+                19 => tile_rows::<19>($x, $k, $tile, $pf, $load),
+                20 => tile_rows::<20>($x, $k, $tile, $pf, $load),
+                21 => tile_rows::<21>($x, $k, $tile, $pf, $load),
+                22 => tile_rows::<22>($x, $k, $tile, $pf, $load),
+                23 => tile_rows::<23>($x, $k, $tile, $pf, $load),
+                24 => tile_rows::<24>($x, $k, $tile, $pf, $load),
+                25 => tile_rows::<25>($x, $k, $tile, $pf, $load),
+                26 => tile_rows::<26>($x, $k, $tile, $pf, $load),
+                27 => tile_rows::<27>($x, $k, $tile, $pf, $load),
+                28 => tile_rows::<28>($x, $k, $tile, $pf, $load),
+                29 => tile_rows::<29>($x, $k, $tile, $pf, $load),
+                _ => tile_rows::<30>($x, $k, $tile, $pf, $load),
+            }
+        };
+    }
+    const _: () = assert!(MR <= 30, "by_rows! covers 1 to 30 rows");
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_f32_impl(panel: &[f32], x: &[f32], rows: usize, k: usize, tile: &mut [[f32; NR]; MR]) {
+        let wp = panel.as_ptr();
+        // SAFETY (of the loads): panel holds k rows of NR = 16 floats, kk < k.
+        // (a prefetch never faults, so its address may lie past the weights)
+        let pf = ((wp as *const i8).wrapping_add(PREFETCH), NR * 4);
+        by_rows!(rows, x, k, tile, pf, |kk: usize| _mm512_loadu_ps(wp.add(kk * NR)))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_bf16_impl(panel: &[u16], x: &[f32], rows: usize, k: usize, tile: &mut [[f32; NR]; MR]) {
+        let wp = panel.as_ptr();
+        // bf16 -> f32: zero-extend each 16-bit pattern to 32 bits and shift it to the top half.
+        // SAFETY (of the loads): panel holds k rows of NR = 16 values, kk < k; each load reads 16.
+        let pf = ((wp as *const i8).wrapping_add(PREFETCH), NR * 2);
+        by_rows!(rows, x, k, tile, pf, |kk: usize| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+            _mm256_loadu_si256(wp.add(kk * NR) as *const __m256i)
+        ))))
+    }
+
+    fn check(panel_len: usize, x: &[f32], rows: usize, k: usize) {
+        assert!(panel_len == NR * k && (1..=MR).contains(&rows) && x.len() == rows * k, "linear kernel: internal size mismatch");
+    }
+
+    pub(super) fn tile_f32(panel: &[f32], x: &[f32], rows: usize, k: usize, tile: &mut [[f32; NR]; MR]) {
+        check(panel.len(), x, rows, k);
+        // SAFETY: only called with Isa::Avx512 after `Isa::available` confirmed AVX-512F; the
+        // sizes the loads rely on were checked just above.
         unsafe { tile_f32_impl(panel, x, rows, k, tile) }
     }
 

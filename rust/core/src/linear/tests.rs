@@ -41,7 +41,7 @@ fn assert_close(got: &[f32], want: &[f64], x: &[f32], w: &[f32], k: usize, n: us
 }
 
 fn isas() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2Fma].into_iter().filter(|i| i.available()).collect()
+    [Isa::Scalar, Isa::Avx2Fma, Isa::Avx512].into_iter().filter(|i| i.available()).collect()
 }
 
 #[test]
@@ -84,8 +84,49 @@ fn kernels_agree_with_each_other_and_threads_change_nothing() {
     assert_eq!(one, two); // same kernel, same per-element order: bit-identical
     let mut scalar = vec![0.0; m * n];
     lin.forward_with(Isa::Scalar, &x, m, &mut scalar, 1).unwrap();
-    for (a, b) in one.iter().zip(&scalar) {
-        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    assert_eq!(one, scalar); // every kernel: the same FMA sequence per element
+}
+
+/// Every kernel family against the scalar one, bit for bit, for every row count from 1 to 64
+/// (the most a Python call sends; one to three row blocks, every micro-kernel size), N not a multiple
+/// of 16 (a padded last panel), with and without bias, f32 and bf16 weights, 1 and 2 threads.
+/// A family this CPU lacks runs the scalar kernel, so the check holds (trivially) there too.
+#[test]
+fn every_kernel_is_bit_identical_to_the_scalar_one_for_1_to_64_rows() {
+    let (n, k) = (37, 67);
+    let w = values(n * k, 31);
+    let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+    let b = values(n, 32);
+    let xall = values(64 * k, 33);
+    for bias in [None, Some(&b[..])] {
+        for lin in [PackedLinear::from_f32(&w, n, k, bias).unwrap(), PackedLinear::from_bf16(&wb, n, k, bias).unwrap()] {
+            for m in 1..=64 {
+                let x = &xall[..m * k];
+                let mut want = vec![f32::NAN; m * n];
+                lin.forward_with(Isa::Scalar, x, m, &mut want, 1).unwrap();
+                for isa in [Isa::Avx2Fma, Isa::Avx512] {
+                    for threads in [1, 2] {
+                        let mut got = vec![f32::NAN; m * n];
+                        lin.forward_with(isa, x, m, &mut got, threads).unwrap();
+                        let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                        assert!(same, "{} rows, {:?}, bf16 {}, bias {}, {threads} threads", m, isa, lin.is_bf16(), bias.is_some());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fastest_family_is_detected() {
+    let isa = Isa::detect();
+    assert!(isa.available());
+    if Isa::Avx512.available() {
+        assert_eq!((isa, isa.name(), isa.max_rows()), (Isa::Avx512, "avx512f", MR));
+    } else if Isa::Avx2Fma.available() {
+        assert_eq!((isa, isa.name(), isa.max_rows()), (Isa::Avx2Fma, "avx2+fma", 6));
+    } else {
+        assert_eq!(isa.name(), "scalar");
     }
 }
 
@@ -106,4 +147,151 @@ fn bad_shapes_are_errors_not_panics() {
     lin.forward(&[1.0; 4], 1, &mut y, 1).unwrap();
     assert_eq!(y, vec![4.0, 4.0]);
     assert_eq!((lin.out_features(), lin.in_features(), lin.is_bf16(), lin.weight_bytes()), (2, 4, false, NR * 4 * 4));
+}
+
+/// A small linear for the pool tests: 3 panels (so 2 threads both get work) and its result on
+/// one thread.
+fn tiny() -> (PackedLinear, Vec<f32>, Vec<f32>) {
+    let (m, n, k) = (2, 40, 24);
+    let lin = PackedLinear::from_f32(&values(n * k, 21), n, k, Some(&values(n, 22))).unwrap();
+    let x = values(m * k, 23);
+    let mut want = vec![0.0; m * n];
+    lin.forward(&x, m, &mut want, 1).unwrap();
+    (lin, x, want)
+}
+
+#[test]
+fn many_tiny_two_thread_calls_are_all_right() {
+    // Back to back: the worker is spinning when each call comes (the no-system-call path).
+    let (lin, x, want) = tiny();
+    let mut y = vec![0.0; want.len()];
+    for i in 0..20_000 {
+        y.fill(f32::NAN);
+        lin.forward(&x, 2, &mut y, 2).unwrap();
+        assert_eq!(y, want, "call {i}");
+    }
+}
+
+#[test]
+fn calls_after_pauses_longer_than_the_spin_wake_parked_workers() {
+    let (lin, x, want) = tiny();
+    let mut y = vec![0.0; want.len()];
+    for i in 0..30 {
+        // the workers spin for pool::SPIN, then park on the condition variable
+        std::thread::sleep(pool::SPIN * (2 + i % 3) + std::time::Duration::from_micros(50 * (i % 5) as u64));
+        for threads in [2, 3] {
+            y.fill(f32::NAN);
+            lin.forward(&x, 2, &mut y, threads).unwrap();
+            assert_eq!(y, want, "call {i}, {threads} threads");
+        }
+    }
+}
+
+/// Per-call cost of a tiny (64 x 64, one row) call on 1 and 2 threads: what the pool's
+/// wake-up costs. Timing only, no thresholds; run with
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture tiny_call_cost`.
+#[test]
+#[ignore]
+fn tiny_call_cost() {
+    let (n, k) = (64, 64);
+    let lin = PackedLinear::from_f32(&values(n * k, 11), n, k, None).unwrap();
+    let x = values(k, 12);
+    let mut y = vec![0.0f32; n];
+    let calls = 2000;
+    let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _round in 0..9 {
+        for (i, threads) in [1usize, 2].into_iter().enumerate() {
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                lin.forward(&x, 1, &mut y, threads).unwrap();
+            }
+            per[i].push(t.elapsed().as_secs_f64() / calls as f64 * 1e6);
+        }
+    }
+    for (i, threads) in [1, 2].into_iter().enumerate() {
+        per[i].sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!("tiny 64x64 call, {threads} thread(s): median {:.2} us (min {:.2}, max {:.2})", per[i][4], per[i][0], per[i][8]);
+    }
+}
+
+/// Per-call cost of a tiny call on 2 threads when the caller does other work (a busy wait of
+/// `gap` microseconds, as Python runs the model's other operations) between calls: a worker
+/// that has gone to sleep must be woken. Timing only; run with
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture tiny_call_cost_with_gaps`.
+#[test]
+#[ignore]
+fn tiny_call_cost_with_gaps() {
+    let (n, k) = (64, 64);
+    let lin = PackedLinear::from_f32(&values(n * k, 11), n, k, None).unwrap();
+    let x = values(k, 12);
+    let mut y = vec![0.0f32; n];
+    for gap_us in [20u64, 60, 300] {
+        let gap = std::time::Duration::from_micros(gap_us);
+        let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _round in 0..5 {
+            for (i, threads) in [1usize, 2].into_iter().enumerate() {
+                let mut total = 0.0;
+                let calls = 300;
+                for _ in 0..calls {
+                    let g = std::time::Instant::now();
+                    while g.elapsed() < gap {
+                        std::hint::spin_loop();
+                    }
+                    let t = std::time::Instant::now();
+                    lin.forward(&x, 1, &mut y, threads).unwrap();
+                    total += t.elapsed().as_secs_f64();
+                }
+                per[i].push(total / calls as f64 * 1e6);
+            }
+        }
+        for (i, threads) in [1, 2].into_iter().enumerate() {
+            per[i].sort_by(|a, b| a.partial_cmp(b).unwrap());
+            eprintln!("tiny call after {gap_us} us of other work, {threads} thread(s): median {:.2} us (min {:.2}, max {:.2})", per[i][2], per[i][0], per[i][4]);
+        }
+    }
+}
+
+/// Time per call of each kernel family for a few row counts on the embedded model's 1536 x 576
+/// weight (f32 and bf16, one thread), interleaved, medians. Timing only; run with
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture kernel_rows_timing`.
+#[test]
+#[ignore]
+fn kernel_rows_timing() {
+    let (n, k) = (1536, 576);
+    let w = values(n * k, 41);
+    let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+    let lins = [PackedLinear::from_f32(&w, n, k, None).unwrap(), PackedLinear::from_bf16(&wb, n, k, None).unwrap()];
+    let rows = [1usize, 8, 9, 12, 16, 17, 24, 25, 30, 33];
+    let isas: Vec<Isa> = isas().into_iter().filter(|&i| i != Isa::Scalar).collect();
+    let x = values(33 * k, 42);
+    let mut y = vec![0.0f32; 33 * n];
+    let mut t: std::collections::HashMap<(usize, usize, usize), Vec<f64>> = Default::default();
+    for _round in 0..7 {
+        for (li, lin) in lins.iter().enumerate() {
+            for &m in &rows {
+                for (ii, &isa) in isas.iter().enumerate() {
+                    let reps = 20;
+                    let s = std::time::Instant::now();
+                    for _ in 0..reps {
+                        lin.forward_with(isa, &x[..m * k], m, &mut y[..m * n], 1).unwrap();
+                    }
+                    t.entry((li, m, ii)).or_default().push(s.elapsed().as_secs_f64() / reps as f64 * 1e6);
+                }
+            }
+        }
+    }
+    for li in 0..2 {
+        for &m in &rows {
+            let line: Vec<String> = isas
+                .iter()
+                .enumerate()
+                .map(|(ii, isa)| {
+                    let v = t.get_mut(&(li, m, ii)).unwrap();
+                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    format!("{} {:.1} us", isa.name(), v[v.len() / 2])
+                })
+                .collect();
+            eprintln!("{} M={m}: {}", if li == 0 { "f32 " } else { "bf16" }, line.join(", "));
+        }
+    }
 }
