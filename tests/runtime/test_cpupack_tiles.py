@@ -293,3 +293,38 @@ def test_bfloat16_greedy_equals_hf_greedy_through_tiles_on_the_embedded_model():
         ref = hf_greedy(model, ids, 24, [2])[0].tolist()
     out = tokenloom.generate(model, ids, method="plain", max_new_tokens=24, eos_token_id=[2], pack="tiles")
     assert first_diff(out.sequences[0].tolist(), ref) is None and len(ref) > ids.shape[1]
+
+
+@pytest.mark.parametrize("pack", ["tiles", "tiles-trees"])
+def test_torch_steps_aside_for_the_tiles_pool_and_gets_its_threads_back(pack):
+    """Inside a tiles block torch runs on one thread while the tiles calls split over the count
+    torch had; "tiles-trees" gives torch its threads back for one-row inputs (its linears run
+    them) and takes them again for more rows; on exit (also on error, also nested) torch has
+    its count again. Outputs are unchanged by where the threads went."""
+    from tokenloom.runtime.cpupack import torch_threads_back
+
+    model = make_tiny_llama(vocab_size=128, seed=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            ref = model(ids).logits
+            with pytest.raises(RuntimeError, match="boom"), packed_linears(model, pack):
+                assert torch.get_num_threads() == 1 and tiles_threads() == 2
+                got = model(ids).logits  # 9 rows: torch on one thread
+                assert torch.get_num_threads() == 1
+                model(ids[:, :1])  # one row: as loaded, with torch's threads under tiles-trees
+                assert torch.get_num_threads() == (2 if pack == "tiles-trees" else 1)
+                with torch_threads_back():
+                    assert torch.get_num_threads() == 2
+                with packed_linears(model, pack):  # nested: no second change
+                    model(ids)
+                    assert torch.get_num_threads() == 1 and tiles_threads() == 2
+                raise RuntimeError("boom")
+            assert torch.get_num_threads() == 2 and tiles_threads() == 2
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        with torch_threads_back():  # outside a tiles block: nothing to give back
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

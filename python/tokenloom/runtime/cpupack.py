@@ -91,6 +91,8 @@ __all__ = [
     "set_tiles_threads",
     "tiles_available",
     "tiles_threads",
+    "torch_on_one_thread",
+    "torch_threads_back",
 ]
 
 #: The row counts a packed linear ever runs oneDNN with (inputs are padded up to the next one);
@@ -100,10 +102,14 @@ PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8)
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64
 #: Multiply-adds (rows x in x out) from which a :class:`TiledLinear` call splits its panels over
-#: :func:`tiles_threads` threads; smaller calls run on one (waking a second thread cost ~0.1 ms
-#: per call on the 2-core AMD machine, more than it saved on the embedded model's 576 x 576 and
-#: 1536 x 576 weights at one row; its 49152 x 576 head split ran 1.6x faster).
-TILED_SPLIT_WORK = 1 << 23
+#: :func:`tiles_threads` threads; smaller calls run on one. The pool's idle workers spin ~100 us
+#: before they sleep, so handing a call to them costs ~2 us (measured on the 2-core Intel Xeon,
+#: AVX-512: a 64 x 64 call 0.7 us on one thread, 1.8 us on two), and one core alone streams the
+#: weights at about half the machine's bandwidth there (all linears of one step of the embedded
+#: model, one row: 46 ms on one thread, 27 ms on two). Every linear of the embedded model splits,
+#: even at one row (its smallest, 192 x 576, is 110k). (With the earlier pool, whose workers
+#: slept between calls, a wake-up cost ~0.1 ms and only calls of 8M multiply-adds split.)
+TILED_SPLIT_WORK = 1 << 16
 
 # nn.Linear -> {kernel: (weight storage pointer, weight version, its swapped-in module)}
 _CACHE: "weakref.WeakKeyDictionary[Any, Dict[str, Tuple[int, int, Any]]]" = weakref.WeakKeyDictionary()
@@ -114,6 +120,9 @@ _ACTIVE: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _AVAILABLE: Dict[str, bool] = {}
 _THREADS: Dict[str, int] = {}
+# While a pack="tiles" block runs: {"saved": torch's intra-op threads before it, "depth": open
+# blocks}; torch runs on one thread meanwhile (see packed_linears)
+_TORCH: Dict[str, int] = {}
 # (dtype, in, out, threads) -> whether tiles in chunks of TILED_MAX_ROWS rows measured faster than
 # the original linear on inputs of more rows (see TiledLinear); "forced": set_long_rows's value
 _LONG: Dict[Any, bool] = {}
@@ -173,8 +182,9 @@ def tiles_available() -> bool:
 
 def set_tiles_threads(threads: Optional[int]) -> None:
     """Threads of every :class:`TiledLinear` call (they split the weight panels; workers of a
-    persistent pool that sleep between calls): an int in [1, 64], or None for the default,
-    ``torch.get_num_threads()`` at call time.
+    persistent pool whose workers spin briefly, then sleep, between calls): an int in [1, 64], or None for the default,
+    ``torch.get_num_threads()`` at call time (inside a ``pack="tiles"`` block, where torch itself
+    runs on one thread, the count it had before the block).
 
     Measured on the shared 2-core AMD reference machine (one pass over the embedded model's 30
     layers of linear shapes, float32; 1 vs 2 threads): at load ~1.7, 28.1 / 33.5 / 49.4 / 85.8 ms
@@ -194,6 +204,8 @@ def tiles_threads() -> int:
     """The threads a :class:`TiledLinear` call uses now (:func:`set_tiles_threads`)."""
     if "n" in _THREADS:
         return _THREADS["n"]
+    if "saved" in _TORCH:  # inside a tiles block: the threads torch had before it
+        return max(1, min(64, _TORCH["saved"]))
     import torch
 
     return max(1, min(64, int(torch.get_num_threads())))
@@ -354,7 +366,8 @@ def long_rows_choice(layer: "TiledLinear", x: "torch.Tensor", timer: Optional[Ca
             if chunked:
                 layer.chunks(rows)
             else:
-                orig(rows)
+                with torch_threads_back():
+                    orig(rows)
             seconds[chunked].append(clock() - t0)
     choice = sorted(seconds[True])[len(seconds[True]) // 2] < sorted(seconds[False])[len(seconds[False]) // 2]
     with _LOCK:
@@ -395,7 +408,8 @@ class TiledLinear(_Swapped):
             return orig(x)
         if m > TILED_MAX_ROWS:
             if not long_rows_choice(self, x):
-                return orig(x)
+                with torch_threads_back():
+                    return orig(x)
             return self.chunks(x.reshape(m, self.in_features)).view(*shape[:-1], self.out_features)
         return self._tiles(x.reshape(m, self.in_features)).view(*shape[:-1], self.out_features)
 
@@ -405,7 +419,7 @@ class TiledLinear(_Swapped):
 
         m = int(rows.shape[0])
         x = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
-        # a second thread costs a wake-up (~0.1 ms measured): only calls with enough work split
+        # a second thread costs a hand-off (~2 us): only calls with enough work split
         threads = tiles_threads() if m * self.work >= TILED_SPLIT_WORK else 1
         y = torch.from_numpy(self.tiled.forward(x.contiguous().numpy(), threads))
         return y if y.dtype == rows.dtype else y.to(rows.dtype)
@@ -426,7 +440,10 @@ class TreeRowsLinear(_Swapped):
     """Drop-in for an ``nn.Linear`` (inference only) that runs one-row inputs through the
     original module and inputs of 2 rows or more through ``fast`` (a :class:`PackedLinear` or
     :class:`TiledLinear` of the same weight): the kernels of ``pack="packed-trees"`` /
-    ``"tiles-trees"``. Input [..., in_features] -> output [..., out_features]."""
+    ``"tiles-trees"`` (inside :func:`torch_on_one_thread`, one-row inputs run with torch's own
+    thread count and others with torch on one thread: switched when the row count changes, so
+    once per step).
+    Input [..., in_features] -> output [..., out_features]."""
 
     def __init__(self, original: Any, fast: Any):
         super().__init__(original)
@@ -434,11 +451,13 @@ class TreeRowsLinear(_Swapped):
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
+        _rows_threads(rows)
         return self.original[0](x) if rows <= 1 else self.fast[0](x)
 
     def step(self, x: "torch.Tensor") -> "torch.Tensor":
         """:meth:`forward` without the fast kernel's per-call checks (see :meth:`PackedLinear.step`)."""
         rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
+        _rows_threads(rows)
         return self.original[0](x) if rows <= 1 else self.fast[0].step(x)
 
     def extra_repr(self) -> str:
@@ -613,6 +632,73 @@ def is_packed(model: Any) -> bool:
 
 
 @contextlib.contextmanager
+def torch_on_one_thread() -> Iterator[None]:
+    """Within the block torch's intra-op threads are 1 and :class:`TiledLinear` calls split over
+    the count torch had (:func:`tiles_threads`); restored when the outermost such block exits.
+
+    Why: the tiles pool and torch's OpenMP team are two sets of threads on the same cores; each
+    spins a while after its work before it sleeps, so on a 2-core machine they take the cores
+    from each other between a step's ~200 linears and its small torch operations. Measured on
+    the 2-core Intel Xeon (AVX-512, float32, the embedded model, 200 cached tokens, medians of
+    5): a 1 / 9 / 17-token step in tiles cost 73.0 / 85.2 / 106.3 ms with torch on 2 threads and
+    39.8 / 59.7 / 70.0 ms with torch on one (as loaded, torch on 2 threads: 40.2 / 76.1 /
+    82.7 ms). A step's non-linear operations are small enough that one thread runs them as fast.
+    """
+    import torch
+
+    with _LOCK:
+        depth = _TORCH.get("depth", 0)
+        if depth == 0:
+            _TORCH["saved"] = int(torch.get_num_threads())
+            if _TORCH["saved"] > 1:
+                torch.set_num_threads(1)
+        _TORCH["depth"] = depth + 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _TORCH["depth"] -= 1
+            if _TORCH["depth"] == 0:
+                saved = _TORCH.pop("saved")
+                del _TORCH["depth"]
+                if saved > 1:
+                    torch.set_num_threads(saved)
+
+
+@contextlib.contextmanager
+def torch_threads_back() -> Iterator[None]:
+    """Inside :func:`torch_on_one_thread`: torch's own thread count again for the block (a
+    prompt's long linears through the original module: compute-bound, they need every core);
+    elsewhere a no-op."""
+    import torch
+
+    saved = _TORCH.get("saved", 1)
+    if saved <= 1 or int(torch.get_num_threads()) != 1:
+        yield
+        return
+    torch.set_num_threads(saved)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
+
+
+def _rows_threads(rows: int) -> None:
+    """Inside :func:`torch_on_one_thread`: torch's own thread count for one-row inputs (its
+    linears run them), one thread for more (the tiles pool runs them); set only on a change.
+    (Switching per linear call instead cost ~6 ms per one-token step on the 2-core Xeon: OpenMP
+    rebuilds its team each time.)"""
+    saved = _TORCH.get("saved", 1)
+    if saved <= 1:
+        return
+    import torch
+
+    want = saved if rows <= 1 else 1
+    if int(torch.get_num_threads()) != want:
+        torch.set_num_threads(want)
+
+
+@contextlib.contextmanager
 def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any]:
     """``with packed_linears(model): ...`` runs ``model`` with packed linears; restores the
     original modules on exit (also on error). Nested use is a no-op. Yields ``model``. The one
@@ -633,7 +719,10 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
             parent._modules[name] = _packed_module(child, kernel)
             swapped.append((parent, name, child))
         _ACTIVE[model] = kernel
-        yield model
+        # tiles: torch's own threads step aside for the tiles pool (see torch_on_one_thread);
+        # "tiles-trees" gives them back to each one-row linear (TreeRowsLinear)
+        with torch_on_one_thread() if TREE_KERNELS.get(kernel, kernel) == "tiles" else contextlib.nullcontext():
+            yield model
     finally:
         _ACTIVE.pop(model, None)
         for parent, name, child in reversed(swapped):
