@@ -405,3 +405,21 @@ def test_the_step_forward_is_in_the_key(model):
         leanforward.set_lean_forward(True)
     assert cal.calibration_key(model) == lean
     assert leanforward.step_forward(torch.nn.Linear(2, 2)) == "module"  # not a Llama: the module forward
+
+
+def test_the_kernels_version_and_tiles_threads_are_in_the_key(model, monkeypatch):
+    # a kernel choice or curve saved before a kernel changed (KERNELS_VERSION) is measured again;
+    # a tiles curve depends on the tiles thread count, for "tiles" and "tiles-trees" alike
+    from tokenloom.runtime import cpupack
+
+    before = cal.calibration_key(model, "unpacked")
+    monkeypatch.setattr(cpupack, "KERNELS_VERSION", cpupack.KERNELS_VERSION + 1)
+    assert cal.calibration_key(model, "unpacked") != before
+    for kernel in ("tiles", "tiles-trees"):
+        cpupack.set_tiles_threads(1)
+        one = cal.calibration_key(model, kernel)
+        cpupack.set_tiles_threads(2)
+        try:
+            assert cal.calibration_key(model, kernel) != one
+        finally:
+            cpupack.set_tiles_threads(None)

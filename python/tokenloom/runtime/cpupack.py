@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "KERNELS_VERSION",
     "PACKED_ROW_SIZES",
     "PACK_KERNELS",
     "TREE_KERNELS",
@@ -98,6 +99,11 @@ __all__ = [
 #: The row counts a packed linear ever runs oneDNN with (inputs are padded up to the next one);
 #: more rows than the last go through the original ``nn.Linear``.
 PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8))
+
+#: Bumped when a kernel here changes what a step costs (in every calibration key, so saved curves
+#: and kernel choices are measured again): 2 = AVX-512 tiles, tiles threads handed over by torch,
+#: oneDNN bfloat16.
+KERNELS_VERSION = 2
 
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64

@@ -168,20 +168,24 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
     values do not change a step's time), dtype, device, the machine
     (:func:`~tokenloom.runtime.machine.machine_fingerprint`: CPU model, ISA flags, torch build,
     torch threads), the linear ``kernel`` (default: the one in use, :func:`kernel_of`; for
-    ``"tiles"`` its thread count too) and the step forward
+    ``"tiles"`` / ``"tiles-trees"`` its thread count too), the step forward
     (:func:`tokenloom.runtime.leanforward.step_forward`: a curve timed through the module
-    forward is not the lean forward's)."""
+    forward is not the lean forward's) and :data:`tokenloom.runtime.cpupack.KERNELS_VERSION`
+    (a choice between kernels made before one of them changed is made again)."""
     from tokenloom.runtime.leanforward import step_forward
 
     param = next(model.parameters())
     cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
+    from tokenloom.runtime.cpupack import KERNELS_VERSION, TREE_KERNELS
+
     kernel = kernel_of(model) if kernel is None else kernel
     packed = "" if kernel == "unpacked" else f"|{kernel}"
-    if kernel == "tiles":
+    if TREE_KERNELS.get(kernel, kernel) == "tiles":
         from tokenloom.runtime.cpupack import tiles_threads
 
         packed += f":{tiles_threads()}"
-    raw = f"{cfg}|{param.dtype}|{device_name(param.device)}|{machine_fingerprint()}{packed}|{step_forward(model)}"
+    raw = (f"{cfg}|{param.dtype}|{device_name(param.device)}|{machine_fingerprint()}{packed}|{step_forward(model)}"
+           f"|kernels-{KERNELS_VERSION}")
     return hashlib.sha1(raw.encode()).hexdigest()[:20]
 
 
