@@ -295,3 +295,88 @@ fn kernel_rows_timing() {
         }
     }
 }
+
+/// All linears of one decoding step of a 135M model (30 layers of 576x576, 192x576 x2, 576x576,
+/// 1536x576 x2, 576x1536, and a 49152 x 576 head) for a few row counts, 1 and 2 threads,
+/// medians of 5. f32 weights, the detected kernel family; `BF16=1` for bf16 weights, `AVX2=1`
+/// for the AVX2 kernels. Timing only:
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture step_timing`.
+#[test]
+#[ignore]
+fn step_timing() {
+    let shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let bf16 = std::env::var("BF16").is_ok();
+    let mk = |w: &[f32], n: usize, k: usize| {
+        if bf16 {
+            PackedLinear::from_bf16(&w.iter().map(|&v| to_bf16(v)).collect::<Vec<u16>>(), n, k, None).unwrap()
+        } else {
+            PackedLinear::from_f32(w, n, k, None).unwrap()
+        }
+    };
+    let isa = if std::env::var("AVX2").is_ok() { Isa::Avx2Fma } else { Isa::detect() };
+    let mut lins = Vec::new();
+    for l in 0..30 {
+        for (i, &(n, k)) in shapes.iter().enumerate() {
+            lins.push(mk(&values(n * k, (l * 7 + i) as u64), n, k));
+        }
+    }
+    lins.push(mk(&values(49152 * 576, 999), 49152, 576));
+    let x = values(33 * 1536, 5);
+    let mut y = vec![0.0f32; 33 * 49152];
+    let ms = [1usize, 2, 9, 17, 33];
+    let step = |m: usize, th: usize, y: &mut [f32]| {
+        for lin in &lins {
+            let (n, k) = (lin.out_features(), lin.in_features());
+            lin.forward_with(isa, &x[..m * k], m, &mut y[..m * n], th).unwrap();
+        }
+    };
+    let mut t: std::collections::HashMap<(usize, usize), Vec<f64>> = Default::default();
+    for round in 0..6 {
+        for &m in &ms {
+            for th in [1, 2] {
+                let s = std::time::Instant::now();
+                step(m, th, &mut y);
+                if round > 0 {
+                    t.entry((m, th)).or_default().push(s.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+    for th in [1, 2] {
+        let line: Vec<String> = ms
+            .iter()
+            .map(|&m| {
+                let v = t.get_mut(&(m, th)).unwrap();
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                format!("M={m}: {:.1}", v[v.len() / 2])
+            })
+            .collect();
+        eprintln!("{} threads {th} (ms): {}", isa.name(), line.join(", "));
+    }
+}
+
+/// GFLOP/s of the detected kernel family with a weight that stays in L2 (128 x 576 f32, one
+/// thread): the arithmetic alone, without the memory stream. On the 2-core Sapphire Rapids VM
+/// the AVX-512 kernel reaches ~160 GFLOP/s (the FMA peak of one core) from M=16 on, so what a
+/// step loses beyond its memory time is overlap, not the micro-kernel. Timing only:
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture l2_gflops`.
+#[test]
+#[ignore]
+fn l2_gflops() {
+    let (n, k) = (128, 576);
+    let lin = PackedLinear::from_f32(&values(n * k, 3), n, k, None).unwrap();
+    let x = values(33 * k, 5);
+    let mut y = vec![0.0f32; 33 * n];
+    for &m in &[1usize, 9, 16, 17, 30, 33] {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let reps = 2000;
+            let s = std::time::Instant::now();
+            for _ in 0..reps {
+                lin.forward(&x[..m * k], m, &mut y[..m * n], 1).unwrap();
+            }
+            best = best.min(s.elapsed().as_secs_f64() / reps as f64);
+        }
+        eprintln!("M={m}: {:.1} us, {:.1} GFLOP/s", best * 1e6, 2.0 * (m * n * k) as f64 / best / 1e9);
+    }
+}
