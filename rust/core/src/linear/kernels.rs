@@ -182,11 +182,30 @@ fn prefetch_plan(panel: *const i8, row_bytes: usize, k: usize, (b, nb): (usize, 
     (panel.wrapping_add(PREFETCH), row_bytes, panel.wrapping_add(panel_bytes + b * panel_bytes / nb), row_bytes / nb)
 }
 
+/// `$kernel::<R>(args...)` for the const `R` equal to `$rows`: one arm per listed row count,
+/// the last taking every larger value (callers check the bound first, see [`check`]).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($kernel:ident, $rows:expr, $args:tt; $($r:literal)* ; $last:literal) => {
+        match $rows {
+            $($r => $kernel::<$r> $args,)*
+            _ => $kernel::<$last> $args,
+        }
+    };
+}
+
+/// The sizes a vector kernel's loads rely on: a panel of NR x k values, 1 to `max_rows` rows of
+/// k values of x (a mismatch is a bug of this module, never reached from the public API).
+#[cfg(target_arch = "x86_64")]
+fn check(panel_len: usize, x: &[f32], rows: usize, k: usize, max_rows: usize) {
+    assert!(panel_len == NR * k && (1..=max_rows).contains(&rows) && x.len() == rows * k, "linear kernel: internal size mismatch");
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{prefetch_plan, AVX2_ROWS, MR, NR};
+    use super::{check, prefetch_plan, AVX2_ROWS, MR, NR};
 
     /// One kernel call: `R` rows (const, so the 2 x R accumulators stay in registers).
     /// `load(kk)` gives the panel's two 8-wide vectors of row kk.
@@ -220,25 +239,20 @@ mod avx2 {
         }
     }
 
-    macro_rules! by_rows {
+    /// `tile_rows::<rows>`, for 1 to [`AVX2_ROWS`] rows.
+    macro_rules! avx2_rows {
         ($rows:expr, $x:expr, $k:expr, $tile:expr, $pf:expr, $load:expr) => {
-            match $rows {
-                1 => tile_rows::<1>($x, $k, $tile, $pf, $load),
-                2 => tile_rows::<2>($x, $k, $tile, $pf, $load),
-                3 => tile_rows::<3>($x, $k, $tile, $pf, $load),
-                4 => tile_rows::<4>($x, $k, $tile, $pf, $load),
-                5 => tile_rows::<5>($x, $k, $tile, $pf, $load),
-                _ => tile_rows::<6>($x, $k, $tile, $pf, $load),
-            }
+            by_rows!(tile_rows, $rows, ($x, $k, $tile, $pf, $load); 1 2 3 4 5; 6)
         };
     }
+    const _: () = assert!(AVX2_ROWS <= 6, "avx2_rows! covers 1 to 6 rows");
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile_f32_impl(panel: &[f32], x: &[f32], rows: usize, k: usize, part: (usize, usize), tile: &mut [[f32; NR]; MR]) {
         let wp = panel.as_ptr();
         // SAFETY (of the loads): panel holds k rows of NR = 16 floats, kk < k.
         let pf = prefetch_plan(wp as *const i8, NR * 4, k, part);
-        by_rows!(rows, x, k, tile, pf, |kk: usize| (_mm256_loadu_ps(wp.add(kk * NR)), _mm256_loadu_ps(wp.add(kk * NR + 8))))
+        avx2_rows!(rows, x, k, tile, pf, |kk: usize| (_mm256_loadu_ps(wp.add(kk * NR)), _mm256_loadu_ps(wp.add(kk * NR + 8))))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -248,22 +262,18 @@ mod avx2 {
         let widen = |p: *const u16| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))));
         // SAFETY (of the loads): panel holds k rows of NR = 16 values, kk < k; each load reads 8.
         let pf = prefetch_plan(wp as *const i8, NR * 2, k, part);
-        by_rows!(rows, x, k, tile, pf, |kk: usize| (widen(wp.add(kk * NR)), widen(wp.add(kk * NR + 8))))
-    }
-
-    fn check(panel_len: usize, x: &[f32], rows: usize, k: usize) {
-        assert!(panel_len == NR * k && (1..=AVX2_ROWS).contains(&rows) && x.len() == rows * k, "linear kernel: internal size mismatch");
+        avx2_rows!(rows, x, k, tile, pf, |kk: usize| (widen(wp.add(kk * NR)), widen(wp.add(kk * NR + 8))))
     }
 
     pub(super) fn tile_f32(panel: &[f32], x: &[f32], rows: usize, k: usize, part: (usize, usize), tile: &mut [[f32; NR]; MR]) {
-        check(panel.len(), x, rows, k);
+        check(panel.len(), x, rows, k, AVX2_ROWS);
         // SAFETY: only called with Isa::Avx2Fma after `Isa::available` confirmed AVX2 and FMA;
         // the sizes the loads rely on were checked just above.
         unsafe { tile_f32_impl(panel, x, rows, k, part, tile) }
     }
 
     pub(super) fn tile_bf16(panel: &[u16], x: &[f32], rows: usize, k: usize, part: (usize, usize), tile: &mut [[f32; NR]; MR]) {
-        check(panel.len(), x, rows, k);
+        check(panel.len(), x, rows, k, AVX2_ROWS);
         // SAFETY: as `tile_f32`.
         unsafe { tile_bf16_impl(panel, x, rows, k, part, tile) }
     }
@@ -273,7 +283,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{prefetch_plan, MR, NR};
+    use super::{check, prefetch_plan, MR, NR};
 
     /// One kernel call: `R` rows, one 16-lane accumulator each (R <= 30 of the 32 zmm
     /// registers; the weight vector takes one more, the x values are broadcast from memory by
@@ -304,50 +314,21 @@ mod avx512 {
         }
     }
 
-    macro_rules! by_rows {
+    /// `tile_rows::<rows>`, for 1 to [`MR`] = 30 rows.
+    macro_rules! avx512_rows {
         ($rows:expr, $x:expr, $k:expr, $tile:expr, $pf:expr, $load:expr) => {
-            match $rows {
-                1 => tile_rows::<1>($x, $k, $tile, $pf, $load),
-                2 => tile_rows::<2>($x, $k, $tile, $pf, $load),
-                3 => tile_rows::<3>($x, $k, $tile, $pf, $load),
-                4 => tile_rows::<4>($x, $k, $tile, $pf, $load),
-                5 => tile_rows::<5>($x, $k, $tile, $pf, $load),
-                6 => tile_rows::<6>($x, $k, $tile, $pf, $load),
-                7 => tile_rows::<7>($x, $k, $tile, $pf, $load),
-                8 => tile_rows::<8>($x, $k, $tile, $pf, $load),
-                9 => tile_rows::<9>($x, $k, $tile, $pf, $load),
-                10 => tile_rows::<10>($x, $k, $tile, $pf, $load),
-                11 => tile_rows::<11>($x, $k, $tile, $pf, $load),
-                12 => tile_rows::<12>($x, $k, $tile, $pf, $load),
-                13 => tile_rows::<13>($x, $k, $tile, $pf, $load),
-                14 => tile_rows::<14>($x, $k, $tile, $pf, $load),
-                15 => tile_rows::<15>($x, $k, $tile, $pf, $load),
-                16 => tile_rows::<16>($x, $k, $tile, $pf, $load),
-                17 => tile_rows::<17>($x, $k, $tile, $pf, $load),
-                18 => tile_rows::<18>($x, $k, $tile, $pf, $load),
-                19 => tile_rows::<19>($x, $k, $tile, $pf, $load),
-                20 => tile_rows::<20>($x, $k, $tile, $pf, $load),
-                21 => tile_rows::<21>($x, $k, $tile, $pf, $load),
-                22 => tile_rows::<22>($x, $k, $tile, $pf, $load),
-                23 => tile_rows::<23>($x, $k, $tile, $pf, $load),
-                24 => tile_rows::<24>($x, $k, $tile, $pf, $load),
-                25 => tile_rows::<25>($x, $k, $tile, $pf, $load),
-                26 => tile_rows::<26>($x, $k, $tile, $pf, $load),
-                27 => tile_rows::<27>($x, $k, $tile, $pf, $load),
-                28 => tile_rows::<28>($x, $k, $tile, $pf, $load),
-                29 => tile_rows::<29>($x, $k, $tile, $pf, $load),
-                _ => tile_rows::<30>($x, $k, $tile, $pf, $load),
-            }
+            by_rows!(tile_rows, $rows, ($x, $k, $tile, $pf, $load);
+                1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29; 30)
         };
     }
-    const _: () = assert!(MR <= 30, "by_rows! covers 1 to 30 rows");
+    const _: () = assert!(MR <= 30, "avx512_rows! covers 1 to 30 rows");
 
     #[target_feature(enable = "avx512f")]
     unsafe fn tile_f32_impl(panel: &[f32], x: &[f32], rows: usize, k: usize, part: (usize, usize), tile: &mut [[f32; NR]; MR]) {
         let wp = panel.as_ptr();
         // SAFETY (of the loads): panel holds k rows of NR = 16 floats, kk < k.
         let pf = prefetch_plan(wp as *const i8, NR * 4, k, part);
-        by_rows!(rows, x, k, tile, pf, |kk: usize| _mm512_loadu_ps(wp.add(kk * NR)))
+        avx512_rows!(rows, x, k, tile, pf, |kk: usize| _mm512_loadu_ps(wp.add(kk * NR)))
     }
 
     #[target_feature(enable = "avx512f")]
@@ -356,24 +337,20 @@ mod avx512 {
         // bf16 -> f32: zero-extend each 16-bit pattern to 32 bits and shift it to the top half.
         // SAFETY (of the loads): panel holds k rows of NR = 16 values, kk < k; each load reads 16.
         let pf = prefetch_plan(wp as *const i8, NR * 2, k, part);
-        by_rows!(rows, x, k, tile, pf, |kk: usize| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+        avx512_rows!(rows, x, k, tile, pf, |kk: usize| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
             _mm256_loadu_si256(wp.add(kk * NR) as *const __m256i)
         ))))
     }
 
-    fn check(panel_len: usize, x: &[f32], rows: usize, k: usize) {
-        assert!(panel_len == NR * k && (1..=MR).contains(&rows) && x.len() == rows * k, "linear kernel: internal size mismatch");
-    }
-
     pub(super) fn tile_f32(panel: &[f32], x: &[f32], rows: usize, k: usize, part: (usize, usize), tile: &mut [[f32; NR]; MR]) {
-        check(panel.len(), x, rows, k);
+        check(panel.len(), x, rows, k, MR);
         // SAFETY: only called with Isa::Avx512 after `Isa::available` confirmed AVX-512F; the
         // sizes the loads rely on were checked just above.
         unsafe { tile_f32_impl(panel, x, rows, k, part, tile) }
     }
 
     pub(super) fn tile_bf16(panel: &[u16], x: &[f32], rows: usize, k: usize, part: (usize, usize), tile: &mut [[f32; NR]; MR]) {
-        check(panel.len(), x, rows, k);
+        check(panel.len(), x, rows, k, MR);
         // SAFETY: as `tile_f32`.
         unsafe { tile_bf16_impl(panel, x, rows, k, part, tile) }
     }

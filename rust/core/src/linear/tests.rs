@@ -188,8 +188,10 @@ fn calls_after_pauses_longer_than_the_spin_wake_parked_workers() {
 }
 
 /// Per-call cost of a tiny (64 x 64, one row) call on 1 and 2 threads: what the pool's
-/// wake-up costs. Timing only, no thresholds; run with
-/// `cargo test -p tokenloom-core --release -- --ignored --nocapture tiny_call_cost`.
+/// hand-off costs, back to back (gap 0) and when the caller does other work between calls (a
+/// busy wait of `gap` microseconds, as Python runs the model's other operations; past the
+/// pool's spin a worker that has gone to sleep must be woken). Timing only, no thresholds; run
+/// with `cargo test -p tokenloom-core --release -- --ignored --nocapture tiny_call_cost`.
 #[test]
 #[ignore]
 fn tiny_call_cost() {
@@ -197,41 +199,12 @@ fn tiny_call_cost() {
     let lin = PackedLinear::from_f32(&values(n * k, 11), n, k, None).unwrap();
     let x = values(k, 12);
     let mut y = vec![0.0f32; n];
-    let calls = 2000;
-    let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    for _round in 0..9 {
-        for (i, threads) in [1usize, 2].into_iter().enumerate() {
-            let t = std::time::Instant::now();
-            for _ in 0..calls {
-                lin.forward(&x, 1, &mut y, threads).unwrap();
-            }
-            per[i].push(t.elapsed().as_secs_f64() / calls as f64 * 1e6);
-        }
-    }
-    for (i, threads) in [1, 2].into_iter().enumerate() {
-        per[i].sort_by(|a, b| a.partial_cmp(b).unwrap());
-        eprintln!("tiny 64x64 call, {threads} thread(s): median {:.2} us (min {:.2}, max {:.2})", per[i][4], per[i][0], per[i][8]);
-    }
-}
-
-/// Per-call cost of a tiny call on 2 threads when the caller does other work (a busy wait of
-/// `gap` microseconds, as Python runs the model's other operations) between calls: a worker
-/// that has gone to sleep must be woken. Timing only; run with
-/// `cargo test -p tokenloom-core --release -- --ignored --nocapture tiny_call_cost_with_gaps`.
-#[test]
-#[ignore]
-fn tiny_call_cost_with_gaps() {
-    let (n, k) = (64, 64);
-    let lin = PackedLinear::from_f32(&values(n * k, 11), n, k, None).unwrap();
-    let x = values(k, 12);
-    let mut y = vec![0.0f32; n];
-    for gap_us in [20u64, 60, 300] {
+    for (gap_us, calls, rounds) in [(0u64, 2000, 9usize), (20, 300, 5), (60, 300, 5), (300, 300, 5)] {
         let gap = std::time::Duration::from_micros(gap_us);
         let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-        for _round in 0..5 {
+        for _round in 0..rounds {
             for (i, threads) in [1usize, 2].into_iter().enumerate() {
                 let mut total = 0.0;
-                let calls = 300;
                 for _ in 0..calls {
                     let g = std::time::Instant::now();
                     while g.elapsed() < gap {
@@ -246,7 +219,8 @@ fn tiny_call_cost_with_gaps() {
         }
         for (i, threads) in [1, 2].into_iter().enumerate() {
             per[i].sort_by(|a, b| a.partial_cmp(b).unwrap());
-            eprintln!("tiny call after {gap_us} us of other work, {threads} thread(s): median {:.2} us (min {:.2}, max {:.2})", per[i][2], per[i][0], per[i][4]);
+            let (lo, mid, hi) = (per[i][0], per[i][rounds / 2], per[i][rounds - 1]);
+            eprintln!("tiny call after {gap_us} us of other work, {threads} thread(s): median {mid:.2} us (min {lo:.2}, max {hi:.2})");
         }
     }
 }
