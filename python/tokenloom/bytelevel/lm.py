@@ -86,7 +86,8 @@ class ByteLM:
         cache_size: token-level distributions kept (LRU, by token prefix; the ids of token
             prefixes are kept for at most 16 times as many prefixes, evicted with them).
         pack: run float32 (and, where oneDNN runs it natively, bfloat16) CPU linears through
-            pre-packed oneDNN weights (:mod:`tokenloom.runtime.cpupack`; ``"auto"`` default, ``True`` or ``False``); many-row forwards get much cheaper.
+            pre-packed oneDNN weights (:mod:`tokenloom.runtime.cpupack`; ``"auto"`` default, ``True``
+            or ``False``); many-row forwards get much cheaper.
         lookahead: fill every batched forward up to this many rows with *look-ahead rows*: the
             heaviest straddling extensions (path + a token running past the prefix end), whose
             distributions the next bytes will need if they follow that token (0 = off). Exact:

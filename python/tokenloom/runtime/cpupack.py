@@ -147,19 +147,19 @@ def pack_available(dtype: Any = None) -> bool:
     key = "ok" if dtype == torch.float32 else f"ok-{dtype}"
     if key in _AVAILABLE:
         return _AVAILABLE[key]
+    # (atol, rtol) of the probe against the float32 product of the same values
+    tol = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2)}.get(dtype)
     ok = False
     try:
-        if dtype not in (torch.float32, torch.bfloat16):
-            ok = False
-        elif torch.backends.mkldnn.is_available() and (
+        if tol is not None and torch.backends.mkldnn.is_available() and (
             dtype == torch.float32 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         ):
             w = torch.randn(8, 4).to(dtype)
             x = torch.randn(3, 4).to(dtype)
             packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
             y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-            tol = (1e-5, 1e-4) if dtype == torch.float32 else (2e-2, 2e-2)
-            ok = y.dtype == dtype and bool(torch.allclose(y.float(), x.float() @ w.float().t(), atol=tol[0], rtol=tol[1]))
+            want = x.float() @ w.float().t()
+            ok = y.dtype == dtype and bool(torch.allclose(y.float(), want, atol=tol[0], rtol=tol[1]))
     except Exception:  # noqa: BLE001 - any failure means "not available"
         ok = False
     _AVAILABLE[key] = ok
@@ -188,8 +188,8 @@ def tiles_available() -> bool:
 
 def set_tiles_threads(threads: Optional[int]) -> None:
     """Threads of every :class:`TiledLinear` call (they split the weight panels; workers of a
-    persistent pool whose workers spin briefly, then sleep, between calls): an int in [1, 64], or None for the default,
-    ``torch.get_num_threads()`` at call time (inside a ``pack="tiles"`` block, where torch itself
+    persistent pool that spin briefly, then sleep, between calls): an int in [1, 64], or None for
+    the default, ``torch.get_num_threads()`` at call time (inside a ``pack="tiles"`` block, where torch itself
     runs on one thread, the count it had before the block).
 
     Measured on the shared 2-core AMD reference machine (one pass over the embedded model's 30
@@ -598,8 +598,8 @@ def resolve_kernel(model: Any, pack: Union[bool, str]) -> str:
 
 def available_kernels(model: Any) -> List[str]:
     """The kernels ``model`` can run with here, ``"unpacked"`` first: oneDNN where it has float32
-    CPU linears (or bfloat16 ones and oneDNN runs bfloat16 natively) and the ops work, tiles where it has float32 / bfloat16 CPU linears and the
-    kernel works."""
+    CPU linears (or bfloat16 ones and oneDNN runs bfloat16 natively) and the ops work, tiles
+    where it has float32 / bfloat16 CPU linears and the kernel works."""
     kernels = ["unpacked"]
     for kernel in ("packed", "tiles"):
         try:
@@ -727,7 +727,8 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
         _ACTIVE[model] = kernel
         # tiles: torch's own threads step aside for the tiles pool (see torch_on_one_thread);
         # "tiles-trees" gives them back to each one-row linear (TreeRowsLinear)
-        with torch_on_one_thread() if TREE_KERNELS.get(kernel, kernel) == "tiles" else contextlib.nullcontext():
+        tiles = TREE_KERNELS.get(kernel, kernel) == "tiles"
+        with torch_on_one_thread() if tiles else contextlib.nullcontext():
             yield model
     finally:
         _ACTIVE.pop(model, None)

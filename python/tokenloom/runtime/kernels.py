@@ -8,8 +8,8 @@ from typing import Dict, Union
 __all__ = ["PACK_KERNELS", "TREE_KERNELS"]
 
 #: The kernel names a linear can run with, by the ``pack`` value that selects each:
-#: ``"unpacked"`` (False: the model as loaded), ``"packed"`` (True: oneDNN; float32 weights, and bfloat16 ones where oneDNN runs them natively),
-#: ``"tiles"`` (``"tiles"``: :class:`tokenloom.runtime.cpupack.TiledLinear`, float32 or bfloat16
+#: ``"unpacked"`` (False: the model as loaded), ``"packed"`` (True: oneDNN; float32 weights,
+#: and bfloat16 ones where oneDNN runs them natively), ``"tiles"`` (``"tiles"``: :class:`tokenloom.runtime.cpupack.TiledLinear`, float32 or bfloat16
 #: weights). ``"packed-trees"`` / ``"tiles-trees"``: that kernel for inputs of 2 rows or more
 #: (tree steps, prefills) and the original ``nn.Linear`` for one row
 #: (:class:`tokenloom.runtime.cpupack.TreeRowsLinear`), for machines where a kernel makes trees

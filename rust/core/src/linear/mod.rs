@@ -16,9 +16,9 @@
 //! software by the scalar kernel where the CPU has no FMA instruction), plus the bias.
 //!
 //! Kernels: AVX-512F, else AVX2+FMA on x86-64 when the CPU has them (checked at run time), else
-//! a portable scalar loop that is always correct ([`Isa`]); all give bit-identical results. The N panels may be split over threads
-//! ([`PackedLinear::forward`]), run by a persistent pool (workers spin briefly after a call,
-//! then sleep).
+//! a portable scalar loop that is always correct ([`Isa`]); all give bit-identical results.
+//! The N panels may be split over threads ([`PackedLinear::forward`]), run by a persistent pool
+//! (workers spin briefly after a call, then sleep).
 
 mod kernels;
 mod pool;
