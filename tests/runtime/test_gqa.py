@@ -116,3 +116,41 @@ def test_model_logits_unchanged(tiny_llama):
         with grouped_attention():
             got = tiny_llama(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_one_forward_repeats_each_mask_once():
+    """Within one forward the grouped mask is made once per mask tensor and slice; a different
+    mask, a different slice or a call outside the block gets its own copy, with the same output."""
+    import torch
+
+    from tokenloom.runtime import gqa
+
+    q, k, v, m = _inputs(1, 6, 2, 5, 9, seed=3)
+    q2, _, _, m2 = _inputs(1, 6, 2, 5, 9, seed=4)
+    module = Attn(3)
+    ref = grouped_sdpa(module, q, k, v, m)[0]
+    ref2 = grouped_sdpa(module, q2, k, v, m2)[0]
+    made = []
+    real = gqa._grouped_mask
+
+    def counting(source, mask, groups):
+        before = gqa._STEP.value
+        out = real(source, mask, groups)
+        made.append(out is not before)
+        return out
+
+    gqa._grouped_mask = counting
+    try:
+        with gqa.one_forward():
+            for _ in range(3):  # the layers of one forward
+                assert torch.equal(grouped_sdpa(module, q, k, v, m)[0], ref)
+            assert torch.equal(grouped_sdpa(module, q2, k, v, m2)[0], ref2)  # another mask
+            short = grouped_sdpa(module, q, k[:, :, :7], v[:, :, :7], m)[0]  # another slice
+            with gqa.one_forward():  # nested: the same scope
+                assert torch.equal(grouped_sdpa(module, q, k[:, :, :7], v[:, :, :7], m)[0], short)
+        assert gqa._STEP.key is None and gqa._STEP.value is None  # dropped on exit
+        assert torch.equal(grouped_sdpa(module, q, k, v, m)[0], ref)  # outside: no reuse
+        assert torch.equal(grouped_sdpa(module, q, k, v, m)[0], ref)
+    finally:
+        gqa._grouped_mask = real
+    assert made == [True, False, False, True, True, False, True, True]

@@ -28,7 +28,7 @@ import contextlib
 import threading
 from typing import Any, Iterator, Optional, Tuple
 
-__all__ = ["grouped_attention", "grouped_sdpa"]
+__all__ = ["grouped_attention", "grouped_sdpa", "one_forward"]
 
 _LOCK = threading.Lock()
 _DEPTH = [0]
@@ -92,9 +92,52 @@ def grouped_sdpa(
         mask = mask.expand(b, 1, t, s)
     q = query.reshape(b, kv_heads, groups * t, d)
     if t > 1:  # one query token: its mask row broadcasts over the group's heads as it is
-        mask = mask.repeat(1, 1, groups, 1)
+        mask = _grouped_mask(attention_mask, mask, groups)
     out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=0.0, scale=scaling)
     return out.reshape(b, h, t, d).transpose(1, 2).contiguous(), None
+
+
+class _StepMasks(threading.local):
+    """This thread's grouped masks within :func:`one_forward` (none outside): the source mask
+    (kept alive, so its ``id`` is not reused), the shape asked for and ``groups`` -> the
+    repeated mask."""
+
+    depth = 0
+    key: Optional[tuple] = None
+    value: Any = None
+
+
+_STEP = _StepMasks()
+
+
+@contextlib.contextmanager
+def one_forward() -> Iterator[None]:
+    """Marks one forward of a model: within it every layer's attention gets the same mask
+    tensor, unchanged, so :func:`grouped_sdpa` repeats it once and reuses the copy (30 copies of
+    [1, 1, 3T, S] per step on the embedded model, ~1.5 ms of a 17-token tree step on the 2-core
+    Xeon). The copy is dropped when the outermost block exits."""
+    _STEP.depth += 1
+    try:
+        yield
+    finally:
+        _STEP.depth -= 1
+        if _STEP.depth == 0:
+            _STEP.key = _STEP.value = None
+
+
+def _grouped_mask(source: Any, mask: Any, groups: int) -> Any:
+    """``mask.repeat(1, 1, groups, 1)``; inside :func:`one_forward`, made once per source mask
+    and slice (an inference tensor has no version counter to tell a change: the block's
+    contract is that the mask does not change within one forward)."""
+    if _STEP.depth == 0:
+        return mask.repeat(1, 1, groups, 1)
+    key = (tuple(mask.shape), groups)
+    last = _STEP.key
+    if last is not None and last[0] is source and last[1:] == key:
+        return _STEP.value
+    value = mask.repeat(1, 1, groups, 1)
+    _STEP.key, _STEP.value = (source, *key), value
+    return value
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ __all__ = [
 
 #: Bumped when the lean forward changes what a step costs: a step-cost curve or kernel choice
 #: measured with another version is measured again (:func:`step_forward` is in their key).
-LEAN_VERSION = 1
+LEAN_VERSION = 2
 
 _ENABLED = [True]
 _SUPPORTED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
@@ -192,12 +192,24 @@ def _rms(norm: Any, x: Any) -> Any:
     return norm.weight * h.to(x.dtype)
 
 
-def _rotate(x: Any, cos: Any, sin: Any) -> Any:
-    """``x * cos + rotate_half(x) * sin`` as transformers' ``apply_rotary_pos_emb``."""
+def _signed_sin(sin: Any) -> Any:
+    """``sin`` with its first half negated: what :func:`_rotate` multiplies the swapped halves
+    by (made once per step)."""
+    import torch
+
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rotate(x: Any, cos: Any, signed_sin: Any) -> Any:
+    """``x * cos + rotate_half(x) * sin`` as transformers' ``apply_rotary_pos_emb``, bit for bit:
+    ``rotate_half(x) * sin = cat(-x2, x1) * sin = cat(x2, x1) * cat(-sin1, sin2)`` (a product's
+    rounding does not depend on which factor carries the sign), one negation per step instead
+    of one per call (``signed_sin`` from :func:`_signed_sin`)."""
     import torch
 
     half = x.shape[-1] // 2
-    return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
+    return (x * cos) + (torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin)
 
 
 def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: Any, cache: Any) -> Any:
@@ -226,7 +238,7 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
     b, t = int(input_ids.shape[0]), int(input_ids.shape[1])
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    cos, sin = cos.unsqueeze(1), _signed_sin(sin.unsqueeze(1))
     for i, layer in enumerate(inner.layers[: cfg.num_hidden_layers]):
         attn = layer.self_attn
         h = _rms(layer.input_layernorm, x)
@@ -249,12 +261,14 @@ def step_logits(model: Any, cache: Any, input_ids: Any, position_ids: Any, atten
     lean forward where it applies, else ``model(...)``. The one place tokenloom's step forwards
     call the model."""
     from tokenloom.runtime.compat import cache_arg
+    from tokenloom.runtime.gqa import one_forward
 
-    if lean_supported(model, cache, attention_mask, int(input_ids.shape[1])):
-        logits = lean_logits(model, input_ids, position_ids, attention_mask, cache)
-        _COUNTS[model] = _COUNTS.get(model, 0) + 1
-        return logits
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_arg(model, cache)
-    )
+    with one_forward():
+        if lean_supported(model, cache, attention_mask, int(input_ids.shape[1])):
+            logits = lean_logits(model, input_ids, position_ids, attention_mask, cache)
+            _COUNTS[model] = _COUNTS.get(model, 0) + 1
+            return logits
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_arg(model, cache)
+        )
     return out.logits
