@@ -134,9 +134,9 @@ def test_one_forward_repeats_each_mask_once():
     real = gqa._grouped_mask
 
     def counting(source, mask, groups):
-        before = gqa._STEP.value
+        before = dict(gqa._STEP.made or {})
         out = real(source, mask, groups)
-        made.append(out is not before)
+        made.append(all(out is not v for v in before.values()))
         return out
 
     gqa._grouped_mask = counting
@@ -148,9 +148,94 @@ def test_one_forward_repeats_each_mask_once():
             short = grouped_sdpa(module, q, k[:, :, :7], v[:, :, :7], m)[0]  # another slice
             with gqa.one_forward():  # nested: the same scope
                 assert torch.equal(grouped_sdpa(module, q, k[:, :, :7], v[:, :, :7], m)[0], short)
-        assert gqa._STEP.key is None and gqa._STEP.value is None  # dropped on exit
+        assert gqa._STEP.source is None and gqa._STEP.made is None  # dropped on exit
         assert torch.equal(grouped_sdpa(module, q, k, v, m)[0], ref)  # outside: no reuse
         assert torch.equal(grouped_sdpa(module, q, k, v, m)[0], ref)
     finally:
         gqa._grouped_mask = real
     assert made == [True, False, False, True, True, False, True, True]
+
+
+def _tree_rows_vs_steps(model, parents, tokens, past):
+    """Each node's tree-step logits and the logits of its own one-token steps (its ancestors
+    fed one by one after the same prefix)."""
+    import numpy as np
+    import torch
+    from transformers import DynamicCache
+
+    from tokenloom.runtime.compat import cache_arg
+    from tokenloom.runtime.kvcache import crop_cache
+    from tokenloom.runtime.treeattn import tree_forward
+
+    cache = DynamicCache()
+    model(input_ids=past, use_cache=True, **cache_arg(model, cache))
+    p = int(past.shape[1])
+    tree = tree_forward(model, cache, tokens, parents, past_len=p).clone()
+    crop_cache(cache, p)
+    steps = []
+    for i in range(len(parents)):
+        path = [i]
+        while parents[path[-1]] >= 0:
+            path.append(int(parents[path[-1]]))
+        for j, node in enumerate(reversed(path)):
+            last = tree_forward(model, cache, tokens[node : node + 1], np.array([-1]), past_len=p + j)[0]
+        steps.append(last)
+        crop_cache(cache, p)
+    return tree, steps
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_exact_rows_tree_logits_equal_the_one_token_steps_bit_for_bit(dtype):
+    """Under exact_rows (and row-invariant linears: tiles), every node of random branching trees
+    gets exactly the logits of its own one-token greedy steps; each multi-token step runs the
+    per-token attention (counted), and a prompt's prefill does not."""
+    import numpy as np
+    import torch
+
+    from tokenloom.integrations.hf.models import make_tiny_llama
+    from tokenloom.runtime import gqa
+    from tokenloom.runtime.cpupack import packed_linears, row_invariant_pack
+
+    model = make_tiny_llama(vocab_size=256, layers=2, seed=1).to(getattr(torch, dtype))
+    rng = np.random.default_rng(7)
+    calls = []
+    real = gqa._exact_rows_attention
+
+    def counting(*a, **k):
+        calls.append(a[1].shape[2])
+        return real(*a, **k)
+
+    gqa._exact_rows_attention = counting
+    try:
+        with torch.inference_mode(), packed_linears(model, row_invariant_pack(model)), gqa.exact_rows():
+            assert gqa.exact_rows_active()
+            for trial in range(4):
+                t = int(rng.integers(2, 12))
+                parents = np.array([-1] + [int(rng.integers(0, i)) for i in range(1, t)])
+                tokens = torch.as_tensor(rng.integers(0, 256, t))
+                past = torch.as_tensor(rng.integers(0, 256, (1, 9 + trial)))
+                tree, steps = _tree_rows_vs_steps(model, parents, tokens, past)
+                for i, s in enumerate(steps):
+                    assert torch.equal(tree[i], s), (dtype, trial, i)
+    finally:
+        gqa._exact_rows_attention = real
+    assert not gqa.exact_rows_active()
+    # one call per layer of every multi-token tree step, none for the prefills / one-token steps
+    assert calls and all(c > 1 for c in calls) and len(calls) % 2 == 0
+
+
+def test_exact_rows_plan_reads_see_and_hide_only():
+    """The per-row plan: a prefix of slots is a slice, other sets are gathered in order; a mask
+    with other values (a bias) or a row that sees nothing keeps the batched attention."""
+    import torch
+
+    from tokenloom.runtime.gqa import _row_plan
+
+    lo = torch.finfo(torch.float32).min
+    m = torch.tensor([[0.0, 0.0, lo, lo], [0.0, lo, 0.0, lo], [0.0, 0.0, 0.0, 0.0]]).view(1, 1, 3, 4)
+    plan = _row_plan(m, 4)
+    assert plan[0][0] == 2 and plan[0][2] == 4 and plan[0][1].tolist() == [0, 2]
+    assert _row_plan(m, 3)[0][2] == 3  # cut to the keys
+    assert _row_plan(m == 0, 4)[0][1].tolist() == [0, 2]  # a bool mask (True: see)
+    assert _row_plan(m + 0.5 * (m == 0), 4) is None  # a bias: not see / hide
+    assert _row_plan(torch.full((1, 1, 1, 4), lo), 4) is None  # sees nothing

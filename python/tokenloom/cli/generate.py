@@ -78,6 +78,9 @@ def add_parser(sub: Any) -> None:
     add_sampling_args(p)
     p.add_argument("--no-chat", action="store_true", help="use the prompt as raw text, no chat template")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
+    p.add_argument("--exact-rows", action="store_true",
+                   help="each tree node's attention computed as its own one-token step (bit-identical to greedy in "
+                   "bfloat16 too; tree steps cost more)")
     p.add_argument("--compare", action="store_true",
                    help="time the method against the HF configurations (greedy, packed, prompt lookup; the fastest is the "
                    "anchor) and tokenloom greedy (warmed up, alternated, repeated; greedy only)")
@@ -102,19 +105,21 @@ def _check(args: argparse.Namespace, method: str) -> None:
         raise ValueError("--compare times greedy decoding (the same tokens as HF greedy); drop --temperature")
     if args.compare and method in ("plain", "greedy"):
         raise ValueError(f"--compare: {method!r} is a baseline itself; choose a speculative method ({', '.join(m for m in _methods() if m not in ('plain', 'greedy'))})")
+    if args.compare and args.exact_rows:
+        raise ValueError("--compare times the default tree steps; drop --exact-rows")
     if args.repeat != 3 and not args.compare:
         warn("--repeat only counts with --compare")
     warn_unused_sampling(args)
 
 
-def _warm_up(model: Any, tok: Any, method: str, sampling: Dict[str, Any]) -> float:
+def _warm_up(model: Any, tok: Any, method: str, sampling: Dict[str, Any], exact_rows: bool = False) -> float:
     """One short untimed request on another prompt: one-time set-up (step-cost calibration,
     CPU weight packing, lazy imports) happens here, not in the timed call. Returns its seconds."""
     from tokenloom.decoding.generate import generate
     from tokenloom.integrations.hf.chat import chat_input_ids
 
     start = time.perf_counter()
-    generate(model, chat_input_ids(tok, _WARM_PROMPT), method=method, max_new_tokens=4, **sampling)
+    generate(model, chat_input_ids(tok, _WARM_PROMPT), method=method, max_new_tokens=4, exact_rows=exact_rows, **sampling)
     return time.perf_counter() - start
 
 
@@ -130,12 +135,13 @@ def run(args: argparse.Namespace) -> int:
     from tokenloom.integrations.hf.chat import chat_input_ids
 
     sampling = sampling_kwargs(args)
-    setup = _warm_up(model, tokenizer, method, sampling)
+    setup = _warm_up(model, tokenizer, method, sampling, args.exact_rows)
     raise_if_interrupted()
     print(f"[tokenloom] set-up (untimed warm-up, step-cost calibration on a new machine): {setup:.2f} s", file=sys.stderr)
     input_ids = chat_input_ids(tokenizer, args.prompt, chat=not args.no_chat)
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    out = generate(model, input_ids, method=method, max_new_tokens=args.max_new_tokens, streamer=streamer, **sampling)
+    out = generate(model, input_ids, method=method, max_new_tokens=args.max_new_tokens, streamer=streamer,
+                   exact_rows=args.exact_rows, **sampling)
     if args.no_stream:
         print(tokenizer.decode(out.sequences[0, input_ids.shape[1]:], skip_special_tokens=True))
     print(out.stats.line(method))

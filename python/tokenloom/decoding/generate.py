@@ -69,6 +69,7 @@ def generate(
     attention_mask: Optional["torch.Tensor"] = None,
     pad_token_id: Optional[int] = None,
     batch_budget: Union[str, int, None] = "auto",
+    exact_rows: bool = False,
     **method_kwargs: Any,
 ) -> GenerateOutput:
     """Generate with one of tokenloom's decoding methods.
@@ -114,6 +115,13 @@ def generate(
             where drafts do not pay; an int >= 0: at most that many per step, to the rows
             most likely to accept them; None: every row's whole tree. Checked, then ignored,
             for B == 1 and for plain decoding.
+        exact_rows: compute every tree node's attention as the model's own one-token step
+            would (:func:`tokenloom.runtime.gqa.exact_rows`), so a tree step's logits equal
+            the greedy steps' bit for bit, bfloat16 included (where a batched attention's
+            rounding otherwise flips a near-tie now and then); ``pack="auto"`` then runs
+            tokenloom's tiles, whose rows do not depend on the row count (else the model as
+            loaded). One attention call per node and layer: a 17-node tree step of the embedded
+            model costs ~30% more in bfloat16 on a 2-core CPU. Default False.
         **method_kwargs: passed to the method's drafter (e.g. ``recycler=``, ``tree=`` for
             ``"recycling"``); unknown keywords are refused.
 
@@ -134,14 +142,19 @@ def generate(
     """
     import torch
 
-    from tokenloom.runtime.cpupack import packed_linears
+    from tokenloom.runtime.cpupack import packed_linears, row_invariant_pack
+    from tokenloom.runtime.gqa import exact_rows_block
     from tokenloom.spec.calibration import auto_pack
     from tokenloom.runtime.model import logits_width, model_dtype_device
 
     from tokenloom.spec.batchbudget import check_batch_budget
 
+    if not isinstance(exact_rows, bool):
+        raise TypeError(f"exact_rows: expected a bool, got {type(exact_rows).__name__}")
     vocab = logits_width(model)
     batch_budget = check_batch_budget(batch_budget)
+    if exact_rows and pack == "auto":
+        pack = row_invariant_pack(model)
     fn = resolve_method(method)
     check_kwargs(method, fn, method_kwargs)
     input_ids = _check_input_ids(input_ids, vocab, model_dtype_device(model)[1])
@@ -170,8 +183,9 @@ def generate(
             raise ValueError(f"streamer: streams one request; got a batch of {input_ids.shape[0]} rows")
         factory = batch_factory(method, fn, method_kwargs)
         pad = pad_id(model, pad_token_id, sorted(cfg.eos_token_ids))
-        return _generate_batch(model, input_ids, mask, cfg, factory, fn is decode_plain, auto_pack(model, pack), pad,
-                               batch_budget)
+        with exact_rows_block(exact_rows):
+            return _generate_batch(model, input_ids, mask, cfg, factory, fn is decode_plain, auto_pack(model, pack), pad,
+                                   batch_budget)
     use_pack = auto_pack(model, pack)
     full, cut = input_ids, 0
     if mask is not None:  # one row: decode it unpadded, keep its padding in the output
@@ -182,7 +196,7 @@ def generate(
         streamer.put(input_ids.cpu())
     start = time.perf_counter()
     spec = None
-    with torch.inference_mode(), packed_linears(model, use_pack):
+    with torch.inference_mode(), packed_linears(model, use_pack), exact_rows_block(exact_rows):
         # Called even with nothing to generate: a method checks its arguments first.
         spec = fn(model, input_ids, cfg, sink, **method_kwargs)
     seconds = time.perf_counter() - start

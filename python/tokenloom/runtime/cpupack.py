@@ -70,6 +70,7 @@ __all__ = [
     "PACK_KERNELS",
     "TREE_KERNELS",
     "TreeRowsLinear",
+    "row_invariant_pack",
     "PackedLinear",
     "TILED_MAX_ROWS",
     "TILED_SPLIT_WORK",
@@ -608,6 +609,14 @@ def available_kernels(model: Any) -> List[str]:
         except ValueError:
             pass
     return kernels
+
+
+def row_invariant_pack(model: Any) -> Union[bool, str]:
+    """The ``pack`` value whose linears give every row the same result whatever the row count
+    (what a bit-exact tree step needs, :func:`tokenloom.runtime.gqa.exact_rows`): ``"tiles"``
+    where it runs the model (each output is the same sequential sum for any M), else False
+    (the model as loaded: torch's kernels, not guaranteed)."""
+    return "tiles" if "tiles" in available_kernels(model) else False
 
 
 def pack_value(kernel: str) -> Union[bool, str]:

@@ -28,7 +28,7 @@ import contextlib
 import threading
 from typing import Any, Iterator, Optional, Tuple
 
-__all__ = ["grouped_attention", "grouped_sdpa", "one_forward"]
+__all__ = ["exact_rows", "exact_rows_active", "exact_rows_block", "grouped_attention", "grouped_sdpa", "one_forward"]
 
 _LOCK = threading.Lock()
 _DEPTH = [0]
@@ -70,6 +70,10 @@ def grouped_sdpa(
     """
     import torch
 
+    if _EXACT.depth and _STEP.depth and _rows_apply(module, query, attention_mask, dropout, kwargs):
+        plan = _per_forward(attention_mask, ("rows", int(key.shape[2])), lambda: _row_plan(attention_mask, int(key.shape[2])))
+        if plan is not None:
+            return _exact_rows_attention(module, query, key, value, plan, dropout, scaling, kwargs), None
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
     simple = (
         groups > 1
@@ -98,13 +102,13 @@ def grouped_sdpa(
 
 
 class _StepMasks(threading.local):
-    """This thread's grouped masks within :func:`one_forward` (none outside): the source mask
-    (kept alive, so its ``id`` is not reused), the shape asked for and ``groups`` -> the
-    repeated mask."""
+    """What this thread derived from a forward's mask within :func:`one_forward` (nothing
+    outside): ``source`` is the mask (kept alive, so its ``id`` is not reused) and ``made`` maps
+    (what, shape, ...) to the derived value."""
 
     depth = 0
-    key: Optional[tuple] = None
-    value: Any = None
+    source: Any = None
+    made: Optional[dict] = None
 
 
 _STEP = _StepMasks()
@@ -113,31 +117,139 @@ _STEP = _StepMasks()
 @contextlib.contextmanager
 def one_forward() -> Iterator[None]:
     """Marks one forward of a model: within it every layer's attention gets the same mask
-    tensor, unchanged, so :func:`grouped_sdpa` repeats it once and reuses the copy (30 copies of
-    [1, 1, 3T, S] per step on the embedded model, ~1.5 ms of a 17-token tree step on the 2-core
-    Xeon). The copy is dropped when the outermost block exits."""
+    tensor, unchanged, so what :func:`grouped_sdpa` derives from it (the grouped mask, the
+    rows' visible slots under :func:`exact_rows`) is made for the first layer and reused by the
+    others (the grouped mask alone: 30 copies of [1, 1, 3T, S] per step on the embedded model,
+    ~1.5 ms of a 17-token tree step on the 2-core Xeon). Dropped when the outermost block exits."""
     _STEP.depth += 1
     try:
         yield
     finally:
         _STEP.depth -= 1
         if _STEP.depth == 0:
-            _STEP.key = _STEP.value = None
+            _STEP.source = _STEP.made = None
+
+
+def _per_forward(source: Any, key: tuple, make: Any) -> Any:
+    """``make()``; inside :func:`one_forward`, made once per source mask and ``key`` (an
+    inference tensor has no version counter to tell a change: the block's contract is that the
+    mask does not change within one forward)."""
+    if _STEP.depth == 0:
+        return make()
+    if _STEP.source is not source or _STEP.made is None:
+        _STEP.source, _STEP.made = source, {}
+    made = _STEP.made
+    if key not in made:
+        made[key] = make()
+    return made[key]
 
 
 def _grouped_mask(source: Any, mask: Any, groups: int) -> Any:
-    """``mask.repeat(1, 1, groups, 1)``; inside :func:`one_forward`, made once per source mask
-    and slice (an inference tensor has no version counter to tell a change: the block's
-    contract is that the mask does not change within one forward)."""
-    if _STEP.depth == 0:
-        return mask.repeat(1, 1, groups, 1)
-    key = (tuple(mask.shape), groups)
-    last = _STEP.key
-    if last is not None and last[0] is source and last[1:] == key:
-        return _STEP.value
-    value = mask.repeat(1, 1, groups, 1)
-    _STEP.key, _STEP.value = (source, *key), value
-    return value
+    """``mask.repeat(1, 1, groups, 1)`` (once per forward, :func:`_per_forward`)."""
+    return _per_forward(source, ("grouped", tuple(mask.shape), groups), lambda: mask.repeat(1, 1, groups, 1))
+
+
+class _Exact(threading.local):
+    depth = 0
+
+
+_EXACT = _Exact()
+
+
+@contextlib.contextmanager
+def exact_rows() -> Iterator[None]:
+    """Within the block (this thread), a step forward (:func:`one_forward`, i.e. tokenloom's
+    ``step_logits``: not a prompt's prefill) of several query tokens with a 4D mask (a tree or
+    chain step) computes each token's attention as the model's own one-token step would: one
+    call of transformers' ``sdpa`` function per token, without a mask, over the slots that token
+    sees (a slice when they are a prefix of the cache, else gathered in order), which is the
+    call that token's greedy step makes once its ancestors are in the cache. With a linear
+    kernel whose rows do not depend on the row count (tokenloom's tiles; oneDNN packed up to
+    32 rows), a tree step's logits then equal the one-token steps' bit for bit, in bfloat16
+    too, where a batched attention's summation order differs from the one-token kernel's by a
+    rounding that flips near-ties. Costs one attention call per token and layer: a 17-token
+    tree step of the embedded model took ~31% longer in bfloat16 on the 2-core Xeon.
+
+    A mask with values other than "see" (0 or True) and "hide" (False, or <= half the dtype's
+    most negative value) keeps the batched attention."""
+    _EXACT.depth += 1
+    try:
+        yield
+    finally:
+        _EXACT.depth -= 1
+
+
+def exact_rows_block(on: bool) -> Any:
+    """:func:`exact_rows` when ``on``, else a block that changes nothing."""
+    return exact_rows() if on else contextlib.nullcontext()
+
+
+def exact_rows_active() -> bool:
+    """Whether this thread is inside :func:`exact_rows`."""
+    return _EXACT.depth > 0
+
+
+def _rows_apply(module: Any, query: Any, mask: Any, dropout: float, kwargs: dict) -> bool:
+    import torch
+
+    return (
+        isinstance(mask, torch.Tensor)
+        and mask.dim() == 4
+        and mask.shape[1] == 1
+        and query.dim() == 4
+        and query.shape[2] > 1
+        and not (dropout and getattr(module, "training", False))
+        and not any(kwargs.get(k) is not None for k in _UNHANDLED)
+        and not kwargs.get("output_attentions", False)
+    )
+
+
+def _row_plan(mask: Any, s: int) -> Optional[list]:
+    """For each mask row (batch row, query token): the slots it sees among the first ``s``, as
+    an int n (slots 0..n-1: a slice) or a LongTensor of slot indices; None where the mask has
+    values other than see / hide or a token sees nothing."""
+    import numpy as np
+    import torch
+
+    m = mask[:, 0, :, :s]
+    if m.dtype == torch.bool:
+        see = m
+    else:
+        see = m == 0
+        hide = m <= torch.finfo(m.dtype).min / 2
+        if not bool((see | hide).all()):
+            return None
+    see_np = see.cpu().numpy()
+    plan = []
+    for rows in see_np:
+        out = []
+        for row in rows:
+            idx = np.flatnonzero(row)
+            if idx.size == 0:
+                return None
+            out.append(int(idx.size) if idx[-1] == idx.size - 1 else torch.as_tensor(idx, device=mask.device))
+        plan.append(out)
+    return plan
+
+
+def _exact_rows_attention(module: Any, query: Any, key: Any, value: Any, plan: list, dropout: float, scaling: Any, kwargs: dict) -> Any:
+    """[B, T, H, D]: every (batch row, token) through transformers' ``sdpa`` function alone."""
+    import torch
+
+    b, h, t, d = query.shape
+    f = _original()
+    outs = []
+    for bb in range(b):
+        rows = plan[bb if len(plan) > 1 else 0]
+        kb, vb = key[bb : bb + 1], value[bb : bb + 1]
+        for i, sel in enumerate(rows):
+            if isinstance(sel, int):
+                ki, vi = kb[:, :, :sel], vb[:, :, :sel]
+            else:
+                ki, vi = kb.index_select(2, sel), vb.index_select(2, sel)
+            o, _ = f(module, query[bb : bb + 1, :, i : i + 1], ki, vi, None, dropout=dropout, scaling=scaling, **kwargs)
+            outs.append(o)
+    return torch.cat(outs, dim=1).reshape(b, t, h, d)
 
 
 @contextlib.contextmanager
