@@ -103,13 +103,13 @@ PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8)
 
 #: Bumped when a kernel here changes what a step costs (in every calibration key, so saved curves
 #: and kernel choices are measured again): 2 = AVX-512 tiles, tiles threads handed over by torch,
-#: oneDNN bfloat16.
-KERNELS_VERSION = 2
+#: oneDNN bfloat16; 3 = the tiles pool's workers spin 1 ms between calls (was 100 us).
+KERNELS_VERSION = 3
 
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64
 #: Multiply-adds (rows x in x out) from which a :class:`TiledLinear` call splits its panels over
-#: :func:`tiles_threads` threads; smaller calls run on one. The pool's idle workers spin ~100 us
+#: :func:`tiles_threads` threads; smaller calls run on one. The pool's idle workers spin ~1 ms
 #: before they sleep, so handing a call to them costs ~2 us (measured on the 2-core Intel Xeon,
 #: AVX-512: a 64 x 64 call 0.7 us on one thread, 1.8 us on two), and one core alone streams the
 #: weights at about half the machine's bandwidth there (all linears of one step of the embedded

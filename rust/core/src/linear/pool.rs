@@ -8,7 +8,7 @@
 //! generation counter, and only then sleeps on a condition variable. Waking a sleeping worker
 //! costs a futex system call on the caller's side and a scheduler wake-up (34-51 us a call
 //! measured from Python on a 2-core Xeon; ~40 us in the linear tests' `tiny_call_cost` after a
-//! 300 us gap), more than a small linear itself; a spinning worker sees the new
+//! gap longer than the spin), more than a small linear itself; a spinning worker sees the new
 //! generation within a fraction of a microsecond and the caller makes no system call at all
 //! (it notifies the condition variable only when some worker is parked). The caller waits for
 //! the workers' parts the same way: a bounded spin, then the condition variable.
@@ -29,13 +29,17 @@ use std::time::{Duration, Instant};
 type Job = dyn Fn(usize) + Sync;
 
 /// How long an idle worker (and a caller waiting for its workers) spins before it sleeps on
-/// the condition variable. Long enough to span the gap between two linear calls of one model
-/// step (the norms, attention and activations between them: tens of microseconds), so the
-/// next call finds its workers awake; short enough that a worker stops burning its core soon
-/// after the step ends (e.g. while Python samples or builds the next tree). Spinners yield
-/// every [`YIELD_EVERY`] iterations, so on a machine with as many cores as threads (2 here)
-/// they never keep torch's own OpenMP threads off a core.
-pub(super) const SPIN: Duration = Duration::from_micros(100);
+/// the condition variable. Long enough to span the longest gap between two linear calls of one
+/// model step (the norms, rotary, cache append and attention between v_proj and o_proj: up to
+/// a few hundred microseconds for a 17-33-token tree with torch on one thread), so the next
+/// call finds its workers awake; short enough that a worker stops burning its core soon after
+/// the step ends (e.g. while Python samples or builds the next tree). Measured on the 2-core
+/// Intel Xeon (the embedded model, float32, tiles-trees, 200 cached tokens, medians of 5): a
+/// 9 / 17 / 33-token step took 51.8 / 63.1 / 89.8 ms with 100 us, 44.9 / 53.3 / 77.0 ms with
+/// 1 ms and 45.0 / 54.4 / 79.5 ms with 3 ms; a one-token step in tiles 37.1 / 33.3 / 33.6 ms.
+/// Spinners yield every [`YIELD_EVERY`] iterations, so on a machine with as many cores as
+/// threads (2 here) they never keep torch's own OpenMP threads off a core.
+pub(super) const SPIN: Duration = Duration::from_millis(1);
 
 /// Spin iterations (`spin_loop` hints, ~40-150 cycles each) between two `yield_now` calls.
 const YIELD_EVERY: u32 = 16;

@@ -199,7 +199,7 @@ fn tiny_call_cost() {
     let lin = PackedLinear::from_f32(&values(n * k, 11), n, k, None).unwrap();
     let x = values(k, 12);
     let mut y = vec![0.0f32; n];
-    for (gap_us, calls, rounds) in [(0u64, 2000, 9usize), (20, 300, 5), (60, 300, 5), (300, 300, 5)] {
+    for (gap_us, calls, rounds) in [(0u64, 2000, 9usize), (20, 300, 5), (300, 300, 5), (1500, 100, 5)] {
         let gap = std::time::Duration::from_micros(gap_us);
         let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for _round in 0..rounds {
