@@ -31,6 +31,7 @@ from tokenloom.runtime.cpupack import (  # noqa: E402
 )
 
 from tests.conftest import make_tiny_llama  # noqa: E402
+from tokenloom.runtime.kernels import PACK_KERNELS  # noqa: E402
 from tests.reference.greedy import count_same_as_hf, same_or_near_tie  # noqa: E402
 
 pytestmark = [
@@ -231,20 +232,25 @@ def test_kernels_and_errors():
         resolve_pack(model.to(torch.float64), "tiles")
 
 
-@pytest.mark.parametrize("pack", ["tiles-trees", "packed-trees"])
-def test_row_split_kernels_run_one_row_as_loaded(pack):
+@pytest.mark.parametrize("pack", ["tiles-trees", "packed-trees", "tiles-packed"])
+def test_row_split_kernels_run_one_row_and_more_rows_through_their_bases(pack):
     """``"tiles-trees"`` / ``"packed-trees"``: one-row inputs go through the original linears
-    (bit-identical logits), inputs of more rows through the base kernel (its numerics)."""
+    (bit-identical logits), inputs of more rows through the base kernel (its numerics);
+    ``"tiles-packed"``: one row through tiles, more through oneDNN (each bit-identical to its
+    base kernel alone)."""
     from tokenloom.runtime.cpupack import TreeRowsLinear, pack_available
+    from tokenloom.runtime.kernels import kernel_parts
 
-    if pack == "packed-trees" and not pack_available():
+    if "packed" in kernel_parts(pack) and not pack_available():
         pytest.skip("no oneDNN packed linear in this torch build")
     model = make_tiny_llama(vocab_size=128, seed=0)
-    base = pack.split("-")[0]
+    one_k, many_k = (PACK_KERNELS[k] for k in kernel_parts(pack))
     one, many = torch.tensor([[7]]), torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
-        want_one, want_many_ref = model(one).logits, model(many).logits
-        with packed_linears(model, True if base == "packed" else "tiles"):
+        want_many_ref = model(many).logits
+        with packed_linears(model, one_k):
+            want_one = model(one).logits
+        with packed_linears(model, many_k):
             want_many = model(many).logits
         with packed_linears(model, pack):
             assert active_kernel(model) == pack and resolve_kernel(model, "auto") == pack
@@ -295,14 +301,17 @@ def test_bfloat16_greedy_equals_hf_greedy_through_tiles_on_the_embedded_model():
     assert first_diff(out.sequences[0].tolist(), ref) is None and len(ref) > ids.shape[1]
 
 
-@pytest.mark.parametrize("pack", ["tiles", "tiles-trees"])
-def test_torch_steps_aside_for_the_tiles_pool_and_gets_its_threads_back(pack):
+@pytest.mark.parametrize("pack,many_threads,one_threads", [("tiles", 1, 1), ("tiles-trees", 1, 2), ("tiles-packed", 2, 1)])
+def test_torch_steps_aside_for_the_tiles_pool_and_gets_its_threads_back(pack, many_threads, one_threads):
     """Inside a tiles block torch runs on one thread while the tiles calls split over the count
-    torch had; "tiles-trees" gives torch its threads back for one-row inputs (its linears run
-    them) and takes them again for more rows; on exit (also on error, also nested) torch has
-    its count again. Outputs are unchanged by where the threads went."""
-    from tokenloom.runtime.cpupack import torch_threads_back
+    torch had; a row-split kernel gives torch its threads back for the inputs its other part
+    (torch's linear, oneDNN) runs -- "tiles-trees" one row, "tiles-packed" more rows -- and
+    takes them again for the tiles part; on exit (also on error, also nested) torch has its
+    count again. Outputs are unchanged by where the threads went."""
+    from tokenloom.runtime.cpupack import pack_available, torch_threads_back
 
+    if pack == "tiles-packed" and not pack_available():
+        pytest.skip("no oneDNN packed linear in this torch build")
     model = make_tiny_llama(vocab_size=128, seed=0)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -312,15 +321,15 @@ def test_torch_steps_aside_for_the_tiles_pool_and_gets_its_threads_back(pack):
             ref = model(ids).logits
             with pytest.raises(RuntimeError, match="boom"), packed_linears(model, pack):
                 assert torch.get_num_threads() == 1 and tiles_threads() == 2
-                got = model(ids).logits  # 9 rows: torch on one thread
-                assert torch.get_num_threads() == 1
-                model(ids[:, :1])  # one row: as loaded, with torch's threads under tiles-trees
-                assert torch.get_num_threads() == (2 if pack == "tiles-trees" else 1)
+                got = model(ids).logits  # 9 rows
+                assert torch.get_num_threads() == many_threads
+                model(ids[:, :1])  # one row
+                assert torch.get_num_threads() == one_threads
                 with torch_threads_back():
                     assert torch.get_num_threads() == 2
                 with packed_linears(model, pack):  # nested: no second change
                     model(ids)
-                    assert torch.get_num_threads() == 1 and tiles_threads() == 2
+                    assert torch.get_num_threads() == many_threads and tiles_threads() == 2
                 raise RuntimeError("boom")
             assert torch.get_num_threads() == 2 and tiles_threads() == 2
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)

@@ -58,7 +58,7 @@ def _assert_same(got, ref, mine, theirs):
 
 
 @pytest.mark.parametrize("dtype,pack", [
-    ("float32", False), ("float32", True), ("float32", "tiles"), ("float32", "tiles-trees"),
+    ("float32", False), ("float32", True), ("float32", "tiles"), ("float32", "tiles-trees"), ("float32", "tiles-packed"),
     ("bfloat16", False), ("bfloat16", "tiles"), ("bfloat16", "tiles-trees"),
 ])
 def test_one_token_and_a_tree_equal_the_model(tiny_llama, dtype, pack):

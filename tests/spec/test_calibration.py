@@ -101,6 +101,22 @@ def test_row_split_kernels_are_derived_and_chosen_only_where_their_base_loses_on
     assert cal.PackChoice.from_json(choice.to_json(), "k").kernel == "tiles-trees"
 
 
+def test_tiles_for_one_row_and_onednn_for_trees_is_derived_and_chosen_where_both_win():
+    """bfloat16 on an AMX CPU (measured shape, session 16): tiles streams one row fastest, oneDNN
+    computes tree rows fastest -> "tiles-packed" (one-token step tiles', tree step packed's),
+    which must pass the one-token rule against unpacked like a single kernel."""
+    amx = {"unpacked": {1: 0.0276, 17: 0.0434}, "packed": {1: 0.0283, 17: 0.0372}, "tiles": {1: 0.0249, 17: 0.0435}}
+    derived = cal.with_tree_kernels(amx)
+    assert derived["tiles-packed"] == {1: 0.0249, 17: 0.0372} and derived["packed-trees"] == {1: 0.0276, 17: 0.0372}
+    kern, why = cal.decide_kernel(derived)
+    assert kern == "tiles-packed" and "tiles-packed one-token step 24.90 ms < unpacked 27.60 ms" in why
+    # without oneDNN (a bfloat16 model on an AVX2 CPU) it is not derived
+    assert "tiles-packed" not in cal.with_tree_kernels({"unpacked": amx["unpacked"], "tiles": amx["tiles"]})
+    # tiles' one row no faster than as loaded: refused like any kernel, packed-trees kept
+    slow = cal.with_tree_kernels({**amx, "tiles": {1: 0.0280, 17: 0.0435}})
+    assert cal.decide_kernel(slow)[0] == "packed-trees"
+
+
 def test_load_verdict_and_spread():
     assert cal.spread([1.0]) == 0.0 and cal.spread([1.0, 1.2, 1.1]) == pytest.approx(0.2 / 1.1)
     calm = cal.load_verdict(1.0, 2, [0.05, 0.1])
@@ -192,7 +208,8 @@ def test_the_packed_kernel_runs_packed(model):
 
     cal.time_steps(model, (1,), cal.KERNELS, repeats=1, past_len=8, timer=timer)
     assert set(seen) == {("packed", True, "packed"), ("unpacked", False, "unpacked"), ("tiles", True, "tiles"),
-                         ("packed-trees", True, "packed-trees"), ("tiles-trees", True, "tiles-trees")}
+                         ("packed-trees", True, "packed-trees"), ("tiles-trees", True, "tiles-trees"),
+                         ("tiles-packed", True, "tiles-packed")}
 
 
 # -- the kernel choice --------------------------------------------------------------------------

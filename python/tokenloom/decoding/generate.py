@@ -97,7 +97,8 @@ def generate(
             ``True``: insist on oneDNN (float32; bfloat16 where oneDNN runs it natively: AVX-512,
             AMX); ``"tiles"``: insist on tokenloom's small-M
             kernel (float32 / bfloat16); ``"packed-trees"`` / ``"tiles-trees"``: that kernel
-            for tree steps and the model as loaded for one-token steps; ``False``: run the
+            for tree steps and the model as loaded for one-token steps; ``"tiles-packed"``:
+            tiles for one-token steps, oneDNN for tree steps; ``False``: run the
             model exactly as loaded). Where
             packing wins, small-batch forwards (tree steps) get much cheaper; logits change at
             float32 rounding level only.

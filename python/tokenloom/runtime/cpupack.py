@@ -59,7 +59,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from tokenloom.device import is_accelerator
-from tokenloom.runtime.kernels import PACK_KERNELS, TREE_KERNELS
+from tokenloom.runtime.kernels import ONE_ROW_KERNELS, PACK_KERNELS, TREE_KERNELS, kernel_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -444,31 +444,36 @@ class TiledLinear(_Swapped):
 
 
 class TreeRowsLinear(_Swapped):
-    """Drop-in for an ``nn.Linear`` (inference only) that runs one-row inputs through the
-    original module and inputs of 2 rows or more through ``fast`` (a :class:`PackedLinear` or
-    :class:`TiledLinear` of the same weight): the kernels of ``pack="packed-trees"`` /
-    ``"tiles-trees"`` (inside :func:`torch_on_one_thread`, one-row inputs run with torch's own
-    thread count and others with torch on one thread: switched when the row count changes, so
-    once per step).
-    Input [..., in_features] -> output [..., out_features]."""
+    """Drop-in for an ``nn.Linear`` (inference only) that runs one-row inputs through ``one``
+    (None: the original module) and inputs of 2 rows or more through ``fast`` (a
+    :class:`PackedLinear` or :class:`TiledLinear` of the same weight): the kernels of
+    ``pack="packed-trees"`` / ``"tiles-trees"`` / ``"tiles-packed"`` (inside
+    :func:`torch_on_one_thread`, the part that runs through torch gets torch's own thread count
+    and a tiles part torch on one thread: switched when the row count changes, so once per
+    step). Input [..., in_features] -> output [..., out_features]."""
 
-    def __init__(self, original: Any, fast: Any):
+    def __init__(self, original: Any, fast: Any, one: Any = None):
         super().__init__(original)
-        self.fast = [fast]  # a list: the cached module of the base kernel, not a submodule
+        self.fast = [fast]  # lists: the cached modules of the base kernels, not submodules
+        self.one = [one if one is not None else original]
+
+    def _pick(self, x: "torch.Tensor") -> Any:
+        rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
+        mod = self.one[0] if rows <= 1 else self.fast[0]
+        _rows_threads(not isinstance(mod, TiledLinear))
+        return mod
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-        rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
-        _rows_threads(rows)
-        return self.original[0](x) if rows <= 1 else self.fast[0](x)
+        return self._pick(x)(x)
 
     def step(self, x: "torch.Tensor") -> "torch.Tensor":
-        """:meth:`forward` without the fast kernel's per-call checks (see :meth:`PackedLinear.step`)."""
-        rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
-        _rows_threads(rows)
-        return self.original[0](x) if rows <= 1 else self.fast[0].step(x)
+        """:meth:`forward` without the kernels' per-call checks (see :meth:`PackedLinear.step`)."""
+        mod = self._pick(x)
+        return mod.step(x) if mod is not self.original[0] else mod(x)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, one row: as loaded, more: {self.fast[0].extra_repr()}"
+        one = "as loaded" if self.one[0] is self.original[0] else self.one[0].extra_repr()
+        return f"in_features={self.in_features}, out_features={self.out_features}, one row: {one}, more: {self.fast[0].extra_repr()}"
 
 
 #: The swapped linears that have a ``step`` (see :func:`step_call`).
@@ -497,8 +502,9 @@ def _takes(kernel: str, mod: Any) -> bool:
 def _build(kernel: str, mod: Any) -> Any:
     import torch
 
-    if kernel in TREE_KERNELS:  # shares the cached module (and packed weight) of its base kernel
-        return TreeRowsLinear(mod, _packed_module(mod, TREE_KERNELS[kernel]))
+    if kernel in TREE_KERNELS:  # shares the cached modules (and packed weights) of its base kernels
+        one, trees = kernel_parts(kernel)
+        return TreeRowsLinear(mod, _packed_module(mod, trees), None if one == "unpacked" else _packed_module(mod, one))
 
     w = mod.weight.detach()
     if kernel == "packed":
@@ -546,7 +552,7 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
     return plan
 
 
-_PACK_VALUES = ("auto", "tiles", "packed-trees", "tiles-trees")
+_PACK_VALUES = ("auto", "tiles", "packed-trees", "tiles-trees", "tiles-packed")
 
 
 def _resolve_plan(model: Any, pack: Union[bool, str]) -> Tuple[str, List[Tuple[Any, str, Any]]]:
@@ -556,12 +562,13 @@ def _resolve_plan(model: Any, pack: Union[bool, str]) -> Tuple[str, List[Tuple[A
     if pack is False or pack is None:
         return "unpacked", []
     if pack is not True and pack not in _PACK_VALUES:
-        raise ValueError(f"pack: expected True, False, 'auto', 'tiles', 'packed-trees' or 'tiles-trees', got {pack!r}")
+        raise ValueError(f"pack: expected True, False, 'auto', 'tiles', 'packed-trees', 'tiles-trees' or 'tiles-packed', got {pack!r}")
     kernel = "packed" if pack is True or pack == "auto" else str(pack)
-    base = TREE_KERNELS.get(kernel, kernel)
+    bases = {k for k in kernel_parts(kernel) if k != "unpacked"}
+    base = "packed" if "packed" in bases else "tiles"  # what an error names: oneDNN's needs first
     plan = _plan(model) if isinstance(model, _module_base()) else []
-    plan = [entry for entry in plan if _takes(base, entry[2])]
-    works = tiles_available() if base == "tiles" else pack_available()
+    plan = [entry for entry in plan if all(_takes(b, entry[2]) for b in bases)]
+    works = all(tiles_available() if b == "tiles" else pack_available() for b in bases)
     if pack == "auto":
         return ("packed", plan) if plan and works else ("unpacked", [])
     what = "pack=True" if pack is True else f"pack={pack!r}"
@@ -698,17 +705,18 @@ def torch_threads_back() -> Iterator[None]:
         torch.set_num_threads(1)
 
 
-def _rows_threads(rows: int) -> None:
-    """Inside :func:`torch_on_one_thread`: torch's own thread count for one-row inputs (its
-    linears run them), one thread for more (the tiles pool runs them); set only on a change.
-    (Switching per linear call instead cost ~6 ms per one-token step on the 2-core Xeon: OpenMP
-    rebuilds its team each time.)"""
+def _rows_threads(torch_runs: bool) -> None:
+    """Inside :func:`torch_on_one_thread`: torch's own thread count when torch runs the linear
+    (the original module, oneDNN), one thread when the tiles pool runs it; set only on a change
+    (a row-split linear changes kernel once per step, with the row count). (Switching per
+    linear call instead cost ~6 ms per one-token step on the 2-core Xeon: OpenMP rebuilds its
+    team each time.)"""
     saved = _TORCH.get("saved", 1)
     if saved <= 1:
         return
     import torch
 
-    want = saved if rows <= 1 else 1
+    want = saved if torch_runs else 1
     if int(torch.get_num_threads()) != want:
         torch.set_num_threads(want)
 
@@ -735,8 +743,8 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
             swapped.append((parent, name, child))
         _ACTIVE[model] = kernel
         # tiles: torch's own threads step aside for the tiles pool (see torch_on_one_thread);
-        # "tiles-trees" gives them back to each one-row linear (TreeRowsLinear)
-        tiles = TREE_KERNELS.get(kernel, kernel) == "tiles"
+        # a row-split kernel gives them back to its torch-run part (TreeRowsLinear)
+        tiles = "tiles" in kernel_parts(kernel)
         with torch_on_one_thread() if tiles else contextlib.nullcontext():
             yield model
     finally:

@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 from tokenloom.device import device_name, synchronize
 from tokenloom.runtime.compat import cache_arg
-from tokenloom.runtime.kernels import PACK_KERNELS, TREE_KERNELS
+from tokenloom.runtime.kernels import ONE_ROW_KERNELS, PACK_KERNELS, TREE_KERNELS, kernel_parts
 from tokenloom.runtime.machine import machine_fingerprint, machine_info, machine_load, own_load
 from tokenloom.spec.persist import PersistWarning, cache_dir, load_state, save_state
 from tokenloom.spec.topk import top_k_ids
@@ -95,9 +95,9 @@ __all__ = [
 #: The linear kernels a CPU step can run with: the model as loaded, oneDNN pre-packed, and
 #: tokenloom's tiles (:data:`tokenloom.runtime.kernels.PACK_KERNELS`).
 KERNELS = tuple(PACK_KERNELS)
-# TREE_KERNELS (imported): the row-split kernels (as loaded for one row, their base kernel for
-# more) and their base kernels. Their choice costs no extra timing: their one-token step is the
-# unpacked one and their tree step the base's.
+# TREE_KERNELS / ONE_ROW_KERNELS (imported): the row-split kernels and the base kernels they run
+# for 2 rows or more / for one row. Their choice costs no extra timing: their one-token step is
+# their one-row base's and their tree step their tree base's.
 #: The tree step, in tokens (root included), that the kernel choice is checked on: the size of
 #: a typical recycling / merged tree.
 PACK_TREE_TOKENS = 17
@@ -168,7 +168,7 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
     values do not change a step's time), dtype, device, the machine
     (:func:`~tokenloom.runtime.machine.machine_fingerprint`: CPU model, ISA flags, torch build,
     torch threads), the linear ``kernel`` (default: the one in use, :func:`kernel_of`; for
-    ``"tiles"`` / ``"tiles-trees"`` its thread count too), the step forward
+    a kernel with a tiles part its thread count too), the step forward
     (:func:`tokenloom.runtime.leanforward.step_forward`: a curve timed through the module
     forward is not the lean forward's) and :data:`tokenloom.runtime.cpupack.KERNELS_VERSION`
     (a choice between kernels made before one of them changed is made again)."""
@@ -176,11 +176,11 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
 
     param = next(model.parameters())
     cfg = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else type(model).__name__
-    from tokenloom.runtime.cpupack import KERNELS_VERSION, TREE_KERNELS
+    from tokenloom.runtime.cpupack import KERNELS_VERSION
 
     kernel = kernel_of(model) if kernel is None else kernel
     packed = "" if kernel == "unpacked" else f"|{kernel}"
-    if TREE_KERNELS.get(kernel, kernel) == "tiles":
+    if "tiles" in kernel_parts(kernel):
         from tokenloom.runtime.cpupack import tiles_threads
 
         packed += f":{tiles_threads()}"
@@ -459,19 +459,19 @@ def decide_pack(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TR
 
 
 def with_tree_kernels(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS) -> Dict[str, Dict[int, float]]:
-    """``medians`` ({kernel: {tokens: seconds}}, timed) plus the row-split kernel of every timed
-    base kernel (:data:`TREE_KERNELS`), derived: its one-token step is the unpacked one's, its
-    larger steps the base's."""
+    """``medians`` ({kernel: {tokens: seconds}}, timed) plus every row-split kernel whose two
+    base kernels were timed (:data:`TREE_KERNELS`, :data:`ONE_ROW_KERNELS`), derived: its
+    one-token step is its one-row base's, its larger steps its tree base's."""
     out = dict(medians)
     for split in _split_names(medians):
-        base = TREE_KERNELS[split]
-        out[split] = {t: (medians["unpacked"][t] if t == 1 else medians[base][t]) for t in (1, tree_tokens)}
+        one, trees = kernel_parts(split)
+        out[split] = {t: (medians[one][t] if t == 1 else medians[trees][t]) for t in (1, tree_tokens)}
     return out
 
 
 def _split_names(kernels: Any) -> List[str]:
-    """The row-split kernels whose base kernel and the unpacked one are both in ``kernels``."""
-    return [split for split, base in TREE_KERNELS.items() if base in kernels and "unpacked" in kernels]
+    """The row-split kernels whose two base kernels are both in ``kernels``."""
+    return [split for split in TREE_KERNELS if all(k in kernels for k in kernel_parts(split))]
 
 
 def decide_kernel(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_TREE_TOKENS) -> Tuple[str, str]:
@@ -486,7 +486,7 @@ def decide_kernel(medians: Dict[str, Dict[int, float]], tree_tokens: int = PACK_
     passing: List[Tuple[float, str, str]] = []
     refused: List[str] = []
     for kern in (k for k in KERNELS if k in medians and k != "unpacked"):
-        if kern in TREE_KERNELS:  # the one-token step is the unpacked one: it must win the tree step
+        if ONE_ROW_KERNELS.get(kern) == "unpacked":  # the one-token step is the unpacked one: it must win the tree step
             pt, ut = medians[kern][tree_tokens], medians["unpacked"][tree_tokens]
             ok = pt < ut
             why = (f"{kern} (one row as loaded, more rows {TREE_KERNELS[kern]}) {tree_tokens}-token step {pt * 1e3:.2f} ms "
@@ -652,7 +652,7 @@ def auto_pack(model: Any, pack: Union[bool, str]) -> Union[bool, str]:
     """The ``pack`` value a call with ``pack`` hands to
     :func:`~tokenloom.runtime.cpupack.packed_linears`: for ``"auto"``, the kernel
     :func:`choose_pack` measured fastest (False: the model as loaded; True: oneDNN; ``"tiles"``;
-    ``"packed-trees"`` / ``"tiles-trees"``),
+    ``"packed-trees"`` / ``"tiles-trees"`` / ``"tiles-packed"``),
     False when no other kernel can run the model; inside a user's ``packed_linears`` block,
     True (it stays as it is); ``True``, the kernel names and ``False`` are checked
     (:func:`tokenloom.runtime.cpupack.resolve_pack`) and passed on (False stays False).
