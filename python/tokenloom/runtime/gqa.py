@@ -164,8 +164,8 @@ def exact_rows() -> Iterator[None]:
     call of transformers' ``sdpa`` function per token, without a mask, over the slots that token
     sees (a slice when they are a prefix of the cache, else gathered in order), which is the
     call that token's greedy step makes once its ancestors are in the cache. With a linear
-    kernel whose rows do not depend on the row count (tokenloom's tiles; oneDNN packed up to
-    32 rows), a tree step's logits then equal the one-token steps' bit for bit, in bfloat16
+    kernel whose rows do not depend on the row count (tokenloom's tiles; in bfloat16 also
+    oneDNN packed up to 32 rows, as measured on an AMX Xeon), a tree step's logits then equal the one-token steps' bit for bit, in bfloat16
     too, where a batched attention's summation order differs from the one-token kernel's by a
     rounding that flips near-ties. Costs one attention call per token and layer: a 17-token
     tree step of the embedded model took ~31% longer in bfloat16 on the 2-core Xeon.
