@@ -461,12 +461,12 @@ fn class_of(c: char, classes: &HashMap<u32, u8>) -> u8 {
     }
 }
 
-/// Decodes UTF-8 into (class, char, byte offset); undecodable bytes become single letters.
 thread_local! {
     /// Scratch buffers of [`Canon::pair_split_with`]: the text and its classified characters.
     static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<(u8, char, usize)>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// Decodes UTF-8 into (class, char, byte offset); undecodable bytes become single letters.
 fn classify(s: &[u8], classes: &HashMap<u32, u8>) -> Vec<(u8, char, usize)> {
     let mut out = Vec::with_capacity(s.len());
     classify_into(s, classes, &mut out);
