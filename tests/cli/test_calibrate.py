@@ -84,7 +84,9 @@ def test_bfloat16_has_onednn_only_where_it_runs_bfloat16(tiny_loaded, tmp_path, 
     assert rep["dtype"] == "bfloat16" and set(rep["curves"]) - {p["kernel"]} <= base
     assert base <= set(rep["curves"])
     medians = {k: {int(t): s for t, s in v.items()} for k, v in p["seconds"].items()}
-    splits = {f"{k}-trees" for k in base - {"unpacked"}}
+    from tokenloom.runtime.kernels import TREE_KERNELS, kernel_parts
+
+    splits = {k for k in TREE_KERNELS if set(kernel_parts(k)) <= base}  # derived from their timed parts
     assert set(medians) == base | splits and (p["kernel"], p["reason"]) == cal.decide_kernel(medians)
     assert rep["auto"]["curve"] == p["kernel"]
     assert any(k.startswith("bfloat16 ") for k in rep["long_rows"])
