@@ -112,7 +112,9 @@ def test_custom_generate_maps_sampling(tiny_llama, monkeypatch):
     _hf(tiny_llama, ids, 5, do_sample=True, custom_generate=tlhf.recycling_generate)  # HF's defaults: top_k=50
     assert (seen[-1]["temperature"], seen[-1]["top_k"], seen[-1]["top_p"]) == (1.0, 50, None)
     _hf(tiny_llama, ids, 5, do_sample=False, top_k=5, custom_generate=tlhf.recycling_generate)
-    assert seen[-1]["temperature"] == 0.0
+    assert seen[-1]["temperature"] == 0.0 and seen[-1]["exact_rows"] is False
+    _hf(tiny_llama, ids, 5, do_sample=False, custom_generate=tlhf.recycling_generate, exact_rows=True)
+    assert seen[-1]["exact_rows"] is True  # passes through HF's generate
 
 
 def test_assisted_candidate_generator_greedy_equals_hf(tiny_llama):

@@ -231,15 +231,17 @@ def recycling_generate(
     tree: Any = "auto",
     seed: Optional[int] = None,
     token_streamer: Any = None,
+    exact_rows: bool = False,
     **model_kwargs: Any,
 ) -> Any:
     """``custom_generate`` callable: HF's ``generate`` front end, tokenloom's tree loop.
 
     Use as ``model.generate(input_ids, custom_generate=tokenloom.hf.recycling_generate,
     max_new_tokens=64, do_sample=False)``; the extra keywords ``recycler=``, ``tree=`` (as in
-    ``tokenloom.generate(method="recycling")``), ``seed=`` and ``token_streamer=`` (stream the
-    new tokens; transformers 4.57 drops ``streamer=`` for custom_generate callables) pass
-    through ``generate``.
+    ``tokenloom.generate(method="recycling")``), ``seed=``, ``token_streamer=`` (stream the
+    new tokens; transformers 4.57 drops ``streamer=`` for custom_generate callables) and
+    ``exact_rows=`` (tree nodes computed as their own one-token steps: bit-exact greedy in
+    bfloat16 too, see ``tokenloom.generate``) pass through ``generate``.
 
     Mapped: ``max_new_tokens`` / ``max_length``, ``eos_token_id``, ``do_sample`` with
     ``temperature`` / ``top_k`` / ``top_p`` / ``min_p`` (HF's defaults included, e.g. top_k=50),
@@ -308,6 +310,7 @@ def recycling_generate(
         tree=tree,
         attention_mask=mask,
         pad_token_id=_pad_id(generation_config),
+        exact_rows=exact_rows,
         **sampling,
     )
     if generation_config.return_dict_in_generate:
