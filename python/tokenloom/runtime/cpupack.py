@@ -59,7 +59,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from tokenloom.device import is_accelerator
-from tokenloom.runtime.kernels import ONE_ROW_KERNELS, PACK_KERNELS, TREE_KERNELS, kernel_parts
+from tokenloom.runtime.kernels import PACK_KERNELS, TREE_KERNELS, kernel_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
