@@ -5,7 +5,7 @@ spec (templates, recycling, dynamic trees, suffix tries, the merged tree), bytes
 linear."""
 
 from os import PathLike
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, final
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,7 @@ __all__ = [
     "TokenCounts",
     "TokenRecycler",
     "__version__",
+    "amx_available",
     "best_nodes",
     "cap_rows",
     "dcpdd_score",
@@ -365,8 +366,11 @@ def first_occurrences(ids: _I64) -> _I64: ...
 # --- linear: small-M linear layers for CPU decoding (core linear) -------------------------------
 @final
 class TiledLinear:
-    def __new__(cls, weight: npt.NDArray[Any], bias: Optional[_F32] = None, *, bf16: bool = False) -> "TiledLinear": ...
+    def __new__(cls, weight: npt.NDArray[Any], bias: Optional[_F32] = None, *, bf16: bool = False, amx: bool = False) -> "TiledLinear": ...
+    @overload
     def forward(self, x: _F32, threads: int = 1) -> _F32: ...
+    @overload
+    def forward(self, x: npt.NDArray[Any], threads: int = 1) -> npt.NDArray[Any]: ...  # bf16 bits in -> int16 bits out
     @property
     def out_features(self) -> int: ...
     @property
@@ -375,5 +379,10 @@ class TiledLinear:
     def bf16(self) -> bool: ...
     @property
     def weight_bytes(self) -> int: ...
+    @property
+    def amx(self) -> bool: ...
+    @property
+    def kernel(self) -> str: ...  # "amx-bf16", "amx-portable" or tiled_linear_isa()
 
+def amx_available() -> bool: ...
 def tiled_linear_isa() -> str: ...  # "avx512f", "avx2+fma" or "scalar"

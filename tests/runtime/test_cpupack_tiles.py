@@ -91,6 +91,43 @@ def test_a_row_does_not_depend_on_the_other_rows(m, n, k, bias, bf16, threads, s
     assert np.array_equal(lin.forward(x[cut:].copy(), threads), full[cut:])
 
 
+@settings(derandomize=True, max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(m=st.integers(1, 70), n=st.integers(1, 40), k=st.integers(1, 90), bias=st.booleans(), amx=st.booleans(),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_bfloat16_rows_in_and_out(m, n, k, bias, amx, threads, seed):
+    """bfloat16 weights, bfloat16 rows (int16 bits) in and out: the float32 call's output rounded
+    as torch's ``.to(torch.bfloat16)`` rounds, bit for bit; with ``amx=True`` (the AMX kernel where
+    this CPU has it, else its portable stand-in) within float32 rounding of torch on the
+    bf16-rounded values, and every row bit-equal to the row run alone."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    wb = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    b = torch.randn(n, generator=gen) if bias else None
+    lin = _core.TiledLinear(wb.view(torch.int16).numpy(), None if b is None else b.numpy(), bf16=True, amx=amx)
+    assert lin.amx == amx and lin.bf16
+    assert lin.kernel == (("amx-bf16" if _core.amx_available() else "amx-portable") if amx else _core.tiled_linear_isa())
+    y32 = torch.from_numpy(lin.forward(x.float().numpy(), threads))
+    bits = lin.forward(x.view(torch.int16).numpy(), threads)
+    assert bits.dtype == np.int16 and bits.shape == (m, n)
+    assert torch.equal(torch.from_numpy(bits).view(torch.bfloat16), y32.to(torch.bfloat16))
+    _close(y32, torch.nn.functional.linear(x.float(), wb.float(), b), x.float(), wb.float())
+    alone = np.concatenate([lin.forward(x[i:i + 1].view(torch.int16).numpy(), 1) for i in range(m)])
+    assert np.array_equal(bits, alone)
+
+
+def test_amx_errors_and_availability():
+    w = torch.ones(4, 3)
+    with pytest.raises(ValueError, match="amx=True"):
+        _core.TiledLinear(w.numpy(), amx=True)
+    lin = _core.TiledLinear(w.numpy())
+    with pytest.raises(ValueError, match="need a bfloat16 weight"):
+        lin.forward(w.to(torch.bfloat16).view(torch.int16).numpy())
+    with pytest.raises(ValueError, match="int16 / uint16"):
+        _core.TiledLinear(w.to(torch.bfloat16).view(torch.int16).numpy(), bf16=True, amx=True).forward(np.ones((1, 3), np.int32))
+    assert isinstance(_core.amx_available(), bool)
+    assert "kernel=" in repr(lin)
+
+
 def test_bad_inputs_are_clear_errors():
     w = np.ones((4, 3), np.float32)
     for bad, match in [(np.ones(3, np.float32), "2-D float32"), (w.astype(np.float64), "2-D float32"),

@@ -8,6 +8,8 @@
 
 use super::{PackedLinear, Panels, MR, NR};
 
+// (the AMX panels run in `super::amx`, never here)
+
 /// A kernel family; [`Isa::detect`] picks the best one this CPU has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -67,11 +69,19 @@ impl Isa {
     }
 }
 
-/// The output matrix ([m, n], row-major) shared by the threads of one call.
+/// The output matrix ([m, n], row-major) shared by the threads of one call: float32, or
+/// bfloat16 bits (each float32 result rounded to nearest even, as torch rounds).
 pub(super) struct Out {
-    pub ptr: *mut f32,
+    pub ptr: OutPtr,
     pub m: usize,
     pub n: usize,
+}
+
+/// Where [`Out`] writes.
+#[derive(Clone, Copy)]
+pub(super) enum OutPtr {
+    F32(*mut f32),
+    Bf16(*mut u16),
 }
 
 // SAFETY: `Out` points into the `out` slice that `PackedLinear::forward` borrows mutably for
@@ -82,24 +92,34 @@ unsafe impl Sync for Out {}
 unsafe impl Send for Out {}
 
 impl Out {
-    /// Writes `tile` (rows `r0..r0 + rows`, panel `p`) plus `bias` into the output, dropping
-    /// the padding columns past n.
-    fn store(&self, tile: &[[f32; NR]; MR], r0: usize, rows: usize, p: usize, bias: Option<&[f32]>) {
+    /// Writes `tile` (its rows are rows `r0..r0 + tile.len()`, panel `p`) plus `bias` into the
+    /// output, dropping the padding columns past n.
+    pub(super) fn store(&self, tile: &[[f32; NR]], r0: usize, p: usize, bias: Option<&[f32]>) {
         let c0 = p * NR;
         let cols = NR.min(self.n - c0);
-        for (r, trow) in tile.iter().enumerate().take(rows) {
+        let bias = bias.map(|b| &b[c0..c0 + cols]);
+        for (r, trow) in tile.iter().enumerate() {
             debug_assert!(r0 + r < self.m);
             let at = (r0 + r) * self.n + c0;
-            // SAFETY: r0 + r < m and c0 + cols <= n, so at..at + cols lies inside the [m, n]
-            // output; this thread owns panel p's columns (see `unsafe impl Sync for Out`).
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), cols) };
-            match bias {
-                Some(b) => {
-                    for ((d, &t), &bv) in dst.iter_mut().zip(trow).zip(&b[c0..c0 + cols]) {
-                        *d = t + bv;
+            let src = &trow[..cols];
+            match self.ptr {
+                OutPtr::F32(ptr) => {
+                    // SAFETY: r0 + r < m and c0 + cols <= n, so at..at + cols lies inside the
+                    // [m, n] output; this thread owns panel p's columns (see `unsafe impl Sync`).
+                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add(at), cols) };
+                    match bias {
+                        Some(b) => dst.iter_mut().zip(src).zip(b).for_each(|((d, &t), &bv)| *d = t + bv),
+                        None => dst.copy_from_slice(src),
                     }
                 }
-                None => dst.copy_from_slice(&trow[..cols]),
+                OutPtr::Bf16(ptr) => {
+                    // SAFETY: as above.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add(at), cols) };
+                    match bias {
+                        Some(b) => dst.iter_mut().zip(src).zip(b).for_each(|((d, &t), &bv)| *d = super::amx::f32_to_bf16(t + bv)),
+                        None => dst.iter_mut().zip(src).for_each(|(d, &t)| *d = super::amx::f32_to_bf16(t)),
+                    }
+                }
             }
         }
     }
@@ -137,8 +157,9 @@ pub(super) fn run(isa: Isa, lin: &PackedLinear, x: &[f32], m: usize, out: &Out, 
                 (Isa::Avx512, Panels::Bf16(w)) => avx512::tile_bf16(&w[span.clone()], xs, rows, k, part, &mut tile),
                 (_, Panels::F32(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, |v| v),
                 (_, Panels::Bf16(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, bf16_to_f32),
+                (_, Panels::Amx(_)) => unreachable!("AMX panels run in linear::amx"),
             }
-            out.store(&tile, r0, rows, p, lin.bias());
+            out.store(&tile[..rows], r0, p, lin.bias());
         }
     }
 }

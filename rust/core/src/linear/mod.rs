@@ -20,11 +20,13 @@
 //! The N panels may be split over threads ([`PackedLinear::forward`]), run by a persistent pool
 //! (workers spin briefly after a call, then sleep).
 
+mod amx;
 mod kernels;
 mod pool;
 
 use crate::error::{CoreError, Result};
 
+pub use amx::available as amx_available;
 pub use kernels::Isa;
 
 /// Output columns per weight panel.
@@ -44,6 +46,8 @@ pub const MAX_THREADS: usize = 64;
 pub(crate) enum Panels {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    /// bfloat16 in the AMX layout (K in pairs, padded to a multiple of 32; see `amx`).
+    Amx(Vec<u16>),
 }
 
 /// A linear layer's weight (and bias) packed for small-M products. Immutable once built;
@@ -108,6 +112,19 @@ impl PackedLinear {
         Ok(PackedLinear { n, k, panels: Panels::Bf16(pack(w, n, k, size)), bias: bias.map(<[f32]>::to_vec) })
     }
 
+    /// Packs a bfloat16 weight (as [`PackedLinear::from_bf16`]) for the AMX kernel: on a CPU
+    /// and OS with AMX-BF16 ([`amx_available`]) every call runs `TDPBF16PS` tiles (x rounded to
+    /// bfloat16, exact products, float32 sums in the hardware's order: within float32 rounding
+    /// of the other kernels, not bit-equal to them; each output row depends on its own input
+    /// row alone); elsewhere a portable kernel of the same layout.
+    ///
+    /// Errors: as [`PackedLinear::from_f32`].
+    pub fn from_bf16_amx(w: &[u16], n: usize, k: usize, bias: Option<&[f32]>) -> Result<Self> {
+        check_dims(n, k, w.len(), bias)?;
+        let size = amx::packed_len(n, k).ok_or_else(|| CoreError::value(format!("linear weight: [{n}, {k}] is too large")))?;
+        Ok(PackedLinear { n, k, panels: Panels::Amx(amx::pack(w, n, k, size)), bias: bias.map(<[f32]>::to_vec) })
+    }
+
     /// Output features (N).
     pub fn out_features(&self) -> usize {
         self.n
@@ -120,14 +137,29 @@ impl PackedLinear {
 
     /// Whether the weight is kept as bfloat16.
     pub fn is_bf16(&self) -> bool {
-        matches!(self.panels, Panels::Bf16(_))
+        matches!(self.panels, Panels::Bf16(_) | Panels::Amx(_))
+    }
+
+    /// Whether the weight is packed for the AMX kernel ([`PackedLinear::from_bf16_amx`]).
+    pub fn is_amx(&self) -> bool {
+        matches!(self.panels, Panels::Amx(_))
+    }
+
+    /// The kernel a call runs: `"amx-bf16"` (AMX panels on an AMX CPU), `"amx-portable"` (AMX
+    /// panels elsewhere), else the [`Isa`] family's name ([`Isa::detect`]).
+    pub fn kernel_name(&self) -> &'static str {
+        match (&self.panels, amx::available()) {
+            (Panels::Amx(_), true) => "amx-bf16",
+            (Panels::Amx(_), false) => "amx-portable",
+            _ => Isa::detect().name(),
+        }
     }
 
     /// Bytes of the packed weight (what one call streams).
     pub fn weight_bytes(&self) -> usize {
         match &self.panels {
             Panels::F32(p) => p.len() * 4,
-            Panels::Bf16(p) => p.len() * 2,
+            Panels::Bf16(p) | Panels::Amx(p) => p.len() * 2,
         }
     }
 
@@ -140,8 +172,28 @@ impl PackedLinear {
     }
 
     /// [`PackedLinear::forward`] with a chosen kernel; an `isa` this CPU lacks runs the scalar
-    /// one (never an illegal instruction).
+    /// one (never an illegal instruction). AMX panels run the AMX kernel where the CPU has it,
+    /// unless `isa` is [`Isa::Scalar`] (then their portable kernel).
     pub fn forward_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32], threads: usize) -> Result<()> {
+        self.check_call(m, x.len(), out.len(), threads)?;
+        let dst = kernels::Out { ptr: kernels::OutPtr::F32(out.as_mut_ptr()), m, n: self.n };
+        self.run_call(isa, Input::F32(x), m, &dst, threads);
+        Ok(())
+    }
+
+    /// `out[M, N] = x[M, K] @ W^T (+ bias)` for bfloat16 rows: `x` and `out` hold bfloat16 bit
+    /// patterns (the float32 results rounded to nearest even, as torch's `.to(torch.bfloat16)`
+    /// rounds). The same arithmetic as [`PackedLinear::forward`] on the widened x.
+    ///
+    /// Errors: as [`PackedLinear::forward`].
+    pub fn forward_bf16(&self, x: &[u16], m: usize, out: &mut [u16], threads: usize) -> Result<()> {
+        self.check_call(m, x.len(), out.len(), threads)?;
+        let dst = kernels::Out { ptr: kernels::OutPtr::Bf16(out.as_mut_ptr()), m, n: self.n };
+        self.run_call(Isa::detect(), Input::Bf16(x), m, &dst, threads);
+        Ok(())
+    }
+
+    fn check_call(&self, m: usize, xlen: usize, outlen: usize, threads: usize) -> Result<()> {
         if m == 0 {
             return Err(CoreError::value("linear input: expected at least one row, got 0"));
         }
@@ -149,26 +201,48 @@ impl PackedLinear {
             return Err(CoreError::value(format!("linear threads: expected 1 to {MAX_THREADS}, got {threads}")));
         }
         let (n, k) = (self.n, self.k);
-        let xlen = m.checked_mul(k).ok_or_else(|| CoreError::value("linear input: too many rows"))?;
-        if x.len() != xlen {
-            return Err(CoreError::shape("linear input", format!("{xlen} values ([{m}, {k}])"), x.len()));
+        let want = m.checked_mul(k).ok_or_else(|| CoreError::value("linear input: too many rows"))?;
+        if xlen != want {
+            return Err(CoreError::shape("linear input", format!("{want} values ([{m}, {k}])"), xlen));
         }
         let olen = m.checked_mul(n).ok_or_else(|| CoreError::value("linear output: too many rows"))?;
-        if out.len() != olen {
-            return Err(CoreError::shape("linear output", format!("{olen} values ([{m}, {n}])"), out.len()));
+        if outlen != olen {
+            return Err(CoreError::shape("linear output", format!("{olen} values ([{m}, {n}])"), outlen));
+        }
+        Ok(())
+    }
+
+    /// One checked call: the panels split over `threads` (contiguous, nearly equal ranges; the
+    /// caller takes the first).
+    fn run_call(&self, isa: Isa, x: Input<'_>, m: usize, dst: &kernels::Out, threads: usize) {
+        let k = self.k;
+        let panels = self.n.div_ceil(NR);
+        let threads = threads.min(panels);
+        let bounds: Vec<usize> = (0..=threads).map(|t| t * panels / threads).collect();
+        if let Panels::Amx(w) = &self.panels {
+            let rows = match x {
+                Input::F32(x) => amx::Rows::new(m, k, |r, d| d.iter_mut().zip(&x[r * k..]).for_each(|(d, &v)| *d = amx::f32_to_bf16(v))),
+                Input::Bf16(x) => amx::Rows::new(m, k, |r, d| d.copy_from_slice(&x[r * k..(r + 1) * k])),
+            };
+            let hw = isa != Isa::Scalar && amx::available();
+            let job = |t: usize| amx::run(hw, self, w, &rows, dst, bounds[t], bounds[t + 1]);
+            return if threads == 1 { job(0) } else { pool::run(threads, &job) };
         }
         let isa = if isa.available() { isa } else { Isa::Scalar };
-        let panels = n.div_ceil(NR);
-        let threads = threads.min(panels);
-        let dst = kernels::Out { ptr: out.as_mut_ptr(), m, n };
+        let widened: Vec<f32>;
+        let xs: &[f32] = match x {
+            Input::F32(x) => x,
+            Input::Bf16(x) => {
+                widened = x.iter().map(|&v| f32::from_bits((v as u32) << 16)).collect();
+                &widened
+            }
+        };
+        let job = |t: usize| kernels::run(isa, self, xs, m, dst, bounds[t], bounds[t + 1]);
         if threads == 1 {
-            kernels::run(isa, self, x, m, &dst, 0, panels);
-            return Ok(());
+            job(0)
+        } else {
+            pool::run(threads, &job)
         }
-        // Contiguous, nearly equal ranges of panels per thread; the caller takes the first.
-        let bounds: Vec<usize> = (0..=threads).map(|t| t * panels / threads).collect();
-        pool::run(threads, &|t| kernels::run(isa, self, x, m, &dst, bounds[t], bounds[t + 1]));
-        Ok(())
     }
 
     pub(crate) fn panels(&self) -> &Panels {
@@ -178,6 +252,13 @@ impl PackedLinear {
     pub(crate) fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref()
     }
+}
+
+/// The rows of one call: float32, or bfloat16 bit patterns.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
 }
 
 #[cfg(test)]

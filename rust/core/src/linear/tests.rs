@@ -149,6 +149,133 @@ fn bad_shapes_are_errors_not_panics() {
     assert_eq!((lin.out_features(), lin.in_features(), lin.is_bf16(), lin.weight_bytes()), (2, 4, false, NR * 4 * 4));
 }
 
+fn widen(v: u16) -> f32 {
+    f32::from_bits((v as u32) << 16)
+}
+
+/// A short reference of the AMX panels' portable kernel: x rounded to bfloat16 (nearest even),
+/// then `acc = fma(x[k], w[k], acc)` over k in order, plus the bias.
+fn amx_portable_reference(x: &[f32], wb: &[u16], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for kk in 0..k {
+                acc = widen(amx::f32_to_bf16(x[i * k + kk])).mul_add(widen(wb[j * k + kk]), acc);
+            }
+            y[i * n + j] = acc + b.map_or(0.0, |b| b[j]);
+        }
+    }
+    y
+}
+
+#[test]
+fn bf16_rounding_is_nearest_even_like_torch() {
+    let f = amx::f32_to_bf16;
+    assert_eq!(f(1.0), 0x3f80);
+    assert_eq!(f(f32::from_bits(0x3f80_8000)), 0x3f80); // tie, even stays
+    assert_eq!(f(f32::from_bits(0x3f81_8000)), 0x3f82); // tie, odd rounds up
+    assert_eq!(f(f32::from_bits(0x3f80_8001)), 0x3f81);
+    assert_eq!(f(f32::from_bits(0x3f80_7fff)), 0x3f80);
+    assert_eq!(f(-0.0), 0x8000);
+    assert_eq!(f(f32::INFINITY), 0x7f80);
+    assert_eq!(f(f32::NEG_INFINITY), 0xff80);
+    assert_eq!(f(f32::MAX), 0x7f80); // rounds up to infinity, as torch does
+    assert_eq!(f(f32::NAN), 0x7fc0);
+    assert_eq!(f(f32::from_bits(0xffff_ffff)), 0x7fc0);
+}
+
+/// The AMX panels (the hardware kernel where this CPU has it, else the portable one) against
+/// the float64 sum of the bf16-rounded inputs, and the portable kernel bit for bit against its
+/// short reference; K not a multiple of 32 (padding), N not a multiple of 16, 1-3 threads.
+#[test]
+fn amx_panels_match_the_reference() {
+    for &(m, n, k) in &[(1, 1, 1), (1, 16, 32), (3, 17, 5), (6, 33, 64), (16, 40, 31), (17, 48, 576), (33, 5, 70), (64, 20, 100)] {
+        let x = values(m * k, 11 + m as u64);
+        let xr: Vec<f32> = x.iter().map(|&v| widen(amx::f32_to_bf16(v))).collect();
+        let w = values(n * k, 12 + n as u64);
+        let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+        let wr: Vec<f32> = wb.iter().map(|&v| widen(v)).collect();
+        let b = values(n, 13);
+        for bias in [None, Some(&b[..])] {
+            let lin = PackedLinear::from_bf16_amx(&wb, n, k, bias).unwrap();
+            assert!(lin.is_amx() && lin.is_bf16());
+            let want = reference(&xr, &wr, bias, m, n, k);
+            let portable = amx_portable_reference(&x, &wb, bias, m, n, k);
+            for threads in [1, 2, 3] {
+                let mut y = vec![f32::NAN; m * n];
+                lin.forward(&x, m, &mut y, threads).unwrap();
+                assert_close(&y, &want, &xr, &wr, k, n);
+                let mut y = vec![f32::NAN; m * n];
+                lin.forward_with(Isa::Scalar, &x, m, &mut y, threads).unwrap();
+                assert!(y.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "portable AMX kernel, {m}x{n}x{k}");
+            }
+        }
+    }
+}
+
+/// What a tree step needs from a kernel: each output row depends on its own input row alone.
+/// For every row count from 1 to 64 (one to four row blocks of every size), every row of a
+/// call is bit-equal to the same row computed alone, for the AMX panels (hardware where this
+/// CPU has it) and their portable kernel, on 1 and 2 threads.
+#[test]
+fn amx_rows_do_not_depend_on_the_other_rows() {
+    let (n, k) = (37, 96);
+    let wb: Vec<u16> = values(n * k, 41).iter().map(|&v| to_bf16(v)).collect();
+    let b = values(n, 42);
+    let lin = PackedLinear::from_bf16_amx(&wb, n, k, Some(&b)).unwrap();
+    let xall = values(64 * k, 43);
+    for isa in [Isa::detect(), Isa::Scalar] {
+        let alone: Vec<Vec<f32>> = (0..64)
+            .map(|r| {
+                let mut y = vec![0.0; n];
+                lin.forward_with(isa, &xall[r * k..(r + 1) * k], 1, &mut y, 1).unwrap();
+                y
+            })
+            .collect();
+        for m in 1..=64 {
+            for threads in [1, 2] {
+                let mut y = vec![f32::NAN; m * n];
+                lin.forward_with(isa, &xall[..m * k], m, &mut y, threads).unwrap();
+                for (r, row) in y.chunks_exact(n).enumerate() {
+                    assert!(row.iter().zip(&alone[r]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?}: row {r} of {m} differs from the row alone");
+                }
+            }
+        }
+    }
+}
+
+/// `forward_bf16` (bf16 rows in, bf16 out) gives the float32 call's output on the widened rows,
+/// rounded to nearest even, for every kind of panel.
+#[test]
+fn bf16_calls_round_the_float32_results() {
+    let (m, n, k) = (5, 21, 40);
+    let xb: Vec<u16> = values(m * k, 51).iter().map(|&v| to_bf16(v)).collect();
+    let xw: Vec<f32> = xb.iter().map(|&v| widen(v)).collect();
+    let w = values(n * k, 52);
+    let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+    let b = values(n, 53);
+    for lin in [
+        PackedLinear::from_f32(&w, n, k, Some(&b)).unwrap(),
+        PackedLinear::from_bf16(&wb, n, k, Some(&b)).unwrap(),
+        PackedLinear::from_bf16_amx(&wb, n, k, Some(&b)).unwrap(),
+    ] {
+        for threads in [1, 2] {
+            let mut y = vec![0.0f32; m * n];
+            lin.forward(&xw, m, &mut y, threads).unwrap();
+            let mut yb = vec![0u16; m * n];
+            lin.forward_bf16(&xb, m, &mut yb, threads).unwrap();
+            assert_eq!(yb, y.iter().map(|&v| amx::f32_to_bf16(v)).collect::<Vec<_>>(), "{}", lin.kernel_name());
+        }
+    }
+    let lin = PackedLinear::from_bf16_amx(&wb, n, k, None).unwrap();
+    assert!(lin.forward_bf16(&xb[..k - 1], 1, &mut vec![0; n], 1).is_err());
+    assert!(lin.forward_bf16(&xb[..k], 1, &mut vec![0; n - 1], 1).is_err());
+    assert!(lin.forward_bf16(&xb[..k], 1, &mut vec![0; n], 0).is_err());
+    assert!(PackedLinear::from_bf16_amx(&wb, n, k + 1, None).is_err());
+    assert_eq!(lin.kernel_name(), if amx_available() { "amx-bf16" } else { "amx-portable" });
+}
+
 /// A small linear for the pool tests: 3 panels (so 2 threads both get work) and its result on
 /// one thread.
 fn tiny() -> (PackedLinear, Vec<f32>, Vec<f32>) {
@@ -272,16 +399,19 @@ fn kernel_rows_timing() {
 
 /// All linears of one decoding step of a 135M model (30 layers of 576x576, 192x576 x2, 576x576,
 /// 1536x576 x2, 576x1536, and a 49152 x 576 head) for a few row counts, 1 and 2 threads,
-/// medians of 5. f32 weights, the detected kernel family; `BF16=1` for bf16 weights, `AVX2=1`
-/// for the AVX2 kernels. Timing only:
+/// medians of 5. f32 weights, the detected kernel family; `BF16=1` for bf16 weights, `AMX=1`
+/// for bf16 weights in the AMX panels, `AVX2=1` for the AVX2 kernels. Timing only:
 /// `cargo test -p tokenloom-core --release -- --ignored --nocapture step_timing`.
 #[test]
 #[ignore]
 fn step_timing() {
     let shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
     let bf16 = std::env::var("BF16").is_ok();
+    let amx = std::env::var("AMX").is_ok();
     let mk = |w: &[f32], n: usize, k: usize| {
-        if bf16 {
+        if amx {
+            PackedLinear::from_bf16_amx(&w.iter().map(|&v| to_bf16(v)).collect::<Vec<u16>>(), n, k, None).unwrap()
+        } else if bf16 {
             PackedLinear::from_bf16(&w.iter().map(|&v| to_bf16(v)).collect::<Vec<u16>>(), n, k, None).unwrap()
         } else {
             PackedLinear::from_f32(w, n, k, None).unwrap()
@@ -298,10 +428,18 @@ fn step_timing() {
     let x = values(33 * 1536, 5);
     let mut y = vec![0.0f32; 33 * 49152];
     let ms = [1usize, 2, 9, 17, 33];
-    let step = |m: usize, th: usize, y: &mut [f32]| {
+    // `BF16_IO=1`: bf16 rows in and out (forward_bf16), as the Python layer calls a bf16 model
+    let bf16_io = std::env::var("BF16_IO").is_ok();
+    let xb: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
+    let mut yb = vec![0u16; y.len()];
+    let mut step = |m: usize, th: usize, y: &mut [f32]| {
         for lin in &lins {
             let (n, k) = (lin.out_features(), lin.in_features());
-            lin.forward_with(isa, &x[..m * k], m, &mut y[..m * n], th).unwrap();
+            if bf16_io {
+                lin.forward_bf16(&xb[..m * k], m, &mut yb[..m * n], th).unwrap();
+            } else {
+                lin.forward_with(isa, &x[..m * k], m, &mut y[..m * n], th).unwrap();
+            }
         }
     };
     let mut t: std::collections::HashMap<(usize, usize), Vec<f64>> = Default::default();
@@ -325,7 +463,7 @@ fn step_timing() {
                 format!("M={m}: {:.1}", v[v.len() / 2])
             })
             .collect();
-        eprintln!("{} threads {th} (ms): {}", isa.name(), line.join(", "));
+        eprintln!("{} threads {th} (ms): {}", lins[0].kernel_name(), line.join(", "));
     }
 }
 
