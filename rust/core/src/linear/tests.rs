@@ -492,3 +492,28 @@ fn l2_gflops() {
         eprintln!("M={m}: {:.1} us, {:.1} GFLOP/s", best * 1e6, 2.0 * (m * n * k) as f64 / best / 1e9);
     }
 }
+
+/// The AMX kernel with a weight that stays in L2 (576 x 576 bf16, one thread): the tile
+/// arithmetic alone, without the memory stream. Timing only:
+/// `cargo test -p tokenloom-core --release -- --ignored --nocapture amx_l2_rate`.
+#[test]
+#[ignore]
+fn amx_l2_rate() {
+    let (n, k) = (576, 576);
+    let wb: Vec<u16> = values(n * k, 3).iter().map(|&v| to_bf16(v)).collect();
+    let lin = PackedLinear::from_bf16_amx(&wb, n, k, None).unwrap();
+    let x: Vec<u16> = values(64 * k, 5).iter().map(|&v| to_bf16(v)).collect();
+    let mut y = vec![0u16; 64 * n];
+    for &m in &[1usize, 8, 16, 17, 24, 32, 33, 48, 64] {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let reps = 500;
+            let s = std::time::Instant::now();
+            for _ in 0..reps {
+                lin.forward_bf16(&x[..m * k], m, &mut y[..m * n], 1).unwrap();
+            }
+            best = best.min(s.elapsed().as_secs_f64() / reps as f64);
+        }
+        eprintln!("{} M={m}: {:.1} us, {:.1} GFLOP/s, {:.1} GB/s of weights", lin.kernel_name(), best * 1e6, 2.0 * (m * n * k) as f64 / best / 1e9, (n * k * 2) as f64 / best / 1e9);
+    }
+}
