@@ -424,6 +424,17 @@ def test_the_step_forward_is_in_the_key(model):
     assert leanforward.step_forward(torch.nn.Linear(2, 2)) == "module"  # not a Llama: the module forward
 
 
+def test_exact_rows_is_in_the_key(model):
+    # a curve timed with each tree node's attention alone (exact_rows) is not the batched
+    # attention's: neither is reused for the other
+    from tokenloom.runtime.gqa import exact_rows
+
+    plain = cal.calibration_key(model)
+    with exact_rows():
+        exact = cal.calibration_key(model)
+    assert exact != plain and cal.calibration_key(model) == plain
+
+
 def test_the_kernels_version_and_tiles_threads_are_in_the_key(model, monkeypatch):
     # a kernel choice or curve saved before a kernel changed (KERNELS_VERSION) is measured again;
     # a tiles curve depends on the tiles thread count, for "tiles" and "tiles-trees" alike

@@ -170,8 +170,12 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
     torch threads), the linear ``kernel`` (default: the one in use, :func:`kernel_of`; for
     a kernel with a tiles part its thread count too), the step forward
     (:func:`tokenloom.runtime.leanforward.step_forward`: a curve timed through the module
-    forward is not the lean forward's) and :data:`tokenloom.runtime.cpupack.KERNELS_VERSION`
-    (a choice between kernels made before one of them changed is made again)."""
+    forward is not the lean forward's), whether :func:`tokenloom.runtime.gqa.exact_rows` is on
+    (each tree node's attention computed alone: a 17-token step costs ~1.3x the batched one, so
+    a curve timed without it would size trees too large under it, and one timed under it too
+    small without it) and :data:`tokenloom.runtime.cpupack.KERNELS_VERSION` (a choice between
+    kernels made before one of them changed is made again)."""
+    from tokenloom.runtime.gqa import exact_rows_active
     from tokenloom.runtime.leanforward import step_forward
 
     param = next(model.parameters())
@@ -184,8 +188,9 @@ def calibration_key(model: Any, kernel: Optional[str] = None) -> str:
         from tokenloom.runtime.cpupack import tiles_threads
 
         packed += f":{tiles_threads()}"
+    exact = "|exact-rows" if exact_rows_active() else ""
     raw = (f"{cfg}|{param.dtype}|{device_name(param.device)}|{machine_fingerprint()}{packed}|{step_forward(model)}"
-           f"|kernels-{KERNELS_VERSION}")
+           f"{exact}|kernels-{KERNELS_VERSION}")
     return hashlib.sha1(raw.encode()).hexdigest()[:20]
 
 
