@@ -68,6 +68,8 @@ def test_float32_report_and_json(tiny_loaded, tmp_path, capsys):
     # how prompts run in tiles, measured per weight shape (the tiny model: 3 shapes and the head)
     assert any(k.startswith("float32 ") for k in rep["long_rows"]) and all(isinstance(v, bool) for v in rep["long_rows"].values())
     assert "prompts (more rows than a tree) in tiles: " in out
+    # which kernel the tiles linears run per dtype (AMX or a vector family), in the text and the JSON
+    assert f"tiles kernels: bfloat16 {rep['machine']['tiles']['bfloat16']}, float32 {rep['machine']['tiles']['float32']}" in out
 
 
 def test_bfloat16_has_onednn_only_where_it_runs_bfloat16(tiny_loaded, tmp_path, capsys):

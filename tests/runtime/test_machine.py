@@ -37,6 +37,22 @@ def test_machine_info_and_fingerprint():
     fp = machine.machine_fingerprint(info)
     assert f"cpu={info['cpu']}" in fp and machine.machine_fingerprint({**info, "threads": 99}) != fp
     assert machine.machine_fingerprint({**info, "flags": ["avx512f"]}) != fp
+    # the tiles kernels: AMX or not changes what a bfloat16 step costs, so it is in the key
+    assert set(info["tiles"]) == {"float32", "bfloat16"}
+    assert info["tiles"]["float32"] in ("avx512f", "avx2+fma", "scalar")
+    assert info["tiles"]["bfloat16"] in ("amx-bf16", info["tiles"]["float32"])
+    assert machine.machine_fingerprint({**info, "tiles": {**info["tiles"], "bfloat16": "other"}}) != fp
+
+
+def test_tiles_amx_can_be_turned_off(monkeypatch):
+    from tokenloom.runtime.cpupack import tiles_amx
+
+    monkeypatch.setenv("TOKENLOOM_TILES_AMX", "0")
+    assert tiles_amx() is False and machine.tiles_kernels()["bfloat16"] == machine.tiles_kernels()["float32"]
+    monkeypatch.delenv("TOKENLOOM_TILES_AMX")
+    from tokenloom import _core
+
+    assert tiles_amx() == _core.amx_available()
 
 
 def test_machine_load(monkeypatch):

@@ -151,6 +151,7 @@ def report_lines(report: Dict[str, Any], model_label: str = "") -> List[str]:
         f"machine: {m['cpu']}; {m['cores']} cores; {m['platform']}",
         f"  ISA: {' '.join(f for f in ISA_FLAGS if f in has) or '(none of interest)'}"
         + (f" (not: {' '.join(f for f in ISA_FLAGS if f not in has)})" if has != set(ISA_FLAGS) else ""),
+        "  tiles kernels: " + (", ".join(f"{d} {k}" for d, k in sorted((m.get("tiles") or {}).items())) or "(no compiled extension)"),
         f"  torch {m['torch_build']}, {m['threads']} threads; load average {load['load1']:.2f} on {load['cpus']} CPUs"
         + (" -- busy: timings are noisy" if load["busy"] else ""),
         f"model: {model_label or 'the model'} ({report['dtype']}); {report['settings']['repeats']} timed round(s) per size, "

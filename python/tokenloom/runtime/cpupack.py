@@ -41,9 +41,12 @@ A second kernel, ``pack="tiles"`` (:class:`TiledLinear`): tokenloom's own small-
 (``tokenloom._core.TiledLinear``, Rust): the weight packed once into panels of 16 output columns
 x K, each panel streamed from memory exactly once per call for all rows (a software prefetch
 runs ahead of the arithmetic), float32 accumulation; float32 and bfloat16 weights (kept as
-bf16: half the bytes streamed). Row counts up to :data:`TILED_MAX_ROWS` run through it, larger
-ones (prompts) through the original ``nn.Linear``. Its threads: :func:`set_tiles_threads`
-(default ``torch.get_num_threads()``; measurements there).
+bf16: half the bytes streamed). On a CPU with AMX-BF16, bfloat16 weights run the AMX kernel
+instead (:func:`tiles_amx`: tile products, nearly flat in the row count). bfloat16 rows go in
+and out of the kernel as bfloat16 bits (no torch conversion on either side). Row counts up to
+:data:`TILED_MAX_ROWS` run through it, larger ones (prompts) through the original ``nn.Linear``
+or tiles in chunks, whichever measured faster. Its threads: :func:`set_tiles_threads` (default
+``torch.get_num_threads()``; measurements there).
 
 Faster is not universal: on an Intel Xeon with AVX-512/AMX, packed linears measured slower than
 MKL's. ``tokenloom.generate(..., pack="auto")`` therefore packs only where packing measured

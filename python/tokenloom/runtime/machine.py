@@ -21,6 +21,7 @@ __all__ = [
     "BUSY_LOAD_PER_CPU",
     "ISA_FLAGS",
     "cpu_model_and_flags",
+    "tiles_kernels",
     "describe",
     "machine_fingerprint",
     "machine_info",
@@ -87,9 +88,25 @@ def _torch_build() -> str:
     return _BUILD["build"]
 
 
+def tiles_kernels() -> Dict[str, str]:
+    """The kernel tokenloom's tiles linears run per weight dtype here: ``{"float32": family,
+    "bfloat16": "amx-bf16" or family}`` (family: ``"avx512f"``, ``"avx2+fma"``, ``"scalar"``;
+    bfloat16 runs AMX where :func:`tokenloom.runtime.cpupack.tiles_amx` says so); ``{}``
+    without the compiled extension."""
+    try:
+        from tokenloom import _core
+    except ImportError:
+        return {}
+    from tokenloom.runtime.cpupack import tiles_amx
+
+    family = _core.tiled_linear_isa()
+    return {"float32": family, "bfloat16": "amx-bf16" if tiles_amx() else family}
+
+
 def machine_info() -> Dict[str, Any]:
-    """``{"cpu", "flags", "cores", "torch", "torch_build", "threads", "platform"}`` of this
-    process (``flags``: those of :data:`ISA_FLAGS` the CPU has)."""
+    """``{"cpu", "flags", "cores", "torch", "torch_build", "threads", "platform", "tiles"}`` of
+    this process (``flags``: those of :data:`ISA_FLAGS` the CPU has; ``tiles``:
+    :func:`tiles_kernels`)."""
     import torch
 
     cpu, flags = cpu_model_and_flags()
@@ -101,6 +118,7 @@ def machine_info() -> Dict[str, Any]:
         "torch_build": _torch_build(),
         "threads": torch.get_num_threads(),
         "platform": f"{platform.system()} {platform.machine()}",
+        "tiles": tiles_kernels(),
     }
 
 
@@ -113,10 +131,13 @@ def describe(info: Optional[Dict[str, Any]] = None) -> str:
 
 
 def machine_fingerprint(info: Optional[Dict[str, Any]] = None) -> str:
-    """What a measured step cost depends on besides the model: CPU model, ISA flags, torch build
-    and threads, as one string (``info`` default :func:`machine_info`)."""
+    """What a measured step cost depends on besides the model: CPU model, ISA flags, torch build,
+    threads and the tiles kernels (AMX or not), as one string (``info`` default
+    :func:`machine_info`)."""
     m = machine_info() if info is None else info
-    return f"cpu={m.get('cpu')}|flags={','.join(m.get('flags') or [])}|torch={m.get('torch_build')}|threads={m.get('threads')}"
+    tiles = ",".join(f"{d}:{k}" for d, k in sorted((m.get("tiles") or {}).items()))
+    return (f"cpu={m.get('cpu')}|flags={','.join(m.get('flags') or [])}|torch={m.get('torch_build')}|threads={m.get('threads')}"
+            f"|tiles={tiles}")
 
 
 def machine_load() -> Dict[str, Any]:
