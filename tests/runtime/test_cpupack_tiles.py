@@ -128,6 +128,31 @@ def test_amx_errors_and_availability():
     assert "kernel=" in repr(lin)
 
 
+def test_amx_tiles_and_onednn_amx_alternate_on_one_thread():
+    """The AMX kernel configures the tiles for each call and releases them after; oneDNN's
+    bfloat16 kernels (AMX on such a CPU) configure their own. Alternating the two, and torch's
+    own bfloat16 linear, on the same threads gives the same results every time (a kernel that
+    relied on a tile configuration the other had replaced would fault or compute garbage)."""
+    from tokenloom.runtime.cpupack import pack_available
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(96, 64, generator=gen).to(torch.bfloat16)
+    xs = [torch.randn(m, 64, generator=gen).to(torch.bfloat16) for m in (1, 17, 5)]
+    amx = _core.TiledLinear(w.view(torch.int16).numpy(), bf16=True, amx=True)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, None) if pack_available(torch.bfloat16) else None
+    first = None
+    for _ in range(3):
+        got = []
+        for x in xs:
+            got.append(amx.forward(x.view(torch.int16).numpy(), 2))
+            got.append(torch.nn.functional.linear(x, w).float().numpy())
+            if packed is not None:
+                got.append(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "").float().numpy())
+        if first is None:
+            first = got
+        assert all(np.array_equal(a, b) for a, b in zip(got, first))
+
+
 def test_bad_inputs_are_clear_errors():
     w = np.ones((4, 3), np.float32)
     for bad, match in [(np.ones(3, np.float32), "2-D float32"), (w.astype(np.float64), "2-D float32"),
