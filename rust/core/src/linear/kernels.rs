@@ -98,26 +98,27 @@ impl Out {
         let c0 = p * NR;
         let cols = NR.min(self.n - c0);
         let bias = bias.map(|b| &b[c0..c0 + cols]);
-        for (r, trow) in tile.iter().enumerate() {
-            debug_assert!(r0 + r < self.m);
-            let at = (r0 + r) * self.n + c0;
-            let src = &trow[..cols];
-            match self.ptr {
-                OutPtr::F32(ptr) => {
-                    // SAFETY: r0 + r < m and c0 + cols <= n, so at..at + cols lies inside the
-                    // [m, n] output; this thread owns panel p's columns (see `unsafe impl Sync`).
-                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add(at), cols) };
+        match self.ptr {
+            OutPtr::F32(ptr) => {
+                for (r, trow) in tile.iter().enumerate() {
+                    debug_assert!(r0 + r < self.m);
+                    // SAFETY: r0 + r < m and c0 + cols <= n, so the range lies inside the [m, n]
+                    // output; this thread owns panel p's columns (see `unsafe impl Sync`).
+                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add((r0 + r) * self.n + c0), cols) };
                     match bias {
-                        Some(b) => dst.iter_mut().zip(src).zip(b).for_each(|((d, &t), &bv)| *d = t + bv),
-                        None => dst.copy_from_slice(src),
+                        Some(b) => dst.iter_mut().zip(&trow[..cols]).zip(b).for_each(|((d, &t), &bv)| *d = t + bv),
+                        None => dst.copy_from_slice(&trow[..cols]),
                     }
                 }
-                OutPtr::Bf16(ptr) => {
+            }
+            OutPtr::Bf16(ptr) => {
+                for (r, trow) in tile.iter().enumerate() {
+                    debug_assert!(r0 + r < self.m);
                     // SAFETY: as above.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add(at), cols) };
+                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add((r0 + r) * self.n + c0), cols) };
                     match bias {
-                        Some(b) => dst.iter_mut().zip(src).zip(b).for_each(|((d, &t), &bv)| *d = super::amx::f32_to_bf16(t + bv)),
-                        None => dst.iter_mut().zip(src).for_each(|(d, &t)| *d = super::amx::f32_to_bf16(t)),
+                        Some(b) => dst.iter_mut().zip(&trow[..cols]).zip(b).for_each(|((d, &t), &bv)| *d = super::amx::f32_to_bf16(t + bv)),
+                        None => dst.iter_mut().zip(&trow[..cols]).for_each(|(d, &t)| *d = super::amx::f32_to_bf16(t)),
                     }
                 }
             }
