@@ -85,3 +85,46 @@ def test_bad_input(logits, k, err):
 
 def test_empty_rows():
     assert top_k_ids(np.zeros((0, 7), np.float32), 3).shape == (0, 3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 3).flatmap(lambda n: st.integers(1, 90).flatmap(
+    lambda v: st.tuples(st.lists(st.lists(values, min_size=v, max_size=v), min_size=n, max_size=n), st.integers(1, v)))))
+def test_bfloat16_bits_equal_reference(case):
+    """bfloat16 rows given as their bits (bf16=True) rank as their values do."""
+    rows, k = case
+    t = torch.tensor(rows, dtype=torch.float32).to(torch.bfloat16)
+    want = reference(t.float().tolist(), k)
+    assert np.array_equal(_core.top_k_rows(t.view(torch.int16).numpy(), k, bf16=True), want)
+    assert np.array_equal(_core.top_k_rows(t.view(torch.int16).numpy().view(np.uint16), k, bf16=True), want)
+    assert np.array_equal(top_k_ids(t, k), want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 4).flatmap(lambda n: st.integers(1, 70).flatmap(
+    lambda v: st.lists(st.lists(values, min_size=v, max_size=v), min_size=n, max_size=n))),
+    st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
+def test_argmax_ids_equals_torch_argmax(rows, dtype):
+    """argmax_ids is torch.argmax: the first of tied values, NaN above every number; any leading
+    dimensions; float32 / float64 / bfloat16 through the Rust kernel, float16 through torch."""
+    from tokenloom.spec.topk import argmax_ids
+
+    x = torch.tensor(rows, dtype=torch.float32).to(dtype)
+    got = argmax_ids(x)
+    assert got.dtype == np.int64 and np.array_equal(got, x.argmax(-1).numpy())
+    assert np.array_equal(argmax_ids(x[None]), x[None].argmax(-1).numpy())  # [1, n, V]
+    assert np.array_equal(argmax_ids(x[0]), x[0].argmax(-1).numpy())  # one row: a 0-d array
+
+
+def test_argmax_ids_on_vocab_rows_and_empty_inputs():
+    from tokenloom.spec.topk import argmax_ids
+
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(17, 49152, generator=gen).to(dtype)
+        x[3, 100] = x[3, 200] = 1e4  # a tie: the lower id
+        assert np.array_equal(argmax_ids(x), x.argmax(-1).numpy())
+        assert np.array_equal(argmax_ids(x[:, ::2]), x[:, ::2].argmax(-1).numpy())  # not contiguous
+    assert argmax_ids(torch.zeros(0, 5)).shape == (0,)
+    with pytest.raises((IndexError, RuntimeError)):
+        argmax_ids(torch.zeros(2, 0))

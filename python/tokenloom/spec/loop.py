@@ -31,6 +31,7 @@ from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.base import Drafter, DraftTree, check_tree
 from tokenloom.spec.batchbudget import BatchBudget
 from tokenloom.spec.stats import SpecStats
+from tokenloom.spec.topk import argmax_ids
 from tokenloom.verify.policy import TreeVerifier
 
 __all__ = ["DrafterFactory", "speculative_decode", "speculative_decode_batch"]
@@ -177,7 +178,7 @@ def speculative_decode_batch(
             starts=live_starts, ends=live_ends,
         )
         # Greedy rows need only the argmax: one host copy for the whole batch.
-        top = logits.argmax(-1).cpu().numpy() if cfgs[0].greedy else None
+        top = argmax_ids(logits) if cfgs[0].greedy else None
         results = [
             verifiers[b](tree, logits[i, : tree.size], None if top is None else top[i, : tree.size])
             for i, (b, tree) in enumerate(zip(live, trees))

@@ -148,8 +148,10 @@ pub fn uniforms<'py>(
 ///
 /// Args:
 ///     logits (np.ndarray[float32 | float64; other floats, e.g. float16, convert by value],
-///         shape [n, V]): C-contiguous rows.
+///         shape [n, V]): C-contiguous rows. With ``bf16=True``: bfloat16 bit patterns as
+///         int16 or uint16 (``tensor.view(torch.int16).numpy()``), ranked by their values.
 ///     k (int): in [1, V].
+///     bf16 (bool): the rows hold bfloat16 bit patterns.
 ///
 /// Returns:
 ///     np.ndarray[int64], shape [n, k].
@@ -157,11 +159,12 @@ pub fn uniforms<'py>(
 /// Raises:
 ///     ValueError: k outside [1, V], a wrong dtype or layout.  TypeError: k is not an int.
 #[pyfunction]
-#[pyo3(signature = (logits, k))]
+#[pyo3(signature = (logits, k, *, bf16=false))]
 pub fn top_k_rows<'py>(
     py: Python<'py>,
     logits: &Bound<'py, PyAny>,
     #[pyo3(from_py_with = args::k_candidates)] k: usize,
+    bf16: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     fn run<R: Real + PartialOrd + numpy::Element>(
         py: Python<'_>,
@@ -170,6 +173,25 @@ pub fn top_k_rows<'py>(
     ) -> PyResult<(Vec<i64>, usize)> {
         let (d, rows, v) = slice2("logits", a)?;
         Ok((py.detach(|| tokenloom_core::topk::top_k_rows(d, v, k)).map_err(to_py)?, rows))
+    }
+    if bf16 {
+        // widening bfloat16 to float32 is exact and keeps the order (NaN stays NaN)
+        let (bits, rows, v): (Vec<u16>, usize, usize) = if let Ok(a) = logits.extract::<PyReadonlyArray2<'py, i16>>() {
+            let (d, r, c) = slice2("logits", &a)?;
+            (d.iter().map(|&x| x as u16).collect(), r, c)
+        } else if let Ok(a) = logits.extract::<PyReadonlyArray2<'py, u16>>() {
+            let (d, r, c) = slice2("logits", &a)?;
+            (d.to_vec(), r, c)
+        } else {
+            return Err(PyValueError::new_err("logits: with bf16=True, expected a 2-D int16 or uint16 numpy array of bfloat16 bits"));
+        };
+        let ids = py
+            .detach(|| {
+                let wide: Vec<f32> = bits.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
+                tokenloom_core::topk::top_k_rows(&wide, v, k)
+            })
+            .map_err(to_py)?;
+        return Ok(ids.into_pyarray(py).reshape([rows, k])?.into_any());
     }
     let (ids, rows) = match F2::new("logits", logits)? {
         F2::F32(a) => run(py, &a, k)?,
