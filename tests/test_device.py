@@ -135,7 +135,7 @@ def test_verify_takes_the_device_branch_and_agrees(monkeypatch):
 
 def test_sampler_probs_and_topk_take_the_device_branch(monkeypatch):
     from tokenloom import _core
-    from tokenloom.spec.topk import top_k_ids
+    from tokenloom.sampling.topk import top_k_ids
 
     logits = torch.randn(16, 300, generator=torch.Generator().manual_seed(1)) * 3
     for kw in (dict(), dict(temperature=0.7, top_k=20), dict(top_p=0.8, min_p=0.05), dict(temperature=0.0)):

@@ -700,7 +700,7 @@ def test_cautious_punctuation_ids_are_checked(small_llama):
 
 
 def test_top_k_ids_takes_float_rows_only():
-    from tokenloom.spec.topk import top_k_ids
+    from tokenloom.sampling.topk import top_k_ids
 
     for ints in (np.arange(6).reshape(2, 3), torch.arange(6).reshape(2, 3), torch.ones(2, 3, dtype=torch.bool)):
         with pytest.raises(ValueError, match="float"):

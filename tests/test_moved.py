@@ -22,6 +22,7 @@ from tokenloom._moved import MovedModule, install_moved
         ("tokenloom.decoding.stats", "tokenloom.request.stats", "GenerateStats"),
         ("tokenloom.integrations.vllm.chains", "tokenloom.spec.chains", "register_chain_drafter"),
         ("tokenloom.spec.suffix.drafter", "tokenloom.spec.merged.drafter", "MergedDrafter"),
+        ("tokenloom.spec.topk", "tokenloom.sampling.topk", "top_k_ids"),
     ],
 )
 def test_old_names_warn_and_give_the_new_objects(old, new, name):

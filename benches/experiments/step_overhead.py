@@ -2,7 +2,7 @@
 propose, its accept (the update) and the tree forward, in ms per step and % of the wall time of
 4 requests x 128 tokens (after one warm-up request; fresh recycler and cache per method).
 Interleaves, in one process, the update's top-k from ``torch.topk`` (before) and from the Rust
-kernel ``tokenloom.spec.topk.top_k_ids`` (after).
+kernel ``tokenloom.sampling.topk.top_k_ids`` (after).
 
     TOKENLOOM_PERSIST=0 python benches/experiments/step_overhead.py --rounds 2 --json benches/results/suffix/steptime.json
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenloom.spec.topk import top_k_ids
+from tokenloom.sampling.topk import top_k_ids
 
 K = 8
 

@@ -18,7 +18,7 @@ __all__ = ["PlainDrafter", "decode_plain", "make_plain_drafter", "next_token_cho
 def next_token_chooser(cfg: DecodeConfig) -> Callable[[Any], int]:
     """A function ``logits [1, V] -> int``: argmax when greedy, else a seeded sampler."""
     if cfg.greedy:
-        from tokenloom.spec.topk import argmax_ids
+        from tokenloom.sampling.topk import argmax_ids
 
         return lambda logits: int(argmax_ids(logits[0]))
     from tokenloom.sampling.sampler import Sampler

@@ -7,3 +7,8 @@ their calibration rules (:mod:`.calibration`), the step API for hand-written loo
 one: :mod:`.recycling`, :mod:`.dyspec`, :mod:`.lookup`, :mod:`.merged` (the merged drafter,
 methods "merged" and "suffix"), :mod:`.suffix` (suffix tries); the table of chain drafters for
 serving stacks (:mod:`.chains`); drafter state kept across processes: :mod:`.persist`."""
+
+from tokenloom._moved import install_moved
+
+# top_k_ids / argmax_ids live with the other operations on logit rows now
+install_moved(__name__, {"topk": "tokenloom.sampling.topk"})

@@ -53,7 +53,7 @@ from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.kernels import ONE_ROW_KERNELS, PACK_KERNELS, TREE_KERNELS, kernel_parts
 from tokenloom.runtime.machine import machine_fingerprint, machine_info, machine_load, own_load
 from tokenloom.spec.persist import PersistWarning, cache_dir, load_state, save_state
-from tokenloom.spec.topk import argmax_ids, top_k_ids
+from tokenloom.sampling.topk import argmax_ids, top_k_ids
 
 __all__ = [
     "CalibrationWarning",

@@ -31,7 +31,7 @@ from tokenloom.runtime.compat import cache_arg
 from tokenloom.spec.base import Drafter, DraftTree, check_tree
 from tokenloom.spec.batchbudget import BatchBudget
 from tokenloom.spec.stats import SpecStats
-from tokenloom.spec.topk import argmax_ids
+from tokenloom.sampling.topk import argmax_ids
 from tokenloom.verify.policy import TreeVerifier
 
 __all__ = ["DrafterFactory", "speculative_decode", "speculative_decode_batch"]

@@ -58,7 +58,7 @@ class TreeVerifier:
         ``argmax``: the logits' argmax (int [T], on the host) when the caller has it already
         (a batch computes every row's at once); used by greedy verification only."""
         if self.cfg.greedy:
-            from tokenloom.spec.topk import argmax_ids
+            from tokenloom.sampling.topk import argmax_ids
 
             ids = argmax_ids(logits) if argmax is None else argmax
             return verify_greedy(tree.parents, tree.tokens, ids)

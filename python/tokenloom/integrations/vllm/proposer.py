@@ -63,7 +63,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tokenloom.spec.chains import ChainDrafter, chain_drafters, make_chain_drafter
-from tokenloom.spec.topk import top_k_ids
+from tokenloom.sampling.topk import top_k_ids
 
 __all__ = [
     "DEFAULT_DRAFTER",

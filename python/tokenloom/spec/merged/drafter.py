@@ -45,7 +45,7 @@ from tokenloom.spec.sizing import StepCost
 from tokenloom.spec.merged.calibration import CANDIDATE_CLASSES, Calibration
 from tokenloom.spec.recycling.drafter import SEED_FROM_PREFILL, SEED_MAX_POSITIONS
 from tokenloom.spec.suffix.store import DEFAULT_MAX_DEPTH, MAX_MATCH, SuffixCache, SuffixIndex
-from tokenloom.spec.topk import top_k_ids
+from tokenloom.sampling.topk import top_k_ids
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_BUDGET", "MergedDrafter", "best_nodes", "cap_rows", "subtree", "top_path"]
 

@@ -20,7 +20,7 @@ from tokenloom._arrays import as_count
 from tokenloom.spec.base import DraftTree
 from tokenloom.spec.sizing import AcceptanceStats, StepCost, choose_template
 from tokenloom.spec.templates import NESTED_SIZES, Template, TemplateSpec, compile_template, template_paths
-from tokenloom.spec.topk import top_k_ids
+from tokenloom.sampling.topk import top_k_ids
 
 __all__ = ["AUTO_SIZES", "RESIZE_EVERY", "SEED_FROM_PREFILL", "SEED_MAX_POSITIONS", "RecyclingDrafter", "resolve_seed_prefill"]
 

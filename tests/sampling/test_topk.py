@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenloom import _core
-from tokenloom.spec.topk import top_k_ids
+from tokenloom.sampling.topk import top_k_ids
 
 
 def reference(rows, k):
@@ -107,7 +107,7 @@ def test_bfloat16_bits_equal_reference(case):
 def test_argmax_ids_equals_torch_argmax(rows, dtype):
     """argmax_ids is torch.argmax: the first of tied values, NaN above every number; any leading
     dimensions; float32 / float64 / bfloat16 through the Rust kernel, float16 through torch."""
-    from tokenloom.spec.topk import argmax_ids
+    from tokenloom.sampling.topk import argmax_ids
 
     x = torch.tensor(rows, dtype=torch.float32).to(dtype)
     got = argmax_ids(x)
@@ -117,7 +117,7 @@ def test_argmax_ids_equals_torch_argmax(rows, dtype):
 
 
 def test_argmax_ids_on_vocab_rows_and_empty_inputs():
-    from tokenloom.spec.topk import argmax_ids
+    from tokenloom.sampling.topk import argmax_ids
 
     gen = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.bfloat16):
