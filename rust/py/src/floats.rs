@@ -100,3 +100,34 @@ pub fn blocks<'a, T: numpy::Element>(
 pub fn mixed(what: &str) -> PyErr {
     PyValueError::new_err(format!("{what}: target_probs and draft_probs must have the same dtype"))
 }
+
+/// A 2-D array of bfloat16 bit patterns, int16 or uint16 (``tensor.view(torch.int16).numpy()``),
+/// borrowed: [`Bf16Bits2::slice`] reads it in place, whichever of the two integer types it is.
+pub enum Bf16Bits2<'py> {
+    I16(PyReadonlyArray2<'py, i16>),
+    U16(PyReadonlyArray2<'py, u16>),
+}
+
+impl<'py> Bf16Bits2<'py> {
+    /// The array, or None when `obj` is not a 2-D int16 / uint16 numpy array.
+    pub fn new(obj: &Bound<'py, PyAny>) -> Option<Self> {
+        if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, i16>>() {
+            return Some(Bf16Bits2::I16(a));
+        }
+        obj.extract::<PyReadonlyArray2<'py, u16>>().ok().map(Bf16Bits2::U16)
+    }
+
+    /// The bit patterns as `u16` (no copy), with the shape; a ValueError naming `what` unless
+    /// the array is C-contiguous.
+    pub fn slice(&self, what: &str) -> PyResult<(&[u16], usize, usize)> {
+        match self {
+            Bf16Bits2::U16(a) => crate::error::slice2(what, a),
+            Bf16Bits2::I16(a) => {
+                let (s, rows, cols) = crate::error::slice2(what, a)?;
+                // SAFETY: i16 and u16 have the same size and alignment and every bit pattern is
+                // valid for both; the slice borrows the array for as long as `self` lives.
+                Ok((unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u16>(), s.len()) }, rows, cols))
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ use tokenloom_core::linear::{Isa, PackedLinear, MAX_THREADS};
 
 use crate::args;
 use crate::error::to_py;
+use crate::floats::Bf16Bits2;
 
 fn describe(obj: &Bound<'_, PyAny>) -> String {
     match obj.cast::<numpy::PyUntypedArray>() {
@@ -77,16 +78,14 @@ impl PyTiledLinear {
             }
         };
         let inner = if bf16 {
-            let (w, n, k) = if weight.extract::<PyReadonlyArray2<'_, u16>>().is_ok() {
-                matrix::<u16>("weight", "int16 or uint16 (bfloat16 bits)", weight)?
-            } else {
-                let (w, n, k) = matrix::<i16>("weight", "int16 or uint16 (bfloat16 bits)", weight)?;
-                (w.into_iter().map(|v| v as u16).collect(), n, k)
-            };
+            let arr = Bf16Bits2::new(weight).ok_or_else(|| {
+                PyValueError::new_err(format!("weight: expected a 2-D int16 or uint16 (bfloat16 bits) numpy array, got {}", describe(weight)))
+            })?;
+            let (w, n, k) = arr.slice("weight")?;
             if amx {
-                py.detach(|| PackedLinear::from_bf16_amx(&w, n, k, bias.as_deref()))
+                py.detach(|| PackedLinear::from_bf16_amx(w, n, k, bias.as_deref()))
             } else {
-                py.detach(|| PackedLinear::from_bf16(&w, n, k, bias.as_deref()))
+                py.detach(|| PackedLinear::from_bf16(w, n, k, bias.as_deref()))
             }
         } else {
             let (w, n, k) = matrix::<f32>("weight", "float32", weight)?;
@@ -131,28 +130,22 @@ impl PyTiledLinear {
             let y = Array2::from_shape_vec((m, n), y).map_err(|e| PyValueError::new_err(e.to_string()))?;
             return Ok(y.into_pyarray(py).into_any());
         }
-        let bits: Option<(Vec<u16>, usize, usize)> = if let Ok(arr) = x.extract::<PyReadonlyArray2<'py, i16>>() {
-            let s = arr.as_slice().map_err(|_| PyValueError::new_err("x: expected a C-contiguous array"))?;
-            Some((s.iter().map(|&v| v as u16).collect(), arr.shape()[0], arr.shape()[1]))
-        } else if let Ok(arr) = x.extract::<PyReadonlyArray2<'py, u16>>() {
-            let s = arr.as_slice().map_err(|_| PyValueError::new_err("x: expected a C-contiguous array"))?;
-            Some((s.to_vec(), arr.shape()[0], arr.shape()[1]))
-        } else {
-            None
-        };
-        let Some((xs, m, k)) = bits else {
+        let Some(arr) = Bf16Bits2::new(x) else {
             return Err(PyValueError::new_err(format!(
                 "x: expected a 2-D float32 numpy array (or int16 / uint16 bfloat16 bits for a bfloat16 weight), got {}",
                 describe(x)
             )));
         };
+        let (xs, m, k) = arr.slice("x")?;
         if !inner.is_bf16() {
             return Err(PyValueError::new_err("x: bfloat16 bits (int16 / uint16) need a bfloat16 weight; this TiledLinear holds float32: pass float32 x"));
         }
         let len = check(m, k)?;
-        let mut y = vec![0u16; len];
-        py.detach(|| inner.forward_bf16(&xs, m, &mut y, threads)).map_err(to_py)?;
-        let y: Vec<i16> = y.into_iter().map(|v| v as i16).collect();
+        let mut y = vec![0i16; len];
+        // SAFETY: i16 and u16 have the same size and alignment and every bit pattern is valid for
+        // both: the kernel writes the bfloat16 bits straight into the int16 array returned.
+        let bits = unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<u16>(), y.len()) };
+        py.detach(|| inner.forward_bf16(xs, m, bits, threads)).map_err(to_py)?;
         let y = Array2::from_shape_vec((m, n), y).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(y.into_pyarray(py).into_any())
     }

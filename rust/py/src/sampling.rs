@@ -8,7 +8,7 @@ use tokenloom_core::sampling::{Real, Transforms};
 
 use crate::args;
 use crate::error::{slice1, slice2, to_py};
-use crate::floats::F2;
+use crate::floats::{Bf16Bits2, F2};
 
 fn probs_impl<'py, R: Real + numpy::Element>(
     py: Python<'py>,
@@ -176,15 +176,10 @@ pub fn top_k_rows<'py>(
     }
     if bf16 {
         // widening bfloat16 to float32 is exact and keeps the order (NaN stays NaN)
-        let (bits, rows, v): (Vec<u16>, usize, usize) = if let Ok(a) = logits.extract::<PyReadonlyArray2<'py, i16>>() {
-            let (d, r, c) = slice2("logits", &a)?;
-            (d.iter().map(|&x| x as u16).collect(), r, c)
-        } else if let Ok(a) = logits.extract::<PyReadonlyArray2<'py, u16>>() {
-            let (d, r, c) = slice2("logits", &a)?;
-            (d.to_vec(), r, c)
-        } else {
-            return Err(PyValueError::new_err("logits: with bf16=True, expected a 2-D int16 or uint16 numpy array of bfloat16 bits"));
-        };
+        let arr = Bf16Bits2::new(logits).ok_or_else(|| {
+            PyValueError::new_err("logits: with bf16=True, expected a 2-D int16 or uint16 numpy array of bfloat16 bits")
+        })?;
+        let (bits, rows, v) = arr.slice("logits")?;
         let ids = py
             .detach(|| {
                 let wide: Vec<f32> = bits.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
