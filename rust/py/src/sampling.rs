@@ -182,7 +182,7 @@ pub fn top_k_rows<'py>(
         let (bits, rows, v) = arr.slice("logits")?;
         let ids = py
             .detach(|| {
-                let wide: Vec<f32> = bits.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
+                let wide: Vec<f32> = bits.iter().map(|&b| tokenloom_core::linear::bf16_to_f32(b)).collect();
                 tokenloom_core::topk::top_k_rows(&wide, v, k)
             })
             .map_err(to_py)?;

@@ -23,7 +23,7 @@
 //! sequential float32 sum: row-invariant too, but not bit-equal to AMX.
 
 use super::kernels::Out;
-use super::{PackedLinear, NR};
+use super::{bf16_to_f32, PackedLinear, NR};
 
 /// K of every chunk one `TDPBF16PS` consumes (a 64-byte row of bf16 pairs).
 const KC: usize = 32;
@@ -52,18 +52,6 @@ pub(super) fn pack(w: &[u16], n: usize, k: usize, size: usize) -> Vec<u16> {
 /// Packed size (elements) for [n, k], or None on overflow.
 pub(super) fn packed_len(n: usize, k: usize) -> Option<usize> {
     n.div_ceil(NR).checked_mul(NR)?.checked_mul(kpad(k))
-}
-
-/// float32 -> bfloat16 bits, round to nearest even (NaN -> the quiet NaN 0x7fc0), as torch's
-/// `tensor.to(torch.bfloat16)` rounds.
-#[inline]
-pub(crate) fn f32_to_bf16(v: f32) -> u16 {
-    if v.is_nan() {
-        return 0x7fc0;
-    }
-    let b = v.to_bits();
-    // no overflow: the largest non-NaN pattern is 0xff800000 (-inf)
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// How one call's rows are laid out for the tiles: `blocks` row blocks of `rb` rows each (the
@@ -148,19 +136,14 @@ fn portable(lin: &PackedLinear, panels: &[u16], rows: &Rows, out: &Out, p0: usiz
             let mut acc = [0.0f32; NR];
             for (pair, xp) in panel.chunks_exact(2 * NR).zip(xr.chunks_exact(2)) {
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = bf16(xp[0]).mul_add(bf16(pair[2 * j]), *a);
-                    *a = bf16(xp[1]).mul_add(bf16(pair[2 * j + 1]), *a);
+                    *a = bf16_to_f32(xp[0]).mul_add(bf16_to_f32(pair[2 * j]), *a);
+                    *a = bf16_to_f32(xp[1]).mul_add(bf16_to_f32(pair[2 * j + 1]), *a);
                 }
             }
             *trow = acc;
         }
         out.store(&tile, 0, p, lin.bias());
     }
-}
-
-#[inline]
-fn bf16(v: u16) -> f32 {
-    f32::from_bits((v as u32) << 16)
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

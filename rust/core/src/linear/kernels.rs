@@ -6,7 +6,7 @@
 //! `acc = 0; for k in 0..K { acc = fma(x[m, k], w[n, k], acc) }` (one rounding per step), then
 //! `acc + bias[n]`. Only how many rows and columns share one pass differs.
 
-use super::{PackedLinear, Panels, MR, NR};
+use super::{bf16_to_f32, PackedLinear, Panels, MR, NR};
 
 // (the AMX panels run in `super::amx`, never here)
 
@@ -117,18 +117,13 @@ impl Out {
                     // SAFETY: as above.
                     let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add((r0 + r) * self.n + c0), cols) };
                     match bias {
-                        Some(b) => dst.iter_mut().zip(&trow[..cols]).zip(b).for_each(|((d, &t), &bv)| *d = super::amx::f32_to_bf16(t + bv)),
-                        None => dst.iter_mut().zip(&trow[..cols]).for_each(|(d, &t)| *d = super::amx::f32_to_bf16(t)),
+                        Some(b) => dst.iter_mut().zip(&trow[..cols]).zip(b).for_each(|((d, &t), &bv)| *d = super::f32_to_bf16(t + bv)),
+                        None => dst.iter_mut().zip(&trow[..cols]).for_each(|(d, &t)| *d = super::f32_to_bf16(t)),
                     }
                 }
             }
         }
     }
-}
-
-#[inline]
-fn bf16_to_f32(v: u16) -> f32 {
-    f32::from_bits((v as u32) << 16)
 }
 
 /// Panels `p0..p1` of `lin` times all `m` rows of `x`, into `out`.

@@ -213,7 +213,7 @@ impl PackedLinear {
     }
 
     /// One checked call: the panels split over `threads` (contiguous, nearly equal ranges; the
-    /// caller takes the first).
+    /// caller takes the first; one thread runs on the caller alone, see `pool::run`).
     fn run_call(&self, isa: Isa, x: Input<'_>, m: usize, dst: &kernels::Out, threads: usize) {
         let k = self.k;
         let panels = self.n.div_ceil(NR);
@@ -221,28 +221,22 @@ impl PackedLinear {
         let bounds: Vec<usize> = (0..=threads).map(|t| t * panels / threads).collect();
         if let Panels::Amx(w) = &self.panels {
             let rows = match x {
-                Input::F32(x) => amx::Rows::new(m, k, |r, d| d.iter_mut().zip(&x[r * k..]).for_each(|(d, &v)| *d = amx::f32_to_bf16(v))),
+                Input::F32(x) => amx::Rows::new(m, k, |r, d| d.iter_mut().zip(&x[r * k..]).for_each(|(d, &v)| *d = f32_to_bf16(v))),
                 Input::Bf16(x) => amx::Rows::new(m, k, |r, d| d.copy_from_slice(&x[r * k..(r + 1) * k])),
             };
             let hw = isa != Isa::Scalar && amx::available();
-            let job = |t: usize| amx::run(hw, self, w, &rows, dst, bounds[t], bounds[t + 1]);
-            return if threads == 1 { job(0) } else { pool::run(threads, &job) };
+            return pool::run(threads, &|t| amx::run(hw, self, w, &rows, dst, bounds[t], bounds[t + 1]));
         }
         let isa = if isa.available() { isa } else { Isa::Scalar };
         let widened: Vec<f32>;
         let xs: &[f32] = match x {
             Input::F32(x) => x,
             Input::Bf16(x) => {
-                widened = x.iter().map(|&v| f32::from_bits((v as u32) << 16)).collect();
+                widened = x.iter().map(|&v| bf16_to_f32(v)).collect();
                 &widened
             }
         };
-        let job = |t: usize| kernels::run(isa, self, xs, m, dst, bounds[t], bounds[t + 1]);
-        if threads == 1 {
-            job(0)
-        } else {
-            pool::run(threads, &job)
-        }
+        pool::run(threads, &|t| kernels::run(isa, self, xs, m, dst, bounds[t], bounds[t + 1]));
     }
 
     pub(crate) fn panels(&self) -> &Panels {
@@ -252,6 +246,24 @@ impl PackedLinear {
     pub(crate) fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref()
     }
+}
+
+/// bfloat16 bits -> the float32 of the same value (exact).
+#[inline]
+pub fn bf16_to_f32(v: u16) -> f32 {
+    f32::from_bits((v as u32) << 16)
+}
+
+/// float32 -> bfloat16 bits, round to nearest even (NaN -> the quiet NaN 0x7fc0), as torch's
+/// `tensor.to(torch.bfloat16)` rounds.
+#[inline]
+pub(crate) fn f32_to_bf16(v: f32) -> u16 {
+    if v.is_nan() {
+        return 0x7fc0;
+    }
+    let b = v.to_bits();
+    // no overflow: the largest non-NaN pattern is 0xff800000 (-inf)
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// The rows of one call: float32, or bfloat16 bit patterns.

@@ -161,7 +161,7 @@ fn amx_portable_reference(x: &[f32], wb: &[u16], b: Option<&[f32]>, m: usize, n:
         for j in 0..n {
             let mut acc = 0.0f32;
             for kk in 0..k {
-                acc = widen(amx::f32_to_bf16(x[i * k + kk])).mul_add(widen(wb[j * k + kk]), acc);
+                acc = widen(f32_to_bf16(x[i * k + kk])).mul_add(widen(wb[j * k + kk]), acc);
             }
             y[i * n + j] = acc + b.map_or(0.0, |b| b[j]);
         }
@@ -171,7 +171,7 @@ fn amx_portable_reference(x: &[f32], wb: &[u16], b: Option<&[f32]>, m: usize, n:
 
 #[test]
 fn bf16_rounding_is_nearest_even_like_torch() {
-    let f = amx::f32_to_bf16;
+    let f = f32_to_bf16;
     assert_eq!(f(1.0), 0x3f80);
     assert_eq!(f(f32::from_bits(0x3f80_8000)), 0x3f80); // tie, even stays
     assert_eq!(f(f32::from_bits(0x3f81_8000)), 0x3f82); // tie, odd rounds up
@@ -192,7 +192,7 @@ fn bf16_rounding_is_nearest_even_like_torch() {
 fn amx_panels_match_the_reference() {
     for &(m, n, k) in &[(1, 1, 1), (1, 16, 32), (3, 17, 5), (6, 33, 64), (16, 40, 31), (17, 48, 576), (33, 5, 70), (64, 20, 100)] {
         let x = values(m * k, 11 + m as u64);
-        let xr: Vec<f32> = x.iter().map(|&v| widen(amx::f32_to_bf16(v))).collect();
+        let xr: Vec<f32> = x.iter().map(|&v| widen(f32_to_bf16(v))).collect();
         let w = values(n * k, 12 + n as u64);
         let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
         let wr: Vec<f32> = wb.iter().map(|&v| widen(v)).collect();
@@ -265,7 +265,7 @@ fn bf16_calls_round_the_float32_results() {
             lin.forward(&xw, m, &mut y, threads).unwrap();
             let mut yb = vec![0u16; m * n];
             lin.forward_bf16(&xb, m, &mut yb, threads).unwrap();
-            assert_eq!(yb, y.iter().map(|&v| amx::f32_to_bf16(v)).collect::<Vec<_>>(), "{}", lin.kernel_name());
+            assert_eq!(yb, y.iter().map(|&v| f32_to_bf16(v)).collect::<Vec<_>>(), "{}", lin.kernel_name());
         }
     }
     let lin = PackedLinear::from_bf16_amx(&wb, n, k, None).unwrap();
