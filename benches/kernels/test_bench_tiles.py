@@ -1,6 +1,9 @@
 """The three CPU linear kernels on the embedded model's layer shapes: PyTorch's default
 ``nn.Linear`` (MKL), oneDNN pre-packed (``pack=True``) and tokenloom's tiles (``pack="tiles"``,
-float32 and bfloat16 weights), at M = 1 and 17 rows. One pass runs the 7 linears of all 30
+float32 and bfloat16 weights), at M = 1 and 17 rows. In bfloat16 also: PyTorch's own bfloat16
+linear (``default-bf16``, the model as loaded: the anchor) and the AMX tiles kernel
+(``tiles-bf16-amx``, bfloat16 rows in and out as ``TiledLinear`` calls it; skipped without
+AMX), against the AVX-512 / AVX2 tiles kernel on bfloat16 weights (``tiles-bf16``). One pass runs the 7 linears of all 30
 layers with distinct weights (~425 MB in float32, far above the L3), so the weights come from
 memory as in a real step; "tiles / default" and "tiles / onednn" per M are the ratios to read.
 
@@ -24,7 +27,7 @@ def weights():
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("kernel", ["default", "onednn", "tiles", "tiles-bf16"])
+@pytest.mark.parametrize("kernel", ["default", "onednn", "tiles", "tiles-bf16", "default-bf16", "tiles-bf16-amx"])
 @pytest.mark.parametrize("m", [1, 17])
 def test_layer_pass(benchmark, weights, m, kernel):
     import torch
@@ -36,10 +39,21 @@ def test_layer_pass(benchmark, weights, m, kernel):
         pytest.skip("no oneDNN packed linear in this torch build")
     if kernel.startswith("tiles") and not tiles_available():
         pytest.skip("no working TiledLinear in this build")
+    if kernel == "tiles-bf16-amx" and not _core.amx_available():
+        pytest.skip("no AMX-BF16 on this CPU / OS")
     benchmark.group = f"30 layers of linears, M={m} rows"
     xs = {k: torch.randn(m, k) for k in (576, 1536)}
     if kernel == "default":
         calls = [lambda w=w: torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights]
+    elif kernel == "default-bf16":
+        xb = {k: x.to(torch.bfloat16) for k, x in xs.items()}
+        calls = [lambda w=w: torch.nn.functional.linear(xb[w.shape[1]], w) for w in (w.to(torch.bfloat16) for w in weights)]
+    elif kernel == "tiles-bf16-amx":
+        threads = tiles_threads()
+        bits = {k: x.to(torch.bfloat16).view(torch.int16).numpy() for k, x in xs.items()}
+        tiled = [(_core.TiledLinear(w.to(torch.bfloat16).view(torch.int16).numpy(), bf16=True, amx=True), w.shape[1])
+                 for w in weights]
+        calls = [lambda t=t, k=k: t.forward(bits[k], threads) for t, k in tiled]
     elif kernel == "onednn":
         packed = [(torch.ops.mkldnn._reorder_linear_weight(w, None), w.shape[1]) for w in weights]
         calls = [lambda p=p, k=k: torch.ops.mkldnn._linear_pointwise(xs[k], p, None, "none", [], "") for p, k in packed]

@@ -49,3 +49,28 @@ def test_top_k(benchmark, logits, rows, impl):
     got = benchmark(fns[impl])
     for other in fns.values():
         np.testing.assert_array_equal(got, other())
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("rows", [1, 17])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("impl", ["rust", "torch"])
+def test_argmax(benchmark, logits, rows, dtype, impl):
+    """The greedy argmax of T logit rows: ``argmax_ids`` (the Rust kernel, k = 1; bfloat16 rows
+    as their bits) vs ``torch.argmax`` (the anchor it replaced), with torch on one thread as
+    during a tiles step; both give the same ids."""
+    import torch
+
+    from tokenloom.sampling.topk import argmax_ids
+
+    x = logits[:rows].to(getattr(torch, dtype)).contiguous()
+    benchmark.group = f"argmax of {rows} {dtype} logit rows (vocabulary {x.shape[1]})"
+    fns = {"rust": lambda: argmax_ids(x), "torch": lambda: x.argmax(-1).numpy()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = benchmark(fns[impl])
+    finally:
+        torch.set_num_threads(threads)
+    for other in fns.values():
+        np.testing.assert_array_equal(got, other())
