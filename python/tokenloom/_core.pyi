@@ -371,6 +371,7 @@ class TiledLinear:
     def forward(self, x: _F32, threads: int = 1) -> _F32: ...
     @overload
     def forward(self, x: npt.NDArray[Any], threads: int = 1) -> npt.NDArray[Any]: ...  # bf16 bits in -> int16 bits out
+    def columns(self, start: int, end: int) -> "TiledLinear": ...  # a view of columns start:end (shared weight)
     @property
     def out_features(self) -> int: ...
     @property

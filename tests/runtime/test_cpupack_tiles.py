@@ -327,6 +327,93 @@ def test_row_split_kernels_run_one_row_and_more_rows_through_their_bases(pack):
             pass
 
 
+class _Siblings(torch.nn.Module):
+    """A module with q / k / v projections of the given output sizes (a TILED_GROUPS group)."""
+
+    def __init__(self, sizes, bias=(False, False, False), k=32):
+        super().__init__()
+        g = torch.Generator().manual_seed(sum(sizes))
+        for name, n, b in zip(("q_proj", "k_proj", "v_proj"), sizes, bias):
+            lin = torch.nn.Linear(k, n, bias=b)
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(n, k, generator=g))
+                if b:
+                    lin.bias.copy_(torch.randn(n, generator=g))
+            setattr(self, name, lin)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sibling_linears_are_one_weight_and_one_call(dtype):
+    """q / k / v (and gate / up) tiles are column views of one packed weight (no second copy):
+    ``group_step`` gives, bit for bit, each member's own output and the output of each linear
+    packed alone (``set_grouped(False)``), for 1 to TILED_MAX_ROWS rows; it declines (None)
+    whatever is not the whole group in order on a tiles input of the group's dtype."""
+    from tokenloom.runtime.cpupack import group_step, grouped, set_grouped
+
+    model = make_tiny_llama(vocab_size=128, seed=0).to(dtype)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(1, m, 32, generator=gen).to(dtype) for m in (1, 3, 17, TILED_MAX_ROWS)]
+    with torch.inference_mode():
+        try:
+            set_grouped(False)
+            with packed_linears(model, "tiles"):
+                assert attn.q_proj.group is None and group_step((attn.q_proj, attn.k_proj, attn.v_proj), xs[0]) is None
+                alone = [[m.step(x) for m in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)] for x in xs]
+        finally:
+            set_grouped(True)
+        assert grouped()
+        with packed_linears(model, "tiles"):
+            q, k, v, gate, up = attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
+            group = q.group
+            assert group is not None and k.group is group and v.group is group and group.sizes == (32, 16, 16)
+            assert [q.group_index, k.group_index, v.group_index] == [0, 1, 2] and gate.group is up.group is not group
+            assert q.tiled.weight_bytes + k.tiled.weight_bytes + v.tiled.weight_bytes == group.tiled.weight_bytes
+            for x, want in zip(xs, alone):
+                got = list(group_step((q, k, v), x).split(group.sizes, -1)) + list(group_step((gate, up), x).split([64, 64], -1))
+                own = [m.step(x) for m in (q, k, v, gate, up)]
+                assert [y.shape for y in got] == [y.shape for y in want]
+                assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(got, own, want))
+            other = model.model.layers[1].self_attn
+            declined = [((k, q, v), xs[0]), ((q, k), xs[0]), ((q, k, other.v_proj), xs[0]), ((q, k, v), xs[0].float() if dtype != torch.float32 else xs[0].double()),
+                        ((q, k, v), torch.randn(1, TILED_MAX_ROWS + 1, 32).to(dtype)), ((q, k, v), torch.randn(2, 16).to(dtype)), ((q, model.lm_head, v), xs[0])]
+            for mods, x in declined:
+                assert group_step(mods, x) is None
+        # an edited weight is packed again, with its group
+        with torch.no_grad():
+            attn.k_proj.weight.mul_(2)
+        with packed_linears(model, "tiles"):
+            assert attn.k_proj.group is attn.q_proj.group is not group
+            got = group_step((attn.q_proj, attn.k_proj, attn.v_proj), xs[1]).split([32, 16, 16], -1)
+            want = torch.nn.functional.linear(xs[1].float(), model.model.layers[0].self_attn.k_proj.weight.float())
+            assert (got[1].float() - want).abs().max() <= (1e-4 if dtype == torch.float32 else 0.05) * (1 + want.abs().max())
+    with pytest.raises(TypeError, match="set_grouped"):
+        set_grouped("yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sizes,bias,grouped_", [
+    ((16, 32, 24), (False, False, False), True),  # the last member may end off a panel
+    ((24, 16, 16), (False, False, False), False),  # a member before the last off a panel
+    ((16, 16, 16), (True, True, True), True),
+    ((16, 16, 16), (True, False, True), False),  # biases on some only
+])
+def test_which_siblings_form_a_group(sizes, bias, grouped_):
+    mod = _Siblings(sizes, bias)
+    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        want = [torch.nn.functional.linear(x, m.weight, m.bias) for m in (mod.q_proj, mod.k_proj, mod.v_proj)]
+        with packed_linears(mod, "tiles"):
+            from tokenloom.runtime.cpupack import group_step
+
+            assert (mod.q_proj.group is not None) == grouped_
+            got = group_step((mod.q_proj, mod.k_proj, mod.v_proj), x)
+            assert (got is not None) == grouped_
+            got = None if got is None else got.split(list(sizes), -1)
+            mods = (mod.q_proj, mod.k_proj, mod.v_proj)
+            for a, b, m in zip(got or [m.step(x) for m in mods], want, mods):
+                _close(a, b, x, m.weight.detach())
+
+
 def test_tiles_greedy_equals_hf_greedy_through_the_same_layers(tiny_llama):
     """HF greedy run inside the same packed_linears block: the same tokens (or a near-tie)."""
     import tokenloom

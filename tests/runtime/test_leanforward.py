@@ -216,6 +216,38 @@ def test_swapped_linears_run_their_step(tiny_llama, monkeypatch):
     assert len(steps) == 2 * 7 + 1 and not calls  # 7 linears per layer and the head
 
 
+@pytest.mark.parametrize("pack", ["tiles", "tiles-trees"])
+def test_sibling_tiles_run_as_one_call(tiny_llama, monkeypatch, pack):
+    """With tiles, q / k / v and gate / up run as one call each (cpupack.TILED_GROUPS): 4 calls
+    per layer and the head, where each linear alone makes 7 per layer; the logits are the
+    same bits either way. ``"tiles-trees"`` runs one row through torch (no group call)."""
+    import torch
+
+    from tokenloom.runtime import cpupack
+
+    calls = []
+    real = cpupack._tiles_call
+    monkeypatch.setattr(cpupack, "_tiles_call", lambda *a: (calls.append(1), real(*a))[1])
+    cache = _prefilled(tiny_llama, torch.tensor([[5, 6, 7]]))
+    mask = tree_attention_mask([-1, 0, 0], 3, torch.float32)
+    ids, pos = torch.tensor([[9, 10, 11]]), torch.tensor([[3, 4, 4]])
+    got = {}
+    try:
+        for grouped in (False, True):
+            cpupack.set_grouped(grouped)
+            with torch.no_grad(), cpupack.packed_linears(tiny_llama, pack):
+                calls.clear()
+                got[grouped] = step_logits(tiny_llama, _copy(cache), ids, pos, mask)
+                per_step = 2 * 4 + 1 if grouped else 2 * 7 + 1
+                assert len(calls) == per_step
+                calls.clear()
+                step_logits(tiny_llama, _copy(cache), ids[:, :1], pos[:, :1], None)
+                assert len(calls) == (0 if pack == "tiles-trees" else per_step)
+    finally:
+        cpupack.set_grouped(True)
+    assert torch.equal(got[True], got[False])
+
+
 def test_a_counting_hook_keeps_the_lean_forward_and_the_count(tiny_llama):
     """tokenloom's bench counts forwards with a pre-hook marked COUNTING_HOOK: the steps stay
     lean, and the hook's count plus the lean count is every forward of the model."""

@@ -150,6 +150,24 @@ impl PyTiledLinear {
         Ok(y.into_pyarray(py).into_any())
     }
 
+    /// The layer of output columns ``start:end`` of this one, sharing its packed weight (no
+    /// copy). For any x its output equals ``self.forward(x)[:, start:end]`` bit for bit (and
+    /// the output of those weight rows packed alone): so the separate layers of one fused
+    /// weight (a model's q / k / v projections packed as one) cost no second copy.
+    ///
+    /// Args:
+    ///     start (int): the first column, a multiple of 16 (a weight panel's first column).
+    ///     end (int): one past the last column: a multiple of 16, or ``out_features``.
+    ///
+    /// Returns:
+    ///     TiledLinear: [end - start, K].
+    ///
+    /// Raises:
+    ///     ValueError: an empty or out-of-range span, or one off the panels.
+    fn columns(&self, start: usize, end: usize) -> PyResult<Self> {
+        Ok(PyTiledLinear { inner: self.inner.columns(start, end).map_err(to_py)? })
+    }
+
     /// N.
     #[getter]
     fn out_features(&self) -> usize {

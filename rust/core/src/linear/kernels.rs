@@ -6,7 +6,7 @@
 //! `acc = 0; for k in 0..K { acc = fma(x[m, k], w[n, k], acc) }` (one rounding per step), then
 //! `acc + bias[n]`. Only how many rows and columns share one pass differs.
 
-use super::{bf16_to_f32, PackedLinear, Panels, MR, NR};
+use super::{bf16_to_f32, PackedLinear, PanelsRef, MR, NR};
 
 // (the AMX panels run in `super::amx`, never here)
 
@@ -144,16 +144,16 @@ pub(super) fn run(isa: Isa, lin: &PackedLinear, x: &[f32], m: usize, out: &Out, 
             let part = (b, blocks);
             match (isa, lin.panels()) {
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx2Fma, Panels::F32(w)) => avx2::tile_f32(&w[span.clone()], xs, rows, k, part, &mut tile),
+                (Isa::Avx2Fma, PanelsRef::F32(w)) => avx2::tile_f32(&w[span.clone()], xs, rows, k, part, &mut tile),
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx2Fma, Panels::Bf16(w)) => avx2::tile_bf16(&w[span.clone()], xs, rows, k, part, &mut tile),
+                (Isa::Avx2Fma, PanelsRef::Bf16(w)) => avx2::tile_bf16(&w[span.clone()], xs, rows, k, part, &mut tile),
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Panels::F32(w)) => avx512::tile_f32(&w[span.clone()], xs, rows, k, part, &mut tile),
+                (Isa::Avx512, PanelsRef::F32(w)) => avx512::tile_f32(&w[span.clone()], xs, rows, k, part, &mut tile),
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Panels::Bf16(w)) => avx512::tile_bf16(&w[span.clone()], xs, rows, k, part, &mut tile),
-                (_, Panels::F32(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, |v| v),
-                (_, Panels::Bf16(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, bf16_to_f32),
-                (_, Panels::Amx(_)) => unreachable!("AMX panels run in linear::amx"),
+                (Isa::Avx512, PanelsRef::Bf16(w)) => avx512::tile_bf16(&w[span.clone()], xs, rows, k, part, &mut tile),
+                (_, PanelsRef::F32(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, |v| v),
+                (_, PanelsRef::Bf16(w)) => scalar_tile(&w[span.clone()], xs, rows, k, &mut tile, bf16_to_f32),
+                (_, PanelsRef::Amx(_)) => unreachable!("AMX panels run in linear::amx"),
             }
             out.store(&tile[..rows], r0, p, lin.bias());
         }

@@ -24,6 +24,8 @@ mod amx;
 mod kernels;
 mod pool;
 
+use std::sync::Arc;
+
 use crate::error::{CoreError, Result};
 
 pub use amx::available as amx_available;
@@ -50,13 +52,25 @@ pub(crate) enum Panels {
     Amx(Vec<u16>),
 }
 
+/// One call's view of the packed weight: the panels of this layer's columns only.
+#[derive(Clone, Copy)]
+pub(crate) enum PanelsRef<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    Amx(&'a [u16]),
+}
+
 /// A linear layer's weight (and bias) packed for small-M products. Immutable once built;
 /// share it between threads freely.
+///
+/// It may be a view of columns of another packed weight ([`PackedLinear::columns`]): the
+/// panels are shared (not copied), `first` is the view's first panel in them.
 #[derive(Debug, Clone)]
 pub struct PackedLinear {
     n: usize,
     k: usize,
-    panels: Panels,
+    panels: Arc<Panels>,
+    first: usize,
     bias: Option<Vec<f32>>,
 }
 
@@ -93,6 +107,37 @@ fn pack<T: Copy + Default>(w: &[T], n: usize, k: usize, size: usize) -> Vec<T> {
 }
 
 impl PackedLinear {
+    fn new(n: usize, k: usize, panels: Panels, bias: Option<&[f32]>) -> Self {
+        PackedLinear { n, k, panels: Arc::new(panels), first: 0, bias: bias.map(<[f32]>::to_vec) }
+    }
+
+    /// The linear of output columns `start..end` of this one, sharing its packed weight (no
+    /// copy): for every input, its output is bit for bit columns `start..end` of this layer's
+    /// (each panel's columns are computed the same way wherever the panel sits). So the
+    /// separate layers of one fused weight (a model's q / k / v projections packed as one)
+    /// cost no second copy of it.
+    ///
+    /// Errors: `start` not a multiple of [`NR`] (a panel's first column), `end` neither a
+    /// multiple of [`NR`] nor this layer's last column, or an empty or out-of-range span.
+    pub fn columns(&self, start: usize, end: usize) -> Result<Self> {
+        if start >= end || end > self.n {
+            return Err(CoreError::value(format!("linear columns: expected 0 <= start < end <= {}, got {start}..{end}", self.n)));
+        }
+        if start % NR != 0 || (end % NR != 0 && end != self.n) {
+            return Err(CoreError::value(format!(
+                "linear columns: start and end must fall on panels of {NR} columns (or end on the last column, {}), got {start}..{end}",
+                self.n
+            )));
+        }
+        Ok(PackedLinear {
+            n: end - start,
+            k: self.k,
+            panels: Arc::clone(&self.panels),
+            first: self.first + start / NR,
+            bias: self.bias.as_ref().map(|b| b[start..end].to_vec()),
+        })
+    }
+
     /// Packs a float32 weight `w` ([N, K], row-major, as `nn.Linear.weight`) and an optional
     /// bias ([N]).
     ///
@@ -100,7 +145,7 @@ impl PackedLinear {
     /// overflows.
     pub fn from_f32(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<Self> {
         let size = check_dims(n, k, w.len(), bias)?;
-        Ok(PackedLinear { n, k, panels: Panels::F32(pack(w, n, k, size)), bias: bias.map(<[f32]>::to_vec) })
+        Ok(Self::new(n, k, Panels::F32(pack(w, n, k, size)), bias))
     }
 
     /// Packs a bfloat16 weight given as its raw 16-bit patterns ([N, K], row-major; the upper
@@ -109,7 +154,7 @@ impl PackedLinear {
     /// Errors: as [`PackedLinear::from_f32`].
     pub fn from_bf16(w: &[u16], n: usize, k: usize, bias: Option<&[f32]>) -> Result<Self> {
         let size = check_dims(n, k, w.len(), bias)?;
-        Ok(PackedLinear { n, k, panels: Panels::Bf16(pack(w, n, k, size)), bias: bias.map(<[f32]>::to_vec) })
+        Ok(Self::new(n, k, Panels::Bf16(pack(w, n, k, size)), bias))
     }
 
     /// Packs a bfloat16 weight (as [`PackedLinear::from_bf16`]) for the AMX kernel: on a CPU
@@ -122,7 +167,7 @@ impl PackedLinear {
     pub fn from_bf16_amx(w: &[u16], n: usize, k: usize, bias: Option<&[f32]>) -> Result<Self> {
         check_dims(n, k, w.len(), bias)?;
         let size = amx::packed_len(n, k).ok_or_else(|| CoreError::value(format!("linear weight: [{n}, {k}] is too large")))?;
-        Ok(PackedLinear { n, k, panels: Panels::Amx(amx::pack(w, n, k, size)), bias: bias.map(<[f32]>::to_vec) })
+        Ok(Self::new(n, k, Panels::Amx(amx::pack(w, n, k, size)), bias))
     }
 
     /// Output features (N).
@@ -137,29 +182,32 @@ impl PackedLinear {
 
     /// Whether the weight is kept as bfloat16.
     pub fn is_bf16(&self) -> bool {
-        matches!(self.panels, Panels::Bf16(_) | Panels::Amx(_))
+        matches!(*self.panels, Panels::Bf16(_) | Panels::Amx(_))
     }
 
     /// Whether the weight is packed for the AMX kernel ([`PackedLinear::from_bf16_amx`]).
     pub fn is_amx(&self) -> bool {
-        matches!(self.panels, Panels::Amx(_))
+        matches!(*self.panels, Panels::Amx(_))
     }
 
     /// The kernel a call runs: `"amx-bf16"` (AMX panels on an AMX CPU), `"amx-portable"` (AMX
     /// panels elsewhere), else the [`Isa`] family's name ([`Isa::detect`]).
     pub fn kernel_name(&self) -> &'static str {
-        match (&self.panels, amx::available()) {
+        match (&*self.panels, amx::available()) {
             (Panels::Amx(_), true) => "amx-bf16",
             (Panels::Amx(_), false) => "amx-portable",
             _ => Isa::detect().name(),
         }
     }
 
-    /// Bytes of the packed weight (what one call streams).
+    /// Bytes of this layer's packed panels (what one call streams; a [`PackedLinear::columns`]
+    /// view counts its own panels only).
     pub fn weight_bytes(&self) -> usize {
-        match &self.panels {
-            Panels::F32(p) => p.len() * 4,
-            Panels::Bf16(p) | Panels::Amx(p) => p.len() * 2,
+        let panels = self.n.div_ceil(NR);
+        match &*self.panels {
+            Panels::F32(_) => panels * NR * self.k * 4,
+            Panels::Bf16(_) => panels * NR * self.k * 2,
+            Panels::Amx(_) => panels * NR * amx::kpad(self.k) * 2,
         }
     }
 
@@ -219,7 +267,7 @@ impl PackedLinear {
         let panels = self.n.div_ceil(NR);
         let threads = threads.min(panels);
         let bounds: Vec<usize> = (0..=threads).map(|t| t * panels / threads).collect();
-        if let Panels::Amx(w) = &self.panels {
+        if let PanelsRef::Amx(w) = self.panels() {
             let rows = match x {
                 Input::F32(x) => amx::Rows::new(m, k, |r, d| d.iter_mut().zip(&x[r * k..]).for_each(|(d, &v)| *d = f32_to_bf16(v))),
                 Input::Bf16(x) => amx::Rows::new(m, k, |r, d| d.copy_from_slice(&x[r * k..(r + 1) * k])),
@@ -239,8 +287,15 @@ impl PackedLinear {
         pool::run(threads, &|t| kernels::run(isa, self, xs, m, dst, bounds[t], bounds[t + 1]));
     }
 
-    pub(crate) fn panels(&self) -> &Panels {
-        &self.panels
+    /// This layer's panels (from its first, to the end of the shared buffer: a kernel reads
+    /// panels `0..ceil(n / NR)` of it).
+    pub(crate) fn panels(&self) -> PanelsRef<'_> {
+        let k = self.k;
+        match &*self.panels {
+            Panels::F32(p) => PanelsRef::F32(&p[self.first * NR * k..]),
+            Panels::Bf16(p) => PanelsRef::Bf16(&p[self.first * NR * k..]),
+            Panels::Amx(p) => PanelsRef::Amx(&p[self.first * NR * amx::kpad(k)..]),
+        }
     }
 
     pub(crate) fn bias(&self) -> Option<&[f32]> {

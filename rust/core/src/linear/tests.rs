@@ -276,6 +276,70 @@ fn bf16_calls_round_the_float32_results() {
     assert_eq!(lin.kernel_name(), if amx_available() { "amx-bf16" } else { "amx-portable" });
 }
 
+/// Column views ([`PackedLinear::columns`]) of one packed weight give, bit for bit, the
+/// columns of the whole layer's output and the output of each part packed on its own, for
+/// every kind of panel, kernel, row count and thread count; they share the weight (no copy).
+#[test]
+fn column_views_equal_the_parts_packed_alone() {
+    // parts of 32, 16 and 21 columns (the last ends off a panel boundary), K off 32
+    let (k, parts) = (70, [32usize, 16, 21]);
+    let n: usize = parts.iter().sum();
+    let w = values(n * k, 61);
+    let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
+    let b = values(n, 62);
+    type Pack = fn(&[f32], &[u16], usize, usize, Option<&[f32]>) -> PackedLinear;
+    let packs: [Pack; 3] = [
+        |w, _, n, k, b| PackedLinear::from_f32(w, n, k, b).unwrap(),
+        |_, wb, n, k, b| PackedLinear::from_bf16(wb, n, k, b).unwrap(),
+        |_, wb, n, k, b| PackedLinear::from_bf16_amx(wb, n, k, b).unwrap(),
+    ];
+    for pack in packs {
+        for bias in [None, Some(&b[..])] {
+            let whole = pack(&w, &wb, n, k, bias);
+            let mut start = 0;
+            for &cols in &parts {
+                let end = start + cols;
+                let view = whole.columns(start, end).unwrap();
+                let alone = pack(&w[start * k..end * k], &wb[start * k..end * k], cols, k, bias.map(|b| &b[start..end]));
+                assert_eq!((view.out_features(), view.in_features(), view.weight_bytes()), (cols, k, alone.weight_bytes()));
+                assert!(Arc::ptr_eq(&view.panels, &whole.panels));
+                for isa in [Isa::detect(), Isa::Scalar] {
+                    for m in [1, 2, 17, 40] {
+                        let x = values(m * k, 63 + m as u64);
+                        let mut y_whole = vec![0.0f32; m * n];
+                        whole.forward_with(isa, &x, m, &mut y_whole, 1).unwrap();
+                        for threads in [1, 2] {
+                            let (mut y_view, mut y_alone) = (vec![f32::NAN; m * cols], vec![f32::NAN; m * cols]);
+                            view.forward_with(isa, &x, m, &mut y_view, threads).unwrap();
+                            alone.forward_with(isa, &x, m, &mut y_alone, threads).unwrap();
+                            let cut: Vec<u32> = y_whole.chunks_exact(n).flat_map(|r| r[start..end].iter().map(|v| v.to_bits())).collect();
+                            let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&y_view), cut, "{} {isa:?} m={m}: view {start}..{end} vs the whole layer", view.kernel_name());
+                            assert_eq!(bits(&y_alone), cut, "{} {isa:?} m={m}: part {start}..{end} packed alone", view.kernel_name());
+                        }
+                    }
+                }
+                // a view of a view
+                if cols > NR {
+                    let inner = view.columns(NR, cols).unwrap();
+                    let x = values(3 * k, 71);
+                    let (mut a, mut c) = (vec![0.0f32; 3 * (cols - NR)], vec![0.0f32; 3 * n]);
+                    inner.forward(&x, 3, &mut a, 2).unwrap();
+                    whole.forward(&x, 3, &mut c, 2).unwrap();
+                    let cut: Vec<f32> = c.chunks_exact(n).flat_map(|r| r[start + NR..end].to_vec()).collect();
+                    assert_eq!(a, cut);
+                }
+                start = end;
+            }
+            // spans that are not panels are errors, not panics
+            for (s, e) in [(0, 0), (5, 16), (0, 17), (16, n + 1), (32, 16)] {
+                assert!(whole.columns(s, e).is_err(), "{s}..{e}");
+            }
+            assert!(whole.columns(64, n).is_ok());
+        }
+    }
+}
+
 /// A small linear for the pool tests: 3 panels (so 2 threads both get work) and its result on
 /// one thread.
 fn tiny() -> (PackedLinear, Vec<f32>, Vec<f32>) {
