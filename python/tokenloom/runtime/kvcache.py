@@ -29,6 +29,7 @@ import numpy as np
 from tokenloom._arrays import as_array, as_int
 
 __all__ = [
+    "append_kv",
     "cache_kv",
     "cache_length",
     "cache_nbytes",
@@ -75,6 +76,71 @@ class _KV:
             self.cache.layers[i].keys, self.cache.layers[i].values = k, v
         else:
             self.cache.key_cache[i], self.cache.value_cache[i] = k, v
+
+
+#: Slots a layer's in-place buffer (:func:`append_kv`) keeps beyond what it holds: at least
+#: this many, and at least half its length (so a long generation reallocates O(log n) times).
+APPEND_ROOM = 256
+
+
+def _slot_in(view: Any, buf: Any) -> int:
+    """The slot ``a`` where ``view`` == ``buf[:, :, a : a + S]`` ([B, H, S, D] views of one
+    storage with the same strides), else -1."""
+    if (
+        view.dim() != 4 or view.dtype != buf.dtype or view.device != buf.device
+        or view.stride() != buf.stride() or view.shape[:2] != buf.shape[:2] or view.shape[3] != buf.shape[3]
+        or view.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
+    ):
+        return -1
+    step = buf.stride(2)
+    diff = view.storage_offset() - buf.storage_offset()
+    if step <= 0 or diff < 0 or diff % step or diff // step + view.shape[2] > buf.shape[2]:
+        return -1
+    return diff // step
+
+
+def append_kv(cache: Any, i: int, k: Any, v: Any) -> Tuple[Any, Any]:
+    """``cache.update(k, v, i)`` (k, v: [B, H_kv, T, D]) that writes the T new entries into
+    spare slots of a buffer the layer keeps, instead of concatenating (transformers'
+    ``DynamicLayer.update`` copies the whole layer every step: ~2 ms of a one-token step of the
+    embedded model at 200 cached tokens, ~6.5 ms at 770, on the 2-core Xeon). Returns the
+    layer's keys and values [B, H_kv, S + T, D]: the same values as ``update``'s, as views of
+    the buffer (a slot dimension of stride ``capacity * D``, not ``S * D``).
+
+    The buffer is the layer's own (made here on the first append, and again when the layer's
+    tensors are no longer views of it: after transformers' ``update``, a row selection, or when
+    full, with :data:`APPEND_ROOM`), so the entries written are slots past the layer's current
+    length. As with :func:`compact_cache`'s in-place moves, a view of the layer's tensors taken
+    before it was cropped must not be used after the next append. Layers other than a plain
+    ``DynamicLayer`` (and the older list layout) take ``cache.update``."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    layer = layers[i] if layers is not None and i < len(layers) else None
+    if type(layer) is not DynamicLayer or getattr(cache, "offloading", False) or not getattr(layer, "is_initialized", False):
+        return cache.update(k, v, i)
+    keys, values = layer.keys, layer.values
+    if keys is None or keys.dim() != 4 or keys.shape[0] != k.shape[0] or keys.dtype != k.dtype or keys.device != k.device:
+        return cache.update(k, v, i)
+    s, t = int(keys.shape[2]), int(k.shape[2])
+    held = layer.__dict__.get("_tokenloom_kv")
+    a = _slot_in(keys, held[0]) if held is not None else -1
+    # an inference tensor takes no in-place write outside inference mode: a new buffer then
+    stale = held is not None and held[0].is_inference() and not torch.is_inference_mode_enabled()
+    if a < 0 or stale or _slot_in(values, held[1]) != a or a + s + t > held[0].shape[2]:
+        cap = s + t + max(APPEND_ROOM, (s + t) // 2)
+        kb = keys.new_empty((keys.shape[0], keys.shape[1], cap, keys.shape[3]))
+        vb = values.new_empty((values.shape[0], values.shape[1], cap, values.shape[3]))
+        kb[:, :, :s] = keys
+        vb[:, :, :s] = values
+        held, a = (kb, vb), 0
+        layer.__dict__["_tokenloom_kv"] = held
+    kb, vb = held
+    kb[:, :, a + s : a + s + t] = k
+    vb[:, :, a + s : a + s + t] = v
+    layer.keys, layer.values = kb[:, :, a : a + s + t], vb[:, :, a : a + s + t]
+    return layer.keys, layer.values
 
 
 def cache_kv(cache: Any) -> List[Tuple[Any, Any]]:

@@ -232,6 +232,7 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
 
     from tokenloom.device import is_accelerator
     from tokenloom.runtime.cpupack import group_step, step_call
+    from tokenloom.runtime.kvcache import append_kv
 
     inner = model.model
     cfg = inner.config
@@ -258,7 +259,7 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
             nq, nk = attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim
             qk = _rotate(heads[:, : nq + nk], cos, sin)
             q, k, v = qk[:, :nq], qk[:, nq:], heads[:, nq + nk :]
-        k, v = cache.update(k, v, i)
+        k, v = append_kv(cache, i, k, v)
         o, _ = attention(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling)
         x = x + call(attn.o_proj)(o.reshape(b, t, -1).contiguous())
         mlp = layer.mlp
