@@ -486,3 +486,25 @@ def test_torch_steps_aside_for_the_tiles_pool_and_gets_its_threads_back(pack, ma
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("pack", ["tiles", "tiles-trees"])
+def test_a_packed_model_is_freed_with_its_packed_weights(pack):
+    """The packing caches hold their models weakly: once the caller drops a model that ran
+    packed (every kernel of ``pack``, sibling groups included), it and its packed modules go."""
+    import gc
+    import weakref
+
+    from tokenloom.runtime import cpupack
+
+    model = make_tiny_llama(vocab_size=128, seed=0)
+    with torch.inference_mode(), packed_linears(model, pack):
+        model(torch.tensor([[1, 2, 3]]))
+        model(torch.tensor([[4]]))
+    gone = [weakref.ref(model), weakref.ref(model.lm_head), weakref.ref(model.model.layers[0].self_attn.q_proj)]
+    linears = [m for m in model.modules() if m in cpupack._CACHE]
+    cached = [weakref.ref(entry[2]) for m in linears for entry in cpupack._CACHE[m].values()]
+    assert len(linears) == 2 * 7 + 1 and len(cached) >= len(linears)
+    del model, linears
+    gc.collect()
+    assert all(r() is None for r in gone + cached)

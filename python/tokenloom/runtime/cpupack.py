@@ -142,7 +142,7 @@ TILED_GROUPS: Tuple[Tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("g
 # nn.Linear -> {kernel: (weight storage pointer, weight version, its swapped-in module)}
 _CACHE: "weakref.WeakKeyDictionary[Any, Dict[str, Tuple[int, int, Any]]]" = weakref.WeakKeyDictionary()
 # model -> [(parent module, child name, nn.Linear)]: where the packable linears sit
-_PLANS: "weakref.WeakKeyDictionary[Any, List[Tuple[Any, str, Any]]]" = weakref.WeakKeyDictionary()
+_PLANS: "weakref.WeakKeyDictionary[Any, List[Tuple[Any, str, Any]]]" = weakref.WeakKeyDictionary()  # weak refs
 # nn.Linear -> (a weak reference to its parent module, the TILED_GROUPS names it is one of)
 _MEMBERS: "weakref.WeakKeyDictionary[Any, Tuple[Any, Tuple[str, ...]]]" = weakref.WeakKeyDictionary()
 _GROUPED = [True]
@@ -290,6 +290,30 @@ def _module_base() -> Any:
     return torch.nn.Module
 
 
+class _Original:
+    """``[original]`` for a swapped-in module, held weakly: ``self.original[0]`` is the
+    ``nn.Linear`` it replaces. The module caches (:data:`_CACHE`, keyed weakly by that linear)
+    hold the swapped modules, so a strong reference here would keep every packed model alive
+    for the process. The linear is alive whenever its model is (outside a block it is the
+    model's child, inside :func:`packed_linears` holds it)."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, original: Any):
+        self._ref = weakref.ref(original)
+
+    def __getitem__(self, i: int) -> Any:
+        if i != 0:
+            raise IndexError(i)
+        mod = self._ref()
+        if mod is None:
+            raise ReferenceError("the linear this packed module replaced no longer exists (its model was freed)")
+        return mod
+
+    def __len__(self) -> int:
+        return 1
+
+
 class PackedLinear(_module_base()):  # type: ignore[misc]
     """Drop-in for a float32 or bfloat16 CPU ``nn.Linear`` (inference only): input [...,
     in_features] -> output [..., out_features] (the weight's dtype) through oneDNN with a
@@ -298,7 +322,7 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
 
     def __init__(self, original: Any, packed: Any):
         super().__init__()
-        self.original = [original]  # a list: not registered as a submodule (no double params)
+        self.original = _Original(original)  # not a submodule (no double params), held weakly
         self.in_features = int(original.in_features)
         self.out_features = int(original.out_features)
         self.packed_weight = packed
@@ -349,7 +373,7 @@ class _Swapped(_module_base()):  # type: ignore[misc]
 
     def __init__(self, original: Any):
         super().__init__()
-        self.original = [original]
+        self.original = _Original(original)
         self.in_features = int(original.in_features)
         self.out_features = int(original.out_features)
 
@@ -550,7 +574,7 @@ class TreeRowsLinear(_Swapped):
     def __init__(self, original: Any, fast: Any, one: Any = None):
         super().__init__(original)
         self.fast = [fast]  # lists: the cached modules of the base kernels, not submodules
-        self.one = [one if one is not None else original]
+        self.one = _Original(original) if one is None else [one]
 
     def _pick(self, x: "torch.Tensor") -> Any:
         rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
@@ -739,9 +763,14 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
     model's structure, a linear's dtype or its device changed; a linear added to a model
     already planned is only seen after :func:`clear_packed`). An empty plan is not cached: a
     model moved back to the CPU (or run outside a forced accelerator path) is scanned again."""
-    plan = _PLANS.get(model)
-    if plan is not None and all(parent._modules.get(name) is child and _linear_ok(child) for parent, name, child in plan):
-        return plan
+    weak = _PLANS.get(model)
+    if weak is not None:
+        # entries held weakly: the model is one of the parents (its lm_head), and a value of a
+        # weak-key dictionary must not keep its key alive
+        plan = [(p(), name, c()) for p, name, c in weak]
+        if all(parent is not None and child is not None and parent._modules.get(name) is child and _linear_ok(child)
+               for parent, name, child in plan):
+            return plan
     plan = [
         (parent, name, child)
         for parent in model.modules()
@@ -749,7 +778,7 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
         if _linear_ok(child)
     ]
     if plan:
-        _PLANS[model] = plan
+        _PLANS[model] = [(weakref.ref(parent), name, weakref.ref(child)) for parent, name, child in plan]
         _register_groups(plan)
     else:
         _PLANS.pop(model, None)
