@@ -3,7 +3,8 @@
 float32 and bfloat16 weights), at M = 1 and 17 rows. In bfloat16 also: PyTorch's own bfloat16
 linear (``default-bf16``, the model as loaded: the anchor) and the AMX tiles kernel
 (``tiles-bf16-amx``, bfloat16 rows in and out as ``TiledLinear`` calls it; skipped without
-AMX), against the AVX-512 / AVX2 tiles kernel on bfloat16 weights (``tiles-bf16``). One pass runs the 7 linears of all 30
+AMX; ``tiles-bf16-amx-grouped``: q / k / v and gate / up each packed as one weight and called
+once, as a step runs them, ``cpupack.TILED_GROUPS``), against the AVX-512 / AVX2 tiles kernel on bfloat16 weights (``tiles-bf16``). One pass runs the 7 linears of all 30
 layers with distinct weights (~425 MB in float32, far above the L3), so the weights come from
 memory as in a real step; "tiles / default" and "tiles / onednn" per M are the ratios to read.
 
@@ -27,7 +28,7 @@ def weights():
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("kernel", ["default", "onednn", "tiles", "tiles-bf16", "default-bf16", "tiles-bf16-amx"])
+@pytest.mark.parametrize("kernel", ["default", "onednn", "tiles", "tiles-bf16", "default-bf16", "tiles-bf16-amx", "tiles-bf16-amx-grouped"])
 @pytest.mark.parametrize("m", [1, 17])
 def test_layer_pass(benchmark, weights, m, kernel):
     import torch
@@ -39,7 +40,7 @@ def test_layer_pass(benchmark, weights, m, kernel):
         pytest.skip("no oneDNN packed linear in this torch build")
     if kernel.startswith("tiles") and not tiles_available():
         pytest.skip("no working TiledLinear in this build")
-    if kernel == "tiles-bf16-amx" and not _core.amx_available():
+    if kernel.startswith("tiles-bf16-amx") and not _core.amx_available():
         pytest.skip("no AMX-BF16 on this CPU / OS")
     benchmark.group = f"30 layers of linears, M={m} rows"
     xs = {k: torch.randn(m, k) for k in (576, 1536)}
@@ -48,11 +49,15 @@ def test_layer_pass(benchmark, weights, m, kernel):
     elif kernel == "default-bf16":
         xb = {k: x.to(torch.bfloat16) for k, x in xs.items()}
         calls = [lambda w=w: torch.nn.functional.linear(xb[w.shape[1]], w) for w in (w.to(torch.bfloat16) for w in weights)]
-    elif kernel == "tiles-bf16-amx":
+    elif kernel.startswith("tiles-bf16-amx"):
         threads = tiles_threads()
         bits = {k: x.to(torch.bfloat16).view(torch.int16).numpy() for k, x in xs.items()}
+        packs = weights
+        if kernel.endswith("grouped"):  # per layer: q k v as one, o, gate up as one, down
+            layers = [weights[i : i + len(SHAPES)] for i in range(0, len(weights), len(SHAPES))]
+            packs = [w for q, k, v, o, g, u, d in layers for w in (torch.cat([q, k, v]), o, torch.cat([g, u]), d)]
         tiled = [(_core.TiledLinear(w.to(torch.bfloat16).view(torch.int16).numpy(), bf16=True, amx=True), w.shape[1])
-                 for w in weights]
+                 for w in packs]
         calls = [lambda t=t, k=k: t.forward(bits[k], threads) for t, k in tiled]
     elif kernel == "onednn":
         packed = [(torch.ops.mkldnn._reorder_linear_weight(w, None), w.shape[1]) for w in weights]
@@ -95,11 +100,12 @@ def test_long_input(benchmark, m, dtype, path):
         lin = torch.nn.Linear(k, n, bias=False).to(dt)
         w = lin.weight.detach()
         tiled = _core.TiledLinear(w.view(torch.int16).numpy(), bf16=True) if dt == torch.bfloat16 else _core.TiledLinear(w.numpy())
-        layers.append((TiledLinear(lin, tiled), torch.randn(m, k, generator=gen).to(dt)))
+        # the linear stays referenced here: a TiledLinear holds the one it replaces weakly
+        layers.append((TiledLinear(lin, tiled), torch.randn(m, k, generator=gen).to(dt), lin))
     benchmark.group = f"one layer's linears, {m} prompt rows, {dtype}"
 
     def one_pass():
-        for layer, x in layers:
+        for layer, x, _ in layers:
             layer.chunks(x) if path == "chunks" else layer.original[0](x)
 
     with torch.inference_mode():
