@@ -136,13 +136,15 @@ TILED_SPLIT_WORK = 1 << 16
 #: (:func:`group_step`). Bit for bit the separate calls' outputs; one call streams the same
 #: bytes with one hand-off to the threads instead of three (q / k / v) or two (gate / up).
 #: Measured on the 2-core Intel Xeon (AMX, bfloat16, the embedded model, 200 cached tokens,
-#: interleaved, medians of 5 rounds): a one-token step 43.7 -> 39.2 ms.
+#: 6 interleaved rounds, ``benches/experiments/grouped_tiles.py``): a 1 / 17-token step 45.7 /
+#: 62.6 -> 43.6 / 60.1 ms (with the lean forward's joint q / k rotation).
 TILED_GROUPS: Tuple[Tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 # nn.Linear -> {kernel: (weight storage pointer, weight version, its swapped-in module)}
 _CACHE: "weakref.WeakKeyDictionary[Any, Dict[str, Tuple[int, int, Any]]]" = weakref.WeakKeyDictionary()
-# model -> [(parent module, child name, nn.Linear)]: where the packable linears sit
-_PLANS: "weakref.WeakKeyDictionary[Any, List[Tuple[Any, str, Any]]]" = weakref.WeakKeyDictionary()  # weak refs
+# model -> [(weak ref to the parent module, child name, weak ref to the nn.Linear)]: where the
+# packable linears sit (weakly: the model is lm_head's parent, and a value must not keep its key alive)
+_PLANS: "weakref.WeakKeyDictionary[Any, List[Tuple[Any, str, Any]]]" = weakref.WeakKeyDictionary()
 # nn.Linear -> (a weak reference to its parent module, the TILED_GROUPS names it is one of)
 _MEMBERS: "weakref.WeakKeyDictionary[Any, Tuple[Any, Tuple[str, ...]]]" = weakref.WeakKeyDictionary()
 _GROUPED = [True]
@@ -765,8 +767,6 @@ def _plan(model: Any) -> List[Tuple[Any, str, Any]]:
     model moved back to the CPU (or run outside a forced accelerator path) is scanned again."""
     weak = _PLANS.get(model)
     if weak is not None:
-        # entries held weakly: the model is one of the parents (its lm_head), and a value of a
-        # weak-key dictionary must not keep its key alive
         plan = [(p(), name, c()) for p, name, c in weak]
         if all(parent is not None and child is not None and parent._modules.get(name) is child and _linear_ok(child)
                for parent, name, child in plan):

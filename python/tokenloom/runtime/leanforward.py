@@ -238,8 +238,8 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
     cfg = inner.config
     attention = ALL_ATTENTION_FUNCTIONS["sdpa"]
     # tokenloom's swapped linears skip their per-call checks (made here once: CPU, grad off)
-    call = (lambda mod: mod) if is_accelerator(input_ids) else step_call
-    grouped = not is_accelerator(input_ids)
+    on_cpu = not is_accelerator(input_ids)
+    call = step_call if on_cpu else (lambda mod: mod)
     b, t = int(input_ids.shape[0]), int(input_ids.shape[1])
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
@@ -250,7 +250,7 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
         shape = (b, t, -1, attn.head_dim)
         # q / k / v packed as one weight (cpupack.TILED_GROUPS): one call, its heads side by
         # side, q's and k's rotated in one go (elementwise: the same bits); else one call each
-        qkv = group_step((attn.q_proj, attn.k_proj, attn.v_proj), h) if grouped else None
+        qkv = group_step((attn.q_proj, attn.k_proj, attn.v_proj), h) if on_cpu else None
         if qkv is None:
             q, k, v = (call(mod)(h).view(shape).transpose(1, 2) for mod in (attn.q_proj, attn.k_proj, attn.v_proj))
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -264,7 +264,7 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
         x = x + call(attn.o_proj)(o.reshape(b, t, -1).contiguous())
         mlp = layer.mlp
         h = _rms(layer.post_attention_layernorm, x)
-        gate_up = group_step((mlp.gate_proj, mlp.up_proj), h) if grouped else None
+        gate_up = group_step((mlp.gate_proj, mlp.up_proj), h) if on_cpu else None
         if gate_up is None:
             gate, up = call(mlp.gate_proj)(h), call(mlp.up_proj)(h)
         else:  # the activation on a contiguous gate, as on the separate call's output (its kernel path)
