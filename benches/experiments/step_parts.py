@@ -53,9 +53,10 @@ def instrument(model, no_linears):
 
         return timed("linears", ready)
 
-    saved = [(cpupack, "step_call", step_call), (lf, "_rms", lf._rms), (lf, "_rotate", lf._rotate),
+    saved = [(cpupack, "step_call", step_call), (cpupack, "group_step", cpupack.group_step), (lf, "_rms", lf._rms), (lf, "_rotate", lf._rotate),
              (gqa, "grouped_sdpa", gqa.grouped_sdpa)]
     cpupack.step_call = linear
+    cpupack.group_step = timed("grouped linears", cpupack.group_step) if not no_linears else (lambda mods, h: None)
     lf._rms = timed("norms", lf._rms)
     lf._rotate = timed("rotary", lf._rotate)
     gqa.grouped_sdpa = timed("attention", gqa.grouped_sdpa)

@@ -387,3 +387,23 @@ class TiledLinear:
 
 def amx_available() -> bool: ...
 def tiled_linear_isa() -> str: ...  # "avx512f", "avx2+fma" or "scalar"
+
+# --- layer: a decoder layer's non-linear parts, one call each (core layer) ----------------------
+@final
+class RmsNorm:
+    def __new__(cls, weight: npt.NDArray[Any], eps: float, *, bf16: bool = False) -> "RmsNorm": ...
+    @overload
+    def forward(self, x: _F32) -> _F32: ...  # [M, H]
+    @overload
+    def forward(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]: ...  # bf16 bits in -> int16 bits out
+    def add_forward(self, x: npt.NDArray[Any], delta: npt.NDArray[Any]) -> Tuple[npt.NDArray[Any], npt.NDArray[Any]]: ...  # (x + delta, norm)
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def bf16(self) -> bool: ...
+    @property
+    def eps(self) -> float: ...
+
+def rotate_heads(
+    x: npt.NDArray[Any], heads: int, head_dim: int, cos: npt.NDArray[Any], signed_sin: npt.NDArray[Any], batch: int = 1
+) -> npt.NDArray[Any]: ...  # [B*T, C] -> [B*H*T, D]

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from tokenloom.device import is_accelerator
 from tokenloom.runtime.kernels import PACK_KERNELS, TREE_KERNELS, kernel_parts
+from tokenloom.runtime.swap import WeakOriginal, module_base
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -114,8 +115,9 @@ PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8)
 #: and kernel choices are measured again): 2 = AVX-512 tiles, tiles threads handed over by torch,
 #: oneDNN bfloat16; 3 = the tiles pool's workers spin 1 ms between calls (was 100 us); 4 = bfloat16
 #: tiles run the AMX kernel where the CPU has it, bfloat16 rows in and out; 5 = sibling tiles
-#: linears (q / k / v, gate / up) packed as one weight, called once per step (:data:`TILED_GROUPS`).
-KERNELS_VERSION = 5
+#: linears (q / k / v, gate / up) packed as one weight, called once per step (:data:`TILED_GROUPS`);
+#: 6 = rows run by tiles get tokenloom's RMS norm too (:mod:`tokenloom.runtime.cpunorm`).
+KERNELS_VERSION = 6
 
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
 TILED_MAX_ROWS = 64
@@ -136,7 +138,7 @@ TILED_SPLIT_WORK = 1 << 16
 #: (:func:`group_step`). Bit for bit the separate calls' outputs; one call streams the same
 #: bytes with one hand-off to the threads instead of three (q / k / v) or two (gate / up).
 #: Measured on the 2-core Intel Xeon (AMX, bfloat16, the embedded model, 200 cached tokens,
-#: 6 interleaved rounds, ``benches/experiments/grouped_tiles.py``): a 1 / 17-token step 45.7 /
+#: 6 interleaved rounds, ``benches/experiments/step_switches.py --switch grouped``): a 1 / 17-token step 45.7 /
 #: 62.6 -> 43.6 / 60.1 ms (with the lean forward's joint q / k rotation).
 TILED_GROUPS: Tuple[Tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -286,37 +288,7 @@ def step_call(mod: Any) -> Any:
     return mod.step if type(mod) in _STEP_TYPES else mod
 
 
-def _module_base() -> Any:
-    import torch
-
-    return torch.nn.Module
-
-
-class _Original:
-    """``[original]`` for a swapped-in module, held weakly: ``self.original[0]`` is the
-    ``nn.Linear`` it replaces. The module caches (:data:`_CACHE`, keyed weakly by that linear)
-    hold the swapped modules, so a strong reference here would keep every packed model alive
-    for the process. The linear is alive whenever its model is (outside a block it is the
-    model's child, inside :func:`packed_linears` holds it)."""
-
-    __slots__ = ("_ref",)
-
-    def __init__(self, original: Any):
-        self._ref = weakref.ref(original)
-
-    def __getitem__(self, i: int) -> Any:
-        if i != 0:
-            raise IndexError(i)
-        mod = self._ref()
-        if mod is None:
-            raise ReferenceError("the linear this packed module replaced no longer exists (its model was freed)")
-        return mod
-
-    def __len__(self) -> int:
-        return 1
-
-
-class PackedLinear(_module_base()):  # type: ignore[misc]
+class PackedLinear(module_base()):  # type: ignore[misc]
     """Drop-in for a float32 or bfloat16 CPU ``nn.Linear`` (inference only): input [...,
     in_features] -> output [..., out_features] (the weight's dtype) through oneDNN with a
     pre-reordered weight (bfloat16 only where :func:`pack_available` says oneDNN runs it
@@ -324,7 +296,7 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
 
     def __init__(self, original: Any, packed: Any):
         super().__init__()
-        self.original = _Original(original)  # not a submodule (no double params), held weakly
+        self.original = WeakOriginal(original)  # not a submodule (no double params), held weakly
         self.in_features = int(original.in_features)
         self.out_features = int(original.out_features)
         self.packed_weight = packed
@@ -368,14 +340,14 @@ class PackedLinear(_module_base()):  # type: ignore[misc]
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
-class _Swapped(_module_base()):  # type: ignore[misc]
+class _Swapped(module_base()):  # type: ignore[misc]
     """What a swapped-in linear shares: the original module (in a list: not registered as a
     submodule, no double params), its sizes, and its ``weight`` / ``bias`` as the original's
     (code that reads them, e.g. tied embeddings, sees the original)."""
 
     def __init__(self, original: Any):
         super().__init__()
-        self.original = _Original(original)
+        self.original = WeakOriginal(original)
         self.in_features = int(original.in_features)
         self.out_features = int(original.out_features)
 
@@ -576,7 +548,7 @@ class TreeRowsLinear(_Swapped):
     def __init__(self, original: Any, fast: Any, one: Any = None):
         super().__init__(original)
         self.fast = [fast]  # lists: the cached modules of the base kernels, not submodules
-        self.one = _Original(original) if one is None else [one]
+        self.one = WeakOriginal(original) if one is None else [one]
 
     def _pick(self, x: "torch.Tensor") -> Any:
         rows = x.numel() // max(int(x.shape[-1]), 1) if x.dim() else 0
@@ -813,7 +785,7 @@ def _resolve_plan(model: Any, pack: Union[bool, str]) -> Tuple[str, List[Tuple[A
     kernel = "packed" if pack is True or pack == "auto" else str(pack)
     bases = {k for k in kernel_parts(kernel) if k != "unpacked"}
     base = "packed" if "packed" in bases else "tiles"  # what an error names: oneDNN's needs first
-    plan = _plan(model) if isinstance(model, _module_base()) else []
+    plan = _plan(model) if isinstance(model, module_base()) else []
     plan = [entry for entry in plan if all(_takes(b, entry[2]) for b in bases)]
     works = all(tiles_available() if b == "tiles" else pack_available() for b in bases)
     if pack == "auto":
@@ -984,14 +956,24 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
         yield model
         return
     swapped: List[Tuple[Any, str, Any]] = []
+    tiles = "tiles" in kernel_parts(kernel)
     try:
         for parent, name, child in plan:
             parent._modules[name] = _packed_module(child, kernel)
             swapped.append((parent, name, child))
+        # the rows tokenloom's tiles run get tokenloom's RMS norm too (one call each, fused
+        # with the residual add); rows a kernel runs through torch (tiles-trees' one row,
+        # tiles-packed's more rows) keep transformers' norm: each part stays its base kernel's bits
+        parts = kernel_parts(kernel)
+        if "tiles" in parts:
+            from tokenloom.runtime import cpunorm
+
+            for parent, name, child in cpunorm.norm_plan(model):
+                parent._modules[name] = cpunorm.swapped_norm(child, parts[0] == "tiles", parts[1] == "tiles")
+                swapped.append((parent, name, child))
         _ACTIVE[model] = kernel
         # tiles: torch's own threads step aside for the tiles pool (see torch_on_one_thread);
         # a row-split kernel gives them back to its torch-run part (TreeRowsLinear)
-        tiles = "tiles" in kernel_parts(kernel)
         with torch_on_one_thread() if tiles else contextlib.nullcontext():
             yield model
     finally:
@@ -1006,3 +988,6 @@ def clear_packed() -> None:
         _CACHE.clear()
         _PLANS.clear()
         _MEMBERS.clear()
+    from tokenloom.runtime.cpunorm import clear_norms
+
+    clear_norms()

@@ -51,9 +51,13 @@ __all__ = [
 
 #: Bumped when the lean forward changes what a step costs: a step-cost curve or kernel choice
 #: measured with another version is measured again (:func:`step_forward` is in their key).
-LEAN_VERSION = 2
+LEAN_VERSION = 3
 
 _ENABLED = [True]
+#: whether CPU steps rotate the heads in one kernel call (:func:`_rotate_rows`; False: torch's
+#: operations, :func:`_rotate`); the same bits either way, switched to time both
+_ROTARY_KERNEL = [True]
+_TILED_NORM: list = [None]  # tokenloom.runtime.cpunorm.TiledRMSNorm (imported on first use)
 _SUPPORTED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 _COUNTS: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 
@@ -109,16 +113,26 @@ def _structure_ok(model: Any) -> bool:
         return False
     if type(model) is not ml.LlamaForCausalLM or type(getattr(model, "model", None)) is not ml.LlamaModel:
         return False
+    from tokenloom.runtime.cpunorm import TiledRMSNorm
+
+    def llama_norm(norm: Any) -> bool:  # transformers' own, or tokenloom's swapped in for it
+        if type(norm) is TiledRMSNorm:
+            try:
+                norm = norm.original[0]
+            except ReferenceError:
+                return False
+        return type(norm) is ml.LlamaRMSNorm
+
     inner = model.model
-    if type(inner.norm) is not ml.LlamaRMSNorm or type(inner.rotary_emb) is not ml.LlamaRotaryEmbedding:
+    if not llama_norm(inner.norm) or type(inner.rotary_emb) is not ml.LlamaRotaryEmbedding:
         return False
     for layer in inner.layers:
         if (
             type(layer) is not ml.LlamaDecoderLayer
             or type(layer.self_attn) is not ml.LlamaAttention
             or type(layer.mlp) is not ml.LlamaMLP
-            or type(layer.input_layernorm) is not ml.LlamaRMSNorm
-            or type(layer.post_attention_layernorm) is not ml.LlamaRMSNorm
+            or not llama_norm(layer.input_layernorm)
+            or not llama_norm(layer.post_attention_layernorm)
         ):
             return False
     return True
@@ -195,6 +209,23 @@ def _rms(norm: Any, x: Any) -> Any:
     return norm.weight * h.to(x.dtype)
 
 
+def _norm(norm: Any, x: Any, fused: bool) -> Any:
+    """``norm(x)``: tokenloom's one-call norm where it is swapped in and ``fused`` (CPU), else
+    the same operations as transformers' (:func:`_rms`)."""
+    if fused and type(norm) is _TILED_NORM[0]:
+        return norm.step(x)
+    return _rms(norm, x)
+
+
+def _add_norm(norm: Any, x: Any, delta: Any, fused: bool) -> Any:
+    """``(x + delta, norm(x + delta))``: one call where tokenloom's norm is swapped in (the
+    same bits as the add and the norm apart), else torch's add and :func:`_rms`."""
+    if fused and type(norm) is _TILED_NORM[0]:
+        return norm.add_step(x, delta)
+    s = x + delta
+    return s, _rms(norm, s)
+
+
 def _signed_sin(sin: Any) -> Any:
     """``sin`` with its first half negated: what :func:`_rotate` multiplies the swapped halves
     by (made once per step)."""
@@ -213,6 +244,41 @@ def _rotate(x: Any, cos: Any, signed_sin: Any) -> Any:
 
     half = x.shape[-1] // 2
     return (x * cos) + (torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin)
+
+
+def _rows_cos_sin(cos: Any, sin: Any, x: Any, b: int, t: int) -> Any:
+    """(cos, signed sin) as [B * T, D] rows in the kernels' layout (float32: arrays; bfloat16:
+    their bits) for :func:`_rotate_rows`, made once per step; None where the kernel does not
+    take them (another dtype, an unexpected shape)."""
+    import torch
+
+    dt = x.dtype
+    if dt not in (torch.float32, torch.bfloat16) or cos.dtype != dt or sin.dtype != dt or cos.dim() != 3 or cos.shape != sin.shape:
+        return None
+    if int(cos.shape[1]) != t or int(cos.shape[0]) not in (1, b):
+        return None
+    d = int(cos.shape[-1])
+    pair = []
+    for part in (cos, _signed_sin(sin)):
+        rows = part.expand(b, t, d).reshape(b * t, d).contiguous()
+        pair.append(rows.view(torch.int16).numpy() if dt == torch.bfloat16 else rows.numpy())
+    return pair[0], pair[1], dt
+
+
+def _rotate_rows(qkv: Any, heads: int, head_dim: int, rows_cs: Any, b: int, t: int) -> Any:
+    """The first ``heads`` heads of ``qkv`` [B, T, C] rotated, [B, heads, T, D] (contiguous), in
+    one call of ``tokenloom._core.rotate_heads``: the same bits as :func:`_rotate` on those
+    heads (its products and sum rounded as torch rounds them)."""
+    import torch
+
+    from tokenloom import _core
+
+    cos_rows, sin_rows, dt = rows_cs
+    rows = qkv.reshape(b * t, -1).contiguous()
+    if dt == torch.bfloat16:
+        out = _core.rotate_heads(rows.view(torch.int16).numpy(), heads, head_dim, cos_rows, sin_rows, b)
+        return torch.from_numpy(out).view(torch.bfloat16).view(b, heads, t, head_dim)
+    return torch.from_numpy(_core.rotate_heads(rows.numpy(), heads, head_dim, cos_rows, sin_rows, b)).view(b, heads, t, head_dim)
 
 
 def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: Any, cache: Any) -> Any:
@@ -240,37 +306,54 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
     # tokenloom's swapped linears skip their per-call checks (made here once: CPU, grad off)
     on_cpu = not is_accelerator(input_ids)
     call = step_call if on_cpu else (lambda mod: mod)
+    if _TILED_NORM[0] is None:
+        from tokenloom.runtime.cpunorm import TiledRMSNorm
+
+        _TILED_NORM[0] = TiledRMSNorm
     b, t = int(input_ids.shape[0]), int(input_ids.shape[1])
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
+    rows_cs = _rows_cos_sin(cos, sin, x, b, t) if on_cpu and _ROTARY_KERNEL[0] else None
     cos, sin = cos.unsqueeze(1), _signed_sin(sin.unsqueeze(1))
-    for i, layer in enumerate(inner.layers[: cfg.num_hidden_layers]):
+    layers = inner.layers[: cfg.num_hidden_layers]
+    # each residual add runs with the norm after it (the next layer's input norm, the final one)
+    h = _norm(layers[0].input_layernorm, x, on_cpu) if len(layers) else None
+    for i, layer in enumerate(layers):
         attn = layer.self_attn
-        h = _rms(layer.input_layernorm, x)
         shape = (b, t, -1, attn.head_dim)
         # q / k / v packed as one weight (cpupack.TILED_GROUPS): one call, its heads side by
         # side, q's and k's rotated in one go (elementwise: the same bits); else one call each
         qkv = group_step((attn.q_proj, attn.k_proj, attn.v_proj), h) if on_cpu else None
         if qkv is None:
-            q, k, v = (call(mod)(h).view(shape).transpose(1, 2) for mod in (attn.q_proj, attn.k_proj, attn.v_proj))
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            outs = [call(mod)(h) for mod in (attn.q_proj, attn.k_proj, attn.v_proj)]
+            q, k, v = (o.view(shape).transpose(1, 2) for o in outs)
+            if rows_cs is not None and outs[0].dtype == outs[1].dtype == rows_cs[2]:
+                q = _rotate_rows(outs[0], int(q.shape[1]), attn.head_dim, rows_cs, b, t)
+                k = _rotate_rows(outs[1], int(k.shape[1]), attn.head_dim, rows_cs, b, t)
+            else:
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         else:
             heads = qkv.view(shape).transpose(1, 2)
             nq, nk = attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim
-            qk = _rotate(heads[:, : nq + nk], cos, sin)
+            if rows_cs is not None and qkv.dtype == rows_cs[2]:  # one call, head-major out
+                qk = _rotate_rows(qkv, nq + nk, attn.head_dim, rows_cs, b, t)
+            else:
+                qk = _rotate(heads[:, : nq + nk], cos, sin)
             q, k, v = qk[:, :nq], qk[:, nq:], heads[:, nq + nk :]
         k, v = append_kv(cache, i, k, v)
         o, _ = attention(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling)
-        x = x + call(attn.o_proj)(o.reshape(b, t, -1).contiguous())
         mlp = layer.mlp
-        h = _rms(layer.post_attention_layernorm, x)
+        x, h = _add_norm(layer.post_attention_layernorm, x, call(attn.o_proj)(o.reshape(b, t, -1).contiguous()), on_cpu)
         gate_up = group_step((mlp.gate_proj, mlp.up_proj), h) if on_cpu else None
         if gate_up is None:
             gate, up = call(mlp.gate_proj)(h), call(mlp.up_proj)(h)
         else:  # the activation on a contiguous gate, as on the separate call's output (its kernel path)
             gate, up = gate_up[..., : mlp.gate_proj.out_features].contiguous(), gate_up[..., mlp.gate_proj.out_features :]
-        x = x + call(mlp.down_proj)(mlp.act_fn(gate) * up)
-    return call(model.lm_head)(_rms(inner.norm, x))
+        after = layers[i + 1].input_layernorm if i + 1 < len(layers) else inner.norm
+        x, h = _add_norm(after, x, call(mlp.down_proj)(mlp.act_fn(gate) * up), on_cpu)
+    if h is None:  # no layers
+        h = _norm(inner.norm, x, on_cpu)
+    return call(model.lm_head)(h)
 
 
 def step_logits(model: Any, cache: Any, input_ids: Any, position_ids: Any, attention_mask: Any) -> Any:

@@ -2,7 +2,7 @@
 //!
 //! Layout (mirrors the Python package): [`verify`] (greedy / tree / chain verification),
 //! [`sampling`] and [`rng`] (transforms, probability rows, the counter-based generator),
-//! [`tree`] (flat parent arrays), [`limits`] (size caps), [`linear`] (small-M linear layers for CPU decoding), [`spec`] (drafters: templates, recycling, dynamic trees) and
+//! [`tree`] (flat parent arrays), [`limits`] (size caps), [`linear`] (small-M linear layers for CPU decoding), [`layer`] (a decoder layer's RMS norm fused with its residual add, its rotary embedding), [`spec`] (drafters: templates, recycling, dynamic trees) and
 //! [`bytes`] (trie, canonicality, byte index, covers), [`scores`] (token-frequency tables, DC-PDD), [`topk`] (the k best columns of logit rows). Every fallible function returns
 //! [`error::Result`].
 
@@ -10,6 +10,7 @@ pub mod bytes;
 pub mod error;
 pub mod files;
 pub mod limits;
+pub mod layer;
 pub mod linear;
 pub mod rng;
 pub mod sampling;

@@ -1,5 +1,5 @@
 //! `tokenloom._core`: PyO3 bindings of tokenloom-core. One file per exposed area (verify,
-//! sampling, recycling, dyntree, suffix, merged, bytes, scores, linear), each registering its functions and classes in
+//! sampling, recycling, dyntree, suffix, merged, bytes, scores, linear, layer), each registering its functions and classes in
 //! `register`; `args`, `floats` and `error` convert arguments, float arrays and errors.
 //!
 //! Classes with state are `frozen` and keep it behind a lock, taken without the GIL around the
@@ -12,6 +12,7 @@ mod dyntree;
 mod error;
 mod floats;
 mod ints;
+mod layer;
 mod linear;
 mod merged;
 mod recycling;
@@ -38,6 +39,7 @@ mod _core {
         bytes::register(m)?;
         scores::register(m)?;
         linear::register(m)?;
+        layer::register(m)?;
         Ok(())
     }
 }

@@ -1,9 +1,17 @@
-"""One step of the embedded model with its sibling tiles (q / k / v, gate / up) packed as one
-weight and called once (``cpupack.set_grouped(True)``, the default) against every linear alone
-(False), interleaved rounds, medians; the logits of both are checked equal bit for bit. Run it
-alone on an idle machine.
+"""One step of the embedded model with one of a tiles step's switches on (the default) and off,
+interleaved rounds, medians:
 
-    python benches/experiments/grouped_tiles.py --dtype bfloat16 --pack tiles --tokens 1,9,17
+* ``--switch grouped``: sibling tiles (q / k / v, gate / up) packed as one weight and called
+  once (``cpupack.set_grouped``) against every linear alone; the logits must be equal bit for bit;
+* ``--switch rotary``: the rotary embedding of the query and key heads in one kernel call
+  (``leanforward._ROTARY_KERNEL``) against torch's operations; the same bits;
+* ``--switch norms``: the RMS norms as tokenloom's one-call kernel fused with the residual adds
+  (``cpunorm.set_fused_norms``) against transformers' norms; the logits differ at float32
+  rounding (the largest difference is printed).
+
+Run it alone on an idle machine.
+
+    python benches/experiments/step_switches.py --switch norms --dtype bfloat16 --pack tiles --tokens 1,9,17
 """
 import argparse
 import collections
@@ -14,15 +22,24 @@ import torch
 from transformers import DynamicCache
 
 from tokenloom.integrations.hf.models import load_or_default
-from tokenloom.runtime import cpupack
+from tokenloom.runtime import cpunorm, cpupack, leanforward
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.kvcache import crop_cache
 from tokenloom.runtime.treeattn import tree_forward
 from tokenloom.spec.calibration import _chain_parents
 
 
+#: switch name -> (its setter, what "off" and "on" are called in the output)
+SWITCHES = {
+    "grouped": (cpupack.set_grouped, "each linear alone", "groups"),
+    "norms": (cpunorm.set_fused_norms, "transformers' norms", "fused norms"),
+    "rotary": (lambda on: leanforward._ROTARY_KERNEL.__setitem__(0, on), "torch's rotary", "one-call rotary"),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--switch", choices=list(SWITCHES), default="grouped")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     ap.add_argument("--pack", default="tiles", help="a tiles kernel: tiles, tiles-trees, tiles-packed")
     ap.add_argument("--tokens", default="1,9,17", help="comma-separated tree sizes (chains)")
@@ -33,11 +50,12 @@ def main() -> None:
     model, _ = load_or_default(dtype=args.dtype)
     sizes = [int(t) for t in args.tokens.split(",")]
     prefix = torch.randint(0, 49152, (1, args.past_len), generator=torch.Generator().manual_seed(0))
+    setter, off_name, on_name = SWITCHES[args.switch]
     times, logits = collections.defaultdict(list), {}
     try:
         for rnd in range(args.rounds + 1):  # round 0 warms up
-            for grouped in (False, True):
-                cpupack.set_grouped(grouped)
+            for on in (False, True):
+                setter(on)
                 with torch.inference_mode(), cpupack.packed_linears(model, args.pack):
                     cache = DynamicCache()
                     model(input_ids=prefix, use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
@@ -50,15 +68,16 @@ def main() -> None:
                             spent.append(time.perf_counter() - start)
                             crop_cache(cache, args.past_len)
                         if rnd:
-                            times[(t, grouped)].append(statistics.median(spent))
-                        logits[(t, grouped)] = out
+                            times[(t, on)].append(statistics.median(spent))
+                        logits[(t, on)] = out
     finally:
-        cpupack.set_grouped(True)
+        setter(True)
     print(f"{args.dtype}, pack={args.pack!r}, {args.past_len} cached tokens, {args.rounds} interleaved rounds, medians")
     for t in sizes:
-        alone, one = (statistics.median(times[(t, g)]) * 1e3 for g in (False, True))
-        same = torch.equal(logits[(t, False)], logits[(t, True)])
-        print(f"T={t}: each linear alone {alone:.2f} ms, groups {one:.2f} ms ({alone / one:.3f}x); same logits: {same}")
+        off, on = (statistics.median(times[(t, s)]) * 1e3 for s in (False, True))
+        a, b = logits[(t, False)], logits[(t, True)]
+        same = "the same" if torch.equal(a, b) else f"largest difference {(a.float() - b.float()).abs().max().item():.2e}"
+        print(f"T={t}: {off_name} {off:.2f} ms, {on_name} {on:.2f} ms ({off / on:.3f}x); logits: {same}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""What tokenloom's swapped-in modules share (:mod:`tokenloom.runtime.cpupack`'s linears,
+:mod:`tokenloom.runtime.cpunorm`'s norms): the module they replace, held weakly."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+__all__ = ["WeakOriginal", "module_base"]
+
+
+def module_base() -> Any:
+    """``torch.nn.Module`` (imported on first use)."""
+    import torch
+
+    return torch.nn.Module
+
+
+class WeakOriginal:
+    """``[original]`` for a swapped-in module, held weakly: ``self.original[0]`` is the module
+    it replaces (a linear, a norm). The swappers' caches (keyed weakly by that module) hold the
+    swapped modules, so a strong reference here would keep every packed model alive for the
+    process. The original is alive whenever its model is (outside a block it is the model's
+    child, inside :func:`tokenloom.runtime.cpupack.packed_linears` the block holds it)."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, original: Any):
+        self._ref = weakref.ref(original)
+
+    def __getitem__(self, i: int) -> Any:
+        if i != 0:
+            raise IndexError(i)
+        mod = self._ref()
+        if mod is None:
+            raise ReferenceError("the module this swapped-in module replaced no longer exists (its model was freed)")
+        return mod
+
+    def __len__(self) -> int:
+        return 1
