@@ -5,13 +5,14 @@ interleaved rounds, medians:
   once (``cpupack.set_grouped``) against every linear alone; the logits must be equal bit for bit;
 * ``--switch rotary``: the rotary embedding of the query and key heads in one kernel call
   (``leanforward._ROTARY_KERNEL``) against torch's operations; the same bits;
-* ``--switch norms``: the RMS norms as tokenloom's one-call kernel fused with the residual adds
-  (``cpunorm.set_fused_norms``) against transformers' norms; the logits differ at float32
+* ``--switch layers``: the RMS norms as tokenloom's one-call kernel fused with the residual adds
+  and the SiLU activation fused with the up product (``layerops.set_layer_kernels``) against
+  transformers' norms and activation; the logits differ at float32
   rounding (the largest difference is printed).
 
 Run it alone on an idle machine.
 
-    python benches/experiments/step_switches.py --switch norms --dtype bfloat16 --pack tiles --tokens 1,9,17
+    python benches/experiments/step_switches.py --switch layers --dtype bfloat16 --pack tiles --tokens 1,9,17
 """
 import argparse
 import collections
@@ -22,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from tokenloom.integrations.hf.models import load_or_default
-from tokenloom.runtime import cpunorm, cpupack, leanforward
+from tokenloom.runtime import cpupack, layerops, leanforward
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.kvcache import crop_cache
 from tokenloom.runtime.treeattn import tree_forward
@@ -32,7 +33,7 @@ from tokenloom.spec.calibration import _chain_parents
 #: switch name -> (its setter, what "off" and "on" are called in the output)
 SWITCHES = {
     "grouped": (cpupack.set_grouped, "each linear alone", "groups"),
-    "norms": (cpunorm.set_fused_norms, "transformers' norms", "fused norms"),
+    "layers": (layerops.set_layer_kernels, "transformers' norms and SiLU", "tokenloom's"),
     "rotary": (lambda on: leanforward._ROTARY_KERNEL.__setitem__(0, on), "torch's rotary", "one-call rotary"),
 }
 

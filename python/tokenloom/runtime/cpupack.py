@@ -116,7 +116,7 @@ PACKED_ROW_SIZES: Tuple[int, ...] = tuple(range(1, 33)) + tuple(range(40, 65, 8)
 #: oneDNN bfloat16; 3 = the tiles pool's workers spin 1 ms between calls (was 100 us); 4 = bfloat16
 #: tiles run the AMX kernel where the CPU has it, bfloat16 rows in and out; 5 = sibling tiles
 #: linears (q / k / v, gate / up) packed as one weight, called once per step (:data:`TILED_GROUPS`);
-#: 6 = rows run by tiles get tokenloom's RMS norm too (:mod:`tokenloom.runtime.cpunorm`).
+#: 6 = rows run by tiles get tokenloom's RMS norms and SiLU too (:mod:`tokenloom.runtime.layerops`).
 KERNELS_VERSION = 6
 
 #: Most rows a :class:`TiledLinear` call takes; more (prompts: compute-bound) run the original.
@@ -961,15 +961,16 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
         for parent, name, child in plan:
             parent._modules[name] = _packed_module(child, kernel)
             swapped.append((parent, name, child))
-        # the rows tokenloom's tiles run get tokenloom's RMS norm too (one call each, fused
-        # with the residual add); rows a kernel runs through torch (tiles-trees' one row,
-        # tiles-packed's more rows) keep transformers' norm: each part stays its base kernel's bits
+        # the rows tokenloom's tiles run get tokenloom's norms and activations too (one call
+        # each, fused with the residual add / the up product); rows a kernel runs through torch
+        # (tiles-trees' one row, tiles-packed's more rows) keep transformers': each part stays
+        # its base kernel's bits
         parts = kernel_parts(kernel)
         if "tiles" in parts:
-            from tokenloom.runtime import cpunorm
+            from tokenloom.runtime import layerops
 
-            for parent, name, child in cpunorm.norm_plan(model):
-                parent._modules[name] = cpunorm.swapped_norm(child, parts[0] == "tiles", parts[1] == "tiles")
+            for parent, name, child in layerops.layer_plan(model):
+                parent._modules[name] = layerops.swapped_module(child, parts[0] == "tiles", parts[1] == "tiles")
                 swapped.append((parent, name, child))
         _ACTIVE[model] = kernel
         # tiles: torch's own threads step aside for the tiles pool (see torch_on_one_thread);
@@ -988,6 +989,6 @@ def clear_packed() -> None:
         _CACHE.clear()
         _PLANS.clear()
         _MEMBERS.clear()
-    from tokenloom.runtime.cpunorm import clear_norms
+    from tokenloom.runtime.layerops import clear_layer_kernels
 
-    clear_norms()
+    clear_layer_kernels()

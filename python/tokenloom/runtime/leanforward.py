@@ -57,7 +57,7 @@ _ENABLED = [True]
 #: whether CPU steps rotate the heads in one kernel call (:func:`_rotate_rows`; False: torch's
 #: operations, :func:`_rotate`); the same bits either way, switched to time both
 _ROTARY_KERNEL = [True]
-_TILED_NORM: list = [None]  # tokenloom.runtime.cpunorm.TiledRMSNorm (imported on first use)
+_TILED: list = [None, None]  # tokenloom.runtime.layerops' TiledRMSNorm, TiledSiLU (imported on first use)
 _SUPPORTED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 _COUNTS: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 
@@ -113,7 +113,7 @@ def _structure_ok(model: Any) -> bool:
         return False
     if type(model) is not ml.LlamaForCausalLM or type(getattr(model, "model", None)) is not ml.LlamaModel:
         return False
-    from tokenloom.runtime.cpunorm import TiledRMSNorm
+    from tokenloom.runtime.layerops import TiledRMSNorm
 
     def llama_norm(norm: Any) -> bool:  # transformers' own, or tokenloom's swapped in for it
         if type(norm) is TiledRMSNorm:
@@ -212,7 +212,7 @@ def _rms(norm: Any, x: Any) -> Any:
 def _norm(norm: Any, x: Any, fused: bool) -> Any:
     """``norm(x)``: tokenloom's one-call norm where it is swapped in and ``fused`` (CPU), else
     the same operations as transformers' (:func:`_rms`)."""
-    if fused and type(norm) is _TILED_NORM[0]:
+    if fused and type(norm) is _TILED[0]:
         return norm.step(x)
     return _rms(norm, x)
 
@@ -220,7 +220,7 @@ def _norm(norm: Any, x: Any, fused: bool) -> Any:
 def _add_norm(norm: Any, x: Any, delta: Any, fused: bool) -> Any:
     """``(x + delta, norm(x + delta))``: one call where tokenloom's norm is swapped in (the
     same bits as the add and the norm apart), else torch's add and :func:`_rms`."""
-    if fused and type(norm) is _TILED_NORM[0]:
+    if fused and type(norm) is _TILED[0]:
         return norm.add_step(x, delta)
     s = x + delta
     return s, _rms(norm, s)
@@ -306,10 +306,10 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
     # tokenloom's swapped linears skip their per-call checks (made here once: CPU, grad off)
     on_cpu = not is_accelerator(input_ids)
     call = step_call if on_cpu else (lambda mod: mod)
-    if _TILED_NORM[0] is None:
-        from tokenloom.runtime.cpunorm import TiledRMSNorm
+    if _TILED[0] is None:
+        from tokenloom.runtime.layerops import TiledRMSNorm, TiledSiLU
 
-        _TILED_NORM[0] = TiledRMSNorm
+        _TILED[:] = [TiledRMSNorm, TiledSiLU]
     b, t = int(input_ids.shape[0]), int(input_ids.shape[1])
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
@@ -346,11 +346,14 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
         x, h = _add_norm(layer.post_attention_layernorm, x, call(attn.o_proj)(o.reshape(b, t, -1).contiguous()), on_cpu)
         gate_up = group_step((mlp.gate_proj, mlp.up_proj), h) if on_cpu else None
         if gate_up is None:
-            gate, up = call(mlp.gate_proj)(h), call(mlp.up_proj)(h)
+            act = mlp.act_fn(call(mlp.gate_proj)(h)) * call(mlp.up_proj)(h)
+        elif type(mlp.act_fn) is _TILED[1]:  # tokenloom's activation: act(gate) * up in one call
+            act = mlp.act_fn.mul_step(gate_up, mlp.gate_proj.out_features)
         else:  # the activation on a contiguous gate, as on the separate call's output (its kernel path)
             gate, up = gate_up[..., : mlp.gate_proj.out_features].contiguous(), gate_up[..., mlp.gate_proj.out_features :]
+            act = mlp.act_fn(gate) * up
         after = layers[i + 1].input_layernorm if i + 1 < len(layers) else inner.norm
-        x, h = _add_norm(after, x, call(mlp.down_proj)(mlp.act_fn(gate) * up), on_cpu)
+        x, h = _add_norm(after, x, call(mlp.down_proj)(act), on_cpu)
     if h is None:  # no layers
         h = _norm(inner.norm, x, on_cpu)
     return call(model.lm_head)(h)

@@ -1,5 +1,5 @@
 """What tokenloom's swapped-in modules share (:mod:`tokenloom.runtime.cpupack`'s linears,
-:mod:`tokenloom.runtime.cpunorm`'s norms): the module they replace, held weakly."""
+:mod:`tokenloom.runtime.layerops`' norms and activations): the module they replace, held weakly."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 //! Bindings of `tokenloom_core::layer`: a decoder layer's RMS norm fused with its residual add
-//! (`RmsNorm`) and its rotary embedding (`rotate_heads`).
+//! (`RmsNorm`), its rotary embedding (`rotate_heads`) and its MLP activation (`silu`, `silu_mul`).
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use tokenloom_core::layer::rotary::{rotate_heads as rotate_f32, rotate_heads_bf16, RotaryShape};
+use tokenloom_core::layer::silu::{silu_bf16, silu_f32, silu_mul_bf16, silu_mul_f32};
 use tokenloom_core::layer::RmsNorm;
 
 use crate::error::to_py;
@@ -266,7 +267,78 @@ fn rotate_heads<'py>(
     }
 }
 
+/// ``x * sigmoid(x)`` elementwise, as ``x / (1 + exp(-x))`` in float32 with tokenloom's own
+/// vectorizable ``exp`` (within 2 ulp of the exact one; the same bits on every CPU; not torch's
+/// ``silu`` bit for bit), rounded once to x's dtype.
+///
+/// Args:
+///     x (numpy.ndarray): [M, N], C-contiguous: float32, or bfloat16 bits (int16 / uint16).
+///
+/// Returns:
+///     numpy.ndarray: [M, N], x's dtype.
+///
+/// Raises:
+///     ValueError: x not such an array, or empty.
+#[pyfunction]
+fn silu<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let rows = Rows::new("x", x)?;
+    let (m, n) = rows.shape();
+    if m == 0 || n == 0 {
+        return Err(PyValueError::new_err("x: expected at least one value"));
+    }
+    match &rows {
+        Rows::F32(a) => {
+            let mut y = vec![0.0f32; m * n];
+            silu_f32(f32_slice("x", a)?, &mut y).map_err(to_py)?;
+            array(py, y, m, n)
+        }
+        Rows::Bf16(b) => {
+            let (xs, _, _) = b.slice("x")?;
+            let mut y = int16_out(m * n);
+            silu_bf16(xs, as_u16(&mut y)).map_err(to_py)?;
+            array(py, y, m, n)
+        }
+    }
+}
+
+/// A gated MLP's ``act(gate) * up`` from the rows ``[gate | up]`` side by side (the output of
+/// the gate and up projections packed as one): ``round(round(silu(gate)) * up)``, ``silu`` as
+/// :func:`silu`, ``round`` to x's dtype (torch's ``silu(gate) * up`` with that activation).
+///
+/// Args:
+///     x (numpy.ndarray): [M, 2 * I], C-contiguous: float32, or bfloat16 bits (int16 / uint16).
+///
+/// Returns:
+///     numpy.ndarray: [M, I], x's dtype.
+///
+/// Raises:
+///     ValueError: x not such an array, empty, or of an odd width.
+#[pyfunction]
+fn silu_mul<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let rows = Rows::new("x", x)?;
+    let (m, n) = rows.shape();
+    if m == 0 || n == 0 || n % 2 != 0 {
+        return Err(PyValueError::new_err(format!("x: expected [M >= 1, 2 * I] rows (gate | up), got [{m}, {n}]")));
+    }
+    let inter = n / 2;
+    match &rows {
+        Rows::F32(a) => {
+            let mut y = vec![0.0f32; m * inter];
+            silu_mul_f32(f32_slice("x", a)?, inter, &mut y).map_err(to_py)?;
+            array(py, y, m, inter)
+        }
+        Rows::Bf16(b) => {
+            let (xs, _, _) = b.slice("x")?;
+            let mut y = int16_out(m * inter);
+            silu_mul_bf16(xs, inter, as_u16(&mut y)).map_err(to_py)?;
+            array(py, y, m, inter)
+        }
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRmsNorm>()?;
-    m.add_function(wrap_pyfunction!(rotate_heads, m)?)
+    m.add_function(wrap_pyfunction!(rotate_heads, m)?)?;
+    m.add_function(wrap_pyfunction!(silu, m)?)?;
+    m.add_function(wrap_pyfunction!(silu_mul, m)?)
 }
