@@ -18,7 +18,7 @@
 //! intrinsics; the compiler may vectorize the lanes as written), so every machine gets the
 //! same bits.
 
-use super::Elem;
+use super::{wide, Elem};
 use crate::error::{CoreError, Result};
 
 const LANES: usize = 16;
@@ -102,9 +102,7 @@ impl RmsNorm {
         };
         self.rows("x", x.len())?;
         Self::same("out", x.len(), out.len())?;
-        for (xr, yr) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-            norm_row(xr, w, self.eps, yr);
-        }
+        wide(|| norm_rows(x, w, self.eps, out));
         Ok(())
     }
 
@@ -115,9 +113,7 @@ impl RmsNorm {
         };
         self.rows("x", x.len())?;
         Self::same("out", x.len(), out.len())?;
-        for (xr, yr) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-            norm_row(xr, w, self.eps, yr);
-        }
+        wide(|| norm_rows(x, w, self.eps, out));
         Ok(())
     }
 
@@ -142,18 +138,18 @@ impl RmsNorm {
         Self::same("delta", x.len(), delta.len())?;
         Self::same("sum", x.len(), sum.len())?;
         Self::same("out", x.len(), out.len())?;
-        for (s, (a, b)) in sum.iter_mut().zip(x.iter().zip(delta)) {
-            *s = T::narrow(a.widen() + b.widen());
-        }
-        for (sr, yr) in sum.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-            norm_row(sr, w, self.eps, yr);
-        }
+        wide(|| {
+            for (s, (a, b)) in sum.iter_mut().zip(x.iter().zip(delta)) {
+                *s = T::narrow(a.widen() + b.widen());
+            }
+            norm_rows(sum, w, self.eps, out)
+        });
         Ok(())
     }
 }
 
 /// The sum of squares of a row in the documented lane order.
-#[inline]
+#[inline(always)]
 fn sum_squares<T: Elem>(x: &[T]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = x.chunks_exact(LANES);
@@ -177,7 +173,14 @@ fn sum_squares<T: Elem>(x: &[T]) -> f32 {
     acc[0]
 }
 
-#[inline]
+#[inline(always)]
+fn norm_rows<T: Elem>(x: &[T], w: &[T], eps: f32, out: &mut [T]) {
+    for (xr, yr) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        norm_row(xr, w, eps, yr);
+    }
+}
+
+#[inline(always)]
 fn norm_row<T: Elem>(x: &[T], w: &[T], eps: f32, out: &mut [T]) {
     let r = 1.0f32 / (sum_squares(x) / x.len() as f32 + eps).sqrt();
     for ((y, &v), &g) in out.iter_mut().zip(x).zip(w) {
