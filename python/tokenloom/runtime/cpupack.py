@@ -48,6 +48,11 @@ and out of the kernel as bfloat16 bits (no torch conversion on either side). Row
 or tiles in chunks, whichever measured faster. Its threads: :func:`set_tiles_threads` (default
 ``torch.get_num_threads()``; measurements there).
 
+Inside a block of a tiles kernel, the model's RMS norms and SiLU activations are swapped too,
+for the rows its linears run as tiles (:mod:`tokenloom.runtime.layerops`: one call each,
+within float32 rounding of transformers' modules; the model's own forward then runs them, so
+HF "through the same layers" stays the reference).
+
 Faster is not universal: on an Intel Xeon with AVX-512/AMX, packed linears measured slower than
 MKL's. ``tokenloom.generate(..., pack="auto")`` therefore packs only where packing measured
 faster on the machine (:mod:`tokenloom.spec.calibration`); :func:`packed_linears` itself packs
@@ -944,7 +949,8 @@ def _rows_threads(torch_runs: bool) -> None:
 def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any]:
     """``with packed_linears(model): ...`` runs ``model`` with packed linears; restores the
     original modules on exit (also on error). Nested use is a no-op. Yields ``model``. The one
-    swapper of every kernel of :data:`PACK_KERNELS`.
+    swapper of every kernel of :data:`PACK_KERNELS` (a tiles kernel swaps the RMS norms and
+    SiLU activations too, for the rows it runs as tiles: :mod:`tokenloom.runtime.layerops`).
 
     Args:
         model: a torch module (an HF causal LM).

@@ -13,7 +13,13 @@ registered for ``"sdpa"``), and inlining only what is fixed: the RMS norm, ``rot
 residual adds. Where a layer's q / k / v (and gate / up) tiles are packed as one weight
 (:data:`tokenloom.runtime.cpupack.TILED_GROUPS`) each group runs as one call, and q's and k's
 heads are rotated in one go (the same bits: each output column is computed as the separate
-call computes it, and the rotation is elementwise). tokenloom's swapped linears (:mod:`tokenloom.runtime.cpupack`) run their ``step``:
+call computes it, and the rotation is elementwise). On the CPU the rotation is one call of
+``tokenloom._core.rotate_heads`` (each product and the sum rounded as torch rounds them: the
+same bits, written head-major). Where tokenloom's norms and activation are swapped in
+(:mod:`tokenloom.runtime.layerops`, tiles blocks) each residual add runs in one call with the
+norm after it, and ``act(gate) * up`` in one call from the gate / up group's output (the same
+bits as the swapped modules called apart, which is what the model's own forward calls).
+tokenloom's swapped linears (:mod:`tokenloom.runtime.cpupack`) run their ``step``:
 their per-call checks (device, grad mode) are made once per step here. Its logits equal the model's own forward bit for bit (tested on both transformers
 lines, float32 and bfloat16, one token and tree masks, batches). Measured on the machine above:
 one token 54 -> 49 ms, a 9-token tree 73 -> 66 ms.
