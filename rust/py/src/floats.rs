@@ -21,12 +21,16 @@ pub enum F3<'py> {
     F64(PyReadonlyArray3<'py, f64>),
 }
 
-fn dtype_error(what: &str, obj: &Bound<'_, PyAny>, ndim: usize) -> PyErr {
-    let got = match obj.cast::<numpy::PyUntypedArray>() {
+/// What an argument is, for an error message: a numpy array's dtype and shape, else its type.
+pub fn describe(obj: &Bound<'_, PyAny>) -> String {
+    match obj.cast::<numpy::PyUntypedArray>() {
         Ok(a) => format!("dtype {} with shape {:?}", a.dtype().str().map(|s| s.to_string()).unwrap_or_default(), a.shape()),
         Err(_) => format!("a {}", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()),
-    };
-    PyValueError::new_err(format!("{what}: expected a {ndim}-D float32 or float64 numpy array, got {got}"))
+    }
+}
+
+fn dtype_error(what: &str, obj: &Bound<'_, PyAny>, ndim: usize) -> PyErr {
+    PyValueError::new_err(format!("{what}: expected a {ndim}-D float32 or float64 numpy array, got {}", describe(obj)))
 }
 
 /// A float array of another float dtype, converted by value to native float32 (items of at

@@ -10,14 +10,7 @@ use tokenloom_core::layer::silu::{silu_bf16, silu_f32, silu_mul_bf16, silu_mul_f
 use tokenloom_core::layer::RmsNorm;
 
 use crate::error::to_py;
-use crate::floats::Bf16Bits2;
-
-fn describe(obj: &Bound<'_, PyAny>) -> String {
-    match obj.cast::<numpy::PyUntypedArray>() {
-        Ok(a) => format!("dtype {} with shape {:?}", a.dtype().str().map(|s| s.to_string()).unwrap_or_default(), a.shape()),
-        Err(_) => format!("a {}", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()),
-    }
-}
+use crate::floats::{describe, Bf16Bits2};
 
 /// Rows of one call: float32, or bfloat16 bits.
 enum Rows<'py> {

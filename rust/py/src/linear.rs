@@ -9,14 +9,7 @@ use tokenloom_core::linear::{Isa, PackedLinear, MAX_THREADS};
 
 use crate::args;
 use crate::error::to_py;
-use crate::floats::Bf16Bits2;
-
-fn describe(obj: &Bound<'_, PyAny>) -> String {
-    match obj.cast::<numpy::PyUntypedArray>() {
-        Ok(a) => format!("dtype {} with shape {:?}", a.dtype().str().map(|s| s.to_string()).unwrap_or_default(), a.shape()),
-        Err(_) => format!("a {}", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()),
-    }
-}
+use crate::floats::{describe, Bf16Bits2};
 
 fn threads_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::size("threads", obj, 1, MAX_THREADS)
