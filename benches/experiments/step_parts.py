@@ -1,5 +1,6 @@
 """Where one tree step's time goes: the embedded model's lean step forward with a timer around
-each of its parts (the linears, the RMS norms, the rotary embedding, the cache append, the
+each of its parts (the linears, the RMS norms (with the residual adds where tokenloom's norms run
+them), the rotary embedding, the cache append, the
 attention, the activation), for a few tree sizes, with the kernel ``--pack`` selects; medians of
 ``--repeats``. ``--no-linears`` replaces every linear by a ready output of the right shape: the
 other parts then run with their inputs in cache (the linears' weight streams evict them in a
@@ -16,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from tokenloom.integrations.hf.models import load_or_default
-from tokenloom.runtime import cpupack, gqa
+from tokenloom.runtime import cpupack, gqa, layerops
 from tokenloom.runtime import leanforward as lf
 from tokenloom.runtime.compat import cache_arg
 from tokenloom.runtime.kvcache import crop_cache
@@ -53,15 +54,22 @@ def instrument(model, no_linears):
 
         return timed("linears", ready)
 
-    saved = [(cpupack, "step_call", step_call), (cpupack, "group_step", cpupack.group_step), (lf, "_rms", lf._rms), (lf, "_rotate", lf._rotate),
-             (gqa, "grouped_sdpa", gqa.grouped_sdpa)]
+    silu = layerops.TiledSiLU
+    saved = [(cpupack, "step_call", step_call), (cpupack, "group_step", cpupack.group_step), (lf, "_norm", lf._norm),
+             (lf, "_add_norm", lf._add_norm), (lf, "_rotate", lf._rotate), (lf, "_rotate_rows", lf._rotate_rows),
+             (gqa, "grouped_sdpa", gqa.grouped_sdpa), (silu, "step", silu.step), (silu, "mul_step", silu.mul_step)]
     cpupack.step_call = linear
     cpupack.group_step = timed("grouped linears", cpupack.group_step) if not no_linears else (lambda mods, h: None)
-    lf._rms = timed("norms", lf._rms)
+    lf._norm = timed("norms", lf._norm)
+    lf._add_norm = timed("residual adds + norms", lf._add_norm)
     lf._rotate = timed("rotary", lf._rotate)
+    lf._rotate_rows = timed("rotary", lf._rotate_rows)
     gqa.grouped_sdpa = timed("attention", gqa.grouped_sdpa)
-    for layer in model.model.layers:  # a child module: shadowed in the instance dict, not replaced
-        layer.mlp.__dict__["act_fn"] = timed("activation", layer.mlp.act_fn)
+    silu.step = timed("activation", silu.step)  # tokenloom's (tiles blocks): patched on the class
+    silu.mul_step = timed("activation (with the up product)", silu.mul_step)
+    for layer in model.model.layers:  # transformers' (a child module: shadowed in the instance dict, not replaced)
+        if not isinstance(layer.mlp.act_fn, silu):
+            layer.mlp.__dict__["act_fn"] = timed("activation", layer.mlp.act_fn)
     return saved
 
 

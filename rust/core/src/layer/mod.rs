@@ -3,8 +3,40 @@
 //! and key heads ([`rotary`]), the gated MLP's activation fused with its product ([`silu`]). Activations are float32 or bfloat16 bit patterns; every kernel
 //! computes in float32 and rounds where torch rounds (bfloat16: after each operation, nearest
 //! even), with no SIMD intrinsics and no fused multiply-adds: the same bits on every CPU. The
-//! loops run through [`wide`], which compiles them for AVX-512 or AVX2 where the CPU has them
+//! loops run through `wide!`, which compiles them for AVX-512 or AVX2 where the CPU has them
 //! (wider vectors, the same operations in the same order: the same bits).
+
+/// `wide!(name = body(a: A, b: B, ...))` defines `fn name<T: Elem>(a: A, ...)` that runs
+/// `body::<T>` (an `#[inline(always)]` kernel loop) compiled for the widest vectors this CPU has:
+/// AVX-512 (F + BW), else AVX2, else the baseline. The compiler never contracts a multiply and
+/// an add into a fused one, so every version computes the same bits. (A closure handed to a
+/// `#[target_feature]` function is not reliably inlined into it: the body must be a function.)
+macro_rules! wide {
+    ($name:ident = $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        fn $name<T: $crate::layer::Elem>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw")]
+                unsafe fn avx512<T: $crate::layer::Elem>($($arg: $ty),*) {
+                    $body::<T>($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2<T: $crate::layer::Elem>($($arg: $ty),*) {
+                    $body::<T>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+                    // SAFETY: the CPU has the features the function is compiled for (checked above)
+                    return unsafe { avx512::<T>($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above
+                    return unsafe { avx2::<T>($($arg),*) };
+                }
+            }
+            $body::<T>($($arg),*)
+        }
+    };
+}
 
 pub mod norm;
 pub mod rotary;
@@ -33,36 +65,6 @@ mod tests {
 
 use crate::linear::bf16_to_f32;
 
-/// Runs `f` (a kernel's loops, inlined into it) compiled for the widest vectors this CPU has:
-/// AVX-512 (F + BW), else AVX2, else the baseline. The compiler never contracts a multiply and
-/// an add into a fused one, so every version computes the same bits.
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has the features the function is compiled for (checked above)
-            return unsafe { wide_avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above
-            return unsafe { wide_avx2(f) };
-        }
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn wide_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
 
 /// An activation element: float32, or bfloat16 bits (`u16`).
 pub(crate) trait Elem: Copy + Send + Sync {

@@ -18,7 +18,10 @@
 //! intrinsics; the compiler may vectorize the lanes as written), so every machine gets the
 //! same bits.
 
-use super::{wide, Elem};
+use super::Elem;
+
+wide!(norm_rows_wide = norm_rows(x: &[T], w: &[T], eps: f32, out: &mut [T]));
+wide!(add_norm_rows_wide = add_norm_rows(x: &[T], delta: &[T], w: &[T], eps: f32, sum: &mut [T], out: &mut [T]));
 use crate::error::{CoreError, Result};
 
 const LANES: usize = 16;
@@ -102,7 +105,7 @@ impl RmsNorm {
         };
         self.rows("x", x.len())?;
         Self::same("out", x.len(), out.len())?;
-        wide(|| norm_rows(x, w, self.eps, out));
+        norm_rows_wide(x, w, self.eps, out);
         Ok(())
     }
 
@@ -113,7 +116,7 @@ impl RmsNorm {
         };
         self.rows("x", x.len())?;
         Self::same("out", x.len(), out.len())?;
-        wide(|| norm_rows(x, w, self.eps, out));
+        norm_rows_wide(x, w, self.eps, out);
         Ok(())
     }
 
@@ -138,12 +141,7 @@ impl RmsNorm {
         Self::same("delta", x.len(), delta.len())?;
         Self::same("sum", x.len(), sum.len())?;
         Self::same("out", x.len(), out.len())?;
-        wide(|| {
-            for (s, (a, b)) in sum.iter_mut().zip(x.iter().zip(delta)) {
-                *s = T::narrow(a.widen() + b.widen());
-            }
-            norm_rows(sum, w, self.eps, out)
-        });
+        add_norm_rows_wide(x, delta, w, self.eps, sum, out);
         Ok(())
     }
 }
@@ -171,6 +169,14 @@ fn sum_squares<T: Elem>(x: &[T]) -> f32 {
         width /= 2;
     }
     acc[0]
+}
+
+#[inline(always)]
+fn add_norm_rows<T: Elem>(x: &[T], delta: &[T], w: &[T], eps: f32, sum: &mut [T], out: &mut [T]) {
+    for (s, (a, b)) in sum.iter_mut().zip(x.iter().zip(delta)) {
+        *s = T::narrow(a.widen() + b.widen());
+    }
+    norm_rows(sum, w, eps, out)
 }
 
 #[inline(always)]

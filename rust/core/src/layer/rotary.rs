@@ -14,7 +14,9 @@
 //! and `round` torch's rounding of each operation to the activations' dtype (identity for
 //! float32, nearest even for bfloat16). The output is `[B, heads, T, D]`, contiguous.
 
-use super::{wide, Elem};
+use super::Elem;
+
+wide!(rotate_wide = rotate_rows(s: RotaryShape, x: &[T], cos: &[T], ssin: &[T], out: &mut [T]));
 use crate::error::{CoreError, Result};
 
 /// The sizes of one call.
@@ -66,8 +68,14 @@ impl RotaryShape {
 
 fn rotate<T: Elem>(s: RotaryShape, x: &[T], cos: &[T], ssin: &[T], out: &mut [T]) -> Result<()> {
     s.check(x.len(), cos.len(), ssin.len(), out.len())?;
+    rotate_wide(s, x, cos, ssin, out);
+    Ok(())
+}
+
+#[inline(always)]
+fn rotate_rows<T: Elem>(s: RotaryShape, x: &[T], cos: &[T], ssin: &[T], out: &mut [T]) {
     let (d, half, t) = (s.head_dim, s.head_dim / 2, s.rows / s.batch);
-    wide(|| for b in 0..s.batch {
+    for b in 0..s.batch {
         for h in 0..s.heads {
             for tt in 0..t {
                 let r = b * t + tt;
@@ -83,8 +91,7 @@ fn rotate<T: Elem>(s: RotaryShape, x: &[T], cos: &[T], ssin: &[T], out: &mut [T]
                 half_rotate(o2, x2, c2, x1, s2);
             }
         }
-    });
-    Ok(())
+    }
 }
 
 /// `o[j] = round(round(x[j] * c[j]) + round(partner[j] * s[j]))`.

@@ -10,7 +10,10 @@
 //! `round(round(silu(g)) * u)` (`round`: the activations' dtype), i.e. torch's `act(g) * u`
 //! with this activation.
 
-use super::{wide, Elem};
+use super::Elem;
+
+wide!(silu_wide = silu_loop(x: &[T], out: &mut [T]));
+wide!(silu_mul_wide = silu_mul_loop(x: &[T], inter: usize, out: &mut [T]));
 use crate::error::{CoreError, Result};
 
 const EXP_HI: f32 = 88.376_26;
@@ -63,12 +66,25 @@ fn silu_rows<T: Elem>(x: &[T], out: &mut [T]) -> Result<()> {
     if out.len() != x.len() {
         return Err(CoreError::shape("out", format!("{} values (as x)", x.len()), out.len()));
     }
-    wide(|| {
-        for (y, &v) in out.iter_mut().zip(x) {
-            *y = T::narrow(silu(v.widen()));
-        }
-    });
+    silu_wide(x, out);
     Ok(())
+}
+
+#[inline(always)]
+fn silu_loop<T: Elem>(x: &[T], out: &mut [T]) {
+    for (y, &v) in out.iter_mut().zip(x) {
+        *y = T::narrow(silu(v.widen()));
+    }
+}
+
+#[inline(always)]
+fn silu_mul_loop<T: Elem>(x: &[T], inter: usize, out: &mut [T]) {
+    for (row, o) in x.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
+        let (g, u) = row.split_at(inter);
+        for ((y, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+            *y = T::narrow(T::narrow(silu(gv.widen())).widen() * uv.widen());
+        }
+    }
 }
 
 fn silu_mul_rows<T: Elem>(x: &[T], inter: usize, out: &mut [T]) -> Result<()> {
@@ -76,14 +92,7 @@ fn silu_mul_rows<T: Elem>(x: &[T], inter: usize, out: &mut [T]) -> Result<()> {
     if out.len() != rows * inter {
         return Err(CoreError::shape("out", format!("{} values", rows * inter), out.len()));
     }
-    wide(|| {
-        for (row, o) in x.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
-            let (g, u) = row.split_at(inter);
-            for ((y, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-                *y = T::narrow(T::narrow(silu(gv.widen())).widen() * uv.widen());
-            }
-        }
-    });
+    silu_mul_wide(x, inter, out);
     Ok(())
 }
 
