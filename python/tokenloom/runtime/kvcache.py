@@ -114,33 +114,52 @@ def append_kv(cache: Any, i: int, k: Any, v: Any) -> Tuple[Any, Any]:
     before it was cropped must not be used after the next append. Layers other than a plain
     ``DynamicLayer`` (and the older list layout) take ``cache.update``."""
     import torch
-    from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
     layer = layers[i] if layers is not None and i < len(layers) else None
-    if type(layer) is not DynamicLayer or getattr(cache, "offloading", False) or not getattr(layer, "is_initialized", False):
+    if type(layer) is not _dynamic_layer() or getattr(cache, "offloading", False) or not getattr(layer, "is_initialized", False):
         return cache.update(k, v, i)
     keys, values = layer.keys, layer.values
     if keys is None or keys.dim() != 4 or keys.shape[0] != k.shape[0] or keys.dtype != k.dtype or keys.device != k.device:
         return cache.update(k, v, i)
     s, t = int(keys.shape[2]), int(k.shape[2])
     held = layer.__dict__.get("_tokenloom_kv")
-    a = _slot_in(keys, held[0]) if held is not None else -1
+    # (keys buffer, values buffer, the views set last, their slot): the layer still holds those
+    # very views (not replaced by a crop, transformers' update or a row selection) -> their slot
+    if held is not None and keys is held[2] and values is held[3]:
+        a = held[4]
+        same = True
+    else:
+        a = _slot_in(keys, held[0]) if held is not None else -1
+        same = a >= 0 and _slot_in(values, held[1]) == a
     # an inference tensor takes no in-place write outside inference mode: a new buffer then
     stale = held is not None and held[0].is_inference() and not torch.is_inference_mode_enabled()
-    if a < 0 or stale or _slot_in(values, held[1]) != a or a + s + t > held[0].shape[2]:
+    if not same or stale or a + s + t > held[0].shape[2]:
         cap = s + t + max(APPEND_ROOM, (s + t) // 2)
         kb = keys.new_empty((keys.shape[0], keys.shape[1], cap, keys.shape[3]))
         vb = values.new_empty((values.shape[0], values.shape[1], cap, values.shape[3]))
         kb[:, :, :s] = keys
         vb[:, :, :s] = values
-        held, a = (kb, vb), 0
-        layer.__dict__["_tokenloom_kv"] = held
-    kb, vb = held
+        held, a = (kb, vb, None, None, 0), 0
+    kb, vb = held[0], held[1]
     kb[:, :, a + s : a + s + t] = k
     vb[:, :, a + s : a + s + t] = v
-    layer.keys, layer.values = kb[:, :, a : a + s + t], vb[:, :, a : a + s + t]
-    return layer.keys, layer.values
+    keys, values = kb[:, :, a : a + s + t], vb[:, :, a : a + s + t]
+    layer.keys, layer.values = keys, values
+    layer.__dict__["_tokenloom_kv"] = (kb, vb, keys, values, a)
+    return keys, values
+
+
+def _dynamic_layer() -> Any:
+    """transformers' ``DynamicLayer`` (imported once)."""
+    if not _DYNAMIC_LAYER:
+        from transformers.cache_utils import DynamicLayer
+
+        _DYNAMIC_LAYER.append(DynamicLayer)
+    return _DYNAMIC_LAYER[0]
+
+
+_DYNAMIC_LAYER: list = []
 
 
 def cache_kv(cache: Any) -> List[Tuple[Any, Any]]:
