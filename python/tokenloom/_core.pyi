@@ -17,6 +17,7 @@ __all__ = [
     "CoverTree",
     "DraftTree",
     "DynamicTreeBuilder",
+    "RmsNorm",
     "SuffixCache",
     "SuffixIndex",
     "Template",
@@ -32,7 +33,10 @@ __all__ = [
     "grow_merged",
     "nested_template_order",
     "probs_from_logits",
+    "rotate_heads",
     "sample_logits",
+    "silu",
+    "silu_mul",
     "template_names",
     "template_parents",
     "template_paths",
@@ -407,3 +411,5 @@ class RmsNorm:
 def rotate_heads(
     x: npt.NDArray[Any], heads: int, head_dim: int, cos: npt.NDArray[Any], signed_sin: npt.NDArray[Any], batch: int = 1
 ) -> npt.NDArray[Any]: ...  # [B*T, C] -> [B*H*T, D]
+def silu(x: npt.NDArray[Any]) -> npt.NDArray[Any]: ...  # [M, N] -> [M, N], float32 or bf16 bits
+def silu_mul(x: npt.NDArray[Any]) -> npt.NDArray[Any]: ...  # [M, 2I] (gate | up) -> [M, I]
