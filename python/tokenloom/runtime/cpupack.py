@@ -962,7 +962,8 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
         yield model
         return
     swapped: List[Tuple[Any, str, Any]] = []
-    tiles = "tiles" in kernel_parts(kernel)
+    parts = kernel_parts(kernel)
+    tiles = "tiles" in parts
     try:
         for parent, name, child in plan:
             parent._modules[name] = _packed_module(child, kernel)
@@ -971,8 +972,7 @@ def packed_linears(model: Any, enabled: Union[bool, str] = True) -> Iterator[Any
         # each, fused with the residual add / the up product); rows a kernel runs through torch
         # (tiles-trees' one row, tiles-packed's more rows) keep transformers': each part stays
         # its base kernel's bits
-        parts = kernel_parts(kernel)
-        if "tiles" in parts:
+        if tiles:
             from tokenloom.runtime import layerops
 
             for parent, name, child in layerops.layer_plan(model):

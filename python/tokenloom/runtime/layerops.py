@@ -38,7 +38,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, List, Tuple
 
 from tokenloom.device import is_accelerator
-from tokenloom.runtime.swap import WeakOriginal, module_base
+from tokenloom.runtime.swap import WeakOriginal, from_kernel, kernel_rows, module_base
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -122,8 +122,8 @@ def swapped_module(mod: Any, one_row: bool = True, more_rows: bool = True) -> An
     :func:`layer_plan`) that runs inputs of one row (``one_row``) and of more rows
     (``more_rows``) through the kernel (the others through ``mod``: a row-split linear
     kernel's norms and activations follow its linears); rebuilt when a norm's weight changed."""
-    w = getattr(mod, "weight", None)
-    key = (w.data_ptr(), w._version) if _norm_ok(mod) else (0, 0)
+    norm = _norm_ok(mod)
+    key = (mod.weight.data_ptr(), mod.weight._version) if norm else (0, 0)
     with _LOCK:
         hit = _CACHE.get(mod)
     if hit is None or hit[:2] != key:
@@ -133,7 +133,7 @@ def swapped_module(mod: Any, one_row: bool = True, more_rows: bool = True) -> An
     made = hit[2]
     policy = (bool(one_row), bool(more_rows))
     if policy not in made:
-        if _norm_ok(mod):
+        if norm:
             first = next(iter(made.values()), None)
             made[policy] = TiledRMSNorm(mod, *policy, kernel=None if first is None else first.norm)
         else:
@@ -149,21 +149,6 @@ def clear_layer_kernels() -> None:
 
 def _rows_policy(one_row: bool, more_rows: bool) -> str:
     return {(True, True): "all", (True, False): "one", (False, True): "2 or more", (False, False): "none"}[(one_row, more_rows)]
-
-
-def _as_kernel_rows(x: "torch.Tensor", width: int) -> Any:
-    """x [..., width] (float32 / bfloat16) as the 2-D numpy rows the core takes (bfloat16: bits)."""
-    import torch
-
-    rows = x.reshape(-1, width).contiguous()
-    return rows.view(torch.int16).numpy() if rows.dtype == torch.bfloat16 else rows.numpy()
-
-
-def _from_kernel(y: Any, dtype: Any, shape: Any) -> "torch.Tensor":
-    import torch
-
-    t = torch.from_numpy(y)
-    return (t.view(torch.bfloat16) if dtype == torch.bfloat16 else t).view(shape)
 
 
 class TiledRMSNorm(module_base()):  # type: ignore[misc]
@@ -224,10 +209,10 @@ class TiledRMSNorm(module_base()):  # type: ignore[misc]
         return self._out(s, x.shape), self._out(y, x.shape)
 
     def _rows(self, x: "torch.Tensor") -> Any:
-        return _as_kernel_rows(x, self.hidden_size)
+        return kernel_rows(x, self.hidden_size)
 
     def _out(self, y: Any, shape: Any) -> "torch.Tensor":
-        return _from_kernel(y, self.dtype, shape)
+        return from_kernel(y, self.dtype, shape)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.variance_epsilon}, tokenloom kernel for rows: {_rows_policy(self.one_row, self.more_rows)}"
@@ -266,7 +251,7 @@ class TiledSiLU(module_base()):  # type: ignore[misc]
         width = int(x.shape[-1]) if x.dim() else 0
         if not self._takes(x, width):
             return self.original[0](x)
-        return _from_kernel(_core.silu(_as_kernel_rows(x, width)), x.dtype, x.shape)
+        return from_kernel(_core.silu(kernel_rows(x, width)), x.dtype, x.shape)
 
     def mul_step(self, gate_up: "torch.Tensor", inter: int) -> "torch.Tensor":
         """``act(gate) * up`` [..., I] from ``gate_up`` [..., 2 I] (gate then up, side by side)
@@ -276,8 +261,8 @@ class TiledSiLU(module_base()):  # type: ignore[misc]
         width = int(gate_up.shape[-1]) if gate_up.dim() else 0
         if width != 2 * inter or not self._takes(gate_up, width):
             return self.step(gate_up[..., :inter].contiguous()) * gate_up[..., inter:]
-        out = _core.silu_mul(_as_kernel_rows(gate_up, width))
-        return _from_kernel(out, gate_up.dtype, (*gate_up.shape[:-1], inter))
+        out = _core.silu_mul(kernel_rows(gate_up, width))
+        return from_kernel(out, gate_up.dtype, (*gate_up.shape[:-1], inter))
 
     def extra_repr(self) -> str:
         return f"tokenloom kernel for rows: {_rows_policy(self.one_row, self.more_rows)}"

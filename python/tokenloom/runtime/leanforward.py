@@ -257,39 +257,33 @@ def _rotate(x: Any, cos: Any, signed_sin: Any) -> Any:
     return (x * cos) + (torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin)
 
 
-def _rows_cos_sin(cos: Any, sin: Any, x: Any, b: int, t: int) -> Any:
-    """(cos, signed sin) as [B * T, D] rows in the kernels' layout (float32: arrays; bfloat16:
-    their bits) for :func:`_rotate_rows`, made once per step; None where the kernel does not
-    take them (another dtype, an unexpected shape)."""
+def _rows_cos_sin(cos: Any, signed_sin: Any, x: Any, b: int, t: int) -> Any:
+    """(cos, signed sin (:func:`_signed_sin`), the dtype): [B * T, D] rows in the kernels'
+    layout (float32: arrays; bfloat16: their bits) for :func:`_rotate_rows`, made once per
+    step; None where the kernel does not take them (another dtype, an unexpected shape)."""
     import torch
 
     dt = x.dtype
-    if dt not in (torch.float32, torch.bfloat16) or cos.dtype != dt or sin.dtype != dt or cos.dim() != 3 or cos.shape != sin.shape:
+    if dt not in (torch.float32, torch.bfloat16) or cos.dtype != dt or signed_sin.dtype != dt or cos.dim() != 3 or cos.shape != signed_sin.shape:
         return None
     if int(cos.shape[1]) != t or int(cos.shape[0]) not in (1, b):
         return None
+    from tokenloom.runtime.swap import kernel_rows
+
     d = int(cos.shape[-1])
-    pair = []
-    for part in (cos, _signed_sin(sin)):
-        rows = part.expand(b, t, d).reshape(b * t, d).contiguous()
-        pair.append(rows.view(torch.int16).numpy() if dt == torch.bfloat16 else rows.numpy())
-    return pair[0], pair[1], dt
+    return kernel_rows(cos.expand(b, t, d), d), kernel_rows(signed_sin.expand(b, t, d), d), dt
 
 
 def _rotate_rows(qkv: Any, heads: int, head_dim: int, rows_cs: Any, b: int, t: int) -> Any:
     """The first ``heads`` heads of ``qkv`` [B, T, C] rotated, [B, heads, T, D] (contiguous), in
     one call of ``tokenloom._core.rotate_heads``: the same bits as :func:`_rotate` on those
     heads (its products and sum rounded as torch rounds them)."""
-    import torch
-
     from tokenloom import _core
+    from tokenloom.runtime.swap import from_kernel, kernel_rows
 
     cos_rows, sin_rows, dt = rows_cs
-    rows = qkv.reshape(b * t, -1).contiguous()
-    if dt == torch.bfloat16:
-        out = _core.rotate_heads(rows.view(torch.int16).numpy(), heads, head_dim, cos_rows, sin_rows, b)
-        return torch.from_numpy(out).view(torch.bfloat16).view(b, heads, t, head_dim)
-    return torch.from_numpy(_core.rotate_heads(rows.numpy(), heads, head_dim, cos_rows, sin_rows, b)).view(b, heads, t, head_dim)
+    out = _core.rotate_heads(kernel_rows(qkv, int(qkv.shape[-1])), heads, head_dim, cos_rows, sin_rows, b)
+    return from_kernel(out, dt, (b, heads, t, head_dim))
 
 
 def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: Any, cache: Any) -> Any:
@@ -324,8 +318,9 @@ def lean_logits(model: Any, input_ids: Any, position_ids: Any, attention_mask: A
     b, t = int(input_ids.shape[0]), int(input_ids.shape[1])
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
+    sin = _signed_sin(sin)  # once per step, for either rotation
     rows_cs = _rows_cos_sin(cos, sin, x, b, t) if on_cpu and _ROTARY_KERNEL[0] else None
-    cos, sin = cos.unsqueeze(1), _signed_sin(sin.unsqueeze(1))
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     layers = inner.layers[: cfg.num_hidden_layers]
     # each residual add runs with the norm after it (the next layer's input norm, the final one)
     h = _norm(layers[0].input_layernorm, x, on_cpu) if len(layers) else None

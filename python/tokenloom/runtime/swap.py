@@ -1,12 +1,32 @@
 """What tokenloom's swapped-in modules share (:mod:`tokenloom.runtime.cpupack`'s linears,
-:mod:`tokenloom.runtime.layerops`' norms and activations): the module they replace, held weakly."""
+:mod:`tokenloom.runtime.layerops`' norms and activations): the module they replace, held weakly,
+and the crossing of float32 / bfloat16 tensors into and out of the Rust core's arrays."""
 
 from __future__ import annotations
 
 import weakref
 from typing import Any
 
-__all__ = ["WeakOriginal", "module_base"]
+__all__ = ["WeakOriginal", "from_kernel", "kernel_rows", "module_base"]
+
+
+def kernel_rows(x: Any, width: int) -> Any:
+    """x [..., width] (float32 / bfloat16, CPU) as the C-contiguous 2-D numpy rows the core's
+    kernels take: float32 values, or bfloat16 bit patterns as int16 (no copy where x already
+    is contiguous)."""
+    import torch
+
+    rows = x.reshape(-1, width).contiguous()
+    return rows.view(torch.int16).numpy() if rows.dtype == torch.bfloat16 else rows.numpy()
+
+
+def from_kernel(y: Any, dtype: Any, shape: Any) -> Any:
+    """A kernel's output array (float32, or int16 bfloat16 bits) as a tensor of ``dtype`` and
+    ``shape`` (no copy)."""
+    import torch
+
+    t = torch.from_numpy(y)
+    return (t.view(torch.bfloat16) if dtype == torch.bfloat16 else t).view(shape)
 
 
 def module_base() -> Any:

@@ -21,6 +21,13 @@ pub enum F3<'py> {
     F64(PyReadonlyArray3<'py, f64>),
 }
 
+/// An int16 output buffer as the `u16` bfloat16 bit patterns a kernel writes (no copy).
+pub fn bf16_bits_mut(v: &mut [i16]) -> &mut [u16] {
+    // SAFETY: i16 and u16 have the same size and alignment and every bit pattern is valid for
+    // both: the kernel writes the bfloat16 bits straight into the int16 array returned.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u16>(), v.len()) }
+}
+
 /// What an argument is, for an error message: a numpy array's dtype and shape, else its type.
 pub fn describe(obj: &Bound<'_, PyAny>) -> String {
     match obj.cast::<numpy::PyUntypedArray>() {

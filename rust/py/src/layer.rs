@@ -8,9 +8,10 @@ use pyo3::prelude::*;
 use tokenloom_core::layer::rotary::{rotate_heads as rotate_f32, rotate_heads_bf16, RotaryShape};
 use tokenloom_core::layer::silu::{silu_bf16, silu_f32, silu_mul_bf16, silu_mul_f32};
 use tokenloom_core::layer::RmsNorm;
+use tokenloom_core::Result as CoreResult;
 
 use crate::error::to_py;
-use crate::floats::{describe, Bf16Bits2};
+use crate::floats::{bf16_bits_mut as as_u16, describe, Bf16Bits2};
 
 /// Rows of one call: float32, or bfloat16 bits.
 enum Rows<'py> {
@@ -48,10 +49,29 @@ fn int16_out(len: usize) -> Vec<i16> {
     vec![0i16; len]
 }
 
-fn as_u16(v: &mut [i16]) -> &mut [u16] {
-    // SAFETY: i16 and u16 have the same size and alignment and every bit pattern is valid for
-    // both: the kernel writes the bfloat16 bits straight into the int16 array returned.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u16>(), v.len()) }
+/// A one-input kernel over `rows` ("x") into a new [out_rows, out_cols] array of the rows' dtype:
+/// `f32k` for float32 rows, `bf16k` for bfloat16 bits.
+fn unary<'py>(
+    py: Python<'py>,
+    rows: &Rows<'py>,
+    (out_rows, out_cols): (usize, usize),
+    f32k: impl FnOnce(&[f32], &mut [f32]) -> CoreResult<()>,
+    bf16k: impl FnOnce(&[u16], &mut [u16]) -> CoreResult<()>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let len = out_rows.checked_mul(out_cols).ok_or_else(|| PyValueError::new_err("sizes overflow"))?;
+    match rows {
+        Rows::F32(a) => {
+            let mut y = vec![0.0f32; len];
+            f32k(f32_slice("x", a)?, &mut y).map_err(to_py)?;
+            array(py, y, out_rows, out_cols)
+        }
+        Rows::Bf16(b) => {
+            let (xs, _, _) = b.slice("x")?;
+            let mut y = int16_out(len);
+            bf16k(xs, as_u16(&mut y)).map_err(to_py)?;
+            array(py, y, out_rows, out_cols)
+        }
+    }
 }
 
 fn array<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>, rows: usize, cols: usize) -> PyResult<Bound<'py, PyAny>> {
@@ -117,20 +137,8 @@ impl PyRmsNorm {
     ///     ValueError: x not such an array, of H columns, of the norm's dtype.
     fn forward<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let rows = Rows::new("x", x)?;
-        let (m, h) = self.check(&rows)?;
-        match &rows {
-            Rows::F32(a) => {
-                let mut y = vec![0.0f32; m * h];
-                self.inner.forward(f32_slice("x", a)?, &mut y).map_err(to_py)?;
-                array(py, y, m, h)
-            }
-            Rows::Bf16(b) => {
-                let (xs, _, _) = b.slice("x")?;
-                let mut y = int16_out(m * h);
-                self.inner.forward_bf16(xs, as_u16(&mut y)).map_err(to_py)?;
-                array(py, y, m, h)
-            }
-        }
+        let shape = self.check(&rows)?;
+        unary(py, &rows, shape, |x, y| self.inner.forward(x, y), |x, y| self.inner.forward_bf16(x, y))
     }
 
     /// ``s = x + delta`` and the norm of each row of ``s``.
@@ -279,19 +287,7 @@ fn silu<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAn
     if m == 0 || n == 0 {
         return Err(PyValueError::new_err("x: expected at least one value"));
     }
-    match &rows {
-        Rows::F32(a) => {
-            let mut y = vec![0.0f32; m * n];
-            silu_f32(f32_slice("x", a)?, &mut y).map_err(to_py)?;
-            array(py, y, m, n)
-        }
-        Rows::Bf16(b) => {
-            let (xs, _, _) = b.slice("x")?;
-            let mut y = int16_out(m * n);
-            silu_bf16(xs, as_u16(&mut y)).map_err(to_py)?;
-            array(py, y, m, n)
-        }
-    }
+    unary(py, &rows, (m, n), silu_f32, silu_bf16)
 }
 
 /// A gated MLP's ``act(gate) * up`` from the rows ``[gate | up]`` side by side (the output of
@@ -314,19 +310,7 @@ fn silu_mul<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, 
         return Err(PyValueError::new_err(format!("x: expected [M >= 1, 2 * I] rows (gate | up), got [{m}, {n}]")));
     }
     let inter = n / 2;
-    match &rows {
-        Rows::F32(a) => {
-            let mut y = vec![0.0f32; m * inter];
-            silu_mul_f32(f32_slice("x", a)?, inter, &mut y).map_err(to_py)?;
-            array(py, y, m, inter)
-        }
-        Rows::Bf16(b) => {
-            let (xs, _, _) = b.slice("x")?;
-            let mut y = int16_out(m * inter);
-            silu_mul_bf16(xs, inter, as_u16(&mut y)).map_err(to_py)?;
-            array(py, y, m, inter)
-        }
-    }
+    unary(py, &rows, (m, inter), |x, y| silu_mul_f32(x, inter, y), |x, y| silu_mul_bf16(x, inter, y))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -9,7 +9,7 @@ use tokenloom_core::linear::{Isa, PackedLinear, MAX_THREADS};
 
 use crate::args;
 use crate::error::to_py;
-use crate::floats::{describe, Bf16Bits2};
+use crate::floats::{bf16_bits_mut, describe, Bf16Bits2};
 
 fn threads_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     args::size("threads", obj, 1, MAX_THREADS)
@@ -135,9 +135,7 @@ impl PyTiledLinear {
         }
         let len = check(m, k)?;
         let mut y = vec![0i16; len];
-        // SAFETY: i16 and u16 have the same size and alignment and every bit pattern is valid for
-        // both: the kernel writes the bfloat16 bits straight into the int16 array returned.
-        let bits = unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<u16>(), y.len()) };
+        let bits = bf16_bits_mut(&mut y);
         py.detach(|| inner.forward_bf16(xs, m, bits, threads)).map_err(to_py)?;
         let y = Array2::from_shape_vec((m, n), y).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(y.into_pyarray(py).into_any())

@@ -98,42 +98,45 @@ impl RmsNorm {
         Ok(())
     }
 
+    fn f32_weight(&self) -> Result<&[f32]> {
+        match &self.weight {
+            Weight::F32(w) => Ok(w),
+            Weight::Bf16(_) => Err(CoreError::value("x: float32 rows need a float32 weight; this norm holds bfloat16")),
+        }
+    }
+
+    fn bf16_weight(&self) -> Result<&[u16]> {
+        match &self.weight {
+            Weight::Bf16(w) => Ok(w),
+            Weight::F32(_) => Err(CoreError::value("x: bfloat16 rows need a bfloat16 weight; this norm holds float32")),
+        }
+    }
+
     /// `out = norm(x)` for float32 rows (x: rows x cols, row-major).
     pub fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let Weight::F32(w) = &self.weight else {
-            return Err(CoreError::value("x: float32 rows need a float32 weight; this norm holds bfloat16"));
-        };
-        self.rows("x", x.len())?;
-        Self::same("out", x.len(), out.len())?;
-        norm_rows_wide(x, w, self.eps, out);
-        Ok(())
+        self.norm_checked(self.f32_weight()?, x, out)
     }
 
     /// `out = norm(x)` for bfloat16 rows (bit patterns).
     pub fn forward_bf16(&self, x: &[u16], out: &mut [u16]) -> Result<()> {
-        let Weight::Bf16(w) = &self.weight else {
-            return Err(CoreError::value("x: bfloat16 rows need a bfloat16 weight; this norm holds float32"));
-        };
-        self.rows("x", x.len())?;
-        Self::same("out", x.len(), out.len())?;
-        norm_rows_wide(x, w, self.eps, out);
-        Ok(())
+        self.norm_checked(self.bf16_weight()?, x, out)
     }
 
     /// `sum = x + delta; out = norm(sum)` for float32 rows.
     pub fn add_forward(&self, x: &[f32], delta: &[f32], sum: &mut [f32], out: &mut [f32]) -> Result<()> {
-        let Weight::F32(w) = &self.weight else {
-            return Err(CoreError::value("x: float32 rows need a float32 weight; this norm holds bfloat16"));
-        };
-        self.add_rows(w, x, delta, sum, out)
+        self.add_rows(self.f32_weight()?, x, delta, sum, out)
     }
 
     /// `sum = x + delta; out = norm(sum)` for bfloat16 rows (bit patterns; the sum rounded).
     pub fn add_forward_bf16(&self, x: &[u16], delta: &[u16], sum: &mut [u16], out: &mut [u16]) -> Result<()> {
-        let Weight::Bf16(w) = &self.weight else {
-            return Err(CoreError::value("x: bfloat16 rows need a bfloat16 weight; this norm holds float32"));
-        };
-        self.add_rows(w, x, delta, sum, out)
+        self.add_rows(self.bf16_weight()?, x, delta, sum, out)
+    }
+
+    fn norm_checked<T: Elem>(&self, w: &[T], x: &[T], out: &mut [T]) -> Result<()> {
+        self.rows("x", x.len())?;
+        Self::same("out", x.len(), out.len())?;
+        norm_rows_wide(x, w, self.eps, out);
+        Ok(())
     }
 
     fn add_rows<T: Elem>(&self, w: &[T], x: &[T], delta: &[T], sum: &mut [T], out: &mut [T]) -> Result<()> {
